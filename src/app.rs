@@ -1,0 +1,130 @@
+//! Assembly: configuration → keys → storage → use-case core → HTTP router → listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::crypto::jwt::TokenKeys;
+use crate::crypto::keys::{KeyMaterial, KeySources};
+use crate::crypto::password::PasswordHasher;
+use crate::domain::audit::AuditSealer;
+use crate::service::{Core, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] crate::crypto::keys::KeyError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Loads (or, in development, generates) the key material, warning about generated files.
+pub fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
+    let keys = KeyMaterial::load(&KeySources {
+        jwt_pem: config.jwt_signing_key.as_ref().map(|(k, s)| (k, s.clone())),
+        master_b64: config.master_key.as_ref().map(|(k, s)| (k, s.clone())),
+        data_dir: &config.data_dir,
+        may_generate: config.may_generate_keys(),
+    })?;
+    for path in &keys.generated {
+        tracing::warn!(
+            path = %path.display(),
+            "generated missing key material for development use (mode 0600); \
+             in production provide KASHO_JWT_SIGNING_KEY_FILE and KASHO_MASTER_KEY_FILE instead"
+        );
+    }
+    Ok(keys)
+}
+
+/// The audit-chain key, derived from the master key.
+pub fn audit_sealer(keys: &KeyMaterial) -> AuditSealer {
+    AuditSealer::new(keys.master.derive("audit-chain/v1"))
+}
+
+/// Opens storage and builds the use-case core. Migrations are applied when `migrate` is set.
+pub async fn build_core(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    migrate: bool,
+) -> Result<Arc<Core>, StartError> {
+    let keys = load_keys(config)?;
+    let sealer = audit_sealer(&keys);
+    let store = crate::store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+        sealer.clone(),
+    )
+    .await?;
+    if migrate {
+        for m in store.migrate().await? {
+            tracing::info!(migration = %m, backend = store.backend(), "applied migration");
+        }
+    }
+    let tokens = TokenKeys::new(&keys.jwt, &config.jwt_issuer, &config.jwt_audience)
+        .map_err(StartError::Other)?;
+    let hasher = PasswordHasher::new(config.argon2, config.max_concurrent_hashes)
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    Ok(Arc::new(Core {
+        store,
+        clock,
+        hasher,
+        tokens,
+        sealer,
+        settings: Settings {
+            access_token_ttl_seconds: config.access_token_ttl_seconds,
+            refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
+        },
+    }))
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then drains in-flight requests.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let core = build_core(&config, Arc::new(SystemClock), true).await?;
+    let app = crate::http::router(core.clone(), config.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!(
+        listen = %addr,
+        env = config.env.as_str(),
+        backend = core.store.backend(),
+        database = %config.database_url_redacted(),
+        "kasho is serving"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!("kasho stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

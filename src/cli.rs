@@ -1,0 +1,273 @@
+//! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
+//! `audit verify`, `config check`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::clock::SystemClock;
+use crate::config::{Config, LogFormat};
+use crate::domain::audit::{ActorType, NewAuditEvent, Outcome};
+use crate::domain::authz::Role;
+use crate::domain::values::{Email, NewPassword};
+use crate::ids::UserId;
+use crate::store::{NewUser, StoreError};
+
+#[derive(Parser)]
+#[command(
+    name = "kasho",
+    version,
+    about = "Kasho: a multi-tenant, security-first fintech core"
+)]
+struct Cli {
+    /// Configuration file (default: $KASHO_CONFIG, else ./kasho.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides KASHO_DATA_DIR).
+    #[arg(long, global = true)]
+    data_dir: Option<String>,
+    /// Database URL (overrides KASHO_DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// development or production (overrides KASHO_ENV).
+    #[arg(long, global = true)]
+    env: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server (applies pending migrations first).
+    Serve {
+        /// host:port (overrides KASHO_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Platform administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a platform admin; the password is read from standard input.
+    CreatePlatformAdmin {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every audit hash chain; exits non-zero naming the first bad record.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and show each value with its source (secrets hidden).
+    Check,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut flags: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = &cli.data_dir {
+        flags.push(("data_dir", v.clone()));
+    }
+    if let Some(v) = &cli.database_url {
+        flags.push(("database_url", v.clone()));
+    }
+    if let Some(v) = &cli.env {
+        flags.push(("env", v.clone()));
+    }
+    if let Command::Serve { listen: Some(l) } = &cli.command {
+        flags.push(("listen", l.clone()));
+    }
+    let config = match Config::load(cli.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kasho: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kasho: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => crate::app::serve(config).await.map_err(|e| e.to_string()),
+            Command::Migrate => migrate(&config).await,
+            Command::Admin {
+                command: AdminCommand::CreatePlatformAdmin { email },
+            } => create_platform_admin(&config, &email).await,
+            Command::Audit {
+                command: AuditCommand::Verify,
+            } => audit_verify(&config).await,
+            Command::Config {
+                command: ConfigCommand::Check,
+            } => config_check(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("kasho: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn migrate(config: &Config) -> Result<(), String> {
+    let core = crate::app::build_core(config, Arc::new(SystemClock), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let applied = core.store.migrate().await.map_err(|e| e.to_string())?;
+    if applied.is_empty() {
+        println!("database is up to date ({})", core.store.backend());
+    }
+    for m in applied {
+        println!("applied {m}");
+    }
+    Ok(())
+}
+
+async fn create_platform_admin(config: &Config, email: &str) -> Result<(), String> {
+    let email = Email::parse(email).map_err(|m| format!("--email {m}"))?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (input is echoed; pipe it in to script this):");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let raw = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
+    zeroize::Zeroize::zeroize(&mut line);
+    let password = NewPassword::parse(raw).map_err(|m| format!("password {m}"))?;
+
+    let core = crate::app::build_core(config, Arc::new(SystemClock), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = core.clock.now();
+    let id = UserId::generate();
+    let user = NewUser {
+        id: id.clone(),
+        tenant_id: None,
+        email,
+        password_hash: core
+            .hasher
+            .hash(password.secret())
+            .await
+            .map_err(|e| e.to_string())?,
+        roles: vec![Role::PlatformAdmin],
+        created_at: now,
+    };
+    let ev = NewAuditEvent {
+        tenant_id: None,
+        occurred_at: now,
+        actor_type: ActorType::System,
+        actor_id: None,
+        action: "platform_admin.create".into(),
+        target_type: Some("user".into()),
+        target_id: Some(id.to_string()),
+        outcome: Outcome::Success,
+        reason: Some("cli".into()),
+        ip: None,
+        request_id: None,
+    };
+    match core.store.create_user(&user, &[ev]).await {
+        Ok(()) => {
+            println!("created platform admin {id}");
+            Ok(())
+        }
+        Err(StoreError::Conflict { .. }) => {
+            Err("a platform admin with this email already exists".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn audit_verify(config: &Config) -> Result<(), String> {
+    let core = crate::app::build_core(config, Arc::new(SystemClock), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "verifying audit chains {bar:40} {pos}/{len} records ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = crate::service::audit::verify_all(
+        core.store.as_ref(),
+        &core.sealer,
+        |total| bar.set_length(total),
+        |n| bar.inc(n),
+    )
+    .await;
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            println!(
+                "audit log intact: {} records in {} chains",
+                r.records, r.chains
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("AUDIT LOG TAMPERED: {e}")),
+    }
+}
+
+fn config_check(config: &Config) -> Result<(), String> {
+    println!("environment: {}", config.env.as_str());
+    for (key, value, source) in &config.report {
+        println!("  {key:<28} {value:<44} [{source}]");
+    }
+    let keys = crate::app::load_keys(config).map_err(|e| e.to_string())?;
+    for p in &keys.generated {
+        println!("generated {}", p.display());
+    }
+    println!("configuration OK");
+    Ok(())
+}

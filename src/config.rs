@@ -1,0 +1,693 @@
+//! Configuration: one typed struct, read in layers — built-in defaults, then an optional
+//! `kasho.toml`, then `KASHO_*` environment variables, then command-line flags. A secret may
+//! instead be read from a file named by `<KEY>_FILE` (`KASHO_MASTER_KEY_FILE=/run/secrets/mk`).
+//! Every value is validated at start-up; a bad one stops it with an error that names the key and
+//! where the value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::crypto::password::HashParams;
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Source {
+    #[default]
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+    /// A secret read from the file named by this origin.
+    SecretFile {
+        path: PathBuf,
+        named_by: Box<Source>,
+    },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("built-in default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(n) => write!(f, "flag --{n}"),
+            Source::SecretFile { path, named_by } => {
+                write!(f, "file {} (named by {named_by})", path.display())
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: String,
+        origin: Source,
+        reason: String,
+    },
+    #[error("unknown configuration key `{key}` in {origin}; known keys: {known}")]
+    UnknownKey {
+        key: String,
+        origin: Source,
+        known: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Deployment environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Embedded single-machine mode: missing keys are generated, weaker settings warn.
+    Development,
+    /// Missing keys and sub-minimum password hashing stop start-up.
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// One configuration key.
+struct KeyDef {
+    name: &'static str,
+    secret: bool,
+    help: &'static str,
+}
+
+const KEYS: &[KeyDef] = &[
+    KeyDef {
+        name: "env",
+        secret: false,
+        help: "development (default) or production",
+    },
+    KeyDef {
+        name: "listen",
+        secret: false,
+        help: "host:port to serve on (127.0.0.1:8080)",
+    },
+    KeyDef {
+        name: "data_dir",
+        secret: false,
+        help: "directory for the embedded database and generated keys (./kasho-data)",
+    },
+    KeyDef {
+        name: "database_url",
+        secret: true,
+        help: "sqlite://… or postgres://… (default: SQLite in data_dir); sslmode is honoured",
+    },
+    KeyDef {
+        name: "database_max_connections",
+        secret: false,
+        help: "connection pool size (10)",
+    },
+    KeyDef {
+        name: "jwt_signing_key",
+        secret: true,
+        help: "Ed25519 PKCS#8 PEM that signs access tokens",
+    },
+    KeyDef {
+        name: "master_key",
+        secret: true,
+        help: "base64 of 32 random bytes; root of every derived key",
+    },
+    KeyDef {
+        name: "jwt_issuer",
+        secret: false,
+        help: "`iss` of access tokens (kasho)",
+    },
+    KeyDef {
+        name: "jwt_audience",
+        secret: false,
+        help: "`aud` of access tokens (kasho-api)",
+    },
+    KeyDef {
+        name: "access_token_ttl_seconds",
+        secret: false,
+        help: "default access-token lifetime, 300..=86400 (3600)",
+    },
+    KeyDef {
+        name: "refresh_token_ttl_seconds",
+        secret: false,
+        help: "absolute session lifetime, 3600..=7776000 (2592000 = 30 days)",
+    },
+    KeyDef {
+        name: "argon2_memory_kib",
+        secret: false,
+        help: "Argon2id memory in KiB (19456)",
+    },
+    KeyDef {
+        name: "argon2_iterations",
+        secret: false,
+        help: "Argon2id passes (2)",
+    },
+    KeyDef {
+        name: "argon2_parallelism",
+        secret: false,
+        help: "Argon2id lanes (1)",
+    },
+    KeyDef {
+        name: "max_concurrent_hashes",
+        secret: false,
+        help: "password hashes computed at once (number of CPUs)",
+    },
+    KeyDef {
+        name: "max_body_bytes",
+        secret: false,
+        help: "largest accepted request body (1048576)",
+    },
+    KeyDef {
+        name: "log_format",
+        secret: false,
+        help: "json (default) or text",
+    },
+    KeyDef {
+        name: "log_level",
+        secret: false,
+        help: "tracing filter, e.g. info or kasho=debug (info)",
+    },
+];
+
+fn key_def(name: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Raw layered values before parsing.
+#[derive(Default)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (Zeroizing<String>, Source)>,
+}
+
+impl Layers {
+    /// Sets `key` from `source`, resolving `<key>_file` to the file's contents.
+    pub fn set(&mut self, key: &str, value: String, source: Source) -> Result<(), ConfigError> {
+        let (def, value, source) = if let Some(base) = key.strip_suffix("_file") {
+            let def = key_def(base)
+                .filter(|d| d.secret)
+                .ok_or_else(|| unknown(key, &source))?;
+            let path = PathBuf::from(value.trim());
+            let contents = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid {
+                    key: base.to_owned(),
+                    origin: source.clone(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                }
+            })?);
+            let trimmed = contents.trim_end_matches(['\n', '\r']).to_owned();
+            (
+                def,
+                trimmed,
+                Source::SecretFile {
+                    path,
+                    named_by: Box::new(source),
+                },
+            )
+        } else {
+            (
+                key_def(key).ok_or_else(|| unknown(key, &source))?,
+                value,
+                source,
+            )
+        };
+        self.values
+            .insert(def.name, (Zeroizing::new(value), source));
+        Ok(())
+    }
+
+    /// Reads a TOML file of `key = value` pairs (scalars only).
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        for (k, v) in table {
+            let source = Source::File(path.to_owned());
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: k,
+                        origin: source,
+                        reason: format!(
+                            "expected a string, integer or boolean, got {}",
+                            other.type_str()
+                        ),
+                    });
+                }
+            };
+            self.set(&k, value, source)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `KASHO_<KEY>` and `KASHO_<KEY>_FILE` from an environment.
+    pub fn load_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        for def in KEYS {
+            let name = format!("KASHO_{}", def.name.to_ascii_uppercase());
+            let file_name = format!("{name}_FILE");
+            match (vars.get(&name), vars.get(&file_name)) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        key: def.name.to_owned(),
+                        origin: Source::Env(name.clone()),
+                        reason: format!("both {name} and {file_name} are set; set only one"),
+                    });
+                }
+                (Some(v), None) => self.set(def.name, v.clone(), Source::Env(name))?,
+                (None, Some(p)) if def.secret => self.set(
+                    &format!("{}_file", def.name),
+                    p.clone(),
+                    Source::Env(file_name),
+                )?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &'static str) -> Option<(&str, &Source)> {
+        self.values.get(key).map(|(v, s)| (v.as_str(), s))
+    }
+}
+
+fn unknown(key: &str, source: &Source) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: key.to_owned(),
+        origin: source.clone(),
+        known: KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// The validated configuration.
+pub struct Config {
+    pub env: Environment,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    pub jwt_signing_key: Option<(SecretString, String)>,
+    pub master_key: Option<(SecretString, String)>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl_seconds: i64,
+    pub refresh_token_ttl_seconds: i64,
+    pub argon2: HashParams,
+    pub max_concurrent_hashes: usize,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// (key, shown value, source) of every key, for `kasho config check`.
+    pub report: Vec<(&'static str, String, String)>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("env", &self.env)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Access-token lifetime bounds (seconds), also used for per-tenant overrides.
+pub const ACCESS_TTL_BOUNDS: (i64, i64) = (300, 86_400);
+const REFRESH_TTL_BOUNDS: (i64, i64) = (3_600, 7_776_000);
+
+impl Config {
+    /// Layers defaults, the config file (`--config`, else `KASHO_CONFIG`, else `./kasho.toml`
+    /// if present), the process environment and `flags`.
+    pub fn load(config_path: Option<&Path>, flags: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut layers = Layers::default();
+        let env_path = std::env::var_os("KASHO_CONFIG").map(PathBuf::from);
+        match config_path.map(Path::to_path_buf).or(env_path) {
+            Some(p) => layers.load_file(&p)?,
+            None => {
+                let p = Path::new("kasho.toml");
+                if p.exists() {
+                    layers.load_file(p)?;
+                }
+            }
+        }
+        layers.load_env(std::env::vars())?;
+        for (k, v) in flags {
+            layers.set(k, v.clone(), Source::Flag(k.replace('_', "-")))?;
+        }
+        Self::from_layers(&layers)
+    }
+
+    /// Builds a configuration from explicit pairs only (tests, embedding).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let mut layers = Layers::default();
+        for (k, v) in pairs {
+            layers.set(k, (*v).to_owned(), Source::Flag((*k).to_owned()))?;
+        }
+        Self::from_layers(&layers)
+    }
+
+    pub fn from_layers(l: &Layers) -> Result<Self, ConfigError> {
+        let mut report = Vec::new();
+        let mut take = |key: &'static str, default: Option<String>| -> Option<(String, Source)> {
+            let secret = key_def(key).is_some_and(|d| d.secret);
+            let found = l
+                .get(key)
+                .map(|(v, s)| (v.to_owned(), s.clone()))
+                .or_else(|| default.map(|d| (d, Source::Default)));
+            let shown = match &found {
+                None => "(not set)".to_owned(),
+                Some((v, _)) if secret => redact(key, v),
+                Some((v, _)) => v.clone(),
+            };
+            let src = found
+                .as_ref()
+                .map_or("-".to_owned(), |(_, s)| s.to_string());
+            report.push((key, shown, src));
+            found
+        };
+        fn invalid(key: &str, src: &Source, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_owned(),
+                origin: src.clone(),
+                reason: reason.into(),
+            }
+        }
+        fn int<T>(key: &str, (v, s): &(String, Source), lo: T, hi: T) -> Result<T, ConfigError>
+        where
+            T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+        {
+            let n: T = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(key, s, format!("`{v}` is not a whole number")))?;
+            if n < lo || n > hi {
+                return Err(invalid(key, s, format!("{n} is outside {lo}..={hi}")));
+            }
+            Ok(n)
+        }
+
+        let env_v = take("env", Some("development".into())).unwrap_or_default();
+        let env = match env_v.0.as_str() {
+            "development" | "dev" => Environment::Development,
+            "production" | "prod" => Environment::Production,
+            other => {
+                return Err(invalid(
+                    "env",
+                    &env_v.1,
+                    format!("`{other}`: expected development or production"),
+                ));
+            }
+        };
+        let listen_v = take("listen", Some("127.0.0.1:8080".into())).unwrap_or_default();
+        let listen: SocketAddr = listen_v.0.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &listen_v.1,
+                format!("`{}` is not a host:port address", listen_v.0),
+            )
+        })?;
+        let data_v = take("data_dir", Some("./kasho-data".into())).unwrap_or_default();
+        if data_v.0.trim().is_empty() {
+            return Err(invalid("data_dir", &data_v.1, "must not be empty"));
+        }
+        let data_dir = PathBuf::from(&data_v.0);
+        let default_db = format!("sqlite://{}/kasho.db", data_dir.display());
+        let db_v = take("database_url", Some(default_db)).unwrap_or_default();
+        if !(db_v.0.starts_with("sqlite:")
+            || db_v.0.starts_with("postgres://")
+            || db_v.0.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                &db_v.1,
+                "expected a sqlite://… or postgres://… URL",
+            ));
+        }
+        let pool_v = take("database_max_connections", Some("10".into())).unwrap_or_default();
+        let database_max_connections = int("database_max_connections", &pool_v, 1u32, 1000)?;
+        let describe = |(v, s): (String, Source)| (SecretString::from(v), s.to_string());
+        let jwt_signing_key = take("jwt_signing_key", None).map(describe);
+        let master_key = take("master_key", None).map(describe);
+        let jwt_issuer = take("jwt_issuer", Some("kasho".into())).unwrap_or_default();
+        if jwt_issuer.0.trim().is_empty() {
+            return Err(invalid("jwt_issuer", &jwt_issuer.1, "must not be empty"));
+        }
+        let jwt_audience = take("jwt_audience", Some("kasho-api".into())).unwrap_or_default();
+        if jwt_audience.0.trim().is_empty() {
+            return Err(invalid(
+                "jwt_audience",
+                &jwt_audience.1,
+                "must not be empty",
+            ));
+        }
+        let at = take("access_token_ttl_seconds", Some("3600".into())).unwrap_or_default();
+        let access_token_ttl_seconds = int(
+            "access_token_ttl_seconds",
+            &at,
+            ACCESS_TTL_BOUNDS.0,
+            ACCESS_TTL_BOUNDS.1,
+        )?;
+        let rt = take("refresh_token_ttl_seconds", Some("2592000".into())).unwrap_or_default();
+        let refresh_token_ttl_seconds = int(
+            "refresh_token_ttl_seconds",
+            &rt,
+            REFRESH_TTL_BOUNDS.0,
+            REFRESH_TTL_BOUNDS.1,
+        )?;
+        let m = take(
+            "argon2_memory_kib",
+            Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
+        )
+        .unwrap_or_default();
+        let t = take("argon2_iterations", Some("2".into())).unwrap_or_default();
+        let p = take("argon2_parallelism", Some("1".into())).unwrap_or_default();
+        let argon2 = HashParams {
+            memory_kib: int("argon2_memory_kib", &m, 8u32, 4 * 1024 * 1024)?,
+            iterations: int("argon2_iterations", &t, 1u32, 100)?,
+            parallelism: int("argon2_parallelism", &p, 1u32, 64)?,
+        };
+        if argon2.memory_kib < 8 * argon2.parallelism {
+            return Err(invalid(
+                "argon2_memory_kib",
+                &m.1,
+                "must be at least 8 KiB per lane",
+            ));
+        }
+        if env == Environment::Production && !argon2.meets_minimum() {
+            return Err(invalid(
+                "argon2_memory_kib",
+                &m.1,
+                "production requires at least Argon2id m=19456 KiB, t=2, p=1 (OWASP)",
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let h = take("max_concurrent_hashes", Some(cpus.to_string())).unwrap_or_default();
+        let max_concurrent_hashes = int("max_concurrent_hashes", &h, 1usize, 1024)?;
+        let b = take("max_body_bytes", Some("1048576".into())).unwrap_or_default();
+        let max_body_bytes = int("max_body_bytes", &b, 1024usize, 64 * 1024 * 1024)?;
+        let lf = take("log_format", Some("json".into())).unwrap_or_default();
+        let log_format = match lf.0.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    &lf.1,
+                    format!("`{other}`: expected json or text"),
+                ));
+            }
+        };
+        let ll = take("log_level", Some("info".into())).unwrap_or_default();
+        if tracing_subscriber::EnvFilter::try_new(&ll.0).is_err() {
+            return Err(invalid(
+                "log_level",
+                &ll.1,
+                format!("`{}` is not a tracing filter", ll.0),
+            ));
+        }
+
+        Ok(Config {
+            env,
+            listen,
+            data_dir,
+            database_url: SecretString::from(db_v.0),
+            database_max_connections,
+            jwt_signing_key,
+            master_key,
+            jwt_issuer: jwt_issuer.0,
+            jwt_audience: jwt_audience.0,
+            access_token_ttl_seconds,
+            refresh_token_ttl_seconds,
+            argon2,
+            max_concurrent_hashes,
+            max_body_bytes,
+            log_format,
+            log_level: ll.0,
+            report,
+        })
+    }
+
+    /// Whether missing keys may be generated (embedded development mode only).
+    pub fn may_generate_keys(&self) -> bool {
+        self.env == Environment::Development
+    }
+
+    /// The database URL with any password hidden, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact("database_url", self.database_url.expose_secret())
+    }
+
+    /// Every known key with its help text.
+    pub fn documented_keys() -> impl Iterator<Item = (&'static str, bool, &'static str)> {
+        KEYS.iter().map(|k| (k.name, k.secret, k.help))
+    }
+}
+
+/// Shows a secret's presence, never its value; a database URL keeps everything but its password.
+fn redact(key: &str, value: &str) -> String {
+    if key == "database_url" {
+        if let Some((scheme, rest)) = value.split_once("://")
+            && let Some((creds, host)) = rest.split_once('@')
+        {
+            let user = creds.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+        return value.to_owned();
+    }
+    "(set, hidden)".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(pairs: &[(&str, &str)]) -> String {
+        Config::from_pairs(pairs)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.env, Environment::Development);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database_url.expose_secret(),
+            "sqlite://./kasho-data/kasho.db"
+        );
+        assert_eq!(c.access_token_ttl_seconds, 3600);
+        assert_eq!(c.argon2, HashParams::OWASP_MINIMUM);
+    }
+
+    #[test]
+    fn errors_name_key_and_source() {
+        let e = err(&[("listen", "nonsense")]);
+        assert!(e.contains("`listen`") && e.contains("flag --listen"), "{e}");
+        let e = err(&[("access_token_ttl_seconds", "5")]);
+        assert!(e.contains("outside 300..=86400"), "{e}");
+        let e = err(&[("env", "production"), ("argon2_memory_kib", "1024")]);
+        assert!(e.contains("OWASP"), "{e}");
+        let e = err(&[("no_such_key", "1")]);
+        assert!(e.contains("unknown configuration key"), "{e}");
+    }
+
+    #[test]
+    fn env_layer_and_secret_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let path = dir.path().join("mk");
+        std::fs::write(&path, "c2VjcmV0\n").unwrap_or_default();
+        let mut l = Layers::default();
+        l.load_env([
+            ("KASHO_LISTEN".to_owned(), "0.0.0.0:9000".to_owned()),
+            (
+                "KASHO_MASTER_KEY_FILE".to_owned(),
+                path.display().to_string(),
+            ),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        l.set(
+            "listen",
+            "127.0.0.1:9001".into(),
+            Source::Flag("listen".into()),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = Config::from_layers(&l).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001", "flags win over env");
+        let (mk, src) = c.master_key.unwrap_or_else(|| unreachable!());
+        assert_eq!(mk.expose_secret(), "c2VjcmV0");
+        assert!(src.contains("KASHO_MASTER_KEY_FILE"), "{src}");
+
+        let mut both = Layers::default();
+        let e = both
+            .load_env([
+                ("KASHO_MASTER_KEY".to_owned(), "x".to_owned()),
+                ("KASHO_MASTER_KEY_FILE".to_owned(), "y".to_owned()),
+            ])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("set only one"), "{e}");
+    }
+
+    #[test]
+    fn toml_file_layer() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let path = dir.path().join("kasho.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\naccess_token_ttl_seconds = 900\n",
+        )
+        .unwrap_or_default();
+        let mut l = Layers::default();
+        l.load_file(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        let c = Config::from_layers(&l).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.access_token_ttl_seconds, 900);
+        std::fs::write(&path, "access_token_ttl_seconds = 1\n").unwrap_or_default();
+        let mut l = Layers::default();
+        l.load_file(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        let e = Config::from_layers(&l)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn database_url_password_is_hidden() {
+        assert_eq!(
+            redact("database_url", "postgres://kasho:hunter2@db:5432/kasho"),
+            "postgres://kasho:***@db:5432/kasho"
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Roles, permissions and the single role→permission table that decides every route.
+//!
+//! A permission is granted with a [`Scope`]: `All` resources of the caller's tenant, or only
+//! the ones the caller `Own`s (a CUSTOMER reading its own user record). Routes name the
+//! permission they need (see `http::routes`); the authorisation middleware is the only place
+//! that checks it, and handlers narrow their queries with [`PermissionSet::scope`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A role a user holds. Every tenant user holds one or more tenant roles; platform admins hold
+/// only [`Role::PlatformAdmin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Manager,
+    Agent,
+    Cashier,
+    ComplianceOfficer,
+    Auditor,
+    Customer,
+    PlatformAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Manager,
+        Role::Agent,
+        Role::Cashier,
+        Role::ComplianceOfficer,
+        Role::Auditor,
+        Role::Customer,
+        Role::PlatformAdmin,
+    ];
+
+    pub const TENANT_ROLES: [Role; 6] = [
+        Role::Manager,
+        Role::Agent,
+        Role::Cashier,
+        Role::ComplianceOfficer,
+        Role::Auditor,
+        Role::Customer,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Manager => "MANAGER",
+            Role::Agent => "AGENT",
+            Role::Cashier => "CASHIER",
+            Role::ComplianceOfficer => "COMPLIANCE_OFFICER",
+            Role::Auditor => "AUDITOR",
+            Role::Customer => "CUSTOMER",
+            Role::PlatformAdmin => "PLATFORM_ADMIN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub const fn is_platform(self) -> bool {
+        matches!(self, Role::PlatformAdmin)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A named permission. Routes require exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Create tenants, suspend and reactivate them (platform only).
+    TenantsWrite,
+    /// List and read tenants (platform only).
+    TenantsRead,
+    /// Create users, disable and enable them, assign roles.
+    UsersWrite,
+    /// List and read users.
+    UsersRead,
+    /// Read the audit log of the caller's tenant (or of the platform, for platform admins).
+    AuditRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 5] = [
+        Permission::TenantsWrite,
+        Permission::TenantsRead,
+        Permission::UsersWrite,
+        Permission::UsersRead,
+        Permission::AuditRead,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Permission::TenantsWrite => "tenants:write",
+            Permission::TenantsRead => "tenants:read",
+            Permission::UsersWrite => "users:write",
+            Permission::UsersRead => "users:read",
+            Permission::AuditRead => "audit:read",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far a granted permission reaches within the caller's tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Only resources the caller owns.
+    Own,
+    /// Every resource of the caller's tenant.
+    All,
+}
+
+impl Scope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Own => "own",
+            Scope::All => "all",
+        }
+    }
+}
+
+use Permission as P;
+use Scope::{All, Own};
+
+/// THE role→permission table. docs/SECURITY.md reproduces it; a test checks every route
+/// against it for every role.
+pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
+    (
+        Role::Manager,
+        &[
+            (P::UsersWrite, All),
+            (P::UsersRead, All),
+            (P::AuditRead, All),
+        ],
+    ),
+    (Role::Agent, &[]),
+    (Role::Cashier, &[]),
+    (Role::ComplianceOfficer, &[(P::UsersRead, All)]),
+    (Role::Auditor, &[(P::UsersRead, All), (P::AuditRead, All)]),
+    (Role::Customer, &[(P::UsersRead, Own)]),
+    (
+        Role::PlatformAdmin,
+        &[
+            (P::TenantsWrite, All),
+            (P::TenantsRead, All),
+            (P::AuditRead, All),
+        ],
+    ),
+];
+
+/// What the table grants one role.
+pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
+    ROLE_PERMISSIONS
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, g)| *g)
+        .unwrap_or(&[])
+}
+
+/// The effective permissions of a set of roles: the union, keeping the widest scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PermissionSet(BTreeMap<Permission, Scope>);
+
+impl PermissionSet {
+    pub fn for_roles(roles: &[Role]) -> Self {
+        let mut map = BTreeMap::new();
+        for role in roles {
+            for (perm, scope) in grants(*role) {
+                let entry = map.entry(*perm).or_insert(*scope);
+                if *scope > *entry {
+                    *entry = *scope;
+                }
+            }
+        }
+        Self(map)
+    }
+
+    /// The scope at which `perm` is granted, if at all.
+    pub fn scope(&self, perm: Permission) -> Option<Scope> {
+        self.0.get(&perm).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Permission, Scope)> + '_ {
+        self.0.iter().map(|(p, s)| (*p, *s))
+    }
+
+    /// Whether every permission of `other` is held here at least as widely.
+    pub fn covers(&self, other: &PermissionSet) -> Result<(), Permission> {
+        for (perm, scope) in other.iter() {
+            match self.scope(perm) {
+                Some(mine) if mine >= scope => {}
+                _ => return Err(perm),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses and checks a set of roles for a tenant user: at least one, only tenant roles, no
+/// duplicates (sorted, so storage is canonical).
+pub fn parse_tenant_roles(raw: &[String]) -> Result<Vec<Role>, String> {
+    if raw.is_empty() {
+        return Err("at least one role is required".into());
+    }
+    let mut roles = Vec::with_capacity(raw.len());
+    for r in raw {
+        let role = Role::parse(r).ok_or_else(|| {
+            format!(
+                "unknown role `{r}`; expected one of {}",
+                Role::TENANT_ROLES.map(Role::as_str).join(", ")
+            )
+        })?;
+        if role.is_platform() {
+            return Err("PLATFORM_ADMIN cannot be granted to a tenant user".into());
+        }
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    roles.sort();
+    Ok(roles)
+}
+
+/// Roles as stored: comma-separated names.
+pub fn roles_to_storage(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn roles_from_storage(s: &str) -> Vec<Role> {
+    s.split(',').filter_map(Role::parse).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_in_the_table_once() {
+        for role in Role::ALL {
+            assert_eq!(
+                ROLE_PERMISSIONS.iter().filter(|(r, _)| *r == role).count(),
+                1,
+                "{role}"
+            );
+        }
+    }
+
+    #[test]
+    fn union_keeps_widest_scope() {
+        let set = PermissionSet::for_roles(&[Role::Customer, Role::Auditor]);
+        assert_eq!(set.scope(P::UsersRead), Some(All));
+        assert_eq!(set.scope(P::UsersWrite), None);
+        let own = PermissionSet::for_roles(&[Role::Customer]);
+        assert_eq!(own.scope(P::UsersRead), Some(Own));
+    }
+
+    #[test]
+    fn covers_refuses_wider_scope_or_missing_permission() {
+        let customer = PermissionSet::for_roles(&[Role::Customer]);
+        let auditor = PermissionSet::for_roles(&[Role::Auditor]);
+        let manager = PermissionSet::for_roles(&[Role::Manager]);
+        assert_eq!(customer.covers(&auditor), Err(P::UsersRead));
+        assert!(manager.covers(&auditor).is_ok());
+        assert!(manager.covers(&customer).is_ok());
+        assert_eq!(auditor.covers(&manager), Err(P::UsersWrite));
+    }
+
+    #[test]
+    fn tenant_roles_parse_strictly() {
+        assert!(parse_tenant_roles(&[]).is_err());
+        assert!(parse_tenant_roles(&["PLATFORM_ADMIN".into()]).is_err());
+        assert!(parse_tenant_roles(&["manager".into()]).is_err());
+        assert_eq!(
+            parse_tenant_roles(&["CUSTOMER".into(), "MANAGER".into(), "CUSTOMER".into()]),
+            Ok(vec![Role::Manager, Role::Customer])
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Domain rules and value types. Nothing here knows about HTTP or SQL.
+
+pub mod audit;
+pub mod authz;
+pub mod currency;
+pub mod values;

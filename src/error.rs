@@ -1,0 +1,91 @@
+//! The application error: what a use case can refuse, in domain terms. The HTTP layer maps
+//! each variant to a status, an error `type` and a stable `code` (see `http::error`); storage
+//! and infrastructure failures collapse into [`AppError::Internal`], whose detail goes to the
+//! log and never to the client.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Input failed validation. `param` names the offending field.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        param: Option<String>,
+        message: String,
+    },
+    /// The resource does not exist, or exists in another tenant: both answer the same.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The request conflicts with existing state (a duplicate slug or email).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        param: Option<String>,
+        message: String,
+    },
+    /// The request is well-formed but breaks a business rule.
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// Email/password did not match (or the account does not exist: the same answer).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// No credential was presented where one is required.
+    #[error("authentication required")]
+    AuthenticationRequired,
+    /// A token is malformed, forged, revoked or otherwise not acceptable.
+    #[error("{0}")]
+    InvalidToken(&'static str),
+    /// An access token past its expiry.
+    #[error("access token expired")]
+    TokenExpired,
+    /// A spent refresh token was presented again; its session has been revoked.
+    #[error("refresh token already used; the session has been revoked")]
+    RefreshTokenReused,
+    /// The account or its tenant may not sign in.
+    #[error("{message}")]
+    AccountUnavailable { code: &'static str, message: String },
+    /// Authenticated, but the role table does not grant this.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// Something failed inside Kasho. The detail is logged, never returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code: "parameter_invalid",
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// The generic refusal of the authorisation middleware.
+    pub fn forbidden() -> Self {
+        Self::Forbidden {
+            code: "forbidden",
+            message: "you do not have permission to perform this action".into(),
+        }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal(detail.to_string())
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { constraint } => AppError::Conflict {
+                code: "resource_exists",
+                param: None,
+                message: format!("a resource with the same unique value exists ({constraint})"),
+            },
+            StoreError::Database(msg) => AppError::Internal(msg),
+        }
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

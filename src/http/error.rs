@@ -1,0 +1,167 @@
+//! The public error shape: `{"error": {"type", "code", "message", "param", "request_id"}}`.
+//! Every refusal the API makes goes through [`ApiError`]. 5xx bodies never carry internals: the
+//! detail is logged with the request id instead.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::middleware::{AuditRecorded, current_request_id};
+use crate::error::AppError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    /// The use case already wrote this refusal's audit record.
+    pub audited: bool,
+}
+
+/// The error body, as documented in OpenAPI.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_request_error`, `authentication_error`, `permission_error` or `api_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A stable machine-readable code, e.g. `parameter_invalid`, `invalid_credentials`.
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The request field at fault, if any (dotted path, e.g. `manager.email`).
+    pub param: Option<String>,
+    /// The `X-Request-Id` of the request.
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+            audited: false,
+        }
+    }
+
+    pub fn invalid(code: &'static str, param: Option<String>, message: impl Into<String>) -> Self {
+        Self {
+            param,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                code,
+                message,
+            )
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "resource_missing",
+            format!("no such {what}"),
+        )
+    }
+
+    pub fn audited(mut self) -> Self {
+        self.audited = true;
+        self
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        use StatusCode as S;
+        const INVALID: &str = "invalid_request_error";
+        const AUTHN: &str = "authentication_error";
+        const PERM: &str = "permission_error";
+        let message = e.to_string();
+        match e {
+            AppError::Invalid { code, param, .. } => ApiError::invalid(code, param, message),
+            AppError::NotFound(what) => ApiError::not_found(what),
+            AppError::Conflict { code, param, .. } => ApiError {
+                param,
+                ..ApiError::new(S::CONFLICT, INVALID, code, message)
+            },
+            AppError::Unprocessable { code, .. } => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, INVALID, code, message)
+            }
+            AppError::InvalidCredentials => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "invalid_credentials", message)
+            }
+            AppError::AuthenticationRequired => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "authentication_required", message)
+            }
+            AppError::InvalidToken(_) => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "invalid_token", message)
+            }
+            AppError::TokenExpired => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "token_expired", message)
+            }
+            AppError::RefreshTokenReused => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "refresh_token_reused", message)
+            }
+            AppError::AccountUnavailable { code, .. } => {
+                ApiError::new(S::FORBIDDEN, AUTHN, code, message)
+            }
+            AppError::Forbidden { code, .. } => ApiError::new(S::FORBIDDEN, PERM, code, message),
+            AppError::Internal(detail) => {
+                tracing::error!(request_id = current_request_id().as_deref(), error = %detail, "internal error");
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "internal_error",
+                    "an internal error occurred; quote the request id when reporting it",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.to_owned(),
+                code: self.code.to_owned(),
+                message: self.message,
+                param: self.param,
+                request_id: current_request_id(),
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kasho\""),
+            );
+        }
+        resp.extensions_mut().insert(ErrorCode(self.code));
+        if self.audited {
+            resp.extensions_mut().insert(AuditRecorded);
+        }
+        resp
+    }
+}
+
+/// The error code of an error response, for the audit fallback's `reason`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+pub type ApiResult<T> = Result<T, ApiError>;

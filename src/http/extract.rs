@@ -1,0 +1,145 @@
+//! Strict extractors. JSON bodies must be `application/json`, within the size limit, and match
+//! the request type exactly: unknown fields, duplicate keys, wrong types and missing fields are
+//! refused with the offending `param` named. Query strings get the same treatment.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::service::{Principal, RequestMeta};
+
+/// A JSON request body, deserialised strictly.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                "request bodies must be JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "request_too_large",
+                    "the request body is larger than the limit",
+                )
+            } else {
+                ApiError::invalid("invalid_body", None, "the request body could not be read")
+            }
+        })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+                _ => ApiError::invalid(
+                    "invalid_json",
+                    None,
+                    format!("the body is not valid JSON: {inner}"),
+                ),
+            }
+        })?;
+        de.end().map_err(|_| {
+            ApiError::invalid("invalid_json", None, "unexpected data after the JSON value")
+        })?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// A query string, deserialised strictly.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                data_error(&path, &e.into_inner().to_string())
+            })
+    }
+}
+
+/// Maps a serde data error to a param-level error.
+fn data_error(path: &str, msg: &str) -> ApiError {
+    let base = if path == "." || path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
+    let quoted = msg.split('`').nth(1).map(str::to_owned);
+    // serde's messages: "unknown field `x`, expected …", "missing field `x`",
+    // "duplicate field `x`", "invalid type: …", "invalid value: …".
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    if msg.starts_with("unknown field") {
+        let field = quoted.unwrap_or_default();
+        ApiError::invalid(
+            "parameter_unknown",
+            Some(format!("{base}{field}")),
+            format!("unknown parameter `{base}{field}`"),
+        )
+    } else if msg.starts_with("missing field") {
+        let field = quoted.unwrap_or_default();
+        ApiError::invalid(
+            "parameter_missing",
+            Some(format!("{base}{field}")),
+            format!("missing required parameter `{base}{field}`"),
+        )
+    } else if msg.starts_with("duplicate field") {
+        let field = quoted.unwrap_or_default();
+        ApiError::invalid(
+            "parameter_duplicate",
+            Some(format!("{base}{field}")),
+            format!("parameter `{base}{field}` appears more than once"),
+        )
+    } else {
+        let param = (!base.is_empty()).then(|| base.trim_end_matches('.').to_owned());
+        ApiError::invalid("parameter_invalid", param, msg.to_owned())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| crate::error::AppError::AuthenticationRequired.into())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}

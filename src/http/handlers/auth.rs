@@ -1,0 +1,103 @@
+//! Login, refresh, logout and `/v1/me`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+
+use super::Recorded;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::extract::ApiJson;
+use crate::http::views::{LoginRequest, MeView, PermissionView, RefreshRequest, TokenResponse};
+use crate::service::auth::{self, LoginInput, TokenPair};
+use crate::service::{Principal, RequestMeta};
+
+fn render(pair: TokenPair) -> Json<TokenResponse> {
+    Json(TokenResponse {
+        access_token: pair.access_token,
+        token_type: "Bearer",
+        expires_in: pair.expires_in,
+        refresh_token: pair.refresh_token.expose_secret().to_owned(),
+        refresh_expires_in: pair.refresh_expires_in,
+    })
+}
+
+/// Sign in with email and password. Unknown tenants, unknown emails and wrong passwords all
+/// answer 401 `invalid_credentials`, at the same cost.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, body = TokenResponse),
+    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Account disabled or tenant suspended", body = ErrorBody),
+))]
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> ApiResult<Recorded<Json<TokenResponse>>> {
+    let input = LoginInput {
+        tenant: body.tenant,
+        email: body.email,
+        password: body.password,
+    };
+    match auth::login(&state.core, &meta, input).await {
+        Ok(pair) => Ok(Recorded(StatusCode::OK, render(pair))),
+        Err(auth::Audited(e)) => Err(ApiError::from(e).audited()),
+    }
+}
+
+/// Exchange a refresh token for a new pair. Each refresh token works once; presenting a spent
+/// one answers 401 `refresh_token_reused` and ends the whole session.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+))]
+pub async fn refresh(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<Recorded<Json<TokenResponse>>> {
+    match auth::refresh(&state.core, &meta, &body.refresh_token).await {
+        Ok(pair) => Ok(Recorded(StatusCode::OK, render(pair))),
+        Err(auth::Audited(e)) => Err(ApiError::from(e).audited()),
+    }
+}
+
+/// End the current session: its access token stops working at once and its refresh token is dead.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "Signed out"), (status = 401, body = ErrorBody),
+))]
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> ApiResult<Recorded<()>> {
+    auth::logout(&state.core, &meta, &principal).await?;
+    Ok(Recorded(StatusCode::NO_CONTENT, ()))
+}
+
+/// The signed-in principal: ids, roles and effective permissions.
+#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])), responses(
+    (status = 200, body = MeView), (status = 401, body = ErrorBody),
+))]
+pub async fn me(principal: Principal) -> Json<MeView> {
+    Json(MeView {
+        object: "principal",
+        user_id: principal.user_id.to_string(),
+        tenant_id: principal.tenant_id.as_ref().map(ToString::to_string),
+        session_id: principal.session_id.to_string(),
+        roles: principal
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+        permissions: principal
+            .permissions
+            .iter()
+            .map(|(p, s)| PermissionView {
+                name: p.as_str(),
+                scope: s.as_str(),
+            })
+            .collect(),
+    })
+}

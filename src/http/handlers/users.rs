@@ -1,0 +1,105 @@
+//! Users of the caller's tenant.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
+use super::Recorded;
+use crate::http::AppState;
+use crate::http::error::{ApiResult, ErrorBody};
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::views::{CreateUserRequest, List, ListQuery, SetRolesRequest, UserView, page};
+use crate::ids::UserId;
+use crate::service::users::{self, CreateUser};
+use crate::service::{Principal, RequestMeta};
+
+/// Create a user in the caller's tenant. The roles may not carry a permission the caller lacks.
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateUserRequest, responses(
+    (status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody),
+))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateUserRequest>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let input = CreateUser {
+        email: body.email,
+        password: body.password,
+        roles: body.roles,
+    };
+    let user = users::create(&state.core, &meta, &principal, input).await?;
+    Ok(Recorded(StatusCode::CREATED, Json(user.into())))
+}
+
+/// List users of the caller's tenant, newest first (a CUSTOMER sees only itself).
+#[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])), params(ListQuery), responses(
+    (status = 200, body = List<UserView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<List<UserView>>> {
+    let page = page(q.limit, q.starting_after, |c| UserId::parse(c).is_some())?;
+    let listed = users::list(&state.core, &principal, &page).await?;
+    Ok(Json(List::from(listed, UserView::from)))
+}
+
+/// Get one user. Another tenant's user answers 404, as a missing one does.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id (`usr_…`)")), responses(
+    (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(users::get(&state.core, &principal, &id).await?.into()))
+}
+
+/// Disable a user: they cannot sign in and their sessions end at once.
+#[utoipa::path(post, path = "/v1/users/{id}/disable", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+    (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+))]
+pub async fn disable(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let u = users::set_disabled(&state.core, &meta, &principal, &id, true).await?;
+    Ok(Recorded(StatusCode::OK, Json(u.into())))
+}
+
+/// Re-enable a disabled user.
+#[utoipa::path(post, path = "/v1/users/{id}/enable", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+    (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+))]
+pub async fn enable(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let u = users::set_disabled(&state.core, &meta, &principal, &id, false).await?;
+    Ok(Recorded(StatusCode::OK, Json(u.into())))
+}
+
+/// Replace a user's roles. Takes effect on the user's next request.
+#[utoipa::path(put, path = "/v1/users/{id}/roles", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), request_body = SetRolesRequest, responses(
+    (status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+))]
+pub async fn set_roles(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SetRolesRequest>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let u = users::set_roles(&state.core, &meta, &principal, &id, &body.roles).await?;
+    Ok(Recorded(StatusCode::OK, Json(u.into())))
+}

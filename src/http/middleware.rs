@@ -1,0 +1,235 @@
+//! Request-wide layers: the request id, security headers, access logging, and the one
+//! authorisation mechanism every API route goes through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode};
+use super::routes::Access;
+use crate::domain::audit::Outcome;
+use crate::error::AppError;
+use crate::ids::RequestId;
+use crate::service::{AuditBuilder, RequestMeta, auth};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Marks a response whose audit record was written by the use case itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRecorded;
+
+/// Gives every request a fresh `req_…` id (never trusting the client's), echoes it in
+/// `X-Request-Id`, and logs one line per request.
+pub async fn request_id(req: Request, next: Next) -> Response {
+    let id = RequestId::generate().to_string();
+    let method = req.method().clone();
+    let started = Instant::now();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let route = resp
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", |m| m.as_str())
+        .to_owned();
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+/// Security headers on every response. API responses may carry tokens or personal data, so
+/// they are never cached.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let is_docs = req.uri().path().starts_with("/docs");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if is_docs {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        );
+    } else {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The request facts the audit trail records.
+fn request_meta(req: &Request) -> RequestMeta {
+    RequestMeta {
+        request_id: current_request_id(),
+        ip: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// The access token from `Authorization: Bearer …` or FinCode's `X-Auth-Token`.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn is_mutating(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// THE authorisation mechanism. Looks the matched route up in the route table and, unless it
+/// is public, authenticates the caller and checks the table's permission. Unknown routes are
+/// refused (fail closed). Afterwards, any state-changing request whose use case did not write
+/// its own audit record (validation failures, refusals) gets one here.
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let meta = request_meta(&req);
+    let method = req.method().clone();
+    let Some(def) = matched.and_then(|m| state.route(&method, m.as_str())) else {
+        return ApiError::from(AppError::forbidden()).into_response();
+    };
+    let core = &state.core;
+
+    let principal = match def.access {
+        Access::Public => None,
+        Access::Authenticated | Access::Permission(_) => {
+            let result = match presented_token(req.headers()) {
+                None => Err(AppError::AuthenticationRequired),
+                Some(t) => auth::authenticate(core, t).await,
+            };
+            match result {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let reason = match &e {
+                        AppError::TokenExpired => Some("token_expired"),
+                        AppError::InvalidToken(_) => Some("invalid_token"),
+                        _ => None,
+                    };
+                    if let Some(reason) = reason {
+                        let ev = AuditBuilder::new(core, &meta, None).event(
+                            None,
+                            "auth.token_rejected",
+                            None,
+                            Outcome::Failure,
+                            Some(reason),
+                        );
+                        auth::record(core, &ev).await;
+                    }
+                    return ApiError::from(e).into_response();
+                }
+            }
+        }
+    };
+
+    if let (Access::Permission(perm), Some(p)) = (def.access, &principal)
+        && p.permissions.scope(perm).is_none()
+    {
+        let ev = AuditBuilder::new(core, &meta, Some(p)).own(
+            def.action,
+            None,
+            Outcome::Denied,
+            Some(perm.as_str()),
+        );
+        auth::record(core, &ev).await;
+        return ApiError::from(AppError::forbidden()).into_response();
+    }
+
+    req.extensions_mut().insert(meta.clone());
+    if let Some(p) = &principal {
+        req.extensions_mut().insert(p.clone());
+    }
+    let resp = next.run(req).await;
+
+    if is_mutating(&method) && resp.extensions().get::<AuditRecorded>().is_none() {
+        let outcome = match resp.status().as_u16() {
+            200..=299 => Outcome::Success,
+            401 | 403 => Outcome::Denied,
+            _ => Outcome::Failure,
+        };
+        let reason = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+        let ev = AuditBuilder::new(core, &meta, principal.as_ref())
+            .own(def.action, None, outcome, reason);
+        if outcome == Outcome::Success {
+            tracing::warn!(
+                action = def.action,
+                "state-changing request succeeded without an audit record from its use case"
+            );
+        }
+        auth::record(core, &ev).await;
+    }
+    resp
+}
+
+/// 404 in the error shape for paths no route matches.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// 405 in the error shape.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this method is not allowed on this path",
+    )
+}
+
+/// A panic becomes a 500 in the error shape; the payload goes to the log, not the client.
+pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("(non-string panic payload)");
+    ApiError::from(AppError::Internal(format!("panic: {detail}"))).into_response()
+}

@@ -1,0 +1,71 @@
+//! The REST API. Handlers translate HTTP into service calls and results into JSON; rules live
+//! in `service` and `domain`. See docs/API.md for the conventions.
+
+pub mod error;
+pub mod extract;
+mod handlers;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::service::Core;
+use routes::RouteDef;
+
+/// Shared state of the HTTP layer.
+pub struct AppState {
+    pub core: Arc<Core>,
+    routes: HashMap<(Method, &'static str), RouteDef>,
+}
+
+impl AppState {
+    /// The table row of a matched route.
+    pub fn route(&self, method: &Method, path: &str) -> Option<&RouteDef> {
+        self.routes
+            .iter()
+            .find(|((m, p), _)| m == method && *p == path)
+            .map(|(_, d)| d)
+    }
+}
+
+/// Builds the whole HTTP application.
+pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
+    let all = routes::all();
+    let state = Arc::new(AppState {
+        core,
+        routes: all
+            .iter()
+            .map(|r| ((r.def.method.clone(), r.def.path), r.def.clone()))
+            .collect(),
+    });
+    let mut api: Router<Arc<AppState>> = Router::new();
+    for r in all {
+        api = api.route(r.def.path, r.handler);
+    }
+    let api = api
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authorize,
+        ))
+        .with_state(state);
+
+    Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/v1/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+}

@@ -1,0 +1,193 @@
+//! The route table: every API route with the access it requires and the audit action it
+//! records. The router is built from this table and the authorisation middleware enforces it,
+//! so a route cannot exist without an entry (and an entry names exactly one permission).
+
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter, on};
+
+use super::AppState;
+use super::handlers::{audit, auth, meta, tenants, users};
+use crate::domain::authz::Permission;
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health, JWKS, login, refresh).
+    Public,
+    /// Any signed-in principal.
+    Authenticated,
+    /// A principal whose roles grant this permission.
+    Permission(Permission),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub method: Method,
+    /// The axum/OpenAPI path template, e.g. `/v1/users/{id}`.
+    pub path: &'static str,
+    pub access: Access,
+    /// The audit action recorded for this route, e.g. `user.create`.
+    pub action: &'static str,
+}
+
+pub(super) struct Route {
+    pub def: RouteDef,
+    pub handler: MethodRouter<std::sync::Arc<AppState>>,
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    action: &'static str,
+    handler: H,
+) -> Route
+where
+    H: axum::handler::Handler<T, std::sync::Arc<AppState>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    Route {
+        def: RouteDef {
+            method,
+            path,
+            access,
+            action,
+        },
+        handler: on(filter, handler),
+    }
+}
+
+pub(super) fn all() -> Vec<Route> {
+    use Access::{Authenticated, Public};
+    use Permission as P;
+    let perm = Access::Permission;
+    vec![
+        route(
+            Method::GET,
+            "/healthz",
+            Public,
+            "health.read",
+            meta::healthz,
+        ),
+        route(
+            Method::GET,
+            "/.well-known/jwks.json",
+            Public,
+            "jwks.read",
+            meta::jwks,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/login",
+            Public,
+            "auth.login",
+            auth::login,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/refresh",
+            Public,
+            "auth.refresh",
+            auth::refresh,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/logout",
+            Authenticated,
+            "auth.logout",
+            auth::logout,
+        ),
+        route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
+        route(
+            Method::POST,
+            "/v1/tenants",
+            perm(P::TenantsWrite),
+            "tenant.create",
+            tenants::create,
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants",
+            perm(P::TenantsRead),
+            "tenant.list",
+            tenants::list,
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants/{id}",
+            perm(P::TenantsRead),
+            "tenant.read",
+            tenants::get,
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{id}/suspend",
+            perm(P::TenantsWrite),
+            "tenant.suspend",
+            tenants::suspend,
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{id}/reactivate",
+            perm(P::TenantsWrite),
+            "tenant.reactivate",
+            tenants::reactivate,
+        ),
+        route(
+            Method::POST,
+            "/v1/users",
+            perm(P::UsersWrite),
+            "user.create",
+            users::create,
+        ),
+        route(
+            Method::GET,
+            "/v1/users",
+            perm(P::UsersRead),
+            "user.list",
+            users::list,
+        ),
+        route(
+            Method::GET,
+            "/v1/users/{id}",
+            perm(P::UsersRead),
+            "user.read",
+            users::get,
+        ),
+        route(
+            Method::POST,
+            "/v1/users/{id}/disable",
+            perm(P::UsersWrite),
+            "user.disable",
+            users::disable,
+        ),
+        route(
+            Method::POST,
+            "/v1/users/{id}/enable",
+            perm(P::UsersWrite),
+            "user.enable",
+            users::enable,
+        ),
+        route(
+            Method::PUT,
+            "/v1/users/{id}/roles",
+            perm(P::UsersWrite),
+            "user.roles.update",
+            users::set_roles,
+        ),
+        route(
+            Method::GET,
+            "/v1/audit-events",
+            perm(P::AuditRead),
+            "audit.list",
+            audit::list,
+        ),
+    ]
+}
+
+/// The table alone (for docs, tests and tools).
+pub fn table() -> Vec<RouteDef> {
+    all().into_iter().map(|r| r.def).collect()
+}

@@ -1,0 +1,151 @@
+//! Use cases. Each function takes the [`Core`] (storage, clock, hasher, token keys), the
+//! caller's [`Principal`] where there is one, and the request's [`RequestMeta`] for the audit
+//! trail, and returns domain results or an [`AppError`](crate::error::AppError). Nothing here
+//! knows about HTTP.
+
+pub mod audit;
+pub mod auth;
+pub mod tenants;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::crypto::jwt::TokenKeys;
+use crate::crypto::password::PasswordHasher;
+use crate::domain::audit::{ActorType, AuditSealer, NewAuditEvent, Outcome};
+use crate::domain::authz::{Permission, PermissionSet, Role, Scope};
+use crate::error::{AppError, AppResult};
+use crate::ids::{SessionId, TenantId, UserId};
+use crate::store::{Page, Store};
+
+/// Session and token settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub access_token_ttl_seconds: i64,
+    pub refresh_token_ttl_seconds: i64,
+}
+
+/// Everything the use cases need, shared by all requests.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub hasher: PasswordHasher,
+    pub tokens: TokenKeys,
+    pub sealer: AuditSealer,
+    pub settings: Settings,
+}
+
+/// Who is calling: established from a verified access token and a live session.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub tenant_id: Option<TenantId>,
+    pub session_id: SessionId,
+    pub roles: Vec<Role>,
+    pub permissions: PermissionSet,
+}
+
+impl Principal {
+    /// The caller's tenant; platform admins have none and so cannot reach tenant data.
+    pub fn tenant(&self) -> AppResult<&TenantId> {
+        self.tenant_id.as_ref().ok_or_else(AppError::forbidden)
+    }
+
+    /// The scope at which `perm` is held (the middleware has already checked it is held).
+    pub fn scope(&self, perm: Permission) -> AppResult<Scope> {
+        self.permissions.scope(perm).ok_or_else(AppError::forbidden)
+    }
+}
+
+/// Facts about the request that the audit trail records.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Builds audit records with the request's facts filled in.
+pub struct AuditBuilder<'a> {
+    meta: &'a RequestMeta,
+    actor: Option<&'a Principal>,
+    at: crate::clock::Timestamp,
+}
+
+impl<'a> AuditBuilder<'a> {
+    pub fn new(core: &Core, meta: &'a RequestMeta, actor: Option<&'a Principal>) -> Self {
+        Self {
+            meta,
+            actor,
+            at: core.clock.now(),
+        }
+    }
+
+    /// A record in `tenant`'s chain (the platform chain for `None`).
+    pub fn event(
+        &self,
+        tenant: Option<&TenantId>,
+        action: &str,
+        target: Option<(&str, &str)>,
+        outcome: Outcome,
+        reason: Option<&str>,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            tenant_id: tenant.cloned(),
+            occurred_at: self.at,
+            actor_type: if self.actor.is_some() {
+                ActorType::User
+            } else {
+                ActorType::Anonymous
+            },
+            actor_id: self.actor.map(|p| p.user_id.to_string()),
+            action: action.to_owned(),
+            target_type: target.map(|(t, _)| t.to_owned()),
+            target_id: target.map(|(_, id)| id.to_owned()),
+            outcome,
+            reason: reason.map(str::to_owned),
+            ip: self.meta.ip.clone(),
+            request_id: self.meta.request_id.clone(),
+        }
+    }
+
+    /// A record in the actor's own chain.
+    pub fn own(
+        &self,
+        action: &str,
+        target: Option<(&str, &str)>,
+        outcome: Outcome,
+        reason: Option<&str>,
+    ) -> NewAuditEvent {
+        let tenant = self.actor.and_then(|p| p.tenant_id.as_ref());
+        self.event(tenant, action, target, outcome, reason)
+    }
+}
+
+/// A page of results and whether more follow.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Listed<T> {
+    /// Trims the extra row the store fetched to learn whether more follow.
+    pub fn from_rows(mut rows: Vec<T>, page: &Page) -> Self {
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Self {
+            data: rows,
+            has_more,
+        }
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Listed<U> {
+        Listed {
+            data: self.data.into_iter().map(f).collect(),
+            has_more: self.has_more,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Tenant lifecycle (platform admins only): create with an initial MANAGER, list, read,
+//! suspend (which also ends every session of the tenant) and reactivate.
+
+use secrecy::SecretString;
+
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use crate::config::ACCESS_TTL_BOUNDS;
+use crate::domain::audit::Outcome;
+use crate::domain::authz::Role;
+use crate::domain::currency::parse_currency_list;
+use crate::domain::values::{DisplayName, Email, NewPassword, Slug};
+use crate::error::{AppError, AppResult};
+use crate::ids::{TenantId, UserId};
+use crate::store::{NewTenant, NewUser, Page, StoreError, TenantRecord};
+
+pub struct CreateTenant {
+    pub slug: String,
+    pub name: String,
+    pub currencies: Vec<String>,
+    pub manager_email: String,
+    pub manager_password: SecretString,
+    pub access_token_ttl_seconds: Option<i64>,
+}
+
+pub async fn create(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: CreateTenant,
+) -> AppResult<(TenantRecord, UserId)> {
+    let slug = Slug::parse(&input.slug).map_err(|m| AppError::invalid("slug", m))?;
+    let name = DisplayName::parse(&input.name).map_err(|m| AppError::invalid("name", m))?;
+    let currencies =
+        parse_currency_list(&input.currencies).map_err(|m| AppError::invalid("currencies", m))?;
+    let email =
+        Email::parse(&input.manager_email).map_err(|m| AppError::invalid("manager.email", m))?;
+    let password = NewPassword::parse(input.manager_password)
+        .map_err(|m| AppError::invalid("manager.password", m))?;
+    if let Some(ttl) = input.access_token_ttl_seconds
+        && !(ACCESS_TTL_BOUNDS.0..=ACCESS_TTL_BOUNDS.1).contains(&ttl)
+    {
+        return Err(AppError::invalid(
+            "access_token_ttl_seconds",
+            format!(
+                "must be between {} and {}",
+                ACCESS_TTL_BOUNDS.0, ACCESS_TTL_BOUNDS.1
+            ),
+        ));
+    }
+    let slug_taken = || AppError::Conflict {
+        code: "slug_taken",
+        param: Some("slug".into()),
+        message: format!("a tenant with slug `{}` already exists", slug.as_str()),
+    };
+    if core
+        .store
+        .get_tenant_by_slug(slug.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(slug_taken());
+    }
+
+    let now = core.clock.now();
+    let tenant_id = TenantId::generate();
+    let manager_id = UserId::generate();
+    let tenant = NewTenant {
+        id: tenant_id.clone(),
+        slug: slug.as_str().to_owned(),
+        name: name.as_str().to_owned(),
+        currencies: currencies
+            .iter()
+            .map(|c| c.code())
+            .collect::<Vec<_>>()
+            .join(","),
+        access_token_ttl_seconds: input.access_token_ttl_seconds,
+        created_at: now,
+    };
+    let manager = NewUser {
+        id: manager_id.clone(),
+        tenant_id: Some(tenant_id.clone()),
+        email,
+        password_hash: core
+            .hasher
+            .hash(password.secret())
+            .await
+            .map_err(AppError::internal)?,
+        roles: vec![Role::Manager],
+        created_at: now,
+    };
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    let events = [
+        audit.event(
+            None,
+            "tenant.create",
+            Some(("tenant", tenant_id.as_str())),
+            Outcome::Success,
+            None,
+        ),
+        audit.event(
+            Some(&tenant_id),
+            "tenant.create",
+            Some(("tenant", tenant_id.as_str())),
+            Outcome::Success,
+            None,
+        ),
+        audit.event(
+            Some(&tenant_id),
+            "user.create",
+            Some(("user", manager_id.as_str())),
+            Outcome::Success,
+            None,
+        ),
+    ];
+    match core.store.create_tenant(&tenant, &manager, &events).await {
+        Ok(()) => {}
+        // Lost a race with a concurrent create of the same slug.
+        Err(StoreError::Conflict { .. }) => return Err(slug_taken()),
+        Err(e) => return Err(e.into()),
+    }
+    let record = core
+        .store
+        .get_tenant(&tenant_id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    Ok((record, manager_id))
+}
+
+pub async fn get(core: &Core, id: &str) -> AppResult<TenantRecord> {
+    let id = TenantId::parse(id).ok_or(AppError::NotFound("tenant"))?;
+    core.store
+        .get_tenant(&id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))
+}
+
+pub async fn list(core: &Core, page: &Page) -> AppResult<Listed<TenantRecord>> {
+    let rows = core.store.list_tenants(page).await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+/// `suspend = true` suspends (and ends every session); `false` reactivates.
+pub async fn set_suspended(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    suspend: bool,
+) -> AppResult<TenantRecord> {
+    let id = TenantId::parse(id).ok_or(AppError::NotFound("tenant"))?;
+    let (status, action) = if suspend {
+        ("suspended", "tenant.suspend")
+    } else {
+        ("active", "tenant.reactivate")
+    };
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    let events = [
+        audit.event(
+            None,
+            action,
+            Some(("tenant", id.as_str())),
+            Outcome::Success,
+            None,
+        ),
+        audit.event(
+            Some(&id),
+            action,
+            Some(("tenant", id.as_str())),
+            Outcome::Success,
+            None,
+        ),
+    ];
+    core.store
+        .set_tenant_status(&id, status, core.clock.now(), &events)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))
+}

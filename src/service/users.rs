@@ -1,0 +1,193 @@
+//! Tenant users: create, list, read, disable/enable, assign roles. All of it inside the
+//! caller's tenant; a user of another tenant is "not found", exactly like a missing one.
+//! A caller can never grant (or touch a user holding) a permission it does not hold itself.
+
+use secrecy::SecretString;
+
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use crate::domain::audit::Outcome;
+use crate::domain::authz::{
+    Permission, PermissionSet, Role, Scope, parse_tenant_roles, roles_from_storage,
+};
+use crate::domain::values::{Email, NewPassword};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::store::{NewUser, Page, StoreError, UserChange, UserRecord};
+
+pub struct CreateUser {
+    pub email: String,
+    pub password: SecretString,
+    pub roles: Vec<String>,
+}
+
+/// Refuses roles whose permissions the caller does not hold at least as widely.
+fn check_grantable(actor: &Principal, roles: &[Role]) -> AppResult<()> {
+    actor
+        .permissions
+        .covers(&PermissionSet::for_roles(roles))
+        .map_err(|perm| AppError::Forbidden {
+            code: "role_not_grantable",
+            message: format!(
+                "you cannot grant or change roles carrying `{perm}`, which you do not hold"
+            ),
+        })
+}
+
+pub async fn create(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: CreateUser,
+) -> AppResult<UserRecord> {
+    let tenant = actor.tenant()?;
+    let email = Email::parse(&input.email).map_err(|m| AppError::invalid("email", m))?;
+    let password =
+        NewPassword::parse(input.password).map_err(|m| AppError::invalid("password", m))?;
+    let roles = parse_tenant_roles(&input.roles).map_err(|m| AppError::invalid("roles", m))?;
+    check_grantable(actor, &roles)?;
+    let taken = || AppError::Conflict {
+        code: "email_taken",
+        param: Some("email".into()),
+        message: "a user with this email already exists in this tenant".into(),
+    };
+    if core
+        .store
+        .find_user_by_email(Some(tenant), &email)
+        .await?
+        .is_some()
+    {
+        return Err(taken());
+    }
+    let id = UserId::generate();
+    let user = NewUser {
+        id: id.clone(),
+        tenant_id: Some(tenant.clone()),
+        email,
+        password_hash: core
+            .hasher
+            .hash(password.secret())
+            .await
+            .map_err(AppError::internal)?,
+        roles,
+        created_at: core.clock.now(),
+    };
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "user.create",
+        Some(("user", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    match core.store.create_user(&user, &[ev]).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => return Err(taken()),
+        Err(e) => return Err(e.into()),
+    }
+    core.store
+        .get_user(Some(tenant), &id)
+        .await?
+        .ok_or(AppError::NotFound("user"))
+}
+
+/// Parses a user id from a path and applies the ownership scope: under `Own`, anyone but the
+/// caller is "not found".
+fn target(actor: &Principal, id: &str, perm: Permission) -> AppResult<UserId> {
+    let id = UserId::parse(id).ok_or(AppError::NotFound("user"))?;
+    if actor.scope(perm)? == Scope::Own && id != actor.user_id {
+        return Err(AppError::NotFound("user"));
+    }
+    Ok(id)
+}
+
+pub async fn get(core: &Core, actor: &Principal, id: &str) -> AppResult<UserRecord> {
+    let id = target(actor, id, Permission::UsersRead)?;
+    core.store
+        .get_user(Some(actor.tenant()?), &id)
+        .await?
+        .ok_or(AppError::NotFound("user"))
+}
+
+pub async fn list(core: &Core, actor: &Principal, page: &Page) -> AppResult<Listed<UserRecord>> {
+    let only = match actor.scope(Permission::UsersRead)? {
+        Scope::Own => Some(&actor.user_id),
+        Scope::All => None,
+    };
+    let rows = core.store.list_users(actor.tenant()?, only, page).await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+pub async fn set_disabled(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    disable: bool,
+) -> AppResult<UserRecord> {
+    let id = target(actor, id, Permission::UsersWrite)?;
+    if disable && id == actor.user_id {
+        return Err(AppError::Unprocessable {
+            code: "cannot_disable_self",
+            message: "you cannot disable your own account".into(),
+        });
+    }
+    let (status, action) = if disable {
+        ("disabled", "user.disable")
+    } else {
+        ("active", "user.enable")
+    };
+    change(core, meta, actor, &id, UserChange::Status(status), action).await
+}
+
+pub async fn set_roles(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    roles: &[String],
+) -> AppResult<UserRecord> {
+    let id = target(actor, id, Permission::UsersWrite)?;
+    let roles = parse_tenant_roles(roles).map_err(|m| AppError::invalid("roles", m))?;
+    if id == actor.user_id {
+        return Err(AppError::Unprocessable {
+            code: "cannot_change_own_roles",
+            message: "you cannot change your own roles".into(),
+        });
+    }
+    check_grantable(actor, &roles)?;
+    change(
+        core,
+        meta,
+        actor,
+        &id,
+        UserChange::Roles(roles),
+        "user.roles.update",
+    )
+    .await
+}
+
+async fn change(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &UserId,
+    change: UserChange,
+    action: &str,
+) -> AppResult<UserRecord> {
+    let tenant = actor.tenant()?;
+    let current = core
+        .store
+        .get_user(Some(tenant), id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    // Nobody manages a user more privileged than themselves.
+    check_grantable(actor, &roles_from_storage(&current.roles))?;
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        action,
+        Some(("user", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    core.store
+        .update_user(tenant, id, &change, core.clock.now(), &[ev])
+        .await?
+        .ok_or(AppError::NotFound("user"))
+}

@@ -1,0 +1,56 @@
+//! The PostgreSQL backend, for several Kasho instances sharing one database. The URL's
+//! `sslmode` (`require`, `verify-ca`, `verify-full`) and `sslrootcert` are honoured through
+//! rustls. A URL may pin a schema with `options=-c search_path=…` (the tests do).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::sql::{HasDb, impl_store};
+use super::{StoreError, StoreResult};
+use crate::domain::audit::AuditSealer;
+
+pub struct PgStore {
+    pool: PgPool,
+    sealer: AuditSealer,
+}
+
+impl HasDb for PgStore {
+    type Db = Postgres;
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl PgStore {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        sealer: AuditSealer,
+    ) -> StoreResult<Self> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, sealer })
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn run_migrations(&self) -> StoreResult<Vec<String>> {
+        super::sqlite::run(&MIGRATOR, &self.pool).await
+    }
+
+    /// The pool, for tests and tools that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl_store!(PgStore, "postgres");

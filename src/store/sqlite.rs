@@ -1,0 +1,91 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL` (a 2xx means the
+//! change is on disk), foreign keys on, and write transactions opened with `BEGIN IMMEDIATE` so
+//! concurrent writers queue on the lock instead of failing mid-transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::sql::{HasDb, impl_store};
+use super::{StoreError, StoreResult};
+use crate::domain::audit::AuditSealer;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    sealer: AuditSealer,
+}
+
+impl HasDb for SqliteStore {
+    type Db = Sqlite;
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        sealer: AuditSealer,
+    ) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = opts.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, sealer })
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn run_migrations(&self) -> StoreResult<Vec<String>> {
+        run(&MIGRATOR, &self.pool).await
+    }
+
+    /// The pool, for tests and tools that inspect the database directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Applies `migrator`, reporting which migrations were new.
+pub(super) async fn run<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<Vec<String>>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    let mut conn = pool.acquire().await?;
+    let applied: Vec<i64> =
+        sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
+            .await
+            .map(|v| v.into_iter().map(|m| m.version).collect())
+            .unwrap_or_default();
+    drop(conn);
+    migrator.run(pool).await?;
+    Ok(migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect())
+}
+
+impl_store!(SqliteStore, "sqlite");
