@@ -25,12 +25,7 @@ pub enum StartError {
 
 /// Loads (or, in development, generates) the key material, warning about generated files.
 pub fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
-    let keys = KeyMaterial::load(&KeySources {
-        jwt_pem: config.jwt_signing_key.as_ref().map(|(k, s)| (k, s.clone())),
-        master_b64: config.master_key.as_ref().map(|(k, s)| (k, s.clone())),
-        data_dir: &config.data_dir,
-        may_generate: config.may_generate_keys(),
-    })?;
+    let keys = KeyMaterial::load(&key_sources(config, config.may_generate_keys()))?;
     for path in &keys.generated {
         tracing::warn!(
             path = %path.display(),
@@ -39,6 +34,16 @@ pub fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
         );
     }
     Ok(keys)
+}
+
+/// Where the configuration says keys come from.
+pub fn key_sources(config: &Config, may_generate: bool) -> KeySources<'_> {
+    KeySources {
+        jwt_pem: config.jwt_signing_key.as_ref().map(|(k, s)| (k, s.clone())),
+        master_b64: config.master_key.as_ref().map(|(k, s)| (k, s.clone())),
+        data_dir: &config.data_dir,
+        may_generate,
+    }
 }
 
 /// The audit-chain key, derived from the master key.

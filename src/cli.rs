@@ -264,9 +264,16 @@ fn config_check(config: &Config) -> Result<(), String> {
     for (key, value, source) in &config.report {
         println!("  {key:<28} {value:<44} [{source}]");
     }
-    let keys = crate::app::load_keys(config).map_err(|e| e.to_string())?;
-    for p in &keys.generated {
-        println!("generated {}", p.display());
+    // A check never writes: report missing keys instead of generating them.
+    match crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)) {
+        Ok(_) => println!("keys: JWT signing key and master key present"),
+        Err(crate::crypto::keys::KeyError::Missing { what, .. }) if config.may_generate_keys() => {
+            println!(
+                "keys: no {what} yet; `kasho serve` generates missing keys into {} (development only)",
+                config.data_dir.join("keys").display()
+            )
+        }
+        Err(e) => return Err(e.to_string()),
     }
     println!("configuration OK");
     Ok(())

@@ -84,40 +84,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// Maps a serde data error to a param-level error.
 fn data_error(path: &str, msg: &str) -> ApiError {
-    let base = if path == "." || path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}.")
-    };
-    let quoted = msg.split('`').nth(1).map(str::to_owned);
+    let path = if path == "." { "" } else { path };
     // serde's messages: "unknown field `x`, expected …", "missing field `x`",
     // "duplicate field `x`", "invalid type: …", "invalid value: …".
     let msg = msg.split(" at line ").next().unwrap_or(msg);
-    if msg.starts_with("unknown field") {
-        let field = quoted.unwrap_or_default();
-        ApiError::invalid(
-            "parameter_unknown",
-            Some(format!("{base}{field}")),
-            format!("unknown parameter `{base}{field}`"),
-        )
+    let field = msg.split('`').nth(1).unwrap_or("");
+    // The path sometimes already ends at the field (unknown fields) and sometimes at its parent.
+    let param = if path.is_empty() {
+        field.to_owned()
+    } else if field.is_empty() || path.rsplit('.').next() == Some(field) {
+        path.to_owned()
+    } else {
+        format!("{path}.{field}")
+    };
+    let (code, message) = if msg.starts_with("unknown field") {
+        ("parameter_unknown", format!("unknown parameter `{param}`"))
     } else if msg.starts_with("missing field") {
-        let field = quoted.unwrap_or_default();
-        ApiError::invalid(
+        (
             "parameter_missing",
-            Some(format!("{base}{field}")),
-            format!("missing required parameter `{base}{field}`"),
+            format!("missing required parameter `{param}`"),
         )
     } else if msg.starts_with("duplicate field") {
-        let field = quoted.unwrap_or_default();
-        ApiError::invalid(
+        (
             "parameter_duplicate",
-            Some(format!("{base}{field}")),
-            format!("parameter `{base}{field}` appears more than once"),
+            format!("parameter `{param}` appears more than once"),
         )
     } else {
-        let param = (!base.is_empty()).then(|| base.trim_end_matches('.').to_owned());
-        ApiError::invalid("parameter_invalid", param, msg.to_owned())
-    }
+        let param = (!path.is_empty()).then(|| path.to_owned());
+        return ApiError::invalid("parameter_invalid", param, msg.to_owned());
+    };
+    ApiError::invalid(code, Some(param), message)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -96,7 +97,13 @@ fn request_meta(req: &Request) -> RequestMeta {
         ip: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            .map(|ConnectInfo(addr)| *addr)
+            .or_else(|| {
+                req.extensions()
+                    .get::<MockConnectInfo<SocketAddr>>()
+                    .map(|m| m.0)
+            })
+            .map(|addr| addr.ip().to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)

@@ -1,1 +1,16 @@
+//! Kasho's integration suite: one binary, every behaviour test run against SQLite and against
+//! PostgreSQL (see `backend_tests!`). PostgreSQL must be reachable (KASHO_TEST_DATABASE_URL,
+//! default postgres://postgres@127.0.0.1:5432/test): an unreachable server fails the suite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod audit;
+mod auth;
+mod authz;
+mod cli;
+mod conventions;
+mod openapi;
+mod tenants;
+mod users;

@@ -1,0 +1,344 @@
+//! The test harness: a [`TestApp`] runs the whole router in-process against a fresh database
+//! (a temporary SQLite file, or a fresh PostgreSQL schema), with a manual clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use kasho::clock::ManualClock;
+use kasho::config::Config;
+use kasho::domain::authz::Role;
+use kasho::domain::values::Email;
+use kasho::ids::UserId;
+use kasho::service::Core;
+use kasho::store::NewUser;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// The PostgreSQL server the suite runs against.
+pub fn pg_admin_url() -> String {
+    std::env::var("KASHO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub core: Arc<Core>,
+    pub clock: Arc<ManualClock>,
+    pub backend: Backend,
+    /// The URL the app's store uses (also usable by the `kasho` binary).
+    pub database_url: String,
+    pub data_dir: tempfile::TempDir,
+    schema: Option<String>,
+}
+
+/// A response, decoded.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+/// A tenant with its first manager signed in.
+pub struct TenantFixture {
+    pub id: String,
+    pub slug: String,
+    pub manager_id: String,
+    pub manager_token: String,
+}
+
+impl TestApp {
+    pub async fn new(backend: Backend) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let (database_url, schema) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}/kasho.db", data_dir.path().display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let schema = format!("kt_{}", uuid::Uuid::now_v7().simple());
+                let admin = pg_admin_url();
+                let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}")
+                });
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create schema");
+                pool.close().await;
+                let sep = if admin.contains('?') { '&' } else { '?' };
+                (
+                    format!("{admin}{sep}options[search_path]={schema}"),
+                    Some(schema),
+                )
+            }
+        };
+        let dir = data_dir.path().display().to_string();
+        let config = Config::from_pairs(&[
+            ("data_dir", &dir),
+            ("database_url", &database_url),
+            ("database_max_connections", "4"),
+            // Cheap hashing keeps the suite fast; production floors are tested in config.
+            ("argon2_memory_kib", "64"),
+            ("argon2_iterations", "1"),
+        ])
+        .expect("config");
+        let clock = Arc::new(ManualClock::starting_now());
+        let core = kasho::app::build_core(&config, clock.clone(), true)
+            .await
+            .expect("core");
+        let router = kasho::http::router(core.clone(), config.max_body_bytes)
+            .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 7], 4242))));
+        TestApp {
+            router,
+            core,
+            clock,
+            backend,
+            database_url,
+            data_dir,
+            schema,
+        }
+    }
+
+    /// Drops the PostgreSQL schema (the SQLite file goes with the temp dir).
+    pub async fn cleanup(self) {
+        if let Some(schema) = &self.schema
+            && let Ok(pool) = sqlx::PgPool::connect(&pg_admin_url()).await
+        {
+            {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+            }
+        }
+    }
+
+    /// Runs a SQL statement directly against the app's database (for tampering tests).
+    pub async fn raw_sql(&self, sql: &str) -> u64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .expect("sqlite");
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .expect("sql")
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.database_url).await.expect("pg");
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .expect("sql")
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&b).expect("json"))),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn login(&self, tenant: Option<&str>, email: &str, password: &str) -> Resp {
+        let mut body = json!({ "email": email, "password": password });
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        self.post("/v1/auth/login", None, body).await
+    }
+
+    /// Logs in and returns the access token, failing the test otherwise.
+    pub async fn token(&self, tenant: Option<&str>, email: &str) -> String {
+        let r = self.login(tenant, email, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "login {email}: {r:?}");
+        r.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// Creates a platform admin directly in storage (as the CLI does) and signs it in.
+    pub async fn platform_admin(&self) -> String {
+        let email = format!("admin-{}@platform.test", uuid::Uuid::now_v7().simple());
+        let hash = self.core.hasher.hash(&PASSWORD.into()).await.expect("hash");
+        let user = NewUser {
+            id: UserId::generate(),
+            tenant_id: None,
+            email: Email::parse(&email).expect("email"),
+            password_hash: hash,
+            roles: vec![Role::PlatformAdmin],
+            created_at: self.core.clock.now(),
+        };
+        self.core
+            .store
+            .create_user(&user, &[])
+            .await
+            .expect("create admin");
+        self.token(None, &email).await
+    }
+
+    /// Creates a tenant through the API and signs its manager in.
+    pub async fn tenant(&self, admin: &str, slug: &str) -> TenantFixture {
+        let manager_email = format!("manager@{slug}.test");
+        let r = self
+            .post(
+                "/v1/tenants",
+                Some(admin),
+                json!({
+                    "slug": slug, "name": format!("{slug} Ltd"), "currencies": ["USD", "NGN"],
+                    "manager": { "email": manager_email, "password": PASSWORD }
+                }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "create tenant: {r:?}");
+        let id = r.body["id"].as_str().expect("id").to_owned();
+        let login = self.login(Some(slug), &manager_email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{login:?}");
+        let manager_token = login.body["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let me = self.get("/v1/me", &manager_token).await;
+        TenantFixture {
+            id,
+            slug: slug.to_owned(),
+            manager_id: me.body["user_id"].as_str().expect("user_id").to_owned(),
+            manager_token,
+        }
+    }
+
+    /// Creates a user with `roles` in the manager's tenant; returns (user id, email).
+    pub async fn user(&self, t: &TenantFixture, roles: &[&str]) -> (String, String) {
+        let email = format!(
+            "{}-{}@{}.test",
+            roles.join("-").to_lowercase(),
+            uuid::Uuid::now_v7().simple(),
+            t.slug
+        );
+        let r = self
+            .post(
+                "/v1/users",
+                Some(&t.manager_token),
+                json!({ "email": email, "password": PASSWORD, "roles": roles }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "create user: {r:?}");
+        (r.body["id"].as_str().expect("id").to_owned(), email)
+    }
+
+    /// A signed-in user with `roles`.
+    pub async fn user_token(&self, t: &TenantFixture, roles: &[&str]) -> (String, String) {
+        let (id, email) = self.user(t, roles).await;
+        (id, self.token(Some(&t.slug), &email).await)
+    }
+
+    /// Audit events of a chain, straight from storage, oldest first.
+    pub async fn audit_chain(&self, chain: &str) -> Vec<kasho::domain::audit::AuditRecord> {
+        self.core
+            .store
+            .audit_chain_after(chain, 0, 10_000)
+            .await
+            .expect("audit")
+    }
+}
+
+/// Runs each listed test against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::TestApp::new($crate::support::Backend::Sqlite).await;
+                    super::$name(&app).await;
+                    app.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::TestApp::new($crate::support::Backend::Postgres).await;
+                    super::$name(&app).await;
+                    app.cleanup().await;
+                }
+            )*
+        }
+    };
+}
