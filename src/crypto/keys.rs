@@ -261,6 +261,19 @@ fn read_secret_file(path: &Path, what: &'static str) -> Result<Zeroizing<String>
         })
 }
 
+/// Creates a directory (and missing parents) readable by the owner only (mode 0700 on Unix).
+/// Existing directories keep their mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
 /// Creates `path` with mode 0600 (never world-readable, not even for an instant).
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
     let err = |e: std::io::Error| KeyError::Write {
@@ -268,7 +281,7 @@ fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
         reason: e.to_string(),
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        create_private_dir(dir).map_err(err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -39,7 +39,8 @@ impl SqliteStore {
         if let Some(dir) = opts.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            // The database holds password hashes: its directory is private.
+            crate::crypto::keys::create_private_dir(dir).map_err(|e| {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
