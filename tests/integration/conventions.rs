@@ -36,6 +36,8 @@ async fn every_response_carries_a_request_id_and_errors_have_one_shape(app: &Tes
             assert_eq!(e["request_id"], rid);
         }
     }
+    assert_eq!(responses[0].status, StatusCode::OK);
+    assert_eq!(responses[0].body["status"], "ok");
     assert_eq!(responses[1].status, StatusCode::NOT_FOUND);
     assert_eq!(responses[2].status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(responses[4].status, StatusCode::BAD_REQUEST);

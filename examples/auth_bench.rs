@@ -1,0 +1,160 @@
+//! Authentication benchmark: Argon2id cost at the production parameters, login throughput, and
+//! the cost of an authenticated request (JWT verification + the per-request session check).
+//!
+//! Runs the whole router in-process (no sockets), against a temporary SQLite database or a fresh
+//! PostgreSQL schema:
+//!
+//!     cargo run --release --example auth_bench -- sqlite
+//!     cargo run --release --example auth_bench -- postgres [postgres://postgres@127.0.0.1:5432/test]
+//!
+//! Method and results: docs/PERFORMANCE.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use kasho::clock::SystemClock;
+use kasho::config::Config;
+use kasho::domain::authz::Role;
+use kasho::domain::values::Email;
+use kasho::ids::UserId;
+use kasho::store::NewUser;
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn run<F, Fut>(label: &str, total: usize, concurrency: usize, f: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let f = Arc::new(f);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..concurrency {
+        let f = f.clone();
+        let n = total / concurrency + usize::from(w < total % concurrency);
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                assert!(f().await, "request failed");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    println!(
+        "{label:<44} {total:>6} req  conc {concurrency:>3}  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        total as f64 / elapsed.as_secs_f64(),
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let backend = args.get(1).map_or("sqlite", String::as_str).to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, schema) = if backend == "postgres" {
+        let admin = args.get(2).cloned().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.unwrap();
+        (format!("{admin}?options[search_path]={schema}"), Some((admin, schema)))
+    } else {
+        (format!("sqlite://{}/kasho.db", dir.path().display()), None)
+    };
+    let data_dir = dir.path().display().to_string();
+    // Production hashing parameters (the defaults).
+    let config = Config::from_pairs(&[("data_dir", &data_dir), ("database_url", &url)]).unwrap();
+    let core = kasho::app::build_core(&config, Arc::new(SystemClock), true).await.unwrap();
+    let router = kasho::http::router(core.clone(), config.max_body_bytes);
+    println!(
+        "backend {backend}; Argon2id m={} KiB t={} p={}; {} CPUs",
+        config.argon2.memory_kib,
+        config.argon2.iterations,
+        config.argon2.parallelism,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+
+    // 1. Raw hashing cost.
+    let t = Instant::now();
+    let n = 10;
+    for _ in 0..n {
+        core.hasher.hash(&PASSWORD.into()).await.unwrap();
+    }
+    println!("argon2id hash (one at a time)                {:>8.2} ms each", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+
+    // A platform admin to sign in as.
+    let user = NewUser {
+        id: UserId::generate(),
+        tenant_id: None,
+        email: Email::parse("bench@platform.test").unwrap(),
+        password_hash: core.hasher.hash(&PASSWORD.into()).await.unwrap(),
+        roles: vec![Role::PlatformAdmin],
+        created_at: kasho::clock::Clock::now(&SystemClock),
+    };
+    core.store.create_user(&user, &[]).await.unwrap();
+    let login_body = serde_json::json!({ "email": "bench@platform.test", "password": PASSWORD }).to_string();
+
+    // 2. Logins (each: one Argon2id verification, a session + refresh token + audit record written).
+    let r = router.clone();
+    let body = login_body.clone();
+    run("POST /v1/auth/login", 100, 4, move || {
+        let r = r.clone();
+        let body = body.clone();
+        async move {
+            let req = Request::post("/v1/auth/login").header("content-type", "application/json").body(Body::from(body)).unwrap();
+            r.oneshot(req).await.unwrap().status().is_success()
+        }
+    })
+    .await;
+
+    // 3. Authenticated reads: JWT verification + session lookup per request.
+    let req = Request::post("/v1/auth/login").header("content-type", "application/json").body(Body::from(login_body)).unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let token: String = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["access_token"].as_str().unwrap().to_owned();
+    for conc in [1, 16] {
+        let r = router.clone();
+        let token = token.clone();
+        run("GET /v1/me (authenticated)", 20_000, conc, move || {
+            let r = r.clone();
+            let token = token.clone();
+            async move {
+                let req = Request::get("/v1/me").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+                r.oneshot(req).await.unwrap().status().is_success()
+            }
+        })
+        .await;
+    }
+    // 4. Unauthenticated baseline (routing, middleware, JSON).
+    let r = router.clone();
+    run("GET /healthz (no auth, baseline)", 20_000, 16, move || {
+        let r = r.clone();
+        async move { r.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap().status().is_success() }
+    })
+    .await;
+
+    if let Some((admin, schema)) = schema {
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&pool).await.unwrap();
+    }
+}
