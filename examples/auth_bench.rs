@@ -73,18 +73,29 @@ async fn main() {
     let backend = args.get(1).map_or("sqlite", String::as_str).to_owned();
     let dir = tempfile::tempdir().unwrap();
     let (url, schema) = if backend == "postgres" {
-        let admin = args.get(2).cloned().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+        let admin = args
+            .get(2)
+            .cloned()
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
         let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
         let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.unwrap();
-        (format!("{admin}?options[search_path]={schema}"), Some((admin, schema)))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        (
+            format!("{admin}?options[search_path]={schema}"),
+            Some((admin, schema)),
+        )
     } else {
         (format!("sqlite://{}/kasho.db", dir.path().display()), None)
     };
     let data_dir = dir.path().display().to_string();
     // Production hashing parameters (the defaults).
     let config = Config::from_pairs(&[("data_dir", &data_dir), ("database_url", &url)]).unwrap();
-    let core = kasho::app::build_core(&config, Arc::new(SystemClock), true).await.unwrap();
+    let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
+        .await
+        .unwrap();
     let router = kasho::http::router(core.clone(), config.max_body_bytes);
     println!(
         "backend {backend}; Argon2id m={} KiB t={} p={}; {} CPUs",
@@ -100,7 +111,10 @@ async fn main() {
     for _ in 0..n {
         core.hasher.hash(&PASSWORD.into()).await.unwrap();
     }
-    println!("argon2id hash (one at a time)                {:>8.2} ms each", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+    println!(
+        "argon2id hash (one at a time)                {:>8.2} ms each",
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
 
     // A platform admin to sign in as.
     let user = NewUser {
@@ -112,7 +126,8 @@ async fn main() {
         created_at: kasho::clock::Clock::now(&SystemClock),
     };
     core.store.create_user(&user, &[]).await.unwrap();
-    let login_body = serde_json::json!({ "email": "bench@platform.test", "password": PASSWORD }).to_string();
+    let login_body =
+        serde_json::json!({ "email": "bench@platform.test", "password": PASSWORD }).to_string();
 
     // 2. Logins (each: one Argon2id verification, a session + refresh token + audit record written).
     let r = router.clone();
@@ -121,17 +136,27 @@ async fn main() {
         let r = r.clone();
         let body = body.clone();
         async move {
-            let req = Request::post("/v1/auth/login").header("content-type", "application/json").body(Body::from(body)).unwrap();
+            let req = Request::post("/v1/auth/login")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
             r.oneshot(req).await.unwrap().status().is_success()
         }
     })
     .await;
 
     // 3. Authenticated reads: JWT verification + session lookup per request.
-    let req = Request::post("/v1/auth/login").header("content-type", "application/json").body(Body::from(login_body)).unwrap();
+    let req = Request::post("/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(Body::from(login_body))
+        .unwrap();
     let resp = router.clone().oneshot(req).await.unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let token: String = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["access_token"].as_str().unwrap().to_owned();
+    let token: String =
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     for conc in [1, 16] {
         let r = router.clone();
         let token = token.clone();
@@ -139,7 +164,10 @@ async fn main() {
             let r = r.clone();
             let token = token.clone();
             async move {
-                let req = Request::get("/v1/me").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+                let req = Request::get("/v1/me")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap();
                 r.oneshot(req).await.unwrap().status().is_success()
             }
         })
@@ -149,12 +177,21 @@ async fn main() {
     let r = router.clone();
     run("GET /healthz (no auth, baseline)", 20_000, 16, move || {
         let r = r.clone();
-        async move { r.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap().status().is_success() }
+        async move {
+            r.oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        }
     })
     .await;
 
     if let Some((admin, schema)) = schema {
         let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 }

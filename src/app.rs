@@ -36,6 +36,19 @@ pub fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
     Ok(keys)
 }
 
+/// Opens storage without key material, for commands that never write audit records
+/// (`kasho migrate`).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::Store>, StartError> {
+    // A sealer is required by the type but never used: migrations append no audit records.
+    let unused = AuditSealer::new([0; 32]);
+    Ok(crate::store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+        unused,
+    )
+    .await?)
+}
+
 /// Where the configuration says keys come from.
 pub fn key_sources(config: &Config, may_generate: bool) -> KeySources<'_> {
     KeySources {
@@ -57,6 +70,14 @@ pub async fn build_core(
     clock: Arc<dyn Clock>,
     migrate: bool,
 ) -> Result<Arc<Core>, StartError> {
+    if !config.argon2.meets_minimum() {
+        tracing::warn!(
+            memory_kib = config.argon2.memory_kib,
+            iterations = config.argon2.iterations,
+            parallelism = config.argon2.parallelism,
+            "password hashing is below the OWASP minimum (m=19456 KiB, t=2, p=1); acceptable for tests only"
+        );
+    }
     let keys = load_keys(config)?;
     let sealer = audit_sealer(&keys);
     let store = crate::store::connect(

@@ -159,12 +159,12 @@ fn init_tracing(config: &Config) {
 }
 
 async fn migrate(config: &Config) -> Result<(), String> {
-    let core = crate::app::build_core(config, Arc::new(SystemClock), false)
+    let store = crate::app::open_store(config)
         .await
         .map_err(|e| e.to_string())?;
-    let applied = core.store.migrate().await.map_err(|e| e.to_string())?;
+    let applied = store.migrate().await.map_err(|e| e.to_string())?;
     if applied.is_empty() {
-        println!("database is up to date ({})", core.store.backend());
+        println!("database is up to date ({})", store.backend());
     }
     for m in applied {
         println!("applied {m}");
@@ -229,9 +229,19 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
 }
 
 async fn audit_verify(config: &Config) -> Result<(), String> {
-    let core = crate::app::build_core(config, Arc::new(SystemClock), false)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Never generate keys here: a missing master key must not look like a tampered log.
+    let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
+        .map_err(|e| {
+            format!("cannot verify the audit log without the master key that sealed it: {e}")
+        })?;
+    let sealer = crate::app::audit_sealer(&keys);
+    let store = crate::store::connect(
+        secrecy::ExposeSecret::expose_secret(&config.database_url),
+        config.database_max_connections,
+        sealer.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -240,8 +250,8 @@ async fn audit_verify(config: &Config) -> Result<(), String> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let result = crate::service::audit::verify_all(
-        core.store.as_ref(),
-        &core.sealer,
+        store.as_ref(),
+        &sealer,
         |total| bar.set_length(total),
         |n| bar.inc(n),
     )

@@ -141,7 +141,13 @@ pub async fn authorize(
 ) -> Response {
     let meta = request_meta(&req);
     let method = req.method().clone();
-    let Some(def) = matched.and_then(|m| state.route(&method, m.as_str())) else {
+    // axum answers HEAD with the GET handler; authorise it as the GET it is.
+    let lookup = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    let Some(def) = matched.and_then(|m| state.route(&lookup, m.as_str())) else {
         return ApiError::from(AppError::forbidden()).into_response();
     };
     let core = &state.core;

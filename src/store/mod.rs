@@ -5,7 +5,9 @@
 //!
 //! Every method that changes state takes the audit records describing the change and writes them
 //! in the same database transaction: a change is never committed without its audit trail.
-//! Every query on tenant data is parameterised by a tenant id.
+//! Every query on tenant business data (users, audit events) is parameterised by a tenant id;
+//! sessions and refresh tokens are found by their unguessable id or token hash and carry their
+//! tenant, which the caller checks against the token's claims.
 
 pub mod postgres;
 mod sql;

@@ -276,7 +276,31 @@ async fn truncating_the_chain_makes_verify_fail(app: &TestApp) {
     let _ = PASSWORD;
 }
 
+async fn verify_without_the_master_key_refuses_rather_than_crying_tamper(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    app.tenant(&admin, "acme").await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kasho"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(elsewhere.path())
+        .args(["--database-url", &app.database_url])
+        .env("KASHO_LOG_LEVEL", "error")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("master key") && !text.contains("TAMPERED"),
+        "{text}"
+    );
+    assert!(
+        !elsewhere.path().join("keys").exists(),
+        "verify never generates keys"
+    );
+}
+
 backend_tests!(
+    verify_without_the_master_key_refuses_rather_than_crying_tamper,
     state_changes_and_authentication_events_are_recorded,
     audit_events_list_newest_first_with_filters_and_cursor,
     editing_one_audit_row_makes_verify_fail,

@@ -85,6 +85,16 @@ async fn request_bodies_are_strict_json_within_a_size_limit(app: &TestApp) {
     assert_eq!(r.body["error"]["param"], "remember_me");
 }
 
+async fn head_requests_are_authorised_like_get(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let r = app
+        .request(Method::HEAD, "/v1/me", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = app.request(Method::HEAD, "/v1/me", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
 async fn list_parameters_are_validated(app: &TestApp) {
     let admin = app.platform_admin().await;
     for (q, param) in [
@@ -106,4 +116,5 @@ backend_tests!(
     every_response_carries_a_request_id_and_errors_have_one_shape,
     request_bodies_are_strict_json_within_a_size_limit,
     list_parameters_are_validated,
+    head_requests_are_authorised_like_get,
 );
