@@ -96,7 +96,6 @@ pub async fn build_core(
     let hasher = PasswordHasher::new(config.argon2, config.max_concurrent_hashes)
         .map_err(|e| StartError::Other(e.to_string()))?;
     Ok(Arc::new(Core {
-        store,
         clock,
         hasher,
         tokens,
@@ -104,7 +103,12 @@ pub async fn build_core(
         settings: Settings {
             access_token_ttl_seconds: config.access_token_ttl_seconds,
             refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
+            idempotency_ttl_seconds: config.idempotency_ttl_seconds,
         },
+        ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
+        inflight: crate::service::ledger::InFlight::default(),
+        checks: Vec::new(),
+        store,
     }))
 }
 

@@ -150,6 +150,11 @@ const KEYS: &[KeyDef] = &[
         help: "absolute session lifetime, 3600..=7776000 (2592000 = 30 days)",
     },
     KeyDef {
+        name: "idempotency_ttl_seconds",
+        secret: false,
+        help: "how long idempotency keys and their responses are kept, at least 86400 (86400)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -321,6 +326,7 @@ pub struct Config {
     pub jwt_audience: String,
     pub access_token_ttl_seconds: i64,
     pub refresh_token_ttl_seconds: i64,
+    pub idempotency_ttl_seconds: i64,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -483,6 +489,8 @@ impl Config {
             REFRESH_TTL_BOUNDS.0,
             REFRESH_TTL_BOUNDS.1,
         )?;
+        let it = take("idempotency_ttl_seconds", Some("86400".into())).unwrap_or_default();
+        let idempotency_ttl_seconds = int("idempotency_ttl_seconds", &it, 86_400, 30 * 86_400)?;
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -547,6 +555,7 @@ impl Config {
             jwt_audience: jwt_audience.0,
             access_token_ttl_seconds,
             refresh_token_ttl_seconds,
+            idempotency_ttl_seconds,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,

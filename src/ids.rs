@@ -75,6 +75,27 @@ prefixed_id!(
     "tok"
 );
 
+prefixed_id!(
+    /// An end customer of a tenant.
+    CustomerId,
+    "cus"
+);
+prefixed_id!(
+    /// A ledger account (one per customer and currency, plus system accounts).
+    AccountId,
+    "acc"
+);
+prefixed_id!(
+    /// A money movement.
+    TransferId,
+    "trf"
+);
+prefixed_id!(
+    /// One ledger entry (a debit or credit line of a transfer).
+    EntryId,
+    "ent"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,15 +81,42 @@ pub enum Permission {
     UsersRead,
     /// Read the audit log of the caller's tenant (or of the platform, for platform admins).
     AuditRead,
+    /// Create customer records.
+    CustomersWrite,
+    /// List and read customer records.
+    CustomersRead,
+    /// Open accounts for customers.
+    AccountsWrite,
+    /// Read accounts, balances and entries.
+    AccountsRead,
+    /// Freeze and unfreeze accounts.
+    AccountsFreeze,
+    /// Set overdraft limits and close accounts.
+    AccountsConfigure,
+    /// Move money between accounts.
+    TransfersCreate,
+    /// Read transfers.
+    TransfersRead,
+    /// Deposits and withdrawals through the tenant's settlement account (cash desk).
+    CashWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 14] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
         Permission::UsersRead,
         Permission::AuditRead,
+        Permission::CustomersWrite,
+        Permission::CustomersRead,
+        Permission::AccountsWrite,
+        Permission::AccountsRead,
+        Permission::AccountsFreeze,
+        Permission::AccountsConfigure,
+        Permission::TransfersCreate,
+        Permission::TransfersRead,
+        Permission::CashWrite,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -99,6 +126,15 @@ impl Permission {
             Permission::UsersWrite => "users:write",
             Permission::UsersRead => "users:read",
             Permission::AuditRead => "audit:read",
+            Permission::CustomersWrite => "customers:write",
+            Permission::CustomersRead => "customers:read",
+            Permission::AccountsWrite => "accounts:write",
+            Permission::AccountsRead => "accounts:read",
+            Permission::AccountsFreeze => "accounts:freeze",
+            Permission::AccountsConfigure => "accounts:configure",
+            Permission::TransfersCreate => "transfers:create",
+            Permission::TransfersRead => "transfers:read",
+            Permission::CashWrite => "cash:write",
         }
     }
 }
@@ -139,13 +175,67 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::UsersWrite, All),
             (P::UsersRead, All),
             (P::AuditRead, All),
+            (P::CustomersWrite, All),
+            (P::CustomersRead, All),
+            (P::AccountsWrite, All),
+            (P::AccountsRead, All),
+            (P::AccountsFreeze, All),
+            (P::AccountsConfigure, All),
+            (P::TransfersCreate, All),
+            (P::TransfersRead, All),
+            (P::CashWrite, All),
         ],
     ),
-    (Role::Agent, &[]),
-    (Role::Cashier, &[]),
-    (Role::ComplianceOfficer, &[(P::UsersRead, All)]),
-    (Role::Auditor, &[(P::UsersRead, All), (P::AuditRead, All)]),
-    (Role::Customer, &[(P::UsersRead, Own)]),
+    (
+        Role::Agent,
+        &[
+            (P::CustomersRead, All),
+            (P::AccountsRead, All),
+            (P::TransfersRead, All),
+        ],
+    ),
+    (
+        Role::Cashier,
+        &[
+            (P::CustomersWrite, All),
+            (P::CustomersRead, All),
+            (P::AccountsWrite, All),
+            (P::AccountsRead, All),
+            (P::TransfersCreate, All),
+            (P::TransfersRead, All),
+            (P::CashWrite, All),
+        ],
+    ),
+    (
+        Role::ComplianceOfficer,
+        &[
+            (P::UsersRead, All),
+            (P::CustomersRead, All),
+            (P::AccountsRead, All),
+            (P::AccountsFreeze, All),
+            (P::TransfersRead, All),
+        ],
+    ),
+    (
+        Role::Auditor,
+        &[
+            (P::UsersRead, All),
+            (P::AuditRead, All),
+            (P::CustomersRead, All),
+            (P::AccountsRead, All),
+            (P::TransfersRead, All),
+        ],
+    ),
+    (
+        Role::Customer,
+        &[
+            (P::UsersRead, Own),
+            (P::CustomersRead, Own),
+            (P::AccountsRead, Own),
+            (P::TransfersCreate, Own),
+            (P::TransfersRead, Own),
+        ],
+    ),
     (
         Role::PlatformAdmin,
         &[
@@ -274,7 +364,14 @@ mod tests {
         assert_eq!(customer.covers(&auditor), Err(P::UsersRead));
         assert!(manager.covers(&auditor).is_ok());
         assert!(manager.covers(&customer).is_ok());
-        assert_eq!(auditor.covers(&manager), Err(P::UsersWrite));
+        assert!(auditor.covers(&manager).is_err());
+        // A cashier holds users:* nowhere, so could never grant MANAGER even with users:write.
+        let cashier = PermissionSet::for_roles(&[Role::Cashier]);
+        assert!(
+            cashier
+                .covers(&PermissionSet::for_roles(&[Role::ComplianceOfficer]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod authz;
 pub mod currency;
+pub mod ledger;
 pub mod values;

@@ -157,28 +157,11 @@ pub async fn authorize(
         Access::Authenticated | Access::Permission(_) => {
             let result = match presented_token(req.headers()) {
                 None => Err(AppError::AuthenticationRequired),
-                Some(t) => auth::authenticate(core, t).await,
+                Some(t) => auth::authenticate(core, &meta, t).await,
             };
             match result {
                 Ok(p) => Some(p),
-                Err(e) => {
-                    let reason = match &e {
-                        AppError::TokenExpired => Some("token_expired"),
-                        AppError::InvalidToken(_) => Some("invalid_token"),
-                        _ => None,
-                    };
-                    if let Some(reason) = reason {
-                        let ev = AuditBuilder::new(core, &meta, None).event(
-                            None,
-                            "auth.token_rejected",
-                            None,
-                            Outcome::Failure,
-                            Some(reason),
-                        );
-                        auth::record(core, &ev).await;
-                    }
-                    return ApiError::from(e).into_response();
-                }
+                Err(e) => return ApiError::from(e).into_response(),
             }
         }
     };

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, meta, tenants, users};
+use super::handlers::{audit, auth, ledger, meta, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -183,6 +183,118 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::AuditRead),
             "audit.list",
             audit::list,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers",
+            perm(P::CustomersWrite),
+            "customer.create",
+            ledger::create_customer,
+        ),
+        route(
+            Method::GET,
+            "/v1/customers",
+            perm(P::CustomersRead),
+            "customer.list",
+            ledger::list_customers,
+        ),
+        route(
+            Method::GET,
+            "/v1/customers/{id}",
+            perm(P::CustomersRead),
+            "customer.read",
+            ledger::get_customer,
+        ),
+        route(
+            Method::POST,
+            "/v1/accounts",
+            perm(P::AccountsWrite),
+            "account.open",
+            ledger::open_account,
+        ),
+        route(
+            Method::GET,
+            "/v1/accounts",
+            perm(P::AccountsRead),
+            "account.list",
+            ledger::list_accounts,
+        ),
+        route(
+            Method::GET,
+            "/v1/accounts/{id}",
+            perm(P::AccountsRead),
+            "account.read",
+            ledger::get_account,
+        ),
+        route(
+            Method::GET,
+            "/v1/accounts/{id}/entries",
+            perm(P::AccountsRead),
+            "account.entries",
+            ledger::list_entries,
+        ),
+        route(
+            Method::POST,
+            "/v1/accounts/{id}/freeze",
+            perm(P::AccountsFreeze),
+            "account.freeze",
+            ledger::freeze,
+        ),
+        route(
+            Method::POST,
+            "/v1/accounts/{id}/unfreeze",
+            perm(P::AccountsFreeze),
+            "account.unfreeze",
+            ledger::unfreeze,
+        ),
+        route(
+            Method::POST,
+            "/v1/accounts/{id}/close",
+            perm(P::AccountsConfigure),
+            "account.close",
+            ledger::close,
+        ),
+        route(
+            Method::PUT,
+            "/v1/accounts/{id}/overdraft",
+            perm(P::AccountsConfigure),
+            "account.overdraft.set",
+            ledger::set_overdraft,
+        ),
+        route(
+            Method::POST,
+            "/v1/transfers",
+            perm(P::TransfersCreate),
+            "transfer.create",
+            ledger::create_transfer,
+        ),
+        route(
+            Method::GET,
+            "/v1/transfers",
+            perm(P::TransfersRead),
+            "transfer.list",
+            ledger::list_transfers,
+        ),
+        route(
+            Method::GET,
+            "/v1/transfers/{id}",
+            perm(P::TransfersRead),
+            "transfer.read",
+            ledger::get_transfer,
+        ),
+        route(
+            Method::POST,
+            "/v1/deposits",
+            perm(P::CashWrite),
+            "deposit.create",
+            ledger::deposit,
+        ),
+        route(
+            Method::POST,
+            "/v1/withdrawals",
+            perm(P::CashWrite),
+            "withdrawal.create",
+            ledger::withdraw,
         ),
     ]
 }

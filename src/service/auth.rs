@@ -309,22 +309,62 @@ pub async fn logout(core: &Core, meta: &RequestMeta, principal: &Principal) -> A
 }
 
 /// Verifies an access token and the liveness of its session, user and tenant.
-pub async fn authenticate(core: &Core, token: &str) -> AppResult<Principal> {
+///
+/// A refused token is audited as `auth.token_rejected`: on the token's tenant chain when its
+/// signature was genuine (the session had ended), on the platform chain otherwise.
+pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppResult<Principal> {
     let now = core.clock.now();
-    let claims = core.tokens.verify(token, now).map_err(|e| match e {
-        TokenError::Expired => AppError::TokenExpired,
-        TokenError::Invalid => AppError::InvalidToken("the access token is invalid"),
-    })?;
-    let revoked = || AppError::InvalidToken("the session has ended; sign in again");
+    let audit = AuditBuilder::new(core, meta, None);
+    let claims = match core.tokens.verify(token, now) {
+        Ok(c) => c,
+        Err(e) => {
+            let (err, reason) = match e {
+                TokenError::Expired => (AppError::TokenExpired, "token_expired"),
+                TokenError::Invalid => (
+                    AppError::InvalidToken("the access token is invalid"),
+                    "invalid_token",
+                ),
+            };
+            record(
+                core,
+                &audit.event(
+                    None,
+                    "auth.token_rejected",
+                    None,
+                    Outcome::Failure,
+                    Some(reason),
+                ),
+            )
+            .await;
+            return Err(err);
+        }
+    };
     let sid = SessionId::parse(&claims.sid)
         .ok_or(AppError::InvalidToken("the access token is invalid"))?;
-    let view = core.store.get_session(&sid).await?.ok_or_else(revoked)?;
-    if view.user_id != claims.sub
-        || view.tenant_id != claims.tid
-        || session_problem(&view, now).is_some()
-    {
-        return Err(revoked());
-    }
+    let view = core.store.get_session(&sid).await?;
+    let problem = match &view {
+        None => Some("unknown_session"),
+        Some(v) if v.user_id != claims.sub || v.tenant_id != claims.tid => Some("session_mismatch"),
+        Some(v) => session_problem(v, now),
+    };
+    let Some(view) = view.filter(|_| problem.is_none()) else {
+        let tenant = claims.tid.clone().map(TenantId::from_trusted);
+        let ev = crate::domain::audit::NewAuditEvent {
+            actor_type: crate::domain::audit::ActorType::User,
+            actor_id: Some(claims.sub.clone()),
+            ..audit.event(
+                tenant.as_ref(),
+                "auth.token_rejected",
+                Some(("session", sid.as_str())),
+                Outcome::Failure,
+                problem,
+            )
+        };
+        record(core, &ev).await;
+        return Err(AppError::InvalidToken(
+            "the session has ended; sign in again",
+        ));
+    };
     let roles = roles_from_storage(&view.roles);
     Ok(Principal {
         user_id: UserId::from_trusted(view.user_id),

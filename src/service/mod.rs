@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ledger;
 pub mod tenants;
 pub mod users;
 
@@ -24,6 +25,8 @@ use crate::store::{Page, Store};
 pub struct Settings {
     pub access_token_ttl_seconds: i64,
     pub refresh_token_ttl_seconds: i64,
+    /// How long an idempotency key and its response are kept.
+    pub idempotency_ttl_seconds: i64,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -34,6 +37,12 @@ pub struct Core {
     pub tokens: TokenKeys,
     pub sealer: AuditSealer,
     pub settings: Settings,
+    /// The single writer of money movements.
+    pub ledger: ledger::LedgerWriter,
+    /// Idempotency keys being processed in this process.
+    pub inflight: ledger::InFlight,
+    /// The pre-commit check point: every movement passes each check before it is posted.
+    pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
 }
 
 /// Who is calling: established from a verified access token and a live session.

@@ -112,7 +112,12 @@ pub async fn create(
             None,
         ),
     ];
-    match core.store.create_tenant(&tenant, &manager, &events).await {
+    let system_accounts = super::ledger::system_accounts(&tenant_id, &currencies, now);
+    match core
+        .store
+        .create_tenant(&tenant, &manager, &system_accounts, &events)
+        .await
+    {
         Ok(()) => {}
         // Lost a race with a concurrent create of the same slug.
         Err(StoreError::Conflict { .. }) => return Err(slug_taken()),

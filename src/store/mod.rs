@@ -194,6 +194,156 @@ pub struct ChainHead {
     pub hash: String,
 }
 
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: Option<String>,
+    pub external_ref: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub customer_id: Option<String>,
+    pub kind: String,
+    pub currency: String,
+    pub status: String,
+    pub posted: i64,
+    pub pending_debits: i64,
+    pub pending_credits: i64,
+    pub overdraft_limit: i64,
+    pub entry_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl AccountRecord {
+    /// Posted balance minus pending debits (holds).
+    pub fn available(&self) -> i64 {
+        self.posted - self.pending_debits
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransferRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub currency: String,
+    pub amount: i64,
+    pub debit_account_id: String,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    pub reverses_id: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EntryRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub transfer_id: String,
+    pub account_id: String,
+    /// `debit` or `credit`.
+    pub direction: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub account_seq: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCustomer {
+    pub id: crate::ids::CustomerId,
+    pub tenant_id: TenantId,
+    pub user_id: Option<UserId>,
+    pub external_ref: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: crate::ids::AccountId,
+    pub tenant_id: TenantId,
+    pub customer_id: Option<crate::ids::CustomerId>,
+    pub kind: crate::domain::ledger::AccountKind,
+    pub currency: String,
+    pub overdraft_limit: i64,
+    pub created_at: Timestamp,
+}
+
+/// A stored idempotent response.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub response_status: i64,
+    pub response_body: String,
+}
+
+/// The idempotency key to record with a movement, in the same transaction.
+#[derive(Debug, Clone)]
+pub struct NewIdempotency {
+    pub principal_id: String,
+    pub key: String,
+    pub request_hash: String,
+    pub expires_at: Timestamp,
+}
+
+/// A transfer as posted, with the balances it left.
+#[derive(Debug, Clone)]
+pub struct PostedTransfer {
+    pub transfer: TransferRecord,
+    pub entries: Vec<EntryRecord>,
+}
+
+/// Renders a movement's outcome as the (status, body) an idempotent replay must return. Called
+/// inside the posting transaction so the key and the money movement commit together.
+pub type RenderOutcome =
+    fn(&Result<PostedTransfer, crate::domain::ledger::Refusal>) -> (u16, String);
+
+/// One money movement for the ledger writer.
+#[derive(Debug, Clone)]
+pub struct NewMovement {
+    pub id: crate::ids::TransferId,
+    pub tenant_id: TenantId,
+    pub kind: crate::domain::ledger::TransferKind,
+    pub currency: String,
+    pub amount: i64,
+    pub debit_account_id: String,
+    /// When set, the debit account must belong to this customer (ownership).
+    pub debit_owner: Option<String>,
+    pub credits: Vec<(String, i64)>,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub audit: NewAuditEvent,
+    pub idempotency: Option<NewIdempotency>,
+    pub render: RenderOutcome,
+}
+
+/// What posting one movement did.
+#[derive(Debug, Clone)]
+pub enum PostResult {
+    Posted(PostedTransfer),
+    Refused(crate::domain::ledger::Refusal),
+    /// Another request with the same idempotency key committed first.
+    DuplicateKey,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TransferFilter {
+    pub account_id: Option<String>,
+    /// Only transfers touching an account of this customer (ownership scope).
+    pub customer_id: Option<String>,
+    pub created_after: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
+}
+
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -204,10 +354,12 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     // Tenants (platform scope).
+    /// Creates the tenant, its first manager and its system accounts in one transaction.
     async fn create_tenant(
         &self,
         tenant: &NewTenant,
         manager: &NewUser,
+        system_accounts: &[NewAccount],
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
     async fn get_tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>>;
@@ -278,6 +430,96 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
+
+    // Customers and accounts.
+    async fn create_customer(
+        &self,
+        customer: &NewCustomer,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()>;
+    async fn get_customer(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<CustomerRecord>>;
+    async fn customer_for_user(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<CustomerRecord>>;
+    async fn list_customers(
+        &self,
+        tenant: &TenantId,
+        only: Option<&str>,
+        page: &Page,
+    ) -> StoreResult<Vec<CustomerRecord>>;
+    async fn open_account(&self, account: &NewAccount, audit: &[NewAuditEvent]) -> StoreResult<()>;
+    async fn get_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<AccountRecord>>;
+    async fn system_account(
+        &self,
+        tenant: &TenantId,
+        kind: &str,
+        currency: &str,
+    ) -> StoreResult<Option<AccountRecord>>;
+    /// `customer`: only that customer's accounts (ownership scope).
+    async fn list_accounts(
+        &self,
+        tenant: &TenantId,
+        customer: Option<&str>,
+        page: &Page,
+    ) -> StoreResult<Vec<AccountRecord>>;
+    /// Sets the status; `closed` only applies at zero balance with nothing pending.
+    async fn set_account_status(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        status: &'static str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<AccountRecord>>;
+    /// Sets the overdraft limit if the current balance stays within it.
+    async fn set_overdraft(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        limit: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<AccountRecord>>;
+
+    // Money movements.
+    /// Posts each movement atomically (a savepoint each) inside one transaction: one commit for
+    /// the whole batch. A refused movement changes nothing but its idempotency record.
+    async fn post_movements(&self, batch: &[NewMovement]) -> StoreResult<Vec<PostResult>>;
+    async fn get_idempotency(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<IdempotencyRecord>>;
+    /// Deletes expired idempotency keys; returns how many.
+    async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
+    async fn get_transfer(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<PostedTransfer>>;
+    async fn list_transfers(
+        &self,
+        tenant: &TenantId,
+        filter: &TransferFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<TransferRecord>>;
+    /// An account's entries, newest first.
+    async fn list_entries(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        page: &Page,
+    ) -> StoreResult<Vec<EntryRecord>>;
+    /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
+    async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
 
     // Audit log.
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<()>;

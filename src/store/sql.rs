@@ -175,6 +175,7 @@ macro_rules! impl_store {
                 &self,
                 t: &$crate::store::NewTenant,
                 manager: &$crate::store::NewUser,
+                system_accounts: &[$crate::store::NewAccount],
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
@@ -191,6 +192,9 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?;
                 Self::insert_user_tx(&mut tx, manager).await?;
+                for a in system_accounts {
+                    Self::insert_account_tx(&mut tx, a).await?;
+                }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -470,6 +474,337 @@ macro_rules! impl_store {
                 Ok(n > 0)
             }
 
+
+            async fn create_customer(
+                &self,
+                c: &$crate::store::NewCustomer,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO customers (id, tenant_id, user_id, external_ref, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(c.id.as_str())
+                    .bind(c.tenant_id.as_str())
+                    .bind(c.user_id.as_ref().map(|u| u.as_str()))
+                    .bind(&c.external_ref)
+                    .bind(c.created_at.as_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_customer(&self, tenant: &$crate::ids::TenantId, id: &str) -> $crate::store::StoreResult<Option<$crate::store::CustomerRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM customers WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn customer_for_user(&self, tenant: &$crate::ids::TenantId, user: &$crate::ids::UserId) -> $crate::store::StoreResult<Option<$crate::store::CustomerRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM customers WHERE tenant_id = $1 AND user_id = $2")
+                    .bind(tenant.as_str())
+                    .bind(user.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_customers(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                only: Option<&str>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::CustomerRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM customers WHERE tenant_id = $1 AND ($2 IS NULL OR id = $2) \
+                     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(only)
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn open_account(
+                &self,
+                a: &$crate::store::NewAccount,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                Self::insert_account_tx(&mut tx, a).await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_account(&self, tenant: &$crate::ids::TenantId, id: &str) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM accounts WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn system_account(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                kind: &str,
+                currency: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM accounts WHERE tenant_id = $1 AND customer_id IS NULL AND kind = $2 AND currency = $3",
+                )
+                .bind(tenant.as_str())
+                .bind(kind)
+                .bind(currency)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_accounts(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                customer: Option<&str>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::AccountRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM accounts WHERE tenant_id = $1 AND ($2 IS NULL OR customer_id = $2) \
+                     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(customer)
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn set_account_status(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                status: &'static str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let mut tx = self.begin_write().await?;
+                // Closing needs a zero balance and nothing pending; a closed account stays closed.
+                let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
+                    "UPDATE accounts SET status = $3, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND status <> 'closed' \
+                     AND ($3 <> 'closed' OR (posted = 0 AND pending_debits = 0 AND pending_credits = 0)) \
+                     RETURNING *",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(status)
+                .bind(now.as_micros())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if row.is_none() {
+                    return Ok(None);
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn set_overdraft(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                limit: i64,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let mut tx = self.begin_write().await?;
+                let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
+                    "UPDATE accounts SET overdraft_limit = $3, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND kind = 'customer' AND status <> 'closed' \
+                     AND posted - pending_debits >= -$3 RETURNING *",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(limit)
+                .bind(now.as_micros())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if row.is_none() {
+                    return Ok(None);
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn post_movements(
+                &self,
+                batch: &[$crate::store::NewMovement],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::PostResult>> {
+                use $crate::store::PostResult;
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                for m in batch {
+                    sqlx::query("SAVEPOINT movement").execute(&mut *tx).await?;
+                    let applied = match Self::apply_movement_tx(&mut tx, m).await {
+                        Err($crate::store::StoreError::Conflict { .. }) => {
+                            Ok(Err($crate::domain::ledger::Refusal::DuplicateReference(m.reference.clone().unwrap_or_default())))
+                        }
+                        other => other,
+                    }?;
+                    let outcome = match applied {
+                        Ok(posted) => {
+                            self.append_audit_tx(&mut tx, std::slice::from_ref(&m.audit)).await?;
+                            Ok(posted)
+                        }
+                        Err(refusal) => {
+                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
+                            let ev = $crate::domain::audit::NewAuditEvent {
+                                outcome: $crate::domain::audit::Outcome::Failure,
+                                reason: Some(refusal.code().to_owned()),
+                                ..m.audit.clone()
+                            };
+                            self.append_audit_tx(&mut tx, std::slice::from_ref(&ev)).await?;
+                            Err(refusal)
+                        }
+                    };
+                    if let Some(idem) = &m.idempotency {
+                        let (status, body) = (m.render)(&outcome);
+                        let inserted = sqlx::query(
+                            "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(m.tenant_id.as_str())
+                        .bind(&idem.principal_id)
+                        .bind(&idem.key)
+                        .bind(&idem.request_hash)
+                        .bind(i64::from(status))
+                        .bind(&body)
+                        .bind(m.created_at.as_micros())
+                        .bind(idem.expires_at.as_micros())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if inserted == 0 {
+                            // The key was used first by a request that has committed: undo this one.
+                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
+                            sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
+                            results.push(PostResult::DuplicateKey);
+                            continue;
+                        }
+                    }
+                    sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
+                    results.push(match outcome {
+                        Ok(p) => PostResult::Posted(p),
+                        Err(r) => PostResult::Refused(r),
+                    });
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            async fn get_idempotency(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                principal: &str,
+                key: &str,
+                now: $crate::clock::Timestamp,
+            ) -> $crate::store::StoreResult<Option<$crate::store::IdempotencyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+                     WHERE tenant_id = $1 AND principal_id = $2 AND idem_key = $3 AND expires_at > $4",
+                )
+                .bind(tenant.as_str())
+                .bind(principal)
+                .bind(key)
+                .bind(now.as_micros())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn purge_idempotency(&self, now: $crate::clock::Timestamp) -> $crate::store::StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .bind(now.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn get_transfer(&self, tenant: &$crate::ids::TenantId, id: &str) -> $crate::store::StoreResult<Option<$crate::store::PostedTransfer>> {
+                let transfer: Option<$crate::store::TransferRecord> = sqlx::query_as("SELECT * FROM transfers WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(transfer) = transfer else { return Ok(None) };
+                let entries = sqlx::query_as("SELECT * FROM entries WHERE tenant_id = $1 AND transfer_id = $2 ORDER BY id")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(Some($crate::store::PostedTransfer { transfer, entries }))
+            }
+
+            async fn list_transfers(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                f: &$crate::store::TransferFilter,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::TransferRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT t.* FROM transfers t WHERE t.tenant_id = $1 \
+                     AND ($2 IS NULL OR EXISTS (SELECT 1 FROM entries e WHERE e.transfer_id = t.id AND e.account_id = $2)) \
+                     AND ($3 IS NULL OR EXISTS (SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id \
+                                                WHERE e.transfer_id = t.id AND a.customer_id = $3)) \
+                     AND ($4 IS NULL OR t.created_at >= $4) AND ($5 IS NULL OR t.created_at < $5) \
+                     AND ($6 IS NULL OR t.id < $6) ORDER BY t.id DESC LIMIT $7",
+                )
+                .bind(tenant.as_str())
+                .bind(f.account_id.as_deref())
+                .bind(f.customer_id.as_deref())
+                .bind(f.created_after.map(|t| t.as_micros()))
+                .bind(f.created_before.map(|t| t.as_micros()))
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn list_entries(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                account: &str,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::EntryRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM entries WHERE tenant_id = $1 AND account_id = $2 \
+                     AND ($3 IS NULL OR account_seq < (SELECT c.account_seq FROM entries c WHERE c.account_id = $2 AND c.id = $3)) \
+                     ORDER BY account_seq DESC LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn balance_sums(&self, tenant: &$crate::ids::TenantId) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT currency, CAST(COALESCE(SUM(posted), 0) AS BIGINT) FROM accounts WHERE tenant_id = $1 GROUP BY currency ORDER BY currency",
+                )
+                .bind(tenant.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
             async fn append_audit(&self, ev: &$crate::domain::audit::NewAuditEvent) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
                 self.append_audit_tx(&mut tx, std::slice::from_ref(ev)).await?;
@@ -527,6 +862,168 @@ macro_rules! impl_store {
         }
 
         impl $store {
+
+            async fn insert_account_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                a: &$crate::store::NewAccount,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO accounts (id, tenant_id, customer_id, kind, currency, status, overdraft_limit, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $7)",
+                )
+                .bind(a.id.as_str())
+                .bind(a.tenant_id.as_str())
+                .bind(a.customer_id.as_ref().map(|c| c.as_str()))
+                .bind(a.kind.as_str())
+                .bind(&a.currency)
+                .bind(a.overdraft_limit)
+                .bind(a.created_at.as_micros())
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Applies one movement: conditional updates (the check and the write are one
+            /// statement, so concurrent movements can never overdraw), the transfer row, and one
+            /// entry per leg with the running balance. `Ok(Err(_))` is a business refusal; the
+            /// caller rolls back to its savepoint.
+            async fn apply_movement_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                m: &$crate::store::NewMovement,
+            ) -> $crate::store::StoreResult<Result<$crate::store::PostedTransfer, $crate::domain::ledger::Refusal>> {
+                use $crate::domain::ledger::Refusal;
+                let now = m.created_at.as_micros();
+                let transfer = $crate::store::TransferRecord {
+                    id: m.id.to_string(),
+                    tenant_id: m.tenant_id.to_string(),
+                    kind: m.kind.as_str().to_owned(),
+                    currency: m.currency.clone(),
+                    amount: m.amount,
+                    debit_account_id: m.debit_account_id.clone(),
+                    reference: m.reference.clone(),
+                    description: m.description.clone(),
+                    reverses_id: None,
+                    created_by: Some(m.created_by.clone()),
+                    created_at: now,
+                };
+                // Diagnoses why a conditional update matched nothing.
+                async fn why(
+                    tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                    tenant: &str,
+                    account: &str,
+                    currency: &str,
+                    owner: Option<&str>,
+                    debit: bool,
+                ) -> $crate::store::StoreResult<Refusal> {
+                    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+                        "SELECT currency, status, customer_id FROM accounts WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(tenant)
+                    .bind(account)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    Ok(match row {
+                        None => Refusal::AccountNotFound(account.to_owned()),
+                        Some((_, _, cust)) if owner.is_some() && cust.as_deref() != owner => Refusal::AccountNotFound(account.to_owned()),
+                        Some((cur, _, _)) if cur != currency => Refusal::CurrencyMismatch {
+                            account: account.to_owned(),
+                            account_currency: cur,
+                            currency: currency.to_owned(),
+                        },
+                        Some((_, status, _)) if status == "closed" => Refusal::AccountClosed(account.to_owned()),
+                        Some((_, status, _)) if status == "frozen" && debit => Refusal::AccountFrozen(account.to_owned()),
+                        Some(_) => Refusal::InsufficientFunds(account.to_owned()),
+                    })
+                }
+
+                sqlx::query(
+                    "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&transfer.id)
+                .bind(&transfer.tenant_id)
+                .bind(&transfer.kind)
+                .bind(&transfer.currency)
+                .bind(transfer.amount)
+                .bind(&transfer.debit_account_id)
+                .bind(&transfer.reference)
+                .bind(&transfer.description)
+                .bind(&transfer.reverses_id)
+                .bind(&transfer.created_by)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?; // a Conflict here can only be the reference (the id is fresh)
+
+                let debit: Option<(i64, i64)> = sqlx::query_as(
+                    "UPDATE accounts SET posted = posted - $3, entry_count = entry_count + 1, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status = 'active' \
+                     AND ($6 IS NULL OR customer_id = $6) \
+                     AND posted - pending_debits - $3 >= -overdraft_limit \
+                     RETURNING posted, entry_count",
+                )
+                .bind(&transfer.tenant_id)
+                .bind(&m.debit_account_id)
+                .bind(m.amount)
+                .bind(now)
+                .bind(&m.currency)
+                .bind(m.debit_owner.as_deref())
+                .fetch_optional(&mut **tx)
+                .await?;
+                let Some((balance, seq)) = debit else {
+                    return Ok(Err(why(tx, &transfer.tenant_id, &m.debit_account_id, &m.currency, m.debit_owner.as_deref(), true).await?));
+                };
+                let mut legs = vec![(m.debit_account_id.clone(), "debit", m.amount, balance, seq)];
+                for (account, amount) in &m.credits {
+                    let credit: Option<(i64, i64)> = sqlx::query_as(
+                        "UPDATE accounts SET posted = posted + $3, entry_count = entry_count + 1, updated_at = $4 \
+                         WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status <> 'closed' \
+                         RETURNING posted, entry_count",
+                    )
+                    .bind(&transfer.tenant_id)
+                    .bind(account)
+                    .bind(*amount)
+                    .bind(now)
+                    .bind(&m.currency)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let Some((balance, seq)) = credit else {
+                        return Ok(Err(why(tx, &transfer.tenant_id, account, &m.currency, None, false).await?));
+                    };
+                    legs.push((account.clone(), "credit", *amount, balance, seq));
+                }
+                let mut entries = Vec::with_capacity(legs.len());
+                for (account_id, direction, amount, balance_after, account_seq) in legs {
+                    let e = $crate::store::EntryRecord {
+                        id: $crate::ids::EntryId::generate().to_string(),
+                        tenant_id: transfer.tenant_id.clone(),
+                        transfer_id: transfer.id.clone(),
+                        account_id,
+                        direction: direction.to_owned(),
+                        amount,
+                        balance_after,
+                        account_seq,
+                        created_at: now,
+                    };
+                    sqlx::query(
+                        "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, balance_after, account_seq, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&e.id)
+                    .bind(&e.tenant_id)
+                    .bind(&e.transfer_id)
+                    .bind(&e.account_id)
+                    .bind(&e.direction)
+                    .bind(e.amount)
+                    .bind(e.balance_after)
+                    .bind(e.account_seq)
+                    .bind(e.created_at)
+                    .execute(&mut **tx)
+                    .await?;
+                    entries.push(e);
+                }
+                Ok(Ok($crate::store::PostedTransfer { transfer, entries }))
+            }
+
             async fn insert_refresh_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 t: &$crate::store::NewRefreshToken,

@@ -190,7 +190,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session(app: &TestApp) {
 
 async fn logout_kills_the_access_token_at_once(app: &TestApp) {
     let admin = app.platform_admin().await;
-    app.tenant(&admin, "acme").await;
+    let t = app.tenant(&admin, "acme").await;
     let r = app.login(Some("acme"), "manager@acme.test", PASSWORD).await;
     let at = r.body["access_token"].as_str().unwrap();
     let rt = r.body["refresh_token"].as_str().unwrap();
@@ -206,6 +206,19 @@ async fn logout_kills_the_access_token_at_once(app: &TestApp) {
         .post("/v1/auth/refresh", None, json!({ "refresh_token": rt }))
         .await;
     assert_eq!(refresh.status, StatusCode::UNAUTHORIZED);
+    // The dead token's use is on the tenant's chain, attributed to its (genuine) subject.
+    let events = app.audit_chain(&t.id).await;
+    let rejected = events
+        .iter()
+        .find(|e| e.action == "auth.token_rejected")
+        .expect("audited");
+    assert_eq!(rejected.reason.as_deref(), Some("session_revoked"));
+    assert_eq!(rejected.actor_id.as_deref(), Some(t.manager_id.as_str()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "auth.logout" && e.outcome == "success")
+    );
 }
 
 async fn access_tokens_expire_and_sessions_have_an_absolute_lifetime(app: &TestApp) {

@@ -166,6 +166,40 @@ impl TestApp {
         }
     }
 
+    /// Like [`raw_sql`](Self::raw_sql) but reports a refused statement instead of failing.
+    pub async fn try_raw_sql(&self, sql: &str) -> Result<u64, String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string());
+                pool.close().await;
+                r
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.database_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string());
+                pool.close().await;
+                r
+            }
+        }
+    }
+
+    pub fn clock_now(&self) -> kasho::clock::Timestamp {
+        kasho::clock::Clock::now(self.clock.as_ref())
+    }
+
     pub async fn request(
         &self,
         method: Method,

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ledger;
 pub mod meta;
 pub mod tenants;
 pub mod users;

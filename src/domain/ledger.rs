@@ -1,0 +1,188 @@
+//! Ledger rules: amounts, account kinds and states, and the reasons a money movement is refused.
+//!
+//! Every transfer debits one account and credits one or more accounts of the same currency by
+//! the same total, so the sum of all balances per tenant and currency stays zero. Entries are
+//! never changed; corrections are new transfers.
+
+use std::fmt;
+
+use super::currency::Currency;
+
+/// The largest single amount accepted, in minor units (10^15: ten trillion of a 2-decimal
+/// currency). Keeps every sum far from i64 overflow.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+/// The overdraft of system settlement accounts: money entering the platform is drawn from them,
+/// so they go as negative as the platform's total deposits.
+pub const SETTLEMENT_OVERDRAFT: i64 = 4_000_000_000_000_000_000;
+
+/// A positive amount in minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub fn parse(v: i64) -> Result<Self, String> {
+        if v <= 0 {
+            Err("must be a positive integer number of minor units".into())
+        } else if v > MAX_AMOUNT {
+            Err(format!("must be at most {MAX_AMOUNT} minor units"))
+        } else {
+            Ok(Self(v))
+        }
+    }
+
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What an account is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Customer,
+    /// Money entering and leaving the platform.
+    Settlement,
+    Fees,
+    Suspense,
+}
+
+impl AccountKind {
+    pub const SYSTEM: [AccountKind; 3] = [
+        AccountKind::Settlement,
+        AccountKind::Fees,
+        AccountKind::Suspense,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::Settlement => "settlement",
+            AccountKind::Fees => "fees",
+            AccountKind::Suspense => "suspense",
+        }
+    }
+
+    /// The overdraft a new account of this kind starts with.
+    pub const fn initial_overdraft(self) -> i64 {
+        match self {
+            AccountKind::Settlement => SETTLEMENT_OVERDRAFT,
+            _ => 0,
+        }
+    }
+}
+
+/// How a transfer came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    Transfer,
+    Deposit,
+    Withdrawal,
+}
+
+impl TransferKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Transfer => "transfer",
+            TransferKind::Deposit => "deposit",
+            TransferKind::Withdrawal => "withdrawal",
+        }
+    }
+}
+
+/// Why the ledger refused a movement. Each has a stable API code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no such account: {0}")]
+    AccountNotFound(String),
+    #[error("account {account} holds {account_currency}, not {currency}")]
+    CurrencyMismatch {
+        account: String,
+        account_currency: String,
+        currency: String,
+    },
+    #[error("account {0} has insufficient available funds")]
+    InsufficientFunds(String),
+    #[error("account {0} is frozen and refuses debits")]
+    AccountFrozen(String),
+    #[error("account {0} is closed")]
+    AccountClosed(String),
+    #[error("a transfer with reference `{0}` already exists")]
+    DuplicateReference(String),
+    #[error("debit and credit accounts must differ")]
+    SameAccount,
+    #[error("you may only debit accounts you own")]
+    NotOwner,
+    #[error("{message}")]
+    CheckRefused { code: &'static str, message: String },
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::AccountNotFound(_) => "account_not_found",
+            Refusal::CurrencyMismatch { .. } => "currency_mismatch",
+            Refusal::InsufficientFunds(_) => "insufficient_funds",
+            Refusal::AccountFrozen(_) => "account_frozen",
+            Refusal::AccountClosed(_) => "account_closed",
+            Refusal::DuplicateReference(_) => "reference_taken",
+            Refusal::SameAccount => "same_account",
+            Refusal::NotOwner => "account_not_owned",
+            Refusal::CheckRefused { code, .. } => code,
+        }
+    }
+}
+
+/// A movement as checked by the pre-commit check point.
+#[derive(Debug, Clone)]
+pub struct MovementView<'a> {
+    pub tenant_id: &'a str,
+    pub kind: TransferKind,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub debit_account_id: &'a str,
+    pub credit_account_ids: Vec<&'a str>,
+    pub initiator: &'a str,
+}
+
+/// What a pre-commit check decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckDecision {
+    Allow,
+    /// Refuse with an API code (e.g. `kyc_limit_exceeded`).
+    Refuse {
+        code: &'static str,
+        message: String,
+    },
+    /// Accept for manual review instead of posting (case management arrives later).
+    Review {
+        reason: String,
+    },
+}
+
+/// The pre-commit check point: KYC tier limits and transaction-monitoring rules plug in here.
+/// Every registered check sees every movement before it is posted.
+pub trait PreCommitCheck: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn check(&self, movement: &MovementView<'_>) -> CheckDecision;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_positive_and_bounded() {
+        assert!(Amount::parse(0).is_err());
+        assert!(Amount::parse(-5).is_err());
+        assert!(Amount::parse(MAX_AMOUNT + 1).is_err());
+        assert_eq!(Amount::parse(1).map(Amount::get), Ok(1));
+        // Even the settlement floor minus the largest amount stays representable.
+        assert!((-SETTLEMENT_OVERDRAFT).checked_sub(MAX_AMOUNT).is_some());
+    }
+}

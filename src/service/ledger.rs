@@ -1,0 +1,843 @@
+//! The ledger's use cases: customers, accounts, and money movements (transfers, deposits,
+//! withdrawals) with idempotency keys.
+//!
+//! Movements go through the [`LedgerWriter`]: one task per process that takes the movements
+//! waiting in its queue and posts them in one database transaction (a savepoint each, one
+//! commit for all), so a commit's fsync is shared by everything that arrived meanwhile (group
+//! commit). Each movement's check and write is one conditional UPDATE, which keeps balances
+//! correct even with several Kasho instances writing to one PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use crate::domain::audit::Outcome;
+use crate::domain::authz::{Permission, Scope};
+use crate::domain::currency::Currency;
+use crate::domain::ledger::{
+    AccountKind, Amount, CheckDecision, MovementView, Refusal, TransferKind,
+};
+use crate::error::{AppError, AppResult};
+use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
+use crate::store::{
+    AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewCustomer, NewIdempotency,
+    NewMovement, Page, PostResult, PostedTransfer, RenderOutcome, Store, StoreError,
+    TransferFilter, TransferRecord,
+};
+
+/// Most movements posted in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Job = (NewMovement, oneshot::Sender<Result<PostResult, String>>);
+
+/// The single writer of money movements in this process.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    queue: mpsc::Sender<Job>,
+}
+
+impl LedgerWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (queue, mut rx) = mpsc::channel::<Job>(16 * MAX_BATCH);
+        tokio::spawn(async move {
+            let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+                let batch: Vec<NewMovement> = jobs.iter().map(|(m, _)| m.clone()).collect();
+                match store.post_movements(&batch).await {
+                    Ok(results) => {
+                        for ((_, reply), r) in jobs.drain(..).zip(results) {
+                            let _ = reply.send(Ok(r));
+                        }
+                    }
+                    // The batch rolled back as a whole (e.g. a deadlock with another instance):
+                    // retry each movement alone so one failure does not fail its neighbours.
+                    Err(batch_err) => {
+                        tracing::warn!(error = %batch_err, size = jobs.len(), "ledger batch failed; retrying one by one");
+                        for (m, reply) in jobs.drain(..) {
+                            let r = store
+                                .post_movements(std::slice::from_ref(&m))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|mut v| v.pop().ok_or_else(|| "empty result".to_owned()));
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    async fn post(&self, m: NewMovement) -> AppResult<PostResult> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((m, tx))
+            .await
+            .map_err(|_| AppError::internal("the ledger writer has stopped"))?;
+        rx.await
+            .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
+            .map_err(AppError::Internal)
+    }
+}
+
+/// Idempotency keys of requests being processed in this process (for 409 while in flight).
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<String>>);
+
+struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    key: String,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.0.lock() {
+            s.remove(&self.key);
+        }
+    }
+}
+
+impl InFlight {
+    fn claim(&self, key: String) -> Option<InFlightGuard<'_>> {
+        // The lock is released before a guard can exist: a guard's drop takes it again.
+        let inserted = self.0.lock().ok()?.insert(key.clone());
+        inserted.then(|| InFlightGuard { set: self, key })
+    }
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str, request_hash: String) -> AppResult<Self> {
+        if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AppError::invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 printable ASCII characters",
+            ));
+        }
+        Ok(Self {
+            key: raw.to_owned(),
+            request_hash,
+        })
+    }
+}
+
+/// A refused money movement; `audited` when the refusal's audit record is already written.
+#[derive(Debug)]
+pub struct MoveError {
+    pub error: AppError,
+    pub audited: bool,
+}
+
+impl From<AppError> for MoveError {
+    fn from(error: AppError) -> Self {
+        Self {
+            error,
+            audited: false,
+        }
+    }
+}
+
+impl From<StoreError> for MoveError {
+    fn from(e: StoreError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// What a money-moving request produced.
+pub enum MovementOutcome {
+    Posted(Box<PostedTransfer>),
+    /// The stored response of an earlier request with the same key.
+    Replayed {
+        status: u16,
+        body: String,
+    },
+}
+
+// ---------------------------------------------------------------- customers
+
+/// The customer record the caller owns (for `Own`-scoped permissions).
+async fn own_customer(core: &Core, actor: &Principal) -> AppResult<Option<CustomerRecord>> {
+    core.store
+        .customer_for_user(actor.tenant()?, &actor.user_id)
+        .await
+        .map_err(Into::into)
+}
+
+/// The customer-id restriction a permission's scope imposes: `Some(id)` under `Own` (an
+/// impossible id when the caller owns no customer record), `None` under `All`.
+async fn owner_filter(
+    core: &Core,
+    actor: &Principal,
+    perm: Permission,
+) -> AppResult<Option<String>> {
+    Ok(match actor.scope(perm)? {
+        Scope::All => None,
+        Scope::Own => Some(
+            own_customer(core, actor)
+                .await?
+                .map_or_else(|| "cus_none".to_owned(), |c| c.id),
+        ),
+    })
+}
+
+pub async fn create_customer(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    user_id: Option<String>,
+    external_ref: Option<String>,
+) -> AppResult<CustomerRecord> {
+    let tenant = actor.tenant()?;
+    let user = match user_id {
+        None => None,
+        Some(u) => {
+            let id = crate::ids::UserId::parse(&u)
+                .ok_or_else(|| AppError::invalid("user_id", "no such user"))?;
+            let user = core
+                .store
+                .get_user(Some(tenant), &id)
+                .await?
+                .ok_or_else(|| AppError::invalid("user_id", "no such user"))?;
+            if !crate::domain::authz::roles_from_storage(&user.roles)
+                .contains(&crate::domain::authz::Role::Customer)
+            {
+                return Err(AppError::invalid(
+                    "user_id",
+                    "the linked user must hold the CUSTOMER role",
+                ));
+            }
+            Some(id)
+        }
+    };
+    if let Some(r) = &external_ref
+        && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid(
+            "external_ref",
+            "must be 1 to 128 characters without control characters",
+        ));
+    }
+    let id = CustomerId::generate();
+    let c = NewCustomer {
+        id: id.clone(),
+        tenant_id: tenant.clone(),
+        user_id: user,
+        external_ref,
+        created_at: core.clock.now(),
+    };
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "customer.create",
+        Some(("customer", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    match core.store.create_customer(&c, &[ev]).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => {
+            return Err(AppError::Conflict {
+                code: "customer_exists",
+                param: Some("user_id".into()),
+                message: "this user is already linked to a customer".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    core.store
+        .get_customer(tenant, id.as_str())
+        .await?
+        .ok_or(AppError::NotFound("customer"))
+}
+
+pub async fn get_customer(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerRecord> {
+    let owner = owner_filter(core, actor, Permission::CustomersRead).await?;
+    if CustomerId::parse(id).is_none() || owner.as_deref().is_some_and(|o| o != id) {
+        return Err(AppError::NotFound("customer"));
+    }
+    core.store
+        .get_customer(actor.tenant()?, id)
+        .await?
+        .ok_or(AppError::NotFound("customer"))
+}
+
+pub async fn list_customers(
+    core: &Core,
+    actor: &Principal,
+    page: &Page,
+) -> AppResult<Listed<CustomerRecord>> {
+    let owner = owner_filter(core, actor, Permission::CustomersRead).await?;
+    let rows = core
+        .store
+        .list_customers(actor.tenant()?, owner.as_deref(), page)
+        .await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+// ---------------------------------------------------------------- accounts
+
+pub async fn open_account(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    customer_id: &str,
+    currency: &str,
+) -> AppResult<AccountRecord> {
+    let tenant_id = actor.tenant()?;
+    let currency = Currency::parse(currency).map_err(|m| AppError::invalid("currency", m))?;
+    let tenant = core
+        .store
+        .get_tenant(tenant_id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    if !tenant.currencies.split(',').any(|c| c == currency.code()) {
+        return Err(AppError::invalid(
+            "currency",
+            format!(
+                "this tenant does not hold {currency}; allowed: {}",
+                tenant.currencies
+            ),
+        ));
+    }
+    let customer = CustomerId::parse(customer_id)
+        .ok_or_else(|| AppError::invalid("customer_id", "no such customer"))?;
+    if core
+        .store
+        .get_customer(tenant_id, customer.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(AppError::invalid("customer_id", "no such customer"));
+    }
+    let id = AccountId::generate();
+    let account = NewAccount {
+        id: id.clone(),
+        tenant_id: tenant_id.clone(),
+        customer_id: Some(customer),
+        kind: AccountKind::Customer,
+        currency: currency.code().to_owned(),
+        overdraft_limit: 0,
+        created_at: core.clock.now(),
+    };
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "account.open",
+        Some(("account", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    match core.store.open_account(&account, &[ev]).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => {
+            return Err(AppError::Conflict {
+                code: "account_exists",
+                param: Some("currency".into()),
+                message: format!("this customer already has a {currency} account"),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    core.store
+        .get_account(tenant_id, id.as_str())
+        .await?
+        .ok_or(AppError::NotFound("account"))
+}
+
+/// An account the caller may see under `perm` (404 otherwise, as for a missing one).
+async fn visible_account(
+    core: &Core,
+    actor: &Principal,
+    id: &str,
+    perm: Permission,
+) -> AppResult<AccountRecord> {
+    let owner = owner_filter(core, actor, perm).await?;
+    let account = match AccountId::parse(id) {
+        Some(_) => core.store.get_account(actor.tenant()?, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("account"))?;
+    if owner.is_some() && account.customer_id != owner {
+        return Err(AppError::NotFound("account"));
+    }
+    Ok(account)
+}
+
+pub async fn get_account(core: &Core, actor: &Principal, id: &str) -> AppResult<AccountRecord> {
+    visible_account(core, actor, id, Permission::AccountsRead).await
+}
+
+pub async fn list_accounts(
+    core: &Core,
+    actor: &Principal,
+    customer: Option<&str>,
+    page: &Page,
+) -> AppResult<Listed<AccountRecord>> {
+    let owner = owner_filter(core, actor, Permission::AccountsRead).await?;
+    let filter = match (owner, customer) {
+        (Some(o), Some(c)) if o != c => {
+            return Ok(Listed {
+                data: vec![],
+                has_more: false,
+            });
+        }
+        (Some(o), _) => Some(o),
+        (None, c) => c.map(str::to_owned),
+    };
+    let rows = core
+        .store
+        .list_accounts(actor.tenant()?, filter.as_deref(), page)
+        .await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+pub async fn list_entries(
+    core: &Core,
+    actor: &Principal,
+    account: &str,
+    page: &Page,
+) -> AppResult<Listed<EntryRecord>> {
+    let account = visible_account(core, actor, account, Permission::AccountsRead).await?;
+    let rows = core
+        .store
+        .list_entries(actor.tenant()?, &account.id, page)
+        .await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+/// Freeze (`frozen`), unfreeze (`active`) or close (`closed`) an account. A reason is required
+/// to freeze or unfreeze and is kept in the audit record.
+pub async fn set_status(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    status: &'static str,
+    reason: Option<String>,
+) -> AppResult<AccountRecord> {
+    let perm = if status == "closed" {
+        Permission::AccountsConfigure
+    } else {
+        Permission::AccountsFreeze
+    };
+    let account = visible_account(core, actor, id, perm).await?;
+    let reason = match (status, reason) {
+        ("closed", r) => r,
+        (_, Some(r))
+            if !r.trim().is_empty() && r.len() <= 500 && !r.chars().any(char::is_control) =>
+        {
+            Some(r)
+        }
+        _ => {
+            return Err(AppError::invalid(
+                "reason",
+                "a reason of 1 to 500 characters is required",
+            ));
+        }
+    };
+    if account.kind != "customer" {
+        return Err(AppError::Unprocessable {
+            code: "system_account",
+            message: "system accounts cannot change status".into(),
+        });
+    }
+    let action = match status {
+        "frozen" => "account.freeze",
+        "active" => "account.unfreeze",
+        _ => "account.close",
+    };
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        action,
+        Some(("account", &account.id)),
+        Outcome::Success,
+        reason.as_deref(),
+    );
+    let tenant = actor.tenant()?;
+    match core
+        .store
+        .set_account_status(tenant, &account.id, status, core.clock.now(), &[ev])
+        .await?
+    {
+        Some(a) => Ok(a),
+        None if account.status == "closed" => Err(AppError::Unprocessable {
+            code: "account_closed",
+            message: "the account is closed".into(),
+        }),
+        None => Err(AppError::Unprocessable {
+            code: "account_not_empty",
+            message: "an account closes only at zero balance with nothing pending".into(),
+        }),
+    }
+}
+
+pub async fn set_overdraft(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    limit: i64,
+) -> AppResult<AccountRecord> {
+    if !(0..=crate::domain::ledger::MAX_AMOUNT).contains(&limit) {
+        return Err(AppError::invalid(
+            "overdraft_limit",
+            "must be between 0 and 10^15 minor units",
+        ));
+    }
+    let account = visible_account(core, actor, id, Permission::AccountsConfigure).await?;
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "account.overdraft.set",
+        Some(("account", &account.id)),
+        Outcome::Success,
+        Some(&limit.to_string()),
+    );
+    core.store
+        .set_overdraft(actor.tenant()?, &account.id, limit, core.clock.now(), &[ev])
+        .await?
+        .ok_or_else(|| AppError::Unprocessable {
+            code: "overdraft_below_balance",
+            message:
+                "the account's balance is already below that limit, or it is not a customer account"
+                    .into(),
+        })
+}
+
+// ---------------------------------------------------------------- movements
+
+/// A transfer request, already parsed from the wire.
+pub struct TransferInput {
+    pub kind: TransferKind,
+    pub currency: String,
+    pub amount: i64,
+    /// For `Transfer`: the debit account. Deposits and withdrawals name the customer account.
+    pub debit_account_id: String,
+    pub credits: Vec<(String, i64)>,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+}
+
+pub async fn move_money(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<MovementOutcome, MoveError> {
+    let tenant = actor.tenant()?.clone();
+    let principal_key = actor.user_id.to_string();
+
+    // A replay answers from the stored response, before anything else.
+    let _guard = match &idempotency {
+        None => None,
+        Some(k) => {
+            if let Some(stored) = replay(core, &tenant, &principal_key, k).await? {
+                return Ok(stored);
+            }
+            let slot = format!("{tenant}/{principal_key}/{}", k.key);
+            Some(core.inflight.claim(slot).ok_or_else(|| {
+                AppError::Conflict {
+                    code: "idempotency_key_in_flight",
+                    param: None,
+                    message:
+                        "a request with this idempotency key is still being processed; retry later"
+                            .into(),
+                }
+            })?)
+        }
+    };
+
+    let currency =
+        Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
+    let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+    if let Some(r) = &input.reference
+        && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid(
+            "reference",
+            "must be 1 to 128 characters without control characters",
+        )
+        .into());
+    }
+    if let Some(d) = &input.description
+        && (d.len() > 500 || d.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid(
+            "description",
+            "must be at most 500 characters without control characters",
+        )
+        .into());
+    }
+    let (debit, credits, debit_owner) = match input.kind {
+        TransferKind::Transfer => {
+            if input.credits.is_empty() || input.credits.len() > 100 {
+                return Err(AppError::invalid(
+                    "credits",
+                    "between 1 and 100 credit legs are required",
+                )
+                .into());
+            }
+            let mut total: i64 = 0;
+            for (i, (acc, amt)) in input.credits.iter().enumerate() {
+                Amount::parse(*amt)
+                    .map_err(|m| AppError::invalid(format!("credits[{i}].amount"), m))?;
+                if *acc == input.debit_account_id {
+                    return Err(AppError::invalid(
+                        format!("credits[{i}].account_id"),
+                        "a transfer cannot credit its debit account",
+                    )
+                    .into());
+                }
+                total = total.saturating_add(*amt);
+            }
+            if total != amount.get() {
+                return Err(AppError::invalid(
+                    "credits",
+                    format!("the credit legs sum to {total}, not the amount {amount}"),
+                )
+                .into());
+            }
+            let owner = match actor.scope(Permission::TransfersCreate)? {
+                Scope::All => None,
+                Scope::Own => Some(
+                    own_customer(core, actor)
+                        .await?
+                        .map_or_else(|| "cus_none".to_owned(), |c| c.id),
+                ),
+            };
+            (input.debit_account_id.clone(), input.credits.clone(), owner)
+        }
+        TransferKind::Deposit | TransferKind::Withdrawal => {
+            let settlement = core
+                .store
+                .system_account(&tenant, AccountKind::Settlement.as_str(), currency.code())
+                .await?
+                .ok_or_else(|| {
+                    AppError::invalid("currency", format!("this tenant does not hold {currency}"))
+                })?;
+            if input.kind == TransferKind::Deposit {
+                (
+                    settlement.id,
+                    vec![(input.debit_account_id.clone(), amount.get())],
+                    None,
+                )
+            } else {
+                (
+                    input.debit_account_id.clone(),
+                    vec![(settlement.id, amount.get())],
+                    None,
+                )
+            }
+        }
+    };
+
+    // The pre-commit check point (KYC limits and monitoring rules plug in here).
+    let view = MovementView {
+        tenant_id: tenant.as_str(),
+        kind: input.kind,
+        currency,
+        amount,
+        debit_account_id: &debit,
+        credit_account_ids: credits.iter().map(|(a, _)| a.as_str()).collect(),
+        initiator: &principal_key,
+    };
+    let mut refusal = None;
+    for check in &core.checks {
+        match check.check(&view) {
+            CheckDecision::Allow => {}
+            CheckDecision::Refuse { code, message } => {
+                refusal = Some(Refusal::CheckRefused { code, message });
+                break;
+            }
+            CheckDecision::Review { reason } => {
+                refusal = Some(Refusal::CheckRefused {
+                    code: "held_for_review",
+                    message: format!("held for review by {}: {reason}", check.name()),
+                });
+                break;
+            }
+        }
+    }
+    let id = TransferId::generate();
+    let now = core.clock.now();
+    let audit = AuditBuilder::new(core, meta, Some(actor)).own(
+        &format!("{}.create", input.kind.as_str()),
+        Some(("transfer", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    if let Some(r) = refusal {
+        super::auth::record(
+            core,
+            &crate::domain::audit::NewAuditEvent {
+                outcome: Outcome::Failure,
+                reason: Some(r.code().to_owned()),
+                ..audit
+            },
+        )
+        .await;
+        return Err(MoveError {
+            error: refusal_error(r),
+            audited: true,
+        });
+    }
+    let movement = NewMovement {
+        id,
+        tenant_id: tenant.clone(),
+        kind: input.kind,
+        currency: currency.code().to_owned(),
+        amount: amount.get(),
+        debit_account_id: debit,
+        debit_owner,
+        credits,
+        reference: input.reference,
+        description: input.description,
+        created_by: principal_key.clone(),
+        created_at: now,
+        audit,
+        idempotency: idempotency.as_ref().map(|k| NewIdempotency {
+            principal_id: principal_key.clone(),
+            key: k.key.clone(),
+            request_hash: k.request_hash.clone(),
+            expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+        }),
+        render,
+    };
+    match core.ledger.post(movement).await? {
+        PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
+        PostResult::Refused(r) => Err(MoveError {
+            error: refusal_error(r),
+            audited: true,
+        }),
+        PostResult::DuplicateKey => match &idempotency {
+            Some(k) => Ok(replay(core, &tenant, &principal_key, k)
+                .await?
+                .ok_or_else(|| AppError::internal("idempotency key vanished after a duplicate"))?),
+            None => Err(AppError::internal("duplicate key without a key").into()),
+        },
+    }
+}
+
+async fn replay(
+    core: &Core,
+    tenant: &TenantId,
+    principal: &str,
+    k: &IdempotencyKey,
+) -> AppResult<Option<MovementOutcome>> {
+    let Some(stored) = core
+        .store
+        .get_idempotency(tenant, principal, &k.key, core.clock.now())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if !crate::crypto::constant_time_eq(stored.request_hash.as_bytes(), k.request_hash.as_bytes()) {
+        return Err(AppError::Unprocessable {
+            code: "idempotency_key_reused",
+            message: "this idempotency key was used with a different request".into(),
+        });
+    }
+    Ok(Some(MovementOutcome::Replayed {
+        status: u16::try_from(stored.response_status).unwrap_or(500),
+        body: stored.response_body,
+    }))
+}
+
+/// The API error for a ledger refusal.
+pub fn refusal_error(r: Refusal) -> AppError {
+    let message = r.to_string();
+    match r {
+        Refusal::AccountNotFound(_) => AppError::Invalid {
+            code: "account_not_found",
+            param: None,
+            message,
+        },
+        other => AppError::Unprocessable {
+            code: other.code(),
+            message,
+        },
+    }
+}
+
+pub async fn get_transfer(core: &Core, actor: &Principal, id: &str) -> AppResult<PostedTransfer> {
+    let owner = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let t = match TransferId::parse(id) {
+        Some(_) => core.store.get_transfer(actor.tenant()?, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("transfer"))?;
+    if let Some(owner) = owner {
+        // Visible to a customer only if one of its accounts is a leg.
+        let mut mine = false;
+        for e in &t.entries {
+            if let Some(a) = core
+                .store
+                .get_account(actor.tenant()?, &e.account_id)
+                .await?
+            {
+                mine |= a.customer_id.as_deref() == Some(owner.as_str());
+            }
+        }
+        if !mine {
+            return Err(AppError::NotFound("transfer"));
+        }
+    }
+    Ok(t)
+}
+
+pub async fn list_transfers(
+    core: &Core,
+    actor: &Principal,
+    mut filter: TransferFilter,
+    page: &Page,
+) -> AppResult<Listed<TransferRecord>> {
+    filter.customer_id = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let rows = core
+        .store
+        .list_transfers(actor.tenant()?, &filter, page)
+        .await?;
+    Ok(Listed::from_rows(rows, page))
+}
+
+/// The system accounts a tenant gets for each of its currencies.
+pub fn system_accounts(
+    tenant: &TenantId,
+    currencies: &[Currency],
+    now: crate::clock::Timestamp,
+) -> Vec<NewAccount> {
+    currencies
+        .iter()
+        .flat_map(|c| {
+            AccountKind::SYSTEM.into_iter().map(move |kind| NewAccount {
+                id: AccountId::generate(),
+                tenant_id: tenant.clone(),
+                customer_id: None,
+                kind,
+                currency: c.code().to_owned(),
+                overdraft_limit: kind.initial_overdraft(),
+                created_at: now,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_in_flight_key_is_held_until_its_guard_drops() {
+        let set = InFlight::default();
+        let first = set.claim("k".into());
+        assert!(first.is_some());
+        // A second claim fails without disturbing the first (and without deadlocking).
+        assert!(set.claim("k".into()).is_none());
+        assert!(set.claim("k".into()).is_none());
+        drop(first);
+        assert!(set.claim("k".into()).is_some());
+    }
+}

@@ -1,0 +1,582 @@
+//! The ledger: accounts, double-entry transfers, deposits and withdrawals, idempotency, and its
+//! invariants under concurrency.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::support::{Resp, TenantFixture, TestApp};
+
+async fn customer_account(app: &TestApp, t: &TenantFixture, currency: &str) -> String {
+    let c = app
+        .post("/v1/customers", Some(&t.manager_token), json!({}))
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    let a = app
+        .post(
+            "/v1/accounts",
+            Some(&t.manager_token),
+            json!({ "customer_id": c.body["id"], "currency": currency }),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    a.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn deposit(app: &TestApp, token: &str, account: &str, amount: i64) -> Resp {
+    app.post(
+        "/v1/deposits",
+        Some(token),
+        json!({ "account_id": account, "amount": amount, "currency": "USD" }),
+    )
+    .await
+}
+
+async fn transfer(app: &TestApp, token: &str, from: &str, to: &str, amount: i64) -> Resp {
+    app.post(
+        "/v1/transfers",
+        Some(token),
+        json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to }),
+    )
+    .await
+}
+
+async fn balance(app: &TestApp, token: &str, account: &str) -> i64 {
+    let r = app.get(&format!("/v1/accounts/{account}"), token).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    r.body["posted_balance"].as_i64().unwrap()
+}
+
+/// The double-entry invariant: every currency's balances sum to zero.
+async fn assert_balanced(app: &TestApp, t: &TenantFixture) {
+    let sums = app
+        .core
+        .store
+        .balance_sums(&kasho::ids::TenantId::parse(&t.id).unwrap())
+        .await
+        .unwrap();
+    assert!(!sums.is_empty());
+    for (currency, sum) in sums {
+        assert_eq!(sum, 0, "{currency} does not balance");
+    }
+}
+
+async fn tenants_get_system_accounts_and_customers_get_one_account_per_currency(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let all = app.get("/v1/accounts?limit=100", &t.manager_token).await;
+    let kinds: Vec<(String, String)> = all.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_owned(),
+                a["currency"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for kind in ["settlement", "fees", "suspense"] {
+        for cur in ["USD", "NGN"] {
+            assert!(
+                kinds.contains(&(kind.to_owned(), cur.to_owned())),
+                "{kind} {cur} missing: {kinds:?}"
+            );
+        }
+    }
+    let c = app
+        .post(
+            "/v1/customers",
+            Some(&t.manager_token),
+            json!({ "external_ref": "crm-42" }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED);
+    assert!(c.body["id"].as_str().unwrap().starts_with("cus_"));
+    let open = |currency: &str| {
+        app.post(
+            "/v1/accounts",
+            Some(&t.manager_token),
+            json!({ "customer_id": c.body["id"], "currency": currency }),
+        )
+    };
+    let a = open("USD").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    assert_eq!(a.body["posted_balance"], 0);
+    assert_eq!(a.body["available_balance"], 0);
+    assert_eq!(a.body["status"], "active");
+    assert_eq!(open("USD").await.code(), "account_exists");
+    let eur = open("EUR").await;
+    assert_eq!(eur.status, StatusCode::BAD_REQUEST);
+    assert_eq!(eur.body["error"]["param"], "currency");
+    let missing = app
+        .post(
+            "/v1/accounts",
+            Some(&t.manager_token),
+            json!({ "customer_id": "cus_0000000000000000000000000000000a", "currency": "USD" }),
+        )
+        .await;
+    assert_eq!(missing.body["error"]["param"], "customer_id");
+}
+
+async fn transfers_move_money_double_entry_with_running_balances(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let (_, cashier) = app.user_token(&t, &["CASHIER"]).await;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    let d = deposit(app, &cashier, &a, 10_000).await;
+    assert_eq!(d.status, StatusCode::CREATED, "{d:?}");
+    assert_eq!(d.body["kind"], "deposit");
+    let r = transfer(app, &cashier, &a, &b, 2_500).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.body["object"], "transfer");
+    assert!(r.body["id"].as_str().unwrap().starts_with("trf_"));
+    let balances: HashMap<String, i64> = r.body["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["account_id"].as_str().unwrap().to_owned(),
+                b["balance_after"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(balances[&a], 7_500);
+    assert_eq!(balances[&b], 2_500);
+    assert_eq!(balance(app, &cashier, &a).await, 7_500);
+
+    let entries = app
+        .get(&format!("/v1/accounts/{a}/entries"), &cashier)
+        .await;
+    let list = entries.body["data"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["direction"], "debit");
+    assert_eq!(
+        list[0]["balance_after"], 7_500,
+        "newest first with the running balance"
+    );
+    assert_eq!(list[1]["balance_after"], 10_000);
+
+    let w = app
+        .post(
+            "/v1/withdrawals",
+            Some(&cashier),
+            json!({ "account_id": b, "amount": 500, "currency": "USD" }),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::CREATED, "{w:?}");
+    assert_eq!(balance(app, &cashier, &b).await, 2_000);
+
+    let got = app
+        .get(
+            &format!("/v1/transfers/{}", r.body["id"].as_str().unwrap()),
+            &cashier,
+        )
+        .await;
+    assert_eq!(got.body["amount"], 2_500);
+    let listed = app
+        .get(&format!("/v1/transfers?account_id={b}"), &cashier)
+        .await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 2);
+    assert_balanced(app, &t).await;
+    let chain = app.audit_chain(&t.id).await;
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.action == "transfer.create"
+                && e.target_id.as_deref() == r.body["id"].as_str())
+    );
+    assert!(chain.iter().any(|e| e.action == "deposit.create"));
+}
+
+async fn the_ledger_refuses_what_breaks_its_rules_and_changes_nothing(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    let n = customer_account(app, &t, "NGN").await;
+    deposit(app, m, &a, 1_000).await;
+
+    let r = transfer(app, m, &a, &b, 1_001).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds")
+    );
+    let r = transfer(app, m, &a, &n, 10).await;
+    assert_eq!(r.code(), "currency_mismatch");
+    let r = transfer(app, m, &a, &b, 0).await;
+    assert_eq!(r.body["error"]["param"], "amount");
+    let r = transfer(app, m, &a, &a, 10).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = transfer(app, m, &a, "acc_0000000000000000000000000000000a", 10).await;
+    assert_eq!(r.code(), "account_not_found");
+
+    // Multi-leg: all or nothing.
+    let legs = json!({ "amount": 600, "currency": "USD", "debit_account_id": a,
+                       "credits": [{ "account_id": b, "amount": 300 }, { "account_id": n, "amount": 300 }] });
+    let r = app.post("/v1/transfers", Some(m), legs).await;
+    assert_eq!(r.code(), "currency_mismatch");
+    let r = app
+        .post("/v1/transfers", Some(m), json!({ "amount": 600, "currency": "USD", "debit_account_id": a, "credits": [{ "account_id": b, "amount": 500 }] }))
+        .await;
+    assert_eq!(
+        r.body["error"]["param"], "credits",
+        "legs must sum to the amount"
+    );
+    assert_eq!(balance(app, m, &a).await, 1_000, "nothing moved");
+    assert_eq!(balance(app, m, &b).await, 0);
+
+    // Frozen: refuses debits, accepts credits; a reason is required.
+    let no_reason = app
+        .post(&format!("/v1/accounts/{a}/freeze"), Some(m), json!({}))
+        .await;
+    assert_eq!(no_reason.body["error"]["param"], "reason");
+    let f = app
+        .post(
+            &format!("/v1/accounts/{a}/freeze"),
+            Some(m),
+            json!({ "reason": "suspicious activity" }),
+        )
+        .await;
+    assert_eq!(f.body["status"], "frozen");
+    assert_eq!(transfer(app, m, &a, &b, 10).await.code(), "account_frozen");
+    assert_eq!(deposit(app, m, &a, 5).await.status, StatusCode::CREATED);
+    app.post(
+        &format!("/v1/accounts/{a}/unfreeze"),
+        Some(m),
+        json!({ "reason": "cleared" }),
+    )
+    .await;
+    assert_eq!(
+        transfer(app, m, &a, &b, 10).await.status,
+        StatusCode::CREATED
+    );
+
+    // Overdraft: only as far as the limit a manager set.
+    let o = app
+        .request(
+            Method::PUT,
+            &format!("/v1/accounts/{b}/overdraft"),
+            Some(m),
+            Some(json!({ "overdraft_limit": 100 })),
+        )
+        .await;
+    assert_eq!(o.status, StatusCode::OK, "{o:?}");
+    assert_eq!(
+        transfer(app, m, &b, &a, 110).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(balance(app, m, &b).await, -100);
+    assert_eq!(
+        transfer(app, m, &b, &a, 1).await.code(),
+        "insufficient_funds"
+    );
+
+    // Close: only at zero.
+    let c = app
+        .post(&format!("/v1/accounts/{a}/close"), Some(m), json!({}))
+        .await;
+    assert_eq!(c.code(), "account_not_empty");
+    let empty = customer_account(app, &t, "USD").await;
+    let c = app
+        .post(&format!("/v1/accounts/{empty}/close"), Some(m), json!({}))
+        .await;
+    assert_eq!(c.body["status"], "closed");
+    assert_eq!(deposit(app, m, &empty, 1).await.code(), "account_closed");
+
+    // References are unique per tenant.
+    let with_ref = |r: &str| {
+        app.post("/v1/transfers", Some(m), json!({ "amount": 1, "currency": "USD", "debit_account_id": a, "credit_account_id": b, "reference": r }))
+    };
+    assert_eq!(with_ref("inv-1").await.status, StatusCode::CREATED);
+    assert_eq!(with_ref("inv-1").await.code(), "reference_taken");
+    assert_balanced(app, &t).await;
+}
+
+async fn idempotency_keys_make_retries_safe(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let send = |key: &str, amount: i64| {
+        let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": a, "credit_account_id": b });
+        Request::post("/v1/transfers")
+            .header("authorization", format!("Bearer {m}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let first = app.send(send("order-1", 100)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(first.headers.get("idempotency-replayed").is_none());
+    let again = app.send(send("order-1", 100)).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.headers.get("idempotency-replayed").unwrap(), "true");
+    assert_eq!(again.body, first.body, "the stored response, byte for byte");
+    assert_eq!(balance(app, m, &a).await, 900, "posted once");
+
+    let other = app.send(send("order-1", 200)).await;
+    assert_eq!(
+        (other.status, other.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
+
+    // A refusal is stored too: the retry gets the same answer even if funds arrive meanwhile.
+    let poor = app.send(send("order-2", 5_000)).await;
+    assert_eq!(poor.code(), "insufficient_funds");
+    deposit(app, m, &a, 10_000).await;
+    let retry = app.send(send("order-2", 5_000)).await;
+    assert_eq!(retry.code(), "insufficient_funds");
+    assert_eq!(retry.headers.get("idempotency-replayed").unwrap(), "true");
+
+    // Concurrent retries of one key post once.
+    let reqs: Vec<_> = (0..8).map(|_| app.send(send("order-3", 10))).collect();
+    let results = join_all(reqs).await;
+    let created = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let in_flight = results
+        .iter()
+        .filter(|r| r.code() == "idempotency_key_in_flight")
+        .count();
+    assert_eq!(
+        created + in_flight,
+        8,
+        "{:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let ids: std::collections::HashSet<&str> = results
+        .iter()
+        .filter_map(|r| r.body["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "every success is the same transfer");
+    assert_eq!(balance(app, m, &a).await, 900 + 10_000 - 10);
+
+    let bad = Request::post("/v1/transfers")
+        .header("authorization", format!("Bearer {m}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "x".repeat(256))
+        .body(Body::from(json!({ "amount": 1, "currency": "USD", "debit_account_id": a, "credit_account_id": b }).to_string()))
+        .unwrap();
+    assert_eq!(
+        app.send(bad).await.body["error"]["param"],
+        "Idempotency-Key"
+    );
+
+    // Keys expire after their lifetime (24 h by default) and are then purged.
+    app.clock.advance_seconds(86_400 + 1);
+    assert!(
+        app.core
+            .store
+            .purge_idempotency(app.clock_now())
+            .await
+            .unwrap()
+            >= 3
+    );
+}
+
+/// Polls every future concurrently on the current task.
+async fn join_all<F: std::future::Future<Output = Resp>>(fs: Vec<F>) -> Vec<Resp> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut futs: Vec<Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<Resp>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => done[i] = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().map(|r| r.unwrap()).collect()
+}
+
+async fn customers_move_only_their_own_money_and_see_only_their_own_balances(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let (uid, token) = app.user_token(&t, &["CUSTOMER"]).await;
+    let c = app
+        .post("/v1/customers", Some(m), json!({ "user_id": uid }))
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    let mine = app
+        .post(
+            "/v1/accounts",
+            Some(m),
+            json!({ "customer_id": c.body["id"], "currency": "USD" }),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = customer_account(app, &t, "USD").await;
+    deposit(app, m, &mine, 1_000).await;
+    deposit(app, m, &theirs, 1_000).await;
+
+    let r = transfer(app, &token, &mine, &theirs, 100).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let shown: Vec<&str> = r.body["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["account_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        vec![mine.as_str()],
+        "the recipient's balance is not shown to a customer"
+    );
+    let steal = transfer(app, &token, &theirs, &mine, 100).await;
+    assert_eq!(steal.code(), "account_not_found");
+    assert_eq!(
+        app.get(&format!("/v1/accounts/{theirs}"), &token)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = app.get("/v1/accounts", &token).await;
+    let ids: Vec<&str> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![mine.as_str()]);
+    let txs = app.get("/v1/transfers", &token).await;
+    assert_eq!(
+        txs.body["data"].as_array().unwrap().len(),
+        2,
+        "own deposit and own transfer"
+    );
+    assert_eq!(
+        app.post(
+            "/v1/deposits",
+            Some(&token),
+            json!({ "account_id": mine, "amount": 1, "currency": "USD" })
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+async fn ledger_rows_cannot_be_changed_even_with_sql(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let a = customer_account(app, &t, "USD").await;
+    deposit(app, &t.manager_token, &a, 100).await;
+    for sql in [
+        "UPDATE entries SET amount = 1",
+        "DELETE FROM entries",
+        "UPDATE transfers SET amount = 1",
+        "DELETE FROM transfers",
+    ] {
+        assert!(
+            app.try_raw_sql(sql).await.is_err(),
+            "{sql} must be refused by storage"
+        );
+    }
+}
+
+async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = t.manager_token.clone();
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        let a = customer_account(app, &t, "USD").await;
+        deposit(app, &m, &a, 1_000).await;
+        accounts.push(a);
+    }
+    let clients = 50;
+    let per_client = 8;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let router = app.router.clone();
+        let accounts = accounts.clone();
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut created = Vec::new();
+            for i in 0..per_client {
+                let from = &accounts[(c + i) % accounts.len()];
+                let to = &accounts[(c + i + 1) % accounts.len()];
+                let amount = 1 + ((c * 7 + i * 13) % 300) as i64;
+                let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to });
+                let req = Request::post("/v1/transfers")
+                    .header("authorization", format!("Bearer {m}"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("c{c}-{i}"))
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                use tower::ServiceExt;
+                let resp = router.clone().oneshot(req).await.unwrap();
+                let status = resp.status();
+                let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                match status {
+                    StatusCode::CREATED => created.push(v["id"].as_str().unwrap().to_owned()),
+                    StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(v["error"]["code"], "insufficient_funds"),
+                    other => panic!("unexpected {other}: {v}"),
+                }
+            }
+            created
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        created.extend(task.await.unwrap());
+    }
+    assert!(!created.is_empty());
+    // Every acknowledged transfer exists exactly once.
+    let unique: std::collections::HashSet<_> = created.iter().collect();
+    assert_eq!(unique.len(), created.len());
+    for id in &created {
+        assert_eq!(
+            app.get(&format!("/v1/transfers/{id}"), &m).await.status,
+            StatusCode::OK
+        );
+    }
+    // No account below its floor; balances equal the last entry's running balance.
+    for a in &accounts {
+        let acc = app.get(&format!("/v1/accounts/{a}"), &m).await.body;
+        assert!(acc["posted_balance"].as_i64().unwrap() >= 0, "{acc}");
+        let last = app
+            .get(&format!("/v1/accounts/{a}/entries?limit=1"), &m)
+            .await
+            .body;
+        assert_eq!(last["data"][0]["balance_after"], acc["posted_balance"]);
+    }
+    assert_balanced(app, &t).await;
+}
+
+backend_tests!(
+    tenants_get_system_accounts_and_customers_get_one_account_per_currency,
+    transfers_move_money_double_entry_with_running_balances,
+    the_ledger_refuses_what_breaks_its_rules_and_changes_nothing,
+    idempotency_keys_make_retries_safe,
+    customers_move_only_their_own_money_and_see_only_their_own_balances,
+    ledger_rows_cannot_be_changed_even_with_sql,
+    concurrent_clients_on_hot_accounts_keep_every_invariant,
+);
