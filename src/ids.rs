@@ -91,6 +91,11 @@ prefixed_id!(
     "trf"
 );
 prefixed_id!(
+    /// A hold on part of an account's available balance.
+    HoldId,
+    "hld"
+);
+prefixed_id!(
     /// One ledger entry (a debit or credit line of a transfer).
     EntryId,
     "ent"

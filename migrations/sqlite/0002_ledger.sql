@@ -36,7 +36,7 @@ CREATE INDEX accounts_tenant ON accounts (tenant_id, id);
 CREATE TABLE transfers (
     id                TEXT PRIMARY KEY,
     tenant_id         TEXT NOT NULL REFERENCES tenants (id),
-    kind              TEXT NOT NULL CHECK (kind IN ('transfer', 'deposit', 'withdrawal', 'reversal')),
+    kind              TEXT NOT NULL CHECK (kind IN ('transfer', 'deposit', 'withdrawal', 'reversal', 'capture')),
     currency          TEXT NOT NULL,
     amount            BIGINT NOT NULL CHECK (amount > 0),
     debit_account_id  TEXT NOT NULL REFERENCES accounts (id),
@@ -63,6 +63,30 @@ CREATE TABLE entries (
     UNIQUE (account_id, account_seq)
 );
 CREATE INDEX entries_transfer ON entries (transfer_id);
+
+-- How much of each transfer has been reversed (transfers themselves are append-only).
+CREATE TABLE reversal_totals (
+    transfer_id  TEXT PRIMARY KEY REFERENCES transfers (id),
+    reversed     BIGINT NOT NULL CHECK (reversed >= 0)
+);
+
+-- Reservations against an account's available balance until they expire.
+CREATE TABLE holds (
+    id                    TEXT PRIMARY KEY,
+    tenant_id             TEXT NOT NULL REFERENCES tenants (id),
+    account_id            TEXT NOT NULL REFERENCES accounts (id),
+    currency              TEXT NOT NULL,
+    amount                BIGINT NOT NULL CHECK (amount > 0),
+    status                TEXT NOT NULL CHECK (status IN ('active', 'captured', 'voided', 'expired')),
+    expires_at            BIGINT NOT NULL,
+    reference             TEXT,
+    captured_transfer_id  TEXT REFERENCES transfers (id),
+    created_by            TEXT,
+    created_at            BIGINT NOT NULL,
+    updated_at            BIGINT NOT NULL
+);
+CREATE INDEX holds_account_active ON holds (account_id, status, expires_at);
+CREATE INDEX holds_tenant ON holds (tenant_id, id);
 
 CREATE TABLE idempotency_keys (
     tenant_id        TEXT NOT NULL,

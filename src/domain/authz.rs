@@ -99,10 +99,14 @@ pub enum Permission {
     TransfersRead,
     /// Deposits and withdrawals through the tenant's settlement account (cash desk).
     CashWrite,
+    /// Place, capture and void holds on accounts.
+    HoldsWrite,
+    /// Reverse transfers.
+    TransfersReverse,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -117,6 +121,8 @@ impl Permission {
         Permission::TransfersCreate,
         Permission::TransfersRead,
         Permission::CashWrite,
+        Permission::HoldsWrite,
+        Permission::TransfersReverse,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -135,6 +141,8 @@ impl Permission {
             Permission::TransfersCreate => "transfers:create",
             Permission::TransfersRead => "transfers:read",
             Permission::CashWrite => "cash:write",
+            Permission::HoldsWrite => "holds:write",
+            Permission::TransfersReverse => "transfers:reverse",
         }
     }
 }
@@ -184,6 +192,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersCreate, All),
             (P::TransfersRead, All),
             (P::CashWrite, All),
+            (P::HoldsWrite, All),
+            (P::TransfersReverse, All),
         ],
     ),
     (
@@ -204,6 +214,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersCreate, All),
             (P::TransfersRead, All),
             (P::CashWrite, All),
+            (P::HoldsWrite, All),
         ],
     ),
     (

@@ -83,6 +83,8 @@ pub enum TransferKind {
     Transfer,
     Deposit,
     Withdrawal,
+    Reversal,
+    Capture,
 }
 
 impl TransferKind {
@@ -91,6 +93,8 @@ impl TransferKind {
             TransferKind::Transfer => "transfer",
             TransferKind::Deposit => "deposit",
             TransferKind::Withdrawal => "withdrawal",
+            TransferKind::Reversal => "reversal",
+            TransferKind::Capture => "capture",
         }
     }
 }
@@ -120,6 +124,12 @@ pub enum Refusal {
     NotOwner,
     #[error("{message}")]
     CheckRefused { code: &'static str, message: String },
+    #[error("the reversal exceeds what is left of the original transfer")]
+    ReversalExceedsOriginal,
+    #[error("the hold is not active (captured, voided or expired)")]
+    HoldNotActive,
+    #[error("the capture exceeds the hold")]
+    CaptureExceedsHold,
 }
 
 impl Refusal {
@@ -134,6 +144,9 @@ impl Refusal {
             Refusal::SameAccount => "same_account",
             Refusal::NotOwner => "account_not_owned",
             Refusal::CheckRefused { code, .. } => code,
+            Refusal::ReversalExceedsOriginal => "reversal_exceeds_original",
+            Refusal::HoldNotActive => "hold_not_active",
+            Refusal::CaptureExceedsHold => "capture_exceeds_hold",
         }
     }
 }

@@ -296,6 +296,41 @@ pub(super) fn all() -> Vec<Route> {
             "withdrawal.create",
             ledger::withdraw,
         ),
+        route(
+            Method::POST,
+            "/v1/transfers/{id}/reverse",
+            perm(P::TransfersReverse),
+            "reversal.create",
+            ledger::reverse,
+        ),
+        route(
+            Method::POST,
+            "/v1/holds",
+            perm(P::HoldsWrite),
+            "hold.create",
+            ledger::create_hold,
+        ),
+        route(
+            Method::GET,
+            "/v1/holds/{id}",
+            perm(P::AccountsRead),
+            "hold.read",
+            ledger::get_hold,
+        ),
+        route(
+            Method::POST,
+            "/v1/holds/{id}/capture",
+            perm(P::HoldsWrite),
+            "capture.create",
+            ledger::capture_hold,
+        ),
+        route(
+            Method::POST,
+            "/v1/holds/{id}/void",
+            perm(P::HoldsWrite),
+            "hold.void",
+            ledger::void_hold,
+        ),
     ]
 }
 

@@ -369,7 +369,8 @@ async fn visible_account(
 }
 
 pub async fn get_account(core: &Core, actor: &Principal, id: &str) -> AppResult<AccountRecord> {
-    visible_account(core, actor, id, Permission::AccountsRead).await
+    let a = visible_account(core, actor, id, Permission::AccountsRead).await?;
+    with_expired_released(core, actor.tenant()?, a).await
 }
 
 pub async fn list_accounts(
@@ -389,10 +390,15 @@ pub async fn list_accounts(
         (Some(o), _) => Some(o),
         (None, c) => c.map(str::to_owned),
     };
-    let rows = core
+    let tenant = actor.tenant()?;
+    let mut rows = Vec::new();
+    for a in core
         .store
-        .list_accounts(actor.tenant()?, filter.as_deref(), page)
-        .await?;
+        .list_accounts(tenant, filter.as_deref(), page)
+        .await?
+    {
+        rows.push(with_expired_released(core, tenant, a).await?);
+    }
     Ok(Listed::from_rows(rows, page))
 }
 
@@ -518,6 +524,10 @@ pub struct TransferInput {
     pub credits: Vec<(String, i64)>,
     pub reference: Option<String>,
     pub description: Option<String>,
+    /// For reversals: (original transfer id, original amount).
+    pub reverses: Option<(String, i64)>,
+    /// For captures: the hold being captured.
+    pub capture_hold: Option<String>,
 }
 
 pub async fn move_money(
@@ -573,6 +583,9 @@ pub async fn move_money(
         .into());
     }
     let (debit, credits, debit_owner) = match input.kind {
+        TransferKind::Reversal | TransferKind::Capture => {
+            (input.debit_account_id.clone(), input.credits.clone(), None)
+        }
         TransferKind::Transfer => {
             if input.credits.is_empty() || input.credits.len() > 100 {
                 return Err(AppError::invalid(
@@ -706,6 +719,8 @@ pub async fn move_money(
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
         }),
         render,
+        reverses: input.reverses,
+        capture_hold: input.capture_hold,
     };
     match core.ledger.post(movement).await? {
         PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
@@ -801,6 +816,231 @@ pub async fn list_transfers(
         .list_transfers(actor.tenant()?, &filter, page)
         .await?;
     Ok(Listed::from_rows(rows, page))
+}
+
+/// Reverses all or part of a transfer (what is left of it at most) with a new, linked transfer.
+pub async fn reverse(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    amount: Option<i64>,
+    idempotency: Option<IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<MovementOutcome, MoveError> {
+    let tenant = actor.tenant()?;
+    let original = match TransferId::parse(id) {
+        Some(_) => core.store.get_transfer(tenant, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("transfer"))?;
+    let t = &original.transfer;
+    if t.kind == "reversal" {
+        return Err(AppError::Unprocessable {
+            code: "reversal_not_supported",
+            message: "a reversal cannot itself be reversed; post a new transfer".into(),
+        }
+        .into());
+    }
+    let credits: Vec<&EntryRecord> = original
+        .entries
+        .iter()
+        .filter(|e| e.direction == "credit")
+        .collect();
+    let [credit] = credits.as_slice() else {
+        return Err(AppError::Unprocessable {
+            code: "reversal_not_supported",
+            message: "transfers with several credit legs cannot be reversed yet; reverse them with new transfers".into(),
+        }
+        .into());
+    };
+    let remaining = t.amount - core.store.reversed_amount(tenant, &t.id).await?;
+    if remaining <= 0 {
+        return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
+    }
+    let amount = amount.unwrap_or(remaining);
+    if amount <= 0 {
+        return Err(AppError::invalid(
+            "amount",
+            "must be a positive integer number of minor units",
+        )
+        .into());
+    }
+    if amount > remaining {
+        return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
+    }
+    let input = TransferInput {
+        kind: TransferKind::Reversal,
+        currency: t.currency.clone(),
+        amount,
+        debit_account_id: credit.account_id.clone(),
+        credits: vec![(t.debit_account_id.clone(), amount)],
+        reference: None,
+        description: Some(format!("reversal of {}", t.id)),
+        reverses: Some((t.id.clone(), t.amount)),
+        capture_hold: None,
+    };
+    move_money(core, meta, actor, input, idempotency, render).await
+}
+
+/// Limits of a hold's lifetime.
+const HOLD_MIN_SECONDS: i64 = 60;
+const HOLD_MAX_SECONDS: i64 = 30 * 86_400;
+
+/// A hold request, parsed from the wire.
+pub struct HoldInput {
+    pub account_id: String,
+    pub currency: String,
+    pub amount: i64,
+    pub expires_in_seconds: i64,
+    pub reference: Option<String>,
+}
+
+/// Reserves part of an account's available balance until its expiry.
+pub async fn create_hold(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: HoldInput,
+) -> AppResult<crate::store::HoldRecord> {
+    let tenant = actor.tenant()?;
+    let currency =
+        Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
+    let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+    if !(HOLD_MIN_SECONDS..=HOLD_MAX_SECONDS).contains(&input.expires_in_seconds) {
+        return Err(AppError::invalid(
+            "expires_in_seconds",
+            format!("must be between {HOLD_MIN_SECONDS} and {HOLD_MAX_SECONDS}"),
+        ));
+    }
+    if AccountId::parse(&input.account_id).is_none() {
+        return Err(AppError::Invalid {
+            code: "account_not_found",
+            param: Some("account_id".into()),
+            message: "no such account".into(),
+        });
+    }
+    let now = core.clock.now();
+    let id = crate::ids::HoldId::generate();
+    let hold = crate::store::NewHold {
+        id: id.clone(),
+        tenant_id: tenant.clone(),
+        account_id: input.account_id,
+        owner: None,
+        currency: currency.code().to_owned(),
+        amount: amount.get(),
+        expires_at: now.plus_seconds(input.expires_in_seconds),
+        reference: input.reference,
+        created_by: actor.user_id.to_string(),
+        created_at: now,
+    };
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "hold.create",
+        Some(("hold", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    core.store
+        .create_hold(&hold, &[ev])
+        .await?
+        .map_err(refusal_error)
+}
+
+/// An active hold past its expiry reads as expired.
+fn effective_hold(
+    mut h: crate::store::HoldRecord,
+    now: crate::clock::Timestamp,
+) -> crate::store::HoldRecord {
+    if h.status == "active" && h.expires_at <= now.as_micros() {
+        h.status = "expired".into();
+    }
+    h
+}
+
+pub async fn get_hold(
+    core: &Core,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<crate::store::HoldRecord> {
+    let hold = match crate::ids::HoldId::parse(id) {
+        Some(_) => core.store.get_hold(actor.tenant()?, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("hold"))?;
+    // Visible only to those who may see its account.
+    visible_account(core, actor, &hold.account_id, Permission::AccountsRead)
+        .await
+        .map_err(|_| AppError::NotFound("hold"))?;
+    Ok(effective_hold(hold, core.clock.now()))
+}
+
+pub async fn void_hold(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<crate::store::HoldRecord> {
+    let hold = get_hold(core, actor, id).await?;
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "hold.void",
+        Some(("hold", &hold.id)),
+        Outcome::Success,
+        None,
+    );
+    core.store
+        .void_hold(actor.tenant()?, &hold.id, core.clock.now(), &[ev])
+        .await?
+        .ok_or_else(|| refusal_error(Refusal::HoldNotActive))
+}
+
+/// Captures all or part of a hold into a transfer to `credit_account_id`; the rest is released.
+#[allow(clippy::too_many_arguments)]
+pub async fn capture_hold(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    credit_account_id: String,
+    amount: Option<i64>,
+    idempotency: Option<IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<MovementOutcome, MoveError> {
+    let hold = get_hold(core, actor, id).await?;
+    let amount = amount.unwrap_or(hold.amount);
+    if credit_account_id == hold.account_id {
+        return Err(AppError::invalid(
+            "credit_account_id",
+            "a capture cannot credit the held account",
+        )
+        .into());
+    }
+    let input = TransferInput {
+        kind: TransferKind::Capture,
+        currency: hold.currency.clone(),
+        amount,
+        debit_account_id: hold.account_id.clone(),
+        credits: vec![(credit_account_id, amount)],
+        reference: None,
+        description: Some(format!("capture of {}", hold.id)),
+        reverses: None,
+        capture_hold: Some(hold.id.clone()),
+    };
+    move_money(core, meta, actor, input, idempotency, render).await
+}
+
+/// Holds past expiry stop counting against the available balance at once, even before the
+/// next movement on the account releases them.
+async fn with_expired_released(
+    core: &Core,
+    tenant: &TenantId,
+    mut a: AccountRecord,
+) -> AppResult<AccountRecord> {
+    let expired = core
+        .store
+        .expired_holds(tenant, &a.id, core.clock.now())
+        .await?;
+    a.pending_debits -= expired;
+    Ok(a)
 }
 
 /// The system accounts a tenant gets for each of its currencies.

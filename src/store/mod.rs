@@ -276,6 +276,38 @@ pub struct NewAccount {
     pub created_at: Timestamp,
 }
 
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HoldRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub currency: String,
+    pub amount: i64,
+    /// `active`, `captured`, `voided` or `expired` (an `active` hold past `expires_at` is expired).
+    pub status: String,
+    pub expires_at: i64,
+    pub reference: Option<String>,
+    pub captured_transfer_id: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewHold {
+    pub id: crate::ids::HoldId,
+    pub tenant_id: TenantId,
+    pub account_id: String,
+    /// When set, the account must belong to this customer.
+    pub owner: Option<String>,
+    pub currency: String,
+    pub amount: i64,
+    pub expires_at: Timestamp,
+    pub reference: Option<String>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+}
+
 /// A stored idempotent response.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IdempotencyRecord {
@@ -324,6 +356,10 @@ pub struct NewMovement {
     pub audit: NewAuditEvent,
     pub idempotency: Option<NewIdempotency>,
     pub render: RenderOutcome,
+    /// Set for a reversal: what it reverses, and the original's amount (the ceiling).
+    pub reverses: Option<(String, i64)>,
+    /// Set for a hold capture: the hold released by this movement.
+    pub capture_hold: Option<String>,
 }
 
 /// What posting one movement did.
@@ -518,6 +554,36 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         page: &Page,
     ) -> StoreResult<Vec<EntryRecord>>;
+    /// Reserves `amount` of the account's available balance (a conditional update).
+    async fn create_hold(
+        &self,
+        hold: &NewHold,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Result<HoldRecord, crate::domain::ledger::Refusal>>;
+    /// Releases an active, unexpired hold.
+    async fn void_hold(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<HoldRecord>>;
+    async fn get_hold(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<HoldRecord>>;
+    async fn list_holds(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        page: &Page,
+    ) -> StoreResult<Vec<HoldRecord>>;
+    /// The total of the account's holds that are past expiry but not yet released.
+    async fn expired_holds(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        now: Timestamp,
+    ) -> StoreResult<i64>;
+    /// How much of a transfer has been reversed.
+    async fn reversed_amount(&self, tenant: &TenantId, transfer: &str) -> StoreResult<i64>;
     /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
     async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
 

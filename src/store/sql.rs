@@ -795,6 +795,131 @@ macro_rules! impl_store {
                 .await?)
             }
 
+
+            async fn create_hold(
+                &self,
+                h: &$crate::store::NewHold,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Result<$crate::store::HoldRecord, $crate::domain::ledger::Refusal>> {
+                let now = h.created_at.as_micros();
+                let mut tx = self.begin_write().await?;
+                Self::expire_holds_tx(&mut tx, h.tenant_id.as_str(), &h.account_id, now).await?;
+                let reserved: Option<(String,)> = sqlx::query_as(
+                    "UPDATE accounts SET pending_debits = pending_debits + $3, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status = 'active' \
+                     AND ($6 IS NULL OR customer_id = $6) \
+                     AND posted - pending_debits - $3 >= -overdraft_limit RETURNING id",
+                )
+                .bind(h.tenant_id.as_str())
+                .bind(&h.account_id)
+                .bind(h.amount)
+                .bind(now)
+                .bind(&h.currency)
+                .bind(h.owner.as_deref())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if reserved.is_none() {
+                    let why = Self::why_refused(&mut tx, h.tenant_id.as_str(), &h.account_id, &h.currency, h.owner.as_deref(), true).await?;
+                    return Ok(Err(why));
+                }
+                let record: $crate::store::HoldRecord = sqlx::query_as(
+                    "INSERT INTO holds (id, tenant_id, account_id, currency, amount, status, expires_at, reference, created_by, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9) RETURNING *",
+                )
+                .bind(h.id.as_str())
+                .bind(h.tenant_id.as_str())
+                .bind(&h.account_id)
+                .bind(&h.currency)
+                .bind(h.amount)
+                .bind(h.expires_at.as_micros())
+                .bind(&h.reference)
+                .bind(&h.created_by)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(Ok(record))
+            }
+
+            async fn void_hold(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Option<$crate::store::HoldRecord>> {
+                let mut tx = self.begin_write().await?;
+                let row: Option<$crate::store::HoldRecord> = sqlx::query_as(
+                    "UPDATE holds SET status = 'voided', updated_at = $3 \
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'active' AND expires_at > $3 RETURNING *",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(now.as_micros())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(&row.account_id)
+                    .bind(row.amount)
+                    .execute(&mut *tx)
+                    .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(Some(row))
+            }
+
+            async fn get_hold(&self, tenant: &$crate::ids::TenantId, id: &str) -> $crate::store::StoreResult<Option<$crate::store::HoldRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM holds WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_holds(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                account: &str,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::HoldRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM holds WHERE tenant_id = $1 AND account_id = $2 AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn expired_holds(&self, tenant: &$crate::ids::TenantId, account: &str, now: $crate::clock::Timestamp) -> $crate::store::StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds \
+                     WHERE tenant_id = $1 AND account_id = $2 AND status = 'active' AND expires_at <= $3",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(now.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(n)
+            }
+
+            async fn reversed_amount(&self, tenant: &$crate::ids::TenantId, transfer: &str) -> $crate::store::StoreResult<i64> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "SELECT r.reversed FROM reversal_totals r JOIN transfers t ON t.id = r.transfer_id WHERE t.tenant_id = $1 AND r.transfer_id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(transfer)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map_or(0, |(n,)| n))
+            }
+
             async fn balance_sums(&self, tenant: &$crate::ids::TenantId) -> $crate::store::StoreResult<Vec<(String, i64)>> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
                     "SELECT currency, CAST(COALESCE(SUM(posted), 0) AS BIGINT) FROM accounts WHERE tenant_id = $1 GROUP BY currency ORDER BY currency",
@@ -863,6 +988,67 @@ macro_rules! impl_store {
 
         impl $store {
 
+
+            /// Diagnoses why a conditional update on an account matched nothing.
+            async fn why_refused(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                account: &str,
+                currency: &str,
+                owner: Option<&str>,
+                debit: bool,
+            ) -> $crate::store::StoreResult<$crate::domain::ledger::Refusal> {
+                use $crate::domain::ledger::Refusal;
+                let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT currency, status, customer_id FROM accounts WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant)
+                .bind(account)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(match row {
+                    None => Refusal::AccountNotFound(account.to_owned()),
+                    Some((_, _, cust)) if owner.is_some() && cust.as_deref() != owner => Refusal::AccountNotFound(account.to_owned()),
+                    Some((cur, _, _)) if cur != currency => Refusal::CurrencyMismatch {
+                        account: account.to_owned(),
+                        account_currency: cur,
+                        currency: currency.to_owned(),
+                    },
+                    Some((_, status, _)) if status == "closed" => Refusal::AccountClosed(account.to_owned()),
+                    Some((_, status, _)) if status == "frozen" && debit => Refusal::AccountFrozen(account.to_owned()),
+                    Some(_) => Refusal::InsufficientFunds(account.to_owned()),
+                })
+            }
+
+            /// Releases the account's holds that have expired: they stop counting against the
+            /// available balance at their expiry, whether or not anything else has run since.
+            async fn expire_holds_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                account: &str,
+                now: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let expired: Vec<(i64,)> = sqlx::query_as(
+                    "UPDATE holds SET status = 'expired', updated_at = $3 \
+                     WHERE tenant_id = $1 AND account_id = $2 AND status = 'active' AND expires_at <= $3 RETURNING amount",
+                )
+                .bind(tenant)
+                .bind(account)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+                let total: i64 = expired.iter().map(|(a,)| *a).sum();
+                if total > 0 {
+                    sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant)
+                        .bind(account)
+                        .bind(total)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
             async fn insert_account_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 a: &$crate::store::NewAccount,
@@ -902,40 +1088,10 @@ macro_rules! impl_store {
                     debit_account_id: m.debit_account_id.clone(),
                     reference: m.reference.clone(),
                     description: m.description.clone(),
-                    reverses_id: None,
+                    reverses_id: m.reverses.as_ref().map(|(id, _)| id.clone()),
                     created_by: Some(m.created_by.clone()),
                     created_at: now,
                 };
-                // Diagnoses why a conditional update matched nothing.
-                async fn why(
-                    tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                    tenant: &str,
-                    account: &str,
-                    currency: &str,
-                    owner: Option<&str>,
-                    debit: bool,
-                ) -> $crate::store::StoreResult<Refusal> {
-                    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-                        "SELECT currency, status, customer_id FROM accounts WHERE tenant_id = $1 AND id = $2",
-                    )
-                    .bind(tenant)
-                    .bind(account)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    Ok(match row {
-                        None => Refusal::AccountNotFound(account.to_owned()),
-                        Some((_, _, cust)) if owner.is_some() && cust.as_deref() != owner => Refusal::AccountNotFound(account.to_owned()),
-                        Some((cur, _, _)) if cur != currency => Refusal::CurrencyMismatch {
-                            account: account.to_owned(),
-                            account_currency: cur,
-                            currency: currency.to_owned(),
-                        },
-                        Some((_, status, _)) if status == "closed" => Refusal::AccountClosed(account.to_owned()),
-                        Some((_, status, _)) if status == "frozen" && debit => Refusal::AccountFrozen(account.to_owned()),
-                        Some(_) => Refusal::InsufficientFunds(account.to_owned()),
-                    })
-                }
-
                 sqlx::query(
                     "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -954,6 +1110,47 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await?; // a Conflict here can only be the reference (the id is fresh)
 
+                if let Some((original, ceiling)) = &m.reverses {
+                    sqlx::query("INSERT INTO reversal_totals (transfer_id, reversed) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+                        .bind(original)
+                        .execute(&mut **tx)
+                        .await?;
+                    let within: Option<(i64,)> = sqlx::query_as(
+                        "UPDATE reversal_totals SET reversed = reversed + $2 WHERE transfer_id = $1 AND reversed + $2 <= $3 RETURNING reversed",
+                    )
+                    .bind(original)
+                    .bind(m.amount)
+                    .bind(*ceiling)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if within.is_none() {
+                        return Ok(Err(Refusal::ReversalExceedsOriginal));
+                    }
+                }
+                if let Some(hold) = &m.capture_hold {
+                    // Capturing releases the whole hold (the rest of it is freed), then debits.
+                    let held: Option<(i64,)> = sqlx::query_as(
+                        "UPDATE holds SET status = 'captured', captured_transfer_id = $3, updated_at = $4 \
+                         WHERE tenant_id = $1 AND id = $2 AND status = 'active' AND expires_at > $4 RETURNING amount",
+                    )
+                    .bind(&transfer.tenant_id)
+                    .bind(hold)
+                    .bind(&transfer.id)
+                    .bind(now)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let Some((held,)) = held else { return Ok(Err(Refusal::HoldNotActive)) };
+                    if m.amount > held {
+                        return Ok(Err(Refusal::CaptureExceedsHold));
+                    }
+                    sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
+                        .bind(&transfer.tenant_id)
+                        .bind(&m.debit_account_id)
+                        .bind(held)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Self::expire_holds_tx(tx, &transfer.tenant_id, &m.debit_account_id, now).await?;
                 let debit: Option<(i64, i64)> = sqlx::query_as(
                     "UPDATE accounts SET posted = posted - $3, entry_count = entry_count + 1, updated_at = $4 \
                      WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status = 'active' \
@@ -970,7 +1167,7 @@ macro_rules! impl_store {
                 .fetch_optional(&mut **tx)
                 .await?;
                 let Some((balance, seq)) = debit else {
-                    return Ok(Err(why(tx, &transfer.tenant_id, &m.debit_account_id, &m.currency, m.debit_owner.as_deref(), true).await?));
+                    return Ok(Err(Self::why_refused(tx, &transfer.tenant_id, &m.debit_account_id, &m.currency, m.debit_owner.as_deref(), true).await?));
                 };
                 let mut legs = vec![(m.debit_account_id.clone(), "debit", m.amount, balance, seq)];
                 for (account, amount) in &m.credits {
@@ -987,7 +1184,7 @@ macro_rules! impl_store {
                     .fetch_optional(&mut **tx)
                     .await?;
                     let Some((balance, seq)) = credit else {
-                        return Ok(Err(why(tx, &transfer.tenant_id, account, &m.currency, None, false).await?));
+                        return Ok(Err(Self::why_refused(tx, &transfer.tenant_id, account, &m.currency, None, false).await?));
                     };
                     legs.push((account.clone(), "credit", *amount, balance, seq));
                 }

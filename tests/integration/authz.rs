@@ -18,6 +18,8 @@ fn concrete(path: &str) -> String {
         "cus"
     } else if path.starts_with("/v1/transfers/") {
         "trf"
+    } else if path.starts_with("/v1/holds/") {
+        "hld"
     } else {
         "usr"
     };

@@ -571,7 +571,168 @@ async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) 
     assert_balanced(app, &t).await;
 }
 
+async fn reversals_undo_transfers_but_never_more_than_the_original(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let tr = transfer(app, m, &a, &b, 600).await;
+    let id = tr.body["id"].as_str().unwrap().to_owned();
+    let part = app
+        .post(
+            &format!("/v1/transfers/{id}/reverse"),
+            Some(m),
+            json!({ "amount": 200 }),
+        )
+        .await;
+    assert_eq!(part.status, StatusCode::CREATED, "{part:?}");
+    assert_eq!(part.body["kind"], "reversal");
+    assert_eq!(part.body["debit_account_id"], b.as_str());
+    assert_eq!(balance(app, m, &a).await, 600);
+    let too_much = app
+        .post(
+            &format!("/v1/transfers/{id}/reverse"),
+            Some(m),
+            json!({ "amount": 401 }),
+        )
+        .await;
+    assert_eq!(too_much.code(), "reversal_exceeds_original");
+    let rest = app
+        .post(&format!("/v1/transfers/{id}/reverse"), Some(m), json!({}))
+        .await;
+    assert_eq!(rest.status, StatusCode::CREATED, "{rest:?}");
+    assert_eq!(rest.body["amount"], 400, "defaults to what is left");
+    assert_eq!(balance(app, m, &a).await, 1_000);
+    assert_eq!(balance(app, m, &b).await, 0);
+    let none_left = app
+        .post(&format!("/v1/transfers/{id}/reverse"), Some(m), json!({}))
+        .await;
+    assert_eq!(none_left.code(), "reversal_exceeds_original");
+    let (_, cashier) = app.user_token(&t, &["CASHIER"]).await;
+    assert_eq!(
+        app.post(
+            &format!("/v1/transfers/{id}/reverse"),
+            Some(&cashier),
+            json!({})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_balanced(app, &t).await;
+}
+
+async fn holds_reserve_funds_until_captured_voided_or_expired(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let hold = |amount: i64, secs: i64| {
+        app.post("/v1/holds", Some(m), json!({ "account_id": a, "amount": amount, "currency": "USD", "expires_in_seconds": secs }))
+    };
+    let h = hold(700, 600).await;
+    assert_eq!(h.status, StatusCode::CREATED, "{h:?}");
+    assert_eq!(h.body["status"], "active");
+    let acc = app.get(&format!("/v1/accounts/{a}"), m).await.body;
+    assert_eq!(
+        (
+            acc["posted_balance"].as_i64(),
+            acc["available_balance"].as_i64(),
+            acc["pending_debits"].as_i64()
+        ),
+        (Some(1_000), Some(300), Some(700))
+    );
+    assert_eq!(
+        transfer(app, m, &a, &b, 301).await.code(),
+        "insufficient_funds",
+        "the hold counts against the available balance"
+    );
+    assert_eq!(hold(400, 600).await.code(), "insufficient_funds");
+
+    // Partial capture: 500 moves, the other 200 is released.
+    let hid = h.body["id"].as_str().unwrap();
+    let c = app
+        .post(
+            &format!("/v1/holds/{hid}/capture"),
+            Some(m),
+            json!({ "credit_account_id": b, "amount": 500 }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    assert_eq!(c.body["kind"], "capture");
+    let acc = app.get(&format!("/v1/accounts/{a}"), m).await.body;
+    assert_eq!(
+        (
+            acc["posted_balance"].as_i64(),
+            acc["available_balance"].as_i64()
+        ),
+        (Some(500), Some(500))
+    );
+    assert_eq!(
+        app.get(&format!("/v1/holds/{hid}"), m).await.body["status"],
+        "captured"
+    );
+    assert_eq!(
+        app.post(
+            &format!("/v1/holds/{hid}/capture"),
+            Some(m),
+            json!({ "credit_account_id": b })
+        )
+        .await
+        .code(),
+        "hold_not_active"
+    );
+
+    // Void releases it all.
+    let v = hold(100, 600).await;
+    let vid = v.body["id"].as_str().unwrap();
+    assert_eq!(
+        app.post(&format!("/v1/holds/{vid}/void"), Some(m), json!({}))
+            .await
+            .body["status"],
+        "voided"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/accounts/{a}"), m).await.body["available_balance"],
+        500
+    );
+
+    // Expiry: the hold stops counting at its expiry, before anything releases it.
+    let e = hold(450, 60).await;
+    assert_eq!(
+        app.get(&format!("/v1/accounts/{a}"), m).await.body["available_balance"],
+        50
+    );
+    app.clock.advance_seconds(61);
+    let fresh = app.token(Some("acme"), "manager@acme.test").await;
+    assert_eq!(
+        app.get(&format!("/v1/accounts/{a}"), &fresh).await.body["available_balance"],
+        500
+    );
+    assert_eq!(
+        app.get(
+            &format!("/v1/holds/{}", e.body["id"].as_str().unwrap()),
+            &fresh
+        )
+        .await
+        .body["status"],
+        "expired"
+    );
+    assert_eq!(
+        transfer(app, &fresh, &a, &b, 500).await.status,
+        StatusCode::CREATED,
+        "expired funds are spendable"
+    );
+    assert_balanced(app, &t).await;
+}
+
 backend_tests!(
+    reversals_undo_transfers_but_never_more_than_the_original,
+    holds_reserve_funds_until_captured_voided_or_expired,
     tenants_get_system_accounts_and_customers_get_one_account_per_currency,
     transfers_move_money_double_entry_with_running_balances,
     the_ledger_refuses_what_breaks_its_rules_and_changes_nothing,

@@ -614,6 +614,8 @@ pub async fn create_transfer(
         credits,
         reference: body.reference,
         description: body.description,
+        reverses: None,
+        capture_hold: None,
     };
     run_movement(&state, &meta, &principal, input, key).await
 }
@@ -636,6 +638,8 @@ async fn cash(
         credits: Vec::new(),
         reference: body.reference,
         description: body.description,
+        reverses: None,
+        capture_hold: None,
     };
     run_movement(state, meta, principal, input, key).await
 }
@@ -768,4 +772,177 @@ pub async fn list_transfers(
             |_| false,
         )
     })))
+}
+
+// ---------------------------------------------------------------- reversals and holds
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseRequest {
+    /// Minor units to reverse; default: all that is left of the original.
+    pub amount: Option<i64>,
+}
+
+/// Reverse all or part of a transfer with a new transfer linked to it (never more than what is left).
+#[utoipa::path(post, path = "/v1/transfers/{id}/reverse", tag = "ledger", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Transfer id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    request_body = ReverseRequest,
+    responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn reverse(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReverseRequest>,
+) -> ApiResult<Response> {
+    let key = idempotency(&headers, &format!("/v1/transfers/{id}/reverse"), &body)?;
+    match ledger::reverse(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        body.amount,
+        key,
+        render_all,
+    )
+    .await
+    {
+        Ok(outcome) => Ok(respond(outcome, render_all)),
+        Err(e) if e.audited => Err(ApiError::from(e.error).audited()),
+        Err(e) => Err(ApiError::from(e.error)),
+    }
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHoldRequest {
+    pub account_id: String,
+    pub amount: i64,
+    pub currency: String,
+    /// 60 s to 30 days.
+    pub expires_in_seconds: i64,
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    pub credit_account_id: String,
+    /// Default: the whole hold. Whatever is not captured is released.
+    pub amount: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HoldView {
+    /// Always `hold`.
+    pub object: &'static str,
+    pub id: String,
+    pub account_id: String,
+    pub currency: String,
+    pub amount: i64,
+    /// `active`, `captured`, `voided` or `expired`.
+    pub status: String,
+    pub expires_at: String,
+    pub reference: Option<String>,
+    pub captured_transfer_id: Option<String>,
+    pub created_at: String,
+}
+
+impl From<crate::store::HoldRecord> for HoldView {
+    fn from(h: crate::store::HoldRecord) -> Self {
+        Self {
+            object: "hold",
+            id: h.id,
+            account_id: h.account_id,
+            currency: h.currency,
+            amount: h.amount,
+            status: h.status,
+            expires_at: ts(h.expires_at),
+            reference: h.reference,
+            captured_transfer_id: h.captured_transfer_id,
+            created_at: ts(h.created_at),
+        }
+    }
+}
+
+/// Reserve part of an account's available balance until the hold expires, is captured or voided.
+#[utoipa::path(post, path = "/v1/holds", tag = "ledger", security(("bearer" = [])), request_body = CreateHoldRequest, responses(
+    (status = 201, body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+))]
+pub async fn create_hold(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateHoldRequest>,
+) -> ApiResult<Recorded<Json<HoldView>>> {
+    let input = ledger::HoldInput {
+        account_id: body.account_id,
+        currency: body.currency,
+        amount: body.amount,
+        expires_in_seconds: body.expires_in_seconds,
+        reference: body.reference,
+    };
+    let h = ledger::create_hold(&state.core, &meta, &principal, input).await?;
+    Ok(Recorded(StatusCode::CREATED, Json(h.into())))
+}
+
+/// Get one hold.
+#[utoipa::path(get, path = "/v1/holds/{id}", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id (`hld_…`)")), responses(
+    (status = 200, body = HoldView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+))]
+pub async fn get_hold(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HoldView>> {
+    Ok(Json(
+        ledger::get_hold(&state.core, &principal, &id).await?.into(),
+    ))
+}
+
+/// Capture all or part of a hold into a transfer; the rest of the hold is released.
+#[utoipa::path(post, path = "/v1/holds/{id}/capture", tag = "ledger", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Hold id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    request_body = CaptureRequest,
+    responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn capture_hold(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CaptureRequest>,
+) -> ApiResult<Response> {
+    let key = idempotency(&headers, &format!("/v1/holds/{id}/capture"), &body)?;
+    match ledger::capture_hold(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        body.credit_account_id,
+        body.amount,
+        key,
+        render_all,
+    )
+    .await
+    {
+        Ok(outcome) => Ok(respond(outcome, render_all)),
+        Err(e) if e.audited => Err(ApiError::from(e.error).audited()),
+        Err(e) => Err(ApiError::from(e.error)),
+    }
+}
+
+/// Release a hold without moving money.
+#[utoipa::path(post, path = "/v1/holds/{id}/void", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id")), responses(
+    (status = 200, body = HoldView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+))]
+pub async fn void_hold(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Recorded<Json<HoldView>>> {
+    let h = ledger::void_hold(&state.core, &meta, &principal, &id).await?;
+    Ok(Recorded(StatusCode::OK, Json(h.into())))
 }
