@@ -116,6 +116,19 @@ pub async fn build_core(
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
     let app = crate::http::router(core.clone(), config.max_body_bytes);
+    // Expired idempotency keys are purged hourly (a live key is never touched).
+    let purger = core.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match purger.store.purge_idempotency(purger.clock.now()).await {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;

@@ -118,10 +118,6 @@ pub enum Refusal {
     AccountClosed(String),
     #[error("a transfer with reference `{0}` already exists")]
     DuplicateReference(String),
-    #[error("debit and credit accounts must differ")]
-    SameAccount,
-    #[error("you may only debit accounts you own")]
-    NotOwner,
     #[error("{message}")]
     CheckRefused { code: &'static str, message: String },
     #[error("the reversal exceeds what is left of the original transfer")]
@@ -141,8 +137,6 @@ impl Refusal {
             Refusal::AccountFrozen(_) => "account_frozen",
             Refusal::AccountClosed(_) => "account_closed",
             Refusal::DuplicateReference(_) => "reference_taken",
-            Refusal::SameAccount => "same_account",
-            Refusal::NotOwner => "account_not_owned",
             Refusal::CheckRefused { code, .. } => code,
             Refusal::ReversalExceedsOriginal => "reversal_exceeds_original",
             Refusal::HoldNotActive => "hold_not_active",

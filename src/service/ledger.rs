@@ -24,7 +24,7 @@ use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
 use crate::store::{
     AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewCustomer, NewIdempotency,
     NewMovement, Page, PostResult, PostedTransfer, RenderOutcome, Store, StoreError,
-    TransferFilter, TransferRecord,
+    TransferFilter,
 };
 
 /// Most movements posted in one transaction.
@@ -46,7 +46,14 @@ impl LedgerWriter {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
                 let batch: Vec<NewMovement> = jobs.iter().map(|(m, _)| m.clone()).collect();
-                match store.post_movements(&batch).await {
+                let started = std::time::Instant::now();
+                let r = store.post_movements(&batch).await;
+                tracing::debug!(
+                    size = batch.len(),
+                    elapsed_us = started.elapsed().as_micros(),
+                    "ledger batch committed"
+                );
+                match r {
                     Ok(results) => {
                         for ((_, reply), r) in jobs.drain(..).zip(results) {
                             let _ = reply.send(Ok(r));
@@ -809,12 +816,23 @@ pub async fn list_transfers(
     actor: &Principal,
     mut filter: TransferFilter,
     page: &Page,
-) -> AppResult<Listed<TransferRecord>> {
+) -> AppResult<Listed<PostedTransfer>> {
     filter.customer_id = owner_filter(core, actor, Permission::TransfersRead).await?;
-    let rows = core
-        .store
-        .list_transfers(actor.tenant()?, &filter, page)
-        .await?;
+    let tenant = actor.tenant()?;
+    let mut rows = Vec::new();
+    for t in core.store.list_transfers(tenant, &filter, page).await? {
+        // The legs (at most 101 entries each) so a list shows who was credited.
+        let entries = core
+            .store
+            .get_transfer(tenant, &t.id)
+            .await?
+            .map(|p| p.entries)
+            .unwrap_or_default();
+        rows.push(PostedTransfer {
+            transfer: t,
+            entries,
+        });
+    }
     Ok(Listed::from_rows(rows, page))
 }
 
@@ -829,6 +847,12 @@ pub async fn reverse(
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     let tenant = actor.tenant()?;
+    // A retry of a reversal that went through replays it, before "nothing is left" applies.
+    if let Some(k) = &idempotency
+        && let Some(stored) = replay(core, tenant, actor.user_id.as_str(), k).await?
+    {
+        return Ok(stored);
+    }
     let original = match TransferId::parse(id) {
         Some(_) => core.store.get_transfer(tenant, id).await?,
         None => None,

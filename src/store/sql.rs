@@ -89,8 +89,18 @@ macro_rules! impl_store {
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 events: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
-                for ev in events {
-                    let chain = ev.chain();
+                // Events of one chain are appended as a run: the head is moved once by the
+                // whole run and the records go in with multi-row INSERTs, so a batch of
+                // movements costs a handful of statements, not four per record.
+                let mut start = 0;
+                while start < events.len() {
+                    let chain = events[start].chain();
+                    let mut end = start + 1;
+                    while end < events.len() && events[end].chain() == chain {
+                        end += 1;
+                    }
+                    let run = &events[start..end];
+                    let n = i64::try_from(run.len()).unwrap_or(i64::MAX);
                     sqlx::query(
                         "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
                     )
@@ -98,40 +108,50 @@ macro_rules! impl_store {
                     .bind($crate::domain::audit::GENESIS_HASH)
                     .execute(&mut **tx)
                     .await?;
-                    let head: (i64, String) = sqlx::query_as(
-                        "UPDATE audit_heads SET seq = seq + 1 WHERE chain = $1 RETURNING seq - 1, hash",
+                    let mut head: (i64, String) = sqlx::query_as(
+                        "UPDATE audit_heads SET seq = seq + $2 WHERE chain = $1 RETURNING seq - $2, hash",
                     )
                     .bind(&chain)
+                    .bind(n)
                     .fetch_one(&mut **tx)
                     .await?;
-                    let record = $crate::store::sql::next_record(&self.sealer, ev, head);
+                    let mut records = Vec::with_capacity(run.len());
+                    for ev in run {
+                        let record = $crate::store::sql::next_record(&self.sealer, ev, head.clone());
+                        head = (record.seq, record.hash.clone());
+                        records.push(record);
+                    }
                     sqlx::query("UPDATE audit_heads SET hash = $2 WHERE chain = $1")
                         .bind(&chain)
-                        .bind(&record.hash)
+                        .bind(&head.1)
                         .execute(&mut **tx)
                         .await?;
-                    sqlx::query(
-                        "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-                    )
-                    .bind(&record.id)
-                    .bind(&record.chain)
-                    .bind(record.seq)
-                    .bind(&record.tenant_id)
-                    .bind(record.occurred_at)
-                    .bind(&record.actor_type)
-                    .bind(&record.actor_id)
-                    .bind(&record.action)
-                    .bind(&record.target_type)
-                    .bind(&record.target_id)
-                    .bind(&record.outcome)
-                    .bind(&record.reason)
-                    .bind(&record.ip)
-                    .bind(&record.request_id)
-                    .bind(&record.prev_hash)
-                    .bind(&record.hash)
-                    .execute(&mut **tx)
-                    .await?;
+                    // 16 columns x 50 rows stays under every backend's bind-parameter limit.
+                    for chunk in records.chunks(50) {
+                        let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
+                            "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash) ",
+                        );
+                        qb.push_values(chunk, |mut b, r| {
+                            b.push_bind(r.id.clone())
+                                .push_bind(r.chain.clone())
+                                .push_bind(r.seq)
+                                .push_bind(r.tenant_id.clone())
+                                .push_bind(r.occurred_at)
+                                .push_bind(r.actor_type.clone())
+                                .push_bind(r.actor_id.clone())
+                                .push_bind(r.action.clone())
+                                .push_bind(r.target_type.clone())
+                                .push_bind(r.target_id.clone())
+                                .push_bind(r.outcome.clone())
+                                .push_bind(r.reason.clone())
+                                .push_bind(r.ip.clone())
+                                .push_bind(r.request_id.clone())
+                                .push_bind(r.prev_hash.clone())
+                                .push_bind(r.hash.clone());
+                        });
+                        qb.build().execute(&mut **tx).await?;
+                    }
+                    start = end;
                 }
                 Ok(())
             }
@@ -591,6 +611,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
                 let mut tx = self.begin_write().await?;
+                Self::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
                 // Closing needs a zero balance and nothing pending; a closed account stays closed.
                 let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
                     "UPDATE accounts SET status = $3, updated_at = $4 \
@@ -621,6 +642,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
                 let mut tx = self.begin_write().await?;
+                Self::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
                 let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
                     "UPDATE accounts SET overdraft_limit = $3, updated_at = $4 \
                      WHERE tenant_id = $1 AND id = $2 AND kind = 'customer' AND status <> 'closed' \
@@ -647,6 +669,8 @@ macro_rules! impl_store {
                 use $crate::store::PostResult;
                 let mut tx = self.begin_write().await?;
                 let mut results = Vec::with_capacity(batch.len());
+                // Audit records are appended once for the whole batch, after every savepoint.
+                let mut events = Vec::with_capacity(batch.len());
                 for m in batch {
                     sqlx::query("SAVEPOINT movement").execute(&mut *tx).await?;
                     let applied = match Self::apply_movement_tx(&mut tx, m).await {
@@ -657,7 +681,7 @@ macro_rules! impl_store {
                     }?;
                     let outcome = match applied {
                         Ok(posted) => {
-                            self.append_audit_tx(&mut tx, std::slice::from_ref(&m.audit)).await?;
+                            events.push(m.audit.clone());
                             Ok(posted)
                         }
                         Err(refusal) => {
@@ -667,7 +691,7 @@ macro_rules! impl_store {
                                 reason: Some(refusal.code().to_owned()),
                                 ..m.audit.clone()
                             };
-                            self.append_audit_tx(&mut tx, std::slice::from_ref(&ev)).await?;
+                            events.push(ev);
                             Err(refusal)
                         }
                     };
@@ -675,7 +699,11 @@ macro_rules! impl_store {
                         let (status, body) = (m.render)(&outcome);
                         let inserted = sqlx::query(
                             "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (tenant_id, principal_id, idem_key) DO UPDATE SET \
+                             request_hash = excluded.request_hash, response_status = excluded.response_status, \
+                             response_body = excluded.response_body, created_at = excluded.created_at, expires_at = excluded.expires_at \
+                             WHERE idempotency_keys.expires_at <= excluded.created_at",
                         )
                         .bind(m.tenant_id.as_str())
                         .bind(&idem.principal_id)
@@ -692,6 +720,7 @@ macro_rules! impl_store {
                             // The key was used first by a request that has committed: undo this one.
                             sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
                             sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
+                            events.pop();
                             results.push(PostResult::DuplicateKey);
                             continue;
                         }
@@ -702,6 +731,7 @@ macro_rules! impl_store {
                         Err(r) => PostResult::Refused(r),
                     });
                 }
+                self.append_audit_tx(&mut tx, &events).await?;
                 tx.commit().await?;
                 Ok(results)
             }

@@ -599,9 +599,23 @@ async fn reversals_undo_transfers_but_never_more_than_the_original(app: &TestApp
         )
         .await;
     assert_eq!(too_much.code(), "reversal_exceeds_original");
-    let rest = app
-        .post(&format!("/v1/transfers/{id}/reverse"), Some(m), json!({}))
-        .await;
+    let reverse_rest = || {
+        Request::post(format!("/v1/transfers/{id}/reverse"))
+            .header("authorization", format!("Bearer {m}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "undo-rest")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let rest = app.send(reverse_rest()).await;
+    let retried = app.send(reverse_rest()).await;
+    assert_eq!(
+        retried.status,
+        StatusCode::CREATED,
+        "a retried reversal replays: {retried:?}"
+    );
+    assert_eq!(retried.body, rest.body);
+    assert_eq!(rest.body["reverses_id"], id.as_str());
     assert_eq!(rest.status, StatusCode::CREATED, "{rest:?}");
     assert_eq!(rest.body["amount"], 400, "defaults to what is left");
     assert_eq!(balance(app, m, &a).await, 1_000);
@@ -730,7 +744,38 @@ async fn holds_reserve_funds_until_captured_voided_or_expired(app: &TestApp) {
     assert_balanced(app, &t).await;
 }
 
+async fn an_expired_idempotency_key_can_be_used_again(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let a = customer_account(app, &t, "USD").await;
+    let send = |token: &str, amount: i64| {
+        Request::post("/v1/deposits")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "daily-1")
+            .body(Body::from(
+                json!({ "account_id": a, "amount": amount, "currency": "USD" }).to_string(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(
+        app.send(send(&t.manager_token, 5)).await.status,
+        StatusCode::CREATED
+    );
+    app.clock.advance_seconds(86_400 + 1);
+    let token = app.token(Some("acme"), "manager@acme.test").await;
+    let r = app.send(send(&token, 7)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "the expired key is free again: {r:?}"
+    );
+    assert!(r.headers.get("idempotency-replayed").is_none());
+    assert_eq!(balance(app, &token, &a).await, 12);
+}
+
 backend_tests!(
+    an_expired_idempotency_key_can_be_used_again,
     reversals_undo_transfers_but_never_more_than_the_original,
     holds_reserve_funds_until_captured_voided_or_expired,
     tenants_get_system_accounts_and_customers_get_one_account_per_currency,

@@ -215,12 +215,14 @@ pub struct TransferView {
     /// Always `transfer`.
     pub object: &'static str,
     pub id: String,
-    /// `transfer`, `deposit` or `withdrawal`.
+    /// `transfer`, `deposit`, `withdrawal`, `reversal` or `capture`.
     pub kind: String,
     pub currency: String,
     pub amount: i64,
     pub debit_account_id: String,
     pub credits: Vec<LegView>,
+    /// For a reversal: the transfer it reverses.
+    pub reverses_id: Option<String>,
     pub reference: Option<String>,
     pub description: Option<String>,
     pub created_by: Option<String>,
@@ -248,6 +250,7 @@ fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> Transfer
                 amount: e.amount,
             })
             .collect(),
+        reverses_id: t.reverses_id.clone(),
         reference: t.reference.clone(),
         description: t.description.clone(),
         created_by: t.created_by.clone(),
@@ -762,16 +765,8 @@ pub async fn list_transfers(
         created_before: time_param("created_before", q.created_before)?,
     };
     let listed = ledger::list_transfers(&state.core, &principal, filter, &page).await?;
-    // Lists carry the legs but no balances; fetch one transfer for its resulting balances.
-    Ok(Json(List::from(listed, |t| {
-        transfer_view(
-            &PostedTransfer {
-                transfer: t,
-                entries: Vec::new(),
-            },
-            |_| false,
-        )
-    })))
+    // Lists carry the legs; resulting balances are on the single-transfer view.
+    Ok(Json(List::from(listed, |p| transfer_view(&p, |_| false))))
 }
 
 // ---------------------------------------------------------------- reversals and holds
