@@ -131,7 +131,10 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 #[tokio::main]
 async fn main() {
     if let Ok(filter) = std::env::var("RUST_LOG") {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     let args: Vec<String> = std::env::args().collect();
     let backend = arg(&args, "--backend", "sqlite");

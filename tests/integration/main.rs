@@ -11,6 +11,7 @@ mod auth;
 mod authz;
 mod cli;
 mod conventions;
+mod crash;
 mod ledger;
 mod openapi;
 mod tenants;
