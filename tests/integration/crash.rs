@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 }
 
 async fn start_server(app: &TestApp, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_kasho"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kasho"))
         .args([
             "serve",
             "--listen",
@@ -90,6 +90,8 @@ async fn start_server(app: &TestApp, port: u16) -> Child {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("kasho serve did not start on port {port}");
 }
 
