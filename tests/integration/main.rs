@@ -2,7 +2,12 @@
 //! PostgreSQL (see `backend_tests!`). PostgreSQL must be reachable (KASHO_TEST_DATABASE_URL,
 //! default postgres://postgres@127.0.0.1:5432/test): an unreachable server fails the suite.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod support;
 
@@ -13,6 +18,7 @@ mod cli;
 mod conventions;
 mod crash;
 mod ledger;
+mod ledger_model;
 mod openapi;
 mod tenants;
 mod users;
