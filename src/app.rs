@@ -70,6 +70,17 @@ pub async fn build_core(
     clock: Arc<dyn Clock>,
     migrate: bool,
 ) -> Result<Arc<Core>, StartError> {
+    build_core_with_checks(config, clock, migrate, Vec::new()).await
+}
+
+/// [`build_core`] with pre-commit checks installed at the ledger's check point (KYC limits and
+/// monitoring rules will be registered here).
+pub async fn build_core_with_checks(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    migrate: bool,
+    checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
+) -> Result<Arc<Core>, StartError> {
     if !config.argon2.meets_minimum() {
         tracing::warn!(
             memory_kib = config.argon2.memory_kib,
@@ -107,7 +118,7 @@ pub async fn build_core(
         },
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         inflight: crate::service::ledger::InFlight::default(),
-        checks: Vec::new(),
+        checks,
         store,
     }))
 }

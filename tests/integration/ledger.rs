@@ -786,3 +786,78 @@ backend_tests!(
     ledger_rows_cannot_be_changed_even_with_sql,
     concurrent_clients_on_hot_accounts_keep_every_invariant,
 );
+
+/// Refuses transfers above 5,000 and sends those above 1,000 to review.
+struct LimitCheck;
+
+impl kasho::domain::ledger::PreCommitCheck for LimitCheck {
+    fn name(&self) -> &'static str {
+        "test-limits"
+    }
+
+    fn check(
+        &self,
+        m: &kasho::domain::ledger::MovementView<'_>,
+    ) -> kasho::domain::ledger::CheckDecision {
+        use kasho::domain::ledger::CheckDecision;
+        match m.amount.get() {
+            a if a > 5_000 => CheckDecision::Refuse {
+                code: "kyc_limit_exceeded",
+                message: "over the single-transfer limit".into(),
+            },
+            a if a > 1_000 => CheckDecision::Review {
+                reason: "large transfer".into(),
+            },
+            _ => CheckDecision::Allow,
+        }
+    }
+}
+
+async fn the_pre_commit_check_point_allows_refuses_or_holds_for_review(
+    backend: crate::support::Backend,
+) {
+    let app = TestApp::with_checks(backend, vec![std::sync::Arc::new(LimitCheck)]).await;
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(&app, &t, "USD").await;
+    let b = customer_account(&app, &t, "USD").await;
+    assert_eq!(deposit(&app, m, &a, 900).await.status, StatusCode::CREATED);
+    let refused = deposit(&app, m, &a, 6_000).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "kyc_limit_exceeded")
+    );
+    let review = deposit(&app, m, &a, 2_000).await;
+    assert_eq!(review.code(), "held_for_review");
+    assert_eq!(
+        transfer(&app, m, &a, &b, 500).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        balance(&app, m, &a).await,
+        400,
+        "refused and reviewed movements posted nothing"
+    );
+    let chain = app.audit_chain(&t.id).await;
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("kyc_limit_exceeded") && e.outcome == "failure")
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_point_sqlite() {
+    the_pre_commit_check_point_allows_refuses_or_holds_for_review(crate::support::Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_point_postgres() {
+    the_pre_commit_check_point_allows_refuses_or_holds_for_review(
+        crate::support::Backend::Postgres,
+    )
+    .await;
+}

@@ -73,6 +73,14 @@ pub struct TenantFixture {
 
 impl TestApp {
     pub async fn new(backend: Backend) -> TestApp {
+        Self::with_checks(backend, Vec::new()).await
+    }
+
+    /// A test app whose ledger runs `checks` at its pre-commit check point.
+    pub async fn with_checks(
+        backend: Backend,
+        checks: Vec<Arc<dyn kasho::domain::ledger::PreCommitCheck>>,
+    ) -> TestApp {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let (database_url, schema) = match backend {
             Backend::Sqlite => (
@@ -108,7 +116,7 @@ impl TestApp {
         ])
         .expect("config");
         let clock = Arc::new(ManualClock::starting_now());
-        let core = kasho::app::build_core(&config, clock.clone(), true)
+        let core = kasho::app::build_core_with_checks(&config, clock.clone(), true, checks)
             .await
             .expect("core");
         let router = kasho::http::router(core.clone(), config.max_body_bytes)
