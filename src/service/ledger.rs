@@ -537,6 +537,12 @@ pub struct TransferInput {
     pub capture_hold: Option<String>,
 }
 
+/// A movement ready for the writer, or the stored answer of an earlier identical request.
+enum Prepared<'a> {
+    Replay(MovementOutcome),
+    Ready(Box<NewMovement>, Option<InFlightGuard<'a>>),
+}
+
 pub async fn move_money(
     core: &Core,
     meta: &RequestMeta,
@@ -545,15 +551,34 @@ pub async fn move_money(
     idempotency: Option<IdempotencyKey>,
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
+    match prepare(core, meta, actor, input, idempotency.as_ref(), render).await? {
+        Prepared::Replay(o) => Ok(o),
+        Prepared::Ready(m, _guard) => {
+            let r = core.ledger.post(*m).await?;
+            settle(core, actor, idempotency.as_ref(), r).await
+        }
+    }
+}
+
+/// Validates a movement and builds it for the writer (idempotency replay and in-flight claim
+/// included); posts nothing.
+async fn prepare<'a>(
+    core: &'a Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<&IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<Prepared<'a>, MoveError> {
     let tenant = actor.tenant()?.clone();
     let principal_key = actor.user_id.to_string();
 
     // A replay answers from the stored response, before anything else.
-    let _guard = match &idempotency {
+    let guard = match idempotency {
         None => None,
         Some(k) => {
             if let Some(stored) = replay(core, &tenant, &principal_key, k).await? {
-                return Ok(stored);
+                return Ok(Prepared::Replay(stored));
             }
             let slot = format!("{tenant}/{principal_key}/{}", k.key);
             Some(core.inflight.claim(slot).ok_or_else(|| {
@@ -719,7 +744,7 @@ pub async fn move_money(
         created_by: principal_key.clone(),
         created_at: now,
         audit,
-        idempotency: idempotency.as_ref().map(|k| NewIdempotency {
+        idempotency: idempotency.map(|k| NewIdempotency {
             principal_id: principal_key.clone(),
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
@@ -729,20 +754,33 @@ pub async fn move_money(
         reverses: input.reverses,
         capture_hold: input.capture_hold,
     };
-    match core.ledger.post(movement).await? {
+    Ok(Prepared::Ready(Box::new(movement), guard))
+}
+
+/// Turns the writer's result into the request's outcome.
+async fn settle(
+    core: &Core,
+    actor: &Principal,
+    idempotency: Option<&IdempotencyKey>,
+    result: PostResult,
+) -> Result<MovementOutcome, MoveError> {
+    let tenant = actor.tenant()?;
+    let principal_key = actor.user_id.to_string();
+    match result {
         PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
         PostResult::Refused(r) => Err(MoveError {
             error: refusal_error(r),
             audited: true,
         }),
-        PostResult::DuplicateKey => match &idempotency {
-            Some(k) => Ok(replay(core, &tenant, &principal_key, k)
+        PostResult::DuplicateKey => match idempotency {
+            Some(k) => Ok(replay(core, tenant, &principal_key, k)
                 .await?
                 .ok_or_else(|| AppError::internal("idempotency key vanished after a duplicate"))?),
             None => Err(AppError::internal("duplicate key without a key").into()),
         },
     }
 }
+
 
 async fn replay(
     core: &Core,
