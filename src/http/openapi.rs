@@ -19,7 +19,7 @@ use super::handlers::{audit, auth, ledger, meta, tenants, users};
         ledger::open_account, ledger::list_accounts, ledger::get_account, ledger::list_entries,
         ledger::freeze, ledger::unfreeze, ledger::close, ledger::set_overdraft,
         ledger::create_transfer, ledger::list_transfers, ledger::get_transfer,
-        ledger::deposit, ledger::withdraw, ledger::reverse,
+        ledger::deposit, ledger::withdraw, ledger::reverse, ledger::create_batch,
         ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold
     ),
     modifiers(&BearerAuth),

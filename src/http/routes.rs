@@ -298,6 +298,13 @@ pub(super) fn all() -> Vec<Route> {
         ),
         route(
             Method::POST,
+            "/v1/transfers/batch",
+            perm(P::TransfersCreate),
+            "transfer.batch",
+            ledger::create_batch,
+        ),
+        route(
+            Method::POST,
             "/v1/transfers/{id}/reverse",
             perm(P::TransfersReverse),
             "reversal.create",

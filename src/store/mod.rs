@@ -527,6 +527,12 @@ pub trait Store: Send + Sync + 'static {
     /// Posts each movement atomically (a savepoint each) inside one transaction: one commit for
     /// the whole batch. A refused movement changes nothing but its idempotency record.
     async fn post_movements(&self, batch: &[NewMovement]) -> StoreResult<Vec<PostResult>>;
+    /// Posts every movement or none: if any is refused (or its key was taken), the whole
+    /// transaction rolls back. Returns whether it committed, with each movement's result.
+    async fn post_movements_atomic(
+        &self,
+        batch: &[NewMovement],
+    ) -> StoreResult<(bool, Vec<PostResult>)>;
     async fn get_idempotency(
         &self,
         tenant: &TenantId,

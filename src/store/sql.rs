@@ -666,74 +666,14 @@ macro_rules! impl_store {
                 &self,
                 batch: &[$crate::store::NewMovement],
             ) -> $crate::store::StoreResult<Vec<$crate::store::PostResult>> {
-                use $crate::store::PostResult;
-                let mut tx = self.begin_write().await?;
-                let mut results = Vec::with_capacity(batch.len());
-                // Audit records are appended once for the whole batch, after every savepoint.
-                let mut events = Vec::with_capacity(batch.len());
-                for m in batch {
-                    sqlx::query("SAVEPOINT movement").execute(&mut *tx).await?;
-                    let applied = match Self::apply_movement_tx(&mut tx, m).await {
-                        Err($crate::store::StoreError::Conflict { .. }) => {
-                            Ok(Err($crate::domain::ledger::Refusal::DuplicateReference(m.reference.clone().unwrap_or_default())))
-                        }
-                        other => other,
-                    }?;
-                    let outcome = match applied {
-                        Ok(posted) => {
-                            events.push(m.audit.clone());
-                            Ok(posted)
-                        }
-                        Err(refusal) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
-                            let ev = $crate::domain::audit::NewAuditEvent {
-                                outcome: $crate::domain::audit::Outcome::Failure,
-                                reason: Some(refusal.code().to_owned()),
-                                ..m.audit.clone()
-                            };
-                            events.push(ev);
-                            Err(refusal)
-                        }
-                    };
-                    if let Some(idem) = &m.idempotency {
-                        let (status, body) = (m.render)(&outcome);
-                        let inserted = sqlx::query(
-                            "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                             ON CONFLICT (tenant_id, principal_id, idem_key) DO UPDATE SET \
-                             request_hash = excluded.request_hash, response_status = excluded.response_status, \
-                             response_body = excluded.response_body, created_at = excluded.created_at, expires_at = excluded.expires_at \
-                             WHERE idempotency_keys.expires_at <= excluded.created_at",
-                        )
-                        .bind(m.tenant_id.as_str())
-                        .bind(&idem.principal_id)
-                        .bind(&idem.key)
-                        .bind(&idem.request_hash)
-                        .bind(i64::from(status))
-                        .bind(&body)
-                        .bind(m.created_at.as_micros())
-                        .bind(idem.expires_at.as_micros())
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if inserted == 0 {
-                            // The key was used first by a request that has committed: undo this one.
-                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
-                            sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
-                            events.pop();
-                            results.push(PostResult::DuplicateKey);
-                            continue;
-                        }
-                    }
-                    sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
-                    results.push(match outcome {
-                        Ok(p) => PostResult::Posted(p),
-                        Err(r) => PostResult::Refused(r),
-                    });
-                }
-                self.append_audit_tx(&mut tx, &events).await?;
-                tx.commit().await?;
-                Ok(results)
+                Ok(self.post_batch(batch, false).await?.1)
+            }
+
+            async fn post_movements_atomic(
+                &self,
+                batch: &[$crate::store::NewMovement],
+            ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
+                self.post_batch(batch, true).await
             }
 
             async fn get_idempotency(
@@ -1018,6 +958,87 @@ macro_rules! impl_store {
 
         impl $store {
 
+
+
+            /// The shared body of both posting modes.
+            async fn post_batch(
+                &self,
+                batch: &[$crate::store::NewMovement],
+                atomic: bool,
+            ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
+                use $crate::store::PostResult;
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                // Audit records are appended once for the whole batch, after every savepoint.
+                let mut events = Vec::with_capacity(batch.len());
+                for m in batch {
+                    sqlx::query("SAVEPOINT movement").execute(&mut *tx).await?;
+                    let applied = match Self::apply_movement_tx(&mut tx, m).await {
+                        Err($crate::store::StoreError::Conflict { .. }) => {
+                            Ok(Err($crate::domain::ledger::Refusal::DuplicateReference(m.reference.clone().unwrap_or_default())))
+                        }
+                        other => other,
+                    }?;
+                    let outcome = match applied {
+                        Ok(posted) => {
+                            events.push(m.audit.clone());
+                            Ok(posted)
+                        }
+                        Err(refusal) => {
+                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
+                            let ev = $crate::domain::audit::NewAuditEvent {
+                                outcome: $crate::domain::audit::Outcome::Failure,
+                                reason: Some(refusal.code().to_owned()),
+                                ..m.audit.clone()
+                            };
+                            events.push(ev);
+                            Err(refusal)
+                        }
+                    };
+                    if let Some(idem) = &m.idempotency {
+                        let (status, body) = (m.render)(&outcome);
+                        let inserted = sqlx::query(
+                            "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (tenant_id, principal_id, idem_key) DO UPDATE SET \
+                             request_hash = excluded.request_hash, response_status = excluded.response_status, \
+                             response_body = excluded.response_body, created_at = excluded.created_at, expires_at = excluded.expires_at \
+                             WHERE idempotency_keys.expires_at <= excluded.created_at",
+                        )
+                        .bind(m.tenant_id.as_str())
+                        .bind(&idem.principal_id)
+                        .bind(&idem.key)
+                        .bind(&idem.request_hash)
+                        .bind(i64::from(status))
+                        .bind(&body)
+                        .bind(m.created_at.as_micros())
+                        .bind(idem.expires_at.as_micros())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if inserted == 0 {
+                            // The key was used first by a request that has committed: undo this one.
+                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
+                            sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
+                            events.pop();
+                            results.push(PostResult::DuplicateKey);
+                            continue;
+                        }
+                    }
+                    sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
+                    results.push(match outcome {
+                        Ok(p) => PostResult::Posted(p),
+                        Err(r) => PostResult::Refused(r),
+                    });
+                }
+                self.append_audit_tx(&mut tx, &events).await?;
+                if atomic && results.iter().any(|r| !matches!(r, PostResult::Posted(_))) {
+                    tx.rollback().await?;
+                    return Ok((false, results));
+                }
+                tx.commit().await?;
+                Ok((true, results))
+            }
 
             /// Diagnoses why a conditional update on an account matched nothing.
             async fn why_refused(

@@ -861,3 +861,103 @@ async fn check_point_postgres() {
     )
     .await;
 }
+
+async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let tr = |amount: i64| json!({ "amount": amount, "currency": "USD", "debit_account_id": a, "credit_account_id": b });
+
+    // Independent: each gets its own result.
+    let r = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "transfers": [tr(100), tr(5_000), tr(200)] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .map(|x| x["status"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![201, 422, 201]
+    );
+    assert_eq!(results[1]["error"]["error"]["code"], "insufficient_funds");
+    assert_eq!(balance(app, m, &a).await, 700);
+
+    // Atomic: one refusal and nothing is posted.
+    let r = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "atomic": true, "transfers": [tr(100), tr(5_000)] }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "batch_failed"),
+        "{r:?}"
+    );
+    assert_eq!(r.body["error"]["param"], "transfers[1]");
+    assert_eq!(
+        balance(app, m, &a).await,
+        700,
+        "nothing from the failed atomic batch"
+    );
+    let r = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "atomic": true, "transfers": [tr(100), tr(50)] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(balance(app, m, &a).await, 550);
+
+    // A retried batch with the same key replays every transfer.
+    let send = || {
+        Request::post("/v1/transfers/batch")
+            .header("authorization", format!("Bearer {m}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "batch-7")
+            .body(Body::from(
+                json!({ "transfers": [tr(10), tr(20)] }).to_string(),
+            ))
+            .unwrap()
+    };
+    let first = app.send(send()).await;
+    let again = app.send(send()).await;
+    assert_eq!(
+        first.body["results"][0]["transfer"]["id"],
+        again.body["results"][0]["transfer"]["id"]
+    );
+    assert_eq!(balance(app, m, &a).await, 520, "posted once");
+
+    let too_many: Vec<Value> = (0..1001).map(|_| tr(1)).collect();
+    let r = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "transfers": too_many }),
+        )
+        .await;
+    assert_eq!(r.body["error"]["param"], "transfers");
+    assert_balanced(app, &t).await;
+}
+
+mod batch_backends {
+    use crate::backend_tests;
+    use crate::support::TestApp;
+
+    async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp) {
+        super::batches_post_each_transfer_or_with_atomic_all_or_nothing(app).await;
+    }
+
+    backend_tests!(batches_post_each_transfer_or_with_atomic_all_or_nothing);
+}

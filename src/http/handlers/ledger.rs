@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::Recorded;
@@ -940,4 +941,213 @@ pub async fn void_hold(
 ) -> ApiResult<Recorded<Json<HoldView>>> {
     let h = ledger::void_hold(&state.core, &meta, &principal, &id).await?;
     Ok(Recorded(StatusCode::OK, Json(h.into())))
+}
+
+// ---------------------------------------------------------------- batches
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1,000 transfers, each as for `POST /v1/transfers`.
+    pub transfers: Vec<CreateTransferRequest>,
+    /// All or nothing (default false: each transfer stands alone).
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchItemView {
+    pub index: usize,
+    /// The HTTP status this transfer alone would have had (201, 4xx).
+    pub status: u16,
+    /// The transfer, when posted.
+    #[schema(value_type = Option<Object>)]
+    pub transfer: Option<Value>,
+    /// Why not, when refused.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchView {
+    /// Always `transfer_batch`.
+    pub object: &'static str,
+    pub atomic: bool,
+    pub results: Vec<BatchItemView>,
+}
+
+fn error_value(e: ApiError) -> (u16, Value) {
+    let status = e.status.as_u16();
+    let body = ErrorBody {
+        error: ErrorDetail {
+            kind: e.kind.to_owned(),
+            code: e.code.to_owned(),
+            message: e.message,
+            param: e.param,
+            request_id: crate::http::middleware::current_request_id(),
+        },
+    };
+    (status, serde_json::to_value(body).unwrap_or(Value::Null))
+}
+
+/// Post up to 1,000 transfers in one request: each with its own result, or with `atomic` all or none.
+/// With an `Idempotency-Key`, transfer `i` is keyed `<key>#<i>`, so a retried batch replays.
+#[utoipa::path(post, path = "/v1/transfers/batch", tag = "ledger", security(("bearer" = [])), request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe; each transfer is keyed <key>#<index>")),
+    responses(
+        (status = 200, description = "Independent transfers: one result each", body = BatchView),
+        (status = 201, description = "Atomic batch posted", body = BatchView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "Atomic batch refused (`batch_failed`, `param` names the transfer); nothing was posted", body = ErrorBody),
+))]
+pub async fn create_batch(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<BatchRequest>,
+) -> ApiResult<Response> {
+    let raw_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "parameter_invalid",
+                        Some("Idempotency-Key".into()),
+                        "Idempotency-Key must be printable ASCII",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let mut inputs = Vec::with_capacity(body.transfers.len());
+    for (i, t) in body.transfers.iter().enumerate() {
+        let key = match &raw_key {
+            None => None,
+            Some(k) => {
+                let fingerprint = [
+                    b"/v1/transfers/batch\0".as_slice(),
+                    &serde_json::to_vec(t).unwrap_or_default(),
+                ]
+                .concat();
+                Some(
+                    IdempotencyKey::parse(
+                        &format!("{k}#{i}"),
+                        crate::crypto::sha256_hex(&fingerprint),
+                    )
+                    .map_err(ApiError::from)?,
+                )
+            }
+        };
+        let credits = match (&t.credit_account_id, &t.credits) {
+            (Some(a), None) => vec![(a.clone(), t.amount)],
+            (None, Some(legs)) => legs
+                .iter()
+                .map(|l| (l.account_id.clone(), l.amount))
+                .collect(),
+            _ => {
+                return Err(ApiError::invalid(
+                    "parameter_invalid",
+                    Some(format!("transfers[{i}].credits")),
+                    "give exactly one of credit_account_id or credits",
+                ));
+            }
+        };
+        inputs.push((
+            TransferInput {
+                kind: TransferKind::Transfer,
+                currency: t.currency.clone(),
+                amount: t.amount,
+                debit_account_id: t.debit_account_id.clone(),
+                credits,
+                reference: t.reference.clone(),
+                description: t.description.clone(),
+                reverses: None,
+                capture_hold: None,
+            },
+            key,
+        ));
+    }
+    let render: RenderOutcome = match principal.scope(Permission::TransfersRead) {
+        Ok(Scope::All) => render_all,
+        _ => render_debit_only,
+    };
+    let (committed, items) =
+        match ledger::move_money_batch(&state.core, &meta, &principal, inputs, body.atomic, render)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let api = ApiError::from(e.error);
+                return Err(if e.audited { api.audited() } else { api });
+            }
+        };
+    let mut results = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let (status, transfer, error) = match item {
+            Ok(MovementOutcome::Posted(p)) => {
+                let (s, b) = render(&Ok(*p));
+                (s, serde_json::from_str(&b).ok(), None)
+            }
+            Ok(MovementOutcome::Replayed { status, body }) => {
+                let v: Option<Value> = serde_json::from_str(&body).ok();
+                if status < 300 {
+                    (status, v, None)
+                } else {
+                    (status, None, v)
+                }
+            }
+            Err(e) => {
+                let (s, v) = error_value(ApiError::from(e.error));
+                (s, None, Some(v))
+            }
+        };
+        results.push(BatchItemView {
+            index,
+            status,
+            transfer,
+            error,
+        });
+    }
+    if body.atomic && !committed {
+        let first = results.iter().find(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e["error"]["code"] != "batch_aborted")
+        });
+        let (param, detail) = first.map_or((None, String::new()), |r| {
+            (
+                Some(format!("transfers[{}]", r.index)),
+                r.error
+                    .as_ref()
+                    .map(|e| e["error"]["message"].as_str().unwrap_or("").to_owned())
+                    .unwrap_or_default(),
+            )
+        });
+        let mut err = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "batch_failed",
+            format!("nothing was posted: {detail}"),
+        );
+        err.param = param;
+        return Err(err);
+    }
+    let status = if body.atomic {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (
+        status,
+        Json(BatchView {
+            object: "transfer_batch",
+            atomic: body.atomic,
+            results,
+        }),
+    )
+        .into_response();
+    resp.extensions_mut().insert(AuditRecorded);
+    Ok(resp)
 }
