@@ -142,6 +142,7 @@ async fn main() {
     let clients: usize = arg(&args, "--clients", "64").parse().unwrap();
     let seconds: u64 = arg(&args, "--seconds", "10").parse().unwrap();
     let profile = arg(&args, "--profile", "uniform");
+    let batch: usize = arg(&args, "--batch", "1").parse().unwrap();
     let json_out = args
         .iter()
         .position(|a| a == "--json")
@@ -305,18 +306,35 @@ async fn main() {
                         rng.below(accounts.len())
                     }
                 };
-                let from = pick(&mut rng);
-                let mut to = pick(&mut rng);
-                if to == from {
-                    to = (from + 1) % accounts.len();
+                let mut transfers = Vec::with_capacity(batch);
+                for _ in 0..batch {
+                    let from = pick(&mut rng);
+                    let mut to = pick(&mut rng);
+                    if to == from {
+                        to = (from + 1) % accounts.len();
+                    }
+                    transfers.push(json!({ "amount": 1 + rng.below(100) as i64, "currency": "USD",
+                                           "debit_account_id": accounts[from], "credit_account_id": accounts[to] }));
                 }
-                let body = json!({ "amount": 1 + rng.below(100) as i64, "currency": "USD",
-                                   "debit_account_id": accounts[from], "credit_account_id": accounts[to] });
                 let key = format!("b{client}-{i}");
                 i += 1;
                 let t = Instant::now();
-                let (status, _) = conn.send("POST", "/v1/transfers", Some(&token), Some(&key), Some(&body)).await;
+                let (status, reply) = if batch == 1 {
+                    conn.send("POST", "/v1/transfers", Some(&token), Some(&key), Some(&transfers[0])).await
+                } else {
+                    conn.send("POST", "/v1/transfers/batch", Some(&token), Some(&key), Some(&json!({ "transfers": transfers }))).await
+                };
                 lat.push(t.elapsed());
+                if batch > 1 && status == 200 {
+                    for r in reply["results"].as_array().into_iter().flatten() {
+                        match r["status"].as_u64() {
+                            Some(201) => ok += 1,
+                            Some(422) => refused += 1,
+                            _ => errors += 1,
+                        }
+                    }
+                    continue;
+                }
                 match status {
                     201 => ok += 1,
                     422 => refused += 1,
@@ -382,7 +400,7 @@ async fn main() {
     if let Some(path) = json_out {
         let out = json!({ "backend": backend, "profile": profile, "clients": clients, "accounts": n_accounts, "seconds": elapsed,
             "transfers_per_second": tps, "posted": ok, "refused": refused, "errors": errors,
-            "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
+            "batch": batch, "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
             "invariants": { "balanced": balanced, "within_floor": floor_ok } });
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     }
