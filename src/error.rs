@@ -70,6 +70,24 @@ impl AppError {
         }
     }
 
+    /// The stable code this error carries in the API (and in audit `reason`s).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Invalid { code, .. }
+            | AppError::Conflict { code, .. }
+            | AppError::Unprocessable { code, .. }
+            | AppError::AccountUnavailable { code, .. }
+            | AppError::Forbidden { code, .. } => code,
+            AppError::NotFound(_) => "resource_missing",
+            AppError::InvalidCredentials => "invalid_credentials",
+            AppError::AuthenticationRequired => "authentication_required",
+            AppError::InvalidToken(_) => "invalid_token",
+            AppError::TokenExpired => "token_expired",
+            AppError::RefreshTokenReused => "refresh_token_reused",
+            AppError::Internal(_) => "internal_error",
+        }
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
     }

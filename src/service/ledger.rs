@@ -976,7 +976,20 @@ pub async fn move_money_batch(
         });
     }
     let mut items = Vec::with_capacity(pending.len());
+    let audit = AuditBuilder::new(core, meta, Some(actor));
     for (i, p) in pending.into_iter().enumerate() {
+        // A transfer refused before posting (validation, idempotency) is audited here; one
+        // refused while posting was audited in the posting transaction.
+        if let Err(Some(Err(e))) = &p
+            && !e.audited
+        {
+            let reason = e.error.code();
+            super::auth::record(
+                core,
+                &audit.own("transfer.create", None, Outcome::Failure, Some(reason)),
+            )
+            .await;
+        }
         items.push(match p {
             Err(done) => done
                 .unwrap_or_else(|| Err(AppError::internal("batch item without a result").into())),

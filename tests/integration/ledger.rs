@@ -889,7 +889,23 @@ async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp)
         vec![201, 422, 201]
     );
     assert_eq!(results[1]["error"]["error"]["code"], "insufficient_funds");
-    assert_eq!(balance(app, m, &a).await, 700);
+    // A transfer refused before posting is audited too.
+    let r = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "transfers": [tr(1), tr(0)] }),
+        )
+        .await;
+    assert_eq!(r.body["results"][1]["status"], 400);
+    let chain = app.audit_chain(&t.id).await;
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.action == "transfer.create"
+                && e.reason.as_deref() == Some("parameter_invalid"))
+    );
+    assert_eq!(balance(app, m, &a).await, 699);
 
     // Atomic: one refusal and nothing is posted.
     let r = app
@@ -907,7 +923,7 @@ async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp)
     assert_eq!(r.body["error"]["param"], "transfers[1]");
     assert_eq!(
         balance(app, m, &a).await,
-        700,
+        699,
         "nothing from the failed atomic batch"
     );
     let r = app
@@ -918,7 +934,7 @@ async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp)
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-    assert_eq!(balance(app, m, &a).await, 550);
+    assert_eq!(balance(app, m, &a).await, 549);
 
     // A retried batch with the same key replays every transfer.
     let send = || {
@@ -937,7 +953,7 @@ async fn batches_post_each_transfer_or_with_atomic_all_or_nothing(app: &TestApp)
         first.body["results"][0]["transfer"]["id"],
         again.body["results"][0]["transfer"]["id"]
     );
-    assert_eq!(balance(app, m, &a).await, 520, "posted once");
+    assert_eq!(balance(app, m, &a).await, 519, "posted once");
 
     let too_many: Vec<Value> = (0..1001).map(|_| tr(1)).collect();
     let r = app
