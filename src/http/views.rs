@@ -72,6 +72,20 @@ pub fn page(
     })
 }
 
+/// Parses an optional RFC 3339 query parameter, naming it on error.
+pub fn time_param(name: &str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    v.map(|s| {
+        Timestamp::parse_rfc3339(&s).ok_or_else(|| {
+            ApiError::invalid(
+                "parameter_invalid",
+                Some(name.to_owned()),
+                format!("{name} must be an RFC 3339 timestamp"),
+            )
+        })
+    })
+    .transpose()
+}
+
 fn ts(micros: i64) -> String {
     Timestamp::from_micros(micros).to_rfc3339()
 }

@@ -5,27 +5,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 
-use crate::clock::Timestamp;
 use crate::http::AppState;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
-use crate::http::views::{AuditEventView, AuditQuery, List, page};
+use crate::http::views::{AuditEventView, AuditQuery, List, page, time_param};
 use crate::ids::AuditEventId;
 use crate::service::{Principal, audit};
 use crate::store::AuditFilter;
-
-fn time_param(name: &str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
-    v.map(|s| {
-        Timestamp::parse_rfc3339(&s).ok_or_else(|| {
-            ApiError::invalid(
-                "parameter_invalid",
-                Some(name.to_owned()),
-                format!("{name} must be an RFC 3339 timestamp"),
-            )
-        })
-    })
-    .transpose()
-}
 
 /// Audit events, newest first, filterable by actor, action and time.
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses(

@@ -23,7 +23,7 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::middleware::AuditRecorded;
-use crate::http::views::{List, ListQuery, page};
+use crate::http::views::{List, ListQuery, page, time_param};
 use crate::ids::{AccountId, CustomerId, TransferId};
 use crate::service::ledger::{self, IdempotencyKey, MovementOutcome, TransferInput};
 use crate::service::{Principal, RequestMeta};
@@ -732,19 +732,6 @@ pub struct TransferListQuery {
     pub created_after: Option<String>,
     /// RFC 3339; only transfers before this time.
     pub created_before: Option<String>,
-}
-
-fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<Timestamp>> {
-    v.map(|s| {
-        Timestamp::parse_rfc3339(&s).ok_or_else(|| {
-            ApiError::invalid(
-                "parameter_invalid",
-                Some(name.to_owned()),
-                format!("{name} must be an RFC 3339 timestamp"),
-            )
-        })
-    })
-    .transpose()
 }
 
 /// List transfers, newest first, by account and time.
