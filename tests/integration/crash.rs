@@ -152,7 +152,21 @@ async fn killed_mid_burst_the_ledger_loses_nothing_and_posts_nothing_twice(app: 
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Kill once the burst is well under way (at least 40 acknowledged), however fast this
+    // machine is.
+    for _ in 0..400 {
+        if outcomes
+            .lock()
+            .await
+            .values()
+            .filter(|v| v.is_some())
+            .count()
+            >= 40
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     server.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     server.wait().unwrap();
     for c in clients {
