@@ -79,9 +79,30 @@ impl ApiError {
         )
     }
 
+    /// The public body of this error (what a response, a stored idempotent reply or a batch
+    /// item carries).
+    pub fn into_body(self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.to_owned(),
+                code: self.code.to_owned(),
+                message: self.message,
+                param: self.param,
+                request_id: current_request_id(),
+            },
+        }
+    }
+
     pub fn audited(mut self) -> Self {
         self.audited = true;
         self
+    }
+}
+
+impl From<crate::service::ledger::MoveError> for ApiError {
+    fn from(e: crate::service::ledger::MoveError) -> Self {
+        let api = ApiError::from(e.error);
+        if e.audited { api.audited() } else { api }
     }
 }
 
@@ -136,24 +157,17 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                kind: self.kind.to_owned(),
-                code: self.code.to_owned(),
-                message: self.message,
-                param: self.param,
-                request_id: current_request_id(),
-            },
-        };
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let (code, audited, status) = (self.code, self.audited, self.status);
+        let body = self.into_body();
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"kasho\""),
             );
         }
-        resp.extensions_mut().insert(ErrorCode(self.code));
-        if self.audited {
+        resp.extensions_mut().insert(ErrorCode(code));
+        if audited {
             resp.extensions_mut().insert(AuditRecorded);
         }
         resp

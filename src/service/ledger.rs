@@ -833,30 +833,35 @@ pub fn refusal_error(r: Refusal) -> AppError {
     }
 }
 
-pub async fn get_transfer(core: &Core, actor: &Principal, id: &str) -> AppResult<PostedTransfer> {
+/// A transfer and the accounts whose resulting balances the caller may see (`None`: all).
+/// Under the `Own` scope a transfer is visible only if one of the caller's accounts is a leg.
+pub async fn get_transfer(
+    core: &Core,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<(PostedTransfer, Option<HashSet<String>>)> {
     let owner = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let tenant = actor.tenant()?;
     let t = match TransferId::parse(id) {
-        Some(_) => core.store.get_transfer(actor.tenant()?, id).await?,
+        Some(_) => core.store.get_transfer(tenant, id).await?,
         None => None,
     }
     .ok_or(AppError::NotFound("transfer"))?;
-    if let Some(owner) = owner {
-        // Visible to a customer only if one of its accounts is a leg.
-        let mut mine = false;
-        for e in &t.entries {
-            if let Some(a) = core
-                .store
-                .get_account(actor.tenant()?, &e.account_id)
-                .await?
-            {
-                mine |= a.customer_id.as_deref() == Some(owner.as_str());
-            }
-        }
-        if !mine {
-            return Err(AppError::NotFound("transfer"));
+    let Some(owner) = owner else {
+        return Ok((t, None));
+    };
+    let mut mine = HashSet::new();
+    for e in &t.entries {
+        if let Some(a) = core.store.get_account(tenant, &e.account_id).await?
+            && a.customer_id.as_deref() == Some(owner.as_str())
+        {
+            mine.insert(a.id);
         }
     }
-    Ok(t)
+    if mine.is_empty() {
+        return Err(AppError::NotFound("transfer"));
+    }
+    Ok((t, Some(mine)))
 }
 
 pub async fn list_transfers(

@@ -195,43 +195,29 @@ async fn killed_mid_burst_the_ledger_loses_nothing_and_posts_nothing_twice(app: 
         "the burst was still running when the server died"
     );
 
-    // Restart and retry every unacknowledged request with its key and body.
-    let mut server = start_server(app, port).await;
-    let mut retried_ids = Vec::new();
-    for key in &unacked {
+    // The same request again: key `crash-<client>-<i>` and its body.
+    let resend = |key: &str| {
         let parts: Vec<usize> = key
             .trim_start_matches("crash-")
             .split('-')
             .map(|p| p.parse().unwrap())
             .collect();
-        let (s, v) = post(
-            addr,
-            "/v1/transfers",
-            &m,
-            key,
-            &body_for(parts[0], parts[1]),
-        )
-        .await
-        .expect("server is back");
+        let (m, body) = (m.clone(), body_for(parts[0], parts[1]));
+        let key = key.to_owned();
+        async move { post(addr, "/v1/transfers", &m, &key, &body).await }
+    };
+
+    // Restart and retry every unacknowledged request with its key and body.
+    let mut server = start_server(app, port).await;
+    let mut retried_ids = Vec::new();
+    for key in &unacked {
+        let (s, v) = resend(key).await.expect("server is back");
         assert_eq!(s, 201, "retry of {key}: {v}");
         retried_ids.push(v["id"].as_str().unwrap().to_owned());
     }
     // Replaying an acknowledged key returns the very same transfer.
     for (key, id) in acked.iter().take(20) {
-        let parts: Vec<usize> = key
-            .trim_start_matches("crash-")
-            .split('-')
-            .map(|p| p.parse().unwrap())
-            .collect();
-        let (s, v) = post(
-            addr,
-            "/v1/transfers",
-            &m,
-            key,
-            &body_for(parts[0], parts[1]),
-        )
-        .await
-        .unwrap();
+        let (s, v) = resend(key).await.unwrap();
         assert_eq!((s, v["id"].as_str().unwrap()), (201, id.as_str()));
     }
     server.kill().unwrap();

@@ -148,30 +148,7 @@ impl TestApp {
 
     /// Runs a SQL statement directly against the app's database (for tampering tests).
     pub async fn raw_sql(&self, sql: &str) -> u64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.database_url)
-                    .await
-                    .expect("sqlite");
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&pool)
-                    .await
-                    .expect("sql")
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.database_url).await.expect("pg");
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&pool)
-                    .await
-                    .expect("sql")
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-        }
+        self.try_raw_sql(sql).await.expect("sql")
     }
 
     /// Like [`raw_sql`](Self::raw_sql) but reports a refused statement instead of failing.

@@ -20,7 +20,7 @@ use crate::clock::Timestamp;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::ledger::{Refusal, TransferKind};
 use crate::http::AppState;
-use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::middleware::AuditRecorded;
 use crate::http::views::{List, ListQuery, page, time_param};
@@ -269,20 +269,8 @@ fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> Transfer
 }
 
 fn render_error(r: &Refusal) -> (u16, String) {
-    let api = ApiError::from(ledger::refusal_error(r.clone()));
-    let body = ErrorBody {
-        error: ErrorDetail {
-            kind: api.kind.to_owned(),
-            code: api.code.to_owned(),
-            message: api.message,
-            param: api.param,
-            request_id: crate::http::middleware::current_request_id(),
-        },
-    };
-    (
-        api.status.as_u16(),
-        serde_json::to_string(&body).unwrap_or_default(),
-    )
+    let (status, body) = error_value(ApiError::from(ledger::refusal_error(r.clone())));
+    (status, body.to_string())
 }
 
 /// Staff see every resulting balance.
@@ -375,8 +363,7 @@ async fn run_movement(
     };
     match ledger::move_money(&state.core, meta, principal, input, key, render).await {
         Ok(outcome) => Ok(respond(outcome, render)),
-        Err(e) if e.audited => Err(ApiError::from(e.error).audited()),
-        Err(e) => Err(ApiError::from(e.error)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -703,20 +690,10 @@ pub async fn get_transfer(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransferView>> {
-    let p = ledger::get_transfer(&state.core, &principal, &id).await?;
-    let all = matches!(principal.scope(Permission::TransfersRead), Ok(Scope::All));
-    let mut own = std::collections::HashSet::new();
-    if !all {
-        for e in &p.entries {
-            if ledger::get_account(&state.core, &principal, &e.account_id)
-                .await
-                .is_ok()
-            {
-                own.insert(e.account_id.clone());
-            }
-        }
-    }
-    Ok(Json(transfer_view(&p, |a| all || own.contains(a))))
+    let (p, visible) = ledger::get_transfer(&state.core, &principal, &id).await?;
+    Ok(Json(transfer_view(&p, |a| {
+        visible.as_ref().is_none_or(|v| v.contains(a))
+    })))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -792,8 +769,7 @@ pub async fn reverse(
     .await
     {
         Ok(outcome) => Ok(respond(outcome, render_all)),
-        Err(e) if e.audited => Err(ApiError::from(e.error).audited()),
-        Err(e) => Err(ApiError::from(e.error)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -911,8 +887,7 @@ pub async fn capture_hold(
     .await
     {
         Ok(outcome) => Ok(respond(outcome, render_all)),
-        Err(e) if e.audited => Err(ApiError::from(e.error).audited()),
-        Err(e) => Err(ApiError::from(e.error)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -965,16 +940,10 @@ pub struct BatchView {
 
 fn error_value(e: ApiError) -> (u16, Value) {
     let status = e.status.as_u16();
-    let body = ErrorBody {
-        error: ErrorDetail {
-            kind: e.kind.to_owned(),
-            code: e.code.to_owned(),
-            message: e.message,
-            param: e.param,
-            request_id: crate::http::middleware::current_request_id(),
-        },
-    };
-    (status, serde_json::to_value(body).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::to_value(e.into_body()).unwrap_or(Value::Null),
+    )
 }
 
 /// Post up to 1,000 transfers in one request: each with its own result, or with `atomic` all or none.
