@@ -542,10 +542,18 @@ pub struct TransferInput {
     pub credits: Vec<(String, i64)>,
     pub reference: Option<String>,
     pub description: Option<String>,
-    /// For reversals: (original transfer id, original amount).
-    pub reverses: Option<(String, i64)>,
+    /// For reversals: the original and the legs given back.
+    pub reverses: Option<ReversalLegs>,
     /// For captures: the hold being captured.
     pub capture_hold: Option<String>,
+}
+
+/// What a reversal gives back: per account, the amount it debits, and what each leg of the
+/// original received (the ceiling across all reversals).
+pub struct ReversalLegs {
+    pub original: String,
+    pub debits: Vec<(String, i64)>,
+    pub ceilings: Vec<(String, i64)>,
 }
 
 /// A movement ready for the writer, or the stored answer of an earlier identical request.
@@ -592,15 +600,7 @@ async fn prepare<'a>(
                 return Ok(Prepared::Replay(stored));
             }
             let slot = format!("{tenant}/{principal_key}/{}", k.key);
-            Some(core.inflight.claim(slot).ok_or_else(|| {
-                AppError::Conflict {
-                    code: "idempotency_key_in_flight",
-                    param: None,
-                    message:
-                        "a request with this idempotency key is still being processed; retry later"
-                            .into(),
-                }
-            })?)
+            Some(core.inflight.claim(slot).ok_or_else(in_flight)?)
         }
     };
 
@@ -625,10 +625,20 @@ async fn prepare<'a>(
         )
         .into());
     }
-    let (debit, credits, debit_owner) = match input.kind {
-        TransferKind::Reversal | TransferKind::Capture => {
-            (input.debit_account_id.clone(), input.credits.clone(), None)
+    let (debits, credits, debit_owner) = match input.kind {
+        TransferKind::Reversal => {
+            let debits = input
+                .reverses
+                .as_ref()
+                .map(|r| r.debits.clone())
+                .unwrap_or_default();
+            (debits, input.credits.clone(), None)
         }
+        TransferKind::Capture => (
+            vec![(input.debit_account_id.clone(), amount.get())],
+            input.credits.clone(),
+            None,
+        ),
         TransferKind::Transfer => {
             if input.credits.is_empty() || input.credits.len() > 100 {
                 return Err(AppError::invalid(
@@ -665,7 +675,11 @@ async fn prepare<'a>(
                         .map_or_else(|| "cus_none".to_owned(), |c| c.id),
                 ),
             };
-            (input.debit_account_id.clone(), input.credits.clone(), owner)
+            (
+                vec![(input.debit_account_id.clone(), amount.get())],
+                input.credits.clone(),
+                owner,
+            )
         }
         TransferKind::Deposit | TransferKind::Withdrawal => {
             let settlement = core
@@ -677,13 +691,13 @@ async fn prepare<'a>(
                 })?;
             if input.kind == TransferKind::Deposit {
                 (
-                    settlement.id,
+                    vec![(settlement.id, amount.get())],
                     vec![(input.debit_account_id.clone(), amount.get())],
                     None,
                 )
             } else {
                 (
-                    input.debit_account_id.clone(),
+                    vec![(input.debit_account_id.clone(), amount.get())],
                     vec![(settlement.id, amount.get())],
                     None,
                 )
@@ -697,7 +711,7 @@ async fn prepare<'a>(
         kind: input.kind,
         currency,
         amount,
-        debit_account_id: &debit,
+        debit_account_id: debits.first().map_or("", |(a, _)| a.as_str()),
         credit_account_ids: credits.iter().map(|(a, _)| a.as_str()).collect(),
         initiator: &principal_key,
     };
@@ -747,7 +761,7 @@ async fn prepare<'a>(
         kind: input.kind,
         currency: currency.code().to_owned(),
         amount: amount.get(),
-        debit_account_id: debit,
+        debits,
         debit_owner,
         credits,
         reference: input.reference,
@@ -762,7 +776,10 @@ async fn prepare<'a>(
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
         }),
         render,
-        reverses: input.reverses,
+        reverses: input.reverses.map(|r| crate::store::Reverses {
+            original: r.original,
+            ceilings: r.ceilings,
+        }),
         capture_hold: input.capture_hold,
     };
     Ok(Prepared::Ready(Box::new(movement), guard))
@@ -1009,13 +1026,21 @@ pub async fn move_money_batch(
     Ok((true, items))
 }
 
-/// Reverses all or part of a transfer (what is left of it at most) with a new, linked transfer.
+/// What to reverse: everything left (neither given), an amount (a transfer with one credit
+/// leg, or everything left of one with several), or chosen legs with their amounts.
+pub struct ReverseInput {
+    pub amount: Option<i64>,
+    pub legs: Option<Vec<(String, i64)>>,
+}
+
+/// Reverses all or part of a transfer (what is left of it at most) with a new, linked transfer
+/// that debits the original's credit legs and credits its debit account.
 pub async fn reverse(
     core: &Core,
     meta: &RequestMeta,
     actor: &Principal,
     id: &str,
-    amount: Option<i64>,
+    what: ReverseInput,
     idempotency: Option<IdempotencyKey>,
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
@@ -1039,42 +1064,110 @@ pub async fn reverse(
         }
         .into());
     }
-    let credits: Vec<&EntryRecord> = original
-        .entries
-        .iter()
-        .filter(|e| e.direction == "credit")
-        .collect();
-    let [credit] = credits.as_slice() else {
-        return Err(AppError::Unprocessable {
-            code: "reversal_not_supported",
-            message: "transfers with several credit legs cannot be reversed yet; reverse them with new transfers".into(),
+    // What each credit leg received (an account credited twice counts once, summed).
+    let mut ceilings: Vec<(String, i64)> = Vec::new();
+    for e in original.entries.iter().filter(|e| e.direction == "credit") {
+        match ceilings.iter_mut().find(|(a, _)| *a == e.account_id) {
+            Some((_, n)) => *n += e.amount,
+            None => ceilings.push((e.account_id.clone(), e.amount)),
         }
-        .into());
+    }
+    let done = core.store.reversed_legs(tenant, &t.id).await?;
+    let left = |account: &str| -> i64 {
+        let ceiling = ceilings
+            .iter()
+            .find(|(a, _)| a == account)
+            .map_or(0, |(_, n)| *n);
+        ceiling
+            - done
+                .iter()
+                .find(|(a, _)| a == account)
+                .map_or(0, |(_, n)| *n)
     };
-    let remaining = t.amount - core.store.reversed_amount(tenant, &t.id).await?;
-    if remaining <= 0 {
+    let remaining: Vec<(String, i64)> = ceilings
+        .iter()
+        .map(|(a, _)| (a.clone(), left(a)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let remaining_total: i64 = remaining.iter().map(|(_, n)| n).sum();
+    if remaining_total <= 0 {
         return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
     }
-    let amount = amount.unwrap_or(remaining);
-    if amount <= 0 {
-        return Err(AppError::invalid(
-            "amount",
-            "must be a positive integer number of minor units",
-        )
-        .into());
-    }
-    if amount > remaining {
-        return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
-    }
+    let debits = match (what.amount, what.legs) {
+        (_, Some(legs)) => {
+            if legs.is_empty() || legs.len() > ceilings.len() {
+                return Err(AppError::invalid(
+                    "legs",
+                    "name between one and all of the original's credit legs",
+                )
+                .into());
+            }
+            for (i, (account, amount)) in legs.iter().enumerate() {
+                Amount::parse(*amount)
+                    .map_err(|m| AppError::invalid(format!("legs[{i}].amount"), m))?;
+                if !ceilings.iter().any(|(a, _)| a == account) {
+                    return Err(AppError::invalid(
+                        format!("legs[{i}].account_id"),
+                        "not a credit leg of the original transfer",
+                    )
+                    .into());
+                }
+                if legs.iter().filter(|(a, _)| a == account).count() > 1 {
+                    return Err(AppError::invalid(
+                        format!("legs[{i}].account_id"),
+                        "each leg may be named once",
+                    )
+                    .into());
+                }
+                if *amount > left(account) {
+                    return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
+                }
+            }
+            let sum: i64 = legs.iter().map(|(_, n)| n).sum();
+            if let Some(a) = what.amount
+                && a != sum
+            {
+                return Err(AppError::invalid(
+                    "amount",
+                    format!("the legs sum to {sum}, not the amount {a}"),
+                )
+                .into());
+            }
+            legs
+        }
+        (None, None) => remaining,
+        (Some(amount), None) => {
+            Amount::parse(amount).map_err(|m| AppError::invalid("amount", m))?;
+            if amount > remaining_total {
+                return Err(refusal_error(Refusal::ReversalExceedsOriginal).into());
+            }
+            match remaining.as_slice() {
+                [(account, _)] => vec![(account.clone(), amount)],
+                _ if amount == remaining_total => remaining,
+                _ => {
+                    return Err(AppError::invalid(
+                        "legs",
+                        "the transfer has several credit legs: say how much each gives back",
+                    )
+                    .into());
+                }
+            }
+        }
+    };
+    let amount: i64 = debits.iter().map(|(_, n)| n).sum();
     let input = TransferInput {
         kind: TransferKind::Reversal,
         currency: t.currency.clone(),
         amount,
-        debit_account_id: credit.account_id.clone(),
+        debit_account_id: debits.first().map(|(a, _)| a.clone()).unwrap_or_default(),
         credits: vec![(t.debit_account_id.clone(), amount)],
         reference: None,
         description: Some(format!("reversal of {}", t.id)),
-        reverses: Some((t.id.clone(), t.amount)),
+        reverses: Some(ReversalLegs {
+            original: t.id.clone(),
+            debits,
+            ceilings,
+        }),
         capture_hold: None,
     };
     move_money(core, meta, actor, input, idempotency, render).await
@@ -1087,20 +1180,47 @@ const HOLD_MAX_SECONDS: i64 = 30 * 86_400;
 /// A hold request, parsed from the wire.
 pub struct HoldInput {
     pub account_id: String,
+    /// The account a capture will credit by default; it shows the amount as pending credits.
+    pub credit_account_id: Option<String>,
     pub currency: String,
     pub amount: i64,
     pub expires_in_seconds: i64,
     pub reference: Option<String>,
 }
 
-/// Reserves part of an account's available balance until its expiry.
+/// What creating a hold answered: the hold, or the stored answer of an earlier identical request.
+pub enum HoldOutcome {
+    Created(crate::store::HoldRecord),
+    Replayed { status: u16, body: String },
+}
+
+/// Reserves part of an account's available balance until its expiry. With an idempotency key,
+/// a retry answers what the first request answered and reserves nothing more.
 pub async fn create_hold(
     core: &Core,
     meta: &RequestMeta,
     actor: &Principal,
     input: HoldInput,
-) -> AppResult<crate::store::HoldRecord> {
+    idempotency: Option<IdempotencyKey>,
+    render: fn(&crate::store::HoldRecord) -> (u16, String),
+) -> AppResult<HoldOutcome> {
     let tenant = actor.tenant()?;
+    let principal_key = actor.user_id.to_string();
+    let _guard = match &idempotency {
+        None => None,
+        Some(k) => {
+            if let Some(MovementOutcome::Replayed { status, body }) =
+                replay(core, tenant, &principal_key, k).await?
+            {
+                return Ok(HoldOutcome::Replayed { status, body });
+            }
+            Some(
+                core.inflight
+                    .claim(format!("{tenant}/{principal_key}/{}", k.key))
+                    .ok_or_else(in_flight)?,
+            )
+        }
+    };
     let currency =
         Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
     let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
@@ -1110,12 +1230,25 @@ pub async fn create_hold(
             format!("must be between {HOLD_MIN_SECONDS} and {HOLD_MAX_SECONDS}"),
         ));
     }
-    if AccountId::parse(&input.account_id).is_none() {
-        return Err(AppError::Invalid {
-            code: "account_not_found",
-            param: Some("account_id".into()),
-            message: "no such account".into(),
-        });
+    for (param, id) in [
+        ("account_id", Some(&input.account_id)),
+        ("credit_account_id", input.credit_account_id.as_ref()),
+    ] {
+        if let Some(id) = id
+            && AccountId::parse(id).is_none()
+        {
+            return Err(AppError::Invalid {
+                code: "account_not_found",
+                param: Some(param.into()),
+                message: "no such account".into(),
+            });
+        }
+    }
+    if input.credit_account_id.as_ref() == Some(&input.account_id) {
+        return Err(AppError::invalid(
+            "credit_account_id",
+            "a hold cannot be destined for the held account",
+        ));
     }
     let now = core.clock.now();
     let id = crate::ids::HoldId::generate();
@@ -1124,11 +1257,12 @@ pub async fn create_hold(
         tenant_id: tenant.clone(),
         account_id: input.account_id,
         owner: None,
+        credit_account_id: input.credit_account_id,
         currency: currency.code().to_owned(),
         amount: amount.get(),
         expires_at: now.plus_seconds(input.expires_in_seconds),
         reference: input.reference,
-        created_by: actor.user_id.to_string(),
+        created_by: principal_key.clone(),
         created_at: now,
     };
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
@@ -1137,10 +1271,40 @@ pub async fn create_hold(
         Outcome::Success,
         None,
     );
-    core.store
-        .create_hold(&hold, &[ev])
-        .await?
-        .map_err(refusal_error)
+    let key = idempotency.as_ref().map(|k| crate::store::HoldKey {
+        key: NewIdempotency {
+            principal_id: principal_key.clone(),
+            key: k.key.clone(),
+            request_hash: k.request_hash.clone(),
+            expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+        },
+        render,
+    });
+    match core.store.create_hold(&hold, key.as_ref(), &[ev]).await {
+        Ok(Ok(h)) => Ok(HoldOutcome::Created(h)),
+        Ok(Err(refusal)) => Err(refusal_error(refusal)),
+        // Another instance committed this key first: answer what it answered.
+        Err(StoreError::Conflict { .. }) if idempotency.is_some() => match idempotency.as_ref() {
+            Some(k) => match replay(core, tenant, &principal_key, k).await? {
+                Some(MovementOutcome::Replayed { status, body }) => {
+                    Ok(HoldOutcome::Replayed { status, body })
+                }
+                _ => Err(AppError::internal(
+                    "idempotency key vanished after a conflict",
+                )),
+            },
+            None => Err(AppError::internal("conflict without a key")),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn in_flight() -> AppError {
+    AppError::Conflict {
+        code: "idempotency_key_in_flight",
+        param: None,
+        message: "a request with this idempotency key is still being processed; retry later".into(),
+    }
 }
 
 /// An active hold past its expiry reads as expired.
@@ -1197,13 +1361,21 @@ pub async fn capture_hold(
     meta: &RequestMeta,
     actor: &Principal,
     id: &str,
-    credit_account_id: String,
+    credit_account_id: Option<String>,
     amount: Option<i64>,
     idempotency: Option<IdempotencyKey>,
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     let hold = get_hold(core, actor, id).await?;
     let amount = amount.unwrap_or(hold.amount);
+    let Some(credit_account_id) = credit_account_id.or_else(|| hold.credit_account_id.clone())
+    else {
+        return Err(AppError::invalid(
+            "credit_account_id",
+            "required: the hold names no account to credit",
+        )
+        .into());
+    };
     if credit_account_id == hold.account_id {
         return Err(AppError::invalid(
             "credit_account_id",
@@ -1225,18 +1397,19 @@ pub async fn capture_hold(
     move_money(core, meta, actor, input, idempotency, render).await
 }
 
-/// Holds past expiry stop counting against the available balance at once, even before the
-/// next movement on the account releases them.
+/// Holds past expiry stop counting against the available balance (and as pending credits) at
+/// once, even before the next movement on the account releases them.
 async fn with_expired_released(
     core: &Core,
     tenant: &TenantId,
     mut a: AccountRecord,
 ) -> AppResult<AccountRecord> {
-    let expired = core
+    let (debits, credits) = core
         .store
         .expired_holds(tenant, &a.id, core.clock.now())
         .await?;
-    a.pending_debits -= expired;
+    a.pending_debits -= debits;
+    a.pending_credits -= credits;
     Ok(a)
 }
 

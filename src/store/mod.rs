@@ -10,6 +10,7 @@
 //! tenant, which the caller checks against the token's claims.
 
 pub mod postgres;
+pub mod posting;
 mod sql;
 pub mod sqlite;
 
@@ -281,6 +282,9 @@ pub struct HoldRecord {
     pub id: String,
     pub tenant_id: String,
     pub account_id: String,
+    /// The account a capture will credit, when the hold names one (it shows the amount as
+    /// pending credits meanwhile).
+    pub credit_account_id: Option<String>,
     pub currency: String,
     pub amount: i64,
     /// `active`, `captured`, `voided` or `expired` (an `active` hold past `expires_at` is expired).
@@ -300,6 +304,7 @@ pub struct NewHold {
     pub account_id: String,
     /// When set, the account must belong to this customer.
     pub owner: Option<String>,
+    pub credit_account_id: Option<String>,
     pub currency: String,
     pub amount: i64,
     pub expires_at: Timestamp,
@@ -325,6 +330,13 @@ pub struct NewIdempotency {
     pub expires_at: Timestamp,
 }
 
+/// The idempotency key to record with a new hold, and how to render the hold for a replay.
+#[derive(Debug, Clone)]
+pub struct HoldKey {
+    pub key: NewIdempotency,
+    pub render: fn(&HoldRecord) -> (u16, String),
+}
+
 /// A transfer as posted, with the balances it left.
 #[derive(Debug, Clone)]
 pub struct PostedTransfer {
@@ -344,8 +356,11 @@ pub struct NewMovement {
     pub tenant_id: TenantId,
     pub kind: crate::domain::ledger::TransferKind,
     pub currency: String,
+    /// The transfer's total.
     pub amount: i64,
-    pub debit_account_id: String,
+    /// The debit legs: one for every kind but the reversal of a transfer with several credit
+    /// legs, which debits each of them back.
+    pub debits: Vec<(String, i64)>,
     /// When set, the debit account must belong to this customer (ownership).
     pub debit_owner: Option<String>,
     pub credits: Vec<(String, i64)>,
@@ -356,10 +371,18 @@ pub struct NewMovement {
     pub audit: NewAuditEvent,
     pub idempotency: Option<NewIdempotency>,
     pub render: RenderOutcome,
-    /// Set for a reversal: what it reverses, and the original's amount (the ceiling).
-    pub reverses: Option<(String, i64)>,
+    /// Set for a reversal: what it reverses, and how much each debited leg may take back.
+    pub reverses: Option<Reverses>,
     /// Set for a hold capture: the hold released by this movement.
     pub capture_hold: Option<String>,
+}
+
+/// A reversal's link to its original: per account, what that leg received in the original (the
+/// most it can ever give back across all reversals).
+#[derive(Debug, Clone)]
+pub struct Reverses {
+    pub original: String,
+    pub ceilings: Vec<(String, i64)>,
 }
 
 /// What posting one movement did.
@@ -560,10 +583,13 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         page: &Page,
     ) -> StoreResult<Vec<EntryRecord>>;
-    /// Reserves `amount` of the account's available balance (a conditional update).
+    /// Reserves `amount` of the account's available balance (a conditional update), and shows
+    /// it as pending credits of the destination when the hold names one. With a key, the key
+    /// is recorded in the same transaction; `Conflict` means another request took it first.
     async fn create_hold(
         &self,
         hold: &NewHold,
+        idempotency: Option<&HoldKey>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<Result<HoldRecord, crate::domain::ledger::Refusal>>;
     /// Releases an active, unexpired hold.
@@ -581,15 +607,20 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         page: &Page,
     ) -> StoreResult<Vec<HoldRecord>>;
-    /// The total of the account's holds that are past expiry but not yet released.
+    /// The totals of holds past expiry but not yet released, on the account (pending debits)
+    /// and towards it (pending credits).
     async fn expired_holds(
         &self,
         tenant: &TenantId,
         account: &str,
         now: Timestamp,
-    ) -> StoreResult<i64>;
-    /// How much of a transfer has been reversed.
-    async fn reversed_amount(&self, tenant: &TenantId, transfer: &str) -> StoreResult<i64>;
+    ) -> StoreResult<(i64, i64)>;
+    /// How much each leg (account) of a transfer has given back through reversals.
+    async fn reversed_legs(
+        &self,
+        tenant: &TenantId,
+        transfer: &str,
+    ) -> StoreResult<Vec<(String, i64)>>;
     /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
     async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
 

@@ -53,4 +53,5 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, "postgres");
+// Rows read to be written by the batch writer are locked until commit.
+impl_store!(PgStore, "postgres", " FOR UPDATE");

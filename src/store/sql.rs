@@ -79,7 +79,7 @@ pub(super) fn next_record(
 }
 
 macro_rules! impl_store {
-    ($store:ty, $backend:literal) => {
+    ($store:ty, $backend:literal, $lock:literal) => {
         impl $store {
             /// Appends `events` inside `tx`. The head row is bumped with an UPDATE first, which
             /// takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent writers to
@@ -769,6 +769,7 @@ macro_rules! impl_store {
             async fn create_hold(
                 &self,
                 h: &$crate::store::NewHold,
+                idempotency: Option<&$crate::store::HoldKey>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Result<$crate::store::HoldRecord, $crate::domain::ledger::Refusal>> {
                 let now = h.created_at.as_micros();
@@ -792,13 +793,32 @@ macro_rules! impl_store {
                     let why = Self::why_refused(&mut tx, h.tenant_id.as_str(), &h.account_id, &h.currency, h.owner.as_deref(), true).await?;
                     return Ok(Err(why));
                 }
+                if let Some(credit) = &h.credit_account_id {
+                    Self::expire_holds_tx(&mut tx, h.tenant_id.as_str(), credit, now).await?;
+                    let shown: Option<(String,)> = sqlx::query_as(
+                        "UPDATE accounts SET pending_credits = pending_credits + $3, updated_at = $4 \
+                         WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status <> 'closed' RETURNING id",
+                    )
+                    .bind(h.tenant_id.as_str())
+                    .bind(credit)
+                    .bind(h.amount)
+                    .bind(now)
+                    .bind(&h.currency)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if shown.is_none() {
+                        let why = Self::why_refused(&mut tx, h.tenant_id.as_str(), credit, &h.currency, None, false).await?;
+                        return Ok(Err(why));
+                    }
+                }
                 let record: $crate::store::HoldRecord = sqlx::query_as(
-                    "INSERT INTO holds (id, tenant_id, account_id, currency, amount, status, expires_at, reference, created_by, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9) RETURNING *",
+                    "INSERT INTO holds (id, tenant_id, account_id, credit_account_id, currency, amount, status, expires_at, reference, created_by, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $10) RETURNING *",
                 )
                 .bind(h.id.as_str())
                 .bind(h.tenant_id.as_str())
                 .bind(&h.account_id)
+                .bind(&h.credit_account_id)
                 .bind(&h.currency)
                 .bind(h.amount)
                 .bind(h.expires_at.as_micros())
@@ -807,6 +827,33 @@ macro_rules! impl_store {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
+                if let Some(k) = idempotency {
+                    let (status, body) = (k.render)(&record);
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (tenant_id, principal_id, idem_key) DO UPDATE SET \
+                         request_hash = excluded.request_hash, response_status = excluded.response_status, \
+                         response_body = excluded.response_body, created_at = excluded.created_at, expires_at = excluded.expires_at \
+                         WHERE idempotency_keys.expires_at <= excluded.created_at",
+                    )
+                    .bind(h.tenant_id.as_str())
+                    .bind(&k.key.principal_id)
+                    .bind(&k.key.key)
+                    .bind(&k.key.request_hash)
+                    .bind(i64::from(status))
+                    .bind(&body)
+                    .bind(now)
+                    .bind(k.key.expires_at.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        // Another request with this key committed first: this one changes nothing.
+                        tx.rollback().await?;
+                        return Err($crate::store::StoreError::Conflict { constraint: "idempotency_keys".into() });
+                    }
+                }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(Ok(record))
@@ -830,12 +877,7 @@ macro_rules! impl_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else { return Ok(None) };
-                sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
-                    .bind(tenant.as_str())
-                    .bind(&row.account_id)
-                    .bind(row.amount)
-                    .execute(&mut *tx)
-                    .await?;
+                Self::release_hold_tx(&mut tx, tenant.as_str(), &row.account_id, row.credit_account_id.as_deref(), row.amount).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(Some(row))
@@ -866,28 +908,29 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn expired_holds(&self, tenant: &$crate::ids::TenantId, account: &str, now: $crate::clock::Timestamp) -> $crate::store::StoreResult<i64> {
-                let (n,): (i64,) = sqlx::query_as(
-                    "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds \
-                     WHERE tenant_id = $1 AND account_id = $2 AND status = 'active' AND expires_at <= $3",
+            async fn expired_holds(&self, tenant: &$crate::ids::TenantId, account: &str, now: $crate::clock::Timestamp) -> $crate::store::StoreResult<(i64, i64)> {
+                let (debits, credits): (i64, i64) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN account_id = $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+                            CAST(COALESCE(SUM(CASE WHEN credit_account_id = $2 THEN amount ELSE 0 END), 0) AS BIGINT) FROM holds \
+                     WHERE tenant_id = $1 AND (account_id = $2 OR credit_account_id = $2) AND status = 'active' AND expires_at <= $3",
                 )
                 .bind(tenant.as_str())
                 .bind(account)
                 .bind(now.as_micros())
                 .fetch_one(&self.pool)
                 .await?;
-                Ok(n)
+                Ok((debits, credits))
             }
 
-            async fn reversed_amount(&self, tenant: &$crate::ids::TenantId, transfer: &str) -> $crate::store::StoreResult<i64> {
-                let row: Option<(i64,)> = sqlx::query_as(
-                    "SELECT r.reversed FROM reversal_totals r JOIN transfers t ON t.id = r.transfer_id WHERE t.tenant_id = $1 AND r.transfer_id = $2",
+            async fn reversed_legs(&self, tenant: &$crate::ids::TenantId, transfer: &str) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT r.account_id, r.reversed FROM reversal_legs r JOIN transfers t ON t.id = r.transfer_id \
+                     WHERE t.tenant_id = $1 AND r.transfer_id = $2 ORDER BY r.account_id",
                 )
                 .bind(tenant.as_str())
                 .bind(transfer)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(row.map_or(0, |(n,)| n))
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn balance_sums(&self, tenant: &$crate::ids::TenantId) -> $crate::store::StoreResult<Vec<(String, i64)>> {
@@ -960,84 +1003,215 @@ macro_rules! impl_store {
 
 
 
-            /// The shared body of both posting modes.
+            /// The shared body of both posting modes: load every row the batch touches (locked),
+            /// let the posting engine apply the movements in order, then write the outcome with a
+            /// constant number of multi-row statements, all in one transaction.
             async fn post_batch(
                 &self,
                 batch: &[$crate::store::NewMovement],
                 atomic: bool,
             ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
-                use $crate::store::PostResult;
+                use $crate::store::posting::{self, AccountState, HoldState};
+                const CHUNK: usize = 500;
+                type Q = sqlx::QueryBuilder<$crate::store::sql::Db<$store>>;
+                let want = posting::wanted(batch);
                 let mut tx = self.begin_write().await?;
-                let mut results = Vec::with_capacity(batch.len());
-                // Audit records are appended once for the whole batch, after every savepoint.
-                let mut events = Vec::with_capacity(batch.len());
-                for m in batch {
-                    sqlx::query("SAVEPOINT movement").execute(&mut *tx).await?;
-                    let applied = match Self::apply_movement_tx(&mut tx, m).await {
-                        Err($crate::store::StoreError::Conflict { .. }) => {
-                            Ok(Err($crate::domain::ledger::Refusal::DuplicateReference(m.reference.clone().unwrap_or_default())))
-                        }
-                        other => other,
-                    }?;
-                    let outcome = match applied {
-                        Ok(posted) => {
-                            events.push(m.audit.clone());
-                            Ok(posted)
-                        }
-                        Err(refusal) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
-                            let ev = $crate::domain::audit::NewAuditEvent {
-                                outcome: $crate::domain::audit::Outcome::Failure,
-                                reason: Some(refusal.code().to_owned()),
-                                ..m.audit.clone()
-                            };
-                            events.push(ev);
-                            Err(refusal)
-                        }
-                    };
-                    if let Some(idem) = &m.idempotency {
-                        let (status, body) = (m.render)(&outcome);
-                        let inserted = sqlx::query(
-                            "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                             ON CONFLICT (tenant_id, principal_id, idem_key) DO UPDATE SET \
-                             request_hash = excluded.request_hash, response_status = excluded.response_status, \
-                             response_body = excluded.response_body, created_at = excluded.created_at, expires_at = excluded.expires_at \
-                             WHERE idempotency_keys.expires_at <= excluded.created_at",
-                        )
-                        .bind(m.tenant_id.as_str())
-                        .bind(&idem.principal_id)
-                        .bind(&idem.key)
-                        .bind(&idem.request_hash)
-                        .bind(i64::from(status))
-                        .bind(&body)
-                        .bind(m.created_at.as_micros())
-                        .bind(idem.expires_at.as_micros())
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if inserted == 0 {
-                            // The key was used first by a request that has committed: undo this one.
-                            sqlx::query("ROLLBACK TO SAVEPOINT movement").execute(&mut *tx).await?;
-                            sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
-                            events.pop();
-                            results.push(PostResult::DuplicateKey);
-                            continue;
+                let mut snap = posting::Snapshot::default();
+
+                // Holds first (captured ones, and active ones expiring by the batch's latest
+                // time): their accounts are loaded with the movements' own.
+                let mut holds: Vec<HoldState> = sqlx::query_as(concat!(
+                    "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds \
+                     WHERE status = 'active' AND expires_at <= $1 ORDER BY id", $lock))
+                    .bind(want.latest)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for chunk in want.holds.chunks(CHUNK) {
+                    let mut qb = Q::new("SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(concat!(") ORDER BY id", $lock));
+                    holds.extend(qb.build_query_as::<HoldState>().fetch_all(&mut *tx).await?);
+                }
+                let mut account_ids = want.accounts.clone();
+                for h in &holds {
+                    account_ids.push(h.account_id.clone());
+                    account_ids.extend(h.credit_account_id.iter().cloned());
+                }
+                account_ids.sort();
+                account_ids.dedup();
+                snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
+                // Accounts in id order, so concurrent writers (other instances) lock them in the
+                // same order and cannot deadlock on each other.
+                for chunk in account_ids.chunks(CHUNK) {
+                    let mut qb = Q::new(
+                        "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count \
+                         FROM accounts WHERE id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(concat!(") ORDER BY id", $lock));
+                    for a in qb.build_query_as::<AccountState>().fetch_all(&mut *tx).await? {
+                        snap.accounts.insert(a.id.clone(), a);
+                    }
+                }
+                for chunk in want.reversals.chunks(CHUNK) {
+                    let mut qb = Q::new("SELECT transfer_id, account_id, reversed FROM reversal_legs WHERE transfer_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(concat!(") ORDER BY transfer_id, account_id", $lock));
+                    for (t, a, n) in qb.build_query_as::<(String, String, i64)>().fetch_all(&mut *tx).await? {
+                        snap.reversed.insert((t, a), n);
+                    }
+                }
+                // References and keys are looked up by their unique indexes; a concurrent
+                // writer inserting the same one makes this batch's insert fail, and the writer
+                // then retries movement by movement.
+                for chunk in want.references.chunks(CHUNK) {
+                    let mut qb = Q::new("WITH w (t, r) AS (");
+                    qb.push_values(chunk, |mut b, (t, r)| {
+                        b.push_bind(t.clone()).push_bind(r.clone());
+                    });
+                    qb.push(") SELECT x.tenant_id, x.reference FROM w JOIN transfers x ON x.tenant_id = w.t AND x.reference = w.r WHERE x.reference IS NOT NULL");
+                    for (t, r) in qb.build_query_as::<(String, Option<String>)>().fetch_all(&mut *tx).await? {
+                        if let Some(r) = r {
+                            snap.references.insert((t, r));
                         }
                     }
-                    sqlx::query("RELEASE SAVEPOINT movement").execute(&mut *tx).await?;
-                    results.push(match outcome {
-                        Ok(p) => PostResult::Posted(p),
-                        Err(r) => PostResult::Refused(r),
+                }
+                let mut expired_keys = Vec::new();
+                for chunk in want.keys.chunks(CHUNK) {
+                    let mut qb = Q::new("WITH w (t, p, k) AS (");
+                    qb.push_values(chunk, |mut b, (t, p, k)| {
+                        b.push_bind(t.clone()).push_bind(p.clone()).push_bind(k.clone());
                     });
+                    qb.push(") SELECT i.tenant_id, i.principal_id, i.idem_key, i.expires_at FROM w \
+                             JOIN idempotency_keys i ON i.tenant_id = w.t AND i.principal_id = w.p AND i.idem_key = w.k");
+                    for (t, p, k, exp) in qb.build_query_as::<(String, String, String, i64)>().fetch_all(&mut *tx).await? {
+                        if exp > want.latest {
+                            snap.keys.insert((t, p, k));
+                        } else {
+                            expired_keys.push((t, p, k));
+                        }
+                    }
                 }
-                self.append_audit_tx(&mut tx, &events).await?;
-                if atomic && results.iter().any(|r| !matches!(r, PostResult::Posted(_))) {
+
+                let plan = posting::plan(snap, batch);
+                if atomic && !plan.all_posted() {
                     tx.rollback().await?;
-                    return Ok((false, results));
+                    return Ok((false, plan.results));
                 }
+
+                // An expired key is free again: its old record makes way for the new one.
+                for (t, p, k) in &expired_keys {
+                    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND principal_id = $2 AND idem_key = $3")
+                        .bind(t)
+                        .bind(p)
+                        .bind(k)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for chunk in plan.accounts.chunks(CHUNK) {
+                    let mut qb = Q::new("WITH v (id, posted, pending_debits, pending_credits, entry_count, updated_at) AS (");
+                    qb.push_values(chunk, |mut b, (a, at)| {
+                        b.push_bind(a.id.clone())
+                            .push_bind(a.posted)
+                            .push_bind(a.pending_debits)
+                            .push_bind(a.pending_credits)
+                            .push_bind(a.entry_count)
+                            .push_bind(*at);
+                    });
+                    qb.push(") UPDATE accounts SET posted = v.posted, pending_debits = v.pending_debits, \
+                             pending_credits = v.pending_credits, entry_count = v.entry_count, updated_at = v.updated_at \
+                             FROM v WHERE accounts.id = v.id");
+                    let n = qb.build().execute(&mut *tx).await?.rows_affected();
+                    if usize::try_from(n).ok() != Some(chunk.len()) {
+                        return Err($crate::store::StoreError::Database(format!(
+                            "posting updated {n} of {} accounts", chunk.len()
+                        )));
+                    }
+                }
+                for chunk in plan.transfers.chunks(CHUNK) {
+                    let mut qb = Q::new(
+                        "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, t| {
+                        b.push_bind(t.id.clone())
+                            .push_bind(t.tenant_id.clone())
+                            .push_bind(t.kind.clone())
+                            .push_bind(t.currency.clone())
+                            .push_bind(t.amount)
+                            .push_bind(t.debit_account_id.clone())
+                            .push_bind(t.reference.clone())
+                            .push_bind(t.description.clone())
+                            .push_bind(t.reverses_id.clone())
+                            .push_bind(t.created_by.clone())
+                            .push_bind(t.created_at);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                for chunk in plan.entries.chunks(CHUNK) {
+                    let mut qb = Q::new(
+                        "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, balance_after, account_seq, created_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id.clone())
+                            .push_bind(e.tenant_id.clone())
+                            .push_bind(e.transfer_id.clone())
+                            .push_bind(e.account_id.clone())
+                            .push_bind(e.direction.clone())
+                            .push_bind(e.amount)
+                            .push_bind(e.balance_after)
+                            .push_bind(e.account_seq)
+                            .push_bind(e.created_at);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                for h in &plan.holds {
+                    sqlx::query("UPDATE holds SET status = $2, captured_transfer_id = $3, updated_at = $4 WHERE id = $1 AND status = 'active'")
+                        .bind(&h.id)
+                        .bind(h.status)
+                        .bind(&h.captured_transfer_id)
+                        .bind(h.updated_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for ((t, a), n) in &plan.reversed {
+                    sqlx::query(
+                        "INSERT INTO reversal_legs (transfer_id, account_id, reversed) VALUES ($1, $2, $3) \
+                         ON CONFLICT (transfer_id, account_id) DO UPDATE SET reversed = excluded.reversed",
+                    )
+                    .bind(t)
+                    .bind(a)
+                    .bind(*n)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for chunk in plan.keys.chunks(CHUNK) {
+                    let mut qb = Q::new(
+                        "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, k| {
+                        b.push_bind(k.tenant_id.clone())
+                            .push_bind(k.principal_id.clone())
+                            .push_bind(k.key.clone())
+                            .push_bind(k.request_hash.clone())
+                            .push_bind(i64::from(k.status))
+                            .push_bind(k.body.clone())
+                            .push_bind(k.created_at)
+                            .push_bind(k.expires_at);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                self.append_audit_tx(&mut tx, &plan.audit).await?;
                 tx.commit().await?;
-                Ok((true, results))
+                Ok((true, plan.results))
             }
 
             /// Diagnoses why a conditional update on an account matched nothing.
@@ -1071,29 +1245,51 @@ macro_rules! impl_store {
                 })
             }
 
-            /// Releases the account's holds that have expired: they stop counting against the
-            /// available balance at their expiry, whether or not anything else has run since.
+            /// Releases the holds on (or towards) an account that have expired: they stop
+            /// counting against the available balance, and as pending credits, at their expiry,
+            /// whether or not anything else has run since.
             async fn expire_holds_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 tenant: &str,
                 account: &str,
                 now: i64,
             ) -> $crate::store::StoreResult<()> {
-                let expired: Vec<(i64,)> = sqlx::query_as(
+                let expired: Vec<(String, Option<String>, i64)> = sqlx::query_as(
                     "UPDATE holds SET status = 'expired', updated_at = $3 \
-                     WHERE tenant_id = $1 AND account_id = $2 AND status = 'active' AND expires_at <= $3 RETURNING amount",
+                     WHERE tenant_id = $1 AND (account_id = $2 OR credit_account_id = $2) AND status = 'active' AND expires_at <= $3 \
+                     RETURNING account_id, credit_account_id, amount",
                 )
                 .bind(tenant)
                 .bind(account)
                 .bind(now)
                 .fetch_all(&mut **tx)
                 .await?;
-                let total: i64 = expired.iter().map(|(a,)| *a).sum();
-                if total > 0 {
-                    sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
+                for (debit, credit, amount) in expired {
+                    Self::release_hold_tx(tx, tenant, &debit, credit.as_deref(), amount).await?;
+                }
+                Ok(())
+            }
+
+            /// Takes a released hold off its account's pending debits and its destination's
+            /// pending credits.
+            async fn release_hold_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                debit: &str,
+                credit: Option<&str>,
+                amount: i64,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant)
+                    .bind(debit)
+                    .bind(amount)
+                    .execute(&mut **tx)
+                    .await?;
+                if let Some(credit) = credit {
+                    sqlx::query("UPDATE accounts SET pending_credits = pending_credits - $3 WHERE tenant_id = $1 AND id = $2")
                         .bind(tenant)
-                        .bind(account)
-                        .bind(total)
+                        .bind(credit)
+                        .bind(amount)
                         .execute(&mut **tx)
                         .await?;
                 }
@@ -1118,158 +1314,6 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
-            }
-
-            /// Applies one movement: conditional updates (the check and the write are one
-            /// statement, so concurrent movements can never overdraw), the transfer row, and one
-            /// entry per leg with the running balance. `Ok(Err(_))` is a business refusal; the
-            /// caller rolls back to its savepoint.
-            async fn apply_movement_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                m: &$crate::store::NewMovement,
-            ) -> $crate::store::StoreResult<Result<$crate::store::PostedTransfer, $crate::domain::ledger::Refusal>> {
-                use $crate::domain::ledger::Refusal;
-                let now = m.created_at.as_micros();
-                let transfer = $crate::store::TransferRecord {
-                    id: m.id.to_string(),
-                    tenant_id: m.tenant_id.to_string(),
-                    kind: m.kind.as_str().to_owned(),
-                    currency: m.currency.clone(),
-                    amount: m.amount,
-                    debit_account_id: m.debit_account_id.clone(),
-                    reference: m.reference.clone(),
-                    description: m.description.clone(),
-                    reverses_id: m.reverses.as_ref().map(|(id, _)| id.clone()),
-                    created_by: Some(m.created_by.clone()),
-                    created_at: now,
-                };
-                sqlx::query(
-                    "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&transfer.id)
-                .bind(&transfer.tenant_id)
-                .bind(&transfer.kind)
-                .bind(&transfer.currency)
-                .bind(transfer.amount)
-                .bind(&transfer.debit_account_id)
-                .bind(&transfer.reference)
-                .bind(&transfer.description)
-                .bind(&transfer.reverses_id)
-                .bind(&transfer.created_by)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?; // a Conflict here can only be the reference (the id is fresh)
-
-                if let Some((original, ceiling)) = &m.reverses {
-                    sqlx::query("INSERT INTO reversal_totals (transfer_id, reversed) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-                        .bind(original)
-                        .execute(&mut **tx)
-                        .await?;
-                    let within: Option<(i64,)> = sqlx::query_as(
-                        "UPDATE reversal_totals SET reversed = reversed + $2 WHERE transfer_id = $1 AND reversed + $2 <= $3 RETURNING reversed",
-                    )
-                    .bind(original)
-                    .bind(m.amount)
-                    .bind(*ceiling)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    if within.is_none() {
-                        return Ok(Err(Refusal::ReversalExceedsOriginal));
-                    }
-                }
-                if let Some(hold) = &m.capture_hold {
-                    // Capturing releases the whole hold (the rest of it is freed), then debits.
-                    let held: Option<(i64,)> = sqlx::query_as(
-                        "UPDATE holds SET status = 'captured', captured_transfer_id = $3, updated_at = $4 \
-                         WHERE tenant_id = $1 AND id = $2 AND status = 'active' AND expires_at > $4 RETURNING amount",
-                    )
-                    .bind(&transfer.tenant_id)
-                    .bind(hold)
-                    .bind(&transfer.id)
-                    .bind(now)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    let Some((held,)) = held else { return Ok(Err(Refusal::HoldNotActive)) };
-                    if m.amount > held {
-                        return Ok(Err(Refusal::CaptureExceedsHold));
-                    }
-                    sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
-                        .bind(&transfer.tenant_id)
-                        .bind(&m.debit_account_id)
-                        .bind(held)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Self::expire_holds_tx(tx, &transfer.tenant_id, &m.debit_account_id, now).await?;
-                let debit: Option<(i64, i64)> = sqlx::query_as(
-                    "UPDATE accounts SET posted = posted - $3, entry_count = entry_count + 1, updated_at = $4 \
-                     WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status = 'active' \
-                     AND ($6 IS NULL OR customer_id = $6) \
-                     AND posted - pending_debits - $3 >= -overdraft_limit \
-                     RETURNING posted, entry_count",
-                )
-                .bind(&transfer.tenant_id)
-                .bind(&m.debit_account_id)
-                .bind(m.amount)
-                .bind(now)
-                .bind(&m.currency)
-                .bind(m.debit_owner.as_deref())
-                .fetch_optional(&mut **tx)
-                .await?;
-                let Some((balance, seq)) = debit else {
-                    return Ok(Err(Self::why_refused(tx, &transfer.tenant_id, &m.debit_account_id, &m.currency, m.debit_owner.as_deref(), true).await?));
-                };
-                let mut legs = vec![(m.debit_account_id.clone(), "debit", m.amount, balance, seq)];
-                for (account, amount) in &m.credits {
-                    let credit: Option<(i64, i64)> = sqlx::query_as(
-                        "UPDATE accounts SET posted = posted + $3, entry_count = entry_count + 1, updated_at = $4 \
-                         WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status <> 'closed' \
-                         RETURNING posted, entry_count",
-                    )
-                    .bind(&transfer.tenant_id)
-                    .bind(account)
-                    .bind(*amount)
-                    .bind(now)
-                    .bind(&m.currency)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    let Some((balance, seq)) = credit else {
-                        return Ok(Err(Self::why_refused(tx, &transfer.tenant_id, account, &m.currency, None, false).await?));
-                    };
-                    legs.push((account.clone(), "credit", *amount, balance, seq));
-                }
-                let mut entries = Vec::with_capacity(legs.len());
-                for (account_id, direction, amount, balance_after, account_seq) in legs {
-                    let e = $crate::store::EntryRecord {
-                        id: $crate::ids::EntryId::generate().to_string(),
-                        tenant_id: transfer.tenant_id.clone(),
-                        transfer_id: transfer.id.clone(),
-                        account_id,
-                        direction: direction.to_owned(),
-                        amount,
-                        balance_after,
-                        account_seq,
-                        created_at: now,
-                    };
-                    sqlx::query(
-                        "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, balance_after, account_seq, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(&e.id)
-                    .bind(&e.tenant_id)
-                    .bind(&e.transfer_id)
-                    .bind(&e.account_id)
-                    .bind(&e.direction)
-                    .bind(e.amount)
-                    .bind(e.balance_after)
-                    .bind(e.account_seq)
-                    .bind(e.created_at)
-                    .execute(&mut **tx)
-                    .await?;
-                    entries.push(e);
-                }
-                Ok(Ok($crate::store::PostedTransfer { transfer, entries }))
             }
 
             async fn insert_refresh_tx(

@@ -89,4 +89,5 @@ where
         .collect())
 }
 
-impl_store!(SqliteStore, "sqlite");
+// SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
+impl_store!(SqliteStore, "sqlite", "");

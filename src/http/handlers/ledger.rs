@@ -220,7 +220,10 @@ pub struct TransferView {
     pub kind: String,
     pub currency: String,
     pub amount: i64,
+    /// The (first) debited account.
     pub debit_account_id: String,
+    /// Every debit leg: one, except for the reversal of a transfer with several credit legs.
+    pub debits: Vec<LegView>,
     pub credits: Vec<LegView>,
     /// For a reversal: the transfer it reverses.
     pub reverses_id: Option<String>,
@@ -230,6 +233,17 @@ pub struct TransferView {
     pub created_at: String,
     /// Resulting balances of the accounts the caller may see.
     pub balances: Vec<BalanceView>,
+}
+
+fn legs(p: &PostedTransfer, direction: &str) -> Vec<LegView> {
+    p.entries
+        .iter()
+        .filter(|e| e.direction == direction)
+        .map(|e| LegView {
+            account_id: e.account_id.clone(),
+            amount: e.amount,
+        })
+        .collect()
 }
 
 /// Renders a transfer; `visible` decides whose resulting balances are shown.
@@ -242,15 +256,8 @@ fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> Transfer
         currency: t.currency.clone(),
         amount: t.amount,
         debit_account_id: t.debit_account_id.clone(),
-        credits: p
-            .entries
-            .iter()
-            .filter(|e| e.direction == "credit")
-            .map(|e| LegView {
-                account_id: e.account_id.clone(),
-                amount: e.amount,
-            })
-            .collect(),
+        debits: legs(p, "debit"),
+        credits: legs(p, "credit"),
         reverses_id: t.reverses_id.clone(),
         reference: t.reference.clone(),
         description: t.description.clone(),
@@ -333,6 +340,11 @@ fn respond(outcome: MovementOutcome, render: RenderOutcome) -> Response {
         }
         MovementOutcome::Replayed { status, body } => (status, body, true),
     };
+    json_response(status, body, replayed)
+}
+
+/// A JSON answer already rendered (or stored for an idempotent replay); audited by the service.
+fn json_response(status: u16, body: String, replayed: bool) -> Response {
     let mut resp = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body,
@@ -739,8 +751,12 @@ pub async fn list_transfers(
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseRequest {
-    /// Minor units to reverse; default: all that is left of the original.
+    /// Minor units to reverse; default: all that is left of the original. For a transfer with
+    /// several credit legs an amount alone must be everything left; otherwise give `legs`.
     pub amount: Option<i64>,
+    /// How much each named credit leg of the original gives back (each at most what it has
+    /// left).
+    pub legs: Option<Vec<CreditLeg>>,
 }
 
 /// Reverse all or part of a transfer with a new transfer linked to it (never more than what is left).
@@ -762,7 +778,13 @@ pub async fn reverse(
         &meta,
         &principal,
         &id,
-        body.amount,
+        ledger::ReverseInput {
+            amount: body.amount,
+            legs: body
+                .legs
+                .as_ref()
+                .map(|l| l.iter().map(|l| (l.account_id.clone(), l.amount)).collect()),
+        },
         key,
         render_all,
     )
@@ -777,6 +799,9 @@ pub async fn reverse(
 #[serde(deny_unknown_fields)]
 pub struct CreateHoldRequest {
     pub account_id: String,
+    /// The account a capture credits by default; it shows the amount as pending credits while
+    /// the hold is active.
+    pub credit_account_id: Option<String>,
     pub amount: i64,
     pub currency: String,
     /// 60 s to 30 days.
@@ -787,7 +812,8 @@ pub struct CreateHoldRequest {
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
-    pub credit_account_id: String,
+    /// Default: the account the hold names.
+    pub credit_account_id: Option<String>,
     /// Default: the whole hold. Whatever is not captured is released.
     pub amount: Option<i64>,
 }
@@ -798,6 +824,7 @@ pub struct HoldView {
     pub object: &'static str,
     pub id: String,
     pub account_id: String,
+    pub credit_account_id: Option<String>,
     pub currency: String,
     pub amount: i64,
     /// `active`, `captured`, `voided` or `expired`.
@@ -814,6 +841,7 @@ impl From<crate::store::HoldRecord> for HoldView {
             object: "hold",
             id: h.id,
             account_id: h.account_id,
+            credit_account_id: h.credit_account_id,
             currency: h.currency,
             amount: h.amount,
             status: h.status,
@@ -825,25 +853,44 @@ impl From<crate::store::HoldRecord> for HoldView {
     }
 }
 
+fn render_hold(h: &crate::store::HoldRecord) -> (u16, String) {
+    (
+        201,
+        serde_json::to_string(&HoldView::from(h.clone())).unwrap_or_default(),
+    )
+}
+
 /// Reserve part of an account's available balance until the hold expires, is captured or voided.
-#[utoipa::path(post, path = "/v1/holds", tag = "ledger", security(("bearer" = [])), request_body = CreateHoldRequest, responses(
-    (status = 201, body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+#[utoipa::path(post, path = "/v1/holds", tag = "ledger", security(("bearer" = [])), request_body = CreateHoldRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses(
+    (status = 201, body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn create_hold(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
     principal: Principal,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateHoldRequest>,
-) -> ApiResult<Recorded<Json<HoldView>>> {
+) -> ApiResult<Response> {
+    let key = idempotency(&headers, "/v1/holds", &body)?;
     let input = ledger::HoldInput {
         account_id: body.account_id,
+        credit_account_id: body.credit_account_id,
         currency: body.currency,
         amount: body.amount,
         expires_in_seconds: body.expires_in_seconds,
         reference: body.reference,
     };
-    let h = ledger::create_hold(&state.core, &meta, &principal, input).await?;
-    Ok(Recorded(StatusCode::CREATED, Json(h.into())))
+    let outcome =
+        ledger::create_hold(&state.core, &meta, &principal, input, key, render_hold).await?;
+    Ok(match outcome {
+        ledger::HoldOutcome::Created(h) => {
+            let (status, body) = render_hold(&h);
+            json_response(status, body, false)
+        }
+        ledger::HoldOutcome::Replayed { status, body } => json_response(status, body, true),
+    })
 }
 
 /// Get one hold.
