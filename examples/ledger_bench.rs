@@ -169,7 +169,7 @@ async fn main() {
     let config = Config::from_pairs(&[
         ("data_dir", &data_dir),
         ("database_url", &url),
-        ("database_max_connections", "16"),
+        ("database_max_connections", "8"),
     ])
     .unwrap();
     let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)

@@ -574,13 +574,18 @@ pub async fn move_money(
         Prepared::Replay(o) => Ok(o),
         Prepared::Ready(m, _guard) => {
             let r = core.ledger.post(*m).await?;
-            settle(core, actor, idempotency.as_ref(), r).await
+            settle(idempotency.as_ref(), r)
         }
     }
 }
 
-/// Validates a movement and builds it for the writer (idempotency replay and in-flight claim
-/// included); posts nothing.
+/// Validates a movement and builds it for the writer, claiming its idempotency key in this
+/// process; posts nothing.
+///
+/// A retry is not looked up here: the writer reads the key under lock in the posting
+/// transaction anyway and answers a duplicate with the stored response, which saves a read on
+/// every new request. Only when the request would fail before reaching the writer is the key
+/// looked up first, so a retry still gets the first answer whatever has changed since.
 async fn prepare<'a>(
     core: &'a Core,
     meta: &RequestMeta,
@@ -591,19 +596,38 @@ async fn prepare<'a>(
 ) -> Result<Prepared<'a>, MoveError> {
     let tenant = actor.tenant()?.clone();
     let principal_key = actor.user_id.to_string();
-
-    // A replay answers from the stored response, before anything else.
     let guard = match idempotency {
         None => None,
         Some(k) => {
-            if let Some(stored) = replay(core, &tenant, &principal_key, k).await? {
-                return Ok(Prepared::Replay(stored));
-            }
             let slot = format!("{tenant}/{principal_key}/{}", k.key);
             Some(core.inflight.claim(slot).ok_or_else(in_flight)?)
         }
     };
+    match build_movement(core, meta, actor, input, idempotency, render).await {
+        Ok(Prepared::Ready(m, _)) => Ok(Prepared::Ready(m, guard)),
+        Ok(replayed) => Ok(replayed),
+        Err(e) => {
+            if let Some(k) = idempotency
+                && let Some(stored) = replay(core, &tenant, &principal_key, k).await?
+            {
+                return Ok(Prepared::Replay(stored));
+            }
+            Err(e)
+        }
+    }
+}
 
+/// The movement for the writer, or why it cannot be posted.
+async fn build_movement(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<&IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<Prepared<'static>, MoveError> {
+    let tenant = actor.tenant()?.clone();
+    let principal_key = actor.user_id.to_string();
     let currency =
         Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
     let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
@@ -741,6 +765,12 @@ async fn prepare<'a>(
         None,
     );
     if let Some(r) = refusal {
+        // A retry of a request that went through answers as it did, not with today's check.
+        if let Some(k) = idempotency
+            && let Some(stored) = replay(core, &tenant, &principal_key, k).await?
+        {
+            return Ok(Prepared::Replay(stored));
+        }
         super::auth::record(
             core,
             &crate::domain::audit::NewAuditEvent {
@@ -782,28 +812,22 @@ async fn prepare<'a>(
         }),
         capture_hold: input.capture_hold,
     };
-    Ok(Prepared::Ready(Box::new(movement), guard))
+    Ok(Prepared::Ready(Box::new(movement), None))
 }
 
 /// Turns the writer's result into the request's outcome.
-async fn settle(
-    core: &Core,
-    actor: &Principal,
+fn settle(
     idempotency: Option<&IdempotencyKey>,
     result: PostResult,
 ) -> Result<MovementOutcome, MoveError> {
-    let tenant = actor.tenant()?;
-    let principal_key = actor.user_id.to_string();
     match result {
         PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
         PostResult::Refused(r) => Err(MoveError {
             error: refusal_error(r),
             audited: true,
         }),
-        PostResult::DuplicateKey => match idempotency {
-            Some(k) => Ok(replay(core, tenant, &principal_key, k)
-                .await?
-                .ok_or_else(|| AppError::internal("idempotency key vanished after a duplicate"))?),
+        PostResult::DuplicateKey(stored) => match idempotency {
+            Some(k) => Ok(stored_answer(stored, k)?),
             None => Err(AppError::internal("duplicate key without a key").into()),
         },
     }
@@ -822,16 +846,25 @@ async fn replay(
     else {
         return Ok(None);
     };
+    stored_answer(stored, k).map(Some)
+}
+
+/// The stored answer to a key, if the request is the same one; 422 if the key was used with a
+/// different request.
+fn stored_answer(
+    stored: crate::store::IdempotencyRecord,
+    k: &IdempotencyKey,
+) -> AppResult<MovementOutcome> {
     if !crate::crypto::constant_time_eq(stored.request_hash.as_bytes(), k.request_hash.as_bytes()) {
         return Err(AppError::Unprocessable {
             code: "idempotency_key_reused",
             message: "this idempotency key was used with a different request".into(),
         });
     }
-    Ok(Some(MovementOutcome::Replayed {
+    Ok(MovementOutcome::Replayed {
         status: u16::try_from(stored.response_status).unwrap_or(500),
         body: stored.response_body,
-    }))
+    })
 }
 
 /// The API error for a ledger refusal.
@@ -962,7 +995,9 @@ pub async fn move_money_batch(
         let (committed, results) = core.store.post_movements_atomic(&movements).await?;
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
-                (true, r) => settle(core, actor, keys[slot].as_ref(), r).await,
+                (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
+                    settle(keys[slot].as_ref(), r)
+                }
                 (false, PostResult::Refused(refusal)) => Err(MoveError {
                     error: refusal_error(refusal),
                     audited: false,
@@ -1016,7 +1051,7 @@ pub async fn move_money_batch(
             Err(done) => done
                 .unwrap_or_else(|| Err(AppError::internal("batch item without a result").into())),
             Ok(rx) => match rx.await {
-                Ok(Ok(r)) => settle(core, actor, keys[i].as_ref(), r).await,
+                Ok(Ok(r)) => settle(keys[i].as_ref(), r),
                 Ok(Err(e)) => Err(AppError::Internal(e).into()),
                 Err(_) => Err(AppError::internal("the ledger writer dropped a movement").into()),
             },

@@ -390,8 +390,8 @@ pub struct Reverses {
 pub enum PostResult {
     Posted(PostedTransfer),
     Refused(crate::domain::ledger::Refusal),
-    /// Another request with the same idempotency key committed first.
-    DuplicateKey,
+    /// Another request with the same idempotency key committed first: its stored answer.
+    DuplicateKey(IdempotencyRecord),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -550,8 +550,8 @@ pub trait Store: Send + Sync + 'static {
     /// Posts each movement atomically (a savepoint each) inside one transaction: one commit for
     /// the whole batch. A refused movement changes nothing but its idempotency record.
     async fn post_movements(&self, batch: &[NewMovement]) -> StoreResult<Vec<PostResult>>;
-    /// Posts every movement or none: if any is refused (or its key was taken), the whole
-    /// transaction rolls back. Returns whether it committed, with each movement's result.
+    /// Posts every movement or none: if any is refused, the whole transaction rolls back (a
+    /// movement whose key is already taken is a retry and answers with its stored response). Returns whether it committed, with each movement's result.
     async fn post_movements_atomic(
         &self,
         batch: &[NewMovement],

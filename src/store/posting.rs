@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::domain::audit::{NewAuditEvent, Outcome};
 use crate::domain::ledger::Refusal;
-use crate::store::{EntryRecord, NewMovement, PostResult, PostedTransfer, TransferRecord};
+use crate::store::{
+    EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer, TransferRecord,
+};
 
 /// An account as loaded for posting.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -61,8 +63,9 @@ pub struct Snapshot {
     pub reversed: HashMap<(String, String), i64>,
     /// (tenant, reference) pairs already used by committed transfers.
     pub references: HashSet<(String, String)>,
-    /// (tenant, principal, key) idempotency keys that are live (committed and not expired).
-    pub keys: HashSet<(String, String, String)>,
+    /// Live idempotency keys (committed and not expired) by (tenant, principal, key), with
+    /// their stored answers.
+    pub keys: HashMap<(String, String, String), IdempotencyRecord>,
 }
 
 /// A hold whose status the batch changed.
@@ -103,11 +106,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Whether every movement was posted (what an atomic batch needs to commit).
-    pub fn all_posted(&self) -> bool {
-        self.results
+    /// Whether an atomic batch may commit: nothing was refused. A duplicate key is a retry of a
+    /// movement already committed, which answers with its stored response either way.
+    pub fn none_refused(&self) -> bool {
+        !self
+            .results
             .iter()
-            .all(|r| matches!(r, PostResult::Posted(_)))
+            .any(|r| matches!(r, PostResult::Refused(_)))
     }
 }
 
@@ -390,16 +395,16 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
     };
     let mut out = Plan::default();
     for m in batch {
-        if let Some(idem) = &m.idempotency {
-            let k = (
+        let slot = m.idempotency.as_ref().map(|k| {
+            (
                 m.tenant_id.to_string(),
-                idem.principal_id.clone(),
-                idem.key.clone(),
-            );
-            if !engine.snap.keys.insert(k) {
-                out.results.push(PostResult::DuplicateKey);
-                continue;
-            }
+                k.principal_id.clone(),
+                k.key.clone(),
+            )
+        });
+        if let Some(stored) = slot.as_ref().and_then(|k| engine.snap.keys.get(k)) {
+            out.results.push(PostResult::DuplicateKey(stored.clone()));
+            continue;
         }
         let outcome = engine.apply(m);
         match &outcome {
@@ -410,8 +415,16 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
                 ..m.audit.clone()
             }),
         }
-        if let Some(idem) = &m.idempotency {
+        if let (Some(idem), Some(slot)) = (&m.idempotency, slot) {
             let (status, body) = (m.render)(&outcome);
+            engine.snap.keys.insert(
+                slot,
+                IdempotencyRecord {
+                    request_hash: idem.request_hash.clone(),
+                    response_status: i64::from(status),
+                    response_body: body.clone(),
+                },
+            );
             out.keys.push(KeyRow {
                 tenant_id: m.tenant_id.to_string(),
                 principal_id: idem.principal_id.clone(),
@@ -639,7 +652,10 @@ mod tests {
         let mut m2 = movement("acc_a", "acc_b", 10, 2);
         m2.idempotency = Some(key);
         let p = plan(snap, &[m1, m2]);
-        assert!(matches!(p.results[1], PostResult::DuplicateKey));
+        match &p.results[1] {
+            PostResult::DuplicateKey(stored) => assert_eq!(stored.response_body, "ok"),
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
         assert_eq!(p.transfers.len(), 1);
         assert_eq!(p.keys.len(), 1);
     }

@@ -1091,11 +1091,12 @@ macro_rules! impl_store {
                     qb.push_values(chunk, |mut b, (t, p, k)| {
                         b.push_bind(t.clone()).push_bind(p.clone()).push_bind(k.clone());
                     });
-                    qb.push(") SELECT i.tenant_id, i.principal_id, i.idem_key, i.expires_at FROM w \
+                    qb.push(") SELECT i.tenant_id, i.principal_id, i.idem_key, i.expires_at, i.request_hash, i.response_status, i.response_body FROM w \
                              JOIN idempotency_keys i ON i.tenant_id = w.t AND i.principal_id = w.p AND i.idem_key = w.k");
-                    for (t, p, k, exp) in qb.build_query_as::<(String, String, String, i64)>().fetch_all(&mut *tx).await? {
+                    type KeyLoad = (String, String, String, i64, String, i64, String);
+                    for (t, p, k, exp, request_hash, response_status, response_body) in qb.build_query_as::<KeyLoad>().fetch_all(&mut *tx).await? {
                         if exp > want.latest {
-                            snap.keys.insert((t, p, k));
+                            snap.keys.insert((t, p, k), $crate::store::IdempotencyRecord { request_hash, response_status, response_body });
                         } else {
                             expired_keys.push((t, p, k));
                         }
@@ -1103,7 +1104,7 @@ macro_rules! impl_store {
                 }
 
                 let plan = posting::plan(snap, batch);
-                if atomic && !plan.all_posted() {
+                if atomic && !plan.none_refused() {
                     tx.rollback().await?;
                     return Ok((false, plan.results));
                 }
