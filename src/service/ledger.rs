@@ -45,7 +45,7 @@ impl LedgerWriter {
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-                let batch: Vec<NewMovement> = jobs.iter().map(|(m, _)| m.clone()).collect();
+                let (batch, replies): (Vec<NewMovement>, Vec<_>) = jobs.drain(..).unzip();
                 let started = std::time::Instant::now();
                 let r = store.post_movements(&batch).await;
                 tracing::debug!(
@@ -55,17 +55,18 @@ impl LedgerWriter {
                 );
                 match r {
                     Ok(results) => {
-                        for ((_, reply), r) in jobs.drain(..).zip(results) {
+                        for (reply, r) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(r));
                         }
                     }
-                    // The batch rolled back as a whole (e.g. a deadlock with another instance):
-                    // retry each movement alone so one failure does not fail its neighbours.
+                    // The batch rolled back as a whole (e.g. a deadlock or a key taken by
+                    // another instance): retry each movement alone so one failure does not fail
+                    // its neighbours.
                     Err(batch_err) => {
-                        tracing::warn!(error = %batch_err, size = jobs.len(), "ledger batch failed; retrying one by one");
-                        for (m, reply) in jobs.drain(..) {
+                        tracing::warn!(error = %batch_err, size = batch.len(), "ledger batch failed; retrying one by one");
+                        for (m, reply) in batch.iter().zip(replies) {
                             let r = store
-                                .post_movements(std::slice::from_ref(&m))
+                                .post_movements(std::slice::from_ref(m))
                                 .await
                                 .map_err(|e| e.to_string())
                                 .and_then(|mut v| v.pop().ok_or_else(|| "empty result".to_owned()));

@@ -54,4 +54,5 @@ impl PgStore {
 }
 
 // Rows read to be written by the batch writer are locked until commit.
-impl_store!(PgStore, "postgres", " FOR UPDATE");
+// Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
+impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000);

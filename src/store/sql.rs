@@ -78,8 +78,17 @@ pub(super) fn next_record(
     r
 }
 
+/// Estimated encoded size of a bound text value.
+pub(super) fn text_len(s: &str) -> usize {
+    s.len() + 8
+}
+
+pub(super) fn opt_len(s: Option<&str>) -> usize {
+    s.map_or(4, text_len)
+}
+
 macro_rules! impl_store {
-    ($store:ty, $backend:literal, $lock:literal) => {
+    ($store:ty, $backend:literal, $lock:literal, $max_message:expr) => {
         impl $store {
             /// Appends `events` inside `tx`. The head row is bumped with an UPDATE first, which
             /// takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent writers to
@@ -127,7 +136,15 @@ macro_rules! impl_store {
                         .execute(&mut **tx)
                         .await?;
                     // 16 columns x 50 rows stays under every backend's bind-parameter limit.
-                    for chunk in records.chunks(50) {
+                    let size = |r: &$crate::domain::audit::AuditRecord| {
+                        use $crate::store::sql::{opt_len, text_len};
+                        text_len(&r.id) + text_len(&r.chain) + opt_len(r.tenant_id.as_deref()) + text_len(&r.actor_type)
+                            + opt_len(r.actor_id.as_deref()) + text_len(&r.action) + opt_len(r.target_type.as_deref())
+                            + opt_len(r.target_id.as_deref()) + text_len(&r.outcome) + opt_len(r.reason.as_deref())
+                            + opt_len(r.ip.as_deref()) + opt_len(r.request_id.as_deref()) + text_len(&r.prev_hash)
+                            + text_len(&r.hash) + 32
+                    };
+                    for chunk in $crate::store::posting::chunks_by_size(&records, 50, $max_message, size) {
                         let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
                             "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash) ",
                         );
@@ -1015,7 +1032,9 @@ macro_rules! impl_store {
                 const CHUNK: usize = 500;
                 type Q = sqlx::QueryBuilder<$crate::store::sql::Db<$store>>;
                 let want = posting::wanted(batch);
+                let started = std::time::Instant::now();
                 let mut tx = self.begin_write().await?;
+                let began = started.elapsed();
                 let mut snap = posting::Snapshot::default();
 
                 // Holds first (captured ones, and active ones expiring by the batch's latest
@@ -1103,7 +1122,9 @@ macro_rules! impl_store {
                     }
                 }
 
+                let loaded = started.elapsed();
                 let plan = posting::plan(snap, batch);
+                let planned = started.elapsed();
                 if atomic && !plan.none_refused() {
                     tx.rollback().await?;
                     return Ok((false, plan.results));
@@ -1118,7 +1139,8 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                for chunk in plan.accounts.chunks(CHUNK) {
+                let account_size = |(a, _): &(AccountState, i64)| text_len(&a.id) + 48;
+                for chunk in posting::chunks_by_size(&plan.accounts, CHUNK, $max_message, account_size) {
                     let mut qb = Q::new("WITH v (id, posted, pending_debits, pending_credits, entry_count, updated_at) AS (");
                     qb.push_values(chunk, |mut b, (a, at)| {
                         b.push_bind(a.id.clone())
@@ -1138,7 +1160,14 @@ macro_rules! impl_store {
                         )));
                     }
                 }
-                for chunk in plan.transfers.chunks(CHUNK) {
+                let mark0 = started.elapsed();
+                use $crate::store::sql::{opt_len, text_len};
+                let transfer_size = |t: &$crate::store::TransferRecord| {
+                    text_len(&t.id) + text_len(&t.tenant_id) + text_len(&t.kind) + text_len(&t.currency)
+                        + text_len(&t.debit_account_id) + opt_len(t.reference.as_deref()) + opt_len(t.description.as_deref())
+                        + opt_len(t.reverses_id.as_deref()) + opt_len(t.created_by.as_deref()) + 32
+                };
+                for chunk in $crate::store::posting::chunks_by_size(&plan.transfers, CHUNK, $max_message, transfer_size) {
                     let mut qb = Q::new(
                         "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) ",
                     );
@@ -1157,7 +1186,12 @@ macro_rules! impl_store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
-                for chunk in plan.entries.chunks(CHUNK) {
+                let mark1 = started.elapsed();
+                let entry_size = |e: &$crate::store::EntryRecord| {
+                    text_len(&e.id) + text_len(&e.tenant_id) + text_len(&e.transfer_id) + text_len(&e.account_id)
+                        + text_len(&e.direction) + 48
+                };
+                for chunk in $crate::store::posting::chunks_by_size(&plan.entries, CHUNK, $max_message, entry_size) {
                     let mut qb = Q::new(
                         "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, balance_after, account_seq, created_at) ",
                     );
@@ -1174,6 +1208,7 @@ macro_rules! impl_store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
+                let mark2 = started.elapsed();
                 for h in &plan.holds {
                     sqlx::query("UPDATE holds SET status = $2, captured_transfer_id = $3, updated_at = $4 WHERE id = $1 AND status = 'active'")
                         .bind(&h.id)
@@ -1194,7 +1229,12 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                for chunk in plan.keys.chunks(CHUNK) {
+                let mark3 = started.elapsed();
+                let key_size = |k: &posting::KeyRow| {
+                    text_len(&k.tenant_id) + text_len(&k.principal_id) + text_len(&k.key) + text_len(&k.request_hash)
+                        + text_len(&k.body) + 32
+                };
+                for chunk in posting::chunks_by_size(&plan.keys, CHUNK, $max_message, key_size) {
                     let mut qb = Q::new(
                         "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) ",
                     );
@@ -1210,8 +1250,28 @@ macro_rules! impl_store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
+                let mark4 = started.elapsed();
+                let written = started.elapsed();
                 self.append_audit_tx(&mut tx, &plan.audit).await?;
+                let audited = started.elapsed();
                 tx.commit().await?;
+                // Where a batch's time goes (RUST_LOG=kasho::store=debug), for the
+                // performance notes.
+                tracing::debug!(
+                    size = batch.len(),
+                    begin_us = began.as_micros(),
+                    load_us = (loaded - began).as_micros(),
+                    plan_us = (planned - loaded).as_micros(),
+                    write_us = (written - planned).as_micros(),
+                    audit_us = (audited - written).as_micros(),
+                    commit_us = (started.elapsed() - audited).as_micros(),
+                    w_accounts = (mark0 - planned).as_micros(),
+                    w_transfers = (mark1 - mark0).as_micros(),
+                    w_entries = (mark2 - mark1).as_micros(),
+                    w_holds_rev = (mark3 - mark2).as_micros(),
+                    w_keys = (mark4 - mark3).as_micros(),
+                    "ledger batch phases"
+                );
                 Ok((true, plan.results))
             }
 
