@@ -638,6 +638,194 @@ async fn reversals_undo_transfers_but_never_more_than_the_original(app: &TestApp
     assert_balanced(app, &t).await;
 }
 
+async fn transfers_with_several_credit_legs_reverse_leg_by_leg(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    let c = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let tr = app
+        .post(
+            "/v1/transfers",
+            Some(m),
+            json!({ "amount": 500, "currency": "USD", "debit_account_id": a,
+                    "credits": [{ "account_id": b, "amount": 300 }, { "account_id": c, "amount": 200 }] }),
+        )
+        .await;
+    assert_eq!(tr.status, StatusCode::CREATED, "{tr:?}");
+    let id = tr.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/transfers/{id}/reverse");
+
+    // An amount alone is ambiguous across legs (unless it is everything left).
+    let vague = app.post(&path, Some(m), json!({ "amount": 100 })).await;
+    assert_eq!(
+        (vague.status, vague.code()),
+        (StatusCode::BAD_REQUEST, "parameter_invalid")
+    );
+    assert_eq!(vague.body["error"]["param"], "legs");
+    let stranger = app
+        .post(
+            &path,
+            Some(m),
+            json!({ "legs": [{ "account_id": a, "amount": 1 }] }),
+        )
+        .await;
+    assert_eq!(stranger.body["error"]["param"], "legs[0].account_id");
+    let beyond = app
+        .post(
+            &path,
+            Some(m),
+            json!({ "legs": [{ "account_id": c, "amount": 201 }] }),
+        )
+        .await;
+    assert_eq!(beyond.code(), "reversal_exceeds_original");
+
+    // One leg gives back part of what it received.
+    let one = app
+        .post(
+            &path,
+            Some(m),
+            json!({ "legs": [{ "account_id": b, "amount": 100 }] }),
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::CREATED, "{one:?}");
+    assert_eq!(
+        one.body["debits"],
+        json!([{ "account_id": b, "amount": 100 }])
+    );
+    assert_eq!(
+        one.body["credits"],
+        json!([{ "account_id": a, "amount": 100 }])
+    );
+    assert_eq!(balance(app, m, &b).await, 200);
+
+    // The rest, from every leg at once, in one transfer.
+    let rest = app.post(&path, Some(m), json!({})).await;
+    assert_eq!(rest.status, StatusCode::CREATED, "{rest:?}");
+    assert_eq!(rest.body["amount"], 400);
+    assert_eq!(rest.body["debits"].as_array().unwrap().len(), 2);
+    assert_eq!(rest.body["reverses_id"], id.as_str());
+    assert_eq!(
+        (
+            balance(app, m, &a).await,
+            balance(app, m, &b).await,
+            balance(app, m, &c).await
+        ),
+        (1_000, 0, 0)
+    );
+    let none_left = app.post(&path, Some(m), json!({})).await;
+    assert_eq!(none_left.code(), "reversal_exceeds_original");
+    assert_balanced(app, &t).await;
+}
+
+async fn holds_take_idempotency_keys_and_show_pending_credits(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
+    deposit(app, m, &a, 1_000).await;
+    let hold = |key: &str, amount: i64, secs: i64| {
+        let body = json!({ "account_id": a, "credit_account_id": b, "amount": amount,
+                           "currency": "USD", "expires_in_seconds": secs });
+        Request::post("/v1/holds")
+            .header("authorization", format!("Bearer {m}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let account = |id: String, token: String| async move {
+        app.get(&format!("/v1/accounts/{id}"), &token).await.body
+    };
+    let first = app.send(hold("hold-1", 300, 600)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    assert_eq!(first.body["credit_account_id"], b.as_str());
+    let again = app.send(hold("hold-1", 300, 600)).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.headers.get("idempotency-replayed").unwrap(), "true");
+    assert_eq!(again.body, first.body, "the same hold, not a second one");
+    let other = app.send(hold("hold-1", 301, 600)).await;
+    assert_eq!(other.code(), "idempotency_key_reused");
+    let held = account(a.clone(), m.clone()).await;
+    assert_eq!(
+        (
+            held["pending_debits"].as_i64(),
+            held["available_balance"].as_i64()
+        ),
+        (Some(300), Some(700))
+    );
+    let dest = account(b.clone(), m.clone()).await;
+    assert_eq!(
+        dest["pending_credits"], 300,
+        "the destination shows what is coming"
+    );
+    assert_eq!(
+        dest["available_balance"], 0,
+        "pending credits are not spendable"
+    );
+
+    // Captured without naming the destination: the hold's own is credited.
+    let hid = first.body["id"].as_str().unwrap();
+    let cap = app
+        .post(
+            &format!("/v1/holds/{hid}/capture"),
+            Some(m),
+            json!({ "amount": 250 }),
+        )
+        .await;
+    assert_eq!(cap.status, StatusCode::CREATED, "{cap:?}");
+    assert_eq!(
+        cap.body["credits"],
+        json!([{ "account_id": b, "amount": 250 }])
+    );
+    let dest = account(b.clone(), m.clone()).await;
+    assert_eq!(
+        (
+            dest["posted_balance"].as_i64(),
+            dest["pending_credits"].as_i64()
+        ),
+        (Some(250), Some(0))
+    );
+    assert_eq!(
+        account(a.clone(), m.clone()).await["available_balance"],
+        750
+    );
+
+    // Expiry releases both sides at once, and the writer releases them for good.
+    app.send(hold("hold-2", 100, 60)).await;
+    assert_eq!(account(b.clone(), m.clone()).await["pending_credits"], 100);
+    app.clock.advance_seconds(61);
+    let fresh = app.token(Some("acme"), "manager@acme.test").await;
+    assert_eq!(
+        account(b.clone(), fresh.clone()).await["pending_credits"],
+        0
+    );
+    assert_eq!(account(a.clone(), fresh.clone()).await["pending_debits"], 0);
+    assert_eq!(
+        transfer(app, &fresh, &a, &b, 750).await.status,
+        StatusCode::CREATED
+    );
+    let stored: (i64, i64) = {
+        let row = app
+            .core
+            .store
+            .get_account(&kasho::ids::TenantId::parse(&t.id).unwrap(), &b)
+            .await
+            .unwrap()
+            .unwrap();
+        (row.pending_debits, row.pending_credits)
+    };
+    assert_eq!(
+        stored,
+        (0, 0),
+        "the expired hold was released in storage by the next movement"
+    );
+    assert_balanced(app, &t).await;
+}
+
 async fn holds_reserve_funds_until_captured_voided_or_expired(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
@@ -775,6 +963,8 @@ async fn an_expired_idempotency_key_can_be_used_again(app: &TestApp) {
 }
 
 backend_tests!(
+    transfers_with_several_credit_legs_reverse_leg_by_leg,
+    holds_take_idempotency_keys_and_show_pending_credits,
     an_expired_idempotency_key_can_be_used_again,
     reversals_undo_transfers_but_never_more_than_the_original,
     holds_reserve_funds_until_captured_voided_or_expired,
