@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod posting;
 mod sql;
 pub mod sqlite;
+mod sqlite_writer;
 
 use std::sync::Arc;
 

@@ -47,6 +47,15 @@ impl PgStore {
         super::sqlite::run(&MIGRATOR, &self.pool).await
     }
 
+    /// Movements are posted with the shared load–plan–write over the pool.
+    async fn post_backend(
+        &self,
+        batch: &[super::NewMovement],
+        atomic: bool,
+    ) -> StoreResult<(bool, Vec<super::PostResult>)> {
+        self.post_batch(batch, atomic).await
+    }
+
     /// The pool, for tests and tools that inspect the database directly.
     pub fn pool(&self) -> &PgPool {
         &self.pool

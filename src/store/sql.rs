@@ -166,7 +166,7 @@ macro_rules! impl_store {
                                 .push_bind(r.prev_hash.clone())
                                 .push_bind(r.hash.clone());
                         });
-                        qb.build().execute(&mut **tx).await?;
+                        qb.build().persistent(false).execute(&mut **tx).await?;
                     }
                     start = end;
                 }
@@ -683,14 +683,14 @@ macro_rules! impl_store {
                 &self,
                 batch: &[$crate::store::NewMovement],
             ) -> $crate::store::StoreResult<Vec<$crate::store::PostResult>> {
-                Ok(self.post_batch(batch, false).await?.1)
+                Ok(self.post_backend(batch, false).await?.1)
             }
 
             async fn post_movements_atomic(
                 &self,
                 batch: &[$crate::store::NewMovement],
             ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
-                self.post_batch(batch, true).await
+                self.post_backend(batch, true).await
             }
 
             async fn get_idempotency(
@@ -1030,6 +1030,10 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
                 use $crate::store::posting::{self, AccountState, HoldState};
                 const CHUNK: usize = 500;
+                // Multi-row statements change shape with every batch size: they run unnamed
+                // (`persistent(false)`), so they neither evict the hot statements (the session
+                // check) from the connection's statement cache nor, on PostgreSQL, pay a separate
+                // round trip to prepare.
                 type Q = sqlx::QueryBuilder<$crate::store::sql::Db<$store>>;
                 let want = posting::wanted(batch);
                 let started = std::time::Instant::now();
@@ -1052,7 +1056,7 @@ macro_rules! impl_store {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY id", $lock));
-                    holds.extend(qb.build_query_as::<HoldState>().fetch_all(&mut *tx).await?);
+                    holds.extend(qb.build_query_as::<HoldState>().persistent(false).fetch_all(&mut *tx).await?);
                 }
                 let mut account_ids = want.accounts.clone();
                 for h in &holds {
@@ -1074,7 +1078,7 @@ macro_rules! impl_store {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY id", $lock));
-                    for a in qb.build_query_as::<AccountState>().fetch_all(&mut *tx).await? {
+                    for a in qb.build_query_as::<AccountState>().persistent(false).fetch_all(&mut *tx).await? {
                         snap.accounts.insert(a.id.clone(), a);
                     }
                 }
@@ -1085,7 +1089,7 @@ macro_rules! impl_store {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY transfer_id, account_id", $lock));
-                    for (t, a, n) in qb.build_query_as::<(String, String, i64)>().fetch_all(&mut *tx).await? {
+                    for (t, a, n) in qb.build_query_as::<(String, String, i64)>().persistent(false).fetch_all(&mut *tx).await? {
                         snap.reversed.insert((t, a), n);
                     }
                 }
@@ -1098,7 +1102,7 @@ macro_rules! impl_store {
                         b.push_bind(t.clone()).push_bind(r.clone());
                     });
                     qb.push(") SELECT x.tenant_id, x.reference FROM w JOIN transfers x ON x.tenant_id = w.t AND x.reference = w.r WHERE x.reference IS NOT NULL");
-                    for (t, r) in qb.build_query_as::<(String, Option<String>)>().fetch_all(&mut *tx).await? {
+                    for (t, r) in qb.build_query_as::<(String, Option<String>)>().persistent(false).fetch_all(&mut *tx).await? {
                         if let Some(r) = r {
                             snap.references.insert((t, r));
                         }
@@ -1113,7 +1117,7 @@ macro_rules! impl_store {
                     qb.push(") SELECT i.tenant_id, i.principal_id, i.idem_key, i.expires_at, i.request_hash, i.response_status, i.response_body FROM w \
                              JOIN idempotency_keys i ON i.tenant_id = w.t AND i.principal_id = w.p AND i.idem_key = w.k");
                     type KeyLoad = (String, String, String, i64, String, i64, String);
-                    for (t, p, k, exp, request_hash, response_status, response_body) in qb.build_query_as::<KeyLoad>().fetch_all(&mut *tx).await? {
+                    for (t, p, k, exp, request_hash, response_status, response_body) in qb.build_query_as::<KeyLoad>().persistent(false).fetch_all(&mut *tx).await? {
                         if exp > want.latest {
                             snap.keys.insert((t, p, k), $crate::store::IdempotencyRecord { request_hash, response_status, response_body });
                         } else {
@@ -1153,7 +1157,7 @@ macro_rules! impl_store {
                     qb.push(") UPDATE accounts SET posted = v.posted, pending_debits = v.pending_debits, \
                              pending_credits = v.pending_credits, entry_count = v.entry_count, updated_at = v.updated_at \
                              FROM v WHERE accounts.id = v.id");
-                    let n = qb.build().execute(&mut *tx).await?.rows_affected();
+                    let n = qb.build().persistent(false).execute(&mut *tx).await?.rows_affected();
                     if usize::try_from(n).ok() != Some(chunk.len()) {
                         return Err($crate::store::StoreError::Database(format!(
                             "posting updated {n} of {} accounts", chunk.len()
@@ -1184,7 +1188,7 @@ macro_rules! impl_store {
                             .push_bind(t.created_by.clone())
                             .push_bind(t.created_at);
                     });
-                    qb.build().execute(&mut *tx).await?;
+                    qb.build().persistent(false).execute(&mut *tx).await?;
                 }
                 let mark1 = started.elapsed();
                 let entry_size = |e: &$crate::store::EntryRecord| {
@@ -1206,7 +1210,7 @@ macro_rules! impl_store {
                             .push_bind(e.account_seq)
                             .push_bind(e.created_at);
                     });
-                    qb.build().execute(&mut *tx).await?;
+                    qb.build().persistent(false).execute(&mut *tx).await?;
                 }
                 let mark2 = started.elapsed();
                 for h in &plan.holds {
@@ -1248,7 +1252,7 @@ macro_rules! impl_store {
                             .push_bind(k.created_at)
                             .push_bind(k.expires_at);
                     });
-                    qb.build().execute(&mut *tx).await?;
+                    qb.build().persistent(false).execute(&mut *tx).await?;
                 }
                 let mark4 = started.elapsed();
                 let written = started.elapsed();

@@ -15,6 +15,9 @@ use crate::domain::audit::AuditSealer;
 pub struct SqliteStore {
     pool: SqlitePool,
     sealer: AuditSealer,
+    /// The ledger writer thread (absent for an in-memory database, which a second connection
+    /// could not see).
+    writer: Option<super::sqlite_writer::SqliteWriter>,
 }
 
 impl HasDb for SqliteStore {
@@ -47,11 +50,25 @@ impl SqliteStore {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        let file = opts.get_filename().to_path_buf();
+        let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, sealer })
+        let writer = if in_memory {
+            None
+        } else {
+            Some(super::sqlite_writer::SqliteWriter::start(
+                file,
+                sealer.clone(),
+            )?)
+        };
+        Ok(Self {
+            pool,
+            sealer,
+            writer,
+        })
     }
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -60,6 +77,19 @@ impl SqliteStore {
 
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
         run(&MIGRATOR, &self.pool).await
+    }
+
+    /// Movements are posted on the writer thread (one synchronous transaction per batch), or
+    /// over the pool for an in-memory database.
+    async fn post_backend(
+        &self,
+        batch: &[super::NewMovement],
+        atomic: bool,
+    ) -> StoreResult<(bool, Vec<super::PostResult>)> {
+        match &self.writer {
+            Some(w) => w.post(batch, atomic).await,
+            None => self.post_batch(batch, atomic).await,
+        }
     }
 
     /// The pool, for tests and tools that inspect the database directly.

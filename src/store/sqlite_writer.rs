@@ -1,0 +1,454 @@
+//! The embedded backend's ledger writer: one OS thread that owns its own SQLite connection and
+//! runs each batch of movements from `BEGIN IMMEDIATE` to `COMMIT` synchronously.
+//!
+//! Why a thread of its own: sqlx runs every SQLite statement on a worker thread and hands each
+//! statement and its rows across a channel, so a batch of a few dozen statements costs a few
+//! dozen thread hand-offs, each waiting for a core on a busy machine. Here the whole batch runs
+//! on one thread with cached prepared statements, one row at a time (a row costs microseconds
+//! when no thread boundary is crossed). The rules are the same code as everywhere else:
+//! [`posting::plan`] over a snapshot read under the database write lock, and audit records
+//! sealed by the same [`next_record`](super::sql::next_record).
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::posting::{self, AccountState, HoldState, Snapshot};
+use super::{IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult};
+use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
+
+type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
+
+struct Job {
+    batch: Vec<NewMovement>,
+    atomic: bool,
+    reply: Reply,
+}
+
+/// A handle to the writer thread; dropping the last handle stops the thread.
+pub(super) struct SqliteWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteWriter {
+    /// Starts the thread. The connection is opened on the first batch, after migrations.
+    pub(super) fn start(path: std::path::PathBuf, sealer: AuditSealer) -> StoreResult<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("kasho-ledger-writer".into())
+            .spawn(move || {
+                let mut conn: Option<Connection> = None;
+                while let Ok(job) = rx.recv() {
+                    let result = match conn.as_mut() {
+                        Some(c) => post(c, &sealer, &job.batch, job.atomic),
+                        None => match open(&path) {
+                            Ok(c) => post(conn.insert(c), &sealer, &job.batch, job.atomic),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    let _ = job.reply.send(result);
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start the ledger writer: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Posts `batch` in one transaction on the writer thread.
+    pub(super) async fn post(
+        &self,
+        batch: &[NewMovement],
+        atomic: bool,
+    ) -> StoreResult<(bool, Vec<PostResult>)> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                batch: batch.to_vec(),
+                atomic,
+                reply,
+            })
+            .map_err(|_| StoreError::Database("the ledger writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Database("the ledger writer thread has stopped".into()))?
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e
+        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    {
+        return StoreError::Conflict {
+            constraint: msg.clone().unwrap_or_default(),
+        };
+    }
+    StoreError::Database(e.to_string())
+}
+
+fn open(path: &std::path::Path) -> StoreResult<Connection> {
+    let c = Connection::open(path).map_err(db)?;
+    // The same durability as the pool's connections: a commit returns once it is on disk.
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -32768;",
+    )
+    .map_err(db)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+/// One batch: load under the write lock, plan, write, audit, commit. Any error rolls the whole
+/// transaction back (the caller then retries movement by movement).
+fn post(
+    c: &mut Connection,
+    sealer: &AuditSealer,
+    batch: &[NewMovement],
+    atomic: bool,
+) -> StoreResult<(bool, Vec<PostResult>)> {
+    let started = std::time::Instant::now();
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let began = started.elapsed();
+    let want = posting::wanted(batch);
+    let mut snap = Snapshot::default();
+    let mut expired_keys = Vec::new();
+    {
+        let hold_row = |r: &rusqlite::Row<'_>| {
+            Ok(HoldState {
+                id: r.get(0)?,
+                tenant_id: r.get(1)?,
+                account_id: r.get(2)?,
+                credit_account_id: r.get(3)?,
+                amount: r.get(4)?,
+                status: r.get(5)?,
+                expires_at: r.get(6)?,
+            })
+        };
+        let mut holds: Vec<HoldState> = tx
+            .prepare_cached(
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                 FROM holds WHERE status = 'active' AND expires_at <= ?1",
+            )
+            .map_err(db)?
+            .query_map(params![want.latest], hold_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        let mut by_id = tx
+            .prepare_cached(
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                 FROM holds WHERE id = ?1",
+            )
+            .map_err(db)?;
+        for id in &want.holds {
+            if let Some(h) = by_id
+                .query_row(params![id], hold_row)
+                .optional()
+                .map_err(db)?
+            {
+                holds.push(h);
+            }
+        }
+        let mut account_ids = want.accounts.clone();
+        for h in &holds {
+            account_ids.push(h.account_id.clone());
+            account_ids.extend(h.credit_account_id.iter().cloned());
+        }
+        account_ids.sort();
+        account_ids.dedup();
+        snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
+
+        let mut account = tx
+            .prepare_cached(
+                "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, \
+                 pending_credits, overdraft_limit, entry_count FROM accounts WHERE id = ?1",
+            )
+            .map_err(db)?;
+        for id in &account_ids {
+            let a = account
+                .query_row(params![id], |r| {
+                    Ok(AccountState {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        customer_id: r.get(2)?,
+                        currency: r.get(3)?,
+                        status: r.get(4)?,
+                        posted: r.get(5)?,
+                        pending_debits: r.get(6)?,
+                        pending_credits: r.get(7)?,
+                        overdraft_limit: r.get(8)?,
+                        entry_count: r.get(9)?,
+                    })
+                })
+                .optional()
+                .map_err(db)?;
+            if let Some(a) = a {
+                snap.accounts.insert(a.id.clone(), a);
+            }
+        }
+        let mut legs = tx
+            .prepare_cached("SELECT account_id, reversed FROM reversal_legs WHERE transfer_id = ?1")
+            .map_err(db)?;
+        for t in &want.reversals {
+            let rows: Vec<(String, i64)> = legs
+                .query_map(params![t], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            for (a, n) in rows {
+                snap.reversed.insert((t.clone(), a), n);
+            }
+        }
+        let mut reference = tx
+            .prepare_cached(
+                "SELECT 1 FROM transfers WHERE tenant_id = ?1 AND reference = ?2 \
+                 AND reference IS NOT NULL",
+            )
+            .map_err(db)?;
+        for (t, r) in &want.references {
+            if reference.exists(params![t, r]).map_err(db)? {
+                snap.references.insert((t.clone(), r.clone()));
+            }
+        }
+        let mut key = tx
+            .prepare_cached(
+                "SELECT expires_at, request_hash, response_status, response_body \
+                 FROM idempotency_keys WHERE tenant_id = ?1 AND principal_id = ?2 AND idem_key = ?3",
+            )
+            .map_err(db)?;
+        for (t, p, k) in &want.keys {
+            let row: Option<(i64, String, i64, String)> = key
+                .query_row(params![t, p, k], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
+                .map_err(db)?;
+            match row {
+                Some((exp, request_hash, response_status, response_body)) if exp > want.latest => {
+                    snap.keys.insert(
+                        (t.clone(), p.clone(), k.clone()),
+                        IdempotencyRecord {
+                            request_hash,
+                            response_status,
+                            response_body,
+                        },
+                    );
+                }
+                Some(_) => expired_keys.push((t.clone(), p.clone(), k.clone())),
+                None => {}
+            }
+        }
+    }
+    let loaded = started.elapsed();
+    let plan = posting::plan(snap, batch);
+    let planned = started.elapsed();
+    if atomic && !plan.none_refused() {
+        tx.rollback().map_err(db)?;
+        return Ok((false, plan.results));
+    }
+    {
+        let mut del = tx
+            .prepare_cached(
+                "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND principal_id = ?2 AND idem_key = ?3",
+            )
+            .map_err(db)?;
+        for (t, p, k) in &expired_keys {
+            del.execute(params![t, p, k]).map_err(db)?;
+        }
+        let mut upd = tx
+            .prepare_cached(
+                "UPDATE accounts SET posted = ?2, pending_debits = ?3, pending_credits = ?4, \
+                 entry_count = ?5, updated_at = ?6 WHERE id = ?1",
+            )
+            .map_err(db)?;
+        for (a, at) in &plan.accounts {
+            let n = upd
+                .execute(params![
+                    a.id,
+                    a.posted,
+                    a.pending_debits,
+                    a.pending_credits,
+                    a.entry_count,
+                    at
+                ])
+                .map_err(db)?;
+            if n != 1 {
+                return Err(StoreError::Database(format!(
+                    "posting updated {n} rows for account {}",
+                    a.id
+                )));
+            }
+        }
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, \
+                 reference, description, reverses_id, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(db)?;
+        for t in &plan.transfers {
+            ins.execute(params![
+                t.id,
+                t.tenant_id,
+                t.kind,
+                t.currency,
+                t.amount,
+                t.debit_account_id,
+                t.reference,
+                t.description,
+                t.reverses_id,
+                t.created_by,
+                t.created_at
+            ])
+            .map_err(db)?;
+        }
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, \
+                 balance_after, account_seq, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db)?;
+        for e in &plan.entries {
+            ins.execute(params![
+                e.id,
+                e.tenant_id,
+                e.transfer_id,
+                e.account_id,
+                e.direction,
+                e.amount,
+                e.balance_after,
+                e.account_seq,
+                e.created_at
+            ])
+            .map_err(db)?;
+        }
+        let mut hold = tx
+            .prepare_cached(
+                "UPDATE holds SET status = ?2, captured_transfer_id = ?3, updated_at = ?4 \
+                 WHERE id = ?1 AND status = 'active'",
+            )
+            .map_err(db)?;
+        for h in &plan.holds {
+            hold.execute(params![
+                h.id,
+                h.status,
+                h.captured_transfer_id,
+                h.updated_at
+            ])
+            .map_err(db)?;
+        }
+        let mut leg = tx
+            .prepare_cached(
+                "INSERT INTO reversal_legs (transfer_id, account_id, reversed) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (transfer_id, account_id) DO UPDATE SET reversed = excluded.reversed",
+            )
+            .map_err(db)?;
+        for ((t, a), n) in &plan.reversed {
+            leg.execute(params![t, a, n]).map_err(db)?;
+        }
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, \
+                 response_status, response_body, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(db)?;
+        for k in &plan.keys {
+            ins.execute(params![
+                k.tenant_id,
+                k.principal_id,
+                k.key,
+                k.request_hash,
+                i64::from(k.status),
+                k.body,
+                k.created_at,
+                k.expires_at
+            ])
+            .map_err(db)?;
+        }
+    }
+    let written = started.elapsed();
+    append_audit(&tx, sealer, &plan.audit)?;
+    let audited = started.elapsed();
+    tx.commit().map_err(db)?;
+    tracing::debug!(
+        size = batch.len(),
+        begin_us = began.as_micros(),
+        load_us = (loaded - began).as_micros(),
+        plan_us = (planned - loaded).as_micros(),
+        write_us = (written - planned).as_micros(),
+        audit_us = (audited - written).as_micros(),
+        commit_us = (started.elapsed() - audited).as_micros(),
+        "ledger batch phases"
+    );
+    Ok((true, plan.results))
+}
+
+/// Appends `events` to their chains, as the shared SQL does: the head row moves once per run of
+/// one chain's records (its UPDATE happens under the write lock this transaction holds).
+fn append_audit(
+    tx: &rusqlite::Transaction<'_>,
+    sealer: &AuditSealer,
+    events: &[NewAuditEvent],
+) -> StoreResult<()> {
+    let mut start = 0;
+    while start < events.len() {
+        let chain = events[start].chain();
+        let mut end = start + 1;
+        while end < events.len() && events[end].chain() == chain {
+            end += 1;
+        }
+        let run = &events[start..end];
+        tx.prepare_cached(
+            "INSERT INTO audit_heads (chain, seq, hash) VALUES (?1, 0, ?2) ON CONFLICT (chain) DO NOTHING",
+        )
+        .map_err(db)?
+        .execute(params![chain, GENESIS_HASH])
+        .map_err(db)?;
+        let mut head: (i64, String) = tx
+            .prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?1")
+            .map_err(db)?
+            .query_row(params![chain], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, \
+                 actor_id, action, target_type, target_id, outcome, reason, ip, request_id, \
+                 prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )
+            .map_err(db)?;
+        for ev in run {
+            let r = super::sql::next_record(sealer, ev, head.clone());
+            ins.execute(params![
+                r.id,
+                r.chain,
+                r.seq,
+                r.tenant_id,
+                r.occurred_at,
+                r.actor_type,
+                r.actor_id,
+                r.action,
+                r.target_type,
+                r.target_id,
+                r.outcome,
+                r.reason,
+                r.ip,
+                r.request_id,
+                r.prev_hash,
+                r.hash
+            ])
+            .map_err(db)?;
+            head = (r.seq, r.hash);
+        }
+        tx.prepare_cached("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE chain = ?1")
+            .map_err(db)?
+            .execute(params![chain, head.0, head.1])
+            .map_err(db)?;
+        start = end;
+    }
+    Ok(())
+}
