@@ -1,7 +1,10 @@
 //! Ledger throughput benchmark over real HTTP.
 //!
-//! Starts a Kasho server in-process on 127.0.0.1 (SQLite in a temporary directory, or a fresh
-//! PostgreSQL schema), creates a tenant and N funded accounts through the API, then drives
+//! By default it starts a Kasho server in-process on 127.0.0.1 (SQLite in a temporary directory,
+//! or a fresh PostgreSQL schema) and creates a platform admin in its store. With `--url` it
+//! targets an already running Kasho server instead and signs in as an existing platform admin
+//! (`--admin-email`, password from the environment variable `KASHO_BENCH_ADMIN_PASSWORD`).
+//! Either way it then creates a tenant and N funded accounts through the API and drives
 //! authenticated single transfers (each with an Idempotency-Key) from C concurrent keep-alive
 //! connections for T seconds, uniformly or on a few hot accounts (Zipf, s = 1). Every security
 //! layer is on: token verification and session check, permission check, idempotency, audit
@@ -9,8 +12,13 @@
 //!
 //!     cargo run --release --example ledger_bench -- --backend sqlite --clients 64 --seconds 10
 //!     cargo run --release --example ledger_bench -- --backend postgres --profile zipf --json out.json
+//!     KASHO_BENCH_ADMIN_PASSWORD=… cargo run --release --example ledger_bench -- \
+//!         --url http://127.0.0.1:8080 --admin-email admin@example.com
 //!
-//! Prints transfers/s, latency percentiles and errors, then verifies the ledger's invariants.
+//! Prints transfers/s, latency percentiles and errors, then verifies the ledger's invariants over
+//! the API as the tenant's MANAGER (the same check in both modes): every currency's posted
+//! balances sum to zero, no account is below its floor, and every account listed exactly once.
+//! Exits 1 if an invariant fails or any request errored, 2 on a usage error.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,7 +28,9 @@
     clippy::cast_precision_loss
 )]
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,20 +44,238 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const PASSWORD: &str = "correct horse battery staple";
+/// The environment variable that carries the platform admin's password in `--url` mode.
+const PASSWORD_ENV: &str = "KASHO_BENCH_ADMIN_PASSWORD";
+
+const USAGE: &str = "\
+ledger_bench: Kasho ledger throughput over real HTTP
+
+Usage:
+  ledger_bench [--backend sqlite|postgres] [--pg URL] [OPTIONS]
+      start a Kasho server in-process (SQLite in a temporary directory, or a fresh schema in the
+      PostgreSQL database at --pg) and benchmark it
+  KASHO_BENCH_ADMIN_PASSWORD=... ledger_bench --url http://HOST:PORT --admin-email EMAIL [OPTIONS]
+      benchmark an already running Kasho server, signing in as an existing platform admin
+      (create one with `kasho admin create-platform-admin --email EMAIL`, password on stdin);
+      the password is read from KASHO_BENCH_ADMIN_PASSWORD, never from a flag. Each run creates
+      a new tenant (bench-<random>) on that server and leaves it there.
+
+Options:
+  --backend sqlite|postgres  embedded server's database (sqlite)
+  --pg URL                   PostgreSQL for --backend postgres
+                             (postgres://postgres@127.0.0.1:5432/test)
+  --url http://HOST:PORT     target an external server instead of starting one
+  --admin-email EMAIL        platform admin to sign in as (required with --url)
+  --clients N                concurrent keep-alive connections (64)
+  --seconds N                how long to drive transfers (10)
+  --accounts N               funded customer accounts, at least 2 (1000)
+  --profile uniform|zipf     pick accounts uniformly, or Zipf s = 1: a few hot ones (uniform)
+  --batch N                  transfers per request; above 1 uses POST /v1/transfers/batch (1)
+  --json FILE                also write the figures as JSON
+  -h, --help                 print this help
+
+Exit status: 0 when every request succeeded and the invariants hold, 1 otherwise, 2 on a usage
+error.";
+
+enum Mode {
+    /// Start a server in-process on this backend.
+    Embedded { backend: String, pg_admin: String },
+    /// Benchmark the server at this `http://` URL as this platform admin.
+    External { url: String, admin_email: String },
+}
+
+impl Mode {
+    /// How the run is labelled in the output (`embedded sqlite`, `embedded postgres`, the URL).
+    fn label(&self) -> String {
+        match self {
+            Mode::Embedded { backend, .. } => format!("embedded {backend}"),
+            Mode::External { url, .. } => url.clone(),
+        }
+    }
+}
+
+struct Options {
+    mode: Mode,
+    n_accounts: usize,
+    clients: usize,
+    seconds: u64,
+    profile: String,
+    batch: usize,
+    json_out: Option<String>,
+}
+
+/// Parses the command line; `Ok(None)` means `--help` was asked for.
+fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    const VALUED: &[&str] = &[
+        "--backend",
+        "--pg",
+        "--url",
+        "--admin-email",
+        "--clients",
+        "--seconds",
+        "--accounts",
+        "--profile",
+        "--batch",
+        "--json",
+    ];
+    let mut values: BTreeMap<&str, String> = BTreeMap::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" {
+            return Ok(None);
+        }
+        let Some(name) = VALUED.iter().find(|n| **n == a.as_str()) else {
+            return Err(format!("unknown argument `{a}`"));
+        };
+        let Some(v) = it.next() else {
+            return Err(format!("{name} needs a value"));
+        };
+        values.insert(name, v.clone());
+    }
+    let get = |name: &str, default: &str| {
+        values
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    fn number<T: std::str::FromStr + PartialOrd>(v: &str, name: &str, min: T) -> Result<T, String> {
+        v.parse::<T>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| format!("{name} `{v}` is not a whole number in range"))
+    }
+
+    let mode = match values.get("--url") {
+        Some(url) => {
+            for conflicting in ["--backend", "--pg"] {
+                if values.contains_key(conflicting) {
+                    return Err(format!(
+                        "{conflicting} configures the embedded server; it cannot be combined with --url"
+                    ));
+                }
+            }
+            let Some(admin_email) = values.get("--admin-email").cloned() else {
+                return Err(
+                    "--url needs --admin-email (a platform admin of that server; the password \
+                     comes from KASHO_BENCH_ADMIN_PASSWORD)"
+                        .into(),
+                );
+            };
+            Mode::External {
+                url: url.trim_end_matches('/').to_owned(),
+                admin_email,
+            }
+        }
+        None => {
+            if values.contains_key("--admin-email") {
+                return Err(
+                    "--admin-email is only used with --url (the embedded server creates its own admin)"
+                        .into(),
+                );
+            }
+            let backend = get("--backend", "sqlite");
+            if backend != "sqlite" && backend != "postgres" {
+                return Err(format!(
+                    "--backend `{backend}`: expected sqlite or postgres"
+                ));
+            }
+            Mode::Embedded {
+                backend,
+                pg_admin: get("--pg", "postgres://postgres@127.0.0.1:5432/test"),
+            }
+        }
+    };
+    let profile = get("--profile", "uniform");
+    if profile != "uniform" && profile != "zipf" {
+        return Err(format!("--profile `{profile}`: expected uniform or zipf"));
+    }
+    Ok(Some(Options {
+        mode,
+        n_accounts: number(&get("--accounts", "1000"), "--accounts", 2)?,
+        clients: number(&get("--clients", "64"), "--clients", 1)?,
+        seconds: number(&get("--seconds", "10"), "--seconds", 1)?,
+        profile,
+        batch: number(&get("--batch", "1"), "--batch", 1)?,
+        json_out: values.get("--json").cloned(),
+    }))
+}
+
+/// Where the HTTP client connects, and the Host header it sends.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    host: String,
+}
+
+impl Target {
+    /// Resolves an `http://host[:port][/]` URL. The client speaks plain HTTP/1.1 only.
+    async fn from_url(url: &str) -> Result<Target, String> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Err(format!(
+                "--url {url}: https is not supported; the benchmark speaks plain HTTP/1.1 \
+                 (point it at the server's own listener)"
+            ));
+        }
+        let Some(rest) = lower
+            .starts_with("http://")
+            .then(|| &url["http://".len()..])
+        else {
+            return Err(format!("--url {url}: expected http://HOST:PORT"));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+            return Err(format!(
+                "--url {url}: expected http://HOST:PORT with no path"
+            ));
+        }
+        let has_port = match authority.rsplit_once(':') {
+            Some((_, p)) => !p.ends_with(']') && !p.is_empty(),
+            None => false,
+        };
+        let with_port = if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = tokio::net::lookup_host(with_port.as_str())
+            .await
+            .map_err(|e| format!("--url {url}: cannot resolve {with_port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--url {url}: {with_port} resolves to no address"))?;
+        Ok(Target {
+            addr,
+            host: authority.to_owned(),
+        })
+    }
+}
 
 /// A minimal HTTP/1.1 keep-alive client: enough for JSON requests with Content-Length.
+/// After an I/O error or a `Connection: close` it reconnects on the next request.
 struct Conn {
-    io: BufReader<TcpStream>,
+    target: Target,
+    io: Option<BufReader<TcpStream>>,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        Conn {
-            io: BufReader::new(s),
+    async fn open(target: &Target) -> std::io::Result<Conn> {
+        let mut c = Conn {
+            target: target.clone(),
+            io: None,
+        };
+        c.connect().await?;
+        Ok(c)
+    }
+
+    async fn connect(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
+        if self.io.is_none() {
+            let s = TcpStream::connect(self.target.addr).await?;
+            s.set_nodelay(true)?;
+            self.io = Some(BufReader::new(s));
         }
+        self.io
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("not connected"))
     }
 
     async fn send(
@@ -57,10 +285,26 @@ impl Conn {
         token: Option<&str>,
         key: Option<&str>,
         body: Option<&Value>,
-    ) -> (u16, Value) {
+    ) -> std::io::Result<(u16, Value)> {
+        let result = self.exchange(method, path, token, key, body).await;
+        if result.is_err() {
+            self.io = None;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.target.host,
             body.len()
         );
         if !body.is_empty() {
@@ -74,31 +318,90 @@ impl Conn {
         }
         req.push_str("\r\n");
         req.push_str(&body);
-        self.io.get_mut().write_all(req.as_bytes()).await.unwrap();
+        let io = self.connect().await?;
+        io.get_mut().write_all(req.as_bytes()).await?;
         let mut line = String::new();
-        self.io.read_line(&mut line).await.unwrap();
+        if io.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let status: u16 = line
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let mut len = 0usize;
+        let mut close = false;
         loop {
             line.clear();
-            self.io.read_line(&mut line).await.unwrap();
+            if io.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             let l = line.trim_end();
             if l.is_empty() {
                 break;
             }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(std::io::Error::other(format!(
+                        "unsupported Transfer-Encoding: {v}"
+                    )));
+                }
             }
         }
         let mut buf = vec![0u8; len];
-        self.io.read_exact(&mut buf).await.unwrap();
-        (status, serde_json::from_slice(&buf).unwrap_or(Value::Null))
+        io.read_exact(&mut buf).await?;
+        if close {
+            self.io = None;
+        }
+        Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
+    }
+
+    /// A set-up or check request that must answer `want`; anything else is a clear error.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        want: u16,
+    ) -> Result<Value, String> {
+        let (status, reply) = self
+            .send(method, path, token, None, body)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        if status == want {
+            Ok(reply)
+        } else {
+            Err(format!(
+                "{method} {path}: expected HTTP {want}, got {status}: {reply}"
+            ))
+        }
+    }
+
+    /// Signs in (to a tenant, or as a platform user without one) and returns the access token.
+    async fn login(
+        &mut self,
+        tenant: Option<&str>,
+        email: &str,
+        password: &str,
+    ) -> Result<String, String> {
+        let mut body = json!({ "email": email, "password": password });
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        let reply = self
+            .call("POST", "/v1/auth/login", None, Some(&body), 200)
+            .await
+            .map_err(|e| format!("cannot sign in as {email}: {e}"))?;
+        reply["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("login as {email}: no access_token in {reply}"))
     }
 }
 
@@ -120,16 +423,221 @@ impl Rng {
     }
 }
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_owned())
+/// `n` bytes from the system CSPRNG, hex-encoded (passwords and names of bench objects).
+fn random_hex(n: usize) -> Result<String, String> {
+    let mut bytes = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "the system random generator failed")?;
+    Ok(hex::encode(bytes))
+}
+
+/// The in-process server of the embedded mode, and what to clean up after it.
+struct Embedded {
+    target: Target,
+    admin_email: String,
+    admin_password: String,
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    async fn start(backend: &str, pg_admin: &str) -> Result<Embedded, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let (url, pg) = if backend == "postgres" {
+            let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+            let pool = sqlx::PgPool::connect(pg_admin)
+                .await
+                .map_err(|e| format!("--pg {pg_admin}: {e}"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&pool)
+                .await
+                .map_err(|e| format!("CREATE SCHEMA {schema}: {e}"))?;
+            (
+                format!("{pg_admin}?options[search_path]={schema}"),
+                Some((pg_admin.to_owned(), schema)),
+            )
+        } else {
+            (format!("sqlite://{}/kasho.db", dir.path().display()), None)
+        };
+        let data_dir = dir.path().display().to_string();
+        let config = Config::from_pairs(&[
+            ("data_dir", &data_dir),
+            ("database_url", &url),
+            ("database_max_connections", "8"),
+        ])
+        .map_err(|e| e.to_string())?;
+        let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let app = kasho::http::router(core.clone(), config.max_body_bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+
+        // The only step that bypasses the API: platform admins are created out of band (the
+        // `kasho admin create-platform-admin` CLI in production).
+        let admin_email = "bench@platform.test".to_owned();
+        let admin_password = random_hex(16)?;
+        let user = NewUser {
+            id: UserId::generate(),
+            tenant_id: None,
+            email: Email::parse(&admin_email)?,
+            password_hash: core
+                .hasher
+                .hash(&admin_password.as_str().into())
+                .await
+                .map_err(|e| e.to_string())?,
+            roles: vec![Role::PlatformAdmin],
+            created_at: kasho::clock::Clock::now(&SystemClock),
+        };
+        core.store
+            .create_user(&user, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Embedded {
+            target: Target {
+                addr,
+                host: addr.to_string(),
+            },
+            admin_email,
+            admin_password,
+            pg,
+            _dir: dir,
+        })
+    }
+
+    async fn cleanup(self) {
+        if let Some((pg_admin, schema)) = self.pg {
+            let dropped = match sqlx::PgPool::connect(&pg_admin).await {
+                Ok(pool) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = dropped {
+                eprintln!("could not drop schema {schema}: {e}");
+            }
+        }
+    }
+}
+
+/// The ledger's invariants as read back over the API.
+struct Invariants {
+    /// Posted balances per currency (system accounts included).
+    sums: BTreeMap<String, i128>,
+    /// Accounts whose available balance is below minus their overdraft limit.
+    below_floor: Vec<String>,
+    /// Accounts listed (customer and system).
+    listed: usize,
+    system: usize,
+    /// Every account the benchmark opened was listed, and none twice.
+    complete: bool,
+}
+
+impl Invariants {
+    fn balanced(&self) -> bool {
+        !self.sums.is_empty() && self.sums.values().all(|s| *s == 0)
+    }
+    fn within_floor(&self) -> bool {
+        self.below_floor.is_empty()
+    }
+    fn hold(&self) -> bool {
+        self.balanced() && self.within_floor() && self.complete
+    }
+}
+
+/// Pages through `GET /v1/accounts` as the tenant's MANAGER (who sees the system accounts too).
+async fn check_invariants(
+    c: &mut Conn,
+    token: &str,
+    opened: &[String],
+) -> Result<Invariants, String> {
+    let field = |a: &Value, name: &str| {
+        a[name]
+            .as_i64()
+            .map(i128::from)
+            .ok_or_else(|| format!("account without a numeric `{name}`: {a}"))
+    };
+    let mut inv = Invariants {
+        sums: BTreeMap::new(),
+        below_floor: Vec::new(),
+        listed: 0,
+        system: 0,
+        complete: true,
+    };
+    let mut seen = HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => "/v1/accounts?limit=100".to_owned(),
+            Some(id) => format!(
+                "/v1/accounts?limit=100&starting_after={}",
+                form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+            ),
+        };
+        let page = c.call("GET", &path, Some(token), None, 200).await?;
+        let data = page["data"]
+            .as_array()
+            .ok_or_else(|| format!("GET {path}: no `data` list in {page}"))?;
+        for a in data {
+            let id = a["id"]
+                .as_str()
+                .ok_or_else(|| format!("account without an id: {a}"))?;
+            let currency = a["currency"]
+                .as_str()
+                .ok_or_else(|| format!("account without a currency: {a}"))?;
+            if !seen.insert(id.to_owned()) {
+                eprintln!("account {id} listed twice");
+                inv.complete = false;
+            }
+            inv.listed += 1;
+            if a["customer_id"].is_null() {
+                inv.system += 1;
+            }
+            *inv.sums.entry(currency.to_owned()).or_default() += field(a, "posted_balance")?;
+            if field(a, "available_balance")? < -field(a, "overdraft_limit")? {
+                inv.below_floor.push(id.to_owned());
+            }
+        }
+        if page["has_more"] != json!(true) {
+            break;
+        }
+        let last = data
+            .last()
+            .and_then(|a| a["id"].as_str())
+            .ok_or_else(|| format!("GET {path}: has_more on an empty page"))?;
+        if after.as_deref() == Some(last) {
+            return Err(format!("GET {path}: the cursor does not advance"));
+        }
+        after = Some(last.to_owned());
+    }
+    let missing = opened.iter().filter(|id| !seen.contains(*id)).count();
+    if missing > 0 {
+        eprintln!("{missing} of the benchmark's accounts were not listed");
+        inv.complete = false;
+    }
+    if !inv.balanced() {
+        eprintln!("posted balances per currency: {:?}", inv.sums);
+    }
+    if !inv.within_floor() {
+        eprintln!("accounts below their floor: {:?}", inv.below_floor);
+    }
+    Ok(inv)
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -137,132 +645,143 @@ async fn main() {
             .init();
     }
     let args: Vec<String> = std::env::args().collect();
-    let backend = arg(&args, "--backend", "sqlite");
-    let n_accounts: usize = arg(&args, "--accounts", "1000").parse().unwrap();
-    let clients: usize = arg(&args, "--clients", "64").parse().unwrap();
-    let seconds: u64 = arg(&args, "--seconds", "10").parse().unwrap();
-    let profile = arg(&args, "--profile", "uniform");
-    let batch: usize = arg(&args, "--batch", "1").parse().unwrap();
-    let json_out = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-
-    let dir = tempfile::tempdir().unwrap();
-    let pg_admin = arg(&args, "--pg", "postgres://postgres@127.0.0.1:5432/test");
-    let (url, schema) = if backend == "postgres" {
-        let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-        let pool = sqlx::PgPool::connect(&pg_admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        (
-            format!("{pg_admin}?options[search_path]={schema}"),
-            Some(schema),
-        )
-    } else {
-        (format!("sqlite://{}/kasho.db", dir.path().display()), None)
+    let opts = match parse_args(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("ledger_bench: {msg}\n(ledger_bench --help lists the flags)");
+            return ExitCode::from(2);
+        }
     };
-    let data_dir = dir.path().display().to_string();
-    let config = Config::from_pairs(&[
-        ("data_dir", &data_dir),
-        ("database_url", &url),
-        ("database_max_connections", "8"),
-    ])
-    .unwrap();
-    let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
-        .await
-        .unwrap();
-    let app = kasho::http::router(core.clone(), config.max_body_bytes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+
+    let (embedded, target, admin_email, admin_password) = match &opts.mode {
+        Mode::Embedded { backend, pg_admin } => match Embedded::start(backend, pg_admin).await {
+            Ok(e) => {
+                let (t, m, p) = (
+                    e.target.clone(),
+                    e.admin_email.clone(),
+                    e.admin_password.clone(),
+                );
+                (Some(e), t, m, p)
+            }
+            Err(msg) => {
+                eprintln!("ledger_bench: cannot start the embedded server: {msg}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Mode::External { url, admin_email } => {
+            let password = match std::env::var(PASSWORD_ENV) {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    eprintln!(
+                        "ledger_bench: --url needs the platform admin's password in the \
+                         environment variable {PASSWORD_ENV} (it is never taken from a flag)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match Target::from_url(url).await {
+                Ok(t) => (None, t, admin_email.clone(), password),
+                Err(msg) => {
+                    eprintln!("ledger_bench: {msg}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+
+    let result = run(&opts, &target, &admin_email, &admin_password).await;
+    if let Some(e) = embedded {
+        e.cleanup().await;
+    }
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(msg) => {
+            eprintln!("ledger_bench: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Set-up, load and invariant check, all over HTTP. `Ok(false)`: an invariant failed or a
+/// request errored.
+async fn run(
+    opts: &Options,
+    target: &Target,
+    admin_email: &str,
+    admin_password: &str,
+) -> Result<bool, String> {
+    let Options {
+        n_accounts,
+        clients,
+        seconds,
+        batch,
+        ..
+    } = *opts;
+    let mode = opts.mode.label();
+    let profile = opts.profile.clone();
 
     // Set-up through the API.
-    let user = NewUser {
-        id: UserId::generate(),
-        tenant_id: None,
-        email: Email::parse("bench@platform.test").unwrap(),
-        password_hash: core.hasher.hash(&PASSWORD.into()).await.unwrap(),
-        roles: vec![Role::PlatformAdmin],
-        created_at: kasho::clock::Clock::now(&SystemClock),
-    };
-    core.store.create_user(&user, &[]).await.unwrap();
-    let mut c = Conn::open(addr).await;
-    let (_, login) = c
-        .send(
-            "POST",
-            "/v1/auth/login",
-            None,
-            None,
-            Some(&json!({ "email": "bench@platform.test", "password": PASSWORD })),
-        )
-        .await;
-    let admin = login["access_token"].as_str().unwrap().to_owned();
-    let (s, tenant) = c
-        .send(
+    let mut c = Conn::open(target)
+        .await
+        .map_err(|e| format!("cannot connect to {mode} ({}): {e}", target.addr))?;
+    let admin = c.login(None, admin_email, admin_password).await?;
+    // A fresh tenant each run, so an external server can be benchmarked again and again.
+    let slug = format!("bench-{}", random_hex(6)?);
+    let manager_email = "m@bench.test";
+    let manager_password = random_hex(16)?;
+    let tenant = c
+        .call(
             "POST",
             "/v1/tenants",
             Some(&admin),
-            None,
             Some(
-                &json!({ "slug": "bench", "name": "Bench", "currencies": ["USD"],
-            "manager": { "email": "m@bench.test", "password": PASSWORD } }),
+                &json!({ "slug": slug, "name": "Bench", "currencies": ["USD"],
+                "manager": { "email": manager_email, "password": manager_password } }),
             ),
+            201,
         )
-        .await;
-    assert_eq!(s, 201, "{tenant}");
-    let (_, login) = c
-        .send(
-            "POST",
-            "/v1/auth/login",
-            None,
-            None,
-            Some(&json!({ "tenant": "bench", "email": "m@bench.test", "password": PASSWORD })),
-        )
-        .await;
-    let token = login["access_token"].as_str().unwrap().to_owned();
+        .await?;
+    if matches!(opts.mode, Mode::External { .. }) {
+        eprintln!(
+            "tenant {slug} ({}) created on {mode}; it stays there",
+            tenant["id"].as_str().unwrap_or("?")
+        );
+    }
+    let token = c
+        .login(Some(&slug), manager_email, &manager_password)
+        .await?;
     let t0 = Instant::now();
     let mut accounts = Vec::with_capacity(n_accounts);
     for _ in 0..n_accounts {
-        let (_, cus) = c
-            .send(
-                "POST",
-                "/v1/customers",
-                Some(&token),
-                None,
-                Some(&json!({})),
-            )
-            .await;
-        let (_, acc) = c
-            .send(
+        let cus = c
+            .call("POST", "/v1/customers", Some(&token), Some(&json!({})), 201)
+            .await?;
+        let acc = c
+            .call(
                 "POST",
                 "/v1/accounts",
                 Some(&token),
-                None,
                 Some(&json!({ "customer_id": cus["id"], "currency": "USD" })),
+                201,
             )
-            .await;
-        let id = acc["id"].as_str().unwrap().to_owned();
-        let (s, _) = c
-            .send(
-                "POST",
-                "/v1/deposits",
-                Some(&token),
-                None,
-                Some(&json!({ "account_id": id, "amount": 10_000_000, "currency": "USD" })),
-            )
-            .await;
-        assert_eq!(s, 201);
+            .await?;
+        let id = acc["id"]
+            .as_str()
+            .ok_or_else(|| format!("POST /v1/accounts: no id in {acc}"))?
+            .to_owned();
+        c.call(
+            "POST",
+            "/v1/deposits",
+            Some(&token),
+            Some(&json!({ "account_id": id, "amount": 10_000_000, "currency": "USD" })),
+            201,
+        )
+        .await?;
         accounts.push(id);
     }
     eprintln!(
@@ -285,14 +804,15 @@ async fn main() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let (accounts, cdf, token, profile) = (
+        let (accounts, cdf, token, profile, target) = (
             accounts.clone(),
             cdf.clone(),
             token.clone(),
             profile.clone(),
+            target.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr).await;
+            let mut conn = Conn { target, io: None };
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
             let mut lat = Vec::new();
             let (mut ok, mut refused, mut errors) = (0u64, 0u64, 0u64);
@@ -319,10 +839,16 @@ async fn main() {
                 let key = format!("b{client}-{i}");
                 i += 1;
                 let t = Instant::now();
-                let (status, reply) = if batch == 1 {
+                let sent = if batch == 1 {
                     conn.send("POST", "/v1/transfers", Some(&token), Some(&key), Some(&transfers[0])).await
                 } else {
                     conn.send("POST", "/v1/transfers/batch", Some(&token), Some(&key), Some(&json!({ "transfers": transfers }))).await
+                };
+                let Ok((status, reply)) = sent else {
+                    // Connection lost (counted, then reconnected on the next request).
+                    errors += batch as u64;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 };
                 lat.push(t.elapsed());
                 if batch > 1 && status == 200 {
@@ -347,7 +873,7 @@ async fn main() {
     let mut lat = Vec::new();
     let (mut ok, mut refused, mut errors) = (0, 0, 0);
     for t in tasks {
-        let (l, o, r, e) = t.await.unwrap();
+        let (l, o, r, e) = t.await.map_err(|e| format!("client task failed: {e}"))?;
         lat.extend(l);
         ok += o;
         refused += r;
@@ -355,11 +881,16 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
     let tps = ok as f64 / elapsed;
-    println!(
-        "backend {backend}, profile {profile}, {clients} clients, {n_accounts} accounts, {elapsed:.1} s"
-    );
+    let what = match &opts.mode {
+        Mode::Embedded { backend, .. } => format!("backend {backend}"),
+        Mode::External { url, .. } => format!("server {url}"),
+    };
+    println!("{what}, profile {profile}, {clients} clients, {n_accounts} accounts, {elapsed:.1} s");
     println!(
         "transfers/s {tps:.0}  (posted {ok}, refused {refused}, errors {errors})  latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
         pct(0.5),
@@ -368,50 +899,34 @@ async fn main() {
         pct(1.0)
     );
 
-    // Invariants.
-    let tenant_id = kasho::ids::TenantId::parse(tenant["id"].as_str().unwrap()).unwrap();
-    let sums = core.store.balance_sums(&tenant_id).await.unwrap();
-    let balanced = sums.iter().all(|(_, s)| *s == 0);
-    let mut floor_ok = true;
-    let mut page = kasho::store::Page {
-        limit: 100,
-        starting_after: None,
-    };
-    loop {
-        let rows = core
-            .store
-            .list_accounts(&tenant_id, None, &page)
-            .await
-            .unwrap();
-        if rows.is_empty() {
-            break;
-        }
-        for a in rows.iter().take(100) {
-            floor_ok &= a.posted - a.pending_debits >= -a.overdraft_limit;
-        }
-        if rows.len() <= 100 {
-            break;
-        }
-        page.starting_after = rows.get(99).map(|a| a.id.clone());
-    }
+    // Invariants, over the API as the MANAGER: the same check for an embedded or external server.
+    // A fresh sign-in, in case a long run outlived the access token.
+    let mut c = Conn::open(target)
+        .await
+        .map_err(|e| format!("cannot connect to {mode} ({}): {e}", target.addr))?;
+    let token = c
+        .login(Some(&slug), manager_email, &manager_password)
+        .await?;
+    let inv = check_invariants(&mut c, &token, &accounts).await?;
+    let (balanced, floor_ok) = (inv.balanced(), inv.within_floor());
     println!(
-        "invariants: balances sum to zero: {balanced}; every account within its floor: {floor_ok}"
+        "invariants: balances sum to zero: {balanced}; every account within its floor: {floor_ok}; \
+         listing complete: {} ({} accounts, {} system)",
+        inv.complete, inv.listed, inv.system
     );
-    if let Some(path) = json_out {
-        let out = json!({ "backend": backend, "profile": profile, "clients": clients, "accounts": n_accounts, "seconds": elapsed,
+    if let Some(path) = &opts.json_out {
+        let backend = match &opts.mode {
+            Mode::Embedded { backend, .. } => json!(backend),
+            Mode::External { .. } => Value::Null,
+        };
+        let out = json!({ "mode": mode, "backend": backend, "tenant": slug, "profile": profile,
+            "clients": clients, "accounts": n_accounts, "seconds": elapsed,
             "transfers_per_second": tps, "posted": ok, "refused": refused, "errors": errors,
             "batch": batch, "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
-            "invariants": { "balanced": balanced, "within_floor": floor_ok } });
-        std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+            "invariants": { "balanced": balanced, "within_floor": floor_ok,
+                "listing_complete": inv.complete, "accounts_checked": inv.listed } });
+        let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("--json {path}: {e}"))?;
     }
-    if let Some(schema) = schema {
-        let pool = sqlx::PgPool::connect(&pg_admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    if !(balanced && floor_ok) || errors > 0 {
-        std::process::exit(1);
-    }
+    Ok(inv.hold() && errors == 0)
 }

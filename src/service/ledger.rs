@@ -1226,7 +1226,7 @@ pub struct HoldInput {
 
 /// What creating a hold answered: the hold, or the stored answer of an earlier identical request.
 pub enum HoldOutcome {
-    Created(crate::store::HoldRecord),
+    Created(Box<crate::store::HoldRecord>),
     Replayed { status: u16, body: String },
 }
 
@@ -1317,7 +1317,7 @@ pub async fn create_hold(
         render,
     });
     match core.store.create_hold(&hold, key.as_ref(), &[ev]).await {
-        Ok(Ok(h)) => Ok(HoldOutcome::Created(h)),
+        Ok(Ok(h)) => Ok(HoldOutcome::Created(Box::new(h))),
         Ok(Err(refusal)) => Err(refusal_error(refusal)),
         // Another instance committed this key first: answer what it answered.
         Err(StoreError::Conflict { .. }) if idempotency.is_some() => match idempotency.as_ref() {

@@ -480,12 +480,12 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
 /// socket's send buffer (16 KiB by default on Linux) is written in two parts; Nagle's algorithm
 /// then holds the tail until the server acknowledges the head, which it delays by 40 ms. Keeping
 /// every multi-row statement under the buffer avoids that stall entirely.
-pub fn chunks_by_size<'r, T>(
-    rows: &'r [T],
+pub fn chunks_by_size<T>(
+    rows: &[T],
     max_rows: usize,
     max_bytes: usize,
     size: impl Fn(&T) -> usize,
-) -> Vec<&'r [T]> {
+) -> Vec<&[T]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, r) in rows.iter().enumerate() {
@@ -693,10 +693,10 @@ mod tests {
         let mut m2 = movement("acc_a", "acc_b", 10, 2);
         m2.idempotency = Some(key);
         let p = plan(snap, &[m1, m2]);
-        match &p.results[1] {
-            PostResult::DuplicateKey(stored) => assert_eq!(stored.response_body, "ok"),
-            other => panic!("expected a duplicate, got {other:?}"),
-        }
+        let PostResult::DuplicateKey(stored) = &p.results[1] else {
+            unreachable!("expected a duplicate, got {:?}", p.results[1])
+        };
+        assert_eq!(stored.response_body, "ok");
         assert_eq!(p.transfers.len(), 1);
         assert_eq!(p.keys.len(), 1);
     }
