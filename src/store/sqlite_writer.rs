@@ -29,29 +29,43 @@ struct Job {
 /// A handle to the writer thread; dropping the last handle stops the thread.
 pub(super) struct SqliteWriter {
     jobs: mpsc::Sender<Job>,
+    /// Keeps the checkpoint thread running.
+    _alive: std::sync::Arc<()>,
 }
 
 impl SqliteWriter {
     /// Starts the thread. The connection is opened on the first batch, after migrations.
     pub(super) fn start(path: std::path::PathBuf, sealer: AuditSealer) -> StoreResult<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let alive = std::sync::Arc::new(());
+        let background_checkpoints =
+            start_checkpointer(path.clone(), std::sync::Arc::downgrade(&alive));
         std::thread::Builder::new()
             .name("kasho-ledger-writer".into())
             .spawn(move || {
                 let mut conn: Option<Connection> = None;
+                let mut wal = path.clone().into_os_string();
+                wal.push("-wal");
+                let wal = std::path::PathBuf::from(wal);
                 while let Ok(job) = rx.recv() {
                     let result = match conn.as_mut() {
                         Some(c) => post(c, &sealer, &job.batch, job.atomic),
-                        None => match open(&path) {
+                        None => match open(&path, background_checkpoints) {
                             Ok(c) => post(conn.insert(c), &sealer, &job.batch, job.atomic),
                             Err(e) => Err(e),
                         },
                     };
                     let _ = job.reply.send(result);
+                    if let Some(c) = conn.as_ref() {
+                        restart_long_wal(c, &wal);
+                    }
                 }
             })
             .map_err(|e| StoreError::Database(format!("cannot start the ledger writer: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            _alive: alive,
+        })
     }
 
     /// Posts `batch` in one transaction on the writer thread.
@@ -73,6 +87,43 @@ impl SqliteWriter {
     }
 }
 
+/// Copies the WAL back into the database file in the background, so the writer's commits never
+/// pay for it (the writer's connection turns automatic checkpoints off only once this thread
+/// runs). A passive checkpoint never blocks writers or readers. The thread stops when the writer
+/// handle is dropped. Returns whether it started.
+fn start_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<()>) -> bool {
+    std::thread::Builder::new()
+        .name("kasho-checkpoint".into())
+        .spawn(move || {
+            let Ok(c) = Connection::open(&path) else {
+                return;
+            };
+            while alive.upgrade().is_some() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })
+        .is_ok()
+}
+
+/// Past this size the writer restarts the WAL after its commit.
+const WAL_RESTART_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Under continuous writes a passive checkpoint never reaches the end of the WAL, so SQLite never
+/// starts it over and it would grow without bound. Once it passes [`WAL_RESTART_BYTES`], the
+/// writer (between batches, holding no transaction) runs a RESTART checkpoint: it copies what
+/// the background checkpoints have not yet copied, waits for readers of older snapshots (within
+/// the busy timeout), and lets the next commit write from the start of the file again.
+fn restart_long_wal(c: &Connection, wal: &std::path::Path) {
+    if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
+        && let Err(e) = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+    {
+        tracing::warn!(error = %e, "WAL restart checkpoint failed");
+    }
+}
+
 fn db(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, msg) = &e
         && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
@@ -84,7 +135,7 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-fn open(path: &std::path::Path) -> StoreResult<Connection> {
+fn open(path: &std::path::Path, background_checkpoints: bool) -> StoreResult<Connection> {
     let c = Connection::open(path).map_err(db)?;
     // The same durability as the pool's connections: a commit returns once it is on disk.
     c.execute_batch(
@@ -95,6 +146,10 @@ fn open(path: &std::path::Path) -> StoreResult<Connection> {
     c.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db)?;
     c.set_prepared_statement_cache_capacity(64);
+    if background_checkpoints {
+        c.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(db)?;
+    }
     Ok(c)
 }
 
