@@ -459,12 +459,8 @@ impl Embedded {
             (format!("sqlite://{}/kasho.db", dir.path().display()), None)
         };
         let data_dir = dir.path().display().to_string();
-        let config = Config::from_pairs(&[
-            ("data_dir", &data_dir),
-            ("database_url", &url),
-            ("database_max_connections", "8"),
-        ])
-        .map_err(|e| e.to_string())?;
+        let config = Config::from_pairs(&[("data_dir", &data_dir), ("database_url", &url)])
+            .map_err(|e| e.to_string())?;
         let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
             .await
             .map_err(|e| e.to_string())?;

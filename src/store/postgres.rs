@@ -30,7 +30,9 @@ impl PgStore {
         sealer: AuditSealer,
     ) -> StoreResult<Self> {
         let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?
+            // Room for the writer's multi-row statements in their usual sizes besides the rest.
+            .statement_cache_capacity(1_000);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -64,4 +66,4 @@ impl PgStore {
 
 // Rows read to be written by the batch writer are locked until commit.
 // Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
-impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000);
+impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);

@@ -1,7 +1,7 @@
 //! The SQL shared by both backends. `impl_store!` expands the same method bodies for SQLite and
 //! PostgreSQL: every statement uses `$n` placeholders and column types (TEXT, BIGINT) that mean
-//! the same on both. Each backend type provides `pool`, `sealer`, `begin_write()` and
-//! `run_migrations()`.
+//! the same on both. Each backend type provides `pool`, `sealer`, `begin_write()`,
+//! `post_backend()` and `run_migrations()`.
 
 use crate::domain::audit::{AuditRecord, AuditSealer, NewAuditEvent};
 use crate::ids::AuditEventId;
@@ -88,7 +88,7 @@ pub(super) fn opt_len(s: Option<&str>) -> usize {
 }
 
 macro_rules! impl_store {
-    ($store:ty, $backend:literal, $lock:literal, $max_message:expr) => {
+    ($store:ty, $backend:literal, $lock:literal, $max_message:expr, $persist:literal) => {
         impl $store {
             /// Appends `events` inside `tx`. The head row is bumped with an UPDATE first, which
             /// takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent writers to
@@ -166,7 +166,7 @@ macro_rules! impl_store {
                                 .push_bind(r.prev_hash.clone())
                                 .push_bind(r.hash.clone());
                         });
-                        qb.build().persistent(false).execute(&mut **tx).await?;
+                        qb.build().persistent($persist).execute(&mut **tx).await?;
                     }
                     start = end;
                 }
@@ -1029,11 +1029,11 @@ macro_rules! impl_store {
                 atomic: bool,
             ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
                 use $crate::store::posting::{self, AccountState, HoldState};
+                use $crate::store::sql::{opt_len, text_len};
                 const CHUNK: usize = 500;
-                // Multi-row statements change shape with every batch size: they run unnamed
-                // (`persistent(false)`), so they neither evict the hot statements (the session
-                // check) from the connection's statement cache nor, on PostgreSQL, pay a separate
-                // round trip to prepare.
+                // Multi-row statements change shape with every batch size. Whether they are
+                // kept prepared is the backend's choice (`$persist`): PostgreSQL keeps them (a
+                // shape recurs often, and re-planning costs more than the cache).
                 type Q = sqlx::QueryBuilder<$crate::store::sql::Db<$store>>;
                 let want = posting::wanted(batch);
                 let started = std::time::Instant::now();
@@ -1049,14 +1049,14 @@ macro_rules! impl_store {
                     .bind(want.latest)
                     .fetch_all(&mut *tx)
                     .await?;
-                for chunk in want.holds.chunks(CHUNK) {
+                for chunk in posting::chunks_by_size(&want.holds, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new("SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE id IN (");
                     let mut sep = qb.separated(", ");
                     for id in chunk {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY id", $lock));
-                    holds.extend(qb.build_query_as::<HoldState>().persistent(false).fetch_all(&mut *tx).await?);
+                    holds.extend(qb.build_query_as::<HoldState>().persistent($persist).fetch_all(&mut *tx).await?);
                 }
                 let mut account_ids = want.accounts.clone();
                 for h in &holds {
@@ -1068,7 +1068,7 @@ macro_rules! impl_store {
                 snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
                 // Accounts in id order, so concurrent writers (other instances) lock them in the
                 // same order and cannot deadlock on each other.
-                for chunk in account_ids.chunks(CHUNK) {
+                for chunk in posting::chunks_by_size(&account_ids, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new(
                         "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count \
                          FROM accounts WHERE id IN (",
@@ -1078,38 +1078,38 @@ macro_rules! impl_store {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY id", $lock));
-                    for a in qb.build_query_as::<AccountState>().persistent(false).fetch_all(&mut *tx).await? {
+                    for a in qb.build_query_as::<AccountState>().persistent($persist).fetch_all(&mut *tx).await? {
                         snap.accounts.insert(a.id.clone(), a);
                     }
                 }
-                for chunk in want.reversals.chunks(CHUNK) {
+                for chunk in posting::chunks_by_size(&want.reversals, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new("SELECT transfer_id, account_id, reversed FROM reversal_legs WHERE transfer_id IN (");
                     let mut sep = qb.separated(", ");
                     for id in chunk {
                         sep.push_bind(id.clone());
                     }
                     qb.push(concat!(") ORDER BY transfer_id, account_id", $lock));
-                    for (t, a, n) in qb.build_query_as::<(String, String, i64)>().persistent(false).fetch_all(&mut *tx).await? {
+                    for (t, a, n) in qb.build_query_as::<(String, String, i64)>().persistent($persist).fetch_all(&mut *tx).await? {
                         snap.reversed.insert((t, a), n);
                     }
                 }
                 // References and keys are looked up by their unique indexes; a concurrent
                 // writer inserting the same one makes this batch's insert fail, and the writer
                 // then retries movement by movement.
-                for chunk in want.references.chunks(CHUNK) {
+                for chunk in posting::chunks_by_size(&want.references, CHUNK, $max_message, |(t, r)| text_len(t) + text_len(r)) {
                     let mut qb = Q::new("WITH w (t, r) AS (");
                     qb.push_values(chunk, |mut b, (t, r)| {
                         b.push_bind(t.clone()).push_bind(r.clone());
                     });
                     qb.push(") SELECT x.tenant_id, x.reference FROM w JOIN transfers x ON x.tenant_id = w.t AND x.reference = w.r WHERE x.reference IS NOT NULL");
-                    for (t, r) in qb.build_query_as::<(String, Option<String>)>().persistent(false).fetch_all(&mut *tx).await? {
+                    for (t, r) in qb.build_query_as::<(String, Option<String>)>().persistent($persist).fetch_all(&mut *tx).await? {
                         if let Some(r) = r {
                             snap.references.insert((t, r));
                         }
                     }
                 }
                 let mut expired_keys = Vec::new();
-                for chunk in want.keys.chunks(CHUNK) {
+                for chunk in posting::chunks_by_size(&want.keys, CHUNK, $max_message, |(t, p, k)| text_len(t) + text_len(p) + text_len(k)) {
                     let mut qb = Q::new("WITH w (t, p, k) AS (");
                     qb.push_values(chunk, |mut b, (t, p, k)| {
                         b.push_bind(t.clone()).push_bind(p.clone()).push_bind(k.clone());
@@ -1117,7 +1117,7 @@ macro_rules! impl_store {
                     qb.push(") SELECT i.tenant_id, i.principal_id, i.idem_key, i.expires_at, i.request_hash, i.response_status, i.response_body FROM w \
                              JOIN idempotency_keys i ON i.tenant_id = w.t AND i.principal_id = w.p AND i.idem_key = w.k");
                     type KeyLoad = (String, String, String, i64, String, i64, String);
-                    for (t, p, k, exp, request_hash, response_status, response_body) in qb.build_query_as::<KeyLoad>().persistent(false).fetch_all(&mut *tx).await? {
+                    for (t, p, k, exp, request_hash, response_status, response_body) in qb.build_query_as::<KeyLoad>().persistent($persist).fetch_all(&mut *tx).await? {
                         if exp > want.latest {
                             snap.keys.insert((t, p, k), $crate::store::IdempotencyRecord { request_hash, response_status, response_body });
                         } else {
@@ -1157,7 +1157,7 @@ macro_rules! impl_store {
                     qb.push(") UPDATE accounts SET posted = v.posted, pending_debits = v.pending_debits, \
                              pending_credits = v.pending_credits, entry_count = v.entry_count, updated_at = v.updated_at \
                              FROM v WHERE accounts.id = v.id");
-                    let n = qb.build().persistent(false).execute(&mut *tx).await?.rows_affected();
+                    let n = qb.build().persistent($persist).execute(&mut *tx).await?.rows_affected();
                     if usize::try_from(n).ok() != Some(chunk.len()) {
                         return Err($crate::store::StoreError::Database(format!(
                             "posting updated {n} of {} accounts", chunk.len()
@@ -1165,7 +1165,6 @@ macro_rules! impl_store {
                     }
                 }
                 let mark0 = started.elapsed();
-                use $crate::store::sql::{opt_len, text_len};
                 let transfer_size = |t: &$crate::store::TransferRecord| {
                     text_len(&t.id) + text_len(&t.tenant_id) + text_len(&t.kind) + text_len(&t.currency)
                         + text_len(&t.debit_account_id) + opt_len(t.reference.as_deref()) + opt_len(t.description.as_deref())
@@ -1188,7 +1187,7 @@ macro_rules! impl_store {
                             .push_bind(t.created_by.clone())
                             .push_bind(t.created_at);
                     });
-                    qb.build().persistent(false).execute(&mut *tx).await?;
+                    qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
                 let mark1 = started.elapsed();
                 let entry_size = |e: &$crate::store::EntryRecord| {
@@ -1210,7 +1209,7 @@ macro_rules! impl_store {
                             .push_bind(e.account_seq)
                             .push_bind(e.created_at);
                     });
-                    qb.build().persistent(false).execute(&mut *tx).await?;
+                    qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
                 let mark2 = started.elapsed();
                 for h in &plan.holds {
@@ -1252,7 +1251,7 @@ macro_rules! impl_store {
                             .push_bind(k.created_at)
                             .push_bind(k.expires_at);
                     });
-                    qb.build().persistent(false).execute(&mut *tx).await?;
+                    qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
                 let mark4 = started.elapsed();
                 let written = started.elapsed();

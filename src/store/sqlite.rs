@@ -124,4 +124,4 @@ where
 
 // SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
 // No socket in between: statements may be as large as the parameter limit allows.
-impl_store!(SqliteStore, "sqlite", "", usize::MAX);
+impl_store!(SqliteStore, "sqlite", "", usize::MAX, false);
