@@ -19,3 +19,7 @@ DROP TABLE reversal_totals;
 ALTER TABLE holds ADD COLUMN credit_account_id TEXT REFERENCES accounts (id);
 CREATE INDEX holds_active_expiry ON holds (status, expires_at);
 CREATE INDEX holds_credit_active ON holds (credit_account_id, status, expires_at);
+
+-- No query reads transfers by their debit account (account filters go through entries), and on
+-- the hot path every index costs a page write per commit.
+DROP INDEX transfers_debit;

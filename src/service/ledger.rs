@@ -2,10 +2,10 @@
 //! withdrawals) with idempotency keys.
 //!
 //! Movements go through the [`LedgerWriter`]: one task per process that takes the movements
-//! waiting in its queue and posts them in one database transaction (a savepoint each, one
-//! commit for all), so a commit's fsync is shared by everything that arrived meanwhile (group
-//! commit). Each movement's check and write is one conditional UPDATE, which keeps balances
-//! correct even with several Kasho instances writing to one PostgreSQL.
+//! waiting in its queue and posts them in one database transaction, so a commit's fsync is
+//! shared by everything that arrived meanwhile (group commit). The store reads every row the
+//! batch touches under lock and applies the rules to them in order (`store::posting`), which
+//! keeps balances correct even with several Kasho instances writing to one PostgreSQL.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -548,11 +548,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<AccountRecord>>;
 
     // Money movements.
-    /// Posts each movement atomically (a savepoint each) inside one transaction: one commit for
-    /// the whole batch. A refused movement changes nothing but its idempotency record.
+    /// Posts each movement atomically (all of it or nothing of it) inside one transaction: one
+    /// commit for the whole batch. A refused movement changes nothing but its idempotency record
+    /// and its audit record.
     async fn post_movements(&self, batch: &[NewMovement]) -> StoreResult<Vec<PostResult>>;
     /// Posts every movement or none: if any is refused, the whole transaction rolls back (a
-    /// movement whose key is already taken is a retry and answers with its stored response). Returns whether it committed, with each movement's result.
+    /// movement whose key is already taken is a retry and answers with its stored response).
+    /// Returns whether it committed, with each movement's result.
     async fn post_movements_atomic(
         &self,
         batch: &[NewMovement],
