@@ -517,6 +517,19 @@ pub struct Wanted {
     pub latest: i64,
 }
 
+/// Every account a batch must load: its legs' accounts and both accounts of every hold it may
+/// release, sorted (the order PostgreSQL locks them in).
+pub fn accounts_to_load(want: &Wanted, holds: &[HoldState]) -> Vec<String> {
+    let mut ids = want.accounts.clone();
+    for h in holds {
+        ids.push(h.account_id.clone());
+        ids.extend(h.credit_account_id.iter().cloned());
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 pub fn wanted(batch: &[NewMovement]) -> Wanted {
     let mut accounts = Vec::new();
     let mut holds = Vec::new();

@@ -78,6 +78,23 @@ pub(super) fn next_record(
     r
 }
 
+/// Splits `events` into runs of consecutive events of one chain: each run moves its chain's head
+/// once.
+pub(super) fn chain_runs(events: &[NewAuditEvent]) -> Vec<(String, &[NewAuditEvent])> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let chain = events[start].chain();
+        let mut end = start + 1;
+        while end < events.len() && events[end].chain() == chain {
+            end += 1;
+        }
+        runs.push((chain, &events[start..end]));
+        start = end;
+    }
+    runs
+}
+
 /// Estimated encoded size of a bound text value.
 pub(super) fn text_len(s: &str) -> usize {
     s.len() + 8
@@ -101,14 +118,7 @@ macro_rules! impl_store {
                 // Events of one chain are appended as a run: the head is moved once by the
                 // whole run and the records go in with multi-row INSERTs, so a batch of
                 // movements costs a handful of statements, not four per record.
-                let mut start = 0;
-                while start < events.len() {
-                    let chain = events[start].chain();
-                    let mut end = start + 1;
-                    while end < events.len() && events[end].chain() == chain {
-                        end += 1;
-                    }
-                    let run = &events[start..end];
+                for (chain, run) in $crate::store::sql::chain_runs(events) {
                     let n = i64::try_from(run.len()).unwrap_or(i64::MAX);
                     sqlx::query(
                         "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
@@ -168,7 +178,6 @@ macro_rules! impl_store {
                         });
                         qb.build().persistent($persist).execute(&mut **tx).await?;
                     }
-                    start = end;
                 }
                 Ok(())
             }
@@ -1058,13 +1067,7 @@ macro_rules! impl_store {
                     qb.push(concat!(") ORDER BY id", $lock));
                     holds.extend(qb.build_query_as::<HoldState>().persistent($persist).fetch_all(&mut *tx).await?);
                 }
-                let mut account_ids = want.accounts.clone();
-                for h in &holds {
-                    account_ids.push(h.account_id.clone());
-                    account_ids.extend(h.credit_account_id.iter().cloned());
-                }
-                account_ids.sort();
-                account_ids.dedup();
+                let account_ids = posting::accounts_to_load(&want, &holds);
                 snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
                 // Accounts in id order, so concurrent writers (other instances) lock them in the
                 // same order and cannot deadlock on each other.

@@ -206,13 +206,7 @@ fn post(
                 holds.push(h);
             }
         }
-        let mut account_ids = want.accounts.clone();
-        for h in &holds {
-            account_ids.push(h.account_id.clone());
-            account_ids.extend(h.credit_account_id.iter().cloned());
-        }
-        account_ids.sort();
-        account_ids.dedup();
+        let account_ids = posting::accounts_to_load(&want, &holds);
         snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
 
         let mut account = tx
@@ -449,14 +443,7 @@ fn append_audit(
     sealer: &AuditSealer,
     events: &[NewAuditEvent],
 ) -> StoreResult<()> {
-    let mut start = 0;
-    while start < events.len() {
-        let chain = events[start].chain();
-        let mut end = start + 1;
-        while end < events.len() && events[end].chain() == chain {
-            end += 1;
-        }
-        let run = &events[start..end];
+    for (chain, run) in super::sql::chain_runs(events) {
         tx.prepare_cached(
             "INSERT INTO audit_heads (chain, seq, hash) VALUES (?1, 0, ?2) ON CONFLICT (chain) DO NOTHING",
         )
@@ -503,7 +490,6 @@ fn append_audit(
             .map_err(db)?
             .execute(params![chain, head.0, head.1])
             .map_err(db)?;
-        start = end;
     }
     Ok(())
 }
