@@ -571,6 +571,159 @@ async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) 
     assert_balanced(app, &t).await;
 }
 
+/// Two instances (each with its own ledger writer) on one database: they lock the accounts they
+/// share, so balances, the audit chain and idempotency hold across them.
+async fn two_instances_writing_the_same_accounts_keep_every_invariant(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = t.manager_token.clone();
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        let a = customer_account(app, &t, "USD").await;
+        deposit(app, &m, &a, 1_000).await;
+        accounts.push(a);
+    }
+    let instances = [app.router.clone(), app.second_instance().await];
+    let token = m.clone();
+    let send = move |router: axum::Router, key: String, from: String, to: String, amount: i64| {
+        let m = token.clone();
+        async move {
+            let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to });
+            let req = Request::post("/v1/transfers")
+                .header("authorization", format!("Bearer {m}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            use tower::ServiceExt;
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let replayed = resp.headers().contains_key("idempotency-replayed");
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                status,
+                replayed,
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let mut tasks = Vec::new();
+    for c in 0..40usize {
+        let send = send.clone();
+        let (accounts, instances) = (accounts.clone(), instances.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..6usize {
+                let from = accounts[(c + i) % accounts.len()].clone();
+                let to = accounts[(c + i + 1) % accounts.len()].clone();
+                let amount = 1 + ((c * 7 + i * 13) % 300) as i64;
+                let key = format!("c{c}-{i}");
+                if i == 0 {
+                    // The same request sent to both instances at once: posted once.
+                    let (a, b) = tokio::join!(
+                        send(
+                            instances[0].clone(),
+                            key.clone(),
+                            from.clone(),
+                            to.clone(),
+                            amount
+                        ),
+                        send(instances[1].clone(), key, from, to, amount)
+                    );
+                    out.push((true, a));
+                    out.push((true, b));
+                } else {
+                    out.push((
+                        false,
+                        send(instances[(c + i) % 2].clone(), key, from, to, amount).await,
+                    ));
+                }
+            }
+            out
+        }));
+    }
+    let mut posted = std::collections::HashMap::new();
+    for task in tasks {
+        for (twin, (status, replayed, v)) in task.await.unwrap() {
+            match status {
+                StatusCode::CREATED => {
+                    let id = v["id"].as_str().unwrap().to_owned();
+                    let seen = posted.entry(id).or_insert(0);
+                    *seen += 1;
+                    assert!(
+                        twin || !replayed,
+                        "only a twin request can be a replay: {v}"
+                    );
+                }
+                // A refusal is stored with its key too: a refused twin replays it.
+                StatusCode::UNPROCESSABLE_ENTITY => {
+                    assert_eq!(v["error"]["code"], "insufficient_funds", "{v}")
+                }
+                other => panic!("unexpected {other}: {v}"),
+            }
+        }
+    }
+    assert!(
+        posted.len() > 40,
+        "most transfers went through: {}",
+        posted.len()
+    );
+    assert!(
+        posted.values().all(|n| *n <= 2),
+        "a transfer is answered at most twice (its twin replays)"
+    );
+    // Every acknowledged transfer exists, once, and nothing else was posted.
+    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
+    let filter = kasho::store::TransferFilter::default();
+    let (mut listed, mut after) = (0, None);
+    loop {
+        let page = kasho::store::Page {
+            limit: 100,
+            starting_after: after.take(),
+        };
+        let rows = app
+            .core
+            .store
+            .list_transfers(&tenant, &filter, &page)
+            .await
+            .unwrap();
+        for r in rows.iter().take(100).filter(|r| r.kind == "transfer") {
+            listed += 1;
+            assert!(
+                posted.contains_key(&r.id),
+                "posted but never acknowledged: {}",
+                r.id
+            );
+        }
+        if rows.len() <= 100 {
+            break;
+        }
+        after = rows.get(99).map(|r| r.id.clone());
+    }
+    assert_eq!(
+        listed,
+        posted.len(),
+        "every acknowledged transfer exists exactly once"
+    );
+    for a in &accounts {
+        let acc = app.get(&format!("/v1/accounts/{a}"), &m).await.body;
+        assert!(acc["posted_balance"].as_i64().unwrap() >= 0, "{acc}");
+        let last = app
+            .get(&format!("/v1/accounts/{a}/entries?limit=1"), &m)
+            .await
+            .body;
+        assert_eq!(last["data"][0]["balance_after"], acc["posted_balance"]);
+    }
+    assert_balanced(app, &t).await;
+    // Both writers appended to the tenant's audit chain without forking it.
+    kasho::service::audit::verify_all(&*app.core.store, &app.core.sealer, |_| {}, |_| {})
+        .await
+        .expect("the audit chain verifies");
+}
+
 async fn reversals_undo_transfers_but_never_more_than_the_original(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
@@ -963,6 +1116,7 @@ async fn an_expired_idempotency_key_can_be_used_again(app: &TestApp) {
 }
 
 backend_tests!(
+    two_instances_writing_the_same_accounts_keep_every_invariant,
     transfers_with_several_credit_legs_reverse_leg_by_leg,
     holds_take_idempotency_keys_and_show_pending_credits,
     an_expired_idempotency_key_can_be_used_again,

@@ -132,6 +132,26 @@ impl TestApp {
         }
     }
 
+    /// A second Kasho instance on the same database and keys (its own core, ledger writer and
+    /// in-flight set), as a second `kasho serve` process would be.
+    pub async fn second_instance(&self) -> Router {
+        let dir = self.data_dir.path().display().to_string();
+        let config = Config::from_pairs(&[
+            ("data_dir", &dir),
+            ("database_url", &self.database_url),
+            ("database_max_connections", "4"),
+            ("argon2_memory_kib", "64"),
+            ("argon2_iterations", "1"),
+        ])
+        .expect("config");
+        let core =
+            kasho::app::build_core_with_checks(&config, self.clock.clone(), false, Vec::new())
+                .await
+                .expect("second core");
+        kasho::http::router(core, config.max_body_bytes)
+            .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 8], 4242))))
+    }
+
     /// Drops the PostgreSQL schema (the SQLite file goes with the temp dir).
     pub async fn cleanup(self) {
         if let Some(schema) = &self.schema
