@@ -125,6 +125,18 @@ impl InFlight {
         let inserted = self.0.lock().ok()?.insert(key.clone());
         inserted.then(|| InFlightGuard { set: self, key })
     }
+
+    /// Claims `key` for this tenant and principal, or 409 `idempotency_key_in_flight` while
+    /// another request of this process holds it.
+    fn claim_key(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        key: &IdempotencyKey,
+    ) -> AppResult<InFlightGuard<'_>> {
+        self.claim(format!("{tenant}/{principal}/{}", key.key))
+            .ok_or_else(in_flight)
+    }
 }
 
 /// An `Idempotency-Key` and the fingerprint of the request it came with.
@@ -552,9 +564,8 @@ pub struct TransferInput {
 /// What a reversal gives back: per account, the amount it debits, and what each leg of the
 /// original received (the ceiling across all reversals).
 pub struct ReversalLegs {
-    pub original: String,
+    pub link: crate::store::Reverses,
     pub debits: Vec<(String, i64)>,
-    pub ceilings: Vec<(String, i64)>,
 }
 
 /// A movement ready for the writer, or the stored answer of an earlier identical request.
@@ -599,10 +610,7 @@ async fn prepare<'a>(
     let principal_key = actor.user_id.to_string();
     let guard = match idempotency {
         None => None,
-        Some(k) => {
-            let slot = format!("{tenant}/{principal_key}/{}", k.key);
-            Some(core.inflight.claim(slot).ok_or_else(in_flight)?)
-        }
+        Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
     };
     match build_movement(core, meta, actor, input, idempotency, render).await {
         Ok(Prepared::Ready(m, _)) => Ok(Prepared::Ready(m, guard)),
@@ -807,10 +815,7 @@ async fn build_movement(
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
         }),
         render,
-        reverses: input.reverses.map(|r| crate::store::Reverses {
-            original: r.original,
-            ceilings: r.ceilings,
-        }),
+        reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
     };
     Ok(Prepared::Ready(Box::new(movement), None))
@@ -1200,9 +1205,11 @@ pub async fn reverse(
         reference: None,
         description: Some(format!("reversal of {}", t.id)),
         reverses: Some(ReversalLegs {
-            original: t.id.clone(),
+            link: crate::store::Reverses {
+                original: t.id.clone(),
+                ceilings,
+            },
             debits,
-            ceilings,
         }),
         capture_hold: None,
     };
@@ -1250,11 +1257,7 @@ pub async fn create_hold(
             {
                 return Ok(HoldOutcome::Replayed { status, body });
             }
-            Some(
-                core.inflight
-                    .claim(format!("{tenant}/{principal_key}/{}", k.key))
-                    .ok_or_else(in_flight)?,
-            )
+            Some(core.inflight.claim_key(tenant, &principal_key, k)?)
         }
     };
     let currency =

@@ -1167,13 +1167,12 @@ macro_rules! impl_store {
                         )));
                     }
                 }
-                let mark0 = started.elapsed();
-                let transfer_size = |t: &$crate::store::TransferRecord| {
+                let transfer_size = |t: &&$crate::store::TransferRecord| {
                     text_len(&t.id) + text_len(&t.tenant_id) + text_len(&t.kind) + text_len(&t.currency)
                         + text_len(&t.debit_account_id) + opt_len(t.reference.as_deref()) + opt_len(t.description.as_deref())
                         + opt_len(t.reverses_id.as_deref()) + opt_len(t.created_by.as_deref()) + 32
                 };
-                for chunk in $crate::store::posting::chunks_by_size(&plan.transfers, CHUNK, $max_message, transfer_size) {
+                for chunk in $crate::store::posting::chunks_by_size(&plan.transfers(), CHUNK, $max_message, transfer_size) {
                     let mut qb = Q::new(
                         "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) ",
                     );
@@ -1192,12 +1191,11 @@ macro_rules! impl_store {
                     });
                     qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
-                let mark1 = started.elapsed();
-                let entry_size = |e: &$crate::store::EntryRecord| {
+                let entry_size = |e: &&$crate::store::EntryRecord| {
                     text_len(&e.id) + text_len(&e.tenant_id) + text_len(&e.transfer_id) + text_len(&e.account_id)
                         + text_len(&e.direction) + 48
                 };
-                for chunk in $crate::store::posting::chunks_by_size(&plan.entries, CHUNK, $max_message, entry_size) {
+                for chunk in $crate::store::posting::chunks_by_size(&plan.entries(), CHUNK, $max_message, entry_size) {
                     let mut qb = Q::new(
                         "INSERT INTO entries (id, tenant_id, transfer_id, account_id, direction, amount, balance_after, account_seq, created_at) ",
                     );
@@ -1214,7 +1212,6 @@ macro_rules! impl_store {
                     });
                     qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
-                let mark2 = started.elapsed();
                 for h in &plan.holds {
                     sqlx::query("UPDATE holds SET status = $2, captured_transfer_id = $3, updated_at = $4 WHERE id = $1 AND status = 'active'")
                         .bind(&h.id)
@@ -1235,7 +1232,6 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let mark3 = started.elapsed();
                 let key_size = |k: &posting::KeyRow| {
                     text_len(&k.tenant_id) + text_len(&k.principal_id) + text_len(&k.key) + text_len(&k.request_hash)
                         + text_len(&k.body) + 32
@@ -1256,28 +1252,11 @@ macro_rules! impl_store {
                     });
                     qb.build().persistent($persist).execute(&mut *tx).await?;
                 }
-                let mark4 = started.elapsed();
                 let written = started.elapsed();
                 self.append_audit_tx(&mut tx, &plan.audit).await?;
                 let audited = started.elapsed();
                 tx.commit().await?;
-                // Where a batch's time goes (RUST_LOG=kasho::store=debug), for the
-                // performance notes.
-                tracing::debug!(
-                    size = batch.len(),
-                    begin_us = began.as_micros(),
-                    load_us = (loaded - began).as_micros(),
-                    plan_us = (planned - loaded).as_micros(),
-                    write_us = (written - planned).as_micros(),
-                    audit_us = (audited - written).as_micros(),
-                    commit_us = (started.elapsed() - audited).as_micros(),
-                    w_accounts = (mark0 - planned).as_micros(),
-                    w_transfers = (mark1 - mark0).as_micros(),
-                    w_entries = (mark2 - mark1).as_micros(),
-                    w_holds_rev = (mark3 - mark2).as_micros(),
-                    w_keys = (mark4 - mark3).as_micros(),
-                    "ledger batch phases"
-                );
+                posting::log_phases(batch.len(), [began, loaded, planned, written, audited], started.elapsed());
                 Ok((true, plan.results))
             }
 

@@ -337,7 +337,7 @@ fn post(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .map_err(db)?;
-        for t in &plan.transfers {
+        for t in plan.transfers() {
             ins.execute(params![
                 t.id,
                 t.tenant_id,
@@ -360,7 +360,7 @@ fn post(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(db)?;
-        for e in &plan.entries {
+        for e in plan.entries() {
             ins.execute(params![
                 e.id,
                 e.tenant_id,
@@ -423,15 +423,10 @@ fn post(
     append_audit(&tx, sealer, &plan.audit)?;
     let audited = started.elapsed();
     tx.commit().map_err(db)?;
-    tracing::debug!(
-        size = batch.len(),
-        begin_us = began.as_micros(),
-        load_us = (loaded - began).as_micros(),
-        plan_us = (planned - loaded).as_micros(),
-        write_us = (written - planned).as_micros(),
-        audit_us = (audited - written).as_micros(),
-        commit_us = (started.elapsed() - audited).as_micros(),
-        "ledger batch phases"
+    posting::log_phases(
+        batch.len(),
+        [began, loaded, planned, written, audited],
+        started.elapsed(),
     );
     Ok((true, plan.results))
 }

@@ -500,16 +500,64 @@ async fn ledger_rows_cannot_be_changed_even_with_sql(app: &TestApp) {
     }
 }
 
+/// `n` USD customer accounts, each funded with a deposit of `amount`.
+async fn funded_accounts(app: &TestApp, t: &TenantFixture, n: usize, amount: i64) -> Vec<String> {
+    let mut accounts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let a = customer_account(app, t, "USD").await;
+        deposit(app, &t.manager_token, &a, amount).await;
+        accounts.push(a);
+    }
+    accounts
+}
+
+/// A keyed transfer sent straight to `router` (from a spawned task): status, whether it was a
+/// replay, and the body.
+async fn keyed_transfer(
+    router: axum::Router,
+    token: String,
+    key: String,
+    (from, to, amount): (String, String, i64),
+) -> (StatusCode, bool, Value) {
+    use tower::ServiceExt;
+    let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to });
+    let req = Request::post("/v1/transfers")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let replayed = resp.headers().contains_key("idempotency-replayed");
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, replayed, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// No account below zero, each balance equal to its last entry's running balance, and the
+/// tenant's balances summing to zero.
+async fn assert_accounts_consistent(app: &TestApp, t: &TenantFixture, accounts: &[String]) {
+    let m = &t.manager_token;
+    for a in accounts {
+        let acc = app.get(&format!("/v1/accounts/{a}"), m).await.body;
+        assert!(acc["posted_balance"].as_i64().unwrap() >= 0, "{acc}");
+        let last = app
+            .get(&format!("/v1/accounts/{a}/entries?limit=1"), m)
+            .await
+            .body;
+        assert_eq!(last["data"][0]["balance_after"], acc["posted_balance"]);
+    }
+    assert_balanced(app, t).await;
+}
+
 async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = t.manager_token.clone();
-    let mut accounts = Vec::new();
-    for _ in 0..4 {
-        let a = customer_account(app, &t, "USD").await;
-        deposit(app, &m, &a, 1_000).await;
-        accounts.push(a);
-    }
+    let accounts = funded_accounts(app, &t, 4, 1_000).await;
     let clients = 50;
     let per_client = 8;
     let mut tasks = Vec::new();
@@ -523,21 +571,18 @@ async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) 
                 let from = &accounts[(c + i) % accounts.len()];
                 let to = &accounts[(c + i + 1) % accounts.len()];
                 let amount = 1 + ((c * 7 + i * 13) % 300) as i64;
-                let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to });
-                let req = Request::post("/v1/transfers")
-                    .header("authorization", format!("Bearer {m}"))
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", format!("c{c}-{i}"))
-                    .body(Body::from(body.to_string()))
-                    .unwrap();
-                use tower::ServiceExt;
-                let resp = router.clone().oneshot(req).await.unwrap();
-                let status = resp.status();
-                let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                let (status, _, v) = keyed_transfer(
+                    router.clone(),
+                    m.clone(),
+                    format!("c{c}-{i}"),
+                    (from.clone(), to.clone(), amount),
+                )
+                .await;
                 match status {
                     StatusCode::CREATED => created.push(v["id"].as_str().unwrap().to_owned()),
-                    StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(v["error"]["code"], "insufficient_funds"),
+                    StatusCode::UNPROCESSABLE_ENTITY => {
+                        assert_eq!(v["error"]["code"], "insufficient_funds")
+                    }
                     other => panic!("unexpected {other}: {v}"),
                 }
             }
@@ -559,16 +604,7 @@ async fn concurrent_clients_on_hot_accounts_keep_every_invariant(app: &TestApp) 
         );
     }
     // No account below its floor; balances equal the last entry's running balance.
-    for a in &accounts {
-        let acc = app.get(&format!("/v1/accounts/{a}"), &m).await.body;
-        assert!(acc["posted_balance"].as_i64().unwrap() >= 0, "{acc}");
-        let last = app
-            .get(&format!("/v1/accounts/{a}/entries?limit=1"), &m)
-            .await
-            .body;
-        assert_eq!(last["data"][0]["balance_after"], acc["posted_balance"]);
-    }
-    assert_balanced(app, &t).await;
+    assert_accounts_consistent(app, &t, &accounts).await;
 }
 
 /// Two instances (each with its own ledger writer) on one database: they lock the accounts they
@@ -577,38 +613,11 @@ async fn two_instances_writing_the_same_accounts_keep_every_invariant(app: &Test
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = t.manager_token.clone();
-    let mut accounts = Vec::new();
-    for _ in 0..4 {
-        let a = customer_account(app, &t, "USD").await;
-        deposit(app, &m, &a, 1_000).await;
-        accounts.push(a);
-    }
+    let accounts = funded_accounts(app, &t, 4, 1_000).await;
     let instances = [app.router.clone(), app.second_instance().await];
     let token = m.clone();
     let send = move |router: axum::Router, key: String, from: String, to: String, amount: i64| {
-        let m = token.clone();
-        async move {
-            let body = json!({ "amount": amount, "currency": "USD", "debit_account_id": from, "credit_account_id": to });
-            let req = Request::post("/v1/transfers")
-                .header("authorization", format!("Bearer {m}"))
-                .header("content-type", "application/json")
-                .header("idempotency-key", key)
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            use tower::ServiceExt;
-            let resp = router.oneshot(req).await.unwrap();
-            let status = resp.status();
-            let replayed = resp.headers().contains_key("idempotency-replayed");
-            let bytes = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (
-                status,
-                replayed,
-                serde_json::from_slice::<Value>(&bytes).unwrap(),
-            )
-        }
+        keyed_transfer(router, token.clone(), key, (from, to, amount))
     };
     let mut tasks = Vec::new();
     for c in 0..40usize {
@@ -708,16 +717,7 @@ async fn two_instances_writing_the_same_accounts_keep_every_invariant(app: &Test
         posted.len(),
         "every acknowledged transfer exists exactly once"
     );
-    for a in &accounts {
-        let acc = app.get(&format!("/v1/accounts/{a}"), &m).await.body;
-        assert!(acc["posted_balance"].as_i64().unwrap() >= 0, "{acc}");
-        let last = app
-            .get(&format!("/v1/accounts/{a}/entries?limit=1"), &m)
-            .await
-            .body;
-        assert_eq!(last["data"][0]["balance_after"], acc["posted_balance"]);
-    }
-    assert_balanced(app, &t).await;
+    assert_accounts_consistent(app, &t, &accounts).await;
     // Both writers appended to the tenant's audit chain without forking it.
     kasho::service::audit::verify_all(&*app.core.store, &app.core.sealer, |_| {}, |_| {})
         .await
