@@ -107,7 +107,7 @@ pub async fn build_core_with_checks(
     let hasher = PasswordHasher::new(config.argon2, config.max_concurrent_hashes)
         .map_err(|e| StartError::Other(e.to_string()))?;
     Ok(Arc::new(Core {
-        clock,
+        clock: clock.clone(),
         hasher,
         tokens,
         sealer,
@@ -117,6 +117,12 @@ pub async fn build_core_with_checks(
             idempotency_ttl_seconds: config.idempotency_ttl_seconds,
         },
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
+        keyring: Arc::new(crate::service::keys::Keyring::new(
+            store.clone(),
+            clock.clone(),
+            &keys.master,
+            config.key_rotate_after_encryptions,
+        )),
         inflight: crate::service::ledger::InFlight::default(),
         checks,
         store,

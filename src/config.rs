@@ -155,6 +155,11 @@ const KEYS: &[KeyDef] = &[
         help: "how long idempotency keys and their responses are kept, at least 86400 (86400)",
     },
     KeyDef {
+        name: "key_rotate_after_encryptions",
+        secret: false,
+        help: "encryptions under one data key version before it is rotated, at most 2^31 (1073741824)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -327,6 +332,8 @@ pub struct Config {
     pub access_token_ttl_seconds: i64,
     pub refresh_token_ttl_seconds: i64,
     pub idempotency_ttl_seconds: i64,
+    /// Encryptions under one data key version before it is rotated (well below 2^32).
+    pub key_rotate_after_encryptions: i64,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -491,6 +498,13 @@ impl Config {
         )?;
         let it = take("idempotency_ttl_seconds", Some("86400".into())).unwrap_or_default();
         let idempotency_ttl_seconds = int("idempotency_ttl_seconds", &it, 86_400, 30 * 86_400)?;
+        let kr = take(
+            "key_rotate_after_encryptions",
+            Some(crate::service::keys::DEFAULT_ROTATE_AFTER.to_string()),
+        )
+        .unwrap_or_default();
+        let key_rotate_after_encryptions =
+            int("key_rotate_after_encryptions", &kr, 2i64, 1i64 << 31)?;
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -556,6 +570,7 @@ impl Config {
             access_token_ttl_seconds,
             refresh_token_ttl_seconds,
             idempotency_ttl_seconds,
+            key_rotate_after_encryptions,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,

@@ -1,6 +1,7 @@
 //! Cryptographic building blocks: randomness, hashing, constant-time comparison, and the
 //! submodules for passwords, access tokens and key material.
 
+pub mod envelope;
 pub mod jwt;
 pub mod keys;
 pub mod password;

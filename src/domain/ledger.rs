@@ -4,6 +4,7 @@
 //! the same total, so the sum of all balances per tenant and currency stays zero. Entries are
 //! never changed; corrections are new transfers.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::currency::Currency;
@@ -141,6 +142,108 @@ impl Refusal {
             Refusal::ReversalExceedsOriginal => "reversal_exceeds_original",
             Refusal::HoldNotActive => "hold_not_active",
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
+        }
+    }
+}
+
+/// The free-text and structured details of a transfer: a description, the integrator's metadata
+/// and the counterparty outside the platform. They may carry personal data, so they are sealed at
+/// rest under the tenant's data key and never printed.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<Counterparty>,
+}
+
+/// Who is on the other side of a deposit, withdrawal or payout, outside the platform.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counterparty {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Their account number or IBAN at `institution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub institution: Option<String>,
+}
+
+impl fmt::Debug for TransferDetails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TransferDetails([REDACTED])")
+    }
+}
+
+impl fmt::Debug for Counterparty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Counterparty([REDACTED])")
+    }
+}
+
+/// Metadata limits (Stripe's, which integrators know).
+pub const MAX_METADATA_KEYS: usize = 50;
+pub const MAX_METADATA_KEY_LEN: usize = 40;
+pub const MAX_METADATA_VALUE_LEN: usize = 500;
+
+fn check_text(param: &str, v: &str, max: usize) -> Result<(), (String, String)> {
+    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err((
+            param.to_owned(),
+            format!("must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl TransferDetails {
+    pub fn is_empty(&self) -> bool {
+        self.description.is_none() && self.metadata.is_empty() && self.counterparty.is_none()
+    }
+
+    /// Checks the limits; the error names the offending parameter.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(d) = &self.description {
+            check_text("description", d, 500)?;
+        }
+        if self.metadata.len() > MAX_METADATA_KEYS {
+            return Err((
+                "metadata".into(),
+                format!("at most {MAX_METADATA_KEYS} keys"),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            check_text("metadata", k, MAX_METADATA_KEY_LEN)?;
+            check_text(&format!("metadata.{k}"), v, MAX_METADATA_VALUE_LEN)?;
+        }
+        if let Some(c) = &self.counterparty {
+            if c.name.is_none() && c.account.is_none() && c.institution.is_none() {
+                return Err((
+                    "counterparty".into(),
+                    "name at least one of name, account, institution".into(),
+                ));
+            }
+            for (param, v) in [
+                ("counterparty.name", &c.name),
+                ("counterparty.account", &c.account),
+                ("counterparty.institution", &c.institution),
+            ] {
+                if let Some(v) = v {
+                    check_text(param, v, 140)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn described(text: String) -> Self {
+        Self {
+            description: Some(text),
+            ..Self::default()
         }
     }
 }

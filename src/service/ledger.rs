@@ -17,7 +17,7 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckDecision, MovementView, Refusal, TransferKind,
+    AccountKind, Amount, CheckDecision, MovementView, Refusal, TransferDetails, TransferKind,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
@@ -554,7 +554,8 @@ pub struct TransferInput {
     pub debit_account_id: String,
     pub credits: Vec<(String, i64)>,
     pub reference: Option<String>,
-    pub description: Option<String>,
+    /// Description, metadata, counterparty: sealed at rest.
+    pub details: TransferDetails,
     /// For reversals: the original and the legs given back.
     pub reverses: Option<ReversalLegs>,
     /// For captures: the hold being captured.
@@ -586,7 +587,14 @@ pub async fn move_money(
         Prepared::Replay(o) => Ok(o),
         Prepared::Ready(m, _guard) => {
             let r = core.ledger.post(*m).await?;
-            settle(idempotency.as_ref(), r)
+            settle(
+                core,
+                actor.tenant()?,
+                actor.user_id.as_str(),
+                idempotency.as_ref(),
+                r,
+            )
+            .await
         }
     }
 }
@@ -649,15 +657,10 @@ async fn build_movement(
         )
         .into());
     }
-    if let Some(d) = &input.description
-        && (d.len() > 500 || d.chars().any(char::is_control))
-    {
-        return Err(AppError::invalid(
-            "description",
-            "must be at most 500 characters without control characters",
-        )
-        .into());
-    }
+    input
+        .details
+        .validate()
+        .map_err(|(param, message)| AppError::invalid(param, message))?;
     let (debits, credits, debit_owner) = match input.kind {
         TransferKind::Reversal => {
             let debits = input
@@ -794,6 +797,34 @@ async fn build_movement(
             audited: true,
         });
     }
+    // Details and the stored answer are sealed here, before the writer: it never sees a key
+    // it has to fetch, and nothing reaches storage in the clear.
+    let seal_key = if input.details.is_empty() && idempotency.is_none() {
+        None
+    } else {
+        Some(reply_key(core, &tenant, 2).await?)
+    };
+    let details = match (&seal_key, input.details.is_empty()) {
+        (Some(key), false) => {
+            let col = crate::store::keys::TRANSFER_DETAILS;
+            let json = zeroize::Zeroizing::new(
+                serde_json::to_vec(&input.details).map_err(AppError::internal)?,
+            );
+            let sealed = key
+                .seal(
+                    &crate::crypto::envelope::Context {
+                        tenant: tenant.as_str(),
+                        table: col.table,
+                        column: col.column,
+                        row: id.as_str(),
+                    },
+                    &json,
+                )
+                .map_err(AppError::internal)?;
+            Some(sealed)
+        }
+        _ => None,
+    };
     let movement = NewMovement {
         id,
         tenant_id: tenant.clone(),
@@ -804,7 +835,8 @@ async fn build_movement(
         debit_owner,
         credits,
         reference: input.reference,
-        description: input.description,
+        details,
+        details_clear: (!input.details.is_empty()).then_some(input.details),
         created_by: principal_key.clone(),
         created_at: now,
         audit,
@@ -813,6 +845,7 @@ async fn build_movement(
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+            seal: seal_key.clone(),
         }),
         render,
         reverses: input.reverses.map(|r| r.link),
@@ -822,7 +855,10 @@ async fn build_movement(
 }
 
 /// Turns the writer's result into the request's outcome.
-fn settle(
+async fn settle(
+    core: &Core,
+    tenant: &TenantId,
+    principal: &str,
     idempotency: Option<&IdempotencyKey>,
     result: PostResult,
 ) -> Result<MovementOutcome, MoveError> {
@@ -833,7 +869,7 @@ fn settle(
             audited: true,
         }),
         PostResult::DuplicateKey(stored) => match idempotency {
-            Some(k) => Ok(stored_answer(stored, k)?),
+            Some(k) => Ok(stored_answer(core, tenant, principal, stored, k).await?),
             None => Err(AppError::internal("duplicate key without a key").into()),
         },
     }
@@ -852,12 +888,17 @@ async fn replay(
     else {
         return Ok(None);
     };
-    stored_answer(stored, k).map(Some)
+    stored_answer(core, tenant, principal, stored, k)
+        .await
+        .map(Some)
 }
 
 /// The stored answer to a key, if the request is the same one; 422 if the key was used with a
 /// different request.
-fn stored_answer(
+async fn stored_answer(
+    core: &Core,
+    tenant: &TenantId,
+    principal: &str,
     stored: crate::store::IdempotencyRecord,
     k: &IdempotencyKey,
 ) -> AppResult<MovementOutcome> {
@@ -867,10 +908,55 @@ fn stored_answer(
             message: "this idempotency key was used with a different request".into(),
         });
     }
+    // The stored answer is sealed under the tenant's data key (it may carry transfer details).
+    let row = format!("{principal}/{}", k.key);
+    let col = crate::store::keys::IDEMPOTENCY_RESPONSES;
+    let ctx = crate::crypto::envelope::Context {
+        tenant: tenant.as_str(),
+        table: col.table,
+        column: col.column,
+        row: &row,
+    };
+    let body = core.keyring.open_text(&ctx, &stored.response_body).await?;
     Ok(MovementOutcome::Replayed {
         status: u16::try_from(stored.response_status).unwrap_or(500),
-        body: stored.response_body,
+        body: body.to_string(),
     })
+}
+
+/// A tenant data key for sealing a stored answer (and the details), `n` encryptions reserved.
+async fn reply_key(
+    core: &Core,
+    tenant: &TenantId,
+    n: i64,
+) -> AppResult<Arc<crate::crypto::envelope::DataKey>> {
+    core.keyring
+        .encryption_key(tenant, &super::keys::KeyOwner::Tenant, n)
+        .await
+}
+
+/// Opens a stored transfer's details (a legacy plaintext description reads as a description).
+async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResult<()> {
+    let Some(stored) = p.transfer.details.as_deref() else {
+        return Ok(());
+    };
+    let col = crate::store::keys::TRANSFER_DETAILS;
+    let ctx = crate::crypto::envelope::Context {
+        tenant: &p.transfer.tenant_id,
+        table: col.table,
+        column: col.column,
+        row: &p.transfer.id,
+    };
+    if !crate::crypto::envelope::is_ciphertext(stored) {
+        p.details = Some(TransferDetails::described(stored.to_owned()));
+        return Ok(());
+    }
+    let text = core.keyring.open_text(&ctx, stored).await?;
+    p.details = Some(
+        serde_json::from_str(&text)
+            .map_err(|e| AppError::internal(format!("transfer details: {e}")))?,
+    );
+    Ok(())
 }
 
 /// The API error for a ledger refusal.
@@ -903,6 +989,8 @@ pub async fn get_transfer(
         None => None,
     }
     .ok_or(AppError::NotFound("transfer"))?;
+    let mut t = t;
+    open_details(core, &mut t).await?;
     let Some(owner) = owner else {
         return Ok((t, None));
     };
@@ -937,10 +1025,13 @@ pub async fn list_transfers(
             .await?
             .map(|p| p.entries)
             .unwrap_or_default();
-        rows.push(PostedTransfer {
+        let mut p = PostedTransfer {
             transfer: t,
             entries,
-        });
+            details: None,
+        };
+        open_details(core, &mut p).await?;
+        rows.push(p);
     }
     Ok(Listed::from_rows(rows, page))
 }
@@ -970,6 +1061,7 @@ pub async fn move_money_batch(
         )
         .into());
     }
+    let tenant = &actor.tenant()?.clone();
     let mut prepared = Vec::with_capacity(inputs.len());
     let mut keys = Vec::with_capacity(inputs.len());
     for (input, key) in inputs {
@@ -1002,7 +1094,7 @@ pub async fn move_money_batch(
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
                 (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
-                    settle(keys[slot].as_ref(), r)
+                    settle(core, tenant, actor.user_id.as_str(), keys[slot].as_ref(), r).await
                 }
                 (false, PostResult::Refused(refusal)) => Err(MoveError {
                     error: refusal_error(refusal),
@@ -1057,7 +1149,9 @@ pub async fn move_money_batch(
             Err(done) => done
                 .unwrap_or_else(|| Err(AppError::internal("batch item without a result").into())),
             Ok(rx) => match rx.await {
-                Ok(Ok(r)) => settle(keys[i].as_ref(), r),
+                Ok(Ok(r)) => {
+                    settle(core, tenant, actor.user_id.as_str(), keys[i].as_ref(), r).await
+                }
                 Ok(Err(e)) => Err(AppError::Internal(e).into()),
                 Err(_) => Err(AppError::internal("the ledger writer dropped a movement").into()),
             },
@@ -1203,7 +1297,7 @@ pub async fn reverse(
         debit_account_id: debits.first().map(|(a, _)| a.clone()).unwrap_or_default(),
         credits: vec![(t.debit_account_id.clone(), amount)],
         reference: None,
-        description: Some(format!("reversal of {}", t.id)),
+        details: TransferDetails::described(format!("reversal of {}", t.id)),
         reverses: Some(ReversalLegs {
             link: crate::store::Reverses {
                 original: t.id.clone(),
@@ -1310,12 +1404,17 @@ pub async fn create_hold(
         Outcome::Success,
         None,
     );
+    let seal_key = match &idempotency {
+        Some(_) => Some(reply_key(core, tenant, 1).await?),
+        None => None,
+    };
     let key = idempotency.as_ref().map(|k| crate::store::HoldKey {
         key: NewIdempotency {
             principal_id: principal_key.clone(),
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+            seal: seal_key.clone(),
         },
         render,
     });
@@ -1429,7 +1528,7 @@ pub async fn capture_hold(
         debit_account_id: hold.account_id.clone(),
         credits: vec![(credit_account_id, amount)],
         reference: None,
-        description: Some(format!("capture of {}", hold.id)),
+        details: TransferDetails::described(format!("capture of {}", hold.id)),
         reverses: None,
         capture_hold: Some(hold.id.clone()),
     };

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod keys;
 pub mod ledger;
 pub mod tenants;
 pub mod users;
@@ -43,6 +44,8 @@ pub struct Core {
     pub inflight: ledger::InFlight,
     /// The pre-commit check point: every movement passes each check before it is posted.
     pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
+    /// The key hierarchy: seals and opens data at rest.
+    pub keyring: Arc<keys::Keyring>,
 }
 
 /// Who is calling: established from a verified access token and a live session.

@@ -9,6 +9,7 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod keys;
 pub mod postgres;
 pub mod posting;
 mod sql;
@@ -238,7 +239,9 @@ pub struct TransferRecord {
     pub amount: i64,
     pub debit_account_id: String,
     pub reference: Option<String>,
-    pub description: Option<String>,
+    /// The transfer's details (description, metadata, counterparty) sealed under the tenant's
+    /// data key; see `service::ledger::TransferDetails`.
+    pub details: Option<String>,
     pub reverses_id: Option<String>,
     pub created_by: Option<String>,
     pub created_at: i64,
@@ -329,6 +332,28 @@ pub struct NewIdempotency {
     pub key: String,
     pub request_hash: String,
     pub expires_at: Timestamp,
+    /// The tenant data key the stored answer is sealed under (it may carry transfer details).
+    pub seal: Option<std::sync::Arc<crate::crypto::envelope::DataKey>>,
+}
+
+/// What a stored answer holds when it could not be sealed (the random generator failed): a
+/// replay of it fails loudly rather than the answer being kept in the clear.
+pub const UNSEALABLE_BODY: &str = "kx1.unsealable.0.";
+
+impl NewIdempotency {
+    /// The answer as it is stored: sealed for its row when a key is given.
+    pub fn stored_body(&self, tenant: &str, body: String) -> String {
+        let Some(key) = &self.seal else { return body };
+        let row = format!("{}/{}", self.principal_id, self.key);
+        let ctx = crate::crypto::envelope::Context {
+            tenant,
+            table: keys::IDEMPOTENCY_RESPONSES.table,
+            column: keys::IDEMPOTENCY_RESPONSES.column,
+            row: &row,
+        };
+        key.seal(&ctx, body.as_bytes())
+            .unwrap_or_else(|_| UNSEALABLE_BODY.to_owned())
+    }
 }
 
 /// The idempotency key to record with a new hold, and how to render the hold for a replay.
@@ -343,6 +368,9 @@ pub struct HoldKey {
 pub struct PostedTransfer {
     pub transfer: TransferRecord,
     pub entries: Vec<EntryRecord>,
+    /// The details in the clear, in memory only: set by the writer from the movement, or by
+    /// the service after opening `transfer.details`.
+    pub details: Option<crate::domain::ledger::TransferDetails>,
 }
 
 /// Renders a movement's outcome as the (status, body) an idempotent replay must return. Called
@@ -366,7 +394,10 @@ pub struct NewMovement {
     pub debit_owner: Option<String>,
     pub credits: Vec<(String, i64)>,
     pub reference: Option<String>,
-    pub description: Option<String>,
+    /// The details, already sealed under the tenant's data key for this transfer's row.
+    pub details: Option<String>,
+    /// The same details in the clear, for rendering the answer; never stored.
+    pub details_clear: Option<crate::domain::ledger::TransferDetails>,
     pub created_by: String,
     pub created_at: Timestamp,
     pub audit: NewAuditEvent,
@@ -406,7 +437,7 @@ pub struct TransferFilter {
 
 /// Everything Kasho persists.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: keys::KeyStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Applies pending migrations; returns the descriptions of those applied now.

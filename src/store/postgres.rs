@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::keys::impl_key_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -67,3 +68,4 @@ impl PgStore {
 // Rows read to be written by the batch writer are locked until commit.
 // Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
 impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
+impl_key_store!(PgStore);

@@ -339,7 +339,7 @@ impl Engine {
             amount: m.amount,
             debit_account_id: m.debits.first().map(|(a, _)| a.clone()).unwrap_or_default(),
             reference: m.reference.clone(),
-            description: m.description.clone(),
+            details: m.details.clone(),
             reverses_id: m.reverses.as_ref().map(|r| r.original.clone()),
             created_by: Some(m.created_by.clone()),
             created_at: now,
@@ -384,7 +384,11 @@ impl Engine {
                 },
             )
             .collect();
-        Ok(PostedTransfer { transfer, entries })
+        Ok(PostedTransfer {
+            transfer,
+            entries,
+            details: m.details_clear.clone(),
+        })
     }
 }
 
@@ -432,6 +436,7 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
         }
         if let (Some(idem), Some(slot)) = (&m.idempotency, slot) {
             let (status, body) = (m.render)(&outcome);
+            let body = idem.stored_body(m.tenant_id.as_str(), body);
             engine.snap.keys.insert(
                 slot,
                 IdempotencyRecord {
@@ -642,7 +647,8 @@ mod tests {
             debit_owner: None,
             credits: vec![(to.into(), amount)],
             reference: None,
-            description: None,
+            details: None,
+            details_clear: None,
             created_by: "usr_x".into(),
             created_at: Timestamp::from_micros(at),
             audit: NewAuditEvent {
@@ -730,6 +736,7 @@ mod tests {
             key: "k1".into(),
             request_hash: "h".into(),
             expires_at: Timestamp::from_micros(10),
+            seal: None,
         };
         let mut m1 = movement("acc_a", "acc_b", 10, 1);
         m1.idempotency = Some(key.clone());

@@ -744,7 +744,7 @@ macro_rules! impl_store {
                     .bind(id)
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(Some($crate::store::PostedTransfer { transfer, entries }))
+                Ok(Some($crate::store::PostedTransfer { transfer, entries, details: None }))
             }
 
             async fn list_transfers(
@@ -855,6 +855,7 @@ macro_rules! impl_store {
                 .await?;
                 if let Some(k) = idempotency {
                     let (status, body) = (k.render)(&record);
+                    let body = k.key.stored_body(h.tenant_id.as_str(), body);
                     let inserted = sqlx::query(
                         "INSERT INTO idempotency_keys (tenant_id, principal_id, idem_key, request_hash, response_status, response_body, created_at, expires_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -1169,12 +1170,12 @@ macro_rules! impl_store {
                 }
                 let transfer_size = |t: &&$crate::store::TransferRecord| {
                     text_len(&t.id) + text_len(&t.tenant_id) + text_len(&t.kind) + text_len(&t.currency)
-                        + text_len(&t.debit_account_id) + opt_len(t.reference.as_deref()) + opt_len(t.description.as_deref())
+                        + text_len(&t.debit_account_id) + opt_len(t.reference.as_deref()) + opt_len(t.details.as_deref())
                         + opt_len(t.reverses_id.as_deref()) + opt_len(t.created_by.as_deref()) + 32
                 };
                 for chunk in $crate::store::posting::chunks_by_size(&plan.transfers(), CHUNK, $max_message, transfer_size) {
                     let mut qb = Q::new(
-                        "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, description, reverses_id, created_by, created_at) ",
+                        "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, details, reverses_id, created_by, created_at) ",
                     );
                     qb.push_values(chunk, |mut b, t| {
                         b.push_bind(t.id.clone())
@@ -1184,7 +1185,7 @@ macro_rules! impl_store {
                             .push_bind(t.amount)
                             .push_bind(t.debit_account_id.clone())
                             .push_bind(t.reference.clone())
-                            .push_bind(t.description.clone())
+                            .push_bind(t.details.clone())
                             .push_bind(t.reverses_id.clone())
                             .push_bind(t.created_by.clone())
                             .push_bind(t.created_at);

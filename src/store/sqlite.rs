@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::keys::impl_key_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -125,3 +126,4 @@ where
 // SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
 // No socket in between: statements may be as large as the parameter limit allows.
 impl_store!(SqliteStore, "sqlite", "", usize::MAX, false);
+impl_key_store!(SqliteStore);

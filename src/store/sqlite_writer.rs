@@ -333,7 +333,7 @@ fn post(
         let mut ins = tx
             .prepare_cached(
                 "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, \
-                 reference, description, reverses_id, created_by, created_at) \
+                 reference, details, reverses_id, created_by, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .map_err(db)?;
@@ -346,7 +346,7 @@ fn post(
                 t.amount,
                 t.debit_account_id,
                 t.reference,
-                t.description,
+                t.details,
                 t.reverses_id,
                 t.created_by,
                 t.created_at

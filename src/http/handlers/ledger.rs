@@ -5,6 +5,7 @@
 //! body answers 422 `idempotency_key_reused`; a retry while the first is still running answers
 //! 409 `idempotency_key_in_flight`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -18,7 +19,7 @@ use utoipa::ToSchema;
 use super::Recorded;
 use crate::clock::Timestamp;
 use crate::domain::authz::{Permission, Scope};
-use crate::domain::ledger::{Refusal, TransferKind};
+use crate::domain::ledger::{Counterparty, Refusal, TransferDetails, TransferKind};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
@@ -184,7 +185,37 @@ pub struct CreateTransferRequest {
     pub credits: Option<Vec<CreditLeg>>,
     /// Unique per tenant when given.
     pub reference: Option<String>,
+    /// Up to 500 characters. Sealed at rest, like `metadata` and `counterparty`.
     pub description: Option<String>,
+    /// Up to 50 keys of at most 40 characters, values of at most 500.
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub counterparty: Option<CounterpartyBody>,
+}
+
+/// The other side of a movement, outside the platform.
+#[derive(Deserialize, Serialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CounterpartyBody {
+    pub name: Option<String>,
+    /// Their account number or IBAN.
+    pub account: Option<String>,
+    pub institution: Option<String>,
+}
+
+fn details_of(
+    description: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+    counterparty: Option<CounterpartyBody>,
+) -> TransferDetails {
+    TransferDetails {
+        description,
+        metadata: metadata.unwrap_or_default(),
+        counterparty: counterparty.map(|c| Counterparty {
+            name: c.name,
+            account: c.account,
+            institution: c.institution,
+        }),
+    }
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -196,6 +227,8 @@ pub struct CashRequest {
     pub currency: String,
     pub reference: Option<String>,
     pub description: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub counterparty: Option<CounterpartyBody>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -229,6 +262,9 @@ pub struct TransferView {
     pub reverses_id: Option<String>,
     pub reference: Option<String>,
     pub description: Option<String>,
+    /// The integrator's key-value metadata (empty when none was given).
+    pub metadata: BTreeMap<String, String>,
+    pub counterparty: Option<CounterpartyBody>,
     pub created_by: Option<String>,
     pub created_at: String,
     /// Resulting balances of the accounts the caller may see.
@@ -260,7 +296,21 @@ fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> Transfer
         credits: legs(p, "credit"),
         reverses_id: t.reverses_id.clone(),
         reference: t.reference.clone(),
-        description: t.description.clone(),
+        description: p.details.as_ref().and_then(|d| d.description.clone()),
+        metadata: p
+            .details
+            .as_ref()
+            .map(|d| d.metadata.clone())
+            .unwrap_or_default(),
+        counterparty: p
+            .details
+            .as_ref()
+            .and_then(|d| d.counterparty.as_ref())
+            .map(|c| CounterpartyBody {
+                name: c.name.clone(),
+                account: c.account.clone(),
+                institution: c.institution.clone(),
+            }),
         created_by: t.created_by.clone(),
         created_at: ts(t.created_at),
         balances: p
@@ -616,7 +666,7 @@ pub async fn create_transfer(
         debit_account_id: body.debit_account_id,
         credits,
         reference: body.reference,
-        description: body.description,
+        details: details_of(body.description, body.metadata, body.counterparty),
         reverses: None,
         capture_hold: None,
     };
@@ -640,7 +690,7 @@ async fn cash(
         debit_account_id: body.account_id,
         credits: Vec::new(),
         reference: body.reference,
-        description: body.description,
+        details: details_of(body.description, body.metadata, body.counterparty),
         reverses: None,
         capture_hold: None,
     };
@@ -1065,7 +1115,11 @@ pub async fn create_batch(
                 debit_account_id: t.debit_account_id.clone(),
                 credits,
                 reference: t.reference.clone(),
-                description: t.description.clone(),
+                details: details_of(
+                    t.description.clone(),
+                    t.metadata.clone(),
+                    t.counterparty.clone(),
+                ),
                 reverses: None,
                 capture_hold: None,
             },

@@ -1,0 +1,763 @@
+//! The keyring: the key hierarchy in use. It unwraps master key versions with the root key and
+//! data keys with the master key versions, caches both in memory (zeroised on drop), reserves
+//! encryptions against each data key's budget, and rotates:
+//!
+//! - [`Keyring::rotate_master`] adds a master key version and rewraps every data key under it;
+//! - [`Keyring::rotate_data_key`] gives an owner (a tenant, a customer) a new data key version,
+//!   after which [`Keyring::reencrypt`] moves its ciphertexts to it in batches and retires the
+//!   old version;
+//! - [`Keyring::run_pending`] finishes whatever is unfinished (an interrupted command, an
+//!   automatic rotation), and is what the server runs in the background.
+//!
+//! Every step is a compare-and-swap on one row, so it can be interrupted at any point and
+//! resumed, and runs safely beside a serving instance (or several): old versions stay readable
+//! until nothing is sealed by them any more.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::crypto::envelope::{
+    Context, DataKey, Header, KeyBytes, blind_index, dek_label, is_ciphertext, kek_label,
+};
+use crate::crypto::keys::MasterKey;
+use crate::domain::audit::{ActorType, NewAuditEvent, Outcome};
+use crate::error::{AppError, AppResult};
+use crate::ids::TenantId;
+use crate::store::keys::{DataKeyRecord, ENCRYPTED_COLUMNS, EncryptedColumn, MasterKeyRecord};
+use crate::store::{Store, StoreError};
+
+/// A data key version is rotated once this many encryptions have been reserved under it: far
+/// below the 2^32 random-nonce bound of AES-GCM (NIST SP 800-38D).
+pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
+
+/// Encryptions reserved from the database at a time (one UPDATE per block, not per value).
+const RESERVATION_BLOCK: i64 = 1024;
+
+/// Rows handled per rotation step.
+const BATCH: i64 = 100;
+
+/// Whose data a data key protects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyOwner {
+    /// The tenant's own data (transfer details, stored answers).
+    Tenant,
+    /// The tenant's blind-index key (HMAC only; never rotated, so look-ups keep working).
+    Index,
+    /// One customer's personal data; destroyed on erasure.
+    Customer(String),
+}
+
+impl KeyOwner {
+    pub fn as_storage(&self) -> String {
+        match self {
+            KeyOwner::Tenant => "tenant".into(),
+            KeyOwner::Index => "index".into(),
+            KeyOwner::Customer(id) => format!("customer:{id}"),
+        }
+    }
+}
+
+/// An active key version with encryptions reserved for this process.
+struct Active {
+    key: Arc<DataKey>,
+    remaining: i64,
+}
+
+pub struct Keyring {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// The key that wraps master key versions, derived from the root key (`KASHO_MASTER_KEY`).
+    root: KeyBytes,
+    root_id: String,
+    rotate_after: i64,
+    keks: RwLock<HashMap<i64, KeyBytes>>,
+    deks: RwLock<HashMap<(String, i64), Arc<DataKey>>>,
+    active: Mutex<HashMap<(String, String), Active>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("root_id", &self.root_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a master key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRotation {
+    pub version: i64,
+    pub resumed: bool,
+    pub rewrapped: u64,
+    pub retired: Vec<i64>,
+}
+
+fn internal(e: impl std::fmt::Display) -> AppError {
+    AppError::internal(e)
+}
+
+/// Progress of a long operation: `(done, total)`.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+impl Keyring {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        root: &MasterKey,
+        rotate_after: i64,
+    ) -> Self {
+        let root = KeyBytes::from_array(root.derive("kek-wrap/v1"));
+        let root_id = hex::encode(&root.mac(b"kasho/root-id")[..8]);
+        Self {
+            store,
+            clock,
+            root,
+            root_id,
+            rotate_after: rotate_after.max(2),
+            keks: RwLock::new(HashMap::new()),
+            deks: RwLock::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn root_key(&self) -> &KeyBytes {
+        &self.root
+    }
+
+    fn audit(
+        &self,
+        tenant: Option<&str>,
+        action: &str,
+        target: &str,
+        reason: String,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            tenant_id: tenant.map(|t| TenantId::from_trusted(t.to_owned())),
+            occurred_at: self.clock.now(),
+            actor_type: ActorType::System,
+            actor_id: None,
+            action: action.to_owned(),
+            target_type: Some("key".into()),
+            target_id: Some(target.to_owned()),
+            outcome: Outcome::Success,
+            reason: Some(reason),
+            ip: None,
+            request_id: None,
+        }
+    }
+
+    // ------------------------------------------------------------ master key versions
+
+    /// The active master key version, creating version 1 on first use.
+    async fn active_kek(&self) -> AppResult<(i64, KeyBytes)> {
+        let keys = self.store.master_keys().await?;
+        if let Some(k) = keys.iter().rev().find(|k| k.status == "active") {
+            return Ok((k.version, self.open_kek(k)?));
+        }
+        if !keys.is_empty() {
+            return Err(internal("no active master key version"));
+        }
+        let kek = KeyBytes::generate().map_err(internal)?;
+        let record = MasterKeyRecord {
+            version: 1,
+            root_id: self.root_id.clone(),
+            wrapped: Some(
+                self.root_key()
+                    .wrap(&kek_label(1), &kek)
+                    .map_err(internal)?,
+            ),
+            status: "active".into(),
+            created_at: self.clock.now().as_micros(),
+            retired_at: None,
+        };
+        let ev = self.audit(
+            None,
+            "key.master.create",
+            "master:1",
+            "first master key version".into(),
+        );
+        match self.store.add_master_key(&record, false, &[ev]).await {
+            Ok(()) => {
+                self.cache_kek(1, kek.clone());
+                Ok((1, kek))
+            }
+            // Another process created it first: use theirs.
+            Err(StoreError::Conflict { .. }) => Box::pin(self.active_kek()).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn cache_kek(&self, version: i64, key: KeyBytes) {
+        if let Ok(mut m) = self.keks.write() {
+            m.insert(version, key);
+        }
+    }
+
+    fn open_kek(&self, k: &MasterKeyRecord) -> AppResult<KeyBytes> {
+        if let Some(key) = self
+            .keks
+            .read()
+            .ok()
+            .and_then(|m| m.get(&k.version).cloned())
+        {
+            return Ok(key);
+        }
+        let wrapped = k
+            .wrapped
+            .as_deref()
+            .ok_or_else(|| internal(format!("master key version {} is retired", k.version)))?;
+        if k.root_id != self.root_id {
+            return Err(internal(format!(
+                "master key version {} was wrapped by another root key ({}); this instance has {}",
+                k.version, k.root_id, self.root_id
+            )));
+        }
+        let key = self
+            .root_key()
+            .unwrap_key(&kek_label(k.version), wrapped)
+            .map_err(|e| internal(format!("master key version {}: {e}", k.version)))?;
+        self.cache_kek(k.version, key.clone());
+        Ok(key)
+    }
+
+    async fn kek(&self, version: i64) -> AppResult<KeyBytes> {
+        if let Some(key) = self.keks.read().ok().and_then(|m| m.get(&version).cloned()) {
+            return Ok(key);
+        }
+        let keys = self.store.master_keys().await?;
+        let k = keys
+            .iter()
+            .find(|k| k.version == version)
+            .ok_or_else(|| internal(format!("no master key version {version}")))?;
+        self.open_kek(k)
+    }
+
+    // ------------------------------------------------------------ data keys
+
+    async fn open_dek(&self, r: &DataKeyRecord) -> AppResult<Arc<DataKey>> {
+        let cache_key = (r.id.clone(), r.version);
+        if let Some(k) = self
+            .deks
+            .read()
+            .ok()
+            .and_then(|m| m.get(&cache_key).cloned())
+        {
+            return Ok(k);
+        }
+        let wrapped = r.wrapped.as_deref().ok_or(AppError::Unprocessable {
+            code: "key_destroyed",
+            message: "the data key for this record no longer exists".into(),
+        })?;
+        let kek = self.kek(r.kek_version).await?;
+        let key = kek
+            .unwrap_key(
+                &dek_label(&r.id, r.version, &r.tenant_id, &r.owner),
+                wrapped,
+            )
+            .map_err(|e| internal(format!("data key {} v{}: {e}", r.id, r.version)))?;
+        let dek = Arc::new(DataKey {
+            id: r.id.clone(),
+            version: r.version,
+            key,
+        });
+        if let Ok(mut m) = self.deks.write() {
+            m.insert(cache_key, dek.clone());
+        }
+        Ok(dek)
+    }
+
+    /// A new data key version for `owner` (version 1, or the next one when rotating).
+    async fn new_version(
+        &self,
+        tenant: &str,
+        owner: &str,
+        previous: Option<&DataKeyRecord>,
+        reserve: i64,
+    ) -> AppResult<Option<Arc<DataKey>>> {
+        let (kek_version, kek) = self.active_kek().await?;
+        let id = previous.map_or_else(
+            || format!("dek_{}", uuid::Uuid::now_v7().simple()),
+            |p| p.id.clone(),
+        );
+        let version = previous.map_or(1, |p| p.version + 1);
+        let key = KeyBytes::generate().map_err(internal)?;
+        let record = DataKeyRecord {
+            id: id.clone(),
+            version,
+            tenant_id: tenant.to_owned(),
+            owner: owner.to_owned(),
+            kek_version,
+            wrapped: Some(
+                kek.wrap(&dek_label(&id, version, tenant, owner), &key)
+                    .map_err(internal)?,
+            ),
+            status: "active".into(),
+            encryptions: reserve,
+            created_at: self.clock.now().as_micros(),
+            retired_at: None,
+        };
+        let ev = self.audit(
+            Some(tenant),
+            if previous.is_some() {
+                "key.data.rotate"
+            } else {
+                "key.data.create"
+            },
+            &format!("{id}/{version}"),
+            format!("data key for {}", owner.split(':').next().unwrap_or(owner)),
+        );
+        match self
+            .store
+            .insert_data_key(&record, previous.is_some(), &[ev])
+            .await
+        {
+            Ok(true) => {}
+            // Another process created or rotated it first.
+            Ok(false) | Err(StoreError::Conflict { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let dek = Arc::new(DataKey { id, version, key });
+        if let Ok(mut m) = self.deks.write() {
+            m.insert((dek.id.clone(), dek.version), dek.clone());
+        }
+        Ok(Some(dek))
+    }
+
+    /// The owner's active key with `n` encryptions reserved for the caller. Creates the first
+    /// version on first use; rotates when the version's budget is spent. Refuses with
+    /// `key_destroyed` for an owner whose keys were destroyed (an erased customer).
+    pub async fn encryption_key(
+        &self,
+        tenant: &TenantId,
+        owner: &KeyOwner,
+        n: i64,
+    ) -> AppResult<Arc<DataKey>> {
+        let slot = (tenant.to_string(), owner.as_storage());
+        if let Ok(mut m) = self.active.lock()
+            && let Some(a) = m.get_mut(&slot)
+            && a.remaining >= n
+        {
+            a.remaining -= n;
+            return Ok(a.key.clone());
+        }
+        for _ in 0..8 {
+            let latest = self.store.latest_data_key(&slot.0, &slot.1).await?;
+            let (key, remaining) = match &latest {
+                Some(r) if r.status == "destroyed" => {
+                    return Err(AppError::Unprocessable {
+                        code: "key_destroyed",
+                        message: "this data subject has been erased".into(),
+                    });
+                }
+                Some(r) if r.status == "active" => {
+                    let block = RESERVATION_BLOCK.max(n);
+                    match self
+                        .store
+                        .reserve_encryptions(&r.id, r.version, block)
+                        .await?
+                    {
+                        None => continue,
+                        Some(total) if total > self.rotate_after => {
+                            // Spent: start the next version (the old one is re-encrypted away
+                            // from in the background).
+                            match self.new_version(&slot.0, &slot.1, Some(r), block).await? {
+                                Some(k) => (k, block - n),
+                                None => continue,
+                            }
+                        }
+                        Some(_) => (self.open_dek(r).await?, block - n),
+                    }
+                }
+                // No key yet (or only retired versions, which cannot happen without an active
+                // successor).
+                _ => match self
+                    .new_version(&slot.0, &slot.1, None, RESERVATION_BLOCK.max(n))
+                    .await?
+                {
+                    Some(k) => (k, RESERVATION_BLOCK.max(n) - n),
+                    None => continue,
+                },
+            };
+            if let Ok(mut m) = self.active.lock() {
+                m.insert(
+                    slot,
+                    Active {
+                        key: key.clone(),
+                        remaining,
+                    },
+                );
+            }
+            return Ok(key);
+        }
+        Err(internal("could not obtain an active data key"))
+    }
+
+    /// Seals `plaintext` under the owner's active key for the place `ctx` names.
+    pub async fn seal(
+        &self,
+        tenant: &TenantId,
+        owner: &KeyOwner,
+        table: &str,
+        column: &str,
+        row: &str,
+        plaintext: &[u8],
+    ) -> AppResult<String> {
+        let key = self.encryption_key(tenant, owner, 1).await?;
+        key.seal(
+            &Context {
+                tenant: tenant.as_str(),
+                table,
+                column,
+                row,
+            },
+            plaintext,
+        )
+        .map_err(internal)
+    }
+
+    /// Opens a ciphertext stored at `ctx`, whichever key version sealed it. The key must belong
+    /// to the same tenant.
+    pub async fn open(&self, ctx: &Context<'_>, ciphertext: &str) -> AppResult<Zeroizing<Vec<u8>>> {
+        let header = Header::parse(ciphertext).map_err(internal)?;
+        let cache_key = (header.key_id.to_owned(), header.version);
+        let cached = self
+            .deks
+            .read()
+            .ok()
+            .and_then(|m| m.get(&cache_key).cloned());
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let r = self
+                    .store
+                    .data_key(header.key_id, header.version)
+                    .await?
+                    .ok_or_else(|| internal("ciphertext names an unknown data key"))?;
+                if r.tenant_id != ctx.tenant {
+                    return Err(internal("ciphertext names another tenant's data key"));
+                }
+                self.open_dek(&r).await?
+            }
+        };
+        key.open(ctx, ciphertext)
+            .map_err(|e| internal(format!("{}.{} row {}: {e}", ctx.table, ctx.column, ctx.row)))
+    }
+
+    /// A stored value that may predate encryption: ciphertexts are opened, legacy plaintext is
+    /// returned as it is (rotation encrypts it).
+    pub async fn open_text(&self, ctx: &Context<'_>, stored: &str) -> AppResult<Zeroizing<String>> {
+        if !is_ciphertext(stored) {
+            return Ok(Zeroizing::new(stored.to_owned()));
+        }
+        let bytes = self.open(ctx, stored).await?;
+        String::from_utf8(bytes.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| internal("decrypted value is not UTF-8"))
+    }
+
+    /// The blind index of `normalised` for `field` in `tenant`.
+    pub async fn blind_index(
+        &self,
+        tenant: &TenantId,
+        field: &str,
+        normalised: &str,
+    ) -> AppResult<String> {
+        // The index key only computes HMACs: it reserves nothing and is never rotated.
+        let key = self.index_key(tenant).await?;
+        Ok(blind_index(&key.key, field, normalised))
+    }
+
+    async fn index_key(&self, tenant: &TenantId) -> AppResult<Arc<DataKey>> {
+        let slot = (tenant.to_string(), KeyOwner::Index.as_storage());
+        if let Some(k) = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&slot).map(|a| a.key.clone()))
+        {
+            return Ok(k);
+        }
+        self.encryption_key(tenant, &KeyOwner::Index, 0).await
+    }
+
+    /// Forgets cached keys of `owner` (after their destruction).
+    pub fn forget(&self, tenant: &TenantId, owner: &KeyOwner) {
+        let slot = (tenant.to_string(), owner.as_storage());
+        if let Ok(mut m) = self.active.lock() {
+            m.remove(&slot);
+        }
+        if let KeyOwner::Customer(_) = owner
+            && let Ok(mut m) = self.deks.write()
+        {
+            // Key ids are unique per owner, but the cache is keyed by id: drop every version
+            // whose id the active map no longer knows. Simplest and safe: clear the cache.
+            m.clear();
+        }
+    }
+
+    // ------------------------------------------------------------ rotation
+
+    /// Adds a master key version and rewraps every data key under it, then retires the old
+    /// versions. Resumes an unfinished rotation instead of starting another.
+    pub async fn rotate_master(&self, progress: Progress<'_>) -> AppResult<MasterRotation> {
+        let keys = self.store.master_keys().await?;
+        let resumed = keys.iter().any(|k| k.status == "retiring");
+        let version = if resumed || keys.is_empty() {
+            self.active_kek().await?.0
+        } else {
+            let version = keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+            let kek = KeyBytes::generate().map_err(internal)?;
+            let record = MasterKeyRecord {
+                version,
+                root_id: self.root_id.clone(),
+                wrapped: Some(
+                    self.root_key()
+                        .wrap(&kek_label(version), &kek)
+                        .map_err(internal)?,
+                ),
+                status: "active".into(),
+                created_at: self.clock.now().as_micros(),
+                retired_at: None,
+            };
+            let ev = self.audit(
+                None,
+                "key.master.rotate",
+                &format!("master:{version}"),
+                format!("master key version {version} added"),
+            );
+            self.store.add_master_key(&record, true, &[ev]).await?;
+            self.cache_kek(version, kek);
+            version
+        };
+        let rewrapped = self.rewrap_all(version, progress).await?;
+        let retired = self.retire_masters().await?;
+        Ok(MasterRotation {
+            version,
+            resumed,
+            rewrapped,
+            retired,
+        })
+    }
+
+    async fn rewrap_all(&self, version: i64, progress: Progress<'_>) -> AppResult<u64> {
+        let new_kek = self.kek(version).await?;
+        let total = self.count_not_under(version).await?;
+        let mut done = 0u64;
+        progress(done, total);
+        loop {
+            let batch = self.store.data_keys_not_under(version, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in &batch {
+                let Some(wrapped) = r.wrapped.as_deref() else {
+                    continue;
+                };
+                let label = dek_label(&r.id, r.version, &r.tenant_id, &r.owner);
+                let old = self.kek(r.kek_version).await?;
+                let key = old
+                    .unwrap_key(&label, wrapped)
+                    .map_err(|e| internal(format!("data key {} v{}: {e}", r.id, r.version)))?;
+                let rewrapped = new_kek.wrap(&label, &key).map_err(internal)?;
+                self.store
+                    .rewrap_data_key(&r.id, r.version, r.kek_version, version, &rewrapped)
+                    .await?;
+                done += 1;
+                progress(done, total.max(done));
+            }
+        }
+        Ok(done)
+    }
+
+    async fn count_not_under(&self, version: i64) -> AppResult<u64> {
+        // Counting by paging keeps the store interface small; data keys number in the
+        // thousands, not billions.
+        let n = self
+            .store
+            .data_keys_not_under(version, i64::MAX)
+            .await?
+            .len();
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    async fn retire_masters(&self) -> AppResult<Vec<i64>> {
+        let mut retired = Vec::new();
+        for k in self.store.master_keys().await? {
+            if k.status != "retiring" {
+                continue;
+            }
+            let ev = self.audit(
+                None,
+                "key.master.retire",
+                &format!("master:{}", k.version),
+                "no data key is wrapped by it any more".into(),
+            );
+            if self
+                .store
+                .retire_master_key(k.version, self.clock.now(), &[ev])
+                .await?
+            {
+                if let Ok(mut m) = self.keks.write() {
+                    m.remove(&k.version);
+                }
+                retired.push(k.version);
+            }
+        }
+        Ok(retired)
+    }
+
+    /// Starts a new data key version for `owner`; returns it. The previous version becomes
+    /// `retiring` until [`Keyring::reencrypt`] has moved its ciphertexts.
+    pub async fn rotate_data_key(&self, tenant: &TenantId, owner: &KeyOwner) -> AppResult<i64> {
+        let slot = (tenant.to_string(), owner.as_storage());
+        for _ in 0..8 {
+            let latest = self.store.latest_data_key(&slot.0, &slot.1).await?;
+            match &latest {
+                Some(r) if r.status == "destroyed" => {
+                    return Err(AppError::Unprocessable {
+                        code: "key_destroyed",
+                        message: "this data subject has been erased".into(),
+                    });
+                }
+                Some(r) if r.status == "active" => {
+                    if let Some(k) = self.new_version(&slot.0, &slot.1, Some(r), 0).await? {
+                        if let Ok(mut m) = self.active.lock() {
+                            m.remove(&slot);
+                        }
+                        return Ok(k.version);
+                    }
+                }
+                _ => {
+                    if let Some(k) = self.new_version(&slot.0, &slot.1, None, 0).await? {
+                        return Ok(k.version);
+                    }
+                }
+            }
+        }
+        Err(internal("could not rotate the data key"))
+    }
+
+    /// Re-encrypts every value sealed by a retiring data key version under its owner's active
+    /// version, in batches, then retires it. Returns how many values moved.
+    pub async fn reencrypt(&self, old: &DataKeyRecord, progress: Progress<'_>) -> AppResult<u64> {
+        let prefix = Header::prefix(&old.id, old.version);
+        let mut total = 0u64;
+        for col in ENCRYPTED_COLUMNS {
+            let n = self.store.count_encrypted(*col, &prefix).await?;
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        let mut done = 0u64;
+        progress(done, total);
+        let tenant = TenantId::from_trusted(old.tenant_id.clone());
+        let owner = owner_from_storage(&old.owner);
+        for col in ENCRYPTED_COLUMNS {
+            let base = done;
+            done += self
+                .move_column(*col, &tenant, &owner, Some(&prefix), &mut |d| {
+                    progress(base + d, total.max(base + d));
+                })
+                .await?;
+        }
+        let ev = self.audit(
+            Some(&old.tenant_id),
+            "key.data.retire",
+            &format!("{}/{}", old.id, old.version),
+            format!("{done} values re-encrypted"),
+        );
+        self.store
+            .retire_data_key(&old.id, old.version, self.clock.now(), &[ev])
+            .await?;
+        if let Ok(mut m) = self.deks.write() {
+            m.remove(&(old.id.clone(), old.version));
+        }
+        Ok(done)
+    }
+
+    /// Seals legacy plaintext values of a tenant's tenant-key columns (data written before
+    /// encryption existed).
+    pub async fn encrypt_legacy(&self, tenant: &TenantId) -> AppResult<u64> {
+        let mut done = 0;
+        for col in [
+            crate::store::keys::TRANSFER_DETAILS,
+            crate::store::keys::IDEMPOTENCY_RESPONSES,
+        ] {
+            done += self
+                .move_column(col, tenant, &KeyOwner::Tenant, None, &mut |_| {})
+                .await?;
+        }
+        Ok(done)
+    }
+
+    async fn move_column(
+        &self,
+        col: EncryptedColumn,
+        tenant: &TenantId,
+        owner: &KeyOwner,
+        prefix: Option<&str>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> AppResult<u64> {
+        let mut after: Option<String> = None;
+        let mut done = 0u64;
+        loop {
+            let batch = self
+                .store
+                .encrypted_values(col, tenant.as_str(), prefix, after.as_deref(), BATCH)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.row_key.clone());
+            for v in &batch {
+                let ctx = Context {
+                    tenant: tenant.as_str(),
+                    table: col.table,
+                    column: col.column,
+                    row: &v.row_key,
+                };
+                let plain = if prefix.is_some() {
+                    self.open(&ctx, &v.stored).await?
+                } else {
+                    Zeroizing::new(v.stored.clone().into_bytes())
+                };
+                let key = self.encryption_key(tenant, owner, 1).await?;
+                let sealed = key.seal(&ctx, &plain).map_err(internal)?;
+                // A value rewritten meanwhile (rectified, or moved by another worker) is left
+                // to whoever rewrote it.
+                if self
+                    .store
+                    .replace_encrypted(col, tenant.as_str(), &v.row_key, &v.stored, &sealed)
+                    .await?
+                {
+                    done += 1;
+                    progress(done);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Finishes unfinished work: rewraps data keys left under a retiring master key version,
+    /// and re-encrypts away from retiring data key versions. Returns how many items moved.
+    pub async fn run_pending(&self) -> AppResult<u64> {
+        let mut moved = 0;
+        let masters = self.store.master_keys().await?;
+        if masters.iter().any(|k| k.status == "retiring") {
+            let (version, _) = self.active_kek().await?;
+            moved += self.rewrap_all(version, &|_, _| {}).await?;
+            self.retire_masters().await?;
+        }
+        for old in self.store.data_keys_with_status("retiring", BATCH).await? {
+            moved += self.reencrypt(&old, &|_, _| {}).await?;
+        }
+        Ok(moved)
+    }
+}
+
+fn owner_from_storage(s: &str) -> KeyOwner {
+    match s {
+        "tenant" => KeyOwner::Tenant,
+        "index" => KeyOwner::Index,
+        other => KeyOwner::Customer(other.strip_prefix("customer:").unwrap_or(other).to_owned()),
+    }
+}

@@ -1,0 +1,465 @@
+//! Storage of the key hierarchy: master key versions, data keys, and the registry of encrypted
+//! columns that rotation walks. Implemented for both backends by [`impl_key_store!`] from the
+//! same SQL, like the rest of the store.
+//!
+//! Nothing here sees a key in the clear: rows hold keys wrapped by the level above
+//! (`service::keys` does the unwrapping).
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use crate::clock::Timestamp;
+use crate::domain::audit::NewAuditEvent;
+
+/// A master key-encryption key version.
+#[derive(Clone, sqlx::FromRow)]
+pub struct MasterKeyRecord {
+    pub version: i64,
+    /// Which root key wrapped it (a fingerprint, not the key).
+    pub root_id: String,
+    /// The KEK sealed by the root key; `None` once retired.
+    pub wrapped: Option<String>,
+    /// `active` (wraps new data keys), `retiring` (being replaced), `retired`.
+    pub status: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for MasterKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyRecord")
+            .field("version", &self.version)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A data-encryption key version.
+#[derive(Clone, sqlx::FromRow)]
+pub struct DataKeyRecord {
+    pub id: String,
+    pub version: i64,
+    pub tenant_id: String,
+    /// `tenant`, `index` or `customer:<customer id>`.
+    pub owner: String,
+    pub kek_version: i64,
+    /// The DEK sealed by master key version `kek_version`; `None` once retired or destroyed.
+    pub wrapped: Option<String>,
+    /// `active`, `retiring` (being re-encrypted away from), `retired`, `destroyed`.
+    pub status: String,
+    /// Encryptions reserved under this version (rotated well before 2^32).
+    pub encryptions: i64,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for DataKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeyRecord")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("owner", &self.owner)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A column that holds ciphertexts, as rotation and the at-rest tests see it. `row` is the SQL
+/// expression giving the AAD row of a value (the same one the code seals it with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncryptedColumn {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub row: &'static str,
+}
+
+/// Every encrypted column. Rotation re-encrypts each one; adding a column here is how new
+/// encrypted data joins rotation.
+pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] =
+    &[TRANSFER_DETAILS, IDEMPOTENCY_RESPONSES, CUSTOMER_PII];
+
+pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
+    table: "transfers",
+    column: "details",
+    row: "id",
+};
+
+pub const IDEMPOTENCY_RESPONSES: EncryptedColumn = EncryptedColumn {
+    table: "idempotency_keys",
+    column: "response_body",
+    row: "principal_id || '/' || idem_key",
+};
+
+pub const CUSTOMER_PII: EncryptedColumn = EncryptedColumn {
+    table: "customers",
+    column: "pii",
+    row: "id",
+};
+
+/// One stored ciphertext (or legacy plaintext) found by a rotation scan.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EncryptedValue {
+    /// The AAD row (also how the value is addressed for its rewrite).
+    pub row_key: String,
+    pub stored: String,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn master_keys(&self) -> StoreResult<Vec<MasterKeyRecord>>;
+    /// Adds a master key version; when `retire_active` is set the current active version
+    /// becomes `retiring` in the same transaction. `Conflict` if the version exists.
+    async fn add_master_key(
+        &self,
+        key: &MasterKeyRecord,
+        retire_active: bool,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()>;
+    /// Marks a `retiring` master key version `retired` and drops its wrapped key, if no data
+    /// key is wrapped by it any more. Returns whether it did.
+    async fn retire_master_key(
+        &self,
+        version: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+
+    async fn data_key(&self, id: &str, version: i64) -> StoreResult<Option<DataKeyRecord>>;
+    /// The owner's newest version in any status (to tell "never had a key" from "destroyed").
+    async fn latest_data_key(
+        &self,
+        tenant: &str,
+        owner: &str,
+    ) -> StoreResult<Option<DataKeyRecord>>;
+    /// Inserts a data key version. With `replace` (a rotation), the owner's active version
+    /// `key.version - 1` becomes `retiring` in the same transaction; `Ok(false)` if it is no
+    /// longer the active one (another process rotated first). `Conflict` if an active version
+    /// already exists for a first key.
+    async fn insert_data_key(
+        &self,
+        key: &DataKeyRecord,
+        replace: bool,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+    /// Reserves `n` encryptions under an active version: the new total, or `None` if the
+    /// version is no longer active.
+    async fn reserve_encryptions(&self, id: &str, version: i64, n: i64)
+    -> StoreResult<Option<i64>>;
+    async fn data_keys_with_status(
+        &self,
+        status: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<DataKeyRecord>>;
+    /// Data keys (with key material) wrapped by another master key version than `kek_version`.
+    async fn data_keys_not_under(
+        &self,
+        kek_version: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<DataKeyRecord>>;
+    /// Replaces a data key's wrapping if it is still wrapped by `old_kek`.
+    async fn rewrap_data_key(
+        &self,
+        id: &str,
+        version: i64,
+        old_kek: i64,
+        new_kek: i64,
+        wrapped: &str,
+    ) -> StoreResult<bool>;
+    /// `retiring` → `retired`, dropping the key material.
+    async fn retire_data_key(
+        &self,
+        id: &str,
+        version: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+
+    /// Values of `col` in `tenant` whose text starts with `prefix` (or, with `None`, that are
+    /// not ciphertexts at all: legacy plaintext), in row order after `after`.
+    async fn encrypted_values(
+        &self,
+        col: EncryptedColumn,
+        tenant: &str,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<EncryptedValue>>;
+    /// Rewrites one value if it still holds `old` (a concurrent rewrite wins).
+    async fn replace_encrypted(
+        &self,
+        col: EncryptedColumn,
+        tenant: &str,
+        row: &str,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool>;
+    /// How many values of `col` start with `prefix` (anywhere).
+    async fn count_encrypted(&self, col: EncryptedColumn, prefix: &str) -> StoreResult<i64>;
+}
+
+macro_rules! impl_key_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::keys::KeyStore for $store {
+            async fn master_keys(&self) -> $crate::store::StoreResult<Vec<$crate::store::keys::MasterKeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM master_keys ORDER BY version")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn add_master_key(
+                &self,
+                k: &$crate::store::keys::MasterKeyRecord,
+                retire_active: bool,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                if retire_active {
+                    sqlx::query("UPDATE master_keys SET status = 'retiring' WHERE status = 'active'")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO master_keys (version, root_id, wrapped, status, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(k.version)
+                .bind(&k.root_id)
+                .bind(&k.wrapped)
+                .bind(&k.status)
+                .bind(k.created_at)
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn retire_master_key(
+                &self,
+                version: i64,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE master_keys SET status = 'retired', wrapped = NULL, retired_at = $2 \
+                     WHERE version = $1 AND status = 'retiring' \
+                     AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = $1 AND wrapped IS NOT NULL)",
+                )
+                .bind(version)
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n > 0 {
+                    self.append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<Option<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM data_keys WHERE id = $1 AND version = $2")
+                    .bind(id)
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn latest_data_key(&self, tenant: &str, owner: &str) -> $crate::store::StoreResult<Option<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = $2 ORDER BY version DESC LIMIT 1",
+                )
+                .bind(tenant)
+                .bind(owner)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn insert_data_key(
+                &self,
+                k: &$crate::store::keys::DataKeyRecord,
+                replace: bool,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                if replace {
+                    let n = sqlx::query(
+                        "UPDATE data_keys SET status = 'retiring' WHERE id = $1 AND version = $2 AND status = 'active'",
+                    )
+                    .bind(&k.id)
+                    .bind(k.version - 1)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO data_keys (id, version, tenant_id, owner, kek_version, wrapped, status, encryptions, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8)",
+                )
+                .bind(&k.id)
+                .bind(k.version)
+                .bind(&k.tenant_id)
+                .bind(&k.owner)
+                .bind(k.kek_version)
+                .bind(&k.wrapped)
+                .bind(k.encryptions)
+                .bind(k.created_at)
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn reserve_encryptions(&self, id: &str, version: i64, n: i64) -> $crate::store::StoreResult<Option<i64>> {
+                let mut tx = self.begin_write().await?;
+                let total: Option<(i64,)> = sqlx::query_as(
+                    "UPDATE data_keys SET encryptions = encryptions + $3 \
+                     WHERE id = $1 AND version = $2 AND status = 'active' RETURNING encryptions",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(n)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(total.map(|t| t.0))
+            }
+
+            async fn data_keys_with_status(&self, status: &str, limit: i64) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM data_keys WHERE status = $1 ORDER BY id, version LIMIT $2")
+                    .bind(status)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn data_keys_not_under(&self, kek_version: i64, limit: i64) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM data_keys WHERE kek_version <> $1 AND wrapped IS NOT NULL ORDER BY id, version LIMIT $2",
+                )
+                .bind(kek_version)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn rewrap_data_key(&self, id: &str, version: i64, old_kek: i64, new_kek: i64, wrapped: &str) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE data_keys SET kek_version = $4, wrapped = $5 \
+                     WHERE id = $1 AND version = $2 AND kek_version = $3 AND wrapped IS NOT NULL",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(old_kek)
+                .bind(new_kek)
+                .bind(wrapped)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn retire_data_key(
+                &self,
+                id: &str,
+                version: i64,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE data_keys SET status = 'retired', wrapped = NULL, retired_at = $3 \
+                     WHERE id = $1 AND version = $2 AND status = 'retiring'",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n > 0 {
+                    self.append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn encrypted_values(
+                &self,
+                col: $crate::store::keys::EncryptedColumn,
+                tenant: &str,
+                prefix: Option<&str>,
+                after: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::keys::EncryptedValue>> {
+                // Table and column names come from the static registry, never from input.
+                let filter = if prefix.is_some() {
+                    "substr({c}, 1, length($2)) = $2"
+                } else {
+                    "($2 IS NULL AND substr({c}, 1, 4) <> 'kx1.')"
+                };
+                let sql = format!(
+                    "SELECT {r} AS row_key, {c} AS stored FROM {t} WHERE tenant_id = $1 AND {c} IS NOT NULL AND {filter} \
+                     AND ($3 IS NULL OR {r} > $3) ORDER BY {r} LIMIT $4",
+                    filter = filter.replace("{c}", col.column),
+                    r = col.row,
+                    c = col.column,
+                    t = col.table,
+                );
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(prefix)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn replace_encrypted(
+                &self,
+                col: $crate::store::keys::EncryptedColumn,
+                tenant: &str,
+                row: &str,
+                old: &str,
+                new: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let sql = format!(
+                    "UPDATE {t} SET {c} = $4 WHERE tenant_id = $1 AND {r} = $2 AND {c} = $3",
+                    r = col.row,
+                    c = col.column,
+                    t = col.table,
+                );
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(row)
+                    .bind(old)
+                    .bind(new)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn count_encrypted(&self, col: $crate::store::keys::EncryptedColumn, prefix: &str) -> $crate::store::StoreResult<i64> {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {t} WHERE substr({c}, 1, length($1)) = $1",
+                    c = col.column,
+                    t = col.table,
+                );
+                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(prefix).fetch_one(&self.pool).await?;
+                Ok(n)
+            }
+        }
+    };
+}
+
+pub(super) use impl_key_store;
