@@ -146,6 +146,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             }
         }
     });
+    // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
+    // command, or a data key rotated automatically when its encryption budget ran out).
+    let keeper = core.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            match keeper.keyring.run_pending().await {
+                Ok(n) if n > 0 => tracing::info!(moved = n, "key rotation work finished"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "key maintenance failed; retrying in a minute")
+                }
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;

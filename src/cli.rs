@@ -65,6 +65,25 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The key hierarchy: status and rotation (safe while servers run).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show master key versions and data keys by status.
+    Status,
+    /// Add a master key version and rewrap every data key under it (resumes an interrupted
+    /// rotation).
+    RotateMaster,
+    /// Give a tenant a new data key and re-encrypt its data under it in batches.
+    RotateTenant {
+        /// The tenant's slug.
+        slug: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +154,7 @@ pub fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check,
             } => config_check(&config),
+            Command::Keys { command } => keys_command(&config, command).await,
         }
     });
     match result {
@@ -225,6 +245,114 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
             Err("a platform admin with this email already exists".into())
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A keyring over the configured database. Never generates keys: a missing master key must
+/// not silently become a new one.
+async fn open_keyring(
+    config: &Config,
+) -> Result<
+    (
+        std::sync::Arc<dyn crate::store::Store>,
+        crate::service::keys::Keyring,
+    ),
+    String,
+> {
+    let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
+        .map_err(|e| format!("the key commands need the configured master key: {e}"))?;
+    let store = crate::store::connect(
+        secrecy::ExposeSecret::expose_secret(&config.database_url),
+        config.database_max_connections,
+        crate::app::audit_sealer(&keys),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let keyring = crate::service::keys::Keyring::new(
+        store.clone(),
+        std::sync::Arc::new(crate::clock::SystemClock),
+        &keys.master,
+        config.key_rotate_after_encryptions,
+    );
+    Ok((store, keyring))
+}
+
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} ({{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
+    let (store, keyring) = open_keyring(config).await?;
+    match command {
+        KeysCommand::Status => {
+            for k in store.master_keys().await.map_err(|e| e.to_string())? {
+                println!(
+                    "master key v{}: {} (root {})",
+                    k.version, k.status, k.root_id
+                );
+            }
+            for status in ["active", "retiring", "retired", "destroyed"] {
+                let n = store
+                    .data_keys_with_status(status, i64::MAX)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .len();
+                println!("data keys {status}: {n}");
+            }
+            Ok(())
+        }
+        KeysCommand::RotateMaster => {
+            let bar = progress_bar("rewrapping data keys");
+            let r = keyring
+                .rotate_master(&|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            println!(
+                "{} master key version {}: {} data keys rewrapped; retired versions: {:?}",
+                if r.resumed {
+                    "resumed rotation to"
+                } else {
+                    "rotated to"
+                },
+                r.version,
+                r.rewrapped,
+                r.retired
+            );
+            Ok(())
+        }
+        KeysCommand::RotateTenant { slug } => {
+            let tenant = store
+                .get_tenant_by_slug(&slug)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no tenant with slug `{slug}`"))?;
+            let tenant = crate::ids::TenantId::from_trusted(tenant.id);
+            let bar = progress_bar("re-encrypting");
+            let r = keyring
+                .rotate_tenant(&tenant, &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            println!(
+                "tenant {slug}: data key version {}; {} values re-encrypted, {} legacy values sealed; retired versions: {:?}",
+                r.version, r.reencrypted, r.legacy_sealed, r.retired
+            );
+            Ok(())
+        }
     }
 }
 

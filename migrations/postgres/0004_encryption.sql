@@ -15,8 +15,10 @@ CREATE TABLE master_keys (
 CREATE UNIQUE INDEX master_keys_one_active ON master_keys (status) WHERE status = 'active';
 
 -- Data-encryption keys (DEKs). One id per owner (`tenant`, `index`, `customer:<id>`), one row
--- per version. `wrapped` is cleared when a version is retired (nothing is sealed by it any more)
--- or destroyed (crypto-shredding). `encryptions` counts the encryptions reserved under it.
+-- per version. `spent`: its encryption budget ran out, it still opens what it sealed but seals
+-- nothing new. `retiring`: an operator rotated it, its ciphertexts are being re-encrypted.
+-- `wrapped` is cleared when a version is retired (nothing is sealed by it any more) or destroyed
+-- (crypto-shredding). `encryptions` counts the encryptions reserved under it.
 CREATE TABLE data_keys (
     id           TEXT NOT NULL,
     version      BIGINT NOT NULL,
@@ -24,7 +26,7 @@ CREATE TABLE data_keys (
     owner        TEXT NOT NULL,
     kek_version  BIGINT NOT NULL REFERENCES master_keys (version),
     wrapped      TEXT,
-    status       TEXT NOT NULL CHECK (status IN ('active', 'retiring', 'retired', 'destroyed')),
+    status       TEXT NOT NULL CHECK (status IN ('active', 'spent', 'retiring', 'retired', 'destroyed')),
     encryptions  BIGINT NOT NULL DEFAULT 0,
     created_at   BIGINT NOT NULL,
     retired_at   BIGINT,

@@ -95,6 +95,15 @@ pub struct MasterRotation {
     pub retired: Vec<i64>,
 }
 
+/// What a tenant key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRotation {
+    pub version: i64,
+    pub reencrypted: u64,
+    pub legacy_sealed: u64,
+    pub retired: Vec<i64>,
+}
+
 fn internal(e: impl std::fmt::Display) -> AppError {
     AppError::internal(e)
 }
@@ -121,6 +130,12 @@ impl Keyring {
             deks: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Encryptions reserved per database round trip: small enough that a version never goes
+    /// far past its budget.
+    fn block(&self) -> i64 {
+        (self.rotate_after / 4).clamp(1, RESERVATION_BLOCK)
     }
 
     fn root_key(&self) -> &KeyBytes {
@@ -274,9 +289,11 @@ impl Keyring {
         &self,
         tenant: &str,
         owner: &str,
-        previous: Option<&DataKeyRecord>,
+        previous: Option<(&DataKeyRecord, &'static str)>,
         reserve: i64,
     ) -> AppResult<Option<Arc<DataKey>>> {
+        let replace = previous.map(|(_, status)| status);
+        let previous = previous.map(|(p, _)| p);
         let (kek_version, kek) = self.active_kek().await?;
         let id = previous.map_or_else(
             || format!("dek_{}", uuid::Uuid::now_v7().simple()),
@@ -309,11 +326,7 @@ impl Keyring {
             &format!("{id}/{version}"),
             format!("data key for {}", owner.split(':').next().unwrap_or(owner)),
         );
-        match self
-            .store
-            .insert_data_key(&record, previous.is_some(), &[ev])
-            .await
-        {
+        match self.store.insert_data_key(&record, replace, &[ev]).await {
             Ok(true) => {}
             // Another process created or rotated it first.
             Ok(false) | Err(StoreError::Conflict { .. }) => return Ok(None),
@@ -353,7 +366,7 @@ impl Keyring {
                     });
                 }
                 Some(r) if r.status == "active" => {
-                    let block = RESERVATION_BLOCK.max(n);
+                    let block = self.block().max(n);
                     match self
                         .store
                         .reserve_encryptions(&r.id, r.version, block)
@@ -363,7 +376,10 @@ impl Keyring {
                         Some(total) if total > self.rotate_after => {
                             // Spent: start the next version (the old one is re-encrypted away
                             // from in the background).
-                            match self.new_version(&slot.0, &slot.1, Some(r), block).await? {
+                            match self
+                                .new_version(&slot.0, &slot.1, Some((r, "spent")), block)
+                                .await?
+                            {
                                 Some(k) => (k, block - n),
                                 None => continue,
                             }
@@ -374,10 +390,10 @@ impl Keyring {
                 // No key yet (or only retired versions, which cannot happen without an active
                 // successor).
                 _ => match self
-                    .new_version(&slot.0, &slot.1, None, RESERVATION_BLOCK.max(n))
+                    .new_version(&slot.0, &slot.1, None, self.block().max(n))
                     .await?
                 {
-                    Some(k) => (k, RESERVATION_BLOCK.max(n) - n),
+                    Some(k) => (k, self.block().max(n) - n),
                     None => continue,
                 },
             };
@@ -623,7 +639,10 @@ impl Keyring {
                     });
                 }
                 Some(r) if r.status == "active" => {
-                    if let Some(k) = self.new_version(&slot.0, &slot.1, Some(r), 0).await? {
+                    if let Some(k) = self
+                        .new_version(&slot.0, &slot.1, Some((r, "retiring")), 0)
+                        .await?
+                    {
                         if let Ok(mut m) = self.active.lock() {
                             m.remove(&slot);
                         }
@@ -737,8 +756,43 @@ impl Keyring {
         Ok(done)
     }
 
+    /// Rotates a tenant's data key and re-encrypts its data under the new version in batches
+    /// (also sealing any legacy plaintext), then retires the old version. Safe to run while
+    /// the server serves; resumable (run it again, or let the server's background task finish).
+    pub async fn rotate_tenant(
+        &self,
+        tenant: &TenantId,
+        progress: Progress<'_>,
+    ) -> AppResult<TenantRotation> {
+        let version = self.rotate_data_key(tenant, &KeyOwner::Tenant).await?;
+        let mut moved = 0;
+        let mut retired = Vec::new();
+        // The version just replaced, and any whose budget ran out earlier: after an operator's
+        // rotation nothing stays sealed under an older version.
+        let mut old_versions = self
+            .store
+            .data_keys_with_status("retiring", i64::MAX)
+            .await?;
+        old_versions.extend(self.store.data_keys_with_status("spent", i64::MAX).await?);
+        for old in old_versions {
+            if old.tenant_id == tenant.as_str() && old.owner == KeyOwner::Tenant.as_storage() {
+                moved += self.reencrypt(&old, progress).await?;
+                retired.push(old.version);
+            }
+        }
+        let legacy = self.encrypt_legacy(tenant).await?;
+        Ok(TenantRotation {
+            version,
+            reencrypted: moved,
+            legacy_sealed: legacy,
+            retired,
+        })
+    }
+
     /// Finishes unfinished work: rewraps data keys left under a retiring master key version,
-    /// and re-encrypts away from retiring data key versions. Returns how many items moved.
+    /// and re-encrypts away from retiring data key versions (an operator's rotation). A `spent`
+    /// version (its budget ran out) needs no re-encryption: it keeps opening what it sealed.
+    /// Returns how many items moved.
     pub async fn run_pending(&self) -> AppResult<u64> {
         let mut moved = 0;
         let masters = self.store.master_keys().await?;
@@ -747,8 +801,16 @@ impl Keyring {
             moved += self.rewrap_all(version, &|_, _| {}).await?;
             self.retire_masters().await?;
         }
-        for old in self.store.data_keys_with_status("retiring", BATCH).await? {
-            moved += self.reencrypt(&old, &|_, _| {}).await?;
+        // Re-encrypting spends encryptions too, so it can itself start a newer version: go
+        // round until nothing is retiring (bounded; the server comes back a minute later).
+        for _ in 0..16 {
+            let retiring = self.store.data_keys_with_status("retiring", BATCH).await?;
+            if retiring.is_empty() {
+                break;
+            }
+            for old in retiring {
+                moved += self.reencrypt(&old, &|_, _| {}).await?;
+            }
         }
         Ok(moved)
     }

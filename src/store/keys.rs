@@ -45,7 +45,8 @@ pub struct DataKeyRecord {
     pub kek_version: i64,
     /// The DEK sealed by master key version `kek_version`; `None` once retired or destroyed.
     pub wrapped: Option<String>,
-    /// `active`, `retiring` (being re-encrypted away from), `retired`, `destroyed`.
+    /// `active`, `spent` (budget used up; opens, never seals), `retiring` (being re-encrypted
+    /// away from), `retired`, `destroyed`.
     pub status: String,
     /// Encryptions reserved under this version (rotated well before 2^32).
     pub encryptions: i64,
@@ -132,13 +133,13 @@ pub trait KeyStore: Send + Sync {
         owner: &str,
     ) -> StoreResult<Option<DataKeyRecord>>;
     /// Inserts a data key version. With `replace` (a rotation), the owner's active version
-    /// `key.version - 1` becomes `retiring` in the same transaction; `Ok(false)` if it is no
-    /// longer the active one (another process rotated first). `Conflict` if an active version
-    /// already exists for a first key.
+    /// `key.version - 1` takes that status (`retiring` or `spent`) in the same transaction;
+    /// `Ok(false)` if it is no longer the active one (another process rotated first).
+    /// `Conflict` if an active version already exists for a first key.
     async fn insert_data_key(
         &self,
         key: &DataKeyRecord,
-        replace: bool,
+        replace: Option<&'static str>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
     /// Reserves `n` encryptions under an active version: the new total, or `None` if the
@@ -165,7 +166,7 @@ pub trait KeyStore: Send + Sync {
         new_kek: i64,
         wrapped: &str,
     ) -> StoreResult<bool>;
-    /// `retiring` → `retired`, dropping the key material.
+    /// `retiring` (or `spent`) → `retired`, dropping the key material.
     async fn retire_data_key(
         &self,
         id: &str,
@@ -279,16 +280,17 @@ macro_rules! impl_key_store {
             async fn insert_data_key(
                 &self,
                 k: &$crate::store::keys::DataKeyRecord,
-                replace: bool,
+                replace: Option<&'static str>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
-                if replace {
+                if let Some(status) = replace {
                     let n = sqlx::query(
-                        "UPDATE data_keys SET status = 'retiring' WHERE id = $1 AND version = $2 AND status = 'active'",
+                        "UPDATE data_keys SET status = $3 WHERE id = $1 AND version = $2 AND status = 'active'",
                     )
                     .bind(&k.id)
                     .bind(k.version - 1)
+                    .bind(status)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -376,7 +378,7 @@ macro_rules! impl_key_store {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE data_keys SET status = 'retired', wrapped = NULL, retired_at = $3 \
-                     WHERE id = $1 AND version = $2 AND status = 'retiring'",
+                     WHERE id = $1 AND version = $2 AND status IN ('retiring', 'spent')",
                 )
                 .bind(id)
                 .bind(version)

@@ -370,7 +370,7 @@ pub struct PostedTransfer {
     pub entries: Vec<EntryRecord>,
     /// The details in the clear, in memory only: set by the writer from the movement, or by
     /// the service after opening `transfer.details`.
-    pub details: Option<crate::domain::ledger::TransferDetails>,
+    pub details: Option<Box<crate::domain::ledger::TransferDetails>>,
 }
 
 /// Renders a movement's outcome as the (status, body) an idempotent replay must return. Called
@@ -397,7 +397,7 @@ pub struct NewMovement {
     /// The details, already sealed under the tenant's data key for this transfer's row.
     pub details: Option<String>,
     /// The same details in the clear, for rendering the answer; never stored.
-    pub details_clear: Option<crate::domain::ledger::TransferDetails>,
+    pub details_clear: Option<Box<crate::domain::ledger::TransferDetails>>,
     pub created_by: String,
     pub created_at: Timestamp,
     pub audit: NewAuditEvent,
