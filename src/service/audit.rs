@@ -1,7 +1,9 @@
 //! Reading the audit log and verifying its hash chains.
 
 use super::{Core, Listed, Principal};
-use crate::domain::audit::{AuditRecord, AuditSealer, ChainError, ChainVerifier, chain_for};
+use crate::domain::audit::{
+    AuditCheckpoint, AuditRecord, AuditSealer, ChainError, ChainVerifier, chain_for,
+};
 use crate::error::AppResult;
 use crate::store::{AuditFilter, Page, Store, StoreError};
 
@@ -33,8 +35,9 @@ pub struct VerifyReport {
     pub records: u64,
 }
 
-/// Walks every chain in `seq` order. `total` is told the number of records up front and
-/// `progress` is called after each batch, for a progress bar.
+/// Walks every chain in `seq` order, from genesis or, for a pruned chain, from its sealed
+/// checkpoint. `total` is told the number of records up front and `progress` is called after
+/// each batch, for a progress bar.
 pub async fn verify_all(
     store: &dyn Store,
     sealer: &AuditSealer,
@@ -43,25 +46,48 @@ pub async fn verify_all(
 ) -> Result<VerifyReport, VerifyError> {
     const BATCH: i64 = 1000;
     let heads = store.audit_heads().await?;
+    let mut checkpoints: std::collections::BTreeMap<String, AuditCheckpoint> = store
+        .audit_checkpoints()
+        .await?
+        .into_iter()
+        .map(|c| (c.chain.clone(), c))
+        .collect();
     total(
         heads
             .iter()
-            .map(|h| u64::try_from(h.seq).unwrap_or(0))
+            .map(|h| {
+                let start = checkpoints.get(&h.chain).map_or(0, |c| c.seq);
+                u64::try_from(h.seq - start).unwrap_or(0)
+            })
             .sum(),
     );
+    let broken = |chain: &str, error| VerifyError::Broken {
+        chain: chain.to_owned(),
+        error,
+    };
     let mut report = VerifyReport::default();
     for head in heads {
-        let mut verifier = ChainVerifier::new(sealer);
-        let mut after = 0;
+        let start = checkpoints.remove(&head.chain);
+        let mut verifier = match &start {
+            // A checkpoint only counts with its seal: a forged one would hide deleted records.
+            Some(cp) if !sealer.checkpoint_is_genuine(cp) => {
+                return Err(broken(
+                    &head.chain,
+                    ChainError::CheckpointAltered { seq: cp.seq },
+                ));
+            }
+            Some(cp) => ChainVerifier::resume(sealer, cp.seq, &cp.hash),
+            None => ChainVerifier::new(sealer),
+        };
+        let mut after = start.as_ref().map_or(0, |c| c.seq);
         loop {
             let batch = store.audit_chain_after(&head.chain, after, BATCH).await?;
             let Some(last) = batch.last() else { break };
             after = last.seq;
             for r in &batch {
-                verifier.push(r).map_err(|error| VerifyError::Broken {
-                    chain: head.chain.clone(),
-                    error,
-                })?;
+                verifier
+                    .push(r)
+                    .map_err(|error| broken(&head.chain, error))?;
             }
             let n = u64::try_from(batch.len()).unwrap_or(0);
             report.records += n;
@@ -69,11 +95,12 @@ pub async fn verify_all(
         }
         verifier
             .finish(head.seq, &head.hash)
-            .map_err(|error| VerifyError::Broken {
-                chain: head.chain.clone(),
-                error,
-            })?;
+            .map_err(|error| broken(&head.chain, error))?;
         report.chains += 1;
+    }
+    // A checkpoint left without its chain's head: the head row (and the chain) was removed.
+    if let Some((chain, cp)) = checkpoints.into_iter().next() {
+        return Err(broken(&chain, ChainError::HeadMissing { seq: cp.seq }));
     }
     Ok(report)
 }
