@@ -20,5 +20,6 @@ mod crash;
 mod ledger;
 mod ledger_model;
 mod openapi;
+mod retention;
 mod tenants;
 mod users;
