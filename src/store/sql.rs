@@ -1048,22 +1048,31 @@ macro_rules! impl_store {
                 after_seq: i64,
                 before: $crate::clock::Timestamp,
             ) -> $crate::store::StoreResult<i64> {
-                // The first record kept is the oldest one at or after the cutoff; without one,
-                // every record so far is old enough.
-                let (first_young, last): (Option<i64>, Option<i64>) = sqlx::query_as(
-                    "SELECT (SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND occurred_at >= $3), \
-                            (SELECT MAX(seq) FROM audit_events WHERE chain = $1 AND seq > $2)",
+                // The newest unpruned record older than the cutoff, found through the
+                // (chain, occurred_at) index among the old records only; then the first young
+                // record below it, if clocks ever put one there, bounds the prefix. Both scan
+                // only what is about to be pruned, not the year of records that stays.
+                let (candidate,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MAX(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND occurred_at < $3",
                 )
                 .bind(chain)
                 .bind(after_seq)
                 .bind(before.as_micros())
                 .fetch_one(&self.pool)
                 .await?;
-                Ok(match (first_young, last) {
-                    (Some(young), _) => (young - 1).max(after_seq),
-                    (None, Some(last)) => last,
-                    (None, None) => after_seq,
-                })
+                let Some(candidate) = candidate else {
+                    return Ok(after_seq);
+                };
+                let (young,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 AND occurred_at >= $4",
+                )
+                .bind(chain)
+                .bind(after_seq)
+                .bind(candidate)
+                .bind(before.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(young.map_or(candidate, |y| y - 1).max(after_seq))
             }
 
             async fn purge_expired(

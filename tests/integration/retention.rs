@@ -419,6 +419,45 @@ async fn audit_records_younger_than_twelve_months_survive_a_one_day_retention(ap
     verify_service(app).await.unwrap();
 }
 
+async fn a_young_record_stops_the_prune_even_ahead_of_older_ones(app: &TestApp) {
+    // Clocks may disagree: the chain's first records are dated later than the ones after them.
+    let t0 = app.clock_now();
+    app.clock.set(t0.plus_seconds(10 * DAY));
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    app.clock.set(t0);
+    let back = TenantFixture {
+        manager_token: app.token(Some("acme"), "manager@acme.test").await,
+        ..t
+    };
+    for _ in 0..2 {
+        app.user(&back, &["CASHIER"]).await;
+    }
+    let before = app.audit_chain(&back.id).await;
+    let (core, _) = app.instance_with(&[("audit_retention_days", "1")]).await;
+    // The cutoff falls between the two dates: the later-dated first records must stay, and
+    // so must everything after them.
+    app.clock.set(t0.plus_seconds(371 * DAY));
+    let r = run(&core, app).await;
+    assert!(r.audit_cutoff > t0 && r.audit_cutoff < t0.plus_seconds(10 * DAY));
+    assert_eq!(app.audit_chain(&back.id).await.len(), before.len(), "{r:?}");
+    assert!(
+        app.core
+            .store
+            .audit_checkpoints()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.chain != back.id)
+    );
+    // Once all of them are old enough, all go, and the chain still verifies.
+    app.clock.set(t0.plus_seconds(400 * DAY));
+    let r = run(&core, app).await;
+    assert!(r.counts.audit_events >= before.len() as u64, "{r:?}");
+    assert!(app.audit_chain(&back.id).await.len() < before.len());
+    verify_service(app).await.unwrap();
+}
+
 /// A pruned log: the tenant's first records gone behind a checkpoint, later records kept.
 async fn pruned(app: &TestApp) -> TenantFixture {
     let t = a_year_of_records(app).await;
@@ -643,6 +682,7 @@ backend_tests!(
     the_job_purges_ended_sessions_and_spent_keys_but_nothing_live,
     audit_records_younger_than_twelve_months_survive_a_one_day_retention,
     tampering_after_pruning_is_detected,
+    a_young_record_stops_the_prune_even_ahead_of_older_ones,
     the_job_keeps_the_old_records_of_a_chain_that_does_not_verify,
     kasho_retention_run_prints_the_counts_and_config_check_the_floor,
 );
