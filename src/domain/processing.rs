@@ -10,6 +10,8 @@
 /// Audit and security records are kept at least this long whatever the configuration says:
 /// 366 days covers any twelve calendar months (PCI DSS 10.5.1 asks for 12 months).
 pub const AUDIT_MINIMUM_RETENTION_DAYS: u32 = 366;
+// Twelve calendar months span up to 366 days: the floor must never be lowered below that.
+const _: () = assert!(AUDIT_MINIMUM_RETENTION_DAYS >= 366);
 
 /// The retention periods configured for the classes the retention job purges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,8 +450,6 @@ mod tests {
         assert_eq!(p.audit_days_effective(), 400);
         assert!(!p.audit_clamped());
         assert_eq!(RetentionPolicy::DEFAULT.audit_days_effective(), 396);
-        // Twelve calendar months never span more than 366 days.
-        assert!(AUDIT_MINIMUM_RETENTION_DAYS >= 366);
     }
 
     #[test]

@@ -321,8 +321,8 @@ async fn the_job_purges_ended_sessions_and_spent_keys_but_nothing_live(app: &Tes
     verify_service(app).await.unwrap();
 }
 
-/// Records at t0, then a year later; returns the tenant.
-async fn a_year_of_records(app: &TestApp) -> TenantFixture {
+/// A tenant with a few records in its chain and the platform's, all dated now.
+async fn tenant_with_records(app: &TestApp) -> TenantFixture {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     for _ in 0..3 {
@@ -332,7 +332,7 @@ async fn a_year_of_records(app: &TestApp) -> TenantFixture {
 }
 
 async fn audit_records_younger_than_twelve_months_survive_a_one_day_retention(app: &TestApp) {
-    let t = a_year_of_records(app).await;
+    let t = tenant_with_records(app).await;
     let (core, _) = app.instance_with(&[("audit_retention_days", "1")]).await;
     let tenant_before = app.audit_chain(&t.id).await;
     let platform_before = app.audit_chain("platform").await;
@@ -460,7 +460,7 @@ async fn a_young_record_stops_the_prune_even_ahead_of_older_ones(app: &TestApp) 
 
 /// A pruned log: the tenant's first records gone behind a checkpoint, later records kept.
 async fn pruned(app: &TestApp) -> TenantFixture {
-    let t = a_year_of_records(app).await;
+    let t = tenant_with_records(app).await;
     app.clock.advance_seconds(400 * DAY);
     let manager = app.token(Some("acme"), "manager@acme.test").await;
     for i in 0..3 {
@@ -561,7 +561,7 @@ async fn tampering_after_pruning_is_detected(app: &TestApp) {
 }
 
 async fn the_job_keeps_the_old_records_of_a_chain_that_does_not_verify(app: &TestApp) {
-    let t = a_year_of_records(app).await;
+    let t = tenant_with_records(app).await;
     let before = app.audit_chain(&t.id).await;
     app.raw_sql(&format!(
         "UPDATE audit_events SET action = 'user.other' WHERE id = '{}'",
@@ -621,7 +621,7 @@ async fn kasho_retention_run_prints_the_counts_and_config_check_the_floor(app: &
     // Records made 400 days ago (the CLI runs on the wall clock).
     let now = app.clock_now();
     app.clock.set(now.plus_seconds(-400 * DAY));
-    a_year_of_records(app).await;
+    tenant_with_records(app).await;
     app.clock.set(now);
     let (ok, out) = kasho(
         app,
