@@ -1,5 +1,5 @@
 //! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
-//! `audit verify`, `config check`.
+//! `audit verify`, `config check`, `retention run`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Data retention.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +89,12 @@ enum KeysCommand {
         /// The tenant's slug.
         slug: String,
     },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Purge what is past retention now (as `kasho serve` does periodically) and print the counts.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +166,9 @@ pub fn main() -> ExitCode {
                 command: ConfigCommand::Check,
             } => config_check(&config),
             Command::Keys { command } => keys_command(&config, command).await,
+            Command::Retention {
+                command: RetentionCommand::Run,
+            } => retention_run(&config).await,
         }
     });
     match result {
@@ -402,6 +416,9 @@ fn config_check(config: &Config) -> Result<(), String> {
     for (key, value, source) in &config.report {
         println!("  {key:<28} {value:<44} [{source}]");
     }
+    for note in config.retention_notes() {
+        println!("note: {note}");
+    }
     // A check never writes: report missing keys instead of generating them.
     match crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)) {
         Ok(_) => println!("keys: JWT signing key and master key present"),
@@ -415,4 +432,59 @@ fn config_check(config: &Config) -> Result<(), String> {
     }
     println!("configuration OK");
     Ok(())
+}
+
+async fn retention_run(config: &Config) -> Result<(), String> {
+    // Never generate keys here: pruning seals checkpoints with the audit key that sealed the log.
+    crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)).map_err(
+        |e| format!("cannot run retention without the master key that sealed the audit log: {e}"),
+    )?;
+    for note in config.retention_notes() {
+        println!("note: {note}");
+    }
+    let core = crate::app::build_core(config, Arc::new(SystemClock), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = crate::service::retention::run_once(&core, core.clock.now())
+        .await
+        .map_err(|e| format!("retention run failed, nothing was purged: {e}"))?;
+    let c = &report.counts;
+    println!("retention run at {}", report.ran_at.to_rfc3339());
+    println!(
+        "  sessions            {:>8}  (ended before {})",
+        c.sessions,
+        report.sessions_cutoff.to_rfc3339()
+    );
+    println!(
+        "  refresh tokens      {:>8}  (of those sessions)",
+        c.refresh_tokens
+    );
+    println!(
+        "  idempotency keys    {:>8}  (expired by {})",
+        c.idempotency_keys,
+        report.idempotency_cutoff.to_rfc3339()
+    );
+    println!(
+        "  audit records       {:>8}  (before {}, {} days; {} chains checkpointed)",
+        c.audit_events,
+        report.audit_cutoff.to_rfc3339(),
+        report.audit_days,
+        c.audit_chains
+    );
+    match report.reset_tokens {
+        Some(n) => println!("  reset tokens        {n:>8}"),
+        None => println!("  reset tokens        not held yet (no password-reset table)"),
+    }
+    if report.refused_chains.is_empty() {
+        return Ok(());
+    }
+    let chains: Vec<String> = report
+        .refused_chains
+        .iter()
+        .map(|(chain, e)| format!("audit chain `{chain}`: {e}"))
+        .collect();
+    Err(format!(
+        "AUDIT LOG TAMPERED: kept the old records of chains that do not verify: {}",
+        chains.join("; ")
+    ))
 }

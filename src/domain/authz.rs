@@ -103,10 +103,12 @@ pub enum Permission {
     HoldsWrite,
     /// Reverse transfers.
     TransfersReverse,
+    /// Read compliance records: the records of processing and the retention in force.
+    ComplianceRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -123,6 +125,7 @@ impl Permission {
         Permission::CashWrite,
         Permission::HoldsWrite,
         Permission::TransfersReverse,
+        Permission::ComplianceRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -143,6 +146,7 @@ impl Permission {
             Permission::CashWrite => "cash:write",
             Permission::HoldsWrite => "holds:write",
             Permission::TransfersReverse => "transfers:reverse",
+            Permission::ComplianceRead => "compliance:read",
         }
     }
 }
@@ -194,6 +198,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CashWrite, All),
             (P::HoldsWrite, All),
             (P::TransfersReverse, All),
+            (P::ComplianceRead, All),
         ],
     ),
     (
@@ -225,6 +230,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
+            (P::ComplianceRead, All),
         ],
     ),
     (
@@ -235,6 +241,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRead, All),
             (P::AccountsRead, All),
             (P::TransfersRead, All),
+            (P::ComplianceRead, All),
         ],
     ),
     (
@@ -393,6 +400,22 @@ mod tests {
         assert_eq!(
             parse_tenant_roles(&["CUSTOMER".into(), "MANAGER".into(), "CUSTOMER".into()]),
             Ok(vec![Role::Manager, Role::Customer])
+        );
+    }
+
+    #[test]
+    fn compliance_records_are_read_by_compliance_manager_and_auditor_only() {
+        let holders: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| {
+                PermissionSet::for_roles(&[*r])
+                    .scope(P::ComplianceRead)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(
+            holders,
+            vec![Role::Manager, Role::ComplianceOfficer, Role::Auditor]
         );
     }
 }

@@ -4,4 +4,5 @@ pub mod audit;
 pub mod authz;
 pub mod currency;
 pub mod ledger;
+pub mod processing;
 pub mod values;

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, ledger, meta, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -337,6 +337,13 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::HoldsWrite),
             "hold.void",
             ledger::void_hold,
+        ),
+        route(
+            Method::GET,
+            "/v1/compliance/processing-records",
+            perm(P::ComplianceRead),
+            "compliance.processing_records.read",
+            compliance::processing_records,
         ),
     ]
 }

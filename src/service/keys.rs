@@ -36,6 +36,10 @@ pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
 /// Encryptions reserved from the database at a time (one UPDATE per block, not per value).
 const RESERVATION_BLOCK: i64 = 1024;
 
+/// How long a retired key version keeps its material: a read that fetched a ciphertext just
+/// before it was re-encrypted (or a data key just before it was rewrapped) still opens it.
+pub const RETIREMENT_GRACE_SECONDS: i64 = 15 * 60;
+
 /// Rows handled per rotation step.
 const BATCH: i64 = 100;
 
@@ -64,7 +68,13 @@ impl KeyOwner {
 struct Active {
     key: Arc<DataKey>,
     remaining: i64,
+    /// After [`ACTIVE_TTL_SECONDS`] the version is checked again, so a rotation made by another
+    /// process is followed within that time (well inside the retirement grace period).
+    fetched_at: crate::clock::Timestamp,
 }
+
+/// How long a process keeps sealing under a data key version without asking the database.
+pub const ACTIVE_TTL_SECONDS: i64 = 60;
 
 pub struct Keyring {
     store: Arc<dyn Store>,
@@ -349,9 +359,11 @@ impl Keyring {
         n: i64,
     ) -> AppResult<Arc<DataKey>> {
         let slot = (tenant.to_string(), owner.as_storage());
+        let now = self.clock.now();
         if let Ok(mut m) = self.active.lock()
             && let Some(a) = m.get_mut(&slot)
             && a.remaining >= n
+            && a.fetched_at.plus_seconds(ACTIVE_TTL_SECONDS) > now
         {
             a.remaining -= n;
             return Ok(a.key.clone());
@@ -403,6 +415,7 @@ impl Keyring {
                     Active {
                         key: key.clone(),
                         remaining,
+                        fetched_at: now,
                     },
                 );
             }
@@ -616,9 +629,6 @@ impl Keyring {
                 .retire_master_key(k.version, self.clock.now(), &[ev])
                 .await?
             {
-                if let Ok(mut m) = self.keks.write() {
-                    m.remove(&k.version);
-                }
                 retired.push(k.version);
             }
         }
@@ -659,26 +669,44 @@ impl Keyring {
         Err(internal("could not rotate the data key"))
     }
 
-    /// Re-encrypts every value sealed by a retiring data key version under its owner's active
-    /// version, in batches, then retires it. Returns how many values moved.
-    pub async fn reencrypt(&self, old: &DataKeyRecord, progress: Progress<'_>) -> AppResult<u64> {
-        let prefix = Header::prefix(&old.id, old.version);
+    /// How many stored values a data key version seals, across every encrypted column.
+    async fn sealed_under(&self, k: &DataKeyRecord) -> AppResult<u64> {
+        let prefix = Header::prefix(&k.id, k.version);
         let mut total = 0u64;
         for col in ENCRYPTED_COLUMNS {
             let n = self.store.count_encrypted(*col, &prefix).await?;
             total += u64::try_from(n).unwrap_or(0);
         }
+        Ok(total)
+    }
+
+    /// Re-encrypts every value sealed by a retiring data key version under its owner's active
+    /// version, in batches, then retires it once a recount finds nothing left under it.
+    /// Returns how many values moved.
+    pub async fn reencrypt(&self, old: &DataKeyRecord, progress: Progress<'_>) -> AppResult<u64> {
+        let prefix = Header::prefix(&old.id, old.version);
+        let total = self.sealed_under(old).await?;
         let mut done = 0u64;
         progress(done, total);
         let tenant = TenantId::from_trusted(old.tenant_id.clone());
         let owner = owner_from_storage(&old.owner);
-        for col in ENCRYPTED_COLUMNS {
-            let base = done;
-            done += self
-                .move_column(*col, &tenant, &owner, Some(&prefix), &mut |d| {
-                    progress(base + d, total.max(base + d));
-                })
-                .await?;
+        // Requests that took the old version just before the rotation may still seal under it:
+        // go round until a recount finds nothing (bounded; the background pass retries).
+        for _ in 0..4 {
+            for col in ENCRYPTED_COLUMNS {
+                let base = done;
+                done += self
+                    .move_column(*col, &tenant, &owner, Some(&prefix), &mut |d| {
+                        progress(base + d, total.max(base + d));
+                    })
+                    .await?;
+            }
+            if self.sealed_under(old).await? == 0 {
+                break;
+            }
+        }
+        if self.sealed_under(old).await? > 0 {
+            return Ok(done);
         }
         let ev = self.audit(
             Some(&old.tenant_id),
@@ -689,9 +717,6 @@ impl Keyring {
         self.store
             .retire_data_key(&old.id, old.version, self.clock.now(), &[ev])
             .await?;
-        if let Ok(mut m) = self.deks.write() {
-            m.remove(&(old.id.clone(), old.version));
-        }
         Ok(done)
     }
 
@@ -800,6 +825,31 @@ impl Keyring {
             let (version, _) = self.active_kek().await?;
             moved += self.rewrap_all(version, &|_, _| {}).await?;
             self.retire_masters().await?;
+        }
+        // Key material of versions retired more than the grace period ago goes for good, once
+        // it is certain nothing is sealed under them (a request already holding the old version
+        // when it was retired may have sealed a value after the re-encryption passed by: such a
+        // version goes back to `retiring` and is moved again below).
+        let before = self.clock.now().plus_seconds(-RETIREMENT_GRACE_SECONDS);
+        let mut datas = 0;
+        for k in self.store.retired_data_keys(before).await? {
+            if self.sealed_under(&k).await? == 0 {
+                datas += u64::from(self.store.purge_data_key(&k.id, k.version).await?);
+            } else {
+                tracing::warn!(key = %k.id, version = k.version, "a retired data key still seals values; re-encrypting again");
+                self.store.reopen_data_key(&k.id, k.version).await?;
+            }
+        }
+        let masters = self.store.purge_retired_masters(before).await?;
+        if masters + datas > 0 {
+            // Drop them from memory too (the next use reloads what is still live).
+            if let Ok(mut m) = self.keks.write() {
+                m.clear();
+            }
+            if let Ok(mut m) = self.deks.write() {
+                m.clear();
+            }
+            moved += masters + datas;
         }
         // Re-encrypting spends encryptions too, so it can itself start a newer version: go
         // round until nothing is retiring (bounded; the server comes back a minute later).

@@ -265,8 +265,9 @@ async fn master_and_tenant_keys_rotate_while_money_moves_and_nothing_is_lost(app
         assert!(r.reencrypted > 0, "{r:?}");
     })
     .await;
-    // Transfers sealed under the old version after the re-encryption scan passed them are
-    // moved by the pending-work pass the server runs in the background.
+    // A request that took the old version just before the rotation may seal under it after
+    // the re-encryption passed by: the retired version keeps its material for the grace
+    // period, and the background pass re-encrypts such late values before dropping it.
     keyring.run_pending().await.unwrap();
 
     // Every transfer reads back with its own description.
@@ -286,7 +287,21 @@ async fn master_and_tenant_keys_rotate_while_money_moves_and_nothing_is_lost(app
     .await;
     assert_eq!(replay.headers["idempotency-replayed"], "true", "{replay:?}");
 
-    // The old versions are retired: no key material left, nothing sealed under them.
+    // The old versions are retired: nothing is sealed under them, and once the grace period
+    // for reads already under way has passed, no key material is left either.
+    let material = app
+        .raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM master_keys WHERE status = 'retired' AND wrapped IS NOT NULL")
+        .await;
+    assert_eq!(
+        material[0], "1",
+        "a just-retired version keeps its material for the grace period"
+    );
+    for _ in 0..2 {
+        // Past the grace period: late values (if any) moved, then the material dropped.
+        app.clock
+            .advance_seconds(kasho::service::keys::RETIREMENT_GRACE_SECONDS + 1);
+        keyring.run_pending().await.unwrap();
+    }
     let masters = app
         .raw_strings(
             "SELECT status || ':' || COALESCE(wrapped, '-') FROM master_keys ORDER BY version",
@@ -406,6 +421,9 @@ async fn data_keys_rotate_before_their_encryption_budget_runs_out(backend: Backe
         .await
         .unwrap();
     assert!(r.reencrypted >= 60, "{r:?}");
+    app.clock
+        .advance_seconds(kasho::service::keys::RETIREMENT_GRACE_SECONDS + 1);
+    app.core.keyring.run_pending().await.unwrap();
     let left = app
         .raw_strings(&format!(
             "SELECT status FROM data_keys WHERE tenant_id = '{}' AND owner = 'tenant' AND wrapped IS NOT NULL",
@@ -432,6 +450,57 @@ async fn data_keys_rotate_before_their_budget_runs_out_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_keys_rotate_before_their_budget_runs_out_postgres() {
     data_keys_rotate_before_their_encryption_budget_runs_out(Backend::Postgres).await;
+}
+
+async fn a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goes(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t).await;
+    let d = app
+        .post("/v1/deposits", Some(m), detailed_deposit(&a, 100))
+        .await;
+    let id = d.body["id"].as_str().unwrap().to_owned();
+    let v1 = app
+        .raw_strings(&format!("SELECT details FROM transfers WHERE id = '{id}'"))
+        .await
+        .remove(0);
+    let tenant = kasho::ids::TenantId::from_trusted(t.id.clone());
+    let keyring = app.core.keyring.clone();
+    keyring.rotate_tenant(&tenant, &|_, _| {}).await.unwrap();
+    // A request that held version 1 writes its value after the re-encryption passed by.
+    app.raw_sql(&format!(
+        "UPDATE transfers SET details = '{v1}' WHERE id = '{id}'"
+    ))
+    .await;
+    let r = app.get(&format!("/v1/transfers/{id}"), m).await;
+    assert_eq!(
+        r.body["description"], CANARY_DESCRIPTION,
+        "retired but not yet purged: {r:?}"
+    );
+    app.clock
+        .advance_seconds(kasho::service::keys::RETIREMENT_GRACE_SECONDS + 1);
+    keyring.run_pending().await.unwrap();
+    // Found at purge time: moved to the active version instead of losing its key.
+    let now = app
+        .raw_strings(&format!("SELECT details FROM transfers WHERE id = '{id}'"))
+        .await
+        .remove(0);
+    assert_ne!(now, v1);
+    assert!(now.contains(".2."), "{now}");
+    app.clock
+        .advance_seconds(kasho::service::keys::RETIREMENT_GRACE_SECONDS + 1);
+    keyring.run_pending().await.unwrap();
+    let keys = app
+        .raw_strings(&format!(
+            "SELECT status || ':' || CASE WHEN wrapped IS NULL THEN 'gone' ELSE 'kept' END FROM data_keys \
+             WHERE tenant_id = '{}' AND owner = 'tenant' ORDER BY version",
+            t.id
+        ))
+        .await;
+    assert_eq!(keys, vec!["retired:gone", "active:kept"]);
+    let r = app.get(&format!("/v1/transfers/{id}"), m).await;
+    assert_eq!(r.body["description"], CANARY_DESCRIPTION, "{r:?}");
 }
 
 fn kasho(app: &TestApp, args: &[&str]) -> (bool, String) {
@@ -521,4 +590,5 @@ backend_tests!(
     nothing_readable_is_left_at_rest,
     master_and_tenant_keys_rotate_while_money_moves_and_nothing_is_lost,
     an_interrupted_master_rotation_resumes_from_the_command_line,
+    a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goes,
 );

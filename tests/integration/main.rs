@@ -21,5 +21,6 @@ mod encryption;
 mod ledger;
 mod ledger_model;
 mod openapi;
+mod retention;
 mod tenants;
 mod users;

@@ -166,6 +166,28 @@ impl TestApp {
             .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 8], 4242))))
     }
 
+    /// Another core and router on the same database, keys and clock, configured with `extra`
+    /// on top of the test configuration (e.g. a retention period).
+    pub async fn instance_with(&self, extra: &[(&str, &str)]) -> (Arc<Core>, Router) {
+        let dir = self.data_dir.path().display().to_string();
+        let mut pairs = vec![
+            ("data_dir", dir.as_str()),
+            ("database_url", self.database_url.as_str()),
+            ("database_max_connections", "4"),
+            ("argon2_memory_kib", "64"),
+            ("argon2_iterations", "1"),
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_pairs(&pairs).expect("config");
+        let core =
+            kasho::app::build_core_with_checks(&config, self.clock.clone(), false, Vec::new())
+                .await
+                .expect("configured core");
+        let router = kasho::http::router(core.clone(), config.max_body_bytes)
+            .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 9], 4242))));
+        (core, router)
+    }
+
     /// Drops the PostgreSQL schema (the SQLite file goes with the temp dir).
     pub async fn cleanup(self) {
         if let Some(schema) = &self.schema
