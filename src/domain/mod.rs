@@ -2,7 +2,9 @@
 
 pub mod audit;
 pub mod authz;
+pub mod country;
 pub mod currency;
 pub mod ledger;
+pub mod personal;
 pub mod processing;
 pub mod values;

@@ -63,6 +63,20 @@ impl fmt::Debug for Email {
     }
 }
 
+/// Stored (inside sealed personal data) as the normalised address; read back through `parse`.
+impl serde::Serialize for Email {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Email {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Email::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A tenant's URL-safe handle: 3 to 40 of `a-z`, `0-9` and `-`, starting with a letter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Slug(String);
