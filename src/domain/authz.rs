@@ -85,6 +85,8 @@ pub enum Permission {
     CustomersWrite,
     /// List and read customer records.
     CustomersRead,
+    /// See customers' personal data unmasked (each such read is audited).
+    CustomersReadPii,
     /// Open accounts for customers.
     AccountsWrite,
     /// Read accounts, balances and entries.
@@ -108,7 +110,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -116,6 +118,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::CustomersWrite,
         Permission::CustomersRead,
+        Permission::CustomersReadPii,
         Permission::AccountsWrite,
         Permission::AccountsRead,
         Permission::AccountsFreeze,
@@ -137,6 +140,7 @@ impl Permission {
             Permission::AuditRead => "audit:read",
             Permission::CustomersWrite => "customers:write",
             Permission::CustomersRead => "customers:read",
+            Permission::CustomersReadPii => "customers:read_pii",
             Permission::AccountsWrite => "accounts:write",
             Permission::AccountsRead => "accounts:read",
             Permission::AccountsFreeze => "accounts:freeze",
@@ -189,6 +193,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AuditRead, All),
             (P::CustomersWrite, All),
             (P::CustomersRead, All),
+            (P::CustomersReadPii, All),
             (P::AccountsWrite, All),
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
@@ -227,6 +232,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
         &[
             (P::UsersRead, All),
             (P::CustomersRead, All),
+            (P::CustomersReadPii, All),
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
@@ -390,6 +396,20 @@ mod tests {
                 .covers(&PermissionSet::for_roles(&[Role::ComplianceOfficer]))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_managers_and_compliance_officers_see_personal_data_unmasked() {
+        for role in Role::ALL {
+            let has = PermissionSet::for_roles(&[role])
+                .scope(P::CustomersReadPii)
+                .is_some();
+            assert_eq!(
+                has,
+                matches!(role, Role::Manager | Role::ComplianceOfficer),
+                "{role}"
+            );
+        }
     }
 
     #[test]

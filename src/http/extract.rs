@@ -111,9 +111,22 @@ fn data_error(path: &str, msg: &str) -> ApiError {
         )
     } else {
         let param = (!path.is_empty()).then(|| path.to_owned());
-        return ApiError::invalid("parameter_invalid", param, msg.to_owned());
+        return ApiError::invalid("parameter_invalid", param, without_value(msg));
     };
     ApiError::invalid(code, Some(param), message)
+}
+
+/// serde's "invalid type: string \"…\", expected …" quotes the value it refused, which may be
+/// personal data: the message keeps only what was expected.
+fn without_value(msg: &str) -> String {
+    for kind in ["invalid type", "invalid value", "invalid length"] {
+        if msg.starts_with(kind)
+            && let Some((_, expected)) = msg.split_once(", expected ")
+        {
+            return format!("{kind}: expected {expected}");
+        }
+    }
+    msg.to_owned()
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::handlers::{audit, auth, compliance, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,7 @@ use super::handlers::{audit, auth, compliance, ledger, meta, tenants, users};
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,
-        ledger::create_customer, ledger::list_customers, ledger::get_customer,
+        customers::create, customers::list, customers::get, customers::rectify,
         ledger::open_account, ledger::list_accounts, ledger::get_account, ledger::list_entries,
         ledger::freeze, ledger::unfreeze, ledger::close, ledger::set_overdraft,
         ledger::create_transfer, ledger::list_transfers, ledger::get_transfer,
@@ -29,7 +29,8 @@ use super::handlers::{audit, auth, compliance, ledger, meta, tenants, users};
         (name = "tenants", description = "Tenants (platform admins)"),
         (name = "users", description = "Users and roles of a tenant"),
         (name = "audit", description = "The tamper-evident audit log"),
-        (name = "ledger", description = "Customers, accounts and money movements"),
+        (name = "customers", description = "Customers and their personal data (masked unless revealed)"),
+        (name = "ledger", description = "Accounts and money movements"),
         (name = "meta", description = "Health and public keys"),
         (name = "compliance", description = "Records of processing and retention"),
     )

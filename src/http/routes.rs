@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, compliance, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -189,21 +189,28 @@ pub(super) fn all() -> Vec<Route> {
             "/v1/customers",
             perm(P::CustomersWrite),
             "customer.create",
-            ledger::create_customer,
+            customers::create,
         ),
         route(
             Method::GET,
             "/v1/customers",
             perm(P::CustomersRead),
             "customer.list",
-            ledger::list_customers,
+            customers::list,
         ),
         route(
             Method::GET,
             "/v1/customers/{id}",
             perm(P::CustomersRead),
             "customer.read",
-            ledger::get_customer,
+            customers::get,
+        ),
+        route(
+            Method::PATCH,
+            "/v1/customers/{id}",
+            perm(P::CustomersWrite),
+            "customer.update",
+            customers::rectify,
         ),
         route(
             Method::POST,

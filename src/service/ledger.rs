@@ -1,5 +1,5 @@
-//! The ledger's use cases: customers, accounts, and money movements (transfers, deposits,
-//! withdrawals) with idempotency keys.
+//! The ledger's use cases: accounts, and money movements (transfers, deposits, withdrawals) with
+//! idempotency keys. Customers themselves live in `service::customers`.
 //!
 //! Movements go through the [`LedgerWriter`]: one task per process that takes the movements
 //! waiting in its queue and posts them in one database transaction, so a commit's fsync is
@@ -22,9 +22,8 @@ use crate::domain::ledger::{
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
 use crate::store::{
-    AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewCustomer, NewIdempotency,
-    NewMovement, Page, PostResult, PostedTransfer, RenderOutcome, Store, StoreError,
-    TransferFilter,
+    AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewIdempotency, NewMovement, Page,
+    PostResult, PostedTransfer, RenderOutcome, Store, StoreError, TransferFilter,
 };
 
 /// Most movements posted in one transaction.
@@ -193,7 +192,7 @@ pub enum MovementOutcome {
     },
 }
 
-// ---------------------------------------------------------------- customers
+// ---------------------------------------------------------------- ownership
 
 /// The customer record the caller owns (for `Own`-scoped permissions).
 async fn own_customer(core: &Core, actor: &Principal) -> AppResult<Option<CustomerRecord>> {
@@ -205,7 +204,7 @@ async fn own_customer(core: &Core, actor: &Principal) -> AppResult<Option<Custom
 
 /// The customer-id restriction a permission's scope imposes: `Some(id)` under `Own` (an
 /// impossible id when the caller owns no customer record), `None` under `All`.
-async fn owner_filter(
+pub(crate) async fn owner_filter(
     core: &Core,
     actor: &Principal,
     perm: Permission,
@@ -218,98 +217,6 @@ async fn owner_filter(
                 .map_or_else(|| "cus_none".to_owned(), |c| c.id),
         ),
     })
-}
-
-pub async fn create_customer(
-    core: &Core,
-    meta: &RequestMeta,
-    actor: &Principal,
-    user_id: Option<String>,
-    external_ref: Option<String>,
-) -> AppResult<CustomerRecord> {
-    let tenant = actor.tenant()?;
-    let user = match user_id {
-        None => None,
-        Some(u) => {
-            let id = crate::ids::UserId::parse(&u)
-                .ok_or_else(|| AppError::invalid("user_id", "no such user"))?;
-            let user = core
-                .store
-                .get_user(Some(tenant), &id)
-                .await?
-                .ok_or_else(|| AppError::invalid("user_id", "no such user"))?;
-            if !crate::domain::authz::roles_from_storage(&user.roles)
-                .contains(&crate::domain::authz::Role::Customer)
-            {
-                return Err(AppError::invalid(
-                    "user_id",
-                    "the linked user must hold the CUSTOMER role",
-                ));
-            }
-            Some(id)
-        }
-    };
-    if let Some(r) = &external_ref
-        && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control))
-    {
-        return Err(AppError::invalid(
-            "external_ref",
-            "must be 1 to 128 characters without control characters",
-        ));
-    }
-    let id = CustomerId::generate();
-    let c = NewCustomer {
-        id: id.clone(),
-        tenant_id: tenant.clone(),
-        user_id: user,
-        external_ref,
-        created_at: core.clock.now(),
-    };
-    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
-        "customer.create",
-        Some(("customer", id.as_str())),
-        Outcome::Success,
-        None,
-    );
-    match core.store.create_customer(&c, &[ev]).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict { .. }) => {
-            return Err(AppError::Conflict {
-                code: "customer_exists",
-                param: Some("user_id".into()),
-                message: "this user is already linked to a customer".into(),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    }
-    core.store
-        .get_customer(tenant, id.as_str())
-        .await?
-        .ok_or(AppError::NotFound("customer"))
-}
-
-pub async fn get_customer(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerRecord> {
-    let owner = owner_filter(core, actor, Permission::CustomersRead).await?;
-    if CustomerId::parse(id).is_none() || owner.as_deref().is_some_and(|o| o != id) {
-        return Err(AppError::NotFound("customer"));
-    }
-    core.store
-        .get_customer(actor.tenant()?, id)
-        .await?
-        .ok_or(AppError::NotFound("customer"))
-}
-
-pub async fn list_customers(
-    core: &Core,
-    actor: &Principal,
-    page: &Page,
-) -> AppResult<Listed<CustomerRecord>> {
-    let owner = owner_filter(core, actor, Permission::CustomersRead).await?;
-    let rows = core
-        .store
-        .list_customers(actor.tenant()?, owner.as_deref(), page)
-        .await?;
-    Ok(Listed::from_rows(rows, page))
 }
 
 // ---------------------------------------------------------------- accounts

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod customers;
 pub mod keys;
 pub mod ledger;
 pub mod retention;

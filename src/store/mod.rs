@@ -204,6 +204,46 @@ pub struct CustomerRecord {
     pub user_id: Option<String>,
     pub external_ref: Option<String>,
     pub created_at: i64,
+    /// The customer's personal data (`domain::personal::CustomerProfile` as JSON) sealed under
+    /// the customer's own data key, AAD row = the customer id; `None` without personal data.
+    pub pii: Option<String>,
+    /// `active` or `erased`.
+    pub status: String,
+    /// 1 while processing is restricted (GDPR art. 18), else 0.
+    pub processing_restricted: i64,
+    pub updated_at: Option<i64>,
+    pub erased_at: Option<i64>,
+}
+
+/// One blind-index row of a customer: the HMAC of a normalised value under the tenant's
+/// per-field index key (`field` is `email`, `phone` or `national_id:<TYPE>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerLookup {
+    pub field: String,
+    pub digest: String,
+}
+
+/// A rectification of a customer's personal data: the new ciphertext and blind-index rows,
+/// applied only if the stored ciphertext is still `expected_pii` (what the change was computed
+/// from) and the customer is not erased.
+#[derive(Debug, Clone)]
+pub struct Rectification {
+    pub tenant_id: TenantId,
+    pub id: String,
+    pub expected_pii: Option<String>,
+    pub pii: Option<String>,
+    pub lookups: Vec<CustomerLookup>,
+    pub now: Timestamp,
+}
+
+/// What a rectification did.
+#[derive(Debug, Clone)]
+pub enum RectifyOutcome {
+    Updated(CustomerRecord),
+    NotFound,
+    Erased,
+    /// The personal data changed since it was read (another rectification, a re-encryption).
+    Stale,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -268,6 +308,10 @@ pub struct NewCustomer {
     pub user_id: Option<UserId>,
     pub external_ref: Option<String>,
     pub created_at: Timestamp,
+    /// The sealed personal data (see [`CustomerRecord::pii`]).
+    pub pii: Option<String>,
+    /// Its blind-index rows, inserted in the same transaction.
+    pub lookups: Vec<CustomerLookup>,
 }
 
 #[derive(Debug, Clone)]
@@ -586,6 +630,23 @@ pub trait Store: keys::KeyStore + Send + Sync + 'static {
         only: Option<&str>,
         page: &Page,
     ) -> StoreResult<Vec<CustomerRecord>>;
+    /// Customers with a blind-index row `(field, digest)`, newest first; `only` restricts to one
+    /// customer (ownership scope).
+    async fn search_customers(
+        &self,
+        tenant: &TenantId,
+        field: &str,
+        digest: &str,
+        only: Option<&str>,
+        page: &Page,
+    ) -> StoreResult<Vec<CustomerRecord>>;
+    /// Replaces a customer's personal data and its blind-index rows in one transaction with the
+    /// audit records, if it is still as read and the customer is not erased.
+    async fn rectify_customer(
+        &self,
+        change: &Rectification,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<RectifyOutcome>;
     async fn open_account(&self, account: &NewAccount, audit: &[NewAuditEvent]) -> StoreResult<()>;
     async fn get_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<AccountRecord>>;
     async fn system_account(
@@ -702,6 +763,8 @@ pub trait Store: keys::KeyStore + Send + Sync + 'static {
 
     // Audit log.
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<()>;
+    /// Appends several records in one transaction (e.g. one per customer of an unmasked list).
+    async fn append_audits(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
     /// One chain's records, newest first.
     async fn list_audit(
         &self,

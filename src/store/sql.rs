@@ -107,6 +107,28 @@ pub(super) fn opt_len(s: Option<&str>) -> usize {
 macro_rules! impl_store {
     ($store:ty, $backend:literal, $lock:literal, $max_message:expr, $persist:literal) => {
         impl $store {
+            /// Inserts a customer's blind-index rows inside `tx`.
+            async fn insert_lookups_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                customer: &str,
+                lookups: &[$crate::store::CustomerLookup],
+            ) -> $crate::store::StoreResult<()> {
+                for l in lookups {
+                    sqlx::query(
+                        "INSERT INTO customer_lookup (tenant_id, field, digest, customer_id) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(tenant)
+                    .bind(&l.field)
+                    .bind(&l.digest)
+                    .bind(customer)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
             /// Appends `events` inside `tx`. The head row is bumped with an UPDATE first, which
             /// takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent writers to
             /// one chain serialise and the chain never forks.
@@ -527,14 +549,16 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("INSERT INTO customers (id, tenant_id, user_id, external_ref, created_at) VALUES ($1, $2, $3, $4, $5)")
+                sqlx::query("INSERT INTO customers (id, tenant_id, user_id, external_ref, created_at, pii, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $5)")
                     .bind(c.id.as_str())
                     .bind(c.tenant_id.as_str())
                     .bind(c.user_id.as_ref().map(|u| u.as_str()))
                     .bind(&c.external_ref)
                     .bind(c.created_at.as_micros())
+                    .bind(&c.pii)
                     .execute(&mut *tx)
                     .await?;
+                Self::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), c.id.as_str(), &c.lookups).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -572,6 +596,83 @@ macro_rules! impl_store {
                 .bind(i64::from(page.limit) + 1)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn search_customers(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                field: &str,
+                digest: &str,
+                only: Option<&str>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::CustomerRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT c.* FROM customers c WHERE c.tenant_id = $1 \
+                     AND EXISTS (SELECT 1 FROM customer_lookup l WHERE l.tenant_id = $1 AND l.field = $2 \
+                                 AND l.digest = $3 AND l.customer_id = c.id) \
+                     AND ($4 IS NULL OR c.id = $4) AND ($5 IS NULL OR c.id < $5) \
+                     ORDER BY c.id DESC LIMIT $6",
+                )
+                .bind(tenant.as_str())
+                .bind(field)
+                .bind(digest)
+                .bind(only)
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn rectify_customer(
+                &self,
+                c: &$crate::store::Rectification,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<$crate::store::RectifyOutcome> {
+                use $crate::store::RectifyOutcome;
+                let mut tx = self.begin_write().await?;
+                // Compare-and-swap on the ciphertext read: a concurrent rectification or a
+                // re-encryption in between makes this one stale instead of lost.
+                let n = sqlx::query(
+                    "UPDATE customers SET pii = $3, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'active' AND COALESCE(pii, '') = $5",
+                )
+                .bind(c.tenant_id.as_str())
+                .bind(&c.id)
+                .bind(&c.pii)
+                .bind(c.now.as_micros())
+                .bind(c.expected_pii.as_deref().unwrap_or(""))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    let status: Option<(String,)> =
+                        sqlx::query_as("SELECT status FROM customers WHERE tenant_id = $1 AND id = $2")
+                            .bind(c.tenant_id.as_str())
+                            .bind(&c.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    tx.rollback().await?;
+                    return Ok(match status {
+                        None => RectifyOutcome::NotFound,
+                        Some((s,)) if s == "erased" => RectifyOutcome::Erased,
+                        Some(_) => RectifyOutcome::Stale,
+                    });
+                }
+                sqlx::query("DELETE FROM customer_lookup WHERE tenant_id = $1 AND customer_id = $2")
+                    .bind(c.tenant_id.as_str())
+                    .bind(&c.id)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), &c.id, &c.lookups).await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                let record: $crate::store::CustomerRecord =
+                    sqlx::query_as("SELECT * FROM customers WHERE tenant_id = $1 AND id = $2")
+                        .bind(c.tenant_id.as_str())
+                        .bind(&c.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(RectifyOutcome::Updated(record))
             }
 
             async fn open_account(
@@ -973,6 +1074,16 @@ macro_rules! impl_store {
             async fn append_audit(&self, ev: &$crate::domain::audit::NewAuditEvent) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
                 self.append_audit_tx(&mut tx, std::slice::from_ref(ev)).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn append_audits(&self, events: &[$crate::domain::audit::NewAuditEvent]) -> $crate::store::StoreResult<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                self.append_audit_tx(&mut tx, events).await?;
                 tx.commit().await?;
                 Ok(())
             }

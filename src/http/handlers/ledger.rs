@@ -1,4 +1,4 @@
-//! Customers, accounts, transfers, deposits and withdrawals.
+//! Accounts, transfers, deposits and withdrawals (customers: `handlers::customers`).
 //!
 //! Money-moving POSTs accept an `Idempotency-Key` header: a retry with the same key and body
 //! returns the stored response with `Idempotency-Replayed: true`; the same key with another
@@ -25,49 +25,16 @@ use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::middleware::AuditRecorded;
 use crate::http::views::{List, ListQuery, page, time_param};
-use crate::ids::{AccountId, CustomerId, TransferId};
+use crate::ids::{AccountId, TransferId};
 use crate::service::ledger::{self, IdempotencyKey, MovementOutcome, TransferInput};
 use crate::service::{Principal, RequestMeta};
-use crate::store::{
-    AccountRecord, CustomerRecord, EntryRecord, PostedTransfer, RenderOutcome, TransferFilter,
-};
+use crate::store::{AccountRecord, EntryRecord, PostedTransfer, RenderOutcome, TransferFilter};
 
 fn ts(micros: i64) -> String {
     Timestamp::from_micros(micros).to_rfc3339()
 }
 
 // ---------------------------------------------------------------- wire types
-
-#[derive(Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCustomerRequest {
-    /// Link to a user holding the CUSTOMER role, so that user sees this customer's accounts.
-    pub user_id: Option<String>,
-    /// Your own reference for this customer (1-128 characters).
-    pub external_ref: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CustomerView {
-    /// Always `customer`.
-    pub object: &'static str,
-    pub id: String,
-    pub user_id: Option<String>,
-    pub external_ref: Option<String>,
-    pub created_at: String,
-}
-
-impl From<CustomerRecord> for CustomerView {
-    fn from(c: CustomerRecord) -> Self {
-        Self {
-            object: "customer",
-            id: c.id,
-            user_id: c.user_id,
-            external_ref: c.external_ref,
-            created_at: ts(c.created_at),
-        }
-    }
-}
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -430,61 +397,6 @@ async fn run_movement(
 }
 
 // ---------------------------------------------------------------- handlers
-
-/// Create a customer record (personal data arrives with the data-protection issue).
-#[utoipa::path(post, path = "/v1/customers", tag = "ledger", security(("bearer" = [])), request_body = CreateCustomerRequest, responses(
-    (status = 201, body = CustomerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
-))]
-pub async fn create_customer(
-    State(state): State<Arc<AppState>>,
-    meta: RequestMeta,
-    principal: Principal,
-    ApiJson(body): ApiJson<CreateCustomerRequest>,
-) -> ApiResult<Recorded<Json<CustomerView>>> {
-    let c = ledger::create_customer(
-        &state.core,
-        &meta,
-        &principal,
-        body.user_id,
-        body.external_ref,
-    )
-    .await?;
-    Ok(Recorded(StatusCode::CREATED, Json(c.into())))
-}
-
-/// List customers, newest first (a CUSTOMER sees only its own record).
-#[utoipa::path(get, path = "/v1/customers", tag = "ledger", security(("bearer" = [])), params(ListQuery), responses(
-    (status = 200, body = List<CustomerView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-))]
-pub async fn list_customers(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<List<CustomerView>>> {
-    let page = page(q.limit, q.starting_after, |c| {
-        CustomerId::parse(c).is_some()
-    })?;
-    Ok(Json(List::from(
-        ledger::list_customers(&state.core, &principal, &page).await?,
-        CustomerView::from,
-    )))
-}
-
-/// Get one customer.
-#[utoipa::path(get, path = "/v1/customers/{id}", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), responses(
-    (status = 200, body = CustomerView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-))]
-pub async fn get_customer(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<CustomerView>> {
-    Ok(Json(
-        ledger::get_customer(&state.core, &principal, &id)
-            .await?
-            .into(),
-    ))
-}
 
 /// Open an account for a customer in one of the tenant's currencies (one per currency).
 #[utoipa::path(post, path = "/v1/accounts", tag = "ledger", security(("bearer" = [])), request_body = OpenAccountRequest, responses(

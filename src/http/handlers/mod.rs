@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod compliance;
+pub mod customers;
 pub mod ledger;
 pub mod meta;
 pub mod tenants;
