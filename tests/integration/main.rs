@@ -17,6 +17,7 @@ mod authz;
 mod cli;
 mod conventions;
 mod crash;
+mod customers;
 mod encryption;
 mod ledger;
 mod ledger_model;

@@ -296,6 +296,11 @@ impl TestApp {
         }
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
     pub fn clock_now(&self) -> kasho::clock::Timestamp {
         kasho::clock::Clock::now(self.clock.as_ref())
     }
