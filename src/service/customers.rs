@@ -520,7 +520,7 @@ pub async fn rectify(
         match core.store.rectify_customer(&change, &[ev]).await? {
             RectifyOutcome::Updated(record) => {
                 return Ok(CustomerDetails {
-                    record,
+                    record: *record,
                     profile: next,
                     revealed: false,
                 });

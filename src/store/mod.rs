@@ -239,7 +239,7 @@ pub struct Rectification {
 /// What a rectification did.
 #[derive(Debug, Clone)]
 pub enum RectifyOutcome {
-    Updated(CustomerRecord),
+    Updated(Box<CustomerRecord>),
     NotFound,
     Erased,
     /// The personal data changed since it was read (another rectification, a re-encryption).
@@ -462,6 +462,9 @@ pub struct Reverses {
 }
 
 /// What posting one movement did.
+// `Posted` is the common case (and is moved, not copied, through the writer's replies); boxing
+// it would add an allocation per movement to silence a size lint.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PostResult {
     Posted(PostedTransfer),

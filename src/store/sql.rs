@@ -672,7 +672,7 @@ macro_rules! impl_store {
                         .fetch_one(&mut *tx)
                         .await?;
                 tx.commit().await?;
-                Ok(RectifyOutcome::Updated(record))
+                Ok(RectifyOutcome::Updated(Box::new(record)))
             }
 
             async fn open_account(
