@@ -549,7 +549,7 @@ async fn searches_and_personal_data_never_reach_the_logs(app: &TestApp) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let t = &t;
     let requests = |n: u32| async move {
-        let id = create_ok(app, &t, profile(n)).await;
+        let id = create_ok(app, t, profile(n)).await;
         for q in [
             format!("email=jane.okafor{n}@example.com"),
             format!("phone=%2B234803123{}", 4500 + n),
