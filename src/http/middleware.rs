@@ -37,16 +37,18 @@ pub struct AuditRecorded;
 pub async fn request_id(req: Request, next: Next) -> Response {
     let id = RequestId::generate().to_string();
     let method = req.method().clone();
+    // `Router::layer` runs after routing, so the matched route template (never the concrete
+    // path, which holds ids) is on the request.
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
     let started = Instant::now();
     let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let route = resp
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("(unmatched)", |m| m.as_str())
-        .to_owned();
+    let route = matched.unwrap_or_else(|| "(unmatched)".to_owned());
     tracing::info!(
         request_id = %id,
         method = %method,

@@ -462,9 +462,6 @@ pub struct Reverses {
 }
 
 /// What posting one movement did.
-// `Posted` is the common case (and is moved, not copied, through the writer's replies); boxing
-// it would add an allocation per movement to silence a size lint.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PostResult {
     Posted(PostedTransfer),

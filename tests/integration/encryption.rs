@@ -173,6 +173,26 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // A customer with personal data, found by its blind indexes and rectified.
+    use crate::logs::{CANARY_EMAIL, CANARY_FIRST, CANARY_LAST, CANARY_NIN, CANARY_PHONE};
+    let c = app
+        .post(
+            "/v1/customers",
+            Some(m),
+            json!({ "first_name": CANARY_FIRST, "last_name": CANARY_LAST, "email": CANARY_EMAIL,
+                    "phone": CANARY_PHONE, "date_of_birth": "1990-04-12", "nationality": "NG",
+                    "address": { "line1": "12 Canarywharf Road", "city": "Lagos", "country": "NG" },
+                    "national_ids": [{ "type": "NIN", "number": CANARY_NIN }] }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    let found = app
+        .get(
+            &format!("/v1/customers?email={}", CANARY_EMAIL.replace('@', "%40")),
+            m,
+        )
+        .await;
+    assert_eq!(found.body["data"][0]["id"], c.body["id"], "{found:?}");
     let bytes = app.bytes_at_rest().await;
     assert!(bytes.len() > 10_000, "read {} bytes", bytes.len());
     // The check itself works: an id we know is stored in the clear is found.
@@ -182,6 +202,12 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
         CANARY_COUNTERPARTY,
         CANARY_ACCOUNT,
         CANARY_METADATA,
+        CANARY_FIRST,
+        CANARY_LAST,
+        CANARY_EMAIL,
+        CANARY_PHONE,
+        CANARY_NIN,
+        "Canarywharf",
     ] {
         assert!(!contains(&bytes, canary), "`{canary}` is readable at rest");
     }

@@ -21,6 +21,7 @@ mod customers;
 mod encryption;
 mod ledger;
 mod ledger_model;
+mod logs;
 mod openapi;
 mod retention;
 mod tenants;

@@ -1,0 +1,244 @@
+//! No personal data or secret in the logs: a real `kasho serve` runs the main flows with
+//! distinctive canary values at debug level, and its captured output must not contain any.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend_tests;
+use crate::support::{PASSWORD, TestApp};
+
+pub const CANARY_FIRST: &str = "Wilhelmina";
+pub const CANARY_LAST: &str = "Canarysdottir";
+pub const CANARY_EMAIL: &str = "wilhelmina.canary@example.org";
+pub const CANARY_PHONE: &str = "+2348031234567";
+pub const CANARY_NIN: &str = "73519284601";
+pub const CANARY_DESCRIPTION: &str = "Birthday gift for Wilhelmina";
+pub const CANARY_COUNTERPARTY: &str = "Bartholomew Canaryfield";
+
+/// One HTTP/1.1 request on a fresh connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = app.data_dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kasho"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(app.data_dir.path())
+        .args(["--database-url", &app.database_url])
+        .env("KASHO_LOG_LEVEL", "debug")
+        .env("KASHO_LOG_FORMAT", "json")
+        .env("KASHO_ARGON2_MEMORY_KIB", "64")
+        .env("KASHO_ARGON2_ITERATIONS", "1")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start kasho serve");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut up = false;
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "kasho serve did not start");
+
+    // Sign in (the password is a secret too), and fail to with a canary email.
+    let (s, login) = http(
+        addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&json!({ "tenant": t.slug, "email": "manager@acme.test", "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(s, 200, "{login}");
+    let m = login["access_token"].as_str().unwrap().to_owned();
+    let refresh = login["refresh_token"].as_str().unwrap().to_owned();
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&json!({ "tenant": t.slug, "email": CANARY_EMAIL, "password": "wrong-canary-password" })),
+    )
+    .await;
+    assert_eq!(s, 401);
+
+    // A customer with its personal data, searched for and rectified.
+    let profile = json!({
+        "first_name": CANARY_FIRST, "last_name": CANARY_LAST, "email": CANARY_EMAIL,
+        "phone": CANARY_PHONE, "date_of_birth": "1990-04-12",
+        "nationality": "NG",
+        "address": { "line1": "12 Canary Wharf Road", "city": "Lagos", "country": "NG" },
+        "national_ids": [{ "type": "NIN", "number": CANARY_NIN }]
+    });
+    let (s, c) = http(addr, "POST", "/v1/customers", Some(&m), Some(&profile)).await;
+    assert_eq!(s, 201, "{c}");
+    let cid = c["id"].as_str().unwrap().to_owned();
+    let q = format!("/v1/customers?email={}", CANARY_EMAIL.replace('@', "%40"));
+    let (s, _) = http(addr, "GET", &q, Some(&m), None).await;
+    assert_eq!(s, 200);
+    let (s, _) = http(
+        addr,
+        "GET",
+        &format!("/v1/customers/{cid}?unmasked=true"),
+        Some(&m),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = http(
+        addr,
+        "PATCH",
+        &format!("/v1/customers/{cid}"),
+        Some(&m),
+        Some(&json!({ "phone": "+2348039999999" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Bad input echoing a canary must not log it either.
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/customers",
+        Some(&m),
+        Some(
+            &json!({ "first_name": CANARY_FIRST, "email": format!("{CANARY_LAST}-not-an-email") }),
+        ),
+    )
+    .await;
+    assert!(s >= 400);
+
+    // Money with details, read back.
+    let (s, a) = http(
+        addr,
+        "POST",
+        "/v1/accounts",
+        Some(&m),
+        Some(&json!({ "customer_id": cid, "currency": "USD" })),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let acc = a["id"].as_str().unwrap().to_owned();
+    let (s, d) = http(
+        addr,
+        "POST",
+        "/v1/deposits",
+        Some(&m),
+        Some(
+            &json!({ "account_id": acc, "amount": 500, "currency": "USD",
+                      "description": CANARY_DESCRIPTION,
+                      "counterparty": { "name": CANARY_COUNTERPARTY } }),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{d}");
+    let (s, _) = http(
+        addr,
+        "GET",
+        &format!("/v1/transfers/{}", d["id"].as_str().unwrap()),
+        Some(&m),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Refresh, then replay the spent refresh token (a logged security event).
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/auth/refresh",
+        None,
+        Some(&json!({ "refresh_token": refresh })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/auth/refresh",
+        None,
+        Some(&json!({ "refresh_token": refresh })),
+    )
+    .await;
+    assert_eq!(s, 401);
+
+    let _ = server.kill();
+    let _ = server.wait();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    // The capture works: the server logged the requests it served.
+    assert!(
+        logs.contains("\"request\""),
+        "no request lines captured:\n{logs}"
+    );
+    assert!(logs.contains("/v1/customers"), "{logs}");
+    for canary in [
+        CANARY_FIRST,
+        CANARY_LAST,
+        CANARY_EMAIL,
+        CANARY_PHONE,
+        CANARY_NIN,
+        CANARY_DESCRIPTION,
+        CANARY_COUNTERPARTY,
+        "wilhelmina.canary%40example.org",
+        PASSWORD,
+        "wrong-canary-password",
+        &refresh,
+        &m,
+    ] {
+        assert!(!logs.contains(canary), "`{canary}` appears in the logs");
+    }
+}
+
+backend_tests!(the_logs_never_carry_personal_data_or_secrets);
