@@ -103,10 +103,20 @@ pub enum Permission {
     HoldsWrite,
     /// Reverse transfers.
     TransfersReverse,
+    /// Read KYC limits, customers' tiers and verification history, and the review queue.
+    KycRead,
+    /// Submit identity documents for verification (a customer for itself under `Own`).
+    KycSubmit,
+    /// Approve or reject verification submissions.
+    KycDecide,
+    /// Download identity documents (a read of personal data, audited).
+    KycDocumentsRead,
+    /// Configure the tenant's KYC limits per tier and currency.
+    KycConfigure,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 21] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -123,6 +133,11 @@ impl Permission {
         Permission::CashWrite,
         Permission::HoldsWrite,
         Permission::TransfersReverse,
+        Permission::KycRead,
+        Permission::KycSubmit,
+        Permission::KycDecide,
+        Permission::KycDocumentsRead,
+        Permission::KycConfigure,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -143,6 +158,11 @@ impl Permission {
             Permission::CashWrite => "cash:write",
             Permission::HoldsWrite => "holds:write",
             Permission::TransfersReverse => "transfers:reverse",
+            Permission::KycRead => "kyc:read",
+            Permission::KycSubmit => "kyc:submit",
+            Permission::KycDecide => "kyc:decide",
+            Permission::KycDocumentsRead => "kyc:documents:read",
+            Permission::KycConfigure => "kyc:configure",
         }
     }
 }
@@ -194,6 +214,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CashWrite, All),
             (P::HoldsWrite, All),
             (P::TransfersReverse, All),
+            (P::KycRead, All),
+            (P::KycSubmit, All),
+            (P::KycConfigure, All),
         ],
     ),
     (
@@ -215,6 +238,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, All),
             (P::CashWrite, All),
             (P::HoldsWrite, All),
+            (P::KycRead, All),
+            (P::KycSubmit, All),
         ],
     ),
     (
@@ -225,6 +250,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
+            (P::KycRead, All),
+            (P::KycDecide, All),
+            (P::KycDocumentsRead, All),
         ],
     ),
     (
@@ -235,6 +263,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRead, All),
             (P::AccountsRead, All),
             (P::TransfersRead, All),
+            (P::KycRead, All),
         ],
     ),
     (
@@ -245,6 +274,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, Own),
             (P::TransfersCreate, Own),
             (P::TransfersRead, Own),
+            (P::KycRead, Own),
+            (P::KycSubmit, Own),
         ],
     ),
     (
@@ -256,6 +287,13 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
         ],
     ),
 ];
+
+/// Permissions a role may hand out (by granting a role that carries them) without holding
+/// them itself: segregation of duties. A MANAGER appoints COMPLIANCE_OFFICERs but cannot
+/// decide verifications or download identity documents; the appointment is audited
+/// (`user.create`, `user.roles.update`) and no one can change their own roles.
+pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] =
+    &[(Role::Manager, &[P::KycDecide, P::KycDocumentsRead])];
 
 /// What the table grants one role.
 pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
@@ -282,6 +320,20 @@ impl PermissionSet {
             }
         }
         Self(map)
+    }
+
+    /// What holders of `roles` may grant: their own permissions plus those of
+    /// [`GRANT_WITHOUT_HOLDING`] (at `All`). Used only to check role assignments.
+    pub fn grantable_by(roles: &[Role]) -> Self {
+        let mut set = Self::for_roles(roles);
+        for (role, perms) in GRANT_WITHOUT_HOLDING {
+            if roles.contains(role) {
+                for p in *perms {
+                    set.0.insert(*p, All);
+                }
+            }
+        }
+        set
     }
 
     /// The scope at which `perm` is granted, if at all.
@@ -382,6 +434,30 @@ mod tests {
             cashier
                 .covers(&PermissionSet::for_roles(&[Role::ComplianceOfficer]))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_manager_appoints_compliance_officers_without_deciding() {
+        let manager = PermissionSet::for_roles(&[Role::Manager]);
+        assert_eq!(manager.scope(P::KycDecide), None);
+        assert_eq!(manager.scope(P::KycDocumentsRead), None);
+        let officer = PermissionSet::for_roles(&[Role::ComplianceOfficer]);
+        assert!(manager.covers(&officer).is_err());
+        assert!(
+            PermissionSet::grantable_by(&[Role::Manager])
+                .covers(&officer)
+                .is_ok()
+        );
+        // Nobody else gains anything from the grant-only list.
+        assert_eq!(
+            PermissionSet::grantable_by(&[Role::Cashier]),
+            PermissionSet::for_roles(&[Role::Cashier])
+        );
+        // A customer never decides.
+        assert_eq!(
+            PermissionSet::for_roles(&[Role::Customer]).scope(P::KycDecide),
+            None
         );
     }
 

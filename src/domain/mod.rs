@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod authz;
 pub mod currency;
+pub mod kyc;
 pub mod ledger;
 pub mod values;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::handlers::{audit, auth, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, kyc, ledger, meta, tenants, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,9 @@ use super::handlers::{audit, auth, ledger, meta, tenants, users};
         ledger::freeze, ledger::unfreeze, ledger::close, ledger::set_overdraft,
         ledger::create_transfer, ledger::list_transfers, ledger::get_transfer,
         ledger::deposit, ledger::withdraw, ledger::reverse, ledger::create_batch,
-        ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold
+        ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold,
+        kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
+        kyc::approve, kyc::reject, kyc::download
     ),
     modifiers(&BearerAuth),
     tags(
@@ -30,6 +32,7 @@ use super::handlers::{audit, auth, ledger, meta, tenants, users};
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "ledger", description = "Customers, accounts and money movements"),
         (name = "meta", description = "Health and public keys"),
+        (name = "kyc", description = "KYC tiers, limits and verification"),
     )
 )]
 pub struct ApiDoc;

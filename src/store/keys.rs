@@ -75,8 +75,12 @@ pub struct EncryptedColumn {
 
 /// Every encrypted column. Rotation re-encrypts each one; adding a column here is how new
 /// encrypted data joins rotation.
-pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] =
-    &[TRANSFER_DETAILS, IDEMPOTENCY_RESPONSES, CUSTOMER_PII];
+pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
+    TRANSFER_DETAILS,
+    IDEMPOTENCY_RESPONSES,
+    CUSTOMER_PII,
+    KYC_DOCUMENT_CONTENT,
+];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
     table: "transfers",
@@ -93,6 +97,13 @@ pub const IDEMPOTENCY_RESPONSES: EncryptedColumn = EncryptedColumn {
 pub const CUSTOMER_PII: EncryptedColumn = EncryptedColumn {
     table: "customers",
     column: "pii",
+    row: "id",
+};
+
+/// KYC identity documents, each sealed under its customer's data key (AAD row = document id).
+pub const KYC_DOCUMENT_CONTENT: EncryptedColumn = EncryptedColumn {
+    table: "kyc_documents",
+    column: "content",
     row: "id",
 };
 

@@ -17,6 +17,7 @@ mod authz;
 mod cli;
 mod conventions;
 mod crash;
+mod kyc;
 mod ledger;
 mod ledger_model;
 mod openapi;
