@@ -404,9 +404,7 @@ pub(super) fn all() -> Vec<Route> {
 /// A route whose body may be larger than the server-wide `max_body_bytes` (document uploads).
 /// The innermost body limit wins, so this one applies to this route alone.
 fn with_body_limit(mut r: Route, limit: usize) -> Route {
-    r.handler = r
-        .handler
-        .layer(axum::extract::DefaultBodyLimit::max(limit));
+    r.handler = r.handler.layer(axum::extract::DefaultBodyLimit::max(limit));
     r
 }
 

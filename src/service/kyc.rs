@@ -215,8 +215,17 @@ pub async fn check_movement(
     );
     if outgoing && let Some((account, _)) = debits.first() {
         let seen = gate.begin(account);
-        match check_outgoing(core, tenant, tiers, currency, account, amount, seen, (day, month))
-            .await
+        match check_outgoing(
+            core,
+            tenant,
+            tiers,
+            currency,
+            account,
+            amount,
+            seen,
+            (day, month),
+        )
+        .await
         {
             Ok(Ok(Some(()))) => reservation.held.push((account.clone(), amount, 0)),
             Ok(Ok(None)) => gate.abandon(account),
@@ -241,8 +250,7 @@ pub async fn check_movement(
                 "amount".to_owned()
             };
             let seen = gate.begin(account);
-            match check_incoming(core, tenant, tiers, currency, account, *leg, seen, &param).await
-            {
+            match check_incoming(core, tenant, tiers, currency, account, *leg, seen, &param).await {
                 Ok(Ok(Some(()))) => reservation.held.push((account.clone(), 0, *leg)),
                 Ok(Ok(None)) => gate.abandon(account),
                 Ok(Err(e)) => {
@@ -309,10 +317,7 @@ async fn check_outgoing(
     }
     let pending = core.kyc.pending.clone();
     for attempt in 0..3 {
-        let (today, this_month) = core
-            .store
-            .kyc_outgoing(tenant, account, month, day)
-            .await?;
+        let (today, this_month) = core.store.kyc_outgoing(tenant, account, month, day).await?;
         let Ok(mut m) = pending.lock() else {
             return Err(AppError::internal("kyc reservations poisoned"));
         };
@@ -326,7 +331,11 @@ async fn check_outgoing(
         }
         // After the last attempt, count what was released meanwhile too (it may or may not be
         // in the totals read): over-counting only refuses early.
-        let extra = if e.released != seen { e.released_out } else { 0 };
+        let extra = if e.released != seen {
+            e.released_out
+        } else {
+            0
+        };
         let used = Outgoing {
             today: today.saturating_add(e.outgoing).saturating_add(extra),
             this_month: this_month.saturating_add(e.outgoing).saturating_add(extra),
@@ -554,10 +563,7 @@ async fn visible_customer(
         return Err(AppError::NotFound("customer"));
     }
     if actor.scope(perm)? == Scope::Own {
-        let own = core
-            .store
-            .customer_for_user(tenant, &actor.user_id)
-            .await?;
+        let own = core.store.customer_for_user(tenant, &actor.user_id).await?;
         if own.map(|c| c.id).as_deref() != Some(id) {
             return Err(AppError::NotFound("customer"));
         }
@@ -890,10 +896,7 @@ pub async fn decide(
             )
         }
     };
-    let own = core
-        .store
-        .customer_for_user(tenant, &actor.user_id)
-        .await?;
+    let own = core.store.customer_for_user(tenant, &actor.user_id).await?;
     if submission.submitted_by == actor.user_id.as_str()
         || own.is_some_and(|c| c.id == submission.customer_id)
     {

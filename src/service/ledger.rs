@@ -780,7 +780,13 @@ async fn build_movement(
     let mut kyc_reservation = None;
     if refusal.is_none() {
         match super::kyc::check_movement(
-            core, &tenant, input.kind, currency, amount.get(), &debits, &credits,
+            core,
+            &tenant,
+            input.kind,
+            currency,
+            amount.get(),
+            &debits,
+            &credits,
         )
         .await?
         {

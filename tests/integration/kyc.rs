@@ -33,12 +33,17 @@ fn pdf(marker: &str) -> Vec<u8> {
 }
 
 async fn put(app: &TestApp, path: &str, token: &str, body: Value) -> Resp {
-    app.request(Method::PUT, path, Some(token), Some(body)).await
+    app.request(Method::PUT, path, Some(token), Some(body))
+        .await
 }
 
 /// A customer (optionally linked to a new CUSTOMER user) with a USD account.
 /// Returns (customer id, account id, the customer's token if linked).
-async fn customer(app: &TestApp, t: &TenantFixture, linked: bool) -> (String, String, Option<String>) {
+async fn customer(
+    app: &TestApp,
+    t: &TenantFixture,
+    linked: bool,
+) -> (String, String, Option<String>) {
     let (user, token) = if linked {
         let (id, token) = app.user_token(t, &["CUSTOMER"]).await;
         (Some(id), Some(token))
@@ -49,7 +54,9 @@ async fn customer(app: &TestApp, t: &TenantFixture, linked: bool) -> (String, St
         Some(u) => json!({ "user_id": u }),
         None => json!({}),
     };
-    let c = app.post("/v1/customers", Some(&t.manager_token), body).await;
+    let c = app
+        .post("/v1/customers", Some(&t.manager_token), body)
+        .await;
     assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
     let id = c.body["id"].as_str().unwrap().to_owned();
     let a = app
@@ -144,18 +151,30 @@ async fn each_limit_refuses_with_its_name_and_resets_with_the_utc_day_and_month(
     let (_, b, _) = customer(app, &t, false).await;
 
     // Max balance on deposit: 5,000 at tier 0.
-    assert_eq!(deposit(app, &m, &a, 4_000).await.status, StatusCode::CREATED);
+    assert_eq!(
+        deposit(app, &m, &a, 4_000).await.status,
+        StatusCode::CREATED
+    );
     let r = deposit(app, &m, &a, 1_001).await;
     assert_limit(&r, "max_balance", "amount");
     assert_eq!(balance(app, &m, &a).await, 4_000, "nothing was posted");
-    assert_eq!(deposit(app, &m, &a, 1_000).await.status, StatusCode::CREATED);
+    assert_eq!(
+        deposit(app, &m, &a, 1_000).await.status,
+        StatusCode::CREATED
+    );
     // ...and on a transfer's credit leg, without disclosing the recipient's balance.
     let (_, c, _) = customer(app, &t, false).await;
-    assert_eq!(deposit(app, &m, &c, 4_600).await.status, StatusCode::CREATED);
+    assert_eq!(
+        deposit(app, &m, &c, 4_600).await.status,
+        StatusCode::CREATED
+    );
     let r = transfer(app, &m, &a, &c, 401).await;
     assert_limit(&r, "max_balance", "credits[0].amount");
     assert!(
-        !r.body["error"]["message"].as_str().unwrap().contains("4600"),
+        !r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4600"),
         "{r:?}"
     );
     assert_eq!(balance(app, &m, &a).await, 5_000);
@@ -165,19 +184,28 @@ async fn each_limit_refuses_with_its_name_and_resets_with_the_utc_day_and_month(
     let r = transfer(app, &m, &a, &b, 1_001).await;
     assert_limit(&r, "max_single_transfer", "amount");
     // Daily outgoing: 1,500 (the withdrawal of b does not count for a).
-    assert_eq!(transfer(app, &m, &a, &b, 900).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(app, &m, &a, &b, 900).await.status,
+        StatusCode::CREATED
+    );
     let r = transfer(app, &m, &a, &b, 601).await;
     assert_limit(&r, "daily_outgoing", "amount");
     let r = withdraw(app, &m, &a, 601).await;
     assert_limit(&r, "daily_outgoing", "amount");
-    assert_eq!(transfer(app, &m, &a, &b, 600).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(app, &m, &a, &b, 600).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(balance(app, &m, &a).await, 3_500);
     assert_eq!(balance(app, &m, &b).await, 1_500);
 
     // The next UTC day (same month): the daily total starts again, the monthly one does not.
     app.clock.advance_seconds(45 * 60);
     let m = manager(app, &t).await;
-    assert_eq!(transfer(app, &m, &a, &b, 900).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(app, &m, &a, &b, 900).await.status,
+        StatusCode::CREATED
+    );
     // Month so far: 1,500 + 900 = 2,400 of 2,500.
     let r = transfer(app, &m, &a, &b, 101).await;
     assert_limit(&r, "monthly_outgoing", "amount");
@@ -189,7 +217,10 @@ async fn each_limit_refuses_with_its_name_and_resets_with_the_utc_day_and_month(
     // The next UTC month: both totals start again.
     app.clock.advance_seconds(86_400);
     let m = manager(app, &t).await;
-    assert_eq!(transfer(app, &m, &a, &b, 1_000).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(app, &m, &a, &b, 1_000).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(balance(app, &m, &a).await, 1_500);
     assert_eq!(balance(app, &m, &b).await, 3_400);
 
@@ -230,15 +261,30 @@ async fn unconfigured_currencies_are_free_configured_ones_fail_closed_and_revers
 
     // Invalid tables are refused naming the parameter, and change nothing.
     for (body, param) in [
-        (json!({ "currency": "USD", "tiers": [{ "tier": 0, "max_single_transfer": -1, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }), "tiers[0].max_single_transfer"),
-        (json!({ "currency": "USD", "tiers": [{ "tier": 0, "max_single_transfer": null, "daily_outgoing": 11, "monthly_outgoing": 10, "max_balance": null }] }), "tiers[0].daily_outgoing"),
-        (json!({ "currency": "USD", "tiers": [
+        (
+            json!({ "currency": "USD", "tiers": [{ "tier": 0, "max_single_transfer": -1, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }),
+            "tiers[0].max_single_transfer",
+        ),
+        (
+            json!({ "currency": "USD", "tiers": [{ "tier": 0, "max_single_transfer": null, "daily_outgoing": 11, "monthly_outgoing": 10, "max_balance": null }] }),
+            "tiers[0].daily_outgoing",
+        ),
+        (
+            json!({ "currency": "USD", "tiers": [
             { "tier": 1, "max_single_transfer": 100, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null },
             { "tier": 2, "max_single_transfer": 99, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }
-        ] }), "tiers[1].max_single_transfer"),
-        (json!({ "currency": "USD", "tiers": [{ "tier": 4, "max_single_transfer": null, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }), "tiers[0].tier"),
+        ] }),
+            "tiers[1].max_single_transfer",
+        ),
+        (
+            json!({ "currency": "USD", "tiers": [{ "tier": 4, "max_single_transfer": null, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }),
+            "tiers[0].tier",
+        ),
         (json!({ "currency": "USD", "tiers": [] }), "tiers"),
-        (json!({ "currency": "EUR", "tiers": [{ "tier": 0, "max_single_transfer": null, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }), "currency"),
+        (
+            json!({ "currency": "EUR", "tiers": [{ "tier": 0, "max_single_transfer": null, "daily_outgoing": null, "monthly_outgoing": null, "max_balance": null }] }),
+            "currency",
+        ),
     ] {
         let r = put(app, "/v1/kyc/limits", m, body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
@@ -274,13 +320,21 @@ async fn unconfigured_currencies_are_free_configured_ones_fail_closed_and_revers
         .unwrap()
         .clone();
     assert_eq!(ngn["configured"], false, "NGN is still unconfigured");
-    assert_limit(&deposit(app, m, &a, 1).await, "currency_not_permitted", "currency");
+    assert_limit(
+        &deposit(app, m, &a, 1).await,
+        "currency_not_permitted",
+        "currency",
+    );
     assert_limit(
         &transfer(app, m, &a, &b, 1).await,
         "currency_not_permitted",
         "currency",
     );
-    assert_limit(&withdraw(app, m, &b, 1).await, "currency_not_permitted", "currency");
+    assert_limit(
+        &withdraw(app, m, &b, 1).await,
+        "currency_not_permitted",
+        "currency",
+    );
 
     // A reversal is not refused by KYC (money goes back where it came from).
     let rev = app
@@ -312,7 +366,10 @@ async fn concurrent_transfers_cannot_both_pass_a_daily_limit(app: &TestApp) {
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let (_, a, _) = customer(app, &t, false).await;
     let (_, b, _) = customer(app, &t, false).await;
-    assert_eq!(deposit(app, &m, &a, 10_000).await.status, StatusCode::CREATED);
+    assert_eq!(
+        deposit(app, &m, &a, 10_000).await.status,
+        StatusCode::CREATED
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..12 {
         let router = app.router.clone();
@@ -369,7 +426,10 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     let (other, _, other_token) = customer(app, &t, true).await;
     let other_token = other_token.unwrap();
     let (_, sink, _) = customer(app, &t, false).await;
-    assert_eq!(deposit(app, &m, &acc, 5_000).await.status, StatusCode::CREATED);
+    assert_eq!(
+        deposit(app, &m, &acc, 5_000).await.status,
+        StatusCode::CREATED
+    );
     assert_limit(
         &transfer(app, &ctoken, &acc, &sink, 3_000).await,
         "max_single_transfer",
@@ -409,7 +469,10 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     assert!(sid.starts_with("kyc_"));
     let docs = s.body["documents"].as_array().unwrap();
     assert_eq!(docs.len(), 2);
-    assert!(docs.iter().all(|d| d.get("content").is_none()), "metadata only");
+    assert!(
+        docs.iter().all(|d| d.get("content").is_none()),
+        "metadata only"
+    );
     assert_eq!(docs[0]["size_bytes"], passport.len());
     assert_eq!(
         docs[0]["sha256"],
@@ -423,7 +486,10 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
             body.clone(),
         )
         .await;
-    assert_eq!((dup.status, dup.code()), (StatusCode::CONFLICT, "kyc_submission_open"));
+    assert_eq!(
+        (dup.status, dup.code()),
+        (StatusCode::CONFLICT, "kyc_submission_open")
+    );
 
     // The queue.
     let co = officer(app, &t).await;
@@ -442,7 +508,14 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     // Only a compliance officer decides.
     let approve = |token: String, tier: i64| {
         let path = format!("/v1/kyc/submissions/{sid}/approve");
-        async move { app.post(&path, Some(&token), json!({ "tier": tier, "note": "documents verified" })).await }
+        async move {
+            app.post(
+                &path,
+                Some(&token),
+                json!({ "tier": tier, "note": "documents verified" }),
+            )
+            .await
+        }
     };
     let (_, cashier) = app.user_token(&t, &["CASHIER"]).await;
     for token in [ctoken.clone(), m.clone(), cashier.clone()] {
@@ -458,7 +531,10 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     assert_eq!(ok.body["decision"]["reason"], "documents verified");
     // Decided once.
     let again = approve(co.clone(), 3).await;
-    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "kyc_already_decided"));
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "kyc_already_decided")
+    );
     let rej = app
         .post(
             &format!("/v1/kyc/submissions/{sid}/reject"),
@@ -477,13 +553,24 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
         .post(
             &format!("/v1/customers/{cus}/kyc/submissions"),
             Some(&m),
-            submission(3, &[("selfie", "image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3])]),
+            submission(
+                3,
+                &[("selfie", "image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3])],
+            ),
         )
         .await;
-    assert_eq!(s2.status, StatusCode::CREATED, "staff submit on the customer's behalf: {s2:?}");
+    assert_eq!(
+        s2.status,
+        StatusCode::CREATED,
+        "staff submit on the customer's behalf: {s2:?}"
+    );
     let sid2 = s2.body["id"].as_str().unwrap().to_owned();
     let no_reason = app
-        .post(&format!("/v1/kyc/submissions/{sid2}/reject"), Some(&co), json!({ "reason": " " }))
+        .post(
+            &format!("/v1/kyc/submissions/{sid2}/reject"),
+            Some(&co),
+            json!({ "reason": " " }),
+        )
         .await;
     assert_eq!(no_reason.body["error"]["param"], "reason");
     let rej = app
@@ -507,16 +594,23 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
         let history = h.body["history"].as_array().unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(history[0]["id"], sid2.as_str());
-        assert_eq!(history[0]["decision"]["reason"], "selfie does not match the passport");
+        assert_eq!(
+            history[0]["decision"]["reason"],
+            "selfie does not match the passport"
+        );
         assert_eq!(history[1]["status"], "approved");
         assert_eq!(history[1]["documents"].as_array().unwrap().len(), 2);
         assert_eq!(history[0]["documents"].as_array().unwrap().len(), 1);
     }
-    let peek = app.get(&format!("/v1/customers/{cus}/kyc"), &other_token).await;
+    let peek = app
+        .get(&format!("/v1/customers/{cus}/kyc"), &other_token)
+        .await;
     assert_eq!(peek.status, StatusCode::NOT_FOUND);
     let (_, agent) = app.user_token(&t, &["AGENT"]).await;
     assert_eq!(
-        app.get(&format!("/v1/customers/{cus}/kyc"), &agent).await.status,
+        app.get(&format!("/v1/customers/{cus}/kyc"), &agent)
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
 
@@ -532,7 +626,11 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     assert_eq!(count("kyc.document.upload"), 3);
     assert_eq!(count("kyc.submission.approve"), 1);
     assert_eq!(count("kyc.submission.reject"), 1);
-    assert!(chain.iter().any(|e| e.action == "kyc.submission.approve" && e.outcome == "denied"));
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.action == "kyc.submission.approve" && e.outcome == "denied")
+    );
     // Decisions are append-only in storage.
     assert!(
         app.try_raw_sql("UPDATE kyc_decisions SET reason = 'edited'")
@@ -554,9 +652,7 @@ async fn nobody_decides_their_own_submission(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     // A user who may both submit (CASHIER) and decide (COMPLIANCE_OFFICER).
-    let (_, both) = app
-        .user_token(&t, &["CASHIER", "COMPLIANCE_OFFICER"])
-        .await;
+    let (_, both) = app.user_token(&t, &["CASHIER", "COMPLIANCE_OFFICER"]).await;
     let (cus, _, _) = customer(app, &t, false).await;
     let s = app
         .post(
@@ -568,22 +664,39 @@ async fn nobody_decides_their_own_submission(app: &TestApp) {
     assert_eq!(s.status, StatusCode::CREATED, "{s:?}");
     let sid = s.body["id"].as_str().unwrap();
     let r = app
-        .post(&format!("/v1/kyc/submissions/{sid}/approve"), Some(&both), json!({ "tier": 1 }))
+        .post(
+            &format!("/v1/kyc/submissions/{sid}/approve"),
+            Some(&both),
+            json!({ "tier": 1 }),
+        )
         .await;
-    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "kyc_self_decision"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "kyc_self_decision")
+    );
     let other = officer(app, &t).await;
     let r = app
-        .post(&format!("/v1/kyc/submissions/{sid}/approve"), Some(&other), json!({ "tier": 1 }))
+        .post(
+            &format!("/v1/kyc/submissions/{sid}/approve"),
+            Some(&other),
+            json!({ "tier": 1 }),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     // Another tenant's submission answers 404 like a missing one.
     let t2 = app.tenant(&admin, "other").await;
     let co2 = officer(app, &t2).await;
     let r = app
-        .post(&format!("/v1/kyc/submissions/{sid}/reject"), Some(&co2), json!({ "reason": "x" }))
+        .post(
+            &format!("/v1/kyc/submissions/{sid}/reject"),
+            Some(&co2),
+            json!({ "reason": "x" }),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
-    let h = app.get(&format!("/v1/customers/{cus}/kyc"), &t2.manager_token).await;
+    let h = app
+        .get(&format!("/v1/customers/{cus}/kyc"), &t2.manager_token)
+        .await;
     assert_eq!(h.status, StatusCode::NOT_FOUND);
 }
 
@@ -602,15 +715,42 @@ async fn documents_are_checked_sealed_and_downloaded_intact(app: &TestApp) {
     };
     let five: Vec<(&str, &str, &[u8])> = vec![("selfie", "image/png", &image); 5];
     for (body, param) in [
-        (submission(1, &[("passport", "application/pdf", &image)]), "documents[0].content_type"),
-        (submission(1, &[("passport", "image/png", b"GIF89a....")]), "documents[0].content_type"),
-        (submission(1, &[("passport", "image/gif", &image)]), "documents[0].content_type"),
-        (submission(1, &[("passport", "image/png", &image), ("proof_of_address", "application/pdf", &too_big)]), "documents[1].content"),
-        (submission(1, &[("birth_certificate", "image/png", &image)]), "documents[0].document_type"),
+        (
+            submission(1, &[("passport", "application/pdf", &image)]),
+            "documents[0].content_type",
+        ),
+        (
+            submission(1, &[("passport", "image/png", b"GIF89a....")]),
+            "documents[0].content_type",
+        ),
+        (
+            submission(1, &[("passport", "image/gif", &image)]),
+            "documents[0].content_type",
+        ),
+        (
+            submission(
+                1,
+                &[
+                    ("passport", "image/png", &image),
+                    ("proof_of_address", "application/pdf", &too_big),
+                ],
+            ),
+            "documents[1].content",
+        ),
+        (
+            submission(1, &[("birth_certificate", "image/png", &image)]),
+            "documents[0].document_type",
+        ),
         (submission(1, &five), "documents"),
         (submission(1, &[]), "documents"),
-        (submission(0, &[("passport", "image/png", &image)]), "requested_tier"),
-        (json!({ "requested_tier": 1, "documents": [{ "document_type": "passport", "content_type": "image/png", "content": "not base64!" }] }), "documents[0].content"),
+        (
+            submission(0, &[("passport", "image/png", &image)]),
+            "requested_tier",
+        ),
+        (
+            json!({ "requested_tier": 1, "documents": [{ "document_type": "passport", "content_type": "image/png", "content": "not base64!" }] }),
+            "documents[0].content",
+        ),
     ] {
         let r = app.post(&path, Some(&m), body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{param}: {r:?}");
@@ -618,7 +758,10 @@ async fn documents_are_checked_sealed_and_downloaded_intact(app: &TestApp) {
     }
     let co = officer(app, &t).await;
     let q = app.get("/v1/kyc/submissions", &co).await;
-    assert!(q.body["data"].as_array().unwrap().is_empty(), "nothing was stored");
+    assert!(
+        q.body["data"].as_array().unwrap().is_empty(),
+        "nothing was stored"
+    );
     // Refused uploads were audited as failures.
     assert!(
         app.audit_chain(&t.id)
@@ -628,7 +771,11 @@ async fn documents_are_checked_sealed_and_downloaded_intact(app: &TestApp) {
     );
 
     let s = app
-        .post(&path, Some(&m), submission(1, &[("passport", "image/png", &image)]))
+        .post(
+            &path,
+            Some(&m),
+            submission(1, &[("passport", "image/png", &image)]),
+        )
         .await;
     assert_eq!(s.status, StatusCode::CREATED, "{s:?}");
     let doc = s.body["documents"][0]["id"].as_str().unwrap().to_owned();
@@ -699,7 +846,10 @@ async fn documents_are_checked_sealed_and_downloaded_intact(app: &TestApp) {
         .count();
     assert_eq!(reads, 2, "every download is audited");
     let nope = app
-        .get("/v1/kyc/documents/kyd_0000000000000000000000000000000a/content", &co)
+        .get(
+            "/v1/kyc/documents/kyd_0000000000000000000000000000000a/content",
+            &co,
+        )
         .await;
     assert_eq!(nope.status, StatusCode::NOT_FOUND);
 
@@ -720,7 +870,11 @@ async fn documents_are_checked_sealed_and_downloaded_intact(app: &TestApp) {
     let moved = app
         .get(&format!("/v1/kyc/documents/{doc2}/content"), &co)
         .await;
-    assert_ne!(moved.status, StatusCode::OK, "a moved ciphertext does not open");
+    assert_ne!(
+        moved.status,
+        StatusCode::OK,
+        "a moved ciphertext does not open"
+    );
 }
 
 async fn an_erased_customer_cannot_submit(app: &TestApp) {
@@ -738,7 +892,10 @@ async fn an_erased_customer_cannot_submit(app: &TestApp) {
             submission(1, &[("passport", "application/pdf", &pdf("p"))]),
         )
         .await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "customer_erased"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "customer_erased")
+    );
     let missing = app
         .post(
             "/v1/customers/cus_0000000000000000000000000000000a/kyc/submissions",

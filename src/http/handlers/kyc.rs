@@ -336,8 +336,7 @@ pub async fn list_submissions(
     let page = page(q.limit, q.starting_after, |c| {
         KycSubmissionId::parse(c).is_some()
     })?;
-    let listed =
-        kyc::list_submissions(&state.core, &principal, q.status.as_deref(), &page).await?;
+    let listed = kyc::list_submissions(&state.core, &principal, q.status.as_deref(), &page).await?;
     Ok(Json(List::from(listed, SubmissionBody::from)))
 }
 
