@@ -906,6 +906,73 @@ async fn an_erased_customer_cannot_submit(app: &TestApp) {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
+async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
+    let (cus, _, _) = customer(app, &t, false).await;
+    let file = pdf("rotate-me");
+    let s = app
+        .post(
+            &format!("/v1/customers/{cus}/kyc/submissions"),
+            Some(&t.manager_token),
+            submission(1, &[("national_id", "application/pdf", &file)]),
+        )
+        .await;
+    assert_eq!(s.status, StatusCode::CREATED, "{s:?}");
+    let doc = s.body["documents"][0]["id"].as_str().unwrap().to_owned();
+    let stored = |app: &TestApp| {
+        let tenant = tenant.clone();
+        let doc = doc.clone();
+        let store = app.core.store.clone();
+        async move {
+            store
+                .get_kyc_document(&tenant, &doc)
+                .await
+                .unwrap()
+                .unwrap()
+                .content
+        }
+    };
+    let before = stored(app).await;
+    // Rotate the customer's data key and re-encrypt: the column is registered for rotation.
+    let owner = kasho::service::keys::KeyOwner::Customer(cus.clone());
+    app.core
+        .keyring
+        .rotate_data_key(&tenant, &owner)
+        .await
+        .unwrap();
+    assert!(app.core.keyring.run_pending().await.unwrap() >= 1);
+    let after = stored(app).await;
+    assert_ne!(before, after, "re-encrypted under the new version");
+    let co = officer(app, &t).await;
+    let dl = app
+        .request(
+            Method::GET,
+            &format!("/v1/kyc/documents/{doc}/content"),
+            Some(&co),
+            None,
+        )
+        .await;
+    assert_eq!(dl.status, StatusCode::OK);
+    assert_eq!(dl.body.as_str().map(str::as_bytes), Some(file.as_slice()));
+    // Destroying the customer's key (what erasure does) makes the documents unreadable.
+    app.raw_sql(&format!(
+        "UPDATE data_keys SET status = 'destroyed', wrapped = NULL WHERE owner = 'customer:{cus}'"
+    ))
+    .await;
+    app.core.keyring.forget(&tenant, &owner);
+    let gone = app
+        .request(
+            Method::GET,
+            &format!("/v1/kyc/documents/{doc}/content"),
+            Some(&co),
+            None,
+        )
+        .await;
+    assert_ne!(gone.status, StatusCode::OK, "{gone:?}");
+}
+
 backend_tests!(
     each_limit_refuses_with_its_name_and_resets_with_the_utc_day_and_month,
     unconfigured_currencies_are_free_configured_ones_fail_closed_and_reversals_pass,
@@ -914,4 +981,5 @@ backend_tests!(
     nobody_decides_their_own_submission,
     documents_are_checked_sealed_and_downloaded_intact,
     an_erased_customer_cannot_submit,
+    documents_follow_key_rotation_and_are_shredded_with_the_customer_key,
 );
