@@ -72,7 +72,13 @@ struct Pending {
 pub struct KycGate {
     limits: RwLock<HashMap<String, (Instant, Arc<TenantLimits>)>>,
     pending: Arc<Mutex<HashMap<String, Pending>>>,
+    /// Per account: (month start, the lowest entry sequence number of that month). Entries are
+    /// append-only and numbered in order, so the floor stays right for the whole month.
+    floors: Mutex<HashMap<String, (i64, i64)>>,
 }
+
+/// Most accounts whose month floor is cached (the cache is cleared beyond it).
+const MAX_FLOORS: usize = 100_000;
 
 impl KycGate {
     fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantLimits>> {
@@ -96,6 +102,34 @@ impl KycGate {
             m.insert(tenant.to_string(), (Instant::now(), limits.clone()));
         }
         Ok(limits)
+    }
+
+    /// The first entry sequence number of `account` in the month starting at `month`.
+    async fn month_floor(
+        &self,
+        core: &Core,
+        tenant: &TenantId,
+        account: &str,
+        month: i64,
+    ) -> AppResult<i64> {
+        let cached = self
+            .floors
+            .lock()
+            .ok()
+            .and_then(|m| m.get(account).copied());
+        if let Some((m, floor)) = cached
+            && m == month
+        {
+            return Ok(floor);
+        }
+        let floor = core.store.kyc_month_floor(tenant, account, month).await?;
+        if let Ok(mut m) = self.floors.lock() {
+            if m.len() >= MAX_FLOORS {
+                m.clear();
+            }
+            m.insert(account.to_owned(), (month, floor));
+        }
+        Ok(floor)
     }
 
     fn invalidate(&self, tenant: &TenantId) {
@@ -316,8 +350,12 @@ async fn check_outgoing(
         return Ok(Ok(None));
     }
     let pending = core.kyc.pending.clone();
+    let floor = core.kyc.month_floor(core, tenant, account, month).await?;
     for attempt in 0..3 {
-        let (today, this_month) = core.store.kyc_outgoing(tenant, account, month, day).await?;
+        let (today, this_month) = core
+            .store
+            .kyc_outgoing(tenant, account, floor, month, day)
+            .await?;
         let Ok(mut m) = pending.lock() else {
             return Err(AppError::internal("kyc reservations poisoned"));
         };

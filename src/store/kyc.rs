@@ -152,11 +152,23 @@ pub trait KycStore: Send + Sync {
     ) -> StoreResult<()>;
     async fn kyc_customer(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycCustomer>>;
     async fn kyc_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycAccount>>;
-    /// Debits of `account` since `day_start` and since `month_start` (reversals excluded).
+    /// The lowest `account_seq` an entry of `account` created at or after `month_start` can
+    /// have: the first such entry's, or one past the last entry if there is none yet (every
+    /// later entry has a higher sequence number). Scans the account's entries; the caller
+    /// caches the answer for the month.
+    async fn kyc_month_floor(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        month_start: i64,
+    ) -> StoreResult<i64>;
+    /// Debits of `account` since `day_start` and since `month_start` (reversals excluded),
+    /// reading its entries from sequence number `floor` on (see [`Self::kyc_month_floor`]).
     async fn kyc_outgoing(
         &self,
         tenant: &TenantId,
         account: &str,
+        floor: i64,
         month_start: i64,
         day_start: i64,
     ) -> StoreResult<(i64, i64)>;
@@ -294,21 +306,42 @@ macro_rules! impl_kyc_store {
                 .await?)
             }
 
-            async fn kyc_outgoing(
+            async fn kyc_month_floor(
                 &self,
                 tenant: &$crate::ids::TenantId,
                 account: &str,
                 month_start: i64,
-                day_start: i64,
-            ) -> $crate::store::StoreResult<(i64, i64)> {
-                let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
-                    "SELECT CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT), \
-                     CAST(SUM(e.amount) AS BIGINT) FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-                     WHERE e.account_id = $2 AND e.tenant_id = $1 AND e.direction = 'debit' \
-                     AND e.created_at >= $3 AND t.kind <> 'reversal'",
+            ) -> $crate::store::StoreResult<i64> {
+                let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT MIN(CASE WHEN created_at >= $3 THEN account_seq END), MAX(account_seq) \
+                     FROM entries WHERE account_id = $2 AND tenant_id = $1",
                 )
                 .bind(tenant.as_str())
                 .bind(account)
+                .bind(month_start)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(first.unwrap_or_else(|| last.unwrap_or(0) + 1))
+            }
+
+            async fn kyc_outgoing(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                account: &str,
+                floor: i64,
+                month_start: i64,
+                day_start: i64,
+            ) -> $crate::store::StoreResult<(i64, i64)> {
+                let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT CAST(SUM(CASE WHEN e.created_at >= $5 THEN e.amount ELSE 0 END) AS BIGINT), \
+                     CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT) \
+                     FROM entries e JOIN transfers t ON t.id = e.transfer_id \
+                     WHERE e.account_id = $2 AND e.account_seq >= $3 AND e.tenant_id = $1 \
+                     AND e.direction = 'debit' AND t.kind <> 'reversal'",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(floor)
                 .bind(month_start)
                 .bind(day_start)
                 .fetch_one(&self.pool)
