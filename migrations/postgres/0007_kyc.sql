@@ -47,7 +47,8 @@ CREATE TABLE kyc_decisions (
     decision       TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),
     tier_before    BIGINT NOT NULL,
     tier_after     BIGINT NOT NULL,
-    -- The approval's note or the rejection's reason.
+    -- The approval's note or the rejection's reason: free text that may describe the person,
+    -- sealed under the customer's data key (AAD row = submission id).
     reason         TEXT,
     decided_by     TEXT NOT NULL,
     decided_at     BIGINT NOT NULL
@@ -74,8 +75,17 @@ CREATE INDEX kyc_documents_submission ON kyc_documents (tenant_id, submission_id
 -- one of the month on, by the existing unique (account_id, account_seq) index (an index on
 -- created_at would cost every posting a random B-tree insert).
 
+-- Only the sealed reason may be rewritten (re-encryption under a new key version).
+CREATE FUNCTION kasho_kyc_decision_immutable() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR (to_jsonb(NEW) - 'reason') IS DISTINCT FROM (to_jsonb(OLD) - 'reason') THEN
+        RAISE EXCEPTION 'kyc_decisions are append-only';
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
 CREATE TRIGGER kyc_decisions_append_only BEFORE UPDATE OR DELETE ON kyc_decisions
-    FOR EACH ROW EXECUTE FUNCTION kasho_append_only();
+    FOR EACH ROW EXECUTE FUNCTION kasho_kyc_decision_immutable();
 CREATE TRIGGER kyc_decisions_no_truncate BEFORE TRUNCATE ON kyc_decisions
     FOR EACH STATEMENT EXECUTE FUNCTION kasho_append_only();
 

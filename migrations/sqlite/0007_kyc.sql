@@ -47,7 +47,8 @@ CREATE TABLE kyc_decisions (
     decision       TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),
     tier_before    BIGINT NOT NULL,
     tier_after     BIGINT NOT NULL,
-    -- The approval's note or the rejection's reason.
+    -- The approval's note or the rejection's reason: free text that may describe the person,
+    -- sealed under the customer's data key (AAD row = submission id).
     reason         TEXT,
     decided_by     TEXT NOT NULL,
     decided_at     BIGINT NOT NULL
@@ -74,7 +75,8 @@ CREATE INDEX kyc_documents_submission ON kyc_documents (tenant_id, submission_id
 -- one of the month on, by the existing unique (account_id, account_seq) index (an index on
 -- created_at would cost every posting a random B-tree insert).
 
-CREATE TRIGGER kyc_decisions_append_only_update BEFORE UPDATE ON kyc_decisions
+-- Only the sealed reason may be rewritten (re-encryption under a new key version).
+CREATE TRIGGER kyc_decisions_append_only_update BEFORE UPDATE OF submission_id, tenant_id, customer_id, decision, tier_before, tier_after, decided_by, decided_at ON kyc_decisions
 BEGIN SELECT RAISE(ABORT, 'kyc_decisions are append-only'); END;
 CREATE TRIGGER kyc_decisions_append_only_delete BEFORE DELETE ON kyc_decisions
 BEGIN SELECT RAISE(ABORT, 'kyc_decisions are append-only'); END;

@@ -762,12 +762,34 @@ pub async fn submit(
     submission_view(core, tenant, id.as_str()).await
 }
 
+/// Opens a decision's sealed reason in place. Once the customer's key is destroyed (erasure)
+/// the reason reads as absent; the decision itself is kept.
+async fn open_reason(core: &Core, tenant: &TenantId, s: &mut KycSubmissionRecord) -> AppResult<()> {
+    let Some(stored) = s.reason.take() else {
+        return Ok(());
+    };
+    let col = crate::store::keys::KYC_DECISION_REASON;
+    let ctx = Context {
+        tenant: tenant.as_str(),
+        table: col.table,
+        column: col.column,
+        row: &s.id,
+    };
+    match core.keyring.open_text(&ctx, &stored).await {
+        Ok(text) => s.reason = Some(text.to_string()),
+        Err(e) if e.code() == "key_destroyed" => s.reason = None,
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 async fn submission_view(core: &Core, tenant: &TenantId, id: &str) -> AppResult<SubmissionView> {
-    let submission = core
+    let mut submission = core
         .store
         .get_kyc_submission(tenant, id)
         .await?
         .ok_or(AppError::NotFound("kyc submission"))?;
+    open_reason(core, tenant, &mut submission).await?;
     let documents = core
         .store
         .list_kyc_documents(tenant, Some(id), None)
@@ -794,7 +816,10 @@ pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult
             .list_kyc_submissions(tenant, Some(&customer.id), None, &page)
             .await?;
         let more = rows.len() > 100;
-        submissions.extend(rows.into_iter().take(100));
+        for mut r in rows.into_iter().take(100) {
+            open_reason(core, tenant, &mut r).await?;
+            submissions.push(r);
+        }
         if !more {
             break;
         }
@@ -856,7 +881,8 @@ pub async fn list_submissions(
         .await?;
     let listed = Listed::from_rows(rows, page);
     let mut data = Vec::with_capacity(listed.data.len());
-    for s in listed.data {
+    for mut s in listed.data {
+        open_reason(core, tenant, &mut s).await?;
         let documents = core
             .store
             .list_kyc_documents(tenant, Some(&s.id), None)
@@ -952,6 +978,23 @@ pub async fn decide(
         Outcome::Success,
         Some(&audit_reason),
     );
+    // Free text about a person: sealed under the customer's key, so erasure shreds it too.
+    let col = crate::store::keys::KYC_DECISION_REASON;
+    let reason = match reason {
+        Some(r) => Some(
+            core.keyring
+                .seal(
+                    tenant,
+                    &KeyOwner::Customer(submission.customer_id.clone()),
+                    col.table,
+                    col.column,
+                    &submission.id,
+                    r.as_bytes(),
+                )
+                .await?,
+        ),
+        None => None,
+    };
     let d = NewKycDecision {
         submission_id: submission.id.clone(),
         tenant_id: tenant.clone(),

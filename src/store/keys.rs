@@ -80,6 +80,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     IDEMPOTENCY_RESPONSES,
     CUSTOMER_PII,
     KYC_DOCUMENT_CONTENT,
+    KYC_DECISION_REASON,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -105,6 +106,14 @@ pub const KYC_DOCUMENT_CONTENT: EncryptedColumn = EncryptedColumn {
     table: "kyc_documents",
     column: "content",
     row: "id",
+};
+
+/// A KYC decision's note or reason, sealed under the customer's data key (AAD row = the
+/// submission id, the decision's primary key).
+pub const KYC_DECISION_REASON: EncryptedColumn = EncryptedColumn {
+    table: "kyc_decisions",
+    column: "reason",
+    row: "submission_id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

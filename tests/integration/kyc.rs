@@ -631,9 +631,20 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
             .iter()
             .any(|e| e.action == "kyc.submission.approve" && e.outcome == "denied")
     );
-    // Decisions are append-only in storage.
+    // The free-text reason is sealed at rest.
+    assert_eq!(
+        app.raw_sql("UPDATE kyc_decisions SET reason = reason WHERE reason LIKE '%selfie%' OR reason LIKE '%verified%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.raw_sql("UPDATE kyc_decisions SET reason = reason WHERE reason LIKE 'kx1.%'")
+            .await,
+        2
+    );
+    // Decisions are append-only in storage (only the sealed reason may be re-encrypted).
     assert!(
-        app.try_raw_sql("UPDATE kyc_decisions SET reason = 'edited'")
+        app.try_raw_sql("UPDATE kyc_decisions SET tier_after = 3")
             .await
             .is_err()
     );
@@ -956,6 +967,15 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
         .await;
     assert_eq!(dl.status, StatusCode::OK);
     assert_eq!(dl.body.as_str().map(str::as_bytes), Some(file.as_slice()));
+    let sid = s.body["id"].as_str().unwrap();
+    let rej = app
+        .post(
+            &format!("/v1/kyc/submissions/{sid}/reject"),
+            Some(&co),
+            json!({ "reason": "name on the id card differs" }),
+        )
+        .await;
+    assert_eq!(rej.status, StatusCode::OK, "{rej:?}");
     // Destroying the customer's key (what erasure does) makes the documents unreadable.
     app.raw_sql(&format!(
         "UPDATE data_keys SET status = 'destroyed', wrapped = NULL WHERE owner = 'customer:{cus}'"
@@ -971,6 +991,11 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
         )
         .await;
     assert_ne!(gone.status, StatusCode::OK, "{gone:?}");
+    // The decision is kept; its sealed reason is gone with the key.
+    let h = app.get(&format!("/v1/customers/{cus}/kyc"), &co).await;
+    assert_eq!(h.status, StatusCode::OK, "{h:?}");
+    assert_eq!(h.body["history"][0]["status"], "rejected");
+    assert_eq!(h.body["history"][0]["decision"]["reason"], Value::Null);
 }
 
 backend_tests!(
