@@ -1,4 +1,5 @@
-//! Assembly: configuration → keys → storage → use-case core → HTTP router → listener.
+//! Assembly: configuration → keys → storage → use-case core → HTTP router → listener, and the
+//! background retention job.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub async fn build_core_with_checks(
             access_token_ttl_seconds: config.access_token_ttl_seconds,
             refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             idempotency_ttl_seconds: config.idempotency_ttl_seconds,
+            retention: config.retention,
         },
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
@@ -134,16 +136,20 @@ pub async fn build_core_with_checks(
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
     let app = crate::http::router(core.clone(), config.max_body_bytes);
-    // Expired idempotency keys are purged hourly (a live key is never touched).
-    let purger = core.clone();
+    spawn_retention(core.clone(), &config);
+    // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
+    // command, or a data key rotated automatically when its encryption budget ran out).
+    let keeper = core.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             every.tick().await;
-            match purger.store.purge_idempotency(purger.clock.now()).await {
-                Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
+            match keeper.keyring.run_pending().await {
+                Ok(n) if n > 0 => tracing::info!(moved = n, "key rotation work finished"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key maintenance failed; retrying in a minute")
+                }
             }
         }
     });
@@ -169,6 +175,29 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .map_err(|e| StartError::Other(e.to_string()))?;
     tracing::info!("kasho stopped");
     Ok(())
+}
+
+/// Runs the retention job every `retention_interval_seconds` (the first run at start-up). It
+/// purges ended sessions, expired idempotency records and audit records past retention; a live
+/// session or key is never touched.
+fn spawn_retention(core: Arc<Core>, config: &Config) {
+    for note in config.retention_notes() {
+        tracing::warn!("{note}");
+    }
+    let every = std::time::Duration::from_secs(u64::from(config.retention.interval_seconds));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match crate::service::retention::run_once(&core, core.clock.now()).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the retention job failed; it runs again at the next interval")
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,5 @@
 //! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
-//! `audit verify`, `config check`.
+//! `audit verify`, `config check`, `retention run`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -65,6 +65,36 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The key hierarchy: status and rotation (safe while servers run).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Data retention.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show master key versions and data keys by status.
+    Status,
+    /// Add a master key version and rewrap every data key under it (resumes an interrupted
+    /// rotation).
+    RotateMaster,
+    /// Give a tenant a new data key and re-encrypt its data under it in batches.
+    RotateTenant {
+        /// The tenant's slug.
+        slug: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Purge what is past retention now (as `kasho serve` does periodically) and print the counts.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +165,10 @@ pub fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check,
             } => config_check(&config),
+            Command::Keys { command } => keys_command(&config, command).await,
+            Command::Retention {
+                command: RetentionCommand::Run,
+            } => retention_run(&config).await,
         }
     });
     match result {
@@ -228,6 +262,114 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
     }
 }
 
+/// A keyring over the configured database. Never generates keys: a missing master key must
+/// not silently become a new one.
+async fn open_keyring(
+    config: &Config,
+) -> Result<
+    (
+        std::sync::Arc<dyn crate::store::Store>,
+        crate::service::keys::Keyring,
+    ),
+    String,
+> {
+    let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
+        .map_err(|e| format!("the key commands need the configured master key: {e}"))?;
+    let store = crate::store::connect(
+        secrecy::ExposeSecret::expose_secret(&config.database_url),
+        config.database_max_connections,
+        crate::app::audit_sealer(&keys),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let keyring = crate::service::keys::Keyring::new(
+        store.clone(),
+        std::sync::Arc::new(crate::clock::SystemClock),
+        &keys.master,
+        config.key_rotate_after_encryptions,
+    );
+    Ok((store, keyring))
+}
+
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} ({{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
+    let (store, keyring) = open_keyring(config).await?;
+    match command {
+        KeysCommand::Status => {
+            for k in store.master_keys().await.map_err(|e| e.to_string())? {
+                println!(
+                    "master key v{}: {} (root {})",
+                    k.version, k.status, k.root_id
+                );
+            }
+            for status in ["active", "retiring", "retired", "destroyed"] {
+                let n = store
+                    .data_keys_with_status(status, i64::MAX)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .len();
+                println!("data keys {status}: {n}");
+            }
+            Ok(())
+        }
+        KeysCommand::RotateMaster => {
+            let bar = progress_bar("rewrapping data keys");
+            let r = keyring
+                .rotate_master(&|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            println!(
+                "{} master key version {}: {} data keys rewrapped; retired versions: {:?}",
+                if r.resumed {
+                    "resumed rotation to"
+                } else {
+                    "rotated to"
+                },
+                r.version,
+                r.rewrapped,
+                r.retired
+            );
+            Ok(())
+        }
+        KeysCommand::RotateTenant { slug } => {
+            let tenant = store
+                .get_tenant_by_slug(&slug)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no tenant with slug `{slug}`"))?;
+            let tenant = crate::ids::TenantId::from_trusted(tenant.id);
+            let bar = progress_bar("re-encrypting");
+            let r = keyring
+                .rotate_tenant(&tenant, &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            println!(
+                "tenant {slug}: data key version {}; {} values re-encrypted, {} legacy values sealed; retired versions: {:?}",
+                r.version, r.reencrypted, r.legacy_sealed, r.retired
+            );
+            Ok(())
+        }
+    }
+}
+
 async fn audit_verify(config: &Config) -> Result<(), String> {
     // Never generate keys here: a missing master key must not look like a tampered log.
     let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
@@ -274,6 +416,9 @@ fn config_check(config: &Config) -> Result<(), String> {
     for (key, value, source) in &config.report {
         println!("  {key:<28} {value:<44} [{source}]");
     }
+    for note in config.retention_notes() {
+        println!("note: {note}");
+    }
     // A check never writes: report missing keys instead of generating them.
     match crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)) {
         Ok(_) => println!("keys: JWT signing key and master key present"),
@@ -287,4 +432,59 @@ fn config_check(config: &Config) -> Result<(), String> {
     }
     println!("configuration OK");
     Ok(())
+}
+
+async fn retention_run(config: &Config) -> Result<(), String> {
+    // Never generate keys here: pruning seals checkpoints with the audit key that sealed the log.
+    crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)).map_err(
+        |e| format!("cannot run retention without the master key that sealed the audit log: {e}"),
+    )?;
+    for note in config.retention_notes() {
+        println!("note: {note}");
+    }
+    let core = crate::app::build_core(config, Arc::new(SystemClock), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = crate::service::retention::run_once(&core, core.clock.now())
+        .await
+        .map_err(|e| format!("retention run failed, nothing was purged: {e}"))?;
+    let c = &report.counts;
+    println!("retention run at {}", report.ran_at.to_rfc3339());
+    println!(
+        "  sessions            {:>8}  (ended before {})",
+        c.sessions,
+        report.sessions_cutoff.to_rfc3339()
+    );
+    println!(
+        "  refresh tokens      {:>8}  (of those sessions)",
+        c.refresh_tokens
+    );
+    println!(
+        "  idempotency keys    {:>8}  (expired by {})",
+        c.idempotency_keys,
+        report.idempotency_cutoff.to_rfc3339()
+    );
+    println!(
+        "  audit records       {:>8}  (before {}, {} days; {} chains checkpointed)",
+        c.audit_events,
+        report.audit_cutoff.to_rfc3339(),
+        report.audit_days,
+        c.audit_chains
+    );
+    match report.reset_tokens {
+        Some(n) => println!("  reset tokens        {n:>8}"),
+        None => println!("  reset tokens        not held yet (no password-reset table)"),
+    }
+    if report.refused_chains.is_empty() {
+        return Ok(());
+    }
+    let chains: Vec<String> = report
+        .refused_chains
+        .iter()
+        .map(|(chain, e)| format!("audit chain `{chain}`: {e}"))
+        .collect();
+    Err(format!(
+        "AUDIT LOG TAMPERED: kept the old records of chains that do not verify: {}",
+        chains.join("; ")
+    ))
 }

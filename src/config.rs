@@ -194,6 +194,26 @@ const KEYS: &[KeyDef] = &[
         secret: false,
         help: "tracing filter, e.g. info or kasho=debug (info)",
     },
+    KeyDef {
+        name: "session_retention_days",
+        secret: false,
+        help: "days an ended (expired or revoked) session and its refresh tokens are kept, 1..=3650 (30)",
+    },
+    KeyDef {
+        name: "idempotency_retention_hours",
+        secret: false,
+        help: "hours an idempotency record is kept after it expires, 0..=8760 (0)",
+    },
+    KeyDef {
+        name: "audit_retention_days",
+        secret: false,
+        help: "days audit and security records are kept, 1..=36500 (396); never less than 366 applies",
+    },
+    KeyDef {
+        name: "retention_interval_seconds",
+        secret: false,
+        help: "how often `kasho serve` runs the retention job, 60..=86400 (3600)",
+    },
 ];
 
 fn key_def(name: &str) -> Option<&'static KeyDef> {
@@ -339,6 +359,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Retention periods of the classes the retention job purges.
+    pub retention: crate::domain::processing::RetentionPolicy,
     /// (key, shown value, source) of every key, for `kasho config check`.
     pub report: Vec<(&'static str, String, String)>,
 }
@@ -556,6 +578,30 @@ impl Config {
                 format!("`{}` is not a tracing filter", ll.0),
             ));
         }
+        let retention = {
+            use crate::domain::processing::RetentionPolicy as R;
+            let d = R::DEFAULT;
+            let sr = take("session_retention_days", Some(d.session_days.to_string()))
+                .unwrap_or_default();
+            let ir = take(
+                "idempotency_retention_hours",
+                Some(d.idempotency_hours.to_string()),
+            )
+            .unwrap_or_default();
+            let ar =
+                take("audit_retention_days", Some(d.audit_days.to_string())).unwrap_or_default();
+            let ri = take(
+                "retention_interval_seconds",
+                Some(d.interval_seconds.to_string()),
+            )
+            .unwrap_or_default();
+            R {
+                session_days: int("session_retention_days", &sr, 1u32, 3650)?,
+                idempotency_hours: int("idempotency_retention_hours", &ir, 0u32, 8760)?,
+                audit_days: int("audit_retention_days", &ar, 1u32, 36_500)?,
+                interval_seconds: int("retention_interval_seconds", &ri, 60u32, 86_400)?,
+            }
+        };
 
         Ok(Config {
             env,
@@ -576,6 +622,7 @@ impl Config {
             max_body_bytes,
             log_format,
             log_level: ll.0,
+            retention,
             report,
         })
     }
@@ -588,6 +635,27 @@ impl Config {
     /// The database URL with any password hidden, for logs.
     pub fn database_url_redacted(&self) -> String {
         redact("database_url", self.database_url.expose_secret())
+    }
+
+    /// What `config check` and start-up say about the retention configuration: a configured
+    /// audit retention below the 12-month floor is raised to it.
+    pub fn retention_notes(&self) -> Vec<String> {
+        use crate::domain::processing::AUDIT_MINIMUM_RETENTION_DAYS;
+        let mut notes = Vec::new();
+        if self.retention.audit_clamped() {
+            let source = self
+                .report
+                .iter()
+                .find(|(k, _, _)| *k == "audit_retention_days")
+                .map_or("-", |(_, _, s)| s.as_str());
+            notes.push(format!(
+                "audit_retention_days = {} (from {source}) is below the {AUDIT_MINIMUM_RETENTION_DAYS}-day minimum; \
+                 audit records are kept {} days",
+                self.retention.audit_days,
+                self.retention.audit_days_effective()
+            ));
+        }
+        notes
     }
 
     /// Every known key with its help text.
@@ -713,5 +781,42 @@ mod tests {
             redact("database_url", "postgres://kasho:hunter2@db:5432/kasho"),
             "postgres://kasho:***@db:5432/kasho"
         );
+    }
+
+    #[test]
+    fn retention_keys_default_validate_and_clamp_the_audit_floor() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            c.retention,
+            crate::domain::processing::RetentionPolicy::DEFAULT
+        );
+        assert!(c.retention_notes().is_empty());
+        let c = Config::from_pairs(&[
+            ("audit_retention_days", "1"),
+            ("session_retention_days", "7"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.retention.session_days, 7);
+        assert_eq!(c.retention.audit_days, 1);
+        assert_eq!(c.retention.audit_days_effective(), 366);
+        let notes = c.retention_notes().join("\n");
+        assert!(
+            notes.contains("audit_retention_days = 1")
+                && notes.contains("flag --audit_retention_days")
+                && notes.contains("kept 366 days"),
+            "{notes}"
+        );
+        let e = err(&[("session_retention_days", "0")]);
+        assert!(
+            e.contains("`session_retention_days`") && e.contains("outside 1..=3650"),
+            "{e}"
+        );
+        let e = err(&[("audit_retention_days", "a year")]);
+        assert!(
+            e.contains("`audit_retention_days`") && e.contains("not a whole number"),
+            "{e}"
+        );
+        let e = err(&[("retention_interval_seconds", "5")]);
+        assert!(e.contains("`retention_interval_seconds`"), "{e}");
     }
 }

@@ -3,7 +3,8 @@
 -- key version; transfer details stored encrypted; customers' personal data and blind indexes.
 
 -- Master key-encryption keys (KEKs). `wrapped` is the KEK sealed by the root key named by
--- `root_id`; it is cleared when the version is retired (no data key is wrapped by it any more).
+-- `root_id`; it is cleared a grace period after the version is retired (no data key is wrapped by
+-- it any more).
 CREATE TABLE master_keys (
     version     BIGINT PRIMARY KEY,
     root_id     TEXT NOT NULL,
@@ -15,8 +16,12 @@ CREATE TABLE master_keys (
 CREATE UNIQUE INDEX master_keys_one_active ON master_keys (status) WHERE status = 'active';
 
 -- Data-encryption keys (DEKs). One id per owner (`tenant`, `index`, `customer:<id>`), one row
--- per version. `wrapped` is cleared when a version is retired (nothing is sealed by it any more)
--- or destroyed (crypto-shredding). `encryptions` counts the encryptions reserved under it.
+-- per version. `spent`: its encryption budget ran out, it still opens what it sealed but seals
+-- nothing new. `retiring`: an operator rotated it, its ciphertexts are being re-encrypted.
+-- `retired`: nothing is sealed by it any more; its `wrapped` material is cleared a grace period
+-- later (a read that fetched a ciphertext just before its re-encryption still opens it).
+-- `destroyed` (crypto-shredding): `wrapped` cleared at once. `encryptions` counts the
+-- encryptions reserved under it.
 CREATE TABLE data_keys (
     id           TEXT NOT NULL,
     version      BIGINT NOT NULL,
@@ -24,7 +29,7 @@ CREATE TABLE data_keys (
     owner        TEXT NOT NULL,
     kek_version  BIGINT NOT NULL REFERENCES master_keys (version),
     wrapped      TEXT,
-    status       TEXT NOT NULL CHECK (status IN ('active', 'retiring', 'retired', 'destroyed')),
+    status       TEXT NOT NULL CHECK (status IN ('active', 'spent', 'retiring', 'retired', 'destroyed')),
     encryptions  BIGINT NOT NULL DEFAULT 0,
     created_at   BIGINT NOT NULL,
     retired_at   BIGINT,

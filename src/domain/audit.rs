@@ -159,6 +159,51 @@ impl AuditSealer {
     }
 }
 
+/// Where a chain starts after its oldest records were pruned: records up to `seq` are gone and
+/// the record at `seq + 1` must carry `prev_hash == hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub chain: String,
+    pub seq: i64,
+    pub hash: String,
+    pub pruned_at: i64,
+    /// [`AuditSealer::seal_checkpoint`] of the other fields.
+    pub mac: String,
+}
+
+impl AuditSealer {
+    /// The seal of a checkpoint: HMAC-SHA256 (audit key) over its fields, with its own version
+    /// tag so a checkpoint's seal can never pass for a record's. Without the master key, nobody
+    /// can write a checkpoint that hides deleted records.
+    pub fn seal_checkpoint(&self, chain: &str, seq: i64, hash: &str, pruned_at: i64) -> String {
+        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.as_ref()) {
+            Ok(m) => m,
+            // HMAC accepts keys of any length; this arm cannot be taken.
+            Err(_) => return String::new(),
+        };
+        for v in [
+            "kasho-audit-checkpoint-v1",
+            chain,
+            &seq.to_string(),
+            hash,
+            &pruned_at.to_string(),
+        ] {
+            mac.update(&(v.len() as u64).to_be_bytes());
+            mac.update(v.as_bytes());
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `cp` carries its genuine seal (constant-time comparison).
+    pub fn checkpoint_is_genuine(&self, cp: &AuditCheckpoint) -> bool {
+        let expected = self.seal_checkpoint(&cp.chain, cp.seq, &cp.hash, cp.pruned_at);
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            cp.mac.as_bytes(),
+        ))
+    }
+}
+
 /// Why a chain failed verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -182,6 +227,12 @@ pub enum ChainError {
     Truncated { last_seq: i64, head_seq: i64 },
     #[error("the chain's head hash does not match its last record")]
     HeadMismatch,
+    #[error(
+        "the chain's pruning checkpoint (seq {seq}) does not match its seal: it was forged or altered"
+    )]
+    CheckpointAltered { seq: i64 },
+    #[error("a pruning checkpoint (seq {seq}) exists but the chain's head is missing")]
+    HeadMissing { seq: i64 },
 }
 
 /// Walks one chain in `seq` order.
@@ -198,6 +249,21 @@ impl<'a> ChainVerifier<'a> {
             last_seq: 0,
             last_hash: GENESIS_HASH.to_owned(),
         }
+    }
+
+    /// Starts after a pruning checkpoint: the next record must be `seq + 1` and point at `hash`.
+    /// The caller checks the checkpoint's seal first ([`AuditSealer::seal_checkpoint`]).
+    pub fn resume(sealer: &'a AuditSealer, seq: i64, hash: &str) -> Self {
+        Self {
+            sealer,
+            last_seq: seq,
+            last_hash: hash.to_owned(),
+        }
+    }
+
+    /// The seq and hash of the last record accepted (the start, before any).
+    pub fn position(&self) -> (i64, &str) {
+        (self.last_seq, &self.last_hash)
     }
 
     pub fn push(&mut self, r: &AuditRecord) -> Result<(), ChainError> {
@@ -322,5 +388,60 @@ mod tests {
         // A chain re-sealed with another key does not verify.
         let other = AuditSealer::new([8; 32]);
         assert!(verify(&other, &rs, head).is_err());
+    }
+
+    #[test]
+    fn a_chain_resumes_from_a_sealed_checkpoint() {
+        let s = AuditSealer::new([7; 32]);
+        let rs = chain(&s, 6);
+        let head = (6, rs[5].hash.as_str());
+        // Records 1..=3 pruned: verification starts after record 3.
+        let cp = AuditCheckpoint {
+            chain: "platform".into(),
+            seq: 3,
+            hash: rs[2].hash.clone(),
+            pruned_at: 99,
+            mac: s.seal_checkpoint("platform", 3, &rs[2].hash, 99),
+        };
+        assert!(s.checkpoint_is_genuine(&cp));
+        let mut v = ChainVerifier::resume(&s, cp.seq, &cp.hash);
+        for r in &rs[3..] {
+            assert_eq!(v.push(r), Ok(()));
+        }
+        assert_eq!(v.finish(head.0, head.1), Ok(6));
+
+        // Without the checkpoint, the pruned chain is a gap at its first record.
+        assert!(matches!(
+            verify(&s, &rs[3..], head),
+            Err(ChainError::Gap { seq: 4, .. })
+        ));
+        // A checkpoint moved further (to hide record 4) no longer matches its seal, and one
+        // sealed with another key is refused too.
+        let moved = AuditCheckpoint {
+            seq: 4,
+            hash: rs[3].hash.clone(),
+            ..cp.clone()
+        };
+        assert!(!s.checkpoint_is_genuine(&moved));
+        let foreign = AuditCheckpoint {
+            mac: AuditSealer::new([8; 32]).seal_checkpoint("platform", 3, &rs[2].hash, 99),
+            ..cp.clone()
+        };
+        assert!(!s.checkpoint_is_genuine(&foreign));
+        // A record altered after the checkpoint is still found.
+        let mut altered = rs[3..].to_vec();
+        altered[1].action = "test.other".into();
+        let mut v = ChainVerifier::resume(&s, cp.seq, &cp.hash);
+        assert_eq!(v.push(&altered[0]), Ok(()));
+        assert!(matches!(
+            v.push(&altered[1]),
+            Err(ChainError::Altered { seq: 5, .. })
+        ));
+        // A checkpoint pointing at the wrong hash breaks the link to the first kept record.
+        let mut v = ChainVerifier::resume(&s, 3, &rs[1].hash);
+        assert!(matches!(
+            v.push(&rs[3]),
+            Err(ChainError::BrokenLink { seq: 4, .. })
+        ));
     }
 }

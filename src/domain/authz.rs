@@ -103,6 +103,8 @@ pub enum Permission {
     HoldsWrite,
     /// Reverse transfers.
     TransfersReverse,
+    /// Read compliance records: the records of processing and the retention in force.
+    ComplianceRead,
     /// Read KYC limits, customers' tiers and verification history, and the review queue.
     KycRead,
     /// Submit identity documents for verification (a customer for itself under `Own`).
@@ -116,7 +118,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 21] = [
+    pub const ALL: [Permission; 22] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -133,6 +135,7 @@ impl Permission {
         Permission::CashWrite,
         Permission::HoldsWrite,
         Permission::TransfersReverse,
+        Permission::ComplianceRead,
         Permission::KycRead,
         Permission::KycSubmit,
         Permission::KycDecide,
@@ -158,6 +161,7 @@ impl Permission {
             Permission::CashWrite => "cash:write",
             Permission::HoldsWrite => "holds:write",
             Permission::TransfersReverse => "transfers:reverse",
+            Permission::ComplianceRead => "compliance:read",
             Permission::KycRead => "kyc:read",
             Permission::KycSubmit => "kyc:submit",
             Permission::KycDecide => "kyc:decide",
@@ -214,6 +218,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CashWrite, All),
             (P::HoldsWrite, All),
             (P::TransfersReverse, All),
+            (P::ComplianceRead, All),
             (P::KycRead, All),
             (P::KycSubmit, All),
             (P::KycConfigure, All),
@@ -250,6 +255,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
+            (P::ComplianceRead, All),
             (P::KycRead, All),
             (P::KycDecide, All),
             (P::KycDocumentsRead, All),
@@ -263,6 +269,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRead, All),
             (P::AccountsRead, All),
             (P::TransfersRead, All),
+            (P::ComplianceRead, All),
             (P::KycRead, All),
         ],
     ),
@@ -469,6 +476,22 @@ mod tests {
         assert_eq!(
             parse_tenant_roles(&["CUSTOMER".into(), "MANAGER".into(), "CUSTOMER".into()]),
             Ok(vec![Role::Manager, Role::Customer])
+        );
+    }
+
+    #[test]
+    fn compliance_records_are_read_by_compliance_manager_and_auditor_only() {
+        let holders: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| {
+                PermissionSet::for_roles(&[*r])
+                    .scope(P::ComplianceRead)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(
+            holders,
+            vec![Role::Manager, Role::ComplianceOfficer, Role::Auditor]
         );
     }
 }

@@ -5,4 +5,5 @@ pub mod authz;
 pub mod currency;
 pub mod kyc;
 pub mod ledger;
+pub mod processing;
 pub mod values;

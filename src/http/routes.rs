@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, kyc, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, kyc, ledger, meta, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -397,6 +397,13 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::KycDocumentsRead),
             "kyc.document.read",
             kyc::download,
+        ),
+        route(
+            Method::GET,
+            "/v1/compliance/processing-records",
+            perm(P::ComplianceRead),
+            "compliance.processing_records.read",
+            compliance::processing_records,
         ),
     ]
 }

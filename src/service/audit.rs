@@ -1,9 +1,11 @@
 //! Reading the audit log and verifying its hash chains.
 
 use super::{Core, Listed, Principal};
-use crate::domain::audit::{AuditRecord, AuditSealer, ChainError, ChainVerifier, chain_for};
+use crate::domain::audit::{
+    AuditCheckpoint, AuditRecord, AuditSealer, ChainError, ChainVerifier, chain_for,
+};
 use crate::error::AppResult;
-use crate::store::{AuditFilter, Page, Store, StoreError};
+use crate::store::{AuditFilter, ChainHead, Page, Store, StoreError};
 
 /// The caller's chain (its tenant's, or the platform's for platform admins), newest first.
 pub async fn list(
@@ -33,47 +35,102 @@ pub struct VerifyReport {
     pub records: u64,
 }
 
-/// Walks every chain in `seq` order. `total` is told the number of records up front and
-/// `progress` is called after each batch, for a progress bar.
+/// Walks every chain in `seq` order, from genesis or, for a pruned chain, from its sealed
+/// checkpoint. `total` is told the number of records up front and `progress` is called after
+/// each batch, for a progress bar.
 pub async fn verify_all(
     store: &dyn Store,
     sealer: &AuditSealer,
     mut total: impl FnMut(u64),
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
-    const BATCH: i64 = 1000;
     let heads = store.audit_heads().await?;
+    let mut checkpoints: std::collections::BTreeMap<String, AuditCheckpoint> = store
+        .audit_checkpoints()
+        .await?
+        .into_iter()
+        .map(|c| (c.chain.clone(), c))
+        .collect();
     total(
         heads
             .iter()
-            .map(|h| u64::try_from(h.seq).unwrap_or(0))
+            .map(|h| {
+                let start = checkpoints.get(&h.chain).map_or(0, |c| c.seq);
+                u64::try_from(h.seq - start).unwrap_or(0)
+            })
             .sum(),
     );
+    let broken = |chain: &str, error| VerifyError::Broken {
+        chain: chain.to_owned(),
+        error,
+    };
     let mut report = VerifyReport::default();
     for head in heads {
-        let mut verifier = ChainVerifier::new(sealer);
-        let mut after = 0;
+        let mut start = checkpoints.remove(&head.chain);
+        let mut retried = false;
         loop {
-            let batch = store.audit_chain_after(&head.chain, after, BATCH).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.seq;
-            for r in &batch {
-                verifier.push(r).map_err(|error| VerifyError::Broken {
-                    chain: head.chain.clone(),
-                    error,
-                })?;
+            match verify_chain(store, sealer, &head, start.as_ref(), &mut progress).await? {
+                Ok(n) => {
+                    report.records += n;
+                    break;
+                }
+                Err(error) => {
+                    // A retention run that pruned this chain meanwhile moved its checkpoint:
+                    // walk it again, once, from the new one.
+                    let moved = store
+                        .audit_checkpoints()
+                        .await?
+                        .into_iter()
+                        .find(|c| c.chain == head.chain);
+                    if !retried && moved != start {
+                        start = moved;
+                        retried = true;
+                        continue;
+                    }
+                    return Err(broken(&head.chain, error));
+                }
             }
-            let n = u64::try_from(batch.len()).unwrap_or(0);
-            report.records += n;
-            progress(n);
         }
-        verifier
-            .finish(head.seq, &head.hash)
-            .map_err(|error| VerifyError::Broken {
-                chain: head.chain.clone(),
-                error,
-            })?;
         report.chains += 1;
     }
+    // A checkpoint left without its chain's head: the head row (and the chain) was removed.
+    if let Some((chain, cp)) = checkpoints.into_iter().next() {
+        return Err(broken(&chain, ChainError::HeadMissing { seq: cp.seq }));
+    }
     Ok(report)
+}
+
+/// Walks one chain from `start` (a checkpoint, or genesis) to its head; the number of records.
+async fn verify_chain(
+    store: &dyn Store,
+    sealer: &AuditSealer,
+    head: &ChainHead,
+    start: Option<&AuditCheckpoint>,
+    progress: &mut impl FnMut(u64),
+) -> Result<Result<u64, ChainError>, StoreError> {
+    const BATCH: i64 = 1000;
+    let mut verifier = match start {
+        // A checkpoint only counts with its seal: a forged one would hide deleted records.
+        Some(cp) if !sealer.checkpoint_is_genuine(cp) => {
+            return Ok(Err(ChainError::CheckpointAltered { seq: cp.seq }));
+        }
+        Some(cp) => ChainVerifier::resume(sealer, cp.seq, &cp.hash),
+        None => ChainVerifier::new(sealer),
+    };
+    let mut after = start.map_or(0, |c| c.seq);
+    let mut records = 0;
+    loop {
+        let batch = store.audit_chain_after(&head.chain, after, BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for r in &batch {
+            if let Err(e) = verifier.push(r) {
+                return Ok(Err(e));
+            }
+        }
+        let n = u64::try_from(batch.len()).unwrap_or(0);
+        records += n;
+        progress(n);
+    }
+    Ok(verifier.finish(head.seq, &head.hash).map(|_| records))
 }

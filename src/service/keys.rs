@@ -36,6 +36,10 @@ pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
 /// Encryptions reserved from the database at a time (one UPDATE per block, not per value).
 const RESERVATION_BLOCK: i64 = 1024;
 
+/// How long a retired key version keeps its material: a read that fetched a ciphertext just
+/// before it was re-encrypted (or a data key just before it was rewrapped) still opens it.
+pub const RETIREMENT_GRACE_SECONDS: i64 = 15 * 60;
+
 /// Rows handled per rotation step.
 const BATCH: i64 = 100;
 
@@ -64,7 +68,13 @@ impl KeyOwner {
 struct Active {
     key: Arc<DataKey>,
     remaining: i64,
+    /// After [`ACTIVE_TTL_SECONDS`] the version is checked again, so a rotation made by another
+    /// process is followed within that time (well inside the retirement grace period).
+    fetched_at: crate::clock::Timestamp,
 }
+
+/// How long a process keeps sealing under a data key version without asking the database.
+pub const ACTIVE_TTL_SECONDS: i64 = 60;
 
 pub struct Keyring {
     store: Arc<dyn Store>,
@@ -95,6 +105,15 @@ pub struct MasterRotation {
     pub retired: Vec<i64>,
 }
 
+/// What a tenant key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRotation {
+    pub version: i64,
+    pub reencrypted: u64,
+    pub legacy_sealed: u64,
+    pub retired: Vec<i64>,
+}
+
 fn internal(e: impl std::fmt::Display) -> AppError {
     AppError::internal(e)
 }
@@ -121,6 +140,12 @@ impl Keyring {
             deks: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Encryptions reserved per database round trip: small enough that a version never goes
+    /// far past its budget.
+    fn block(&self) -> i64 {
+        (self.rotate_after / 4).clamp(1, RESERVATION_BLOCK)
     }
 
     fn root_key(&self) -> &KeyBytes {
@@ -274,9 +299,11 @@ impl Keyring {
         &self,
         tenant: &str,
         owner: &str,
-        previous: Option<&DataKeyRecord>,
+        previous: Option<(&DataKeyRecord, &'static str)>,
         reserve: i64,
     ) -> AppResult<Option<Arc<DataKey>>> {
+        let replace = previous.map(|(_, status)| status);
+        let previous = previous.map(|(p, _)| p);
         let (kek_version, kek) = self.active_kek().await?;
         let id = previous.map_or_else(
             || format!("dek_{}", uuid::Uuid::now_v7().simple()),
@@ -309,11 +336,7 @@ impl Keyring {
             &format!("{id}/{version}"),
             format!("data key for {}", owner.split(':').next().unwrap_or(owner)),
         );
-        match self
-            .store
-            .insert_data_key(&record, previous.is_some(), &[ev])
-            .await
-        {
+        match self.store.insert_data_key(&record, replace, &[ev]).await {
             Ok(true) => {}
             // Another process created or rotated it first.
             Ok(false) | Err(StoreError::Conflict { .. }) => return Ok(None),
@@ -336,9 +359,11 @@ impl Keyring {
         n: i64,
     ) -> AppResult<Arc<DataKey>> {
         let slot = (tenant.to_string(), owner.as_storage());
+        let now = self.clock.now();
         if let Ok(mut m) = self.active.lock()
             && let Some(a) = m.get_mut(&slot)
             && a.remaining >= n
+            && a.fetched_at.plus_seconds(ACTIVE_TTL_SECONDS) > now
         {
             a.remaining -= n;
             return Ok(a.key.clone());
@@ -353,7 +378,7 @@ impl Keyring {
                     });
                 }
                 Some(r) if r.status == "active" => {
-                    let block = RESERVATION_BLOCK.max(n);
+                    let block = self.block().max(n);
                     match self
                         .store
                         .reserve_encryptions(&r.id, r.version, block)
@@ -363,7 +388,10 @@ impl Keyring {
                         Some(total) if total > self.rotate_after => {
                             // Spent: start the next version (the old one is re-encrypted away
                             // from in the background).
-                            match self.new_version(&slot.0, &slot.1, Some(r), block).await? {
+                            match self
+                                .new_version(&slot.0, &slot.1, Some((r, "spent")), block)
+                                .await?
+                            {
                                 Some(k) => (k, block - n),
                                 None => continue,
                             }
@@ -374,10 +402,10 @@ impl Keyring {
                 // No key yet (or only retired versions, which cannot happen without an active
                 // successor).
                 _ => match self
-                    .new_version(&slot.0, &slot.1, None, RESERVATION_BLOCK.max(n))
+                    .new_version(&slot.0, &slot.1, None, self.block().max(n))
                     .await?
                 {
-                    Some(k) => (k, RESERVATION_BLOCK.max(n) - n),
+                    Some(k) => (k, self.block().max(n) - n),
                     None => continue,
                 },
             };
@@ -387,6 +415,7 @@ impl Keyring {
                     Active {
                         key: key.clone(),
                         remaining,
+                        fetched_at: now,
                     },
                 );
             }
@@ -600,9 +629,6 @@ impl Keyring {
                 .retire_master_key(k.version, self.clock.now(), &[ev])
                 .await?
             {
-                if let Ok(mut m) = self.keks.write() {
-                    m.remove(&k.version);
-                }
                 retired.push(k.version);
             }
         }
@@ -623,7 +649,10 @@ impl Keyring {
                     });
                 }
                 Some(r) if r.status == "active" => {
-                    if let Some(k) = self.new_version(&slot.0, &slot.1, Some(r), 0).await? {
+                    if let Some(k) = self
+                        .new_version(&slot.0, &slot.1, Some((r, "retiring")), 0)
+                        .await?
+                    {
                         if let Ok(mut m) = self.active.lock() {
                             m.remove(&slot);
                         }
@@ -640,26 +669,44 @@ impl Keyring {
         Err(internal("could not rotate the data key"))
     }
 
-    /// Re-encrypts every value sealed by a retiring data key version under its owner's active
-    /// version, in batches, then retires it. Returns how many values moved.
-    pub async fn reencrypt(&self, old: &DataKeyRecord, progress: Progress<'_>) -> AppResult<u64> {
-        let prefix = Header::prefix(&old.id, old.version);
+    /// How many stored values a data key version seals, across every encrypted column.
+    async fn sealed_under(&self, k: &DataKeyRecord) -> AppResult<u64> {
+        let prefix = Header::prefix(&k.id, k.version);
         let mut total = 0u64;
         for col in ENCRYPTED_COLUMNS {
             let n = self.store.count_encrypted(*col, &prefix).await?;
             total += u64::try_from(n).unwrap_or(0);
         }
+        Ok(total)
+    }
+
+    /// Re-encrypts every value sealed by a retiring data key version under its owner's active
+    /// version, in batches, then retires it once a recount finds nothing left under it.
+    /// Returns how many values moved.
+    pub async fn reencrypt(&self, old: &DataKeyRecord, progress: Progress<'_>) -> AppResult<u64> {
+        let prefix = Header::prefix(&old.id, old.version);
+        let total = self.sealed_under(old).await?;
         let mut done = 0u64;
         progress(done, total);
         let tenant = TenantId::from_trusted(old.tenant_id.clone());
         let owner = owner_from_storage(&old.owner);
-        for col in ENCRYPTED_COLUMNS {
-            let base = done;
-            done += self
-                .move_column(*col, &tenant, &owner, Some(&prefix), &mut |d| {
-                    progress(base + d, total.max(base + d));
-                })
-                .await?;
+        // Requests that took the old version just before the rotation may still seal under it:
+        // go round until a recount finds nothing (bounded; the background pass retries).
+        for _ in 0..4 {
+            for col in ENCRYPTED_COLUMNS {
+                let base = done;
+                done += self
+                    .move_column(*col, &tenant, &owner, Some(&prefix), &mut |d| {
+                        progress(base + d, total.max(base + d));
+                    })
+                    .await?;
+            }
+            if self.sealed_under(old).await? == 0 {
+                break;
+            }
+        }
+        if self.sealed_under(old).await? > 0 {
+            return Ok(done);
         }
         let ev = self.audit(
             Some(&old.tenant_id),
@@ -670,9 +717,6 @@ impl Keyring {
         self.store
             .retire_data_key(&old.id, old.version, self.clock.now(), &[ev])
             .await?;
-        if let Ok(mut m) = self.deks.write() {
-            m.remove(&(old.id.clone(), old.version));
-        }
         Ok(done)
     }
 
@@ -737,8 +781,43 @@ impl Keyring {
         Ok(done)
     }
 
+    /// Rotates a tenant's data key and re-encrypts its data under the new version in batches
+    /// (also sealing any legacy plaintext), then retires the old version. Safe to run while
+    /// the server serves; resumable (run it again, or let the server's background task finish).
+    pub async fn rotate_tenant(
+        &self,
+        tenant: &TenantId,
+        progress: Progress<'_>,
+    ) -> AppResult<TenantRotation> {
+        let version = self.rotate_data_key(tenant, &KeyOwner::Tenant).await?;
+        let mut moved = 0;
+        let mut retired = Vec::new();
+        // The version just replaced, and any whose budget ran out earlier: after an operator's
+        // rotation nothing stays sealed under an older version.
+        let mut old_versions = self
+            .store
+            .data_keys_with_status("retiring", i64::MAX)
+            .await?;
+        old_versions.extend(self.store.data_keys_with_status("spent", i64::MAX).await?);
+        for old in old_versions {
+            if old.tenant_id == tenant.as_str() && old.owner == KeyOwner::Tenant.as_storage() {
+                moved += self.reencrypt(&old, progress).await?;
+                retired.push(old.version);
+            }
+        }
+        let legacy = self.encrypt_legacy(tenant).await?;
+        Ok(TenantRotation {
+            version,
+            reencrypted: moved,
+            legacy_sealed: legacy,
+            retired,
+        })
+    }
+
     /// Finishes unfinished work: rewraps data keys left under a retiring master key version,
-    /// and re-encrypts away from retiring data key versions. Returns how many items moved.
+    /// and re-encrypts away from retiring data key versions (an operator's rotation). A `spent`
+    /// version (its budget ran out) needs no re-encryption: it keeps opening what it sealed.
+    /// Returns how many items moved.
     pub async fn run_pending(&self) -> AppResult<u64> {
         let mut moved = 0;
         let masters = self.store.master_keys().await?;
@@ -747,8 +826,41 @@ impl Keyring {
             moved += self.rewrap_all(version, &|_, _| {}).await?;
             self.retire_masters().await?;
         }
-        for old in self.store.data_keys_with_status("retiring", BATCH).await? {
-            moved += self.reencrypt(&old, &|_, _| {}).await?;
+        // Key material of versions retired more than the grace period ago goes for good, once
+        // it is certain nothing is sealed under them (a request already holding the old version
+        // when it was retired may have sealed a value after the re-encryption passed by: such a
+        // version goes back to `retiring` and is moved again below).
+        let before = self.clock.now().plus_seconds(-RETIREMENT_GRACE_SECONDS);
+        let mut datas = 0;
+        for k in self.store.retired_data_keys(before).await? {
+            if self.sealed_under(&k).await? == 0 {
+                datas += u64::from(self.store.purge_data_key(&k.id, k.version).await?);
+            } else {
+                tracing::warn!(key = %k.id, version = k.version, "a retired data key still seals values; re-encrypting again");
+                self.store.reopen_data_key(&k.id, k.version).await?;
+            }
+        }
+        let masters = self.store.purge_retired_masters(before).await?;
+        if masters + datas > 0 {
+            // Drop them from memory too (the next use reloads what is still live).
+            if let Ok(mut m) = self.keks.write() {
+                m.clear();
+            }
+            if let Ok(mut m) = self.deks.write() {
+                m.clear();
+            }
+            moved += masters + datas;
+        }
+        // Re-encrypting spends encryptions too, so it can itself start a newer version: go
+        // round until nothing is retiring (bounded; the server comes back a minute later).
+        for _ in 0..16 {
+            let retiring = self.store.data_keys_with_status("retiring", BATCH).await?;
+            if retiring.is_empty() {
+                break;
+            }
+            for old in retiring {
+                moved += self.reencrypt(&old, &|_, _| {}).await?;
+            }
         }
         Ok(moved)
     }

@@ -828,7 +828,14 @@ async fn build_movement(
     let seal_key = if input.details.is_empty() && idempotency.is_none() {
         None
     } else {
-        Some(reply_key(core, &tenant, 2).await?)
+        Some(
+            reply_key(
+                core,
+                &tenant,
+                i64::from(!input.details.is_empty()) + i64::from(idempotency.is_some()),
+            )
+            .await?,
+        )
     };
     let details = match (&seal_key, input.details.is_empty()) {
         (Some(key), false) => {
@@ -862,7 +869,7 @@ async fn build_movement(
         credits,
         reference: input.reference,
         details,
-        details_clear: (!input.details.is_empty()).then_some(input.details),
+        details_clear: (!input.details.is_empty()).then(|| Box::new(input.details)),
         created_by: principal_key.clone(),
         created_at: now,
         audit,
@@ -974,7 +981,7 @@ async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResult<()> {
         row: &p.transfer.id,
     };
     if !crate::crypto::envelope::is_ciphertext(stored) {
-        p.details = Some(TransferDetails::described(stored.to_owned()));
+        p.details = Some(Box::new(TransferDetails::described(stored.to_owned())));
         return Ok(());
     }
     let text = core.keyring.open_text(&ctx, stored).await?;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
+pub mod retention;
 pub mod tenants;
 pub mod users;
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub refresh_token_ttl_seconds: i64,
     /// How long an idempotency key and its response are kept.
     pub idempotency_ttl_seconds: i64,
+    /// Retention periods enforced by `retention::run_once`.
+    pub retention: crate::domain::processing::RetentionPolicy,
 }
 
 /// Everything the use cases need, shared by all requests.

@@ -45,7 +45,8 @@ pub struct DataKeyRecord {
     pub kek_version: i64,
     /// The DEK sealed by master key version `kek_version`; `None` once retired or destroyed.
     pub wrapped: Option<String>,
-    /// `active`, `retiring` (being re-encrypted away from), `retired`, `destroyed`.
+    /// `active`, `spent` (budget used up; opens, never seals), `retiring` (being re-encrypted
+    /// away from), `retired`, `destroyed`.
     pub status: String,
     /// Encryptions reserved under this version (rotated well before 2^32).
     pub encryptions: i64,
@@ -135,8 +136,8 @@ pub trait KeyStore: Send + Sync {
         retire_active: bool,
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
-    /// Marks a `retiring` master key version `retired` and drops its wrapped key, if no data
-    /// key is wrapped by it any more. Returns whether it did.
+    /// Marks a `retiring` master key version `retired`, if no data key is wrapped by it any
+    /// more. Returns whether it did. Its key material goes later ([`KeyStore::purge_data_key`]).
     async fn retire_master_key(
         &self,
         version: i64,
@@ -152,13 +153,13 @@ pub trait KeyStore: Send + Sync {
         owner: &str,
     ) -> StoreResult<Option<DataKeyRecord>>;
     /// Inserts a data key version. With `replace` (a rotation), the owner's active version
-    /// `key.version - 1` becomes `retiring` in the same transaction; `Ok(false)` if it is no
-    /// longer the active one (another process rotated first). `Conflict` if an active version
-    /// already exists for a first key.
+    /// `key.version - 1` takes that status (`retiring` or `spent`) in the same transaction;
+    /// `Ok(false)` if it is no longer the active one (another process rotated first).
+    /// `Conflict` if an active version already exists for a first key.
     async fn insert_data_key(
         &self,
         key: &DataKeyRecord,
-        replace: bool,
+        replace: Option<&'static str>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
     /// Reserves `n` encryptions under an active version: the new total, or `None` if the
@@ -185,7 +186,9 @@ pub trait KeyStore: Send + Sync {
         new_kek: i64,
         wrapped: &str,
     ) -> StoreResult<bool>;
-    /// `retiring` → `retired`, dropping the key material.
+    /// `retiring` (or `spent`) → `retired`. Its key material goes later
+    /// ([`KeyStore::purge_retired_masters`]), so a read that fetched a ciphertext just before its
+    /// re-encryption still opens it.
     async fn retire_data_key(
         &self,
         id: &str,
@@ -193,6 +196,16 @@ pub trait KeyStore: Send + Sync {
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
+
+    /// Data key versions retired at or before `before` that still hold key material.
+    async fn retired_data_keys(&self, before: Timestamp) -> StoreResult<Vec<DataKeyRecord>>;
+    /// Drops a retired data key version's material.
+    async fn purge_data_key(&self, id: &str, version: i64) -> StoreResult<bool>;
+    /// A retired version found still sealing a value goes back to `retiring`.
+    async fn reopen_data_key(&self, id: &str, version: i64) -> StoreResult<bool>;
+    /// Drops the material of master key versions retired at or before `before` that no data
+    /// key is wrapped by; returns how many.
+    async fn purge_retired_masters(&self, before: Timestamp) -> StoreResult<u64>;
 
     /// Values of `col` in `tenant` whose text starts with `prefix` (or, with `None`, that are
     /// not ciphertexts at all: legacy plaintext), in row order after `after`.
@@ -262,7 +275,7 @@ macro_rules! impl_key_store {
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
-                    "UPDATE master_keys SET status = 'retired', wrapped = NULL, retired_at = $2 \
+                    "UPDATE master_keys SET status = 'retired', retired_at = $2 \
                      WHERE version = $1 AND status = 'retiring' \
                      AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = $1 AND wrapped IS NOT NULL)",
                 )
@@ -299,16 +312,17 @@ macro_rules! impl_key_store {
             async fn insert_data_key(
                 &self,
                 k: &$crate::store::keys::DataKeyRecord,
-                replace: bool,
+                replace: Option<&'static str>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
-                if replace {
+                if let Some(status) = replace {
                     let n = sqlx::query(
-                        "UPDATE data_keys SET status = 'retiring' WHERE id = $1 AND version = $2 AND status = 'active'",
+                        "UPDATE data_keys SET status = $3 WHERE id = $1 AND version = $2 AND status = 'active'",
                     )
                     .bind(&k.id)
                     .bind(k.version - 1)
+                    .bind(status)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -395,8 +409,8 @@ macro_rules! impl_key_store {
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
-                    "UPDATE data_keys SET status = 'retired', wrapped = NULL, retired_at = $3 \
-                     WHERE id = $1 AND version = $2 AND status = 'retiring'",
+                    "UPDATE data_keys SET status = 'retired', retired_at = $3 \
+                     WHERE id = $1 AND version = $2 AND status IN ('retiring', 'spent')",
                 )
                 .bind(id)
                 .bind(version)
@@ -409,6 +423,55 @@ macro_rules! impl_key_store {
                 }
                 tx.commit().await?;
                 Ok(n > 0)
+            }
+
+            async fn retired_data_keys(&self, before: $crate::clock::Timestamp) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM data_keys WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL ORDER BY id, version",
+                )
+                .bind(before.as_micros())
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn purge_data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE data_keys SET wrapped = NULL WHERE id = $1 AND version = $2 AND status = 'retired'")
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn reopen_data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE data_keys SET status = 'retiring', retired_at = NULL WHERE id = $1 AND version = $2 AND status = 'retired' AND wrapped IS NOT NULL",
+                )
+                .bind(id)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn purge_retired_masters(&self, before: $crate::clock::Timestamp) -> $crate::store::StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let m = sqlx::query(
+                    "UPDATE master_keys SET wrapped = NULL WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = master_keys.version AND wrapped IS NOT NULL)",
+                )
+                .bind(before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(m)
             }
 
             async fn encrypted_values(

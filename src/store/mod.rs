@@ -371,7 +371,7 @@ pub struct PostedTransfer {
     pub entries: Vec<EntryRecord>,
     /// The details in the clear, in memory only: set by the writer from the movement, or by
     /// the service after opening `transfer.details`.
-    pub details: Option<crate::domain::ledger::TransferDetails>,
+    pub details: Option<Box<crate::domain::ledger::TransferDetails>>,
 }
 
 /// Renders a movement's outcome as the (status, body) an idempotent replay must return. Called
@@ -398,7 +398,7 @@ pub struct NewMovement {
     /// The details, already sealed under the tenant's data key for this transfer's row.
     pub details: Option<String>,
     /// The same details in the clear, for rendering the answer; never stored.
-    pub details_clear: Option<crate::domain::ledger::TransferDetails>,
+    pub details_clear: Option<Box<crate::domain::ledger::TransferDetails>>,
     pub created_by: String,
     pub created_at: Timestamp,
     pub audit: NewAuditEvent,
@@ -419,10 +419,6 @@ pub struct Reverses {
 }
 
 /// What posting one movement did.
-// Boxing `Posted` would cost an allocation per movement on the writer's hot path; a result
-// lives only until it is sent to its request. (Pre-existing lint on main; allowed here so
-// `clippy -D warnings` passes.)
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PostResult {
     Posted(PostedTransfer),
@@ -439,6 +435,48 @@ pub struct TransferFilter {
     pub created_after: Option<Timestamp>,
     pub created_before: Option<Timestamp>,
 }
+
+/// What one retention run deletes, as decided by `service::retention`.
+#[derive(Debug, Clone)]
+pub struct RetentionPlan {
+    /// Sessions that ended (expired or were revoked) before this go, with their refresh tokens.
+    pub sessions_ended_before: Timestamp,
+    /// Idempotency records that expired before this go.
+    pub idempotency_expired_before: Timestamp,
+    /// No audit record that occurred at or after this is deleted (at least 12 months ago).
+    pub audit_cutoff: Timestamp,
+    /// The audit chains to prune, each verified up to its new checkpoint by the caller.
+    pub audit_prunes: Vec<AuditPrune>,
+}
+
+/// Prune one audit chain's oldest records: those with `from_seq < seq <= checkpoint.seq`.
+#[derive(Debug, Clone)]
+pub struct AuditPrune {
+    /// The chain's current checkpoint (0: none, the chain starts at genesis).
+    pub from_seq: i64,
+    /// The sealed checkpoint that replaces it.
+    pub checkpoint: crate::domain::audit::AuditCheckpoint,
+}
+
+/// How many rows one retention run deleted, per class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    pub sessions: u64,
+    pub refresh_tokens: u64,
+    pub idempotency_keys: u64,
+    pub audit_events: u64,
+    /// Chains that got a new checkpoint.
+    pub audit_chains: u64,
+}
+
+impl PurgeCounts {
+    pub fn total(&self) -> u64 {
+        self.sessions + self.refresh_tokens + self.idempotency_keys + self.audit_events
+    }
+}
+
+/// Builds the audit records of a retention run from its counts, inside its transaction.
+pub type PurgeAudit<'a> = &'a (dyn Fn(&PurgeCounts) -> Vec<NewAuditEvent> + Send + Sync);
 
 /// Everything Kasho persists.
 #[async_trait]
@@ -681,6 +719,26 @@ pub trait Store: keys::KeyStore + kyc::KycStore + Send + Sync + 'static {
         after_seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<AuditRecord>>;
+
+    // Retention.
+    /// Every chain's pruning checkpoint.
+    async fn audit_checkpoints(&self) -> StoreResult<Vec<crate::domain::audit::AuditCheckpoint>>;
+    /// The highest seq `p >= after_seq` such that every record of `chain` with
+    /// `after_seq < seq <= p` occurred before `before` (`after_seq` when none did).
+    async fn audit_prune_point(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        before: Timestamp,
+    ) -> StoreResult<i64>;
+    /// Deletes what `plan` names in one transaction, with the records `audit` builds from the
+    /// counts. An audit prune that would delete anything else than exactly its range of records
+    /// older than `plan.audit_cutoff`, or whose checkpoint moved meanwhile, rolls everything back.
+    async fn purge_expired(
+        &self,
+        plan: &RetentionPlan,
+        audit: PurgeAudit<'_>,
+    ) -> StoreResult<PurgeCounts>;
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).

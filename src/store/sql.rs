@@ -1024,6 +1024,163 @@ macro_rules! impl_store {
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
+
+            async fn audit_checkpoints(&self) -> $crate::store::StoreResult<Vec<$crate::domain::audit::AuditCheckpoint>> {
+                let rows: Vec<(String, i64, String, i64, String)> = sqlx::query_as(
+                    "SELECT chain, seq, hash, pruned_at, mac FROM audit_checkpoints ORDER BY chain",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(chain, seq, hash, pruned_at, mac)| $crate::domain::audit::AuditCheckpoint {
+                        chain,
+                        seq,
+                        hash,
+                        pruned_at,
+                        mac,
+                    })
+                    .collect())
+            }
+
+            async fn audit_prune_point(
+                &self,
+                chain: &str,
+                after_seq: i64,
+                before: $crate::clock::Timestamp,
+            ) -> $crate::store::StoreResult<i64> {
+                // The newest unpruned record older than the cutoff, found through the
+                // (chain, occurred_at) index among the old records only; then the first young
+                // record below it, if clocks ever put one there, bounds the prefix. Both scan
+                // only what is about to be pruned, not the year of records that stays.
+                let (candidate,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MAX(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND occurred_at < $3",
+                )
+                .bind(chain)
+                .bind(after_seq)
+                .bind(before.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(candidate) = candidate else {
+                    return Ok(after_seq);
+                };
+                let (young,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 AND occurred_at >= $4",
+                )
+                .bind(chain)
+                .bind(after_seq)
+                .bind(candidate)
+                .bind(before.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(young.map_or(candidate, |y| y - 1).max(after_seq))
+            }
+
+            async fn purge_expired(
+                &self,
+                plan: &$crate::store::RetentionPlan,
+                audit: $crate::store::PurgeAudit<'_>,
+            ) -> $crate::store::StoreResult<$crate::store::PurgeCounts> {
+                let mut counts = $crate::store::PurgeCounts::default();
+                let mut tx = self.begin_write().await?;
+                // A session's refresh tokens go with it (spent ones included: while a session
+                // lives they are what detects a replayed token).
+                counts.refresh_tokens = sqlx::query(
+                    "DELETE FROM refresh_tokens WHERE session_id IN \
+                     (SELECT id FROM sessions WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1))",
+                )
+                .bind(plan.sessions_ended_before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                counts.sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)",
+                )
+                    .bind(plan.sessions_ended_before.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                counts.idempotency_keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .bind(plan.idempotency_expired_before.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                for prune in &plan.audit_prunes {
+                    let cp = &prune.checkpoint;
+                    let expected = u64::try_from(cp.seq - prune.from_seq).unwrap_or(0);
+                    if expected == 0 {
+                        continue;
+                    }
+                    // The new checkpoint must name the last pruned record as it is stored now.
+                    let last: Option<(String,)> = sqlx::query_as(
+                        "SELECT hash FROM audit_events WHERE chain = $1 AND seq = $2",
+                    )
+                    .bind(&cp.chain)
+                    .bind(cp.seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if last.map(|(h,)| h).as_deref() != Some(cp.hash.as_str()) {
+                        return Err($crate::store::StoreError::Database(format!(
+                            "audit chain {}: record {} changed since it was verified; nothing was purged",
+                            cp.chain, cp.seq
+                        )));
+                    }
+                    let deleted = sqlx::query(
+                        "DELETE FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 AND occurred_at < $4",
+                    )
+                    .bind(&cp.chain)
+                    .bind(prune.from_seq)
+                    .bind(cp.seq)
+                    .bind(plan.audit_cutoff.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if deleted != expected {
+                        return Err($crate::store::StoreError::Database(format!(
+                            "audit chain {}: expected to prune {expected} records older than the cutoff, found {deleted}; nothing was purged",
+                            cp.chain
+                        )));
+                    }
+                    let moved = if prune.from_seq == 0 {
+                        sqlx::query(
+                            "INSERT INTO audit_checkpoints (chain, seq, hash, pruned_at, mac) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&cp.chain)
+                        .bind(cp.seq)
+                        .bind(&cp.hash)
+                        .bind(cp.pruned_at)
+                        .bind(&cp.mac)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                    } else {
+                        sqlx::query(
+                            "UPDATE audit_checkpoints SET seq = $2, hash = $3, pruned_at = $4, mac = $5 WHERE chain = $1 AND seq = $6",
+                        )
+                        .bind(&cp.chain)
+                        .bind(cp.seq)
+                        .bind(&cp.hash)
+                        .bind(cp.pruned_at)
+                        .bind(&cp.mac)
+                        .bind(prune.from_seq)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                    };
+                    if moved != 1 {
+                        return Err($crate::store::StoreError::Database(format!(
+                            "audit chain {}: its checkpoint moved during the run; nothing was purged",
+                            cp.chain
+                        )));
+                    }
+                    counts.audit_events += deleted;
+                    counts.audit_chains += 1;
+                }
+                let events = audit(&counts);
+                self.append_audit_tx(&mut tx, &events).await?;
+                tx.commit().await?;
+                Ok(counts)
+            }
         }
 
         impl $store {

@@ -81,6 +81,19 @@ impl TestApp {
         backend: Backend,
         checks: Vec<Arc<dyn kasho::domain::ledger::PreCommitCheck>>,
     ) -> TestApp {
+        Self::build(backend, checks, &[]).await
+    }
+
+    /// A test app with extra configuration keys (e.g. a small key-rotation budget).
+    pub async fn with_config(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+        Self::build(backend, Vec::new(), extra).await
+    }
+
+    async fn build(
+        backend: Backend,
+        checks: Vec<Arc<dyn kasho::domain::ledger::PreCommitCheck>>,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let (database_url, schema) = match backend {
             Backend::Sqlite => (
@@ -106,15 +119,16 @@ impl TestApp {
             }
         };
         let dir = data_dir.path().display().to_string();
-        let config = Config::from_pairs(&[
+        let mut pairs: Vec<(&str, &str)> = vec![
             ("data_dir", &dir),
             ("database_url", &database_url),
             ("database_max_connections", "4"),
             // Cheap hashing keeps the suite fast; production floors are tested in config.
             ("argon2_memory_kib", "64"),
             ("argon2_iterations", "1"),
-        ])
-        .expect("config");
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_pairs(&pairs).expect("config");
         let clock = Arc::new(ManualClock::starting_now());
         let core = kasho::app::build_core_with_checks(&config, clock.clone(), true, checks)
             .await
@@ -150,6 +164,28 @@ impl TestApp {
                 .expect("second core");
         kasho::http::router(core, config.max_body_bytes)
             .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 8], 4242))))
+    }
+
+    /// Another core and router on the same database, keys and clock, configured with `extra`
+    /// on top of the test configuration (e.g. a retention period).
+    pub async fn instance_with(&self, extra: &[(&str, &str)]) -> (Arc<Core>, Router) {
+        let dir = self.data_dir.path().display().to_string();
+        let mut pairs = vec![
+            ("data_dir", dir.as_str()),
+            ("database_url", self.database_url.as_str()),
+            ("database_max_connections", "4"),
+            ("argon2_memory_kib", "64"),
+            ("argon2_iterations", "1"),
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_pairs(&pairs).expect("config");
+        let core =
+            kasho::app::build_core_with_checks(&config, self.clock.clone(), false, Vec::new())
+                .await
+                .expect("configured core");
+        let router = kasho::http::router(core.clone(), config.max_body_bytes)
+            .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 9], 4242))));
+        (core, router)
     }
 
     /// Drops the PostgreSQL schema (the SQLite file goes with the temp dir).
@@ -197,6 +233,65 @@ impl TestApp {
                     .map_err(|e| e.to_string());
                 pool.close().await;
                 r
+            }
+        }
+    }
+
+    /// The first column of every row a query returns, as text (NULL as "").
+    pub async fn raw_strings(&self, sql: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .expect("db");
+                let rows: Vec<(Option<String>,)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+                        .fetch_all(&pool)
+                        .await
+                        .expect("query");
+                pool.close().await;
+                rows.into_iter().map(|r| r.0.unwrap_or_default()).collect()
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.database_url).await.expect("db");
+                let rows: Vec<(Option<String>,)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+                        .fetch_all(&pool)
+                        .await
+                        .expect("query");
+                pool.close().await;
+                rows.into_iter().map(|r| r.0.unwrap_or_default()).collect()
+            }
+        }
+    }
+
+    /// Every byte the database holds at rest: the SQLite file and its WAL, or a `pg_dump` of
+    /// this test's schema.
+    pub async fn bytes_at_rest(&self) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut all = Vec::new();
+                for name in ["kasho.db", "kasho.db-wal"] {
+                    if let Ok(b) = std::fs::read(self.data_dir.path().join(name)) {
+                        all.extend(b);
+                    }
+                }
+                all
+            }
+            Backend::Postgres => {
+                let schema = self.schema.clone().expect("schema");
+                let admin = pg_admin_url();
+                let url = admin.split('?').next().unwrap_or(&admin).to_owned();
+                let out = std::process::Command::new("pg_dump")
+                    .args(["--data-only", "--schema", &schema, "--dbname", &url])
+                    .output()
+                    .expect("pg_dump must be installed for the at-rest test");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod compliance;
 pub mod kyc;
 pub mod ledger;
 pub mod meta;

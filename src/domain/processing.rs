@@ -1,0 +1,489 @@
+//! Records of processing (GDPR Art. 30) and the retention policy.
+//!
+//! [`REGISTRY`] declares each class of personal data Kasho holds: what it is, why it is held,
+//! on which Art. 6 basis, how long it is kept, whether it is encrypted at rest and who receives
+//! it. It describes what the code does today; a class another issue is still adding is declared
+//! with `held: false`. `GET /v1/compliance/processing-records` publishes it with the retention
+//! periods in force ([`RetentionPolicy`]), and `service::retention` enforces the periods that
+//! are automated.
+
+/// Audit and security records are kept at least this long whatever the configuration says:
+/// 366 days covers any twelve calendar months (PCI DSS 10.5.1 asks for 12 months).
+pub const AUDIT_MINIMUM_RETENTION_DAYS: u32 = 366;
+// Twelve calendar months span up to 366 days: the floor must never be lowered below that.
+const _: () = assert!(AUDIT_MINIMUM_RETENTION_DAYS >= 366);
+
+/// The retention periods configured for the classes the retention job purges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Days an ended (expired or revoked) session and its refresh tokens are kept.
+    pub session_days: u32,
+    /// Hours an idempotency record is kept after it expires (0: purged once expired).
+    pub idempotency_hours: u32,
+    /// Days audit and security records are kept, as configured (see
+    /// [`audit_days_effective`](Self::audit_days_effective)).
+    pub audit_days: u32,
+    /// How often `kasho serve` runs the retention job.
+    pub interval_seconds: u32,
+}
+
+impl RetentionPolicy {
+    pub const DEFAULT: RetentionPolicy = RetentionPolicy {
+        session_days: 30,
+        idempotency_hours: 0,
+        // Thirteen months: the twelve PCI DSS asks for, and a month's margin.
+        audit_days: 396,
+        interval_seconds: 3600,
+    };
+
+    /// The audit retention that applies: the configured value, never below
+    /// [`AUDIT_MINIMUM_RETENTION_DAYS`].
+    pub fn audit_days_effective(&self) -> u32 {
+        self.audit_days.max(AUDIT_MINIMUM_RETENTION_DAYS)
+    }
+
+    /// Whether the configured audit retention was raised to the minimum.
+    pub fn audit_clamped(&self) -> bool {
+        self.audit_days < AUDIT_MINIMUM_RETENTION_DAYS
+    }
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The Art. 6(1) basis of a processing activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegalBasis {
+    /// Art. 6(1)(b): needed to perform the contract with the data subject.
+    Contract,
+    /// Art. 6(1)(c): required by law (AML/KYC record keeping, financial record retention).
+    LegalObligation,
+    /// Art. 6(1)(f): the controller's legitimate interest (security, fraud prevention).
+    LegitimateInterest,
+}
+
+impl LegalBasis {
+    pub const fn code(self) -> &'static str {
+        match self {
+            LegalBasis::Contract => "contract",
+            LegalBasis::LegalObligation => "legal_obligation",
+            LegalBasis::LegitimateInterest => "legitimate_interest",
+        }
+    }
+
+    pub const fn article(self) -> &'static str {
+        match self {
+            LegalBasis::Contract => "GDPR Art. 6(1)(b)",
+            LegalBasis::LegalObligation => "GDPR Art. 6(1)(c)",
+            LegalBasis::LegitimateInterest => "GDPR Art. 6(1)(f)",
+        }
+    }
+}
+
+/// How long a class is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Kept for this many years after the business relationship ends (AML record keeping).
+    /// Nothing deletes these automatically: the ledger is append-only.
+    YearsAfterRelationship(u32),
+    /// Kept while the user account exists; Kasho disables accounts and never deletes them yet.
+    WhileAccountExists,
+    /// Until the session ends (expiry or revocation), then `session_retention_days`; purged by
+    /// the retention job.
+    SessionEndPlusConfigured,
+    /// `idempotency_ttl_seconds`, then `idempotency_retention_hours` after expiry; purged by the
+    /// retention job.
+    IdempotencyTtlPlusConfigured,
+    /// `audit_retention_days`, at least [`AUDIT_MINIMUM_RETENTION_DAYS`]; pruned by the
+    /// retention job, leaving a sealed checkpoint.
+    AuditConfigured,
+    /// Written to standard error; kept as long as the deployment's log collector keeps it.
+    DeploymentLogs,
+}
+
+/// A retention rule made concrete with the periods in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionInForce {
+    /// In words, with the numbers in force.
+    pub period: String,
+    /// The period in days after the starting event, when there is a fixed one.
+    pub days: Option<u32>,
+    /// The configuration key that sets it.
+    pub config_key: Option<&'static str>,
+    /// What deletes the data when the period is over.
+    pub enforced_by: &'static str,
+}
+
+impl Retention {
+    /// The rule with today's configured values filled in.
+    pub fn in_force(
+        self,
+        policy: &RetentionPolicy,
+        idempotency_ttl_seconds: i64,
+    ) -> RetentionInForce {
+        match self {
+            Retention::YearsAfterRelationship(years) => RetentionInForce {
+                period: format!(
+                    "at least {years} years after the business relationship ends (AML record keeping)"
+                ),
+                days: None,
+                config_key: None,
+                enforced_by: "not automated: ledger records are append-only and kept indefinitely",
+            },
+            Retention::WhileAccountExists => RetentionInForce {
+                period: "while the user account exists (accounts are disabled, never deleted yet)"
+                    .to_owned(),
+                days: None,
+                config_key: None,
+                enforced_by: "not automated: no account deletion yet",
+            },
+            Retention::SessionEndPlusConfigured => RetentionInForce {
+                period: format!(
+                    "until the session ends (expiry or revocation), then {} days",
+                    policy.session_days
+                ),
+                days: Some(policy.session_days),
+                config_key: Some("session_retention_days"),
+                enforced_by: "retention job",
+            },
+            Retention::IdempotencyTtlPlusConfigured => RetentionInForce {
+                period: format!(
+                    "{} seconds after the request, then {} hours after expiry",
+                    idempotency_ttl_seconds, policy.idempotency_hours
+                ),
+                days: None,
+                config_key: Some("idempotency_retention_hours"),
+                enforced_by: "retention job",
+            },
+            Retention::AuditConfigured => RetentionInForce {
+                period: if policy.audit_clamped() {
+                    format!(
+                        "{} days after the event (configured {} days, raised to the {}-day minimum)",
+                        policy.audit_days_effective(),
+                        policy.audit_days,
+                        AUDIT_MINIMUM_RETENTION_DAYS
+                    )
+                } else {
+                    format!("{} days after the event", policy.audit_days_effective())
+                },
+                days: Some(policy.audit_days_effective()),
+                config_key: Some("audit_retention_days"),
+                enforced_by: "retention job (sealed checkpoint keeps the rest verifiable)",
+            },
+            Retention::DeploymentLogs => RetentionInForce {
+                period: "as long as the deployment's log collector keeps standard error".to_owned(),
+                days: None,
+                config_key: None,
+                enforced_by: "the deployment",
+            },
+        }
+    }
+}
+
+/// One class of personal data and how it is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessingRecord {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub data_subjects: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub purpose: &'static str,
+    pub legal_basis: &'static [LegalBasis],
+    pub retention: Retention,
+    /// Whether the data is encrypted at rest by Kasho itself (disk or database encryption of
+    /// the deployment is not counted).
+    pub encrypted_at_rest: bool,
+    /// How the data is protected in storage, in words.
+    pub protection: &'static str,
+    pub recipients: &'static [&'static str],
+    /// Where it is stored.
+    pub storage: &'static [&'static str],
+    /// `false` for a class declared ahead of the code that will hold it.
+    pub held: bool,
+}
+
+const TENANT_STAFF: &str =
+    "the tenant (controller) and its staff holding the permission that reads it";
+const DB_OPERATOR: &str =
+    "the operator of the database server (when PostgreSQL is hosted by a provider)";
+
+/// Every class of personal data, in the order published.
+pub const REGISTRY: &[ProcessingRecord] = &[
+    ProcessingRecord {
+        id: "user_accounts",
+        description: "Sign-in accounts of tenant staff, customers with API access and platform admins",
+        data_subjects: &["tenant staff", "customers", "platform admins"],
+        categories: &[
+            "email address",
+            "password hash (Argon2id)",
+            "roles",
+            "account status",
+        ],
+        purpose: "authenticate users and decide what each may do",
+        legal_basis: &[LegalBasis::Contract],
+        retention: Retention::WhileAccountExists,
+        encrypted_at_rest: false,
+        protection: "passwords stored only as Argon2id hashes; emails in clear",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["users"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "sessions_and_devices",
+        description: "Signed-in sessions with the device facts seen at sign-in, and their refresh tokens",
+        data_subjects: &["tenant staff", "customers", "platform admins"],
+        categories: &[
+            "IP address",
+            "user agent",
+            "session times",
+            "refresh-token hashes",
+        ],
+        purpose: "keep users signed in, revoke sessions, detect refresh-token theft",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::SessionEndPlusConfigured,
+        encrypted_at_rest: false,
+        protection: "refresh tokens stored only as SHA-256; IP and user agent in clear",
+        recipients: &[DB_OPERATOR],
+        storage: &["sessions", "refresh_tokens"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "customer_records",
+        description: "The tenant's customers: a link to their user account and the tenant's own reference",
+        data_subjects: &["customers"],
+        categories: &["customer id", "linked user id", "external reference"],
+        purpose: "hold accounts on behalf of a customer",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: false,
+        protection: "no names or contact details are stored in this class today",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["customers"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "accounts_and_ledger",
+        description: "Accounts, balances, holds and the double-entry ledger",
+        data_subjects: &["customers"],
+        categories: &[
+            "account ids",
+            "currencies",
+            "balances",
+            "entries with running balances",
+            "holds",
+        ],
+        purpose: "keep customers' money and its history",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: false,
+        protection: "append-only transfers and entries (database triggers); in clear",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["accounts", "entries", "holds", "reversal_legs"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "transaction_details",
+        description: "What each money movement says: amounts, counterparties, references and descriptions",
+        data_subjects: &["customers", "their counterparties"],
+        categories: &[
+            "amount",
+            "debit and credit accounts (counterparties)",
+            "reference",
+            "free-text description",
+            "integrator metadata",
+            "external counterparty (name, account number, institution)",
+            "initiating user",
+        ],
+        purpose: "execute and evidence payments; answer disputes and regulators",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: true,
+        protection: "append-only (database triggers); description, metadata and counterparty sealed with AES-256-GCM under the tenant's data key; amounts, accounts and references in clear for the ledger's constraints",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["transfers", "entries"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "idempotency_records",
+        description: "Stored answers to money-moving requests, replayed when a client retries",
+        data_subjects: &["customers", "tenant staff"],
+        categories: &[
+            "user id",
+            "request fingerprint",
+            "response body (transfer, account ids, balances)",
+        ],
+        purpose: "make retries safe: a retried payment is never posted twice",
+        legal_basis: &[LegalBasis::Contract],
+        retention: Retention::IdempotencyTtlPlusConfigured,
+        encrypted_at_rest: true,
+        protection: "the stored answer is sealed with AES-256-GCM under the tenant's data key; scoped to tenant and user",
+        recipients: &[DB_OPERATOR],
+        storage: &["idempotency_keys"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "audit_and_security_logs",
+        description: "The tamper-evident audit log: every state change, sign-in, refused access and security event",
+        data_subjects: &[
+            "tenant staff",
+            "customers",
+            "platform admins",
+            "anonymous callers",
+        ],
+        categories: &[
+            "actor id",
+            "action and outcome",
+            "target id",
+            "IP address",
+            "request id",
+            "time",
+        ],
+        purpose: "accountability, security monitoring, fraud investigation",
+        legal_basis: &[LegalBasis::LegalObligation, LegalBasis::LegitimateInterest],
+        retention: Retention::AuditConfigured,
+        encrypted_at_rest: false,
+        protection: "HMAC-sealed hash chains (integrity, not confidentiality); in clear",
+        recipients: &[
+            TENANT_STAFF,
+            "platform admins (the platform chain only)",
+            DB_OPERATOR,
+        ],
+        storage: &["audit_events", "audit_heads", "audit_checkpoints"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "application_logs",
+        description: "Structured process logs: one line per request and security events",
+        data_subjects: &["tenant staff", "customers", "anonymous callers"],
+        categories: &[
+            "request id",
+            "method and route template",
+            "status",
+            "latency",
+            "security event names",
+        ],
+        purpose: "operate the service and alert on security events",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::DeploymentLogs,
+        encrypted_at_rest: false,
+        protection: "no bodies, query strings, path ids or IP addresses are logged",
+        recipients: &["the operator's log collector"],
+        storage: &["standard error"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "customer_identity",
+        description: "Customers' identity (declared ahead of issue 4's customer PII work)",
+        data_subjects: &["customers"],
+        categories: &["name", "date of birth", "nationality"],
+        purpose: "know the customer (KYC) and address them",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: false,
+        protection: "not held yet; to be encrypted with the tenant's data key",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &[],
+        held: false,
+    },
+    ProcessingRecord {
+        id: "contact_details",
+        description: "Customers' contact details (declared ahead of issue 4's customer PII work)",
+        data_subjects: &["customers"],
+        categories: &["email address", "phone number", "postal address"],
+        purpose: "contact the customer about their accounts",
+        legal_basis: &[LegalBasis::Contract],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: false,
+        protection: "not held yet; to be encrypted with the tenant's data key",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &[],
+        held: false,
+    },
+    ProcessingRecord {
+        id: "national_identifiers",
+        description: "National identity numbers (declared ahead of issue 4's KYC work)",
+        data_subjects: &["customers"],
+        categories: &["national id number", "document numbers"],
+        purpose: "verify identity as AML law requires",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: false,
+        protection: "not held yet; to be encrypted, with a blind index for look-ups",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &[],
+        held: false,
+    },
+    ProcessingRecord {
+        id: "kyc_documents",
+        description: "KYC verification: identity documents, submissions, decisions and the customer's tier",
+        data_subjects: &["customers"],
+        categories: &[
+            "identity document files (passport, national id, driver's licence, proof of address, selfie)",
+            "document type, size and SHA-256",
+            "verification decisions and their reasons",
+            "KYC tier",
+        ],
+        purpose: "customer due diligence as AML law requires, and the transaction limits of each tier",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: true,
+        protection: "document files and decision reasons sealed with AES-256-GCM under the customer's own data key (destroyed on erasure); type, size, digest, tier and decision times in clear; downloads by COMPLIANCE_OFFICERs only, each audited",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &[
+            "kyc_submissions",
+            "kyc_documents",
+            "kyc_decisions",
+            "customers",
+        ],
+        held: true,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_retention_never_falls_below_twelve_months() {
+        let mut p = RetentionPolicy {
+            audit_days: 1,
+            ..RetentionPolicy::DEFAULT
+        };
+        assert_eq!(p.audit_days_effective(), AUDIT_MINIMUM_RETENTION_DAYS);
+        assert!(p.audit_clamped());
+        p.audit_days = 400;
+        assert_eq!(p.audit_days_effective(), 400);
+        assert!(!p.audit_clamped());
+        assert_eq!(RetentionPolicy::DEFAULT.audit_days_effective(), 396);
+    }
+
+    #[test]
+    fn registry_ids_are_unique_and_retention_names_the_values_in_force() {
+        let mut ids: Vec<_> = REGISTRY.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), REGISTRY.len());
+        for r in REGISTRY {
+            assert!(!r.legal_basis.is_empty(), "{}", r.id);
+            assert!(!r.categories.is_empty(), "{}", r.id);
+            assert_eq!(r.held, !r.storage.is_empty(), "{}: held iff stored", r.id);
+        }
+        let p = RetentionPolicy {
+            session_days: 7,
+            idempotency_hours: 2,
+            audit_days: 10,
+            interval_seconds: 60,
+        };
+        let s = Retention::SessionEndPlusConfigured.in_force(&p, 86_400);
+        assert_eq!(s.days, Some(7));
+        assert!(s.period.contains("7 days"), "{}", s.period);
+        let a = Retention::AuditConfigured.in_force(&p, 86_400);
+        assert_eq!(a.days, Some(AUDIT_MINIMUM_RETENTION_DAYS));
+        assert!(a.period.contains("configured 10 days"), "{}", a.period);
+        let i = Retention::IdempotencyTtlPlusConfigured.in_force(&p, 172_800);
+        assert!(i.period.contains("172800 seconds") && i.period.contains("2 hours"));
+    }
+}
