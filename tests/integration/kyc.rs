@@ -998,6 +998,58 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
     assert_eq!(h.body["history"][0]["decision"]["reason"], Value::Null);
 }
 
+async fn captures_are_checked_at_capture_time_and_holds_are_not(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = t.manager_token.clone();
+    assert_eq!(
+        put(app, "/v1/kyc/limits", &m, usd_limits()).await.status,
+        StatusCode::OK
+    );
+    let (_, a, _) = customer(app, &t, false).await;
+    let (_, b, _) = customer(app, &t, false).await;
+    assert_eq!(
+        deposit(app, &m, &a, 3_000).await.status,
+        StatusCode::CREATED
+    );
+    // A hold moves no money: it is not checked.
+    let h = app
+        .post(
+            "/v1/holds",
+            Some(&m),
+            json!({ "account_id": a, "credit_account_id": b, "currency": "USD", "amount": 1_200, "expires_in_seconds": 600 }),
+        )
+        .await;
+    assert_eq!(h.status, StatusCode::CREATED, "{h:?}");
+    let hold = h.body["id"].as_str().unwrap().to_owned();
+    // Capturing it is an outgoing movement: over tier 0's single-transfer limit of 1,000.
+    let c = app
+        .post(&format!("/v1/holds/{hold}/capture"), Some(&m), json!({}))
+        .await;
+    assert_limit(&c, "max_single_transfer", "amount");
+    let still = app.get(&format!("/v1/holds/{hold}"), &m).await;
+    assert_eq!(still.body["status"], "active", "the hold stays: {still:?}");
+    assert_eq!(balance(app, &m, &a).await, 3_000);
+    // A smaller capture fits and counts towards the day.
+    let c = app
+        .post(
+            &format!("/v1/holds/{hold}/capture"),
+            Some(&m),
+            json!({ "amount": 1_000 }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    assert_limit(
+        &transfer(app, &m, &a, &b, 501).await,
+        "daily_outgoing",
+        "amount",
+    );
+    assert_eq!(
+        transfer(app, &m, &a, &b, 500).await.status,
+        StatusCode::CREATED
+    );
+}
+
 backend_tests!(
     each_limit_refuses_with_its_name_and_resets_with_the_utc_day_and_month,
     unconfigured_currencies_are_free_configured_ones_fail_closed_and_reversals_pass,
@@ -1007,4 +1059,5 @@ backend_tests!(
     documents_are_checked_sealed_and_downloaded_intact,
     an_erased_customer_cannot_submit,
     documents_follow_key_rotation_and_are_shredded_with_the_customer_key,
+    captures_are_checked_at_capture_time_and_holds_are_not,
 );
