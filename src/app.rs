@@ -126,6 +126,7 @@ pub async fn build_core_with_checks(
             config.key_rotate_after_encryptions,
         )),
         inflight: crate::service::ledger::InFlight::default(),
+        kyc: crate::service::kyc::KycGate::default(),
         checks,
         store,
     }))

@@ -27,6 +27,14 @@ pub enum AppError {
     /// The request is well-formed but breaks a business rule.
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// Like `Unprocessable` (422), naming the request field the rule applies to (a KYC limit
+    /// names `amount`).
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        param: Option<String>,
+        message: String,
+    },
     /// Email/password did not match (or the account does not exist: the same answer).
     #[error("invalid email or password")]
     InvalidCredentials,
@@ -76,6 +84,7 @@ impl AppError {
             AppError::Invalid { code, .. }
             | AppError::Conflict { code, .. }
             | AppError::Unprocessable { code, .. }
+            | AppError::Refused { code, .. }
             | AppError::AccountUnavailable { code, .. }
             | AppError::Forbidden { code, .. } => code,
             AppError::NotFound(_) => "resource_missing",

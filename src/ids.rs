@@ -100,6 +100,16 @@ prefixed_id!(
     EntryId,
     "ent"
 );
+prefixed_id!(
+    /// A KYC verification submission.
+    KycSubmissionId,
+    "kyc"
+);
+prefixed_id!(
+    /// An identity document of a KYC submission.
+    KycDocumentId,
+    "kyd"
+);
 
 #[cfg(test)]
 mod tests {

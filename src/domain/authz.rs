@@ -107,10 +107,20 @@ pub enum Permission {
     TransfersReverse,
     /// Read compliance records: the records of processing and the retention in force.
     ComplianceRead,
+    /// Read KYC limits, customers' tiers and verification history, and the review queue.
+    KycRead,
+    /// Submit identity documents for verification (a customer for itself under `Own`).
+    KycSubmit,
+    /// Approve or reject verification submissions.
+    KycDecide,
+    /// Download identity documents (a read of personal data, audited).
+    KycDocumentsRead,
+    /// Configure the tenant's KYC limits per tier and currency.
+    KycConfigure,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 23] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -129,6 +139,11 @@ impl Permission {
         Permission::HoldsWrite,
         Permission::TransfersReverse,
         Permission::ComplianceRead,
+        Permission::KycRead,
+        Permission::KycSubmit,
+        Permission::KycDecide,
+        Permission::KycDocumentsRead,
+        Permission::KycConfigure,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -151,6 +166,11 @@ impl Permission {
             Permission::HoldsWrite => "holds:write",
             Permission::TransfersReverse => "transfers:reverse",
             Permission::ComplianceRead => "compliance:read",
+            Permission::KycRead => "kyc:read",
+            Permission::KycSubmit => "kyc:submit",
+            Permission::KycDecide => "kyc:decide",
+            Permission::KycDocumentsRead => "kyc:documents:read",
+            Permission::KycConfigure => "kyc:configure",
         }
     }
 }
@@ -204,6 +224,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::HoldsWrite, All),
             (P::TransfersReverse, All),
             (P::ComplianceRead, All),
+            (P::KycRead, All),
+            (P::KycSubmit, All),
+            (P::KycConfigure, All),
         ],
     ),
     (
@@ -225,6 +248,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, All),
             (P::CashWrite, All),
             (P::HoldsWrite, All),
+            (P::KycRead, All),
+            (P::KycSubmit, All),
         ],
     ),
     (
@@ -237,6 +262,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
+            (P::KycRead, All),
+            (P::KycDecide, All),
+            (P::KycDocumentsRead, All),
         ],
     ),
     (
@@ -248,6 +276,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, All),
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
+            (P::KycRead, All),
         ],
     ),
     (
@@ -258,6 +287,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, Own),
             (P::TransfersCreate, Own),
             (P::TransfersRead, Own),
+            (P::KycRead, Own),
+            (P::KycSubmit, Own),
         ],
     ),
     (
@@ -269,6 +300,13 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
         ],
     ),
 ];
+
+/// Permissions a role may hand out (by granting a role that carries them) without holding
+/// them itself: segregation of duties. A MANAGER appoints COMPLIANCE_OFFICERs but cannot
+/// decide verifications or download identity documents; the appointment is audited
+/// (`user.create`, `user.roles.update`) and no one can change their own roles.
+pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] =
+    &[(Role::Manager, &[P::KycDecide, P::KycDocumentsRead])];
 
 /// What the table grants one role.
 pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
@@ -295,6 +333,20 @@ impl PermissionSet {
             }
         }
         Self(map)
+    }
+
+    /// What holders of `roles` may grant: their own permissions plus those of
+    /// [`GRANT_WITHOUT_HOLDING`] (at `All`). Used only to check role assignments.
+    pub fn grantable_by(roles: &[Role]) -> Self {
+        let mut set = Self::for_roles(roles);
+        for (role, perms) in GRANT_WITHOUT_HOLDING {
+            if roles.contains(role) {
+                for p in *perms {
+                    set.0.insert(*p, All);
+                }
+            }
+        }
+        set
     }
 
     /// The scope at which `perm` is granted, if at all.
@@ -410,6 +462,30 @@ mod tests {
                 "{role}"
             );
         }
+    }
+
+    #[test]
+    fn a_manager_appoints_compliance_officers_without_deciding() {
+        let manager = PermissionSet::for_roles(&[Role::Manager]);
+        assert_eq!(manager.scope(P::KycDecide), None);
+        assert_eq!(manager.scope(P::KycDocumentsRead), None);
+        let officer = PermissionSet::for_roles(&[Role::ComplianceOfficer]);
+        assert!(manager.covers(&officer).is_err());
+        assert!(
+            PermissionSet::grantable_by(&[Role::Manager])
+                .covers(&officer)
+                .is_ok()
+        );
+        // Nobody else gains anything from the grant-only list.
+        assert_eq!(
+            PermissionSet::grantable_by(&[Role::Cashier]),
+            PermissionSet::for_roles(&[Role::Cashier])
+        );
+        // A customer never decides.
+        assert_eq!(
+            PermissionSet::for_roles(&[Role::Customer]).scope(P::KycDecide),
+            None
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod authz;
 pub mod country;
 pub mod currency;
+pub mod kyc;
 pub mod ledger;
 pub mod personal;
 pub mod processing;

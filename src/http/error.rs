@@ -123,6 +123,10 @@ impl From<AppError> for ApiError {
             AppError::Unprocessable { code, .. } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, INVALID, code, message)
             }
+            AppError::Refused { code, param, .. } => ApiError {
+                param,
+                ..ApiError::new(S::UNPROCESSABLE_ENTITY, INVALID, code, message)
+            },
             AppError::InvalidCredentials => {
                 ApiError::new(S::UNAUTHORIZED, AUTHN, "invalid_credentials", message)
             }

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, tenants, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,8 @@ use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants,
         ledger::create_transfer, ledger::list_transfers, ledger::get_transfer,
         ledger::deposit, ledger::withdraw, ledger::reverse, ledger::create_batch,
         ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold,
+        kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
+        kyc::approve, kyc::reject, kyc::download,
         compliance::processing_records
     ),
     modifiers(&BearerAuth),
@@ -32,6 +34,7 @@ use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants,
         (name = "customers", description = "Customers and their personal data (masked unless revealed)"),
         (name = "ledger", description = "Accounts and money movements"),
         (name = "meta", description = "Health and public keys"),
+        (name = "kyc", description = "KYC tiers, limits and verification"),
         (name = "compliance", description = "Records of processing and retention"),
     )
 )]

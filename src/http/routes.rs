@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, compliance, customers, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -345,6 +345,66 @@ pub(super) fn all() -> Vec<Route> {
             "hold.void",
             ledger::void_hold,
         ),
+        // KYC: limits, verification workflow, documents.
+        route(
+            Method::GET,
+            "/v1/kyc/limits",
+            perm(P::KycRead),
+            "kyc.limits.read",
+            kyc::get_limits,
+        ),
+        route(
+            Method::PUT,
+            "/v1/kyc/limits",
+            perm(P::KycConfigure),
+            "kyc.limits.update",
+            kyc::put_limits,
+        ),
+        with_body_limit(
+            route(
+                Method::POST,
+                "/v1/customers/{id}/kyc/submissions",
+                perm(P::KycSubmit),
+                "kyc.submission.create",
+                kyc::submit,
+            ),
+            crate::domain::kyc::SUBMISSION_BODY_LIMIT,
+        ),
+        route(
+            Method::GET,
+            "/v1/customers/{id}/kyc",
+            perm(P::KycRead),
+            "kyc.read",
+            kyc::customer_kyc,
+        ),
+        route(
+            Method::GET,
+            "/v1/kyc/submissions",
+            perm(P::KycRead),
+            "kyc.submission.list",
+            kyc::list_submissions,
+        ),
+        route(
+            Method::POST,
+            "/v1/kyc/submissions/{id}/approve",
+            perm(P::KycDecide),
+            "kyc.submission.approve",
+            kyc::approve,
+        ),
+        route(
+            Method::POST,
+            "/v1/kyc/submissions/{id}/reject",
+            perm(P::KycDecide),
+            "kyc.submission.reject",
+            kyc::reject,
+        ),
+        route(
+            Method::GET,
+            "/v1/kyc/documents/{id}/content",
+            perm(P::KycDocumentsRead),
+            "kyc.document.read",
+            kyc::download,
+        ),
         route(
             Method::GET,
             "/v1/compliance/processing-records",
@@ -353,6 +413,13 @@ pub(super) fn all() -> Vec<Route> {
             compliance::processing_records,
         ),
     ]
+}
+
+/// A route whose body may be larger than the server-wide `max_body_bytes` (document uploads).
+/// The innermost body limit wins, so this one applies to this route alone.
+fn with_body_limit(mut r: Route, limit: usize) -> Route {
+    r.handler = r.handler.layer(axum::extract::DefaultBodyLimit::max(limit));
+    r
 }
 
 /// The table alone (for docs, tests and tools).

@@ -479,7 +479,13 @@ pub struct ReversalLegs {
 /// A movement ready for the writer, or the stored answer of an earlier identical request.
 enum Prepared<'a> {
     Replay(MovementOutcome),
-    Ready(Box<NewMovement>, Option<InFlightGuard<'a>>),
+    /// The movement, its idempotency key's in-flight claim and its KYC reservation: both are
+    /// held until the movement is settled.
+    Ready(
+        Box<NewMovement>,
+        Option<InFlightGuard<'a>>,
+        Option<super::kyc::Reservation>,
+    ),
 }
 
 pub async fn move_money(
@@ -492,7 +498,7 @@ pub async fn move_money(
 ) -> Result<MovementOutcome, MoveError> {
     match prepare(core, meta, actor, input, idempotency.as_ref(), render).await? {
         Prepared::Replay(o) => Ok(o),
-        Prepared::Ready(m, _guard) => {
+        Prepared::Ready(m, _guard, _kyc) => {
             let r = core.ledger.post(*m).await?;
             settle(
                 core,
@@ -528,7 +534,7 @@ async fn prepare<'a>(
         Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
     };
     match build_movement(core, meta, actor, input, idempotency, render).await {
-        Ok(Prepared::Ready(m, _)) => Ok(Prepared::Ready(m, guard)),
+        Ok(Prepared::Ready(m, _, kyc)) => Ok(Prepared::Ready(m, guard, kyc)),
         Ok(replayed) => Ok(replayed),
         Err(e) => {
             if let Some(k) = idempotency
@@ -675,6 +681,26 @@ async fn build_movement(
             }
         }
     }
+    let mut refusal = refusal.map(refusal_error);
+    // The KYC check: tier limits of the customer accounts debited and credited (async: it
+    // reads totals). What it reserves is held until the movement is settled.
+    let mut kyc_reservation = None;
+    if refusal.is_none() {
+        match super::kyc::check_movement(
+            core,
+            &tenant,
+            input.kind,
+            currency,
+            amount.get(),
+            &debits,
+            &credits,
+        )
+        .await?
+        {
+            super::kyc::KycDecision::Allow(r) => kyc_reservation = r,
+            super::kyc::KycDecision::Refuse(e) => refusal = Some(e),
+        }
+    }
     let id = TransferId::generate();
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, Some(actor)).own(
@@ -683,7 +709,7 @@ async fn build_movement(
         Outcome::Success,
         None,
     );
-    if let Some(r) = refusal {
+    if let Some(error) = refusal {
         // A retry of a request that went through answers as it did, not with today's check.
         if let Some(k) = idempotency
             && let Some(stored) = replay(core, &tenant, &principal_key, k).await?
@@ -694,13 +720,13 @@ async fn build_movement(
             core,
             &crate::domain::audit::NewAuditEvent {
                 outcome: Outcome::Failure,
-                reason: Some(r.code().to_owned()),
+                reason: Some(error.code().to_owned()),
                 ..audit
             },
         )
         .await;
         return Err(MoveError {
-            error: refusal_error(r),
+            error,
             audited: true,
         });
     }
@@ -765,7 +791,7 @@ async fn build_movement(
         reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
     };
-    Ok(Prepared::Ready(Box::new(movement), None))
+    Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
 }
 
 /// Turns the writer's result into the request's outcome.
@@ -995,10 +1021,10 @@ pub async fn move_money_batch(
         for (i, p) in prepared.into_iter().enumerate() {
             match p {
                 Ok(Prepared::Replay(o)) => items.push(Some(Ok(o))),
-                Ok(Prepared::Ready(m, g)) => {
+                Ok(Prepared::Ready(m, g, kyc)) => {
                     movements.push(*m);
                     slots.push(i);
-                    guards.push(g);
+                    guards.push((g, kyc));
                     items.push(None);
                 }
                 Err(e) => items.push(Some(Err(e))),
@@ -1037,8 +1063,8 @@ pub async fn move_money_batch(
     for p in prepared {
         pending.push(match p {
             Ok(Prepared::Replay(o)) => Err(Some(Ok(o))),
-            Ok(Prepared::Ready(m, g)) => {
-                guards.push(g);
+            Ok(Prepared::Ready(m, g, kyc)) => {
+                guards.push((g, kyc));
                 Ok(core.ledger.enqueue(*m).await?)
             }
             Err(e) => Err(Some(Err(e))),

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod customers;
 pub mod keys;
+pub mod kyc;
 pub mod ledger;
 pub mod retention;
 pub mod tenants;
@@ -50,6 +51,8 @@ pub struct Core {
     pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
     /// The key hierarchy: seals and opens data at rest.
     pub keyring: Arc<keys::Keyring>,
+    /// KYC limits cache and in-flight reservations (the ledger's KYC check).
+    pub kyc: kyc::KycGate,
 }
 
 /// Who is calling: established from a verified access token and a live session.

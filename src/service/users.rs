@@ -22,8 +22,14 @@ pub struct CreateUser {
 
 /// Refuses roles whose permissions the caller does not hold at least as widely.
 fn check_grantable(actor: &Principal, roles: &[Role]) -> AppResult<()> {
-    actor
-        .permissions
+    // What the caller holds, plus what its roles may hand out without holding (see
+    // `authz::GRANT_WITHOUT_HOLDING`); a principal narrower than its roles gets no extra.
+    let grantable = if actor.permissions == PermissionSet::for_roles(&actor.roles) {
+        PermissionSet::grantable_by(&actor.roles)
+    } else {
+        actor.permissions.clone()
+    };
+    grantable
         .covers(&PermissionSet::for_roles(roles))
         .map_err(|perm| AppError::Forbidden {
             code: "role_not_grantable",

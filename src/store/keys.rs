@@ -76,8 +76,13 @@ pub struct EncryptedColumn {
 
 /// Every encrypted column. Rotation re-encrypts each one; adding a column here is how new
 /// encrypted data joins rotation.
-pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] =
-    &[TRANSFER_DETAILS, IDEMPOTENCY_RESPONSES, CUSTOMER_PII];
+pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
+    TRANSFER_DETAILS,
+    IDEMPOTENCY_RESPONSES,
+    CUSTOMER_PII,
+    KYC_DOCUMENT_CONTENT,
+    KYC_DECISION_REASON,
+];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
     table: "transfers",
@@ -95,6 +100,21 @@ pub const CUSTOMER_PII: EncryptedColumn = EncryptedColumn {
     table: "customers",
     column: "pii",
     row: "id",
+};
+
+/// KYC identity documents, each sealed under its customer's data key (AAD row = document id).
+pub const KYC_DOCUMENT_CONTENT: EncryptedColumn = EncryptedColumn {
+    table: "kyc_documents",
+    column: "content",
+    row: "id",
+};
+
+/// A KYC decision's note or reason, sealed under the customer's data key (AAD row = the
+/// submission id, the decision's primary key).
+pub const KYC_DECISION_REASON: EncryptedColumn = EncryptedColumn {
+    table: "kyc_decisions",
+    column: "reason",
+    row: "submission_id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

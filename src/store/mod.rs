@@ -10,6 +10,7 @@
 //! tenant, which the caller checks against the token's claims.
 
 pub mod keys;
+pub mod kyc;
 pub mod postgres;
 pub mod posting;
 mod sql;
@@ -523,7 +524,7 @@ pub type PurgeAudit<'a> = &'a (dyn Fn(&PurgeCounts) -> Vec<NewAuditEvent> + Send
 
 /// Everything Kasho persists.
 #[async_trait]
-pub trait Store: keys::KeyStore + Send + Sync + 'static {
+pub trait Store: keys::KeyStore + kyc::KycStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Applies pending migrations; returns the descriptions of those applied now.

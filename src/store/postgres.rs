@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keys::impl_key_store;
+use super::kyc::impl_kyc_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -69,3 +70,4 @@ impl PgStore {
 // Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
 impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
 impl_key_store!(PgStore);
+impl_kyc_store!(PgStore);

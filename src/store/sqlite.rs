@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::keys::impl_key_store;
+use super::kyc::impl_kyc_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -127,3 +128,4 @@ where
 // No socket in between: statements may be as large as the parameter limit allows.
 impl_store!(SqliteStore, "sqlite", "", usize::MAX, false);
 impl_key_store!(SqliteStore);
+impl_kyc_store!(SqliteStore);

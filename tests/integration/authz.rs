@@ -20,6 +20,10 @@ fn concrete(path: &str) -> String {
         "trf"
     } else if path.starts_with("/v1/holds/") {
         "hld"
+    } else if path.starts_with("/v1/kyc/submissions/") {
+        "kyc"
+    } else if path.starts_with("/v1/kyc/documents/") {
+        "kyd"
     } else {
         "usr"
     };

@@ -19,6 +19,7 @@ mod conventions;
 mod crash;
 mod customers;
 mod encryption;
+mod kyc;
 mod ledger;
 mod ledger_model;
 mod logs;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod compliance;
 pub mod customers;
+pub mod kyc;
 pub mod ledger;
 pub mod meta;
 pub mod tenants;

@@ -1,0 +1,1077 @@
+//! KYC use cases: the tenant's limits per tier and currency, the verification workflow
+//! (submission with documents, the review queue, a one-time approval or rejection, document
+//! download), and the ledger's KYC check ([`check_movement`]), which the pre-commit check
+//! point in `service::ledger::build_movement` calls for every movement.
+//!
+//! Limit policy: a currency with no limit row at all in a tenant is unconfigured and no KYC
+//! limit applies to it (and the check reads nothing from storage). Once a currency has any
+//! row it fails closed: a customer whose tier has no row for it can neither send nor receive
+//! in it. Reversals are never refused by KYC and do not count as outgoing.
+//!
+//! Concurrency: the totals are read before the movement reaches the writer, so two concurrent
+//! movements of one account could both fit a limit only one fits. [`KycGate`] closes that
+//! within a process: a movement that passes reserves its amount on the account until its
+//! result is settled (after the commit), and every later check counts the reservations. A
+//! reservation released while a check was reading is detected (a per-account release counter)
+//! and the read is repeated, or its amount is counted as well, so a check may over-count
+//! (refuse early) but never under-count. Several instances do not see each other's
+//! reservations: with N instances, up to N concurrent movements of one account can pass a
+//! limit only one fits (see docs/SECURITY.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use super::keys::KeyOwner;
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use crate::clock::Timestamp;
+use crate::crypto::envelope::Context;
+use crate::domain::audit::Outcome;
+use crate::domain::authz::{Permission, Scope};
+use crate::domain::currency::Currency;
+use crate::domain::kyc::{
+    self, Breach, ContentType, DocumentType, Limit, MAX_DOCUMENT_BYTES, MAX_DOCUMENTS, Outgoing,
+    Tier, TierLimits,
+};
+use crate::domain::ledger::TransferKind;
+use crate::error::{AppError, AppResult};
+use crate::ids::{CustomerId, KycDocumentId, KycSubmissionId, TenantId};
+use crate::store::kyc::{
+    DecideOutcome, KycDocumentMeta, KycLimitRecord, KycSubmissionRecord, NewKycDecision,
+    NewKycDocument, NewKycSubmission,
+};
+use crate::store::{Page, StoreError};
+
+/// How long a tenant's limits are cached. A change made through this instance applies at
+/// once; other instances pick it up within this time.
+const LIMITS_TTL: Duration = Duration::from_secs(10);
+
+/// The refusal code of every KYC limit.
+pub const LIMIT_CODE: &str = "kyc_limit_exceeded";
+
+/// A tenant's limits: currency → tier → figures. A currency absent here is unconfigured.
+type TenantLimits = HashMap<String, HashMap<i64, TierLimits>>;
+
+/// What one account has reserved (checked and not yet settled) in this process.
+#[derive(Debug, Default)]
+struct Pending {
+    outgoing: i64,
+    incoming: i64,
+    /// Checks in progress plus live reservations: the entry lives while this is non-zero.
+    refs: usize,
+    /// How many reservations have been released, and their cumulative amounts.
+    released: u64,
+    released_out: i64,
+    released_in: i64,
+}
+
+/// The KYC state of a process: the limits cache and the in-flight reservations.
+#[derive(Default)]
+pub struct KycGate {
+    limits: RwLock<HashMap<String, (Instant, Arc<TenantLimits>)>>,
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
+    /// Per account: (month start, the lowest entry sequence number of that month). Entries are
+    /// append-only and numbered in order, so the floor stays right for the whole month.
+    floors: Mutex<HashMap<String, (i64, i64)>>,
+}
+
+/// Most accounts whose month floor is cached (the cache is cleared beyond it).
+const MAX_FLOORS: usize = 100_000;
+
+impl KycGate {
+    fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantLimits>> {
+        let map = self.limits.read().ok()?;
+        let (at, limits) = map.get(tenant.as_str())?;
+        (at.elapsed() < LIMITS_TTL).then(|| limits.clone())
+    }
+
+    async fn limits_for(&self, core: &Core, tenant: &TenantId) -> AppResult<Arc<TenantLimits>> {
+        if let Some(l) = self.cached(tenant) {
+            return Ok(l);
+        }
+        let mut map = TenantLimits::new();
+        for r in core.store.kyc_limits(tenant).await? {
+            map.entry(r.currency.clone())
+                .or_default()
+                .insert(r.tier, figures(&r));
+        }
+        let limits = Arc::new(map);
+        if let Ok(mut m) = self.limits.write() {
+            m.insert(tenant.to_string(), (Instant::now(), limits.clone()));
+        }
+        Ok(limits)
+    }
+
+    /// The first entry sequence number of `account` in the month starting at `month`.
+    async fn month_floor(
+        &self,
+        core: &Core,
+        tenant: &TenantId,
+        account: &str,
+        month: i64,
+    ) -> AppResult<i64> {
+        let cached = self
+            .floors
+            .lock()
+            .ok()
+            .and_then(|m| m.get(account).copied());
+        if let Some((m, floor)) = cached
+            && m == month
+        {
+            return Ok(floor);
+        }
+        let floor = core.store.kyc_month_floor(tenant, account, month).await?;
+        if let Ok(mut m) = self.floors.lock() {
+            if m.len() >= MAX_FLOORS {
+                m.clear();
+            }
+            m.insert(account.to_owned(), (month, floor));
+        }
+        Ok(floor)
+    }
+
+    fn invalidate(&self, tenant: &TenantId) {
+        if let Ok(mut m) = self.limits.write() {
+            m.remove(tenant.as_str());
+        }
+    }
+
+    /// Registers a check on `account`; returns the release counter to compare after the read.
+    fn begin(&self, account: &str) -> u64 {
+        match self.pending.lock() {
+            Ok(mut m) => {
+                let e = m.entry(account.to_owned()).or_default();
+                e.refs += 1;
+                e.released
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Ends a check that reserved nothing.
+    fn abandon(&self, account: &str) {
+        if let Ok(mut m) = self.pending.lock() {
+            release_ref(&mut m, account);
+        }
+    }
+}
+
+fn release_ref(m: &mut HashMap<String, Pending>, account: &str) {
+    if let Some(e) = m.get_mut(account) {
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0 {
+            m.remove(account);
+        }
+    }
+}
+
+/// Amounts a movement has reserved; released when dropped (after the movement is settled).
+pub struct Reservation {
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
+    /// (account, outgoing, incoming)
+    held: Vec<(String, i64, i64)>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.pending.lock() {
+            for (account, out, inc) in self.held.drain(..) {
+                if let Some(e) = m.get_mut(&account) {
+                    e.outgoing -= out;
+                    e.incoming -= inc;
+                    e.released += 1;
+                    e.released_out = e.released_out.saturating_add(out);
+                    e.released_in = e.released_in.saturating_add(inc);
+                }
+                release_ref(&mut m, &account);
+            }
+        }
+    }
+}
+
+fn figures(r: &KycLimitRecord) -> TierLimits {
+    TierLimits {
+        max_single_transfer: r.max_single_transfer,
+        daily_outgoing: r.daily_outgoing,
+        monthly_outgoing: r.monthly_outgoing,
+        max_balance: r.max_balance,
+    }
+}
+
+/// What the KYC check decided.
+pub enum KycDecision {
+    /// Allowed; the reservation (if limits applied) must live until the movement is settled.
+    Allow(Option<Reservation>),
+    /// Refused with `kyc_limit_exceeded`, naming the limit.
+    Refuse(AppError),
+}
+
+fn refusal(param: &str, message: String) -> AppError {
+    AppError::Refused {
+        code: LIMIT_CODE,
+        param: Some(param.to_owned()),
+        message,
+    }
+}
+
+/// The ledger's KYC check: the tier limits of the debited customer account (outgoing:
+/// transfers, withdrawals, captures) and of each credited customer account (max balance:
+/// transfers, deposits, captures). `debits` and `credits` are the movement's legs.
+pub async fn check_movement(
+    core: &Core,
+    tenant: &TenantId,
+    kind: TransferKind,
+    currency: Currency,
+    amount: i64,
+    debits: &[(String, i64)],
+    credits: &[(String, i64)],
+) -> AppResult<KycDecision> {
+    if kind == TransferKind::Reversal {
+        return Ok(KycDecision::Allow(None));
+    }
+    let limits = core.kyc.limits_for(core, tenant).await?;
+    // The hot path: an unconfigured currency costs a cache look-up and nothing else.
+    let Some(tiers) = limits.get(currency.code()) else {
+        return Ok(KycDecision::Allow(None));
+    };
+    let gate = &core.kyc;
+    let mut reservation = Reservation {
+        pending: gate.pending.clone(),
+        held: Vec::new(),
+    };
+    let now = core.clock.now().as_micros();
+    let (day, month) = (kyc::utc_day_start(now), kyc::utc_month_start(now));
+    let outgoing = matches!(
+        kind,
+        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
+    );
+    if outgoing && let Some((account, _)) = debits.first() {
+        let seen = gate.begin(account);
+        match check_outgoing(
+            core,
+            tenant,
+            tiers,
+            currency,
+            account,
+            amount,
+            seen,
+            (day, month),
+        )
+        .await
+        {
+            Ok(Ok(Some(()))) => reservation.held.push((account.clone(), amount, 0)),
+            Ok(Ok(None)) => gate.abandon(account),
+            Ok(Err(e)) => {
+                gate.abandon(account);
+                return Ok(KycDecision::Refuse(e));
+            }
+            Err(e) => {
+                gate.abandon(account);
+                return Err(e);
+            }
+        }
+    }
+    if matches!(
+        kind,
+        TransferKind::Transfer | TransferKind::Deposit | TransferKind::Capture
+    ) {
+        for (i, (account, leg)) in credits.iter().enumerate() {
+            let param = if kind == TransferKind::Transfer {
+                format!("credits[{i}].amount")
+            } else {
+                "amount".to_owned()
+            };
+            let seen = gate.begin(account);
+            match check_incoming(core, tenant, tiers, currency, account, *leg, seen, &param).await {
+                Ok(Ok(Some(()))) => reservation.held.push((account.clone(), 0, *leg)),
+                Ok(Ok(None)) => gate.abandon(account),
+                Ok(Err(e)) => {
+                    gate.abandon(account);
+                    return Ok(KycDecision::Refuse(e));
+                }
+                Err(e) => {
+                    gate.abandon(account);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(KycDecision::Allow(
+        (!reservation.held.is_empty()).then_some(reservation),
+    ))
+}
+
+/// The tier row of a customer account, or `None` for an account KYC does not apply to
+/// (a system account, a missing one or one of another currency: the writer refuses those).
+async fn customer_tier<'a>(
+    core: &Core,
+    tenant: &TenantId,
+    tiers: &'a HashMap<i64, TierLimits>,
+    currency: Currency,
+    account: &str,
+) -> AppResult<Option<(i64, Option<&'a TierLimits>, i64)>> {
+    let Some(a) = core.store.kyc_account(tenant, account).await? else {
+        return Ok(None);
+    };
+    if a.customer_id.is_none() || a.currency != currency.code() {
+        return Ok(None);
+    }
+    let tier = a.kyc_tier.unwrap_or(0);
+    Ok(Some((tier, tiers.get(&tier), a.posted)))
+}
+
+/// Ok(Ok(Some)) = reserve, Ok(Ok(None)) = not subject to KYC, Ok(Err) = refused.
+type Checked = AppResult<Result<Option<()>, AppError>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn check_outgoing(
+    core: &Core,
+    tenant: &TenantId,
+    tiers: &HashMap<i64, TierLimits>,
+    currency: Currency,
+    account: &str,
+    amount: i64,
+    mut seen: u64,
+    (day, month): (i64, i64),
+) -> Checked {
+    let Some((tier, limits, _)) = customer_tier(core, tenant, tiers, currency, account).await?
+    else {
+        return Ok(Ok(None));
+    };
+    let Some(limits) = limits.copied() else {
+        return Ok(Err(not_permitted(account, tier, currency)));
+    };
+    if limits.daily_outgoing.is_none()
+        && limits.monthly_outgoing.is_none()
+        && limits.max_single_transfer.is_none()
+    {
+        return Ok(Ok(None));
+    }
+    let pending = core.kyc.pending.clone();
+    let floor = core.kyc.month_floor(core, tenant, account, month).await?;
+    for attempt in 0..3 {
+        let (today, this_month) = core
+            .store
+            .kyc_outgoing(tenant, account, floor, month, day)
+            .await?;
+        let Ok(mut m) = pending.lock() else {
+            return Err(AppError::internal("kyc reservations poisoned"));
+        };
+        let Some(e) = m.get_mut(account) else {
+            return Err(AppError::internal("kyc reservation entry vanished"));
+        };
+        if e.released != seen && attempt < 2 {
+            // A movement settled while we read: read again.
+            seen = e.released;
+            continue;
+        }
+        // After the last attempt, count what was released meanwhile too (it may or may not be
+        // in the totals read): over-counting only refuses early.
+        let extra = if e.released != seen {
+            e.released_out
+        } else {
+            0
+        };
+        let used = Outgoing {
+            today: today.saturating_add(e.outgoing).saturating_add(extra),
+            this_month: this_month.saturating_add(e.outgoing).saturating_add(extra),
+        };
+        return Ok(match kyc::check_outgoing(&limits, used, amount) {
+            Ok(()) => {
+                e.outgoing = e.outgoing.saturating_add(amount);
+                Ok(Some(()))
+            }
+            Err(b) => Err(outgoing_refusal(b, tier, currency)),
+        });
+    }
+    Err(AppError::internal("kyc check did not settle"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_incoming(
+    core: &Core,
+    tenant: &TenantId,
+    tiers: &HashMap<i64, TierLimits>,
+    currency: Currency,
+    account: &str,
+    amount: i64,
+    mut seen: u64,
+    param: &str,
+) -> Checked {
+    let Some((tier, limits, _)) = customer_tier(core, tenant, tiers, currency, account).await?
+    else {
+        return Ok(Ok(None));
+    };
+    let Some(limits) = limits.copied() else {
+        return Ok(Err(not_permitted(account, tier, currency)));
+    };
+    if limits.max_balance.is_none() {
+        return Ok(Ok(None));
+    }
+    let pending = core.kyc.pending.clone();
+    for attempt in 0..3 {
+        let posted = match core.store.kyc_account(tenant, account).await? {
+            Some(a) => a.posted,
+            None => return Ok(Ok(None)),
+        };
+        let Ok(mut m) = pending.lock() else {
+            return Err(AppError::internal("kyc reservations poisoned"));
+        };
+        let Some(e) = m.get_mut(account) else {
+            return Err(AppError::internal("kyc reservation entry vanished"));
+        };
+        if e.released != seen && attempt < 2 {
+            seen = e.released;
+            continue;
+        }
+        let extra = if e.released != seen { e.released_in } else { 0 };
+        let balance = posted.saturating_add(e.incoming).saturating_add(extra);
+        return Ok(match kyc::check_incoming(&limits, balance, amount) {
+            Ok(()) => {
+                e.incoming = e.incoming.saturating_add(amount);
+                Ok(Some(()))
+            }
+            // The message names the account and the limit, never the balance (the sender may
+            // be someone else).
+            Err(_) => Err(refusal(
+                param,
+                format!(
+                    "KYC limit max_balance: the credit would take account {account} above the \
+                     maximum balance of its KYC tier in {currency}"
+                ),
+            )),
+        });
+    }
+    Err(AppError::internal("kyc check did not settle"))
+}
+
+fn not_permitted(account: &str, tier: i64, currency: Currency) -> AppError {
+    refusal(
+        "currency",
+        format!(
+            "KYC limit {}: account {account}'s KYC tier {tier} may not send or receive \
+             {currency} (the tenant has no limits for that tier in {currency})",
+            Limit::CurrencyNotPermitted.as_str()
+        ),
+    )
+}
+
+fn outgoing_refusal(b: Breach, tier: i64, currency: Currency) -> AppError {
+    let figure = b.figure.unwrap_or(0);
+    let what = match b.limit {
+        Limit::MaxSingleTransfer => format!("this movement of {}", b.would_reach),
+        Limit::DailyOutgoing => format!("today's outgoing total would be {}", b.would_reach),
+        _ => format!("this month's outgoing total would be {}", b.would_reach),
+    };
+    refusal(
+        "amount",
+        format!(
+            "KYC limit {}: tier {tier} allows {figure} {currency} minor units; {what}",
+            b.limit.as_str()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------- limits
+
+/// One currency's limits as read back.
+#[derive(Debug)]
+pub struct CurrencyLimits {
+    pub currency: String,
+    /// False when no tier has a row: no KYC limit applies to this currency.
+    pub configured: bool,
+    pub tiers: Vec<KycLimitRecord>,
+}
+
+/// The tenant's limits for each of its currencies.
+pub async fn get_limits(core: &Core, actor: &Principal) -> AppResult<Vec<CurrencyLimits>> {
+    let tenant = actor.tenant()?;
+    let t = core
+        .store
+        .get_tenant(tenant)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    let rows = core.store.kyc_limits(tenant).await?;
+    Ok(t.currencies
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let tiers: Vec<_> = rows.iter().filter(|r| r.currency == c).cloned().collect();
+            CurrencyLimits {
+                currency: c.to_owned(),
+                configured: !tiers.is_empty(),
+                tiers,
+            }
+        })
+        .collect())
+}
+
+/// Replaces one currency's limits (every tier of it at once, so the table is validated as a
+/// whole). A tier left out may not send or receive in that currency.
+pub async fn put_limits(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    currency: &str,
+    tiers: Vec<(i64, TierLimits)>,
+) -> AppResult<CurrencyLimits> {
+    let tenant = actor.tenant()?;
+    let currency = Currency::parse(currency).map_err(|m| AppError::invalid("currency", m))?;
+    let t = core
+        .store
+        .get_tenant(tenant)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    if !t.currencies.split(',').any(|c| c == currency.code()) {
+        return Err(AppError::invalid(
+            "currency",
+            format!("this tenant does not hold {currency}"),
+        ));
+    }
+    kyc::validate_tiers(&tiers).map_err(|(param, message)| AppError::invalid(param, message))?;
+    let now = core.clock.now().as_micros();
+    let mut rows: Vec<KycLimitRecord> = tiers
+        .iter()
+        .map(|(tier, l)| KycLimitRecord {
+            tenant_id: tenant.to_string(),
+            tier: *tier,
+            currency: currency.code().to_owned(),
+            max_single_transfer: l.max_single_transfer,
+            daily_outgoing: l.daily_outgoing,
+            monthly_outgoing: l.monthly_outgoing,
+            max_balance: l.max_balance,
+            updated_by: actor.user_id.to_string(),
+            updated_at: now,
+        })
+        .collect();
+    rows.sort_by_key(|r| r.tier);
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "kyc.limits.update",
+        Some(("kyc_limits", currency.code())),
+        Outcome::Success,
+        None,
+    );
+    core.store
+        .replace_kyc_limits(tenant, currency.code(), &rows, &[ev])
+        .await?;
+    core.kyc.invalidate(tenant);
+    Ok(CurrencyLimits {
+        currency: currency.code().to_owned(),
+        configured: true,
+        tiers: rows,
+    })
+}
+
+// ---------------------------------------------------------------- verification
+
+/// A document as uploaded: declared type and content type, base64 content.
+pub struct DocumentInput {
+    pub document_type: String,
+    pub content_type: String,
+    pub content_base64: String,
+}
+
+/// A submission with its documents (metadata only).
+#[derive(Debug)]
+pub struct SubmissionView {
+    pub submission: KycSubmissionRecord,
+    pub documents: Vec<KycDocumentMeta>,
+}
+
+/// A customer's KYC: current tier and every submission with its decision, newest first.
+#[derive(Debug)]
+pub struct CustomerKyc {
+    pub customer_id: String,
+    pub tier: i64,
+    pub status: String,
+    pub history: Vec<SubmissionView>,
+}
+
+/// The customer `id` as the caller may see it under `perm` (404 otherwise).
+async fn visible_customer(
+    core: &Core,
+    actor: &Principal,
+    id: &str,
+    perm: Permission,
+) -> AppResult<crate::store::kyc::KycCustomer> {
+    let tenant = actor.tenant()?;
+    if CustomerId::parse(id).is_none() {
+        return Err(AppError::NotFound("customer"));
+    }
+    if actor.scope(perm)? == Scope::Own {
+        let own = core.store.customer_for_user(tenant, &actor.user_id).await?;
+        if own.map(|c| c.id).as_deref() != Some(id) {
+            return Err(AppError::NotFound("customer"));
+        }
+    }
+    core.store
+        .kyc_customer(tenant, id)
+        .await?
+        .ok_or(AppError::NotFound("customer"))
+}
+
+fn erased() -> AppError {
+    AppError::Unprocessable {
+        code: "customer_erased",
+        message: "the customer's personal data has been erased".into(),
+    }
+}
+
+/// Submits identity documents for a higher tier. Each document's declared content type must
+/// match its bytes (PDF, PNG, JPEG) and be at most 5 MiB; the content is sealed under the
+/// customer's data key. The submission, each document and their audit records are written in
+/// one transaction.
+pub async fn submit(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    customer_id: &str,
+    requested_tier: i64,
+    documents: Vec<DocumentInput>,
+) -> AppResult<SubmissionView> {
+    let tenant = actor.tenant()?;
+    let customer = visible_customer(core, actor, customer_id, Permission::KycSubmit).await?;
+    if customer.status != "active" {
+        return Err(erased());
+    }
+    let tier = Tier::parse(requested_tier).map_err(|m| AppError::invalid("requested_tier", m))?;
+    if tier.get() <= customer.kyc_tier {
+        return Err(AppError::invalid(
+            "requested_tier",
+            format!(
+                "must be above the customer's current tier ({})",
+                customer.kyc_tier
+            ),
+        ));
+    }
+    if documents.is_empty() || documents.len() > MAX_DOCUMENTS {
+        return Err(AppError::invalid(
+            "documents",
+            format!("between 1 and {MAX_DOCUMENTS} documents are required"),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(documents.len());
+    for (i, d) in documents.into_iter().enumerate() {
+        let doc_type = DocumentType::parse(&d.document_type)
+            .map_err(|m| AppError::invalid(format!("documents[{i}].document_type"), m))?;
+        let declared = ContentType::parse(&d.content_type)
+            .map_err(|m| AppError::invalid(format!("documents[{i}].content_type"), m))?;
+        let param = format!("documents[{i}].content");
+        // Refuse an oversized document before decoding it.
+        if d.content_base64.len() > MAX_DOCUMENT_BYTES.div_ceil(3) * 4 {
+            return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
+        }
+        let bytes = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(d.content_base64.as_bytes())
+                .map_err(|_| AppError::invalid(&param, "must be standard base64"))?,
+        );
+        if bytes.is_empty() {
+            return Err(AppError::invalid(param, "the document is empty"));
+        }
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
+        }
+        match ContentType::sniff(&bytes) {
+            Some(actual) if actual == declared => {}
+            Some(actual) => {
+                return Err(AppError::invalid(
+                    format!("documents[{i}].content_type"),
+                    format!(
+                        "declared {} but the content is {}",
+                        declared.as_str(),
+                        actual.as_str()
+                    ),
+                ));
+            }
+            None => {
+                return Err(AppError::invalid(
+                    format!("documents[{i}].content_type"),
+                    format!(
+                        "declared {} but the content is not a PDF, PNG or JPEG file",
+                        declared.as_str()
+                    ),
+                ));
+            }
+        }
+        parsed.push((doc_type, declared, bytes));
+    }
+    let id = KycSubmissionId::generate();
+    let now = core.clock.now();
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    let mut events = vec![audit.own(
+        "kyc.submission.create",
+        Some(("kyc_submission", id.as_str())),
+        Outcome::Success,
+        Some(&format!("requested_tier={}", tier.get())),
+    )];
+    let owner = KeyOwner::Customer(customer.id.clone());
+    let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
+    let mut docs = Vec::with_capacity(parsed.len());
+    for (doc_type, content_type, bytes) in &parsed {
+        let doc_id = KycDocumentId::generate();
+        let content = core
+            .keyring
+            .seal(
+                tenant,
+                &owner,
+                col.table,
+                col.column,
+                doc_id.as_str(),
+                bytes,
+            )
+            .await?;
+        events.push(audit.own(
+            "kyc.document.upload",
+            Some(("kyc_document", doc_id.as_str())),
+            Outcome::Success,
+            Some(doc_type.as_str()),
+        ));
+        docs.push(NewKycDocument {
+            id: doc_id.to_string(),
+            document_type: doc_type.as_str(),
+            content_type: content_type.as_str(),
+            size_bytes: i64::try_from(bytes.len()).map_err(AppError::internal)?,
+            sha256: crate::crypto::sha256_hex(bytes),
+            content,
+        });
+    }
+    let s = NewKycSubmission {
+        id: id.to_string(),
+        tenant_id: tenant.clone(),
+        customer_id: customer.id.clone(),
+        requested_tier: tier.get(),
+        tier_at_submission: customer.kyc_tier,
+        submitted_by: actor.user_id.to_string(),
+        submitted_at: now.as_micros(),
+    };
+    match core.store.create_kyc_submission(&s, &docs, &events).await {
+        Ok(true) => {}
+        Ok(false) => return Err(erased()),
+        Err(StoreError::Conflict { .. }) => {
+            return Err(AppError::Conflict {
+                code: "kyc_submission_open",
+                param: None,
+                message: "the customer already has a submission awaiting a decision".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    submission_view(core, tenant, id.as_str()).await
+}
+
+/// Opens a decision's sealed reason in place. Once the customer's key is destroyed (erasure)
+/// the reason reads as absent; the decision itself is kept.
+async fn open_reason(core: &Core, tenant: &TenantId, s: &mut KycSubmissionRecord) -> AppResult<()> {
+    let Some(stored) = s.reason.take() else {
+        return Ok(());
+    };
+    let col = crate::store::keys::KYC_DECISION_REASON;
+    let ctx = Context {
+        tenant: tenant.as_str(),
+        table: col.table,
+        column: col.column,
+        row: &s.id,
+    };
+    match core.keyring.open_text(&ctx, &stored).await {
+        Ok(text) => s.reason = Some(text.to_string()),
+        Err(e) if e.code() == "key_destroyed" => s.reason = None,
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+async fn submission_view(core: &Core, tenant: &TenantId, id: &str) -> AppResult<SubmissionView> {
+    let mut submission = core
+        .store
+        .get_kyc_submission(tenant, id)
+        .await?
+        .ok_or(AppError::NotFound("kyc submission"))?;
+    open_reason(core, tenant, &mut submission).await?;
+    let documents = core
+        .store
+        .list_kyc_documents(tenant, Some(id), None)
+        .await?;
+    Ok(SubmissionView {
+        submission,
+        documents,
+    })
+}
+
+/// A customer's tier and full verification history (documents by metadata only).
+pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerKyc> {
+    let tenant = actor.tenant()?;
+    let customer = visible_customer(core, actor, id, Permission::KycRead).await?;
+    let mut submissions = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = Page {
+            limit: 100,
+            starting_after: after.clone(),
+        };
+        let rows = core
+            .store
+            .list_kyc_submissions(tenant, Some(&customer.id), None, &page)
+            .await?;
+        let more = rows.len() > 100;
+        for mut r in rows.into_iter().take(100) {
+            open_reason(core, tenant, &mut r).await?;
+            submissions.push(r);
+        }
+        if !more {
+            break;
+        }
+        after = submissions.last().map(|s| s.id.clone());
+    }
+    let mut documents = core
+        .store
+        .list_kyc_documents(tenant, None, Some(&customer.id))
+        .await?;
+    let history = submissions
+        .into_iter()
+        .map(|s| {
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                documents.drain(..).partition(|d| d.submission_id == s.id);
+            documents = rest;
+            SubmissionView {
+                submission: s,
+                documents: mine,
+            }
+        })
+        .collect();
+    Ok(CustomerKyc {
+        customer_id: customer.id,
+        tier: customer.kyc_tier,
+        status: customer.status,
+        history,
+    })
+}
+
+/// The review queue (or any status), newest first. A caller with `Own` scope sees only its
+/// own customer's submissions.
+pub async fn list_submissions(
+    core: &Core,
+    actor: &Principal,
+    status: Option<&str>,
+    page: &Page,
+) -> AppResult<Listed<SubmissionView>> {
+    let tenant = actor.tenant()?;
+    if let Some(s) = status
+        && !["submitted", "approved", "rejected"].contains(&s)
+    {
+        return Err(AppError::invalid(
+            "status",
+            "must be one of submitted, approved, rejected",
+        ));
+    }
+    let owner = match actor.scope(Permission::KycRead)? {
+        Scope::All => None,
+        Scope::Own => Some(
+            core.store
+                .customer_for_user(tenant, &actor.user_id)
+                .await?
+                .map_or_else(|| "cus_none".to_owned(), |c| c.id),
+        ),
+    };
+    let rows = core
+        .store
+        .list_kyc_submissions(tenant, owner.as_deref(), status, page)
+        .await?;
+    let listed = Listed::from_rows(rows, page);
+    let mut data = Vec::with_capacity(listed.data.len());
+    for mut s in listed.data {
+        open_reason(core, tenant, &mut s).await?;
+        let documents = core
+            .store
+            .list_kyc_documents(tenant, Some(&s.id), None)
+            .await?;
+        data.push(SubmissionView {
+            submission: s,
+            documents,
+        });
+    }
+    Ok(Listed {
+        data,
+        has_more: listed.has_more,
+    })
+}
+
+/// An approval (with the tier it grants) or a rejection (with its reason).
+pub enum Decision {
+    Approve { tier: i64, note: Option<String> },
+    Reject { reason: String },
+}
+
+fn check_text(param: &str, v: &str) -> AppResult<()> {
+    if v.trim().is_empty() || v.chars().count() > 500 || v.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            param,
+            "must be 1 to 500 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Decides a submission once. The decider may not be the one who submitted it, nor the
+/// customer it is about.
+pub async fn decide(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+    decision: Decision,
+) -> AppResult<SubmissionView> {
+    let tenant = actor.tenant()?;
+    let submission = match KycSubmissionId::parse(id) {
+        Some(_) => core.store.get_kyc_submission(tenant, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("kyc submission"))?;
+    let (status, tier, reason, action, audit_reason) = match decision {
+        Decision::Approve { tier, note } => {
+            let tier = Tier::parse(tier).map_err(|m| AppError::invalid("tier", m))?;
+            if tier.get() == 0 {
+                return Err(AppError::invalid(
+                    "tier",
+                    "an approval grants a tier from 1 to 3; reject to keep the current tier",
+                ));
+            }
+            if let Some(n) = &note {
+                check_text("note", n)?;
+            }
+            (
+                "approved",
+                Some(tier.get()),
+                note,
+                "kyc.submission.approve",
+                format!("tier={}", tier.get()),
+            )
+        }
+        Decision::Reject { reason } => {
+            check_text("reason", &reason)?;
+            (
+                "rejected",
+                None,
+                Some(reason),
+                "kyc.submission.reject",
+                "rejected".to_owned(),
+            )
+        }
+    };
+    let own = core.store.customer_for_user(tenant, &actor.user_id).await?;
+    if submission.submitted_by == actor.user_id.as_str()
+        || own.is_some_and(|c| c.id == submission.customer_id)
+    {
+        return Err(AppError::Forbidden {
+            code: "kyc_self_decision",
+            message: "you cannot decide a submission you made or one about yourself".into(),
+        });
+    }
+    if submission.status != "submitted" {
+        return Err(already_decided());
+    }
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        action,
+        Some(("kyc_submission", &submission.id)),
+        Outcome::Success,
+        Some(&audit_reason),
+    );
+    // Free text about a person: sealed under the customer's key, so erasure shreds it too.
+    let col = crate::store::keys::KYC_DECISION_REASON;
+    let reason = match reason {
+        Some(r) => Some(
+            core.keyring
+                .seal(
+                    tenant,
+                    &KeyOwner::Customer(submission.customer_id.clone()),
+                    col.table,
+                    col.column,
+                    &submission.id,
+                    r.as_bytes(),
+                )
+                .await?,
+        ),
+        None => None,
+    };
+    let d = NewKycDecision {
+        submission_id: submission.id.clone(),
+        tenant_id: tenant.clone(),
+        decision: status,
+        tier,
+        reason,
+        decided_by: actor.user_id.to_string(),
+        decided_at: core.clock.now().as_micros(),
+    };
+    match core.store.decide_kyc_submission(&d, &[ev]).await? {
+        DecideOutcome::Decided => submission_view(core, tenant, &submission.id).await,
+        DecideOutcome::AlreadyDecided => Err(already_decided()),
+        DecideOutcome::CustomerUnavailable => Err(erased()),
+    }
+}
+
+fn already_decided() -> AppError {
+    AppError::Conflict {
+        code: "kyc_already_decided",
+        param: None,
+        message: "this submission has already been decided".into(),
+    }
+}
+
+/// A downloaded document: its metadata and the plaintext content.
+pub struct Download {
+    pub meta: KycDocumentMeta,
+    pub content: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// Opens a document for a compliance officer. The read of personal data is audited before the
+/// content is returned; if the audit record cannot be written, nothing is returned.
+pub async fn download(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<Download> {
+    let tenant = actor.tenant()?;
+    let doc = match KycDocumentId::parse(id) {
+        Some(_) => core.store.get_kyc_document(tenant, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("kyc document"))?;
+    let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
+    let content = core
+        .keyring
+        .open(
+            &Context {
+                tenant: tenant.as_str(),
+                table: col.table,
+                column: col.column,
+                row: &doc.meta.id,
+            },
+            &doc.content,
+        )
+        .await?;
+    if crate::crypto::sha256_hex(&content) != doc.meta.sha256 {
+        return Err(AppError::internal(format!(
+            "kyc document {} does not match its digest",
+            doc.meta.id
+        )));
+    }
+    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+        "kyc.document.read",
+        Some(("kyc_document", &doc.meta.id)),
+        Outcome::Success,
+        Some("pii_read"),
+    );
+    core.store.append_audit(&ev).await?;
+    Ok(Download {
+        meta: doc.meta,
+        content,
+    })
+}
+
+/// When a submission or decision happened, for views.
+pub fn at(micros: i64) -> String {
+    Timestamp::from_micros(micros).to_rfc3339()
+}

@@ -1,0 +1,534 @@
+//! Storage of KYC: per-tenant limits by tier and currency, verification submissions, their
+//! documents (content sealed under the customer's data key before it gets here) and their
+//! one-time decisions, plus the two reads the ledger's KYC check needs (an account's owner and
+//! tier, and its outgoing totals). Implemented for both backends by [`impl_kyc_store!`] from
+//! the same SQL, like the rest of the store.
+
+use async_trait::async_trait;
+
+use super::{Page, StoreResult};
+use crate::domain::audit::NewAuditEvent;
+use crate::ids::TenantId;
+
+/// One tier's limits in one currency (`None`: no limit for that figure).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KycLimitRecord {
+    pub tenant_id: String,
+    pub tier: i64,
+    pub currency: String,
+    pub max_single_transfer: Option<i64>,
+    pub daily_outgoing: Option<i64>,
+    pub monthly_outgoing: Option<i64>,
+    pub max_balance: Option<i64>,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+/// A submission with its decision, if it has one.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KycSubmissionRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub customer_id: String,
+    pub requested_tier: i64,
+    pub tier_at_submission: i64,
+    /// `submitted`, `approved` or `rejected`.
+    pub status: String,
+    pub submitted_by: String,
+    pub submitted_at: i64,
+    pub tier_after: Option<i64>,
+    /// The approval's note or the rejection's reason.
+    pub reason: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+}
+
+/// A document as listed: metadata only, never the content.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KycDocumentMeta {
+    pub id: String,
+    pub tenant_id: String,
+    pub submission_id: String,
+    pub customer_id: String,
+    pub document_type: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub created_at: i64,
+}
+
+/// A document with its sealed content.
+#[derive(Clone, sqlx::FromRow)]
+pub struct KycDocumentRecord {
+    #[sqlx(flatten)]
+    pub meta: KycDocumentMeta,
+    /// The ciphertext (`kx1.…`) under the customer's data key, AAD row = document id.
+    pub content: String,
+}
+
+impl std::fmt::Debug for KycDocumentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KycDocumentRecord")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKycSubmission {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub customer_id: String,
+    pub requested_tier: i64,
+    pub tier_at_submission: i64,
+    pub submitted_by: String,
+    pub submitted_at: i64,
+}
+
+#[derive(Clone)]
+pub struct NewKycDocument {
+    pub id: String,
+    pub document_type: &'static str,
+    pub content_type: &'static str,
+    pub size_bytes: i64,
+    pub sha256: String,
+    /// Already sealed.
+    pub content: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKycDecision {
+    pub submission_id: String,
+    pub tenant_id: TenantId,
+    /// `approved` or `rejected`.
+    pub decision: &'static str,
+    /// The tier an approval sets (ignored for a rejection, which keeps the tier).
+    pub tier: Option<i64>,
+    pub reason: Option<String>,
+    pub decided_by: String,
+    pub decided_at: i64,
+}
+
+/// What deciding a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecideOutcome {
+    Decided,
+    /// It was decided before (by this or another request).
+    AlreadyDecided,
+    /// The customer is no longer active (erased): nothing was changed.
+    CustomerUnavailable,
+}
+
+/// The facts of a customer that KYC needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KycCustomer {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub status: String,
+    pub kyc_tier: i64,
+}
+
+/// An account as the KYC check sees it: its owner's tier (customer accounts) and balance.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KycAccount {
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub currency: String,
+    pub posted: i64,
+    pub kyc_tier: Option<i64>,
+}
+
+#[async_trait]
+pub trait KycStore: Send + Sync {
+    /// Every limit row of a tenant.
+    async fn kyc_limits(&self, tenant: &TenantId) -> StoreResult<Vec<KycLimitRecord>>;
+    /// Replaces one currency's rows with `rows`, with the audit record, in one transaction.
+    async fn replace_kyc_limits(
+        &self,
+        tenant: &TenantId,
+        currency: &str,
+        rows: &[KycLimitRecord],
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()>;
+    async fn kyc_customer(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycCustomer>>;
+    async fn kyc_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycAccount>>;
+    /// The lowest `account_seq` an entry of `account` created at or after `month_start` can
+    /// have: the first such entry's, or one past the last entry if there is none yet (every
+    /// later entry has a higher sequence number). Scans the account's entries; the caller
+    /// caches the answer for the month.
+    async fn kyc_month_floor(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        month_start: i64,
+    ) -> StoreResult<i64>;
+    /// Debits of `account` since `day_start` and since `month_start` (reversals excluded),
+    /// reading its entries from sequence number `floor` on (see [`Self::kyc_month_floor`]).
+    async fn kyc_outgoing(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        floor: i64,
+        month_start: i64,
+        day_start: i64,
+    ) -> StoreResult<(i64, i64)>;
+    /// Inserts a submission and its documents, with the audit records, if the customer is
+    /// still active (`Ok(false)` otherwise, nothing written). `Conflict` if the customer
+    /// already has an open submission.
+    async fn create_kyc_submission(
+        &self,
+        s: &NewKycSubmission,
+        docs: &[NewKycDocument],
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+    async fn get_kyc_submission(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<KycSubmissionRecord>>;
+    /// Newest first, optionally one customer's or one status's.
+    async fn list_kyc_submissions(
+        &self,
+        tenant: &TenantId,
+        customer: Option<&str>,
+        status: Option<&str>,
+        page: &Page,
+    ) -> StoreResult<Vec<KycSubmissionRecord>>;
+    /// Document metadata of one submission or one customer, oldest first.
+    async fn list_kyc_documents(
+        &self,
+        tenant: &TenantId,
+        submission: Option<&str>,
+        customer: Option<&str>,
+    ) -> StoreResult<Vec<KycDocumentMeta>>;
+    async fn get_kyc_document(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<KycDocumentRecord>>;
+    /// Decides a `submitted` submission once: its status moves, the decision row is inserted,
+    /// an approval sets the customer's tier, and the audit records are appended, in one
+    /// transaction.
+    async fn decide_kyc_submission(
+        &self,
+        d: &NewKycDecision,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<DecideOutcome>;
+}
+
+const SUBMISSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.customer_id, s.requested_tier, s.tier_at_submission, \
+     s.status, s.submitted_by, s.submitted_at, d.tier_after, d.reason, d.decided_by, d.decided_at \
+     FROM kyc_submissions s LEFT JOIN kyc_decisions d ON d.submission_id = s.id";
+
+/// The SELECT of a submission with its decision (shared by both backends).
+pub(super) fn submission_select() -> &'static str {
+    SUBMISSION_SELECT
+}
+
+macro_rules! impl_kyc_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::kyc::KycStore for $store {
+            async fn kyc_limits(
+                &self,
+                tenant: &$crate::ids::TenantId,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycLimitRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM kyc_limits WHERE tenant_id = $1 ORDER BY currency, tier",
+                )
+                .bind(tenant.as_str())
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn replace_kyc_limits(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                currency: &str,
+                rows: &[$crate::store::kyc::KycLimitRecord],
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM kyc_limits WHERE tenant_id = $1 AND currency = $2")
+                    .bind(tenant.as_str())
+                    .bind(currency)
+                    .execute(&mut *tx)
+                    .await?;
+                for r in rows {
+                    sqlx::query(
+                        "INSERT INTO kyc_limits (tenant_id, tier, currency, max_single_transfer, daily_outgoing, \
+                         monthly_outgoing, max_balance, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(tenant.as_str())
+                    .bind(r.tier)
+                    .bind(currency)
+                    .bind(r.max_single_transfer)
+                    .bind(r.daily_outgoing)
+                    .bind(r.monthly_outgoing)
+                    .bind(r.max_balance)
+                    .bind(&r.updated_by)
+                    .bind(r.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn kyc_customer(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycCustomer>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, user_id, status, kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn kyc_account(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycAccount>> {
+                Ok(sqlx::query_as(
+                    "SELECT a.id, a.customer_id, a.currency, a.posted, c.kyc_tier FROM accounts a \
+                     LEFT JOIN customers c ON c.id = a.customer_id AND c.tenant_id = a.tenant_id \
+                     WHERE a.tenant_id = $1 AND a.id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn kyc_month_floor(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                account: &str,
+                month_start: i64,
+            ) -> $crate::store::StoreResult<i64> {
+                let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT MIN(CASE WHEN created_at >= $3 THEN account_seq END), MAX(account_seq) \
+                     FROM entries WHERE account_id = $2 AND tenant_id = $1",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(month_start)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(first.unwrap_or_else(|| last.unwrap_or(0) + 1))
+            }
+
+            async fn kyc_outgoing(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                account: &str,
+                floor: i64,
+                month_start: i64,
+                day_start: i64,
+            ) -> $crate::store::StoreResult<(i64, i64)> {
+                let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT CAST(SUM(CASE WHEN e.created_at >= $5 THEN e.amount ELSE 0 END) AS BIGINT), \
+                     CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT) \
+                     FROM entries e JOIN transfers t ON t.id = e.transfer_id \
+                     WHERE e.account_id = $2 AND e.account_seq >= $3 AND e.tenant_id = $1 \
+                     AND e.direction = 'debit' AND t.kind <> 'reversal'",
+                )
+                .bind(tenant.as_str())
+                .bind(account)
+                .bind(floor)
+                .bind(month_start)
+                .bind(day_start)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((today.unwrap_or(0), month.unwrap_or(0)))
+            }
+
+            async fn create_kyc_submission(
+                &self,
+                s: &$crate::store::kyc::NewKycSubmission,
+                docs: &[$crate::store::kyc::NewKycDocument],
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
+                     status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
+                     WHERE EXISTS (SELECT 1 FROM customers WHERE tenant_id = $2 AND id = $3 AND status = 'active')",
+                )
+                .bind(&s.id)
+                .bind(s.tenant_id.as_str())
+                .bind(&s.customer_id)
+                .bind(s.requested_tier)
+                .bind(s.tier_at_submission)
+                .bind(&s.submitted_by)
+                .bind(s.submitted_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for d in docs {
+                    sqlx::query(
+                        "INSERT INTO kyc_documents (id, tenant_id, submission_id, customer_id, document_type, \
+                         content_type, size_bytes, sha256, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(&d.id)
+                    .bind(s.tenant_id.as_str())
+                    .bind(&s.id)
+                    .bind(&s.customer_id)
+                    .bind(d.document_type)
+                    .bind(d.content_type)
+                    .bind(d.size_bytes)
+                    .bind(&d.sha256)
+                    .bind(&d.content)
+                    .bind(s.submitted_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn get_kyc_submission(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycSubmissionRecord>> {
+                let sql = format!(
+                    "{} WHERE s.tenant_id = $1 AND s.id = $2",
+                    $crate::store::kyc::submission_select()
+                );
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_kyc_submissions(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                customer: Option<&str>,
+                status: Option<&str>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycSubmissionRecord>> {
+                let sql = format!(
+                    "{} WHERE s.tenant_id = $1 AND ($2 IS NULL OR s.customer_id = $2) \
+                     AND ($3 IS NULL OR s.status = $3) AND ($4 IS NULL OR s.id < $4) \
+                     ORDER BY s.id DESC LIMIT $5",
+                    $crate::store::kyc::submission_select()
+                );
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .bind(customer)
+                    .bind(status)
+                    .bind(page.starting_after.as_deref())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn list_kyc_documents(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                submission: Option<&str>,
+                customer: Option<&str>,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycDocumentMeta>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, submission_id, customer_id, document_type, content_type, size_bytes, \
+                     sha256, created_at FROM kyc_documents WHERE tenant_id = $1 \
+                     AND ($2 IS NULL OR submission_id = $2) AND ($3 IS NULL OR customer_id = $3) ORDER BY id",
+                )
+                .bind(tenant.as_str())
+                .bind(submission)
+                .bind(customer)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn get_kyc_document(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycDocumentRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM kyc_documents WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn decide_kyc_submission(
+                &self,
+                d: &$crate::store::kyc::NewKycDecision,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<$crate::store::kyc::DecideOutcome> {
+                use $crate::store::kyc::DecideOutcome;
+                let mut tx = self.begin_write().await?;
+                // The one-time transition: a second decision finds no `submitted` row.
+                let row: Option<(String,)> = sqlx::query_as(
+                    "UPDATE kyc_submissions SET status = $3 WHERE tenant_id = $1 AND id = $2 \
+                     AND status = 'submitted' RETURNING customer_id",
+                )
+                .bind(d.tenant_id.as_str())
+                .bind(&d.submission_id)
+                .bind(d.decision)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((customer,)) = row else {
+                    tx.rollback().await?;
+                    return Ok(DecideOutcome::AlreadyDecided);
+                };
+                let current: Option<(i64,)> = sqlx::query_as(
+                    "SELECT kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2 AND status = 'active'",
+                )
+                .bind(d.tenant_id.as_str())
+                .bind(&customer)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((before,)) = current else {
+                    tx.rollback().await?;
+                    return Ok(DecideOutcome::CustomerUnavailable);
+                };
+                let after = d.tier.unwrap_or(before);
+                sqlx::query(
+                    "INSERT INTO kyc_decisions (submission_id, tenant_id, customer_id, decision, tier_before, \
+                     tier_after, reason, decided_by, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&d.submission_id)
+                .bind(d.tenant_id.as_str())
+                .bind(&customer)
+                .bind(d.decision)
+                .bind(before)
+                .bind(after)
+                .bind(&d.reason)
+                .bind(&d.decided_by)
+                .bind(d.decided_at)
+                .execute(&mut *tx)
+                .await?;
+                if after != before {
+                    sqlx::query("UPDATE customers SET kyc_tier = $3 WHERE tenant_id = $1 AND id = $2")
+                        .bind(d.tenant_id.as_str())
+                        .bind(&customer)
+                        .bind(after)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(DecideOutcome::Decided)
+            }
+        }
+    };
+}
+
+pub(super) use impl_kyc_store;
