@@ -103,10 +103,16 @@ pub enum Permission {
     HoldsWrite,
     /// Reverse transfers.
     TransfersReverse,
+    /// Export everything held about a customer (data-subject access).
+    CustomersExport,
+    /// Erase a customer by crypto-shredding.
+    CustomersErase,
+    /// Restrict (and lift the restriction of) the processing of a customer's data.
+    CustomersRestrict,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 19] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -123,6 +129,9 @@ impl Permission {
         Permission::CashWrite,
         Permission::HoldsWrite,
         Permission::TransfersReverse,
+        Permission::CustomersExport,
+        Permission::CustomersErase,
+        Permission::CustomersRestrict,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -143,6 +152,9 @@ impl Permission {
             Permission::CashWrite => "cash:write",
             Permission::HoldsWrite => "holds:write",
             Permission::TransfersReverse => "transfers:reverse",
+            Permission::CustomersExport => "customers:export",
+            Permission::CustomersErase => "customers:erase",
+            Permission::CustomersRestrict => "customers:restrict",
         }
     }
 }
@@ -194,6 +206,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CashWrite, All),
             (P::HoldsWrite, All),
             (P::TransfersReverse, All),
+            (P::CustomersExport, All),
+            (P::CustomersErase, All),
+            (P::CustomersRestrict, All),
         ],
     ),
     (
@@ -225,6 +240,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, All),
             (P::AccountsFreeze, All),
             (P::TransfersRead, All),
+            (P::CustomersExport, All),
+            (P::CustomersErase, All),
+            (P::CustomersRestrict, All),
         ],
     ),
     (
@@ -245,6 +263,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AccountsRead, Own),
             (P::TransfersCreate, Own),
             (P::TransfersRead, Own),
+            (P::CustomersExport, Own),
         ],
     ),
     (

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::handlers::{audit, auth, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, ledger, meta, privacy, tenants, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,8 @@ use super::handlers::{audit, auth, ledger, meta, tenants, users};
         ledger::freeze, ledger::unfreeze, ledger::close, ledger::set_overdraft,
         ledger::create_transfer, ledger::list_transfers, ledger::get_transfer,
         ledger::deposit, ledger::withdraw, ledger::reverse, ledger::create_batch,
-        ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold
+        ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold,
+        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict
     ),
     modifiers(&BearerAuth),
     tags(
@@ -30,6 +31,7 @@ use super::handlers::{audit, auth, ledger, meta, tenants, users};
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "ledger", description = "Customers, accounts and money movements"),
         (name = "meta", description = "Health and public keys"),
+        (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
     )
 )]
 pub struct ApiDoc;

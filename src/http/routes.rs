@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, ledger, meta, tenants, users};
+use super::handlers::{audit, auth, ledger, meta, privacy, tenants, users};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -337,6 +337,35 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::HoldsWrite),
             "hold.void",
             ledger::void_hold,
+        ),
+        // Data-subject rights.
+        route(
+            Method::GET,
+            "/v1/customers/{id}/export",
+            perm(P::CustomersExport),
+            "customer.export",
+            privacy::export,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/erase",
+            perm(P::CustomersErase),
+            "customer.erase",
+            privacy::erase,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/restrict",
+            perm(P::CustomersRestrict),
+            "customer.restrict",
+            privacy::restrict,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/unrestrict",
+            perm(P::CustomersRestrict),
+            "customer.unrestrict",
+            privacy::unrestrict,
         ),
     ]
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod keys;
 pub mod ledger;
+pub mod privacy;
 pub mod tenants;
 pub mod users;
 

@@ -21,5 +21,6 @@ mod encryption;
 mod ledger;
 mod ledger_model;
 mod openapi;
+mod privacy;
 mod tenants;
 mod users;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod ledger;
 pub mod meta;
+pub mod privacy;
 pub mod tenants;
 pub mod users;
 
