@@ -565,6 +565,7 @@ async fn restriction_blocks_new_money_movement_until_lifted(app: &TestApp) {
     let m = &t.manager_token;
     let ada = subject(app, &t, true, "crm-ada").await;
     let bob = subject(app, &t, false, "crm-bob").await;
+    let other = subject(app, &t, false, "crm-other").await;
     cash(app, m, "/v1/deposits", &ada.account, 1_000).await;
     cash(app, m, "/v1/deposits", &bob.account, 1_000).await;
     let earlier = transfer(app, m, &bob.account, &ada.account, 100).await;
@@ -658,11 +659,29 @@ async fn restriction_blocks_new_money_movement_until_lifted(app: &TestApp) {
         )
         .await,
     );
+    // Nor inside a batch: the restricted transfer is refused, its neighbour posts.
+    let batch = app
+        .post(
+            "/v1/transfers/batch",
+            Some(m),
+            json!({ "transfers": [
+                { "amount": 5, "currency": "USD", "debit_account_id": ada.account, "credit_account_id": bob.account },
+                { "amount": 5, "currency": "USD", "debit_account_id": bob.account, "credit_account_id": other.account },
+            ] }),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::OK, "{batch:?}");
+    assert_eq!(batch.body["results"][0]["status"], 422, "{batch:?}");
+    assert_eq!(
+        batch.body["results"][0]["error"]["error"]["code"], "processing_restricted",
+        "{batch:?}"
+    );
+    assert_eq!(batch.body["results"][1]["status"], 201, "{batch:?}");
     // The customer itself cannot move its money either.
     refused(&transfer(app, &ada_token, &ada.account, &bob.account, 10).await);
     // Nothing moved.
     assert_eq!(balance(app, &t, &ada.account).await, 1_100);
-    assert_eq!(balance(app, &t, &bob.account).await, 900);
+    assert_eq!(balance(app, &t, &bob.account).await, 895);
     assert!(
         audited(
             app,
@@ -744,8 +763,103 @@ async fn restriction_blocks_new_money_movement_until_lifted(app: &TestApp) {
     assert_eq!(missing.status, StatusCode::NOT_FOUND, "{missing:?}");
 }
 
+/// Polls every future concurrently on the current task.
+async fn join_all<F: std::future::Future<Output = Resp>>(fs: Vec<F>) -> Vec<Resp> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut futs: Vec<Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<Resp>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => done[i] = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+/// Deposits racing an erasure: either the erasure sees money and is refused, or it commits first
+/// and every later deposit finds the account closed. Never an erased customer with a balance.
+async fn erasure_racing_deposits_never_leaves_money_behind(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "race").await;
+    let m = &t.manager_token;
+    let tenant = tenant_id(&t);
+    for round in 0..4 {
+        let ada = subject(app, &t, false, &format!("crm-{round}")).await;
+        let erase_path = format!("/v1/customers/{}/erase", ada.customer);
+        type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + 'a>>;
+        let mut reqs: Vec<Call<'_>> = Vec::new();
+        for i in 0..8 {
+            if i == round {
+                reqs.push(Box::pin(app.post(
+                    &erase_path,
+                    Some(m),
+                    json!({ "reason": "no_longer_necessary" }),
+                )));
+            } else {
+                // Later rounds let the erasure start first, with deposits arriving during
+                // and after its transaction.
+                let delay = match round {
+                    2 => 5 + 2 * i as u64,
+                    3 => 15 + 3 * i as u64,
+                    _ => 0,
+                };
+                let account = ada.account.clone();
+                reqs.push(Box::pin(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    cash(app, m, "/v1/deposits", &account, 10).await
+                }));
+            }
+        }
+        let results = join_all(reqs).await;
+        let erase = &results[round];
+        let deposits: Vec<&Resp> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != round)
+            .map(|(_, r)| r)
+            .collect();
+        let posted = deposits
+            .iter()
+            .filter(|r| r.status == StatusCode::CREATED)
+            .count() as i64;
+        for d in &deposits {
+            assert!(
+                d.status == StatusCode::CREATED || d.code() == "account_closed",
+                "{d:?}"
+            );
+        }
+        let account = app.get(&format!("/v1/accounts/{}", ada.account), m).await;
+        assert_eq!(account.body["posted_balance"], posted * 10);
+        if erase.status == StatusCode::OK {
+            assert_eq!(posted, 0, "money reached an erased customer: {erase:?}");
+            assert_eq!(account.body["status"], "closed");
+        } else {
+            assert_eq!(erase.code(), "erasure_blocked", "{erase:?}");
+            assert!(posted > 0);
+            assert_eq!(account.body["status"], "active");
+        }
+        for (_, sum) in app.core.store.balance_sums(&tenant).await.unwrap() {
+            assert_eq!(sum, 0);
+        }
+    }
+}
+
 backend_tests!(
     export_holds_the_subjects_data_and_nothing_of_another,
     erasure_waits_for_a_zero_balance_then_shreds_the_subject,
     restriction_blocks_new_money_movement_until_lifted,
+    erasure_racing_deposits_never_leaves_money_behind,
 );
