@@ -466,3 +466,31 @@ pub async fn refuse_if_erased(core: &Core, tenant: &TenantId, customer: &str) ->
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_codes_from_their_own_list() {
+        assert_eq!(
+            reason_code("data_subject_request", ERASURE_REASONS).ok(),
+            Some("data_subject_request")
+        );
+        // A lifting reason does not restrict, free text never passes, and the error names the
+        // field without echoing what was sent.
+        assert!(reason_code("accuracy_verified", RESTRICTION_REASONS).is_err());
+        let refused = reason_code("Ada asked by phone", ERASURE_REASONS);
+        assert!(
+            matches!(&refused, Err(AppError::Invalid { param: Some(p), message, .. })
+                if p == "reason" && !message.contains("Ada")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_profile_never_prints() {
+        let p = Profile(serde_json::json!({ "name": "Ada Lovelace" }));
+        assert!(!format!("{p:?}").contains("Ada"));
+    }
+}
