@@ -419,9 +419,6 @@ pub struct Reverses {
 
 /// What posting one movement did.
 #[derive(Debug, Clone)]
-// Nearly every result is `Posted` (which carries the transfer, its entries and details): boxing
-// it would add an allocation per movement and save nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum PostResult {
     Posted(PostedTransfer),
     Refused(crate::domain::ledger::Refusal),
