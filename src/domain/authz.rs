@@ -117,10 +117,16 @@ pub enum Permission {
     KycDocumentsRead,
     /// Configure the tenant's KYC limits per tier and currency.
     KycConfigure,
+    /// Export everything held about a customer (data-subject access).
+    CustomersExport,
+    /// Erase a customer by crypto-shredding.
+    CustomersErase,
+    /// Restrict (and lift the restriction of) the processing of a customer's data.
+    CustomersRestrict,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 23] = [
+    pub const ALL: [Permission; 26] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -144,6 +150,9 @@ impl Permission {
         Permission::KycDecide,
         Permission::KycDocumentsRead,
         Permission::KycConfigure,
+        Permission::CustomersExport,
+        Permission::CustomersErase,
+        Permission::CustomersRestrict,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -171,6 +180,9 @@ impl Permission {
             Permission::KycDecide => "kyc:decide",
             Permission::KycDocumentsRead => "kyc:documents:read",
             Permission::KycConfigure => "kyc:configure",
+            Permission::CustomersExport => "customers:export",
+            Permission::CustomersErase => "customers:erase",
+            Permission::CustomersRestrict => "customers:restrict",
         }
     }
 }
@@ -227,6 +239,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::KycRead, All),
             (P::KycSubmit, All),
             (P::KycConfigure, All),
+            (P::CustomersExport, All),
+            (P::CustomersErase, All),
+            (P::CustomersRestrict, All),
         ],
     ),
     (
@@ -265,6 +280,9 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::KycRead, All),
             (P::KycDecide, All),
             (P::KycDocumentsRead, All),
+            (P::CustomersExport, All),
+            (P::CustomersErase, All),
+            (P::CustomersRestrict, All),
         ],
     ),
     (
@@ -289,6 +307,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, Own),
             (P::KycRead, Own),
             (P::KycSubmit, Own),
+            (P::CustomersExport, Own),
         ],
     ),
     (

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, tenants, users};
+use super::handlers::{
+    audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,7 +25,8 @@ use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, ten
         ledger::create_hold, ledger::get_hold, ledger::capture_hold, ledger::void_hold,
         kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
         kyc::approve, kyc::reject, kyc::download,
-        compliance::processing_records
+        compliance::processing_records,
+        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict
     ),
     modifiers(&BearerAuth),
     tags(
@@ -36,6 +39,7 @@ use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, ten
         (name = "meta", description = "Health and public keys"),
         (name = "kyc", description = "KYC tiers, limits and verification"),
         (name = "compliance", description = "Records of processing and retention"),
+        (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
     )
 )]
 pub struct ApiDoc;

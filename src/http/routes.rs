@@ -6,7 +6,9 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
-use super::handlers::{audit, auth, compliance, customers, kyc, ledger, meta, tenants, users};
+use super::handlers::{
+    audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+};
 use crate::domain::authz::Permission;
 
 /// What a route requires of its caller.
@@ -411,6 +413,35 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::ComplianceRead),
             "compliance.processing_records.read",
             compliance::processing_records,
+        ),
+        // Data-subject rights.
+        route(
+            Method::GET,
+            "/v1/customers/{id}/export",
+            perm(P::CustomersExport),
+            "customer.export",
+            privacy::export,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/erase",
+            perm(P::CustomersErase),
+            "customer.erase",
+            privacy::erase,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/restrict",
+            perm(P::CustomersRestrict),
+            "customer.restrict",
+            privacy::restrict,
+        ),
+        route(
+            Method::POST,
+            "/v1/customers/{id}/unrestrict",
+            perm(P::CustomersRestrict),
+            "customer.unrestrict",
+            privacy::unrestrict,
         ),
     ]
 }

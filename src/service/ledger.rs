@@ -254,6 +254,7 @@ pub async fn open_account(
     {
         return Err(AppError::invalid("customer_id", "no such customer"));
     }
+    super::privacy::refuse_if_erased(core, tenant_id, customer.as_str()).await?;
     let id = AccountId::generate();
     let account = NewAccount {
         id: id.clone(),
@@ -654,6 +655,17 @@ async fn build_movement(
         }
     };
 
+    // Restriction of processing: no new movement may touch a restricted customer's account.
+    // A reversal is a correction of an earlier movement and stays allowed.
+    if input.kind != TransferKind::Reversal {
+        let touched: Vec<&str> = debits
+            .iter()
+            .chain(credits.iter())
+            .map(|(a, _)| a.as_str())
+            .collect();
+        super::privacy::refuse_if_restricted(core, &tenant, &touched).await?;
+    }
+
     // The pre-commit check point (KYC limits and monitoring rules plug in here).
     let view = MovementView {
         tenant_id: tenant.as_str(),
@@ -876,7 +888,7 @@ async fn reply_key(
 }
 
 /// Opens a stored transfer's details (a legacy plaintext description reads as a description).
-async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResult<()> {
+pub(crate) async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResult<()> {
     let Some(stored) = p.transfer.details.as_deref() else {
         return Ok(());
     };
@@ -1323,6 +1335,9 @@ pub async fn create_hold(
             "a hold cannot be destined for the held account",
         ));
     }
+    let mut touched = vec![input.account_id.as_str()];
+    touched.extend(input.credit_account_id.as_deref());
+    super::privacy::refuse_if_restricted(core, tenant, &touched).await?;
     let now = core.clock.now();
     let id = crate::ids::HoldId::generate();
     let hold = crate::store::NewHold {

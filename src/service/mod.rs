@@ -9,6 +9,7 @@ pub mod customers;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
+pub mod privacy;
 pub mod retention;
 pub mod tenants;
 pub mod users;

@@ -521,6 +521,54 @@ impl PurgeCounts {
 
 /// Builds the audit records of a retention run from its counts, inside its transaction.
 pub type PurgeAudit<'a> = &'a (dyn Fn(&PurgeCounts) -> Vec<NewAuditEvent> + Send + Sync);
+/// A customer's data-protection state: lifecycle status, the sealed personal data, and the
+/// restriction-of-processing flag (data-subject rights, `service::privacy`).
+#[derive(Clone, sqlx::FromRow)]
+pub struct CustomerPrivacyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: Option<String>,
+    pub external_ref: Option<String>,
+    /// `active` or `erased`.
+    pub status: String,
+    /// One ciphertext under the customer's own data key; `None` when none was given or after
+    /// erasure.
+    pub pii: Option<String>,
+    /// 0 or 1.
+    pub processing_restricted: i64,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub erased_at: Option<i64>,
+}
+
+impl std::fmt::Debug for CustomerPrivacyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomerPrivacyRecord")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("status", &self.status)
+            .field("processing_restricted", &self.processing_restricted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an erasure request did, decided inside its one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErasureOutcome {
+    /// Everything was erased; the accounts it closed and the linked user it disabled.
+    Erased {
+        accounts_closed: Vec<String>,
+        user_id: Option<String>,
+        keys_destroyed: u64,
+        lookups_deleted: u64,
+    },
+    /// Refused: an account still holds money or has something pending. Each reason names the
+    /// account (ids and amounts only). Nothing was changed.
+    Blocked(Vec<String>),
+    /// The customer was erased before.
+    AlreadyErased,
+    NotFound,
+}
 
 /// Everything Kasho persists.
 #[async_trait]
@@ -802,6 +850,52 @@ pub trait Store: keys::KeyStore + kyc::KycStore + Send + Sync + 'static {
         plan: &RetentionPlan,
         audit: PurgeAudit<'_>,
     ) -> StoreResult<PurgeCounts>;
+    // Data-subject rights (`service::privacy`).
+    async fn customer_privacy(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<CustomerPrivacyRecord>>;
+    /// Sets or lifts the restriction of processing of an active (not erased) customer.
+    async fn set_processing_restricted(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        restricted: bool,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<CustomerPrivacyRecord>>;
+    /// The first of `accounts` whose customer's processing is restricted, if any (one indexed
+    /// look-up: accounts by id, joined to their customers).
+    async fn restricted_account(
+        &self,
+        tenant: &TenantId,
+        accounts: &[&str],
+    ) -> StoreResult<Option<String>>;
+    /// Erases a customer in one transaction: refused (nothing changed) while any of its
+    /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
+    /// the accounts, deletes its blind-index rows, destroys every version of its data key
+    /// (status `destroyed`, no key material), clears its personal data and external reference,
+    /// and pseudonymises, disables and signs out its linked user; with `audit`.
+    async fn erase_customer(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<ErasureOutcome>;
+    /// Records of `chain` after `after_seq` (in order) about a customer: those whose target is
+    /// the customer, one of its accounts, holds or transfers, or its linked user, and those
+    /// whose actor is its linked user.
+    async fn audit_about_customer(
+        &self,
+        chain: &str,
+        tenant: &TenantId,
+        customer: &str,
+        user: Option<&str>,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRecord>>;
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).

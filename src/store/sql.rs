@@ -1292,6 +1292,269 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(counts)
             }
+
+            // ---------------------------------------------------- data-subject rights
+
+            async fn customer_privacy(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::CustomerPrivacyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, user_id, external_ref, status, pii, processing_restricted, created_at, updated_at, erased_at \
+                     FROM customers WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn set_processing_restricted(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                restricted: bool,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Option<$crate::store::CustomerPrivacyRecord>> {
+                let mut tx = self.begin_write().await?;
+                let row: Option<$crate::store::CustomerPrivacyRecord> = sqlx::query_as(
+                    "UPDATE customers SET processing_restricted = $3, updated_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'active' \
+                     RETURNING id, tenant_id, user_id, external_ref, status, pii, processing_restricted, created_at, updated_at, erased_at",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(i64::from(restricted))
+                .bind(now.as_micros())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if row.is_none() {
+                    return Ok(None);
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn restricted_account(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                accounts: &[&str],
+            ) -> $crate::store::StoreResult<Option<String>> {
+                if accounts.is_empty() {
+                    return Ok(None);
+                }
+                let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
+                    "SELECT a.id FROM accounts a JOIN customers c ON c.id = a.customer_id \
+                     WHERE c.processing_restricted <> 0 AND a.tenant_id = ",
+                );
+                qb.push_bind(tenant.as_str());
+                qb.push(" AND a.id IN (");
+                let mut ids = qb.separated(", ");
+                for a in accounts {
+                    ids.push_bind(*a);
+                }
+                qb.push(") ORDER BY a.id LIMIT 1");
+                let row: Option<(String,)> = qb
+                    .build_query_as()
+                    .persistent($persist)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(id,)| id))
+            }
+
+            async fn erase_customer(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<$crate::store::ErasureOutcome> {
+                use $crate::store::ErasureOutcome;
+                let t = tenant.as_str();
+                let now = now.as_micros();
+                let mut tx = self.begin_write().await?;
+                // The accounts first, locked in id order like the ledger writer locks them, so
+                // no movement can slip in between the checks and the closing.
+                let accounts: Vec<(String,)> = sqlx::query_as(concat!(
+                    "SELECT id FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id",
+                    $lock
+                ))
+                .bind(t)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let customer: Option<(String, Option<String>)> = sqlx::query_as(concat!(
+                    "SELECT status, user_id FROM customers WHERE tenant_id = $1 AND id = $2",
+                    $lock
+                ))
+                .bind(t)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((status, user_id)) = customer else {
+                    return Ok(ErasureOutcome::NotFound);
+                };
+                if status == "erased" {
+                    return Ok(ErasureOutcome::AlreadyErased);
+                }
+                // Holds past their expiry stop counting first (as every other write does).
+                for (account,) in &accounts {
+                    Self::expire_holds_tx(&mut tx, t, account, now).await?;
+                }
+                let balances: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT id, currency, posted, pending_debits, pending_credits FROM accounts \
+                     WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id",
+                )
+                .bind(t)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let holds: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT h.id, h.account_id, h.credit_account_id FROM holds h \
+                     WHERE h.tenant_id = $1 AND h.status = 'active' AND h.expires_at > $3 \
+                     AND (h.account_id IN (SELECT a.id FROM accounts a WHERE a.tenant_id = $1 AND a.customer_id = $2) \
+                          OR h.credit_account_id IN (SELECT a.id FROM accounts a WHERE a.tenant_id = $1 AND a.customer_id = $2)) \
+                     ORDER BY h.id",
+                )
+                .bind(t)
+                .bind(id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut blocked = Vec::new();
+                for (account, currency, posted, debits, credits) in &balances {
+                    if *posted != 0 {
+                        blocked.push(format!("account {account} has a balance of {posted} {currency} minor units"));
+                    }
+                    if *debits != 0 {
+                        blocked.push(format!("account {account} has {debits} {currency} minor units reserved by open holds"));
+                    }
+                    if *credits != 0 {
+                        blocked.push(format!("account {account} has {credits} {currency} minor units of pending credits from open holds"));
+                    }
+                }
+                for (hold, account, credit) in &holds {
+                    let side = if accounts.iter().any(|(a,)| a == account) {
+                        format!("on account {account}")
+                    } else {
+                        format!("towards account {}", credit.as_deref().unwrap_or(""))
+                    };
+                    blocked.push(format!("hold {hold} is still active {side}"));
+                }
+                if !blocked.is_empty() {
+                    // Nothing of the erasure is kept, not even the expiry releases above (they
+                    // are re-derived by the next write anyway).
+                    tx.rollback().await?;
+                    return Ok(ErasureOutcome::Blocked(blocked));
+                }
+                let closed: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE accounts SET status = 'closed', updated_at = $3 \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND status <> 'closed' RETURNING id",
+                )
+                .bind(t)
+                .bind(id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let lookups_deleted = sqlx::query("DELETE FROM customer_lookup WHERE tenant_id = $1 AND customer_id = $2")
+                    .bind(t)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                // Crypto-shredding: every version loses its key material, so the ciphertexts
+                // it sealed (here and in every backup) cannot be opened even with the master key.
+                let keys_destroyed = sqlx::query(
+                    "UPDATE data_keys SET status = 'destroyed', wrapped = NULL, retired_at = COALESCE(retired_at, $3) \
+                     WHERE tenant_id = $1 AND owner = $2",
+                )
+                .bind(t)
+                .bind(format!("customer:{id}"))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "UPDATE customers SET pii = NULL, external_ref = NULL, status = 'erased', erased_at = $3, updated_at = $3 \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(t)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(user) = &user_id {
+                    // The login keeps its id (the audit trail names it) and nothing else.
+                    sqlx::query(
+                        "UPDATE users SET status = 'disabled', email = $3, password_hash = '!erased', updated_at = $4 \
+                         WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(t)
+                    .bind(user)
+                    .bind(format!("erased+{user}@invalid"))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $3), \
+                         revoked_reason = COALESCE(revoked_reason, 'customer_erased'), ip = NULL, user_agent = NULL \
+                         WHERE tenant_id = $1 AND user_id = $2",
+                    )
+                    .bind(t)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Stored answers of its requests (sealed, but they may carry details).
+                    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND principal_id = $2")
+                        .bind(t)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(ErasureOutcome::Erased {
+                    accounts_closed: closed.into_iter().map(|(a,)| a).collect(),
+                    user_id,
+                    keys_destroyed,
+                    lookups_deleted,
+                })
+            }
+
+            async fn audit_about_customer(
+                &self,
+                chain: &str,
+                tenant: &$crate::ids::TenantId,
+                customer: &str,
+                user: Option<&str>,
+                after_seq: i64,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::audit::AuditRecord>> {
+                let rows: Vec<$crate::store::sql::AuditRow> = sqlx::query_as(
+                    "SELECT * FROM audit_events WHERE chain = $1 AND seq > $2 AND ( \
+                        target_id = $3 \
+                        OR ($4 IS NOT NULL AND (actor_id = $4 OR target_id = $4)) \
+                        OR target_id IN (SELECT a.id FROM accounts a WHERE a.tenant_id = $5 AND a.customer_id = $3) \
+                        OR target_id IN (SELECT h.id FROM holds h JOIN accounts a ON a.id = h.account_id OR a.id = h.credit_account_id \
+                                         WHERE a.tenant_id = $5 AND a.customer_id = $3) \
+                        OR target_id IN (SELECT e.transfer_id FROM entries e JOIN accounts a ON a.id = e.account_id \
+                                         WHERE a.tenant_id = $5 AND a.customer_id = $3) \
+                     ) ORDER BY seq LIMIT $6",
+                )
+                .bind(chain)
+                .bind(after_seq)
+                .bind(customer)
+                .bind(user)
+                .bind(tenant.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
         }
 
         impl $store {

@@ -250,7 +250,7 @@ fn legs(p: &PostedTransfer, direction: &str) -> Vec<LegView> {
 }
 
 /// Renders a transfer; `visible` decides whose resulting balances are shown.
-fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> TransferView {
+pub(crate) fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> TransferView {
     let t = &p.transfer;
     TransferView {
         object: "transfer",
