@@ -804,6 +804,29 @@ async fn submission_view(core: &Core, tenant: &TenantId, id: &str) -> AppResult<
 pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerKyc> {
     let tenant = actor.tenant()?;
     let customer = visible_customer(core, actor, id, Permission::KycRead).await?;
+    kyc_history(core, tenant, customer).await
+}
+
+/// A customer's KYC history, for a caller already authorised to see it (the route's KYC read,
+/// or a data-subject export).
+pub async fn customer_kyc_for_export(
+    core: &Core,
+    tenant: &crate::ids::TenantId,
+    id: &str,
+) -> AppResult<CustomerKyc> {
+    let customer = core
+        .store
+        .kyc_customer(tenant, id)
+        .await?
+        .ok_or(AppError::NotFound("customer"))?;
+    kyc_history(core, tenant, customer).await
+}
+
+async fn kyc_history(
+    core: &Core,
+    tenant: &crate::ids::TenantId,
+    customer: crate::store::kyc::KycCustomer,
+) -> AppResult<CustomerKyc> {
     let mut submissions = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -94,6 +94,9 @@ pub struct CustomerExport {
     pub holds: Vec<HoldRecord>,
     pub transfers: Vec<PostedTransfer>,
     pub audit_events: Vec<AuditRecord>,
+    /// The KYC tier and every verification step (documents by metadata; their contents are
+    /// downloaded separately, audited).
+    pub kyc: super::kyc::CustomerKyc,
     /// The linked user's id: audit records it made keep their IP address in the export, others
     /// (staff acting on the customer) do not.
     pub subject_user: Option<String>,
@@ -293,8 +296,10 @@ pub async fn export(
     // No disclosure without its audit record.
     core.store.append_audit(&ev).await?;
 
+    let kyc = super::kyc::customer_kyc_for_export(core, tenant, &customer.id).await?;
     Ok(CustomerExport {
         generated_at: now,
+        kyc,
         subject_user: customer.user_id.clone(),
         customer,
         profile,

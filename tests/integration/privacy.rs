@@ -170,6 +170,22 @@ async fn export_holds_the_subjects_data_and_nothing_of_another(app: &TestApp) {
         .token(Some(&t.slug), ada.email.as_deref().unwrap())
         .await;
 
+    // Staff submit Ada's identity document for verification: the export carries the history.
+    let doc = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        b"%PDF-1.7\nexport-test\n%%EOF\n",
+    );
+    let sub = app
+        .post(
+            &format!("/v1/customers/{}/kyc/submissions", ada.customer),
+            Some(m),
+            json!({ "requested_tier": 1, "documents": [
+                { "document_type": "passport", "content_type": "application/pdf", "content": doc }
+            ] }),
+        )
+        .await;
+    assert_eq!(sub.status, StatusCode::CREATED, "{sub:?}");
+
     let path = format!("/v1/customers/{}/export", ada.customer);
     let e = app.get(&path, m).await;
     assert_eq!(e.status, StatusCode::OK, "{e:?}");
@@ -184,7 +200,10 @@ async fn export_holds_the_subjects_data_and_nothing_of_another(app: &TestApp) {
     assert_eq!(b["customer"]["user_id"], ada.user_id.as_deref().unwrap());
     assert_eq!(b["customer"]["processing_restricted"], false);
     assert_eq!(b["customer"]["profile"]["name"], "Ada Lovelace");
-    assert_eq!(b["kyc"], Value::Null);
+    assert_eq!(b["kyc"]["tier"], 0);
+    assert_eq!(b["kyc"]["history"][0]["id"], sub.body["id"], "{}", b["kyc"]);
+    assert_eq!(b["kyc"]["history"][0]["documents"][0]["document_type"], "passport");
+    assert!(b["kyc"]["history"][0]["documents"][0].get("content").is_none());
     assert_eq!(b["truncated"], json!([]));
     assert_eq!(ids(&b["accounts"]), vec![ada.account.clone()]);
     assert_eq!(b["accounts"][0]["posted_balance"], 700);

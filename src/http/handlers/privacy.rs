@@ -80,9 +80,9 @@ pub struct CustomerExportView {
     /// those its linked user made, oldest first. The IP address is shown only on records the
     /// customer's own user made.
     pub audit_events: Vec<AuditEventView>,
-    /// KYC history (not held yet: `null`).
-    #[schema(value_type = Option<Object>)]
-    pub kyc: Option<serde_json::Value>,
+    /// The KYC tier and history (documents as metadata; download them through
+    /// `/v1/kyc/documents/{id}/content`).
+    pub kyc: crate::http::handlers::kyc::CustomerKycView,
     /// Sections cut at the export's limit of items per section (empty when complete).
     pub truncated: Vec<String>,
     /// Most items per section.
@@ -129,7 +129,12 @@ impl CustomerExportView {
                     v
                 })
                 .collect(),
-            kyc: None,
+            kyc: crate::http::handlers::kyc::CustomerKycView {
+                object: "customer_kyc",
+                customer_id: e.kyc.customer_id,
+                tier: e.kyc.tier,
+                history: e.kyc.history.into_iter().map(Into::into).collect(),
+            },
             truncated: e.truncated.into_iter().map(str::to_owned).collect(),
             max_items_per_section: privacy::MAX_EXPORT_ITEMS,
         }
