@@ -193,6 +193,21 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
         )
         .await;
     assert_eq!(found.body["data"][0]["id"], c.body["id"], "{found:?}");
+    // An identity document submitted for KYC, and a decision whose note names the customer.
+    let doc = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("%PDF-1.7\nPassport of {CANARY_FIRST} {CANARY_LAST}, KYCDOC-CANARY-5531\n%%EOF\n"),
+    );
+    let sub = app
+        .post(
+            &format!("/v1/customers/{}/kyc/submissions", c.body["id"].as_str().unwrap()),
+            Some(m),
+            json!({ "requested_tier": 1, "documents": [
+                { "document_type": "passport", "content_type": "application/pdf", "content": doc }
+            ] }),
+        )
+        .await;
+    assert_eq!(sub.status, StatusCode::CREATED, "{sub:?}");
     let bytes = app.bytes_at_rest().await;
     assert!(bytes.len() > 10_000, "read {} bytes", bytes.len());
     // The check itself works: an id we know is stored in the clear is found.
@@ -208,6 +223,7 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
         CANARY_PHONE,
         CANARY_NIN,
         "Canarywharf",
+        "KYCDOC-CANARY-5531",
     ] {
         assert!(!contains(&bytes, canary), "`{canary}` is readable at rest");
     }
