@@ -127,6 +127,10 @@ pub enum Refusal {
     HoldNotActive,
     #[error("the capture exceeds the hold")]
     CaptureExceedsHold,
+    #[error(
+        "processing is restricted for the customer of account {0}: no new money movement may touch it"
+    )]
+    ProcessingRestricted(String),
 }
 
 impl Refusal {
@@ -142,6 +146,7 @@ impl Refusal {
             Refusal::ReversalExceedsOriginal => "reversal_exceeds_original",
             Refusal::HoldNotActive => "hold_not_active",
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
+            Refusal::ProcessingRestricted(_) => "processing_restricted",
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
 
 /// Encryptions reserved from the database at a time (one UPDATE per block, not per value).
-const RESERVATION_BLOCK: i64 = 1024;
+const RESERVATION_BLOCK: i64 = 16_384;
 
 /// How long a retired key version keeps its material: a read that fetched a ciphertext just
 /// before it was re-encrypted (or a data key just before it was rewrapped) still opens it.
@@ -86,6 +86,9 @@ pub struct Keyring {
     keks: RwLock<HashMap<i64, KeyBytes>>,
     deks: RwLock<HashMap<(String, i64), Arc<DataKey>>>,
     active: Mutex<HashMap<(String, String), Active>>,
+    /// One refill at a time: when a block runs out under load, one task reserves the next
+    /// while the others wait for it, instead of every task writing to the database at once.
+    refill: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -139,6 +142,7 @@ impl Keyring {
             keks: RwLock::new(HashMap::new()),
             deks: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            refill: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -359,14 +363,40 @@ impl Keyring {
         n: i64,
     ) -> AppResult<Arc<DataKey>> {
         let slot = (tenant.to_string(), owner.as_storage());
+        if let Some(k) = self.take_cached(&slot, n, true) {
+            return Ok(k);
+        }
+        let _refill = self.refill.lock().await;
         let now = self.clock.now();
-        if let Ok(mut m) = self.active.lock()
-            && let Some(a) = m.get_mut(&slot)
-            && a.remaining >= n
-            && a.fetched_at.plus_seconds(ACTIVE_TTL_SECONDS) > now
+        // Another task may have refilled meanwhile; or the cached version only needs its
+        // status checked again (cheap: a read, and the reserved budget is kept).
+        if let Some(k) = self.take_cached(&slot, n, true) {
+            return Ok(k);
+        }
+        let stale = self.active.lock().ok().and_then(|m| {
+            m.get(&slot)
+                .map(|a| (a.key.id.clone(), a.key.version, a.remaining))
+        });
+        if let Some((id, version, remaining)) = stale
+            && remaining >= n
         {
-            a.remaining -= n;
-            return Ok(a.key.clone());
+            match self.store.data_key(&id, version).await? {
+                Some(r) if r.status == "active" => {
+                    if let Ok(mut m) = self.active.lock()
+                        && let Some(a) = m.get_mut(&slot)
+                    {
+                        a.fetched_at = now;
+                    }
+                    if let Some(k) = self.take_cached(&slot, n, false) {
+                        return Ok(k);
+                    }
+                }
+                _ => {
+                    if let Ok(mut m) = self.active.lock() {
+                        m.remove(&slot);
+                    }
+                }
+            }
         }
         for _ in 0..8 {
             let latest = self.store.latest_data_key(&slot.0, &slot.1).await?;
@@ -422,6 +452,19 @@ impl Keyring {
             return Ok(key);
         }
         Err(internal("could not obtain an active data key"))
+    }
+
+    /// The cached active key with `n` encryptions taken from its reserved budget, if it has
+    /// enough (and, with `fresh`, was checked within [`ACTIVE_TTL_SECONDS`]).
+    fn take_cached(&self, slot: &(String, String), n: i64, fresh: bool) -> Option<Arc<DataKey>> {
+        let now = self.clock.now();
+        let mut m = self.active.lock().ok()?;
+        let a = m.get_mut(slot)?;
+        if a.remaining < n || (fresh && a.fetched_at.plus_seconds(ACTIVE_TTL_SECONDS) <= now) {
+            return None;
+        }
+        a.remaining -= n;
+        Some(a.key.clone())
     }
 
     /// Seals `plaintext` under the owner's active key for the place `ctx` names.

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::audit::{NewAuditEvent, Outcome};
-use crate::domain::ledger::Refusal;
+use crate::domain::ledger::{Refusal, TransferKind};
 use crate::store::{
     EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer, TransferRecord,
 };
@@ -30,6 +30,9 @@ pub struct AccountState {
     pub pending_credits: i64,
     pub overdraft_limit: i64,
     pub entry_count: i64,
+    /// 1 when the account's customer has restricted the processing of its data (GDPR Art. 18):
+    /// no new movement may touch the account, except a reversal (a correction).
+    pub restricted: i64,
 }
 
 impl AccountState {
@@ -139,6 +142,7 @@ fn refuse_account(
     currency: &str,
     owner: Option<&str>,
     debit: bool,
+    correction: bool,
 ) -> Option<Refusal> {
     let Some(a) = a.filter(|a| a.tenant_id == tenant) else {
         return Some(Refusal::AccountNotFound(id.to_owned()));
@@ -155,6 +159,9 @@ fn refuse_account(
     }
     if a.status == "closed" {
         return Some(Refusal::AccountClosed(id.to_owned()));
+    }
+    if a.restricted != 0 && !correction {
+        return Some(Refusal::ProcessingRestricted(id.to_owned()));
     }
     if debit && a.status == "frozen" {
         return Some(Refusal::AccountFrozen(id.to_owned()));
@@ -295,6 +302,7 @@ impl Engine {
                 &m.currency,
                 m.debit_owner.as_deref(),
                 true,
+                m.kind == TransferKind::Reversal,
             ) {
                 return Err(r);
             }
@@ -311,7 +319,15 @@ impl Engine {
         }
         for (id, amount) in &m.credits {
             let current = work.get(id).or_else(|| self.snap.accounts.get(id));
-            if let Some(r) = refuse_account(current, id, tenant, &m.currency, None, false) {
+            if let Some(r) = refuse_account(
+                current,
+                id,
+                tenant,
+                &m.currency,
+                None,
+                false,
+                m.kind == TransferKind::Reversal,
+            ) {
                 return Err(r);
             }
             let mut a = current
@@ -609,7 +625,6 @@ mod tests {
     use super::*;
     use crate::clock::Timestamp;
     use crate::domain::audit::ActorType;
-    use crate::domain::ledger::TransferKind;
     use crate::ids::{TenantId, TransferId};
     use crate::store::{NewIdempotency, Reverses};
 
@@ -625,6 +640,7 @@ mod tests {
             pending_credits: 0,
             overdraft_limit: 0,
             entry_count: 0,
+            restricted: 0,
         }
     }
 

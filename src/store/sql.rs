@@ -1605,8 +1605,8 @@ macro_rules! impl_store {
                 // same order and cannot deadlock on each other.
                 for chunk in posting::chunks_by_size(&account_ids, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new(
-                        "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count \
-                         FROM accounts WHERE id IN (",
+                        "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count, \
+                         COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id IN (",
                     );
                     let mut sep = qb.separated(", ");
                     for id in chunk {

@@ -212,7 +212,8 @@ fn post(
         let mut account = tx
             .prepare_cached(
                 "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, \
-                 pending_credits, overdraft_limit, entry_count FROM accounts WHERE id = ?1",
+                 pending_credits, overdraft_limit, entry_count, \
+                 COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id = ?1",
             )
             .map_err(db)?;
         for id in &account_ids {
@@ -229,6 +230,7 @@ fn post(
                         pending_credits: r.get(7)?,
                         overdraft_limit: r.get(8)?,
                         entry_count: r.get(9)?,
+                        restricted: r.get(10)?,
                     })
                 })
                 .optional()

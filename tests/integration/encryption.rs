@@ -200,7 +200,10 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
     );
     let sub = app
         .post(
-            &format!("/v1/customers/{}/kyc/submissions", c.body["id"].as_str().unwrap()),
+            &format!(
+                "/v1/customers/{}/kyc/submissions",
+                c.body["id"].as_str().unwrap()
+            ),
             Some(m),
             json!({ "requested_tier": 1, "documents": [
                 { "document_type": "passport", "content_type": "application/pdf", "content": doc }

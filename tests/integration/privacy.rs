@@ -202,8 +202,15 @@ async fn export_holds_the_subjects_data_and_nothing_of_another(app: &TestApp) {
     assert_eq!(b["customer"]["profile"]["name"], "Ada Lovelace");
     assert_eq!(b["kyc"]["tier"], 0);
     assert_eq!(b["kyc"]["history"][0]["id"], sub.body["id"], "{}", b["kyc"]);
-    assert_eq!(b["kyc"]["history"][0]["documents"][0]["document_type"], "passport");
-    assert!(b["kyc"]["history"][0]["documents"][0].get("content").is_none());
+    assert_eq!(
+        b["kyc"]["history"][0]["documents"][0]["document_type"],
+        "passport"
+    );
+    assert!(
+        b["kyc"]["history"][0]["documents"][0]
+            .get("content")
+            .is_none()
+    );
     assert_eq!(b["truncated"], json!([]));
     assert_eq!(ids(&b["accounts"]), vec![ada.account.clone()]);
     assert_eq!(b["accounts"][0]["posted_balance"], 700);
