@@ -805,7 +805,7 @@ impl Keyring {
                 let plain = if prefix.is_some() {
                     self.open(&ctx, &v.stored).await?
                 } else {
-                    Zeroizing::new(v.stored.clone().into_bytes())
+                    legacy_plaintext(col, &v.stored)?
                 };
                 let key = self.encryption_key(tenant, owner, 1).await?;
                 let sealed = key.seal(&ctx, &plain).map_err(internal)?;
@@ -907,6 +907,19 @@ impl Keyring {
         }
         Ok(moved)
     }
+}
+
+/// What a legacy plaintext value becomes before it is sealed: the form the column's readers
+/// expect of a ciphertext. A transfer's details column held a bare description before
+/// encryption; sealed, it holds the details as JSON.
+fn legacy_plaintext(col: EncryptedColumn, stored: &str) -> AppResult<Zeroizing<Vec<u8>>> {
+    if col == crate::store::keys::TRANSFER_DETAILS {
+        let details = crate::domain::ledger::TransferDetails::described(stored.to_owned());
+        return serde_json::to_vec(&details)
+            .map(Zeroizing::new)
+            .map_err(internal);
+    }
+    Ok(Zeroizing::new(stored.as_bytes().to_vec()))
 }
 
 fn owner_from_storage(s: &str) -> KeyOwner {

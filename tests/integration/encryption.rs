@@ -548,6 +548,46 @@ async fn a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goe
     assert_eq!(r.body["description"], CANARY_DESCRIPTION, "{r:?}");
 }
 
+async fn details_written_before_encryption_are_read_and_then_sealed_by_a_rotation(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let a = customer_account(app, &t).await;
+    let d = app
+        .post(
+            "/v1/deposits",
+            Some(m),
+            json!({ "account_id": a, "amount": 5, "currency": "USD" }),
+        )
+        .await;
+    let id = d.body["id"].as_str().unwrap().to_owned();
+    // A row as migration 0004 found it: a plaintext description in the column.
+    app.raw_sql(&format!(
+        "UPDATE transfers SET details = 'legacy plaintext note' WHERE id = '{id}'"
+    ))
+    .await;
+    let r = app.get(&format!("/v1/transfers/{id}"), m).await;
+    assert_eq!(r.body["description"], "legacy plaintext note", "{r:?}");
+    let tenant = kasho::ids::TenantId::from_trusted(t.id.clone());
+    let rotation = app
+        .core
+        .keyring
+        .rotate_tenant(&tenant, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(rotation.legacy_sealed, 1, "{rotation:?}");
+    let stored = app
+        .raw_strings(&format!("SELECT details FROM transfers WHERE id = '{id}'"))
+        .await
+        .remove(0);
+    assert!(
+        stored.starts_with("kx1.") && !stored.contains("legacy"),
+        "{stored}"
+    );
+    let r = app.get(&format!("/v1/transfers/{id}"), m).await;
+    assert_eq!(r.body["description"], "legacy plaintext note", "{r:?}");
+}
+
 fn kasho(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasho"))
         .args(args)
@@ -636,4 +676,5 @@ backend_tests!(
     master_and_tenant_keys_rotate_while_money_moves_and_nothing_is_lost,
     an_interrupted_master_rotation_resumes_from_the_command_line,
     a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goes,
+    details_written_before_encryption_are_read_and_then_sealed_by_a_rotation,
 );
