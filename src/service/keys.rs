@@ -64,6 +64,9 @@ impl KeyOwner {
     }
 }
 
+/// An unwrapped data key version and when its row was last read.
+type CachedKey = (Arc<DataKey>, crate::clock::Timestamp);
+
 /// An active key version with encryptions reserved for this process.
 struct Active {
     key: Arc<DataKey>,
@@ -84,7 +87,10 @@ pub struct Keyring {
     root_id: String,
     rotate_after: i64,
     keks: RwLock<HashMap<i64, KeyBytes>>,
-    deks: RwLock<HashMap<(String, i64), Arc<DataKey>>>,
+    /// Unwrapped data key versions and when their row was last read: after
+    /// [`ACTIVE_TTL_SECONDS`] the row is read again, so a key destroyed by another instance (an
+    /// erasure) stops opening here within that time.
+    deks: RwLock<HashMap<(String, i64), CachedKey>>,
     active: Mutex<HashMap<(String, String), Active>>,
     /// One refill at a time: when a block runs out under load, one task reserves the next
     /// while the others wait for it, instead of every task writing to the database at once.
@@ -266,20 +272,38 @@ impl Keyring {
 
     // ------------------------------------------------------------ data keys
 
+    /// A cached data key version whose row was read within the TTL.
+    fn cached_dek(&self, id: &str, version: i64) -> Option<Arc<DataKey>> {
+        let now = self.clock.now();
+        let m = self.deks.read().ok()?;
+        let (k, at) = m.get(&(id.to_owned(), version))?;
+        (at.plus_seconds(ACTIVE_TTL_SECONDS) > now).then(|| k.clone())
+    }
+
+    fn cache_dek(&self, dek: &Arc<DataKey>) {
+        if let Ok(mut m) = self.deks.write() {
+            m.insert(
+                (dek.id.clone(), dek.version),
+                (dek.clone(), self.clock.now()),
+            );
+        }
+    }
+
     async fn open_dek(&self, r: &DataKeyRecord) -> AppResult<Arc<DataKey>> {
         let cache_key = (r.id.clone(), r.version);
-        if let Some(k) = self
-            .deks
-            .read()
-            .ok()
-            .and_then(|m| m.get(&cache_key).cloned())
-        {
+        let Some(wrapped) = r.wrapped.as_deref() else {
+            // Destroyed (an erasure) or retired and purged: forget it here too.
+            if let Ok(mut m) = self.deks.write() {
+                m.remove(&cache_key);
+            }
+            return Err(AppError::Unprocessable {
+                code: "key_destroyed",
+                message: "the data key for this record no longer exists".into(),
+            });
+        };
+        if let Some(k) = self.cached_dek(&r.id, r.version) {
             return Ok(k);
         }
-        let wrapped = r.wrapped.as_deref().ok_or(AppError::Unprocessable {
-            code: "key_destroyed",
-            message: "the data key for this record no longer exists".into(),
-        })?;
         let kek = self.kek(r.kek_version).await?;
         let key = kek
             .unwrap_key(
@@ -292,9 +316,7 @@ impl Keyring {
             version: r.version,
             key,
         });
-        if let Ok(mut m) = self.deks.write() {
-            m.insert(cache_key, dek.clone());
-        }
+        self.cache_dek(&dek);
         Ok(dek)
     }
 
@@ -347,9 +369,7 @@ impl Keyring {
             Err(e) => return Err(e.into()),
         }
         let dek = Arc::new(DataKey { id, version, key });
-        if let Ok(mut m) = self.deks.write() {
-            m.insert((dek.id.clone(), dek.version), dek.clone());
-        }
+        self.cache_dek(&dek);
         Ok(Some(dek))
     }
 
@@ -494,12 +514,7 @@ impl Keyring {
     /// to the same tenant.
     pub async fn open(&self, ctx: &Context<'_>, ciphertext: &str) -> AppResult<Zeroizing<Vec<u8>>> {
         let header = Header::parse(ciphertext).map_err(internal)?;
-        let cache_key = (header.key_id.to_owned(), header.version);
-        let cached = self
-            .deks
-            .read()
-            .ok()
-            .and_then(|m| m.get(&cache_key).cloned());
+        let cached = self.cached_dek(header.key_id, header.version);
         let key = match cached {
             Some(k) => k,
             None => {

@@ -1062,6 +1062,15 @@ pub async fn download(
         None => None,
     }
     .ok_or(AppError::NotFound("kyc document"))?;
+    // An erased customer's documents never open, even on an instance that still holds the
+    // customer's key in memory.
+    let customer = core
+        .store
+        .kyc_customer(tenant, &doc.meta.customer_id)
+        .await?;
+    if customer.is_none_or(|c| c.status == "erased") {
+        return Err(erased());
+    }
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let content = core
         .keyring

@@ -588,6 +588,107 @@ async fn details_written_before_encryption_are_read_and_then_sealed_by_a_rotatio
     assert_eq!(r.body["description"], "legacy plaintext note", "{r:?}");
 }
 
+async fn an_erased_customers_key_stops_opening_on_every_instance(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let m = &t.manager_token;
+    let (_, officer) = app.user_token(&t, &["COMPLIANCE_OFFICER"]).await;
+    let c = app
+        .post(
+            "/v1/customers",
+            Some(m),
+            json!({ "first_name": "Erin", "last_name": "Erased", "email": "erin@example.org" }),
+        )
+        .await;
+    let cid = c.body["id"].as_str().unwrap().to_owned();
+    let doc = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        b"%PDF-1.7\nErin's passport\n%%EOF\n",
+    );
+    let sub = app
+        .post(
+            &format!("/v1/customers/{cid}/kyc/submissions"),
+            Some(m),
+            json!({ "requested_tier": 1, "documents": [
+                { "document_type": "passport", "content_type": "application/pdf", "content": doc }
+            ] }),
+        )
+        .await;
+    assert_eq!(sub.status, StatusCode::CREATED, "{sub:?}");
+    let doc_id = sub.body["documents"][0]["id"].as_str().unwrap().to_owned();
+    // A second instance opens the customer's data, so it holds the customer's key in memory.
+    let (other_core, other) = app.instance_with(&[]).await;
+    let get = |path: String, token: String| {
+        let router = other.clone();
+        async move {
+            let req = axum::http::Request::get(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(router, req).await.unwrap()
+        }
+    };
+    let unmasked = format!("/v1/customers/{cid}?unmasked=true");
+    let download = format!("/v1/kyc/documents/{doc_id}/content");
+    assert_eq!(
+        get(unmasked.clone(), m.clone()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(download.clone(), officer.clone()).await.status(),
+        StatusCode::OK
+    );
+    // Erased through the first instance.
+    let e = app
+        .post(
+            &format!("/v1/customers/{cid}/erase"),
+            Some(m),
+            json!({ "reason": "data_subject_request" }),
+        )
+        .await;
+    assert_eq!(e.status, StatusCode::OK, "{e:?}");
+    // The other instance refuses the document at once, and once its cached key is due for a
+    // check (a minute) it finds the key destroyed: no ciphertext of the customer opens there.
+    assert_ne!(
+        get(download.clone(), officer.clone()).await.status(),
+        StatusCode::OK
+    );
+    let ct = app
+        .raw_strings(&format!(
+            "SELECT content FROM kyc_documents WHERE id = '{doc_id}'"
+        ))
+        .await
+        .remove(0);
+    let ctx = kasho::crypto::envelope::Context {
+        tenant: &t.id,
+        table: "kyc_documents",
+        column: "content",
+        row: &doc_id,
+    };
+    // The erasing instance forgot the key at once; the other still has it cached...
+    assert!(app.core.keyring.open(&ctx, &ct).await.is_err());
+    assert!(
+        other_core.keyring.open(&ctx, &ct).await.is_ok(),
+        "premise: cached"
+    );
+    // ...until its next check of the key, at most a minute later.
+    app.clock
+        .advance_seconds(kasho::service::keys::ACTIVE_TTL_SECONDS + 1);
+    assert!(
+        other_core.keyring.open(&ctx, &ct).await.is_err(),
+        "the erased customer's document still opens on the other instance"
+    );
+    let r = get(unmasked, m.clone()).await;
+    let bytes = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("Erin"),
+        "personal data after erasure"
+    );
+}
+
 fn kasho(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasho"))
         .args(args)
@@ -677,4 +778,5 @@ backend_tests!(
     an_interrupted_master_rotation_resumes_from_the_command_line,
     a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goes,
     details_written_before_encryption_are_read_and_then_sealed_by_a_rotation,
+    an_erased_customers_key_stops_opening_on_every_instance,
 );
