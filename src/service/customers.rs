@@ -96,12 +96,7 @@ fn customer_erased() -> AppError {
 // ---------------------------------------------------------------- sealing
 
 fn context<'a>(tenant: &'a str, id: &'a str) -> Context<'a> {
-    Context {
-        tenant,
-        table: CUSTOMER_PII.table,
-        column: CUSTOMER_PII.column,
-        row: id,
-    }
+    CUSTOMER_PII.at(tenant, id)
 }
 
 async fn seal(
@@ -117,8 +112,7 @@ async fn seal(
         .seal(
             tenant,
             &KeyOwner::Customer(id.to_owned()),
-            CUSTOMER_PII.table,
-            CUSTOMER_PII.column,
+            CUSTOMER_PII,
             id,
             &json,
         )

@@ -487,27 +487,19 @@ impl Keyring {
         Some(a.key.clone())
     }
 
-    /// Seals `plaintext` under the owner's active key for the place `ctx` names.
+    /// Seals `plaintext` under the owner's active key for `row` of a registered encrypted
+    /// column (only columns rotation knows can be sealed into).
     pub async fn seal(
         &self,
         tenant: &TenantId,
         owner: &KeyOwner,
-        table: &str,
-        column: &str,
+        col: EncryptedColumn,
         row: &str,
         plaintext: &[u8],
     ) -> AppResult<String> {
         let key = self.encryption_key(tenant, owner, 1).await?;
-        key.seal(
-            &Context {
-                tenant: tenant.as_str(),
-                table,
-                column,
-                row,
-            },
-            plaintext,
-        )
-        .map_err(internal)
+        key.seal(&col.at(tenant.as_str(), row), plaintext)
+            .map_err(internal)
     }
 
     /// Opens a ciphertext stored at `ctx`, whichever key version sealed it. The key must belong
@@ -811,12 +803,7 @@ impl Keyring {
             let Some(last) = batch.last() else { break };
             after = Some(last.row_key.clone());
             for v in &batch {
-                let ctx = Context {
-                    tenant: tenant.as_str(),
-                    table: col.table,
-                    column: col.column,
-                    row: &v.row_key,
-                };
+                let ctx = col.at(tenant.as_str(), &v.row_key);
                 let plain = if prefix.is_some() {
                     self.open(&ctx, &v.stored).await?
                 } else {

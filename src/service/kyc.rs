@@ -27,7 +27,6 @@ use base64::Engine;
 use super::keys::KeyOwner;
 use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
 use crate::clock::Timestamp;
-use crate::crypto::envelope::Context;
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
@@ -714,14 +713,7 @@ pub async fn submit(
         let doc_id = KycDocumentId::generate();
         let content = core
             .keyring
-            .seal(
-                tenant,
-                &owner,
-                col.table,
-                col.column,
-                doc_id.as_str(),
-                bytes,
-            )
+            .seal(tenant, &owner, col, doc_id.as_str(), bytes)
             .await?;
         events.push(audit.own(
             "kyc.document.upload",
@@ -769,12 +761,7 @@ async fn open_reason(core: &Core, tenant: &TenantId, s: &mut KycSubmissionRecord
         return Ok(());
     };
     let col = crate::store::keys::KYC_DECISION_REASON;
-    let ctx = Context {
-        tenant: tenant.as_str(),
-        table: col.table,
-        column: col.column,
-        row: &s.id,
-    };
+    let ctx = col.at(tenant.as_str(), &s.id);
     match core.keyring.open_text(&ctx, &stored).await {
         Ok(text) => s.reason = Some(text.to_string()),
         Err(e) if e.code() == "key_destroyed" => s.reason = None,
@@ -1009,8 +996,7 @@ pub async fn decide(
                 .seal(
                     tenant,
                     &KeyOwner::Customer(submission.customer_id.clone()),
-                    col.table,
-                    col.column,
+                    col,
                     &submission.id,
                     r.as_bytes(),
                 )
@@ -1074,15 +1060,7 @@ pub async fn download(
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let content = core
         .keyring
-        .open(
-            &Context {
-                tenant: tenant.as_str(),
-                table: col.table,
-                column: col.column,
-                row: &doc.meta.id,
-            },
-            &doc.content,
-        )
+        .open(&col.at(tenant.as_str(), &doc.meta.id), &doc.content)
         .await?;
     if crate::crypto::sha256_hex(&content) != doc.meta.sha256 {
         return Err(AppError::internal(format!(

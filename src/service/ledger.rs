@@ -756,15 +756,7 @@ async fn build_movement(
                 serde_json::to_vec(&input.details).map_err(AppError::internal)?,
             );
             let sealed = key
-                .seal(
-                    &crate::crypto::envelope::Context {
-                        tenant: tenant.as_str(),
-                        table: col.table,
-                        column: col.column,
-                        row: id.as_str(),
-                    },
-                    &json,
-                )
+                .seal(&col.at(tenant.as_str(), id.as_str()), &json)
                 .map_err(AppError::internal)?;
             Some(sealed)
         }
@@ -856,12 +848,7 @@ async fn stored_answer(
     // The stored answer is sealed under the tenant's data key (it may carry transfer details).
     let row = format!("{principal}/{}", k.key);
     let col = crate::store::keys::IDEMPOTENCY_RESPONSES;
-    let ctx = crate::crypto::envelope::Context {
-        tenant: tenant.as_str(),
-        table: col.table,
-        column: col.column,
-        row: &row,
-    };
+    let ctx = col.at(tenant.as_str(), &row);
     let body = core.keyring.open_text(&ctx, &stored.response_body).await?;
     Ok(MovementOutcome::Replayed {
         status: u16::try_from(stored.response_status).unwrap_or(500),
@@ -886,12 +873,7 @@ pub(crate) async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResu
         return Ok(());
     };
     let col = crate::store::keys::TRANSFER_DETAILS;
-    let ctx = crate::crypto::envelope::Context {
-        tenant: &p.transfer.tenant_id,
-        table: col.table,
-        column: col.column,
-        row: &p.transfer.id,
-    };
+    let ctx = col.at(&p.transfer.tenant_id, &p.transfer.id);
     if !crate::crypto::envelope::is_ciphertext(stored) {
         p.details = Some(Box::new(TransferDetails::described(stored.to_owned())));
         return Ok(());

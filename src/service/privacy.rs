@@ -19,7 +19,6 @@
 use super::keys::KeyOwner;
 use super::{AuditBuilder, Core, Principal, RequestMeta};
 use crate::clock::Timestamp;
-use crate::crypto::envelope::Context;
 use crate::domain::audit::{AuditRecord, Outcome, chain_for};
 use crate::domain::authz::{Permission, Scope};
 use crate::error::{AppError, AppResult};
@@ -165,12 +164,7 @@ pub async fn export(
         None => None,
         Some(stored) => {
             let col = crate::store::keys::CUSTOMER_PII;
-            let ctx = Context {
-                tenant: tenant.as_str(),
-                table: col.table,
-                column: col.column,
-                row: &customer.id,
-            };
+            let ctx = col.at(tenant.as_str(), &customer.id);
             let text = core.keyring.open_text(&ctx, stored).await?;
             Some(Profile(serde_json::from_str(&text).map_err(|_| {
                 AppError::internal("customer personal data is not JSON")

@@ -74,6 +74,18 @@ pub struct EncryptedColumn {
     pub row: &'static str,
 }
 
+impl EncryptedColumn {
+    /// The AAD context of this column's value in `row` of `tenant`.
+    pub fn at<'a>(&self, tenant: &'a str, row: &'a str) -> crate::crypto::envelope::Context<'a> {
+        crate::crypto::envelope::Context {
+            tenant,
+            table: self.table,
+            column: self.column,
+            row,
+        }
+    }
+}
+
 /// Every encrypted column. Rotation re-encrypts each one; adding a column here is how new
 /// encrypted data joins rotation.
 pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[

@@ -390,12 +390,7 @@ impl NewIdempotency {
     pub fn stored_body(&self, tenant: &str, body: String) -> String {
         let Some(key) = &self.seal else { return body };
         let row = format!("{}/{}", self.principal_id, self.key);
-        let ctx = crate::crypto::envelope::Context {
-            tenant,
-            table: keys::IDEMPOTENCY_RESPONSES.table,
-            column: keys::IDEMPOTENCY_RESPONSES.column,
-            row: &row,
-        };
+        let ctx = keys::IDEMPOTENCY_RESPONSES.at(tenant, &row);
         key.seal(&ctx, body.as_bytes())
             .unwrap_or_else(|_| UNSEALABLE_BODY.to_owned())
     }

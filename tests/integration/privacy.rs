@@ -64,8 +64,7 @@ async fn seal_profile(app: &TestApp, t: &TenantFixture, customer: &str) -> Strin
         .seal(
             &tenant_id(t),
             &KeyOwner::Customer(customer.to_owned()),
-            "customers",
-            "pii",
+            kasho::store::keys::CUSTOMER_PII,
             customer,
             PROFILE.as_bytes(),
         )
@@ -496,8 +495,7 @@ async fn erasure_waits_for_a_zero_balance_then_shreds_the_subject(app: &TestApp)
         .seal(
             &tenant,
             &KeyOwner::Customer(ada.customer.clone()),
-            "customers",
-            "pii",
+            kasho::store::keys::CUSTOMER_PII,
             &ada.customer,
             b"{}",
         )
