@@ -117,6 +117,19 @@ pub async fn build_core_with_checks(
             refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             idempotency_ttl_seconds: config.idempotency_ttl_seconds,
             retention: config.retention,
+            default_policy: crate::domain::security::SecurityPolicy {
+                mfa_required_roles: config.mfa_required_roles.clone(),
+                session_absolute_lifetime_seconds: u32::try_from(config.refresh_token_ttl_seconds)
+                    .unwrap_or(u32::MAX)
+                    .min(crate::domain::security::bounds::SESSION_ABSOLUTE_SECONDS.1),
+                ..Default::default()
+            },
+            trusted_proxies: config.trusted_proxies.clone(),
+            login_ip_rule: crate::store::security::FailureRule {
+                window_seconds: config.login_ip_window_seconds,
+                threshold: config.login_ip_max_failures,
+                lock_seconds: config.login_ip_window_seconds,
+            },
         },
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(

@@ -249,6 +249,7 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         reason: Some("cli".into()),
         ip: None,
         request_id: None,
+        security_event: None,
     };
     match core.store.create_user(&user, &[ev]).await {
         Ok(()) => {

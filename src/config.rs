@@ -160,6 +160,26 @@ const KEYS: &[KeyDef] = &[
         help: "encryptions under one data key version before it is rotated, at most 2^31 (1073741824)",
     },
     KeyDef {
+        name: "mfa_required_roles",
+        secret: false,
+        help: "comma-separated roles that must use MFA in tenants that did not choose (MANAGER,COMPLIANCE_OFFICER,PLATFORM_ADMIN)",
+    },
+    KeyDef {
+        name: "trusted_proxies",
+        secret: false,
+        help: "comma-separated CIDRs whose X-Forwarded-For is believed (none)",
+    },
+    KeyDef {
+        name: "login_ip_max_failures",
+        secret: false,
+        help: "failed sign-ins from one address, across accounts, before it is refused for the window, 5..=100000 (50)",
+    },
+    KeyDef {
+        name: "login_ip_window_seconds",
+        secret: false,
+        help: "window (and refusal period) of login_ip_max_failures, 60..=86400 (900)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -354,6 +374,12 @@ pub struct Config {
     pub idempotency_ttl_seconds: i64,
     /// Encryptions under one data key version before it is rotated (well below 2^32).
     pub key_rotate_after_encryptions: i64,
+    /// Roles that must use MFA where a tenant's policy does not say (and for platform admins).
+    pub mfa_required_roles: Vec<crate::domain::authz::Role>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<crate::domain::security::Cidr>,
+    pub login_ip_max_failures: i64,
+    pub login_ip_window_seconds: i64,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -527,6 +553,30 @@ impl Config {
         .unwrap_or_default();
         let key_rotate_after_encryptions =
             int("key_rotate_after_encryptions", &kr, 2i64, 1i64 << 31)?;
+        let mr = take(
+            "mfa_required_roles",
+            Some("MANAGER,COMPLIANCE_OFFICER,PLATFORM_ADMIN".into()),
+        )
+        .unwrap_or_default();
+        let mut mfa_required_roles = Vec::new();
+        for r in mr.0.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let role = crate::domain::authz::Role::parse(r).ok_or_else(|| {
+                invalid("mfa_required_roles", &mr.1, format!("unknown role `{r}`"))
+            })?;
+            mfa_required_roles.push(role);
+        }
+        let tp = take("trusted_proxies", Some(String::new())).unwrap_or_default();
+        let mut trusted_proxies = Vec::new();
+        for c in tp.0.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            trusted_proxies.push(
+                c.parse::<crate::domain::security::Cidr>()
+                    .map_err(|e| invalid("trusted_proxies", &tp.1, e))?,
+            );
+        }
+        let lf_v = take("login_ip_max_failures", Some("50".into())).unwrap_or_default();
+        let login_ip_max_failures = int("login_ip_max_failures", &lf_v, 5i64, 100_000)?;
+        let lw_v = take("login_ip_window_seconds", Some("900".into())).unwrap_or_default();
+        let login_ip_window_seconds = int("login_ip_window_seconds", &lw_v, 60i64, 86_400)?;
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -617,6 +667,10 @@ impl Config {
             refresh_token_ttl_seconds,
             idempotency_ttl_seconds,
             key_rotate_after_encryptions,
+            mfa_required_roles,
+            trusted_proxies,
+            login_ip_max_failures,
+            login_ip_window_seconds,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,

@@ -56,6 +56,21 @@ pub enum AppError {
     /// Authenticated, but the role table does not grant this.
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    /// A sensitive action needs an authentication within the tenant's step-up window.
+    #[error(
+        "this action needs a recent authentication; re-authenticate with POST /v1/auth/step-up"
+    )]
+    StepUpRequired,
+    /// The user's role must use MFA and they have not enrolled yet.
+    #[error("your role requires multi-factor authentication; enrol a TOTP authenticator first")]
+    MfaEnrolmentRequired,
+    /// Too many attempts: try again after `retry_after_seconds`.
+    #[error("{message}")]
+    TooManyAttempts {
+        code: &'static str,
+        message: String,
+        retry_after_seconds: i64,
+    },
     /// Something failed inside Kasho. The detail is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,7 +101,10 @@ impl AppError {
             | AppError::Unprocessable { code, .. }
             | AppError::Refused { code, .. }
             | AppError::AccountUnavailable { code, .. }
-            | AppError::Forbidden { code, .. } => code,
+            | AppError::Forbidden { code, .. }
+            | AppError::TooManyAttempts { code, .. } => code,
+            AppError::StepUpRequired => "step_up_required",
+            AppError::MfaEnrolmentRequired => "mfa_enrolment_required",
             AppError::NotFound(_) => "resource_missing",
             AppError::InvalidCredentials => "invalid_credentials",
             AppError::AuthenticationRequired => "authentication_required",

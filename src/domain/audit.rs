@@ -23,6 +23,8 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActorType {
     User,
+    /// An API token (`actor_id` is the token's id; the token names its creator).
+    ApiToken,
     System,
     Anonymous,
 }
@@ -31,6 +33,7 @@ impl ActorType {
     pub const fn as_str(self) -> &'static str {
         match self {
             ActorType::User => "user",
+            ActorType::ApiToken => "api_token",
             ActorType::System => "system",
             ActorType::Anonymous => "anonymous",
         }
@@ -70,9 +73,18 @@ pub struct NewAuditEvent {
     pub reason: Option<String>,
     pub ip: Option<String>,
     pub request_id: Option<String>,
+    /// Set when this record is a typed security event (`GET /v1/security-events`).
+    pub security_event: Option<crate::domain::security::SecurityEvent>,
 }
 
 impl NewAuditEvent {
+    /// This record, typed as a security event.
+    pub fn security(self, event: crate::domain::security::SecurityEvent) -> Self {
+        Self {
+            security_event: Some(event),
+            ..self
+        }
+    }
     /// The chain this record belongs to.
     pub fn chain(&self) -> String {
         chain_for(self.tenant_id.as_ref())
@@ -102,6 +114,8 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The security event type, for records that are one.
+    pub security_event: Option<String>,
 }
 
 /// Computes record hashes with the audit key.
@@ -155,6 +169,12 @@ impl AuditSealer {
         field(record.reason.as_deref());
         field(record.ip.as_deref());
         field(record.request_id.as_deref());
+        // Added later: covered only when present, so records written before it still verify
+        // (every field is length-prefixed, so the tagged suffix cannot collide).
+        if let Some(kind) = record.security_event.as_deref() {
+            field(Some("security_event"));
+            field(Some(kind));
+        }
         hex::encode(mac.finalize().into_bytes())
     }
 }
@@ -335,6 +355,7 @@ mod tests {
                     request_id: None,
                     prev_hash: prev.clone(),
                     hash: String::new(),
+                    security_event: None,
                 };
                 r.hash = sealer.seal(&r);
                 prev = r.hash.clone();

@@ -8,4 +8,5 @@ pub mod kyc;
 pub mod ledger;
 pub mod personal;
 pub mod processing;
+pub mod security;
 pub mod values;

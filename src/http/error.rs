@@ -18,6 +18,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// The use case already wrote this refusal's audit record.
     pub audited: bool,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<i64>,
 }
 
 /// The error body, as documented in OpenAPI.
@@ -55,6 +57,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             audited: false,
+            retry_after: None,
         }
     }
 
@@ -146,6 +149,20 @@ impl From<AppError> for ApiError {
                 ApiError::new(S::FORBIDDEN, AUTHN, code, message)
             }
             AppError::Forbidden { code, .. } => ApiError::new(S::FORBIDDEN, PERM, code, message),
+            AppError::StepUpRequired => {
+                ApiError::new(S::FORBIDDEN, PERM, "step_up_required", message)
+            }
+            AppError::MfaEnrolmentRequired => {
+                ApiError::new(S::FORBIDDEN, PERM, "mfa_enrolment_required", message)
+            }
+            AppError::TooManyAttempts {
+                code,
+                retry_after_seconds,
+                ..
+            } => ApiError {
+                retry_after: Some(retry_after_seconds.max(1)),
+                ..ApiError::new(S::TOO_MANY_REQUESTS, "rate_limit_error", code, message)
+            },
             AppError::Internal(detail) => {
                 tracing::error!(request_id = current_request_id().as_deref(), error = %detail, "internal error");
                 ApiError::new(
@@ -162,8 +179,14 @@ impl From<AppError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, audited, status) = (self.code, self.audited, self.status);
+        let retry_after = self.retry_after;
         let body = self.into_body();
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -15,9 +15,10 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode};
 use super::routes::Access;
 use crate::domain::audit::Outcome;
+use crate::domain::security::SecurityEvent;
 use crate::error::AppError;
 use crate::ids::RequestId;
-use crate::service::{AuditBuilder, RequestMeta, auth};
+use crate::service::{AuditBuilder, RequestMeta, auth, security};
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -168,16 +169,30 @@ pub async fn authorize(
         }
     };
 
+    // A user whose role must use MFA and who has not enrolled can do nothing but enrol.
+    if let Some(p) = &principal
+        && p.mfa_enrolment_required
+        && !super::routes::allowed_before_mfa(&lookup, def.path)
+    {
+        let ev = AuditBuilder::new(core, &meta, Some(p))
+            .own(
+                def.action,
+                None,
+                Outcome::Denied,
+                Some("mfa_enrolment_required"),
+            )
+            .security(SecurityEvent::AuthorizationRefused);
+        security::record(core, ev).await;
+        return ApiError::from(AppError::MfaEnrolmentRequired).into_response();
+    }
+
     if let (Access::Permission(perm), Some(p)) = (def.access, &principal)
         && p.permissions.scope(perm).is_none()
     {
-        let ev = AuditBuilder::new(core, &meta, Some(p)).own(
-            def.action,
-            None,
-            Outcome::Denied,
-            Some(perm.as_str()),
-        );
-        auth::record(core, &ev).await;
+        let ev = AuditBuilder::new(core, &meta, Some(p))
+            .own(def.action, None, Outcome::Denied, Some(perm.as_str()))
+            .security(SecurityEvent::AuthorizationRefused);
+        security::record(core, ev).await;
         return ApiError::from(AppError::forbidden()).into_response();
     }
 

@@ -446,6 +446,17 @@ pub(super) fn all() -> Vec<Route> {
     ]
 }
 
+/// Routes a user may call before enrolling in MFA when their role requires it: who they are,
+/// signing out, and enrolment itself.
+pub const ALLOWED_BEFORE_MFA: &[(&str, &str)] = &[("GET", "/v1/me"), ("POST", "/v1/auth/logout")];
+
+/// Whether `method path` (a route template) is in [`ALLOWED_BEFORE_MFA`].
+pub fn allowed_before_mfa(method: &Method, path: &str) -> bool {
+    ALLOWED_BEFORE_MFA
+        .iter()
+        .any(|(m, p)| *m == method.as_str() && *p == path)
+}
+
 /// A route whose body may be larger than the server-wide `max_body_bytes` (document uploads).
 /// The innermost body limit wins, so this one applies to this route alone.
 fn with_body_limit(mut r: Route, limit: usize) -> Route {

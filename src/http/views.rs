@@ -123,6 +123,25 @@ pub struct TokenResponse {
     pub refresh_expires_in: i64,
 }
 
+/// The answer to a correct password when the user has MFA: finish at `POST /v1/auth/mfa`.
+#[derive(Serialize, ToSchema)]
+pub struct MfaChallengeView {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Single use, short-lived; send it with a TOTP or recovery code to `/v1/auth/mfa`.
+    pub mfa_token: String,
+    /// Seconds until the MFA token expires.
+    pub expires_in: i64,
+}
+
+/// A sign-in's answer: tokens, or an MFA challenge.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    Tokens(TokenResponse),
+    MfaRequired(MfaChallengeView),
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct PermissionView {
     /// e.g. `users:read`.
@@ -138,9 +157,16 @@ pub struct MeView {
     pub user_id: String,
     /// Absent for platform admins.
     pub tenant_id: Option<String>,
-    pub session_id: String,
+    /// The session behind the request (absent for API tokens).
+    pub session_id: Option<String>,
+    /// The API token behind the request (absent for sessions).
+    pub api_token_id: Option<String>,
     pub roles: Vec<String>,
     pub permissions: Vec<PermissionView>,
+    /// When the session last proved its password (sign-in or step-up).
+    pub authenticated_at: Option<String>,
+    /// The user's role requires MFA and they have not enrolled: only enrolment is allowed.
+    pub mfa_enrolment_required: bool,
 }
 
 // ---- tenants ----

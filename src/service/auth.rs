@@ -10,11 +10,13 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AuditBuilder, Core, Principal, RequestMeta};
+use super::{AuditBuilder, Core, Credential, Principal, RequestMeta, security};
+use crate::clock::Timestamp;
 use crate::crypto::jwt::{AccessClaims, TokenError};
 use crate::crypto::{random_token, sha256_hex};
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{PermissionSet, Role, roles_from_storage};
+use crate::domain::security::SecurityEvent;
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
 use crate::ids::{SessionId, TenantId, TokenId, UserId};
@@ -39,11 +41,23 @@ pub struct LoginInput {
 /// Errors that carry their own audit record already written.
 pub struct Audited(pub AppError);
 
+/// What a sign-in with a correct password leads to.
+#[derive(Debug)]
+pub enum LoginResult {
+    /// Signed in.
+    Tokens(TokenPair),
+    /// The user has MFA: `POST /v1/auth/mfa` with this token and a code finishes the sign-in.
+    MfaRequired {
+        mfa_token: SecretString,
+        expires_in: i64,
+    },
+}
+
 pub async fn login(
     core: &Core,
     meta: &RequestMeta,
     input: LoginInput,
-) -> Result<TokenPair, Audited> {
+) -> Result<LoginResult, Audited> {
     let audit = AuditBuilder::new(core, meta, None);
     let now = core.clock.now();
 
@@ -60,6 +74,32 @@ pub async fn login(
     let tenant_id = tenant
         .as_ref()
         .map(|t| TenantId::from_trusted(t.id.clone()));
+    let policy = security::policy(core, tenant_id.as_ref())
+        .await
+        .map_err(Audited)?;
+    let fail = |reason: &'static str, target: Option<&str>| {
+        security::event(
+            &audit,
+            tenant_id.as_ref(),
+            SecurityEvent::LoginFailed,
+            "auth.login",
+            target.map(|id| ("user", id)),
+            Outcome::Failure,
+            Some(reason),
+        )
+    };
+
+    // Locks and delays are keyed by the email typed (known or not) and by the address.
+    let account_key = security::account_key(tenant_id.as_ref(), &input.email);
+    let mut keys = vec![account_key.clone()];
+    if let Some(ip) = &meta.ip {
+        keys.push(security::ip_key(ip));
+    }
+    if let Err(e) = security::check_throttle(core, &keys, now).await {
+        security::record(core, fail(e.code(), None)).await;
+        return Err(Audited(e));
+    }
+
     let user = match (tenant_known, Email::parse(&input.email)) {
         (true, Ok(email)) => core
             .store
@@ -76,37 +116,41 @@ pub async fn login(
         )
         .await;
 
-    let fail = |reason: &'static str, target: Option<&str>| {
-        audit.event(
-            tenant_id.as_ref(),
-            "auth.login",
-            target.map(|id| ("user", id)),
-            Outcome::Failure,
-            Some(reason),
-        )
-    };
     let user = match user {
         Some(u) if password_ok => u,
         other => {
-            // The reason is for auditors only; the caller always sees `invalid_credentials`.
+            // The reason is for auditors only; the caller always sees `invalid_credentials`,
+            // after the same work: one failure counted under each key, one audit record.
             let (reason, target) = match (&other, tenant_known) {
                 (_, false) => ("unknown_tenant", None),
                 (None, true) => ("unknown_account", None),
                 (Some(u), true) => ("wrong_password", Some(u.id.as_str())),
             };
-            record(core, &fail(reason, target)).await;
+            security::count_failure(
+                core,
+                meta,
+                tenant_id.as_ref(),
+                &account_key,
+                &policy,
+                fail(reason, target),
+            )
+            .await
+            .map_err(Audited)?;
+            security::count_ip_failure(core, meta, tenant_id.as_ref())
+                .await
+                .map_err(Audited)?;
             return Err(Audited(AppError::InvalidCredentials));
         }
     };
     if user.status != "active" {
-        record(core, &fail("account_disabled", Some(&user.id))).await;
+        security::record(core, fail("account_disabled", Some(&user.id))).await;
         return Err(Audited(AppError::AccountUnavailable {
             code: "account_disabled",
             message: "this account is disabled".into(),
         }));
     }
     if tenant.as_ref().is_some_and(|t| t.status != "active") {
-        record(core, &fail("tenant_suspended", Some(&user.id))).await;
+        security::record(core, fail("tenant_suspended", Some(&user.id))).await;
         return Err(Audited(AppError::AccountUnavailable {
             code: "tenant_suspended",
             message: "this tenant is suspended".into(),
@@ -116,17 +160,67 @@ pub async fn login(
     // scoping already guarantees it; this guards against a corrupted row.
     let roles = roles_from_storage(&user.roles);
     if roles.is_empty() || roles.iter().any(|r| r.is_platform()) != tenant_id.is_none() {
-        record(core, &fail("invalid_roles", Some(&user.id))).await;
+        security::record(core, fail("invalid_roles", Some(&user.id))).await;
         return Err(Audited(AppError::InvalidCredentials));
     }
+    // Staff sign-ins may be confined to the tenant's allow-list.
+    let is_staff = roles.iter().any(|r| *r != Role::Customer);
+    let ip = meta.ip.as_deref().and_then(|i| i.parse().ok());
+    if policy.staff_login_ip_allowlist
+        && is_staff
+        && !crate::domain::security::allowed(&policy.allowed_ips, ip.as_ref())
+    {
+        let ev = security::event(
+            &audit,
+            tenant_id.as_ref(),
+            SecurityEvent::IpRefused,
+            "auth.login",
+            Some(("user", &user.id)),
+            Outcome::Denied,
+            Some("ip_not_allowed"),
+        );
+        security::record(core, ev).await;
+        return Err(Audited(AppError::Forbidden {
+            code: "ip_not_allowed",
+            message: "sign-in is not allowed from this address".into(),
+        }));
+    }
+    // The password was right: the run of failures ends.
+    core.store
+        .clear_login_throttle(&account_key, &[])
+        .await
+        .map_err(|e| Audited(e.into()))?;
 
+    if user.mfa_enabled != 0 {
+        return super::mfa::begin_challenge(core, meta, &user, tenant_id.as_ref()).await;
+    }
+    let pair = issue_session(core, meta, &user, tenant_id.as_ref(), &policy, "password")
+        .await
+        .map_err(Audited)?;
+    Ok(LoginResult::Tokens(pair))
+}
+
+/// Opens a session for a user whose every factor has been verified, and answers its tokens.
+/// `method` (`password`, `password+totp`, …) is recorded on the `auth.login` success record.
+pub async fn issue_session(
+    core: &Core,
+    meta: &RequestMeta,
+    user: &crate::store::UserRecord,
+    tenant_id: Option<&TenantId>,
+    policy: &crate::domain::security::SecurityPolicy,
+    method: &str,
+) -> AppResult<TokenPair> {
+    let audit = AuditBuilder::new(core, meta, None);
+    let now = core.clock.now();
+    let roles = roles_from_storage(&user.roles);
     let session_id = SessionId::generate();
-    let session_expires = now.plus_seconds(core.settings.refresh_token_ttl_seconds);
-    let (refresh, refresh_row) =
-        new_refresh(&session_id, tenant_id.as_ref(), now, session_expires).map_err(Audited)?;
+    let lifetime = i64::from(policy.session_absolute_lifetime_seconds)
+        .min(core.settings.refresh_token_ttl_seconds);
+    let session_expires = now.plus_seconds(lifetime);
+    let (refresh, refresh_row) = new_refresh(&session_id, tenant_id, now, session_expires)?;
     let session = NewSession {
         id: session_id.clone(),
-        tenant_id: tenant_id.clone(),
+        tenant_id: tenant_id.cloned(),
         user_id: UserId::from_trusted(user.id.clone()),
         created_at: now,
         expires_at: session_expires,
@@ -134,11 +228,11 @@ pub async fn login(
         user_agent: meta.user_agent.clone(),
     };
     let ev = audit.event(
-        tenant_id.as_ref(),
+        tenant_id,
         "auth.login",
         Some(("user", &user.id)),
         Outcome::Success,
-        None,
+        Some(method),
     );
     let ev = crate::domain::audit::NewAuditEvent {
         actor_type: crate::domain::audit::ActorType::User,
@@ -147,15 +241,18 @@ pub async fn login(
     };
     core.store
         .create_session(&session, &refresh_row, &[ev])
-        .await
-        .map_err(|e| Audited(e.into()))?;
+        .await?;
 
-    let ttl = tenant
-        .as_ref()
-        .and_then(|t| t.access_token_ttl_seconds)
-        .unwrap_or(core.settings.access_token_ttl_seconds);
-    let access = sign_access(core, &user.id, tenant_id.as_ref(), &session_id, &roles, ttl)
-        .map_err(Audited)?;
+    let ttl = match tenant_id {
+        Some(t) => core
+            .store
+            .get_tenant(t)
+            .await?
+            .and_then(|t| t.access_token_ttl_seconds),
+        None => None,
+    }
+    .unwrap_or(core.settings.access_token_ttl_seconds);
+    let access = sign_access(core, &user.id, tenant_id, &session_id, &roles, ttl)?;
     Ok(TokenPair {
         access_token: access,
         expires_in: ttl,
@@ -208,8 +305,10 @@ pub async fn refresh(
         } => {
             let sid = SessionId::from_trusted(session_id);
             let tenant = tenant_id.map(TenantId::from_trusted);
-            let ev = audit.event(
+            let ev = security::event(
+                &audit,
                 tenant.as_ref(),
+                SecurityEvent::RefreshTokenReused,
                 "security.refresh_token_reused",
                 Some(("session", sid.as_str())),
                 Outcome::Denied,
@@ -242,7 +341,7 @@ pub async fn refresh(
     let reason = match &view {
         None => Some("unknown_session"),
         Some(_) if token_expires <= now.as_micros() => Some("refresh_token_expired"),
-        Some(v) => session_problem(v, now),
+        Some(v) => session_problem(v, &security::policy_from(core, v.policy.as_deref()), now),
     };
     let Some(view) = view.filter(|_| reason.is_none()) else {
         record(
@@ -277,6 +376,11 @@ pub async fn refresh(
         .add_refresh_token(&row, &[ev])
         .await
         .map_err(|e| Audited(e.into()))?;
+    // A refresh is use of the session (the idle timeout restarts).
+    core.store
+        .touch_session(&sid, now, 0)
+        .await
+        .map_err(|e| Audited(e.into()))?;
 
     let roles = roles_from_storage(&view.roles);
     let ttl = view
@@ -295,15 +399,16 @@ pub async fn refresh(
 /// Ends the caller's session: its access tokens stop working on the next request and its
 /// refresh token is dead.
 pub async fn logout(core: &Core, meta: &RequestMeta, principal: &Principal) -> AppResult<()> {
+    let session = principal.require_session()?;
     let audit = AuditBuilder::new(core, meta, Some(principal));
     let ev = audit.own(
         "auth.logout",
-        Some(("session", principal.session_id.as_str())),
+        Some(("session", session.as_str())),
         Outcome::Success,
         None,
     );
     core.store
-        .revoke_session(&principal.session_id, "logout", core.clock.now(), &[ev])
+        .revoke_session(session, "logout", core.clock.now(), &[ev])
         .await?;
     Ok(())
 }
@@ -325,62 +430,83 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
                     "invalid_token",
                 ),
             };
-            record(
-                core,
-                &audit.event(
-                    None,
-                    "auth.token_rejected",
-                    None,
-                    Outcome::Failure,
-                    Some(reason),
-                ),
-            )
-            .await;
+            let ev = security::event(
+                &audit,
+                None,
+                SecurityEvent::TokenRejected,
+                "auth.token_rejected",
+                None,
+                Outcome::Failure,
+                Some(reason),
+            );
+            security::record(core, ev).await;
             return Err(err);
         }
     };
     let sid = SessionId::parse(&claims.sid)
         .ok_or(AppError::InvalidToken("the access token is invalid"))?;
     let view = core.store.get_session(&sid).await?;
+    let policy = security::policy_from(core, view.as_ref().and_then(|v| v.policy.as_deref()));
     let problem = match &view {
         None => Some("unknown_session"),
         Some(v) if v.user_id != claims.sub || v.tenant_id != claims.tid => Some("session_mismatch"),
-        Some(v) => session_problem(v, now),
+        Some(v) => session_problem(v, &policy, now),
     };
     let Some(view) = view.filter(|_| problem.is_none()) else {
         let tenant = claims.tid.clone().map(TenantId::from_trusted);
         let ev = crate::domain::audit::NewAuditEvent {
             actor_type: crate::domain::audit::ActorType::User,
             actor_id: Some(claims.sub.clone()),
-            ..audit.event(
+            ..security::event(
+                &audit,
                 tenant.as_ref(),
+                SecurityEvent::TokenRejected,
                 "auth.token_rejected",
                 Some(("session", sid.as_str())),
                 Outcome::Failure,
                 problem,
             )
         };
-        record(core, &ev).await;
+        security::record(core, ev).await;
         return Err(AppError::InvalidToken(
             "the session has ended; sign in again",
         ));
     };
+    // Activity restarts the idle timeout (written at most once a minute per session).
+    if let Err(e) = core.store.touch_session(&sid, now, 60).await {
+        tracing::warn!(error = %e, "could not record session activity");
+    }
     let roles = roles_from_storage(&view.roles);
     Ok(Principal {
         user_id: UserId::from_trusted(view.user_id),
         tenant_id: view.tenant_id.map(TenantId::from_trusted),
-        session_id: sid,
+        credential: Credential::Session(sid),
         permissions: PermissionSet::for_roles(&roles),
+        mfa_enrolment_required: policy.mfa_required_for(&roles) && view.mfa_enabled == 0,
+        authenticated_at: Some(Timestamp::from_micros(
+            view.authenticated_at.unwrap_or(view.created_at),
+        )),
         roles,
     })
 }
 
-/// Why a session may not be used now, if it may not.
-fn session_problem(v: &SessionView, now: crate::clock::Timestamp) -> Option<&'static str> {
+/// Why a session may not be used now, if it may not: revoked, past its absolute lifetime,
+/// idle too long (the tenant's policy), or its user or tenant no longer active.
+fn session_problem(
+    v: &SessionView,
+    policy: &crate::domain::security::SecurityPolicy,
+    now: Timestamp,
+) -> Option<&'static str> {
+    let created = Timestamp::from_micros(v.created_at);
+    let last_used = Timestamp::from_micros(v.last_used_at.unwrap_or(v.created_at));
     if v.revoked_at.is_some() {
         Some("session_revoked")
-    } else if v.expires_at <= now.as_micros() {
+    } else if v.expires_at <= now.as_micros()
+        || created.plus_seconds(i64::from(policy.session_absolute_lifetime_seconds)) <= now
+    {
         Some("session_expired")
+    } else if last_used.plus_seconds(i64::from(policy.session_idle_timeout_seconds)) <= now {
+        Some("session_idle")
     } else if v.user_status != "active" {
         Some("account_disabled")
     } else if v.tenant_id.is_some() && v.tenant_status.as_deref() != Some("active") {

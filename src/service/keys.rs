@@ -181,6 +181,7 @@ impl Keyring {
             reason: Some(reason),
             ip: None,
             request_id: None,
+            security_event: None,
         }
     }
 

@@ -9,8 +9,10 @@ pub mod customers;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
+pub mod mfa;
 pub mod privacy;
 pub mod retention;
+pub mod security;
 pub mod tenants;
 pub mod users;
 
@@ -34,6 +36,12 @@ pub struct Settings {
     pub idempotency_ttl_seconds: i64,
     /// Retention periods enforced by `retention::run_once`.
     pub retention: crate::domain::processing::RetentionPolicy,
+    /// The policy of tenants that never set one, and of the platform scope.
+    pub default_policy: crate::domain::security::SecurityPolicy,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<crate::domain::security::Cidr>,
+    /// Failed sign-ins from one address across accounts.
+    pub login_ip_rule: crate::store::security::FailureRule,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -56,14 +64,32 @@ pub struct Core {
     pub kyc: kyc::KycGate,
 }
 
-/// Who is calling: established from a verified access token and a live session.
+/// The credential a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A user's access token, bound to a live session.
+    Session(SessionId),
+    /// An API token (`kasho_…`), acting for the user who created it within its scopes.
+    ApiToken(String),
+}
+
+/// Who is calling: established from a verified access token and a live session, or from an
+/// API token.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The user; for an API token, the user who created it.
     pub user_id: UserId,
     pub tenant_id: Option<TenantId>,
-    pub session_id: SessionId,
+    pub credential: Credential,
     pub roles: Vec<Role>,
+    /// What this request may do: the roles' permissions, narrowed to the token's scopes for an
+    /// API token.
     pub permissions: PermissionSet,
+    /// When the session last proved the password (or a second factor): sign-in or step-up.
+    /// `None` for API tokens, which cannot step up.
+    pub authenticated_at: Option<crate::clock::Timestamp>,
+    /// The user's role requires MFA and they have not enrolled: only enrolment is allowed.
+    pub mfa_enrolment_required: bool,
 }
 
 impl Principal {
@@ -75,6 +101,32 @@ impl Principal {
     /// The scope at which `perm` is held (the middleware has already checked it is held).
     pub fn scope(&self, perm: Permission) -> AppResult<Scope> {
         self.permissions.scope(perm).ok_or_else(AppError::forbidden)
+    }
+
+    /// The session behind this request, if it was made with a user's access token.
+    pub fn session_id(&self) -> Option<&SessionId> {
+        match &self.credential {
+            Credential::Session(s) => Some(s),
+            Credential::ApiToken(_) => None,
+        }
+    }
+
+    /// The session, or a refusal for API tokens (sign-out, sessions, step-up).
+    pub fn require_session(&self) -> AppResult<&SessionId> {
+        self.session_id().ok_or(AppError::Forbidden {
+            code: "session_required",
+            message:
+                "this action needs a user signed in with a password; API tokens cannot perform it"
+                    .into(),
+        })
+    }
+
+    /// Who the audit trail names as the actor: the user, or the API token.
+    pub fn audit_actor(&self) -> (ActorType, String) {
+        match &self.credential {
+            Credential::Session(_) => (ActorType::User, self.user_id.to_string()),
+            Credential::ApiToken(id) => (ActorType::ApiToken, id.clone()),
+        }
     }
 }
 
@@ -114,12 +166,10 @@ impl<'a> AuditBuilder<'a> {
         NewAuditEvent {
             tenant_id: tenant.cloned(),
             occurred_at: self.at,
-            actor_type: if self.actor.is_some() {
-                ActorType::User
-            } else {
-                ActorType::Anonymous
-            },
-            actor_id: self.actor.map(|p| p.user_id.to_string()),
+            actor_type: self
+                .actor
+                .map_or(ActorType::Anonymous, |p| p.audit_actor().0),
+            actor_id: self.actor.map(|p| p.audit_actor().1),
             action: action.to_owned(),
             target_type: target.map(|(t, _)| t.to_owned()),
             target_id: target.map(|(_, id)| id.to_owned()),
@@ -127,6 +177,7 @@ impl<'a> AuditBuilder<'a> {
             reason: reason.map(str::to_owned),
             ip: self.meta.ip.clone(),
             request_id: self.meta.request_id.clone(),
+            security_event: None,
         }
     }
 

@@ -112,6 +112,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
             reason: Some(summary(counts, refused)),
             ip: None,
             request_id: None,
+            security_event: None,
         }]
     };
     let counts = core.store.purge_expired(&plan, &record).await?;

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod kyc;
 pub mod postgres;
 pub mod posting;
+pub mod security;
 mod sql;
 pub mod sqlite;
 mod sqlite_writer;
@@ -85,6 +86,9 @@ pub struct UserRecord {
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// 1 once the user has an active second factor.
+    pub mfa_enabled: i64,
+    pub password_changed_at: Option<i64>,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -152,6 +156,14 @@ pub struct SessionView {
     pub access_token_ttl_seconds: Option<i64>,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    /// The last password (or MFA) proof in this session, for step-up.
+    pub authenticated_at: Option<i64>,
+    /// Whether the user has an active second factor.
+    pub mfa_enabled: i64,
+    /// The tenant's stored security policy, if any (JSON).
+    pub policy: Option<String>,
 }
 
 /// What presenting a refresh token did.
@@ -567,7 +579,9 @@ pub enum ErasureOutcome {
 
 /// Everything Kasho persists.
 #[async_trait]
-pub trait Store: keys::KeyStore + kyc::KycStore + Send + Sync + 'static {
+pub trait Store:
+    keys::KeyStore + kyc::KycStore + security::SecurityStore + Send + Sync + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Applies pending migrations; returns the descriptions of those applied now.

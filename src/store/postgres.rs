@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
+use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -71,3 +72,4 @@ impl PgStore {
 impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
 impl_key_store!(PgStore);
 impl_kyc_store!(PgStore);
+impl_security_store!(PgStore);

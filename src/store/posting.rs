@@ -679,6 +679,7 @@ mod tests {
                 reason: None,
                 ip: None,
                 request_id: None,
+                security_event: None,
             },
             idempotency: None,
             render,

@@ -25,6 +25,7 @@ pub(super) struct AuditRow {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    pub security_event: Option<String>,
 }
 
 impl From<AuditRow> for AuditRecord {
@@ -46,6 +47,7 @@ impl From<AuditRow> for AuditRecord {
             request_id: r.request_id,
             prev_hash: r.prev_hash,
             hash: r.hash,
+            security_event: r.security_event,
         }
     }
 }
@@ -73,6 +75,7 @@ pub(super) fn next_record(
         request_id: ev.request_id.clone(),
         prev_hash,
         hash: String::new(),
+        security_event: ev.security_event.map(|e| e.as_str().to_owned()),
     };
     r.hash = sealer.seal(&r);
     r
@@ -178,7 +181,7 @@ macro_rules! impl_store {
                     };
                     for chunk in $crate::store::posting::chunks_by_size(&records, 50, $max_message, size) {
                         let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
-                            "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash) ",
+                            "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash, security_event) ",
                         );
                         qb.push_values(chunk, |mut b, r| {
                             b.push_bind(r.id.clone())
@@ -196,7 +199,8 @@ macro_rules! impl_store {
                                 .push_bind(r.ip.clone())
                                 .push_bind(r.request_id.clone())
                                 .push_bind(r.prev_hash.clone())
-                                .push_bind(r.hash.clone());
+                                .push_bind(r.hash.clone())
+                                .push_bind(r.security_event.clone());
                         });
                         qb.build().persistent($persist).execute(&mut **tx).await?;
                     }
@@ -420,14 +424,22 @@ macro_rules! impl_store {
                 if row.is_none() {
                     return Ok(None);
                 }
-                if matches!(change, $crate::store::UserChange::Status("disabled")) {
+                // Disabling a user or changing their roles ends their sessions: tokens carry
+                // roles, and a demoted user must not keep acting under the old ones.
+                let revoke = match change {
+                    $crate::store::UserChange::Status("disabled") => Some("user_disabled"),
+                    $crate::store::UserChange::Roles(_) => Some("roles_changed"),
+                    $crate::store::UserChange::Status(_) => None,
+                };
+                if let Some(reason) = revoke {
                     sqlx::query(
-                        "UPDATE sessions SET revoked_at = $3, revoked_reason = 'user_disabled' \
+                        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
                          WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
                     )
                     .bind(tenant.as_str())
                     .bind(id.as_str())
                     .bind(now.as_micros())
+                    .bind(reason)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -444,8 +456,8 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, ip, user_agent) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, ip, user_agent, \
+                     last_used_at, authenticated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $4, $4)",
                 )
                 .bind(s.id.as_str())
                 .bind(s.tenant_id.as_ref().map(|t| t.as_str()))
@@ -465,9 +477,11 @@ macro_rules! impl_store {
             async fn get_session(&self, id: &$crate::ids::SessionId) -> $crate::store::StoreResult<Option<$crate::store::SessionView>> {
                 Ok(sqlx::query_as(
                     "SELECT s.id AS session_id, s.tenant_id, s.user_id, u.roles, u.status AS user_status, \
-                            t.status AS tenant_status, t.access_token_ttl_seconds, s.expires_at, s.revoked_at \
+                            t.status AS tenant_status, t.access_token_ttl_seconds, s.expires_at, s.revoked_at, \
+                            s.created_at, s.last_used_at, s.authenticated_at, u.mfa_enabled, ts.policy \
                      FROM sessions s JOIN users u ON u.id = s.user_id \
                      LEFT JOIN tenants t ON t.id = s.tenant_id \
+                     LEFT JOIN tenant_security ts ON ts.tenant_id = s.tenant_id \
                      WHERE s.id = $1",
                 )
                 .bind(id.as_str())

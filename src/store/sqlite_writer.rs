@@ -456,8 +456,8 @@ fn append_audit(
             .prepare_cached(
                 "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, \
                  actor_id, action, target_type, target_id, outcome, reason, ip, request_id, \
-                 prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 prev_hash, hash, security_event) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )
             .map_err(db)?;
         for ev in run {
@@ -478,7 +478,8 @@ fn append_audit(
                 r.ip,
                 r.request_id,
                 r.prev_hash,
-                r.hash
+                r.hash,
+                r.security_event
             ])
             .map_err(db)?;
             head = (r.seq, r.hash);

@@ -17,6 +17,7 @@ fn kasho(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         .env("KASHO_LOG_LEVEL", "error")
         .env("KASHO_ARGON2_MEMORY_KIB", "64")
         .env("KASHO_ARGON2_ITERATIONS", "1")
+        .env("KASHO_MFA_REQUIRED_ROLES", "")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -80,6 +80,7 @@ async fn start_server(app: &TestApp, port: u16) -> Child {
         .env("KASHO_LOG_LEVEL", "error")
         .env("KASHO_ARGON2_MEMORY_KIB", "64")
         .env("KASHO_ARGON2_ITERATIONS", "1")
+        .env("KASHO_MFA_REQUIRED_ROLES", "")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

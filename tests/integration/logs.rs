@@ -79,6 +79,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         .env("KASHO_LOG_FORMAT", "json")
         .env("KASHO_ARGON2_MEMORY_KIB", "64")
         .env("KASHO_ARGON2_ITERATIONS", "1")
+        .env("KASHO_MFA_REQUIRED_ROLES", "")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()

@@ -126,6 +126,8 @@ impl TestApp {
             // Cheap hashing keeps the suite fast; production floors are tested in config.
             ("argon2_memory_kib", "64"),
             ("argon2_iterations", "1"),
+            // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
+            ("mfa_required_roles", ""),
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_pairs(&pairs).expect("config");
@@ -156,6 +158,8 @@ impl TestApp {
             ("database_max_connections", "4"),
             ("argon2_memory_kib", "64"),
             ("argon2_iterations", "1"),
+            // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
+            ("mfa_required_roles", ""),
         ])
         .expect("config");
         let core =
@@ -176,6 +180,8 @@ impl TestApp {
             ("database_max_connections", "4"),
             ("argon2_memory_kib", "64"),
             ("argon2_iterations", "1"),
+            // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
+            ("mfa_required_roles", ""),
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_pairs(&pairs).expect("config");

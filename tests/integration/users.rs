@@ -76,6 +76,10 @@ async fn managers_create_list_and_manage_users(app: &TestApp) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    // Changing roles ends the user's sessions: the old token stops at once.
+    let stale = app.get("/v1/audit-events", &token).await;
+    assert_eq!(stale.status, StatusCode::UNAUTHORIZED, "{stale:?}");
+    let token = app.token(Some("acme"), "cashier@acme.test").await;
     assert_eq!(
         app.get("/v1/audit-events", &token).await.status,
         StatusCode::FORBIDDEN

@@ -11,38 +11,62 @@ use super::Recorded;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
-use crate::http::views::{LoginRequest, MeView, PermissionView, RefreshRequest, TokenResponse};
-use crate::service::auth::{self, LoginInput, TokenPair};
-use crate::service::{Principal, RequestMeta};
+use crate::http::views::{
+    LoginRequest, LoginResponse, MeView, MfaChallengeView, PermissionView, RefreshRequest,
+    TokenResponse,
+};
+use crate::service::auth::{self, LoginInput, LoginResult, TokenPair};
+use crate::service::{Credential, Principal, RequestMeta};
 
-fn render(pair: TokenPair) -> Json<TokenResponse> {
-    Json(TokenResponse {
+pub(crate) fn render(pair: TokenPair) -> Json<TokenResponse> {
+    Json(tokens(pair))
+}
+
+fn tokens(pair: TokenPair) -> TokenResponse {
+    TokenResponse {
         access_token: pair.access_token,
         token_type: "Bearer",
         expires_in: pair.expires_in,
         refresh_token: pair.refresh_token.expose_secret().to_owned(),
         refresh_expires_in: pair.refresh_expires_in,
-    })
+    }
 }
 
 /// Sign in with email and password. Unknown tenants, unknown emails and wrong passwords all
-/// answer 401 `invalid_credentials`, at the same cost.
+/// answer 401 `invalid_credentials`, at the same cost; repeated failures are delayed and then
+/// locked (429, the same whether or not the account exists). A user with MFA gets
+/// `{"mfa_required": true, "mfa_token": …}` instead of tokens.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, body = TokenResponse),
-    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Account disabled or tenant suspended", body = ErrorBody),
+    (status = 200, body = LoginResponse),
+    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Account disabled, tenant suspended or address not allowed", body = ErrorBody),
+    (status = 429, description = "Too many failed sign-ins (see Retry-After)", body = ErrorBody),
 ))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
     ApiJson(body): ApiJson<LoginRequest>,
-) -> ApiResult<Recorded<Json<TokenResponse>>> {
+) -> ApiResult<Recorded<Json<LoginResponse>>> {
     let input = LoginInput {
         tenant: body.tenant,
         email: body.email,
         password: body.password,
     };
     match auth::login(&state.core, &meta, input).await {
-        Ok(pair) => Ok(Recorded(StatusCode::OK, render(pair))),
+        Ok(LoginResult::Tokens(pair)) => Ok(Recorded(
+            StatusCode::OK,
+            Json(LoginResponse::Tokens(tokens(pair))),
+        )),
+        Ok(LoginResult::MfaRequired {
+            mfa_token,
+            expires_in,
+        }) => Ok(Recorded(
+            StatusCode::OK,
+            Json(LoginResponse::MfaRequired(MfaChallengeView {
+                mfa_required: true,
+                mfa_token: mfa_token.expose_secret().to_owned(),
+                expires_in,
+            })),
+        )),
         Err(auth::Audited(e)) => Err(ApiError::from(e).audited()),
     }
 }
@@ -85,7 +109,13 @@ pub async fn me(principal: Principal) -> Json<MeView> {
         object: "principal",
         user_id: principal.user_id.to_string(),
         tenant_id: principal.tenant_id.as_ref().map(ToString::to_string),
-        session_id: principal.session_id.to_string(),
+        session_id: principal.session_id().map(ToString::to_string),
+        api_token_id: match &principal.credential {
+            Credential::ApiToken(id) => Some(id.clone()),
+            Credential::Session(_) => None,
+        },
+        authenticated_at: principal.authenticated_at.map(|t| t.to_rfc3339()),
+        mfa_enrolment_required: principal.mfa_enrolment_required,
         roles: principal
             .roles
             .iter()

@@ -1,0 +1,488 @@
+//! Account security: each tenant's security policy (within the bounds the standards set), the
+//! typed security events the audit chain carries, and address lists (CIDR).
+//!
+//! The policy is stored per tenant as one JSON document; a tenant that never changed it gets
+//! [`SecurityPolicy::default`]. Every figure is checked against its bounds when set, so no
+//! tenant can configure itself below PCI DSS or NIST (a lockout of 100 attempts, a 4-character
+//! password).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::authz::Role;
+
+/// How serious a security event is (for filtering and, later, alerting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Severity::Low, Severity::Medium, Severity::High]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// A typed security event. Each is recorded as an audit record whose `security_event` column
+/// names its type, in the chain of the tenant concerned (the platform chain otherwise), so
+/// security events are as tamper-evident as the rest of the trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecurityEvent {
+    /// A sign-in with a wrong password, an unknown account or a locked account.
+    LoginFailed,
+    /// An account (or an unknown email) reached the failure threshold and is locked.
+    AccountLocked,
+    /// An address exceeded the failed-login budget across accounts.
+    LoginThrottled,
+    /// A spent refresh token was presented again; the session was revoked.
+    RefreshTokenReused,
+    /// An access token or API token was refused (forged, expired, revoked).
+    TokenRejected,
+    /// A wrong TOTP or recovery code, or a replayed one.
+    MfaFailed,
+    /// A re-authentication for a sensitive action failed.
+    StepUpFailed,
+    /// A sensitive action was attempted without a recent authentication.
+    StepUpRequired,
+    /// The role table (or a token's scopes) refused a request.
+    AuthorizationRefused,
+    /// A signed request whose signature did not verify, or an unsigned one where signing is
+    /// required.
+    SignatureInvalid,
+    /// A signed request replayed (its nonce seen before) or outside the time window.
+    RequestReplayed,
+    /// A request from an address outside an allow-list.
+    IpRefused,
+    /// A password reset was requested (whether or not the account exists).
+    PasswordResetRequested,
+    /// A reset token that is unknown, expired or spent was presented.
+    PasswordResetFailed,
+}
+
+impl SecurityEvent {
+    pub const ALL: [SecurityEvent; 14] = [
+        SecurityEvent::LoginFailed,
+        SecurityEvent::AccountLocked,
+        SecurityEvent::LoginThrottled,
+        SecurityEvent::RefreshTokenReused,
+        SecurityEvent::TokenRejected,
+        SecurityEvent::MfaFailed,
+        SecurityEvent::StepUpFailed,
+        SecurityEvent::StepUpRequired,
+        SecurityEvent::AuthorizationRefused,
+        SecurityEvent::SignatureInvalid,
+        SecurityEvent::RequestReplayed,
+        SecurityEvent::IpRefused,
+        SecurityEvent::PasswordResetRequested,
+        SecurityEvent::PasswordResetFailed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SecurityEvent::LoginFailed => "login_failed",
+            SecurityEvent::AccountLocked => "account_locked",
+            SecurityEvent::LoginThrottled => "login_throttled",
+            SecurityEvent::RefreshTokenReused => "refresh_token_reused",
+            SecurityEvent::TokenRejected => "token_rejected",
+            SecurityEvent::MfaFailed => "mfa_failed",
+            SecurityEvent::StepUpFailed => "step_up_failed",
+            SecurityEvent::StepUpRequired => "step_up_required",
+            SecurityEvent::AuthorizationRefused => "authorization_refused",
+            SecurityEvent::SignatureInvalid => "signature_invalid",
+            SecurityEvent::RequestReplayed => "request_replayed",
+            SecurityEvent::IpRefused => "ip_refused",
+            SecurityEvent::PasswordResetRequested => "password_reset_requested",
+            SecurityEvent::PasswordResetFailed => "password_reset_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    pub const fn severity(self) -> Severity {
+        match self {
+            SecurityEvent::AccountLocked
+            | SecurityEvent::RefreshTokenReused
+            | SecurityEvent::RequestReplayed
+            | SecurityEvent::LoginThrottled => Severity::High,
+            SecurityEvent::MfaFailed
+            | SecurityEvent::StepUpFailed
+            | SecurityEvent::AuthorizationRefused
+            | SecurityEvent::SignatureInvalid
+            | SecurityEvent::IpRefused
+            | SecurityEvent::PasswordResetFailed => Severity::Medium,
+            SecurityEvent::LoginFailed
+            | SecurityEvent::TokenRejected
+            | SecurityEvent::StepUpRequired
+            | SecurityEvent::PasswordResetRequested => Severity::Low,
+        }
+    }
+
+    /// The types at or above `min`.
+    pub fn at_least(min: Severity) -> Vec<SecurityEvent> {
+        Self::ALL
+            .into_iter()
+            .filter(|e| e.severity() >= min)
+            .collect()
+    }
+}
+
+impl fmt::Display for SecurityEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR notation (`203.0.113.0/24`, `2001:db8::/32`); a bare
+/// address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        // An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) is the IPv4 address it maps.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(*v6), IpAddr::V4),
+            v4 => *v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not an IP address or CIDR network");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether `ip` falls in any of `list`. An empty list allows every address.
+pub fn allowed(list: &[Cidr], ip: Option<&IpAddr>) -> bool {
+    list.is_empty() || ip.is_some_and(|ip| list.iter().any(|c| c.contains(ip)))
+}
+
+/// The bounds a tenant's policy must stay within.
+pub mod bounds {
+    /// NIST 800-63B: at least 8; the default is 12.
+    pub const PASSWORD_MIN_LENGTH: (u32, u32) = (8, 64);
+    /// At least 128 must be accepted (passphrases).
+    pub const PASSWORD_MAX_LENGTH: (u32, u32) = (128, 1024);
+    /// Not one of the last 4, at least.
+    pub const PASSWORD_HISTORY: (u32, u32) = (4, 24);
+    /// PCI DSS 8.3.4: lock after at most 10 failures.
+    pub const LOCKOUT_THRESHOLD: (u32, u32) = (3, 10);
+    /// PCI DSS 8.3.4: locked for at least 30 minutes.
+    pub const LOCKOUT_MINUTES: (u32, u32) = (30, 1440);
+    /// Re-authentication within at most 10 minutes for sensitive actions.
+    pub const STEP_UP_SECONDS: (u32, u32) = (60, 600);
+    /// Idle timeout of a session: 5 minutes up to the absolute lifetime.
+    pub const SESSION_IDLE_SECONDS: (u32, u32) = (300, 2_592_000);
+    /// Absolute lifetime of a session: 1 hour to 30 days.
+    pub const SESSION_ABSOLUTE_SECONDS: (u32, u32) = (3_600, 2_592_000);
+    /// At most 1,000 entries per allow-list.
+    pub const MAX_ALLOWED_IPS: usize = 1_000;
+}
+
+/// A tenant's security policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityPolicy {
+    pub password_min_length: u32,
+    pub password_max_length: u32,
+    /// A new password may not be any of the last this many.
+    pub password_history: u32,
+    /// Consecutive failed sign-ins that lock an account.
+    pub lockout_threshold: u32,
+    pub lockout_minutes: u32,
+    /// Roles whose holders must use MFA: until they enrol they can do nothing else.
+    pub mfa_required_roles: Vec<Role>,
+    /// How recent an authentication must be for a sensitive action.
+    pub step_up_max_age_seconds: u32,
+    /// Transfers strictly above these amounts (minor units, per currency) need step-up.
+    pub step_up_transfer_threshold: BTreeMap<String, i64>,
+    /// A session unused for this long ends.
+    pub session_idle_timeout_seconds: u32,
+    /// A session ends this long after sign-in, however active.
+    pub session_absolute_lifetime_seconds: u32,
+    /// Addresses API-token requests (and, with `staff_login_ip_allowlist`, staff sign-ins)
+    /// must come from. Empty: any.
+    pub allowed_ips: Vec<Cidr>,
+    /// Apply `allowed_ips` to sign-ins of staff (every role but CUSTOMER).
+    pub staff_login_ip_allowlist: bool,
+    /// API-token requests must carry a valid `Kasho-Signature`.
+    pub require_signed_requests: bool,
+}
+
+impl Default for SecurityPolicy {
+    fn default() -> Self {
+        Self {
+            password_min_length: 12,
+            password_max_length: 128,
+            password_history: 4,
+            lockout_threshold: 10,
+            lockout_minutes: 30,
+            mfa_required_roles: vec![Role::Manager, Role::ComplianceOfficer, Role::PlatformAdmin],
+            step_up_max_age_seconds: 600,
+            step_up_transfer_threshold: BTreeMap::new(),
+            session_idle_timeout_seconds: 3_600,
+            session_absolute_lifetime_seconds: 2_592_000,
+            allowed_ips: Vec::new(),
+            staff_login_ip_allowlist: false,
+            require_signed_requests: false,
+        }
+    }
+}
+
+/// A policy rule that was broken: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl SecurityPolicy {
+    /// Checks every figure against its bounds.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        fn within(param: &'static str, v: u32, (lo, hi): (u32, u32)) -> Result<(), PolicyError> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(PolicyError {
+                    param,
+                    message: format!("`{param}` must be between {lo} and {hi}"),
+                })
+            }
+        }
+        use bounds::*;
+        within(
+            "password_min_length",
+            self.password_min_length,
+            PASSWORD_MIN_LENGTH,
+        )?;
+        within(
+            "password_max_length",
+            self.password_max_length,
+            PASSWORD_MAX_LENGTH,
+        )?;
+        within("password_history", self.password_history, PASSWORD_HISTORY)?;
+        within(
+            "lockout_threshold",
+            self.lockout_threshold,
+            LOCKOUT_THRESHOLD,
+        )?;
+        within("lockout_minutes", self.lockout_minutes, LOCKOUT_MINUTES)?;
+        within(
+            "step_up_max_age_seconds",
+            self.step_up_max_age_seconds,
+            STEP_UP_SECONDS,
+        )?;
+        within(
+            "session_idle_timeout_seconds",
+            self.session_idle_timeout_seconds,
+            SESSION_IDLE_SECONDS,
+        )?;
+        within(
+            "session_absolute_lifetime_seconds",
+            self.session_absolute_lifetime_seconds,
+            SESSION_ABSOLUTE_SECONDS,
+        )?;
+        if self.session_idle_timeout_seconds > self.session_absolute_lifetime_seconds {
+            return Err(PolicyError {
+                param: "session_idle_timeout_seconds",
+                message: "the idle timeout cannot exceed the absolute lifetime".into(),
+            });
+        }
+        if self.allowed_ips.len() > MAX_ALLOWED_IPS {
+            return Err(PolicyError {
+                param: "allowed_ips",
+                message: format!("at most {MAX_ALLOWED_IPS} entries"),
+            });
+        }
+        for (currency, amount) in &self.step_up_transfer_threshold {
+            if crate::domain::currency::Currency::parse(currency).is_err() {
+                return Err(PolicyError {
+                    param: "step_up_transfer_threshold",
+                    message: format!("`{currency}` is not an ISO 4217 currency code"),
+                });
+            }
+            if *amount < 0 {
+                return Err(PolicyError {
+                    param: "step_up_transfer_threshold",
+                    message: "thresholds are non-negative amounts in minor units".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a holder of `roles` must use MFA.
+    pub fn mfa_required_for(&self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| self.mfa_required_roles.contains(r))
+    }
+
+    /// Whether moving `amount` of `currency` needs a recent authentication.
+    pub fn transfer_needs_step_up(&self, currency: &str, amount: i64) -> bool {
+        self.step_up_transfer_threshold
+            .get(currency)
+            .is_some_and(|limit| amount > *limit)
+    }
+
+    /// Parses a stored policy; no document means `default`, and a document that no longer
+    /// parses or validates falls back to the reference defaults (the strict ones), never to
+    /// something weaker.
+    pub fn from_storage(json: Option<&str>, default: &SecurityPolicy) -> Self {
+        match json {
+            None => default.clone(),
+            Some(j) => serde_json::from_str::<Self>(j)
+                .ok()
+                .filter(|p| p.validate().is_ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_membership() {
+        let net: Cidr = "203.0.113.0/24".parse().expect("cidr");
+        assert!(net.contains(&"203.0.113.7".parse().expect("ip")));
+        assert!(!net.contains(&"203.0.114.7".parse().expect("ip")));
+        assert!(net.contains(&"::ffff:203.0.113.9".parse().expect("ip")));
+        let one: Cidr = "198.51.100.1".parse().expect("cidr");
+        assert!(one.contains(&"198.51.100.1".parse().expect("ip")));
+        assert!(!one.contains(&"198.51.100.2".parse().expect("ip")));
+        let v6: Cidr = "2001:db8::/32".parse().expect("cidr");
+        assert!(v6.contains(&"2001:db8:1::1".parse().expect("ip")));
+        assert!(!v6.contains(&"203.0.113.7".parse().expect("ip")));
+        let all: Cidr = "0.0.0.0/0".parse().expect("cidr");
+        assert!(all.contains(&"8.8.8.8".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert!(allowed(&[], None));
+        assert!(!allowed(&[net], None));
+    }
+
+    #[test]
+    fn policy_defaults_are_the_reference_figures_and_bounds_hold() {
+        let p = SecurityPolicy::default();
+        assert!(p.validate().is_ok());
+        assert_eq!((p.password_min_length, p.lockout_threshold), (12, 10));
+        assert!(p.mfa_required_for(&[Role::Manager]));
+        assert!(!p.mfa_required_for(&[Role::Cashier, Role::Customer]));
+        let weak = SecurityPolicy {
+            lockout_threshold: 11,
+            ..p.clone()
+        };
+        assert_eq!(
+            weak.validate().map_err(|e| e.param),
+            Err("lockout_threshold")
+        );
+        let short = SecurityPolicy {
+            lockout_minutes: 10,
+            ..p.clone()
+        };
+        assert!(short.validate().is_err());
+        let thresholds = SecurityPolicy {
+            step_up_transfer_threshold: [("USD".to_owned(), 100_000)].into(),
+            ..p
+        };
+        assert!(thresholds.transfer_needs_step_up("USD", 100_001));
+        assert!(!thresholds.transfer_needs_step_up("USD", 100_000));
+        assert!(!thresholds.transfer_needs_step_up("NGN", i64::MAX));
+        // A corrupted stored policy means the defaults, not something weaker.
+        assert_eq!(
+            SecurityPolicy::from_storage(
+                Some(r#"{"lockout_threshold": 1000}"#),
+                &SecurityPolicy {
+                    mfa_required_roles: vec![],
+                    ..SecurityPolicy::default()
+                }
+            ),
+            SecurityPolicy::default()
+        );
+    }
+
+    #[test]
+    fn every_event_type_round_trips() {
+        for e in SecurityEvent::ALL {
+            assert_eq!(SecurityEvent::parse(e.as_str()), Some(e));
+        }
+        assert!(SecurityEvent::at_least(Severity::High).contains(&SecurityEvent::AccountLocked));
+        assert!(!SecurityEvent::at_least(Severity::High).contains(&SecurityEvent::LoginFailed));
+    }
+}

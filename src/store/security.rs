@@ -1,0 +1,504 @@
+//! Storage of account security: tenants' security policies, security events (audit records
+//! with a type), the sessions a user can see and end, step-up times, sign-in throttling and
+//! password history. Implemented for both backends by [`impl_security_store!`] from the same
+//! SQL.
+
+use async_trait::async_trait;
+
+use super::{Page, StoreResult};
+use crate::clock::Timestamp;
+use crate::domain::audit::{AuditRecord, NewAuditEvent};
+use crate::ids::{SessionId, TenantId, UserId};
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub last_used_at: Option<i64>,
+    pub authenticated_at: Option<i64>,
+}
+
+/// Failed sign-ins counted under one key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ThrottleRecord {
+    pub key: String,
+    pub tenant_id: Option<String>,
+    pub failures: i64,
+    pub window_started_at: i64,
+    pub last_failed_at: i64,
+    pub locked_until: Option<i64>,
+}
+
+/// How a failure is counted under a key.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureRule {
+    /// Failures older than this (since the first of the run) start a new count.
+    pub window_seconds: i64,
+    /// The count at which the key locks (and the count restarts).
+    pub threshold: i64,
+    pub lock_seconds: i64,
+}
+
+/// Filters of `GET /v1/security-events`.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityEventFilter {
+    /// Event types (empty: all).
+    pub types: Vec<String>,
+    pub actor_id: Option<String>,
+    pub ip: Option<String>,
+    pub occurred_after: Option<Timestamp>,
+    pub occurred_before: Option<Timestamp>,
+}
+
+/// A password change: the new hash replaces the current one, which joins the history.
+#[derive(Debug, Clone)]
+pub struct PasswordChange<'a> {
+    pub tenant: Option<&'a TenantId>,
+    pub user: &'a UserId,
+    pub new_hash: String,
+    /// How many previous hashes to keep.
+    pub keep_history: u32,
+    /// The session that stays signed in (a change from the account page); `None` ends all.
+    pub keep_session: Option<&'a SessionId>,
+    pub revoke_reason: &'a str,
+    pub now: Timestamp,
+}
+
+#[async_trait]
+pub trait SecurityStore: Send + Sync {
+    /// The tenant's stored policy document, if it ever set one.
+    async fn security_policy(&self, tenant: &TenantId) -> StoreResult<Option<String>>;
+    async fn put_security_policy(
+        &self,
+        tenant: &TenantId,
+        policy_json: &str,
+        updated_by: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()>;
+    /// Security events of a chain, newest first.
+    async fn list_security_events(
+        &self,
+        chain: &str,
+        filter: &SecurityEventFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<AuditRecord>>;
+
+    /// A user's sessions that have not ended (not revoked, not past their absolute expiry),
+    /// newest first.
+    async fn list_user_sessions(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        now: Timestamp,
+        page: &Page,
+    ) -> StoreResult<Vec<SessionRecord>>;
+    /// Revokes the user's live sessions: `only` one of them, or all but `except`. Returns how
+    /// many were revoked.
+    async fn revoke_user_sessions(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        only: Option<&SessionId>,
+        except: Option<&SessionId>,
+        reason: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<u64>;
+    /// Records use of a session, at most once per `min_interval_seconds` (a conditional
+    /// update, so busy sessions do not write on every request).
+    async fn touch_session(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        min_interval_seconds: i64,
+    ) -> StoreResult<()>;
+    /// Records a fresh authentication of a live session (step-up).
+    async fn set_session_authenticated(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+
+    /// The throttle rows of `keys` that exist.
+    async fn login_throttle(&self, keys: &[String]) -> StoreResult<Vec<ThrottleRecord>>;
+    /// Counts one failure under `key` atomically. When the count reaches the rule's
+    /// threshold the key is locked for the rule's period and the count restarts. Returns the
+    /// row after the change and whether this failure locked it.
+    async fn record_login_failure(
+        &self,
+        key: &str,
+        tenant: Option<&TenantId>,
+        rule: FailureRule,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<(ThrottleRecord, bool)>;
+    /// Forgets the failures under `key` (a successful sign-in, or a manager's unlock).
+    /// Returns whether there were any.
+    async fn clear_login_throttle(&self, key: &str, audit: &[NewAuditEvent]) -> StoreResult<bool>;
+
+    /// The user's previous password hashes, newest first.
+    async fn password_history(&self, user: &UserId, limit: u32) -> StoreResult<Vec<String>>;
+    /// Replaces the password (the old hash joins the history, trimmed to `keep_history`) and
+    /// revokes the user's sessions but `keep_session`, in one transaction with `audit`.
+    /// `false` if there is no such user in that scope.
+    async fn set_user_password(
+        &self,
+        change: &PasswordChange<'_>,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+}
+
+macro_rules! impl_security_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::security::SecurityStore for $store {
+            async fn security_policy(
+                &self,
+                tenant: &$crate::ids::TenantId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT policy FROM tenant_security WHERE tenant_id = $1")
+                        .bind(tenant.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn put_security_policy(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                policy_json: &str,
+                updated_by: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO tenant_security (tenant_id, policy, updated_at, updated_by) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET \
+                     policy = excluded.policy, updated_at = excluded.updated_at, \
+                     updated_by = excluded.updated_by",
+                )
+                .bind(tenant.as_str())
+                .bind(policy_json)
+                .bind(now.as_micros())
+                .bind(updated_by)
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_security_events(
+                &self,
+                chain: &str,
+                f: &$crate::store::security::SecurityEventFilter,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::audit::AuditRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
+                    "SELECT * FROM audit_events WHERE chain = ",
+                );
+                qb.push_bind(chain.to_owned());
+                qb.push(" AND security_event IS NOT NULL");
+                if !f.types.is_empty() {
+                    qb.push(" AND security_event IN (");
+                    let mut sep = qb.separated(", ");
+                    for t in &f.types {
+                        sep.push_bind(t.clone());
+                    }
+                    qb.push(")");
+                }
+                if let Some(a) = &f.actor_id {
+                    qb.push(" AND actor_id = ").push_bind(a.clone());
+                }
+                if let Some(ip) = &f.ip {
+                    qb.push(" AND ip = ").push_bind(ip.clone());
+                }
+                if let Some(t) = f.occurred_after {
+                    qb.push(" AND occurred_at >= ").push_bind(t.as_micros());
+                }
+                if let Some(t) = f.occurred_before {
+                    qb.push(" AND occurred_at < ").push_bind(t.as_micros());
+                }
+                if let Some(after) = &page.starting_after {
+                    qb.push(" AND seq < (SELECT c.seq FROM audit_events c WHERE c.chain = ")
+                        .push_bind(chain.to_owned())
+                        .push(" AND c.id = ")
+                        .push_bind(after.clone())
+                        .push(")");
+                }
+                qb.push(" ORDER BY seq DESC LIMIT ")
+                    .push_bind(i64::from(page.limit) + 1);
+                let rows: Vec<$crate::store::sql::AuditRow> =
+                    qb.build_query_as().fetch_all(&self.pool).await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn list_user_sessions(
+                &self,
+                tenant: Option<&$crate::ids::TenantId>,
+                user: &$crate::ids::UserId,
+                now: $crate::clock::Timestamp,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::security::SessionRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, user_id, created_at, expires_at, revoked_at, revoked_reason, \
+                            ip, user_agent, last_used_at, authenticated_at \
+                     FROM sessions WHERE COALESCE(tenant_id, '') = $1 AND user_id = $2 \
+                     AND revoked_at IS NULL AND expires_at > $3 \
+                     AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+                )
+                .bind(tenant.map_or("", |t| t.as_str()))
+                .bind(user.as_str())
+                .bind(now.as_micros())
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_user_sessions(
+                &self,
+                tenant: Option<&$crate::ids::TenantId>,
+                user: &$crate::ids::UserId,
+                only: Option<&$crate::ids::SessionId>,
+                except: Option<&$crate::ids::SessionId>,
+                reason: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                     WHERE COALESCE(tenant_id, '') = $1 AND user_id = $2 AND revoked_at IS NULL \
+                     AND ($5 IS NULL OR id = $5) AND ($6 IS NULL OR id <> $6)",
+                )
+                .bind(tenant.map_or("", |t| t.as_str()))
+                .bind(user.as_str())
+                .bind(now.as_micros())
+                .bind(reason)
+                .bind(only.map(|s| s.as_str()))
+                .bind(except.map(|s| s.as_str()))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn touch_session(
+                &self,
+                id: &$crate::ids::SessionId,
+                now: $crate::clock::Timestamp,
+                min_interval_seconds: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let stale = now.plus_seconds(-min_interval_seconds).as_micros();
+                // One conditional statement, outside any lock-taking transaction: a busy
+                // session writes at most once per interval.
+                sqlx::query(
+                    "UPDATE sessions SET last_used_at = $2 WHERE id = $1 \
+                     AND (last_used_at IS NULL OR last_used_at < $3)",
+                )
+                .bind(id.as_str())
+                .bind(now.as_micros())
+                .bind(stale)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn set_session_authenticated(
+                &self,
+                id: &$crate::ids::SessionId,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE sessions SET authenticated_at = $2, last_used_at = $2 \
+                     WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id.as_str())
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn login_throttle(
+                &self,
+                keys: &[String],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::security::ThrottleRecord>> {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
+                    "SELECT * FROM login_throttle WHERE key IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for k in keys {
+                    sep.push_bind(k.clone());
+                }
+                qb.push(")");
+                Ok(qb.build_query_as().fetch_all(&self.pool).await?)
+            }
+
+            async fn record_login_failure(
+                &self,
+                key: &str,
+                tenant: Option<&$crate::ids::TenantId>,
+                rule: $crate::store::security::FailureRule,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<($crate::store::security::ThrottleRecord, bool)> {
+                let mut tx = self.begin_write().await?;
+                let window_start = now.plus_seconds(-rule.window_seconds).as_micros();
+                let row: $crate::store::security::ThrottleRecord = sqlx::query_as(
+                    "INSERT INTO login_throttle (key, tenant_id, failures, window_started_at, last_failed_at, locked_until) \
+                     VALUES ($1, $2, 1, $3, $3, NULL) \
+                     ON CONFLICT (key) DO UPDATE SET \
+                       failures = CASE WHEN login_throttle.window_started_at < $4 THEN 1 ELSE login_throttle.failures + 1 END, \
+                       window_started_at = CASE WHEN login_throttle.window_started_at < $4 THEN $3 ELSE login_throttle.window_started_at END, \
+                       last_failed_at = $3 \
+                     RETURNING *",
+                )
+                .bind(key)
+                .bind(tenant.map(|t| t.as_str()))
+                .bind(now.as_micros())
+                .bind(window_start)
+                .fetch_one(&mut *tx)
+                .await?;
+                let locks = row.failures >= rule.threshold;
+                let row = if locks {
+                    sqlx::query_as(
+                        "UPDATE login_throttle SET failures = 0, window_started_at = $2, locked_until = $3 \
+                         WHERE key = $1 RETURNING *",
+                    )
+                    .bind(key)
+                    .bind(now.as_micros())
+                    .bind(now.plus_seconds(rule.lock_seconds).as_micros())
+                    .fetch_one(&mut *tx)
+                    .await?
+                } else {
+                    row
+                };
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok((row, locks))
+            }
+
+            async fn clear_login_throttle(
+                &self,
+                key: &str,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn password_history(
+                &self,
+                user: &$crate::ids::UserId,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<String>> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT password_hash FROM password_history WHERE user_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                )
+                .bind(user.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
+            async fn set_user_password(
+                &self,
+                c: &$crate::store::security::PasswordChange<'_>,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let scope = c.tenant.map_or("", |t| t.as_str());
+                let mut tx = self.begin_write().await?;
+                let old: Option<(String,)> = sqlx::query_as(
+                    "SELECT password_hash FROM users WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
+                )
+                .bind(scope)
+                .bind(c.user.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((old,)) = old else {
+                    return Ok(false);
+                };
+                sqlx::query(
+                    "UPDATE users SET password_hash = $3, password_changed_at = $4, updated_at = $4 \
+                     WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
+                )
+                .bind(scope)
+                .bind(c.user.as_str())
+                .bind(&c.new_hash)
+                .bind(c.now.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO password_history (id, user_id, tenant_id, password_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(c.user.as_str())
+                .bind(c.tenant.map(|t| t.as_str()))
+                .bind(old)
+                .bind(c.now.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM password_history WHERE user_id = $1 AND id NOT IN \
+                     (SELECT id FROM password_history WHERE user_id = $1 \
+                      ORDER BY created_at DESC, id DESC LIMIT $2)",
+                )
+                .bind(c.user.as_str())
+                .bind(i64::from(c.keep_history))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                     WHERE COALESCE(tenant_id, '') = $1 AND user_id = $2 AND revoked_at IS NULL \
+                     AND ($5 IS NULL OR id <> $5)",
+                )
+                .bind(scope)
+                .bind(c.user.as_str())
+                .bind(c.now.as_micros())
+                .bind(c.revoke_reason)
+                .bind(c.keep_session.map(|s| s.as_str()))
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_security_store;
