@@ -416,20 +416,28 @@ impl SecurityPolicy {
 mod tests {
     use super::*;
 
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
     #[test]
     fn cidr_membership() {
-        let net: Cidr = "203.0.113.0/24".parse().expect("cidr");
-        assert!(net.contains(&"203.0.113.7".parse().expect("ip")));
-        assert!(!net.contains(&"203.0.114.7".parse().expect("ip")));
-        assert!(net.contains(&"::ffff:203.0.113.9".parse().expect("ip")));
-        let one: Cidr = "198.51.100.1".parse().expect("cidr");
-        assert!(one.contains(&"198.51.100.1".parse().expect("ip")));
-        assert!(!one.contains(&"198.51.100.2".parse().expect("ip")));
-        let v6: Cidr = "2001:db8::/32".parse().expect("cidr");
-        assert!(v6.contains(&"2001:db8:1::1".parse().expect("ip")));
-        assert!(!v6.contains(&"203.0.113.7".parse().expect("ip")));
-        let all: Cidr = "0.0.0.0/0".parse().expect("cidr");
-        assert!(all.contains(&"8.8.8.8".parse().expect("ip")));
+        let net: Cidr = cidr("203.0.113.0/24");
+        assert!(net.contains(&ip("203.0.113.7")));
+        assert!(!net.contains(&ip("203.0.114.7")));
+        assert!(net.contains(&ip("::ffff:203.0.113.9")));
+        let one: Cidr = cidr("198.51.100.1");
+        assert!(one.contains(&ip("198.51.100.1")));
+        assert!(!one.contains(&ip("198.51.100.2")));
+        let v6: Cidr = cidr("2001:db8::/32");
+        assert!(v6.contains(&ip("2001:db8:1::1")));
+        assert!(!v6.contains(&ip("203.0.113.7")));
+        let all: Cidr = cidr("0.0.0.0/0");
+        assert!(all.contains(&ip("8.8.8.8")));
         for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129", ""] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }

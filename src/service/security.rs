@@ -157,7 +157,7 @@ pub async fn step_up(
         .ok_or(AppError::InvalidCredentials)?;
     let key = account_key(tenant, &user.email);
     let audit = AuditBuilder::new(core, meta, Some(actor));
-    check_throttle(core, &[key.clone()], now).await?;
+    check_throttle(core, std::slice::from_ref(&key), now).await?;
 
     let password_ok = core
         .hasher

@@ -73,6 +73,7 @@ pub struct PasswordChange<'a> {
 }
 
 #[async_trait]
+#[allow(clippy::too_many_arguments)]
 pub trait SecurityStore: Send + Sync {
     /// The tenant's stored policy document, if it ever set one.
     async fn security_policy(&self, tenant: &TenantId) -> StoreResult<Option<String>>;
@@ -161,6 +162,7 @@ pub trait SecurityStore: Send + Sync {
 macro_rules! impl_security_store {
     ($store:ty) => {
         #[async_trait::async_trait]
+        #[allow(clippy::too_many_arguments)]
         impl $crate::store::security::SecurityStore for $store {
             async fn security_policy(
                 &self,
