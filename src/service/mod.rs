@@ -10,6 +10,7 @@ pub mod keys;
 pub mod kyc;
 pub mod ledger;
 pub mod mfa;
+pub mod passwords;
 pub mod privacy;
 pub mod retention;
 pub mod security;
