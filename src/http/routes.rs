@@ -7,7 +7,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -102,6 +102,13 @@ pub(super) fn all() -> Vec<Route> {
             auth::logout,
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
+        route(
+            Method::POST,
+            "/v1/me/password",
+            Authenticated,
+            "user.password.change",
+            me::change_password,
+        ),
         route(
             Method::POST,
             "/v1/tenants",

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod attacks;
 mod audit;
 mod auth;
 mod authz;
@@ -24,6 +25,7 @@ mod ledger;
 mod ledger_model;
 mod logs;
 mod openapi;
+mod passwords;
 mod privacy;
 mod retention;
 mod tenants;
