@@ -26,5 +26,6 @@ mod logs;
 mod openapi;
 mod privacy;
 mod retention;
+mod security;
 mod tenants;
 mod users;
