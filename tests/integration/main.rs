@@ -18,6 +18,7 @@ mod cli;
 mod conventions;
 mod crash;
 mod customers;
+mod docs;
 mod encryption;
 mod kyc;
 mod ledger;
