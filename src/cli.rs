@@ -236,11 +236,7 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         id: id.clone(),
         tenant_id: None,
         email,
-        password_hash: core
-            .hasher
-            .hash(&raw)
-            .await
-            .map_err(|e| e.to_string())?,
+        password_hash: core.hasher.hash(&raw).await.map_err(|e| e.to_string())?,
         roles: vec![Role::PlatformAdmin],
         created_at: now,
     };

@@ -7,8 +7,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
 };
 use crate::domain::authz::Permission;
 

@@ -26,7 +26,12 @@ async fn users_with_email(app: &TestApp, email: &str) -> usize {
         .len()
 }
 
-async fn create_user(app: &TestApp, t: &TenantFixture, email: &str, password: &str) -> crate::support::Resp {
+async fn create_user(
+    app: &TestApp,
+    t: &TenantFixture,
+    email: &str,
+    password: &str,
+) -> crate::support::Resp {
     app.post(
         "/v1/users",
         Some(&t.manager_token),
@@ -45,9 +50,15 @@ async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestA
         ("Password123456!", "password_too_common"),
         ("qwertyuiop123", "password_too_common"),
         ("  iloveyou2026  ", "password_too_common"),
-        ("grace hopper forever 1906", "password_contains_personal_info"),
+        (
+            "grace hopper forever 1906",
+            "password_contains_personal_info",
+        ),
         ("GraceHopper!!2026", "password_contains_personal_info"),
-        ("orchid ltd treasury desk", "password_contains_personal_info"),
+        (
+            "orchid ltd treasury desk",
+            "password_contains_personal_info",
+        ),
         ("aaaaaaaaaaaaaaaa", "password_too_weak"),
         ("abcdefghijklmnop", "password_too_weak"),
     ];
@@ -58,8 +69,15 @@ async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestA
         assert_eq!(r.body["error"]["param"], "password", "{r:?}");
         let message = r.body["error"]["message"].as_str().unwrap();
         assert!(!message.is_empty());
-        assert!(!message.contains(password.trim()), "echoes the password: {message}");
-        assert_eq!(users_with_email(app, email).await, 0, "{password} created a user");
+        assert!(
+            !message.contains(password.trim()),
+            "echoes the password: {message}"
+        );
+        assert_eq!(
+            users_with_email(app, email).await,
+            0,
+            "{password} created a user"
+        );
     }
     // zxcvbn's advice is the message of a weak one.
     let r = create_user(app, &t, email, "aaaaaaaaaaaaaaaa").await;
@@ -253,9 +271,22 @@ async fn changing_the_password_needs_a_recent_authentication(app: &TestApp) {
     assert_eq!(r.code(), "step_up_required");
     let still = app.login(Some("orchid"), &email, PASSWORD).await;
     assert_eq!(still.status, StatusCode::OK, "{still:?}");
-    // A fresh sign-in is a recent authentication.
-    let fresh = still.body["access_token"].as_str().unwrap();
-    let r = change(app, fresh, PASSWORD, STRONG[0]).await;
+    // Re-authenticating the same session makes the change possible again.
+    let r = app
+        .post(
+            "/v1/auth/step-up",
+            Some(&token),
+            json!({ "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = change(app, &token, PASSWORD, STRONG[0]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    // A fresh sign-in is a recent authentication too.
+    app.clock.advance_seconds(11 * 60);
+    let fresh = app.login(Some("orchid"), &email, STRONG[0]).await;
+    let fresh = fresh.body["access_token"].as_str().unwrap();
+    let r = change(app, fresh, STRONG[0], STRONG[1]).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
 }
 
