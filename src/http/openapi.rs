@@ -5,8 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants, users,
 };
 
 #[derive(OpenApi)]

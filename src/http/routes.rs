@@ -7,8 +7,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -104,13 +103,7 @@ pub(super) fn all() -> Vec<Route> {
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
         // Multi-factor authentication (TOTP and recovery codes).
-        route(
-            Method::POST,
-            "/v1/auth/mfa",
-            Public,
-            "auth.mfa",
-            mfa::login,
-        ),
+        route(Method::POST, "/v1/auth/mfa", Public, "auth.mfa", mfa::login),
         route(
             Method::GET,
             "/v1/me/mfa",

@@ -70,7 +70,11 @@ pub fn step_at(now: Timestamp) -> i64 {
 /// The code of `step`, zero-padded.
 pub fn totp_code(key: &[u8], step: i64) -> String {
     let counter = u64::try_from(step).unwrap_or(0);
-    format!("{:0width$}", hotp(key, counter), width = TOTP_DIGITS as usize)
+    format!(
+        "{:0width$}",
+        hotp(key, counter),
+        width = TOTP_DIGITS as usize
+    )
 }
 
 /// The step `code` belongs to: the current one or the previous one (clock drift and typing
@@ -208,7 +212,11 @@ async fn open_secret(
     stored: &str,
 ) -> AppResult<Zeroizing<Vec<u8>>> {
     match tenant {
-        Some(t) => core.keyring.open(&col.at(t.as_str(), user.as_str()), stored).await,
+        Some(t) => {
+            core.keyring
+                .open(&col.at(t.as_str(), user.as_str()), stored)
+                .await
+        }
         None => core.keyring.open_platform(col, user.as_str(), stored),
     }
 }
@@ -344,7 +352,11 @@ pub async fn complete_login(
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, None);
     let hash = sha256_hex(mfa_token.expose_secret().as_bytes());
-    let invalid = || Audited(AppError::InvalidToken("the MFA token is invalid or expired"));
+    let invalid = || {
+        Audited(AppError::InvalidToken(
+            "the MFA token is invalid or expired",
+        ))
+    };
     let challenge = core
         .store
         .mfa_challenge(&hash)
@@ -621,6 +633,7 @@ pub async fn confirm_enrolment(
         });
     };
     let (shown, hashes) = new_recovery_codes(&actor.user_id)?;
+    let active = seal_secret(core, tenant, MFA_TOTP_SECRET, &actor.user_id, &secret).await?;
     let ev = audit.own(
         "mfa.confirm",
         Some(("user", actor.user_id.as_str())),
@@ -634,6 +647,7 @@ pub async fn confirm_enrolment(
                 tenant,
                 user: &actor.user_id,
                 pending_secret: &pending,
+                secret: &active,
                 step,
                 recovery_hashes: &hashes,
                 now,
@@ -673,9 +687,10 @@ pub async fn status(core: &Core, actor: &Principal) -> AppResult<MfaStatus> {
         } else {
             0
         },
-        enrolment_pending: row.as_ref().and_then(|r| r.pending_created_at).is_some_and(
-            |c| Timestamp::from_micros(c).plus_seconds(ENROLMENT_TTL_SECONDS) > now,
-        ),
+        enrolment_pending: row
+            .as_ref()
+            .and_then(|r| r.pending_created_at)
+            .is_some_and(|c| Timestamp::from_micros(c).plus_seconds(ENROLMENT_TTL_SECONDS) > now),
         required: policy.mfa_required_for(&actor.roles),
     })
 }
@@ -806,7 +821,8 @@ mod tests {
 
     #[test]
     fn qr_is_an_svg_data_uri() {
-        let uri = qr_svg_data_uri("otpauth://totp/x:y?secret=ABC").unwrap_or_else(|e| unreachable!("{e}"));
+        let uri = qr_svg_data_uri("otpauth://totp/x:y?secret=ABC")
+            .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(uri.starts_with("data:image/svg+xml;base64,"));
     }
 }

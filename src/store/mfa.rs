@@ -61,6 +61,9 @@ pub struct TotpConfirmation<'a> {
     /// The pending ciphertext the code was checked against (a restarted enrolment meanwhile
     /// makes the confirmation fail).
     pub pending_secret: &'a str,
+    /// The same secret sealed for the active column (the AAD names the column, so a
+    /// ciphertext cannot simply move from one to the other).
+    pub secret: &'a str,
     /// The step of the code that confirmed it (it cannot be used again).
     pub step: i64,
     /// Hashes of the new recovery codes (any older ones are deleted).
@@ -193,7 +196,7 @@ macro_rules! impl_mfa_store {
                 let scope = c.tenant.map_or("", |t| t.as_str());
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
-                    "UPDATE mfa_totp SET secret = pending_secret, pending_secret = NULL, \
+                    "UPDATE mfa_totp SET secret = $5, pending_secret = NULL, \
                      pending_created_at = NULL, enabled_at = $3, last_step = $4, updated_at = $3 \
                      WHERE user_id = $1 AND pending_secret = $2",
                 )
@@ -201,6 +204,7 @@ macro_rules! impl_mfa_store {
                 .bind(c.pending_secret)
                 .bind(c.now.as_micros())
                 .bind(c.step)
+                .bind(c.secret)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

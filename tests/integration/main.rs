@@ -24,6 +24,7 @@ mod kyc;
 mod ledger;
 mod ledger_model;
 mod logs;
+mod mfa;
 mod openapi;
 mod privacy;
 mod retention;
