@@ -573,7 +573,36 @@ async fn the_totp_secret_is_encrypted_at_rest(app: &TestApp) {
     assert_ne!(r.status, StatusCode::OK, "{r:?}");
 }
 
+async fn key_rotation_re_encrypts_the_secret_and_sign_in_still_works(app: &TestApp) {
+    let (t, id, email) = cashier(app).await;
+    let token = app.token(Some(&t.slug), &email).await;
+    let (secret, _) = enable_mfa(app, &token).await;
+    let before = app
+        .raw_strings(&format!(
+            "SELECT secret FROM mfa_totp WHERE user_id = '{id}'"
+        ))
+        .await;
+    let tenant = kasho::ids::TenantId::from_trusted(t.id.clone());
+    let r = app
+        .core
+        .keyring
+        .rotate_tenant(&tenant, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(r.reencrypted >= 1, "{r:?}");
+    let after = app
+        .raw_strings(&format!(
+            "SELECT secret FROM mfa_totp WHERE user_id = '{id}'"
+        ))
+        .await;
+    assert_ne!(before, after, "re-encrypted under the new key version");
+    let challenge = mfa_token(app, Some(&t.slug), &email).await;
+    let r = second_step(app, &challenge, &code_now(app, &secret)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+}
+
 backend_tests!(
+    key_rotation_re_encrypts_the_secret_and_sign_in_still_works,
     enrolment_returns_secret_uri_and_qr_and_activates_only_after_a_correct_code,
     sign_in_with_mfa_answers_a_challenge_and_a_code_issues_tokens,
     a_totp_code_is_never_accepted_twice,
