@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -14,6 +15,7 @@ use super::handlers::{
     paths(
         meta::healthz, meta::jwks,
         auth::login, auth::refresh, auth::logout, auth::me,
+        password_reset::request, password_reset::confirm,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,

@@ -94,6 +94,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     CUSTOMER_PII,
     KYC_DOCUMENT_CONTENT,
     KYC_DECISION_REASON,
+    MAIL_OUTBOX_MESSAGE,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -127,6 +128,14 @@ pub const KYC_DECISION_REASON: EncryptedColumn = EncryptedColumn {
     table: "kyc_decisions",
     column: "reason",
     row: "submission_id",
+};
+
+/// An outgoing email (recipient and text, which may carry a reset link), sealed under the
+/// tenant's data key until it is sent (AAD row = the message id).
+pub const MAIL_OUTBOX_MESSAGE: EncryptedColumn = EncryptedColumn {
+    table: "mail_outbox",
+    column: "message",
+    row: "id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

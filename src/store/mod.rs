@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod kyc;
+pub mod mail;
 pub mod postgres;
 pub mod posting;
 pub mod security;
@@ -498,6 +499,10 @@ pub struct RetentionPlan {
     pub audit_cutoff: Timestamp,
     /// The audit chains to prune, each verified up to its new checkpoint by the caller.
     pub audit_prunes: Vec<AuditPrune>,
+    /// Password-reset tokens (digests) that expired before this go, spent or not.
+    pub reset_tokens_expired_before: Timestamp,
+    /// Outbox messages sent or given up on before this go.
+    pub mail_finished_before: Timestamp,
 }
 
 /// Prune one audit chain's oldest records: those with `from_seq < seq <= checkpoint.seq`.
@@ -518,11 +523,18 @@ pub struct PurgeCounts {
     pub audit_events: u64,
     /// Chains that got a new checkpoint.
     pub audit_chains: u64,
+    pub reset_tokens: u64,
+    pub mail_messages: u64,
 }
 
 impl PurgeCounts {
     pub fn total(&self) -> u64 {
-        self.sessions + self.refresh_tokens + self.idempotency_keys + self.audit_events
+        self.sessions
+            + self.refresh_tokens
+            + self.idempotency_keys
+            + self.audit_events
+            + self.reset_tokens
+            + self.mail_messages
     }
 }
 
@@ -580,7 +592,13 @@ pub enum ErasureOutcome {
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore + kyc::KycStore + security::SecurityStore + Send + Sync + 'static
+    keys::KeyStore
+    + kyc::KycStore
+    + security::SecurityStore
+    + mail::MailStore
+    + Send
+    + Sync
+    + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -24,6 +24,7 @@ mod ledger;
 mod ledger_model;
 mod logs;
 mod openapi;
+mod password_reset;
 mod privacy;
 mod retention;
 mod tenants;

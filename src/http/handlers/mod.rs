@@ -8,6 +8,7 @@ pub mod customers;
 pub mod kyc;
 pub mod ledger;
 pub mod meta;
+pub mod password_reset;
 pub mod privacy;
 pub mod tenants;
 pub mod users;
