@@ -209,7 +209,7 @@ async fn a_reset_link_travels_by_smtp_and_sets_the_password_revoking_every_sessi
     assert_eq!(inbox.len(), 1);
     let msg = &inbox[0];
     assert!(msg.contains(&format!("X-Envelope-To: {email}")), "{msg}");
-    assert!(msg.contains("From: Kasho <no-reply@kasho.test>"), "{msg}");
+    assert!(msg.contains("From: Kasho <kasho@localhost>"), "{msg}");
     assert!(msg.contains("Subject: Reset your Kasho password"), "{msg}");
     assert!(msg.contains("http://127.0.0.1:8080/reset-password#token="), "{msg}");
     let token = token_in(msg);
@@ -367,11 +367,12 @@ async fn a_link_expires_after_thirty_minutes_and_a_newer_one_supersedes_it(app: 
     assert_eq!(bogus.code(), "reset_token_invalid");
 
     // At most three links per 15 minutes: the fourth request answers the same, sends nothing.
-    for _ in 0..3 {
+    // (The links of 29 minutes ago are outside the window.)
+    for _ in 0..4 {
         assert_eq!(ask(app, "acme", &email).await.status, StatusCode::ACCEPTED);
     }
     deliver(&app.core).await;
-    assert_eq!(read_eml(&app.data_dir.path().join("mailbox")).len(), 5);
+    assert_eq!(read_eml(&app.data_dir.path().join("mailbox")).len(), 6);
     let reasons = security_reasons(app, &t, "password_reset_requested").await;
     assert_eq!(reasons.last().map(String::as_str), Some("rate_limited"));
 }
