@@ -672,7 +672,9 @@ impl Config {
         let pu = take("public_url", Some(format!("http://{listen}"))).unwrap_or_default();
         let public_url = pu.0.trim_end_matches('/').to_owned();
         if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
-            || public_url.chars().any(|c| c.is_whitespace() || c.is_control())
+            || public_url
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(invalid(
                 "public_url",

@@ -5,8 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants, users,
 };
 
 #[derive(OpenApi)]

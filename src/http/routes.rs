@@ -7,8 +7,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants, users,
 };
 use crate::domain::authz::Permission;
 

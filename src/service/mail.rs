@@ -145,7 +145,10 @@ pub async fn outbox_message(
 fn compose(from: &str, to: &str, subject: &str, body: &str, id: &str, now: Timestamp) -> String {
     let date = time::OffsetDateTime::from_unix_timestamp(now.unix_seconds())
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
         .unwrap_or_default();
     let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
     let clean = |s: &str| s.replace(['\r', '\n'], " ");
@@ -252,11 +255,9 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> MailOutcome {
         Err(_) => return give_up("the sealed message is malformed".into()),
     };
     let result = match &settings.smtp {
-        Some(target) => {
-            send_smtp(target, &settings.from, &sealed.to, &sealed.data)
-                .await
-                .map_err(|e| (e.to_string(), e.permanent()))
-        }
+        Some(target) => send_smtp(target, &settings.from, &sealed.to, &sealed.data)
+            .await
+            .map_err(|e| (e.to_string(), e.permanent())),
         None => write_mailbox(&settings.mailbox_dir, &msg.id, &sealed.data)
             .await
             .map_err(|e| (format!("mailbox: {}", e.kind()), false)),
@@ -269,10 +270,7 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> MailOutcome {
                 give_up(error)
             } else {
                 MailOutcome::Retry {
-                    next_attempt_at: core
-                        .clock
-                        .now()
-                        .plus_seconds(backoff_seconds(msg.attempts)),
+                    next_attempt_at: core.clock.now().plus_seconds(backoff_seconds(msg.attempts)),
                     error,
                 }
             }

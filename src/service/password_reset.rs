@@ -51,7 +51,10 @@ fn token_digest(token: &str) -> String {
 
 fn link(core: &Core, token: &str) -> String {
     // In the fragment: never sent to a server, so not in access logs or Referer headers.
-    format!("{}/reset-password#token={token}", core.settings.mail.public_url)
+    format!(
+        "{}/reset-password#token={token}",
+        core.settings.mail.public_url
+    )
 }
 
 fn email_body(link: &str) -> String {

@@ -96,7 +96,9 @@ pub enum MailOutcome {
         error: String,
     },
     /// Given up: no more attempts.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 #[async_trait]
@@ -114,8 +116,10 @@ pub trait MailStore: Send + Sync {
         audit_limited: &[NewAuditEvent],
     ) -> StoreResult<bool>;
     /// The reset token with this digest, live or not.
-    async fn password_reset_by_hash(&self, token_hash: &str)
-    -> StoreResult<Option<ResetTokenRecord>>;
+    async fn password_reset_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<ResetTokenRecord>>;
     /// Claims up to `limit` messages due at `now` (pending and due, or sending with an expired
     /// lease: a worker that died), counting one attempt each and leasing them until
     /// `lease_until`. A conditional update: concurrent workers never claim the same message.

@@ -592,13 +592,7 @@ pub enum ErasureOutcome {
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore
-    + kyc::KycStore
-    + security::SecurityStore
-    + mail::MailStore
-    + Send
-    + Sync
-    + 'static
+    keys::KeyStore + kyc::KycStore + security::SecurityStore + mail::MailStore + Send + Sync + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -57,9 +57,11 @@ fn ensure_aiosmtpd() {
                 return Ok(());
             }
         }
-        Err("these tests deliver mail to a real SMTP server: Python 3 with aiosmtpd is required \
+        Err(
+            "these tests deliver mail to a real SMTP server: Python 3 with aiosmtpd is required \
              and `python3 -m pip install aiosmtpd` failed; install it and run again"
-            .to_owned())
+                .to_owned(),
+        )
     });
     if let Err(e) = r {
         panic!("{e}");
@@ -100,7 +102,11 @@ impl SmtpSink {
         std::io::BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("aiosmtpd output");
-        assert_eq!(line.trim(), "READY", "aiosmtpd did not start on port {port}");
+        assert_eq!(
+            line.trim(),
+            "READY",
+            "aiosmtpd did not start on port {port}"
+        );
         SmtpSink { child, dir }
     }
 
@@ -158,12 +164,9 @@ async fn confirm(app: &TestApp, token: &str, new_password: &str) -> Resp {
 /// A core on the same database that delivers to the SMTP server on `port`.
 async fn smtp_core(app: &TestApp, port: u16) -> std::sync::Arc<kasho::service::Core> {
     let url = format!("smtp://127.0.0.1:{port}");
-    app.instance_with(&[
-        ("smtp_url", &url),
-        ("mail_from", "no-reply@kasho.test"),
-    ])
-    .await
-    .0
+    app.instance_with(&[("smtp_url", &url), ("mail_from", "no-reply@kasho.test")])
+        .await
+        .0
 }
 
 async fn deliver(core: &kasho::service::Core) -> DeliveryCounts {
@@ -186,9 +189,7 @@ async fn security_reasons(app: &TestApp, t: &TenantFixture, kind: &str) -> Vec<S
         .collect()
 }
 
-async fn a_reset_link_travels_by_smtp_and_sets_the_password_revoking_every_session(
-    app: &TestApp,
-) {
+async fn a_reset_link_travels_by_smtp_and_sets_the_password_revoking_every_session(app: &TestApp) {
     let (t, _, email) = cashier(app).await;
     let s1 = app.login(Some("acme"), &email, PASSWORD).await;
     let s2 = app.login(Some("acme"), &email, PASSWORD).await;
@@ -211,7 +212,10 @@ async fn a_reset_link_travels_by_smtp_and_sets_the_password_revoking_every_sessi
     assert!(msg.contains(&format!("X-Envelope-To: {email}")), "{msg}");
     assert!(msg.contains("From: Kasho <kasho@localhost>"), "{msg}");
     assert!(msg.contains("Subject: Reset your Kasho password"), "{msg}");
-    assert!(msg.contains("http://127.0.0.1:8080/reset-password#token="), "{msg}");
+    assert!(
+        msg.contains("http://127.0.0.1:8080/reset-password#token="),
+        "{msg}"
+    );
     let token = token_in(msg);
     assert!(token.len() >= 43, "256 bits in base64url: {token}");
     // Nothing left to send.
@@ -296,7 +300,11 @@ async fn unknown_accounts_get_the_same_answer_and_no_mail(app: &TestApp) {
     let port = free_port();
     let sink = SmtpSink::start(port);
     let core = smtp_core(app, port).await;
-    assert_eq!(deliver(&core).await.sent, 1, "only the known, active account");
+    assert_eq!(
+        deliver(&core).await.sent,
+        1,
+        "only the known, active account"
+    );
     let inbox = sink.messages();
     assert_eq!(inbox.len(), 1);
     assert!(inbox[0].contains(&format!("X-Envelope-To: {email}")));
@@ -307,7 +315,10 @@ async fn unknown_accounts_get_the_same_answer_and_no_mail(app: &TestApp) {
     // Auditors can tell the cases apart; callers cannot.
     let mut reasons = security_reasons(app, &t, "password_reset_requested").await;
     reasons.sort();
-    assert_eq!(reasons, vec!["account_disabled", "queued", "unknown_account"]);
+    assert_eq!(
+        reasons,
+        vec!["account_disabled", "queued", "unknown_account"]
+    );
     let platform: Vec<String> = app
         .audit_chain("platform")
         .await
@@ -433,7 +444,11 @@ async fn mail_waits_in_the_outbox_while_smtp_is_down_and_is_retried(app: &TestAp
     let core = smtp_core(app, port).await;
     ask(app, "acme", &email).await;
     let c = deliver(&core).await;
-    assert_eq!((c.sent, c.retried, c.failed), (0, 1, 0), "nothing listens yet");
+    assert_eq!(
+        (c.sent, c.retried, c.failed),
+        (0, 1, 0),
+        "nothing listens yet"
+    );
     let rows = app
         .raw_strings(
             "SELECT status || ':' || CAST(attempts AS TEXT) || ':' || COALESCE(last_error, '') FROM mail_outbox",
@@ -441,7 +456,10 @@ async fn mail_waits_in_the_outbox_while_smtp_is_down_and_is_retried(app: &TestAp
         .await;
     assert_eq!(rows.len(), 1);
     assert!(rows[0].starts_with("pending:1:smtp connect"), "{rows:?}");
-    assert!(!rows[0].contains(&email), "no address in the error: {rows:?}");
+    assert!(
+        !rows[0].contains(&email),
+        "no address in the error: {rows:?}"
+    );
     // Not due again before the back-off.
     let sink = SmtpSink::start(port);
     assert_eq!(deliver(&core).await, DeliveryCounts::default());
@@ -511,7 +529,11 @@ async fn the_token_and_the_email_are_not_stored_in_clear(app: &TestApp) {
     ask(app, "acme", &email).await;
     // Before delivery the message (with its link) is sealed at rest.
     let sealed = app.raw_strings("SELECT message FROM mail_outbox").await;
-    assert!(sealed[0].starts_with("kx1."), "sealed: {}", &sealed[0][..10]);
+    assert!(
+        sealed[0].starts_with("kx1."),
+        "sealed: {}",
+        &sealed[0][..10]
+    );
     deliver(&app.core).await;
     let token = token_in(&read_eml(&app.data_dir.path().join("mailbox"))[0]);
     let at_rest = app.bytes_at_rest().await;

@@ -14,8 +14,8 @@ use super::Recorded;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
-use crate::service::password_reset::{self, ResetConfirm, ResetRequest};
 use crate::service::RequestMeta;
+use crate::service::password_reset::{self, ResetConfirm, ResetRequest};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
