@@ -141,10 +141,14 @@ pub enum Permission {
     CustomersErase,
     /// Restrict (and lift the restriction of) the processing of a customer's data.
     CustomersRestrict,
+    /// Read the security policy and the security-event feed.
+    SecurityRead,
+    /// Change the tenant's security policy.
+    SecurityConfigure,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 26] = [
+    pub const ALL: [Permission; 28] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -171,6 +175,8 @@ impl Permission {
         Permission::CustomersExport,
         Permission::CustomersErase,
         Permission::CustomersRestrict,
+        Permission::SecurityRead,
+        Permission::SecurityConfigure,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -201,6 +207,8 @@ impl Permission {
             Permission::CustomersExport => "customers:export",
             Permission::CustomersErase => "customers:erase",
             Permission::CustomersRestrict => "customers:restrict",
+            Permission::SecurityRead => "security:read",
+            Permission::SecurityConfigure => "security:configure",
         }
     }
 }
@@ -260,6 +268,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::SecurityRead, All),
+            (P::SecurityConfigure, All),
         ],
     ),
     (
@@ -301,6 +311,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::SecurityRead, All),
         ],
     ),
     (
@@ -313,6 +324,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
             (P::KycRead, All),
+            (P::SecurityRead, All),
         ],
     ),
     (
@@ -334,6 +346,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TenantsWrite, All),
             (P::TenantsRead, All),
             (P::AuditRead, All),
+            (P::SecurityRead, All),
         ],
     ),
 ];

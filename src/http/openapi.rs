@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, security,
+    tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -27,7 +28,10 @@ use super::handlers::{
         kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
         kyc::approve, kyc::reject, kyc::download,
         compliance::processing_records,
-        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict
+        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict,
+        security::step_up, security::list_sessions, security::revoke_session,
+        security::revoke_other_sessions, security::get_policy, security::put_policy,
+        security::unlock_user, security::list_events
     ),
     modifiers(&BearerAuth),
     tags(
@@ -41,6 +45,8 @@ use super::handlers::{
         (name = "kyc", description = "KYC tiers, limits and verification"),
         (name = "compliance", description = "Records of processing and retention"),
         (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
+        (name = "sessions", description = "The caller's sessions"),
+        (name = "security", description = "Security policy and security events"),
     )
 )]
 pub struct ApiDoc;
