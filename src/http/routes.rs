@@ -7,8 +7,12 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
+<<<<<<< HEAD
     audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, security,
     tenants, users,
+=======
+    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
+>>>>>>> main
 };
 use crate::domain::authz::Permission;
 
@@ -117,6 +121,13 @@ pub(super) fn all() -> Vec<Route> {
             password_reset::confirm,
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
+        route(
+            Method::POST,
+            "/v1/me/password",
+            Authenticated,
+            "user.password.change",
+            me::change_password,
+        ),
         route(
             Method::POST,
             "/v1/auth/step-up",
