@@ -130,6 +130,13 @@ pub async fn build_core_with_checks(
                 threshold: config.login_ip_max_failures,
                 lock_seconds: config.login_ip_window_seconds,
             },
+            mail: crate::service::mail::MailSettings {
+                smtp: config.smtp.clone(),
+                from: config.mail_from.clone(),
+                public_url: config.public_url.clone(),
+                mailbox_dir: config.data_dir.join("mailbox"),
+                max_attempts: config.mail_max_attempts,
+            },
         },
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
@@ -150,6 +157,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
+    spawn_mail_delivery(core.clone());
     // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
     // command, or a data key rotated automatically when its encryption budget ran out).
     let keeper = core.clone();
@@ -208,6 +216,28 @@ fn spawn_retention(core: Arc<Core>, config: &Config) {
                 Err(e) => {
                     tracing::warn!(error = %e, "the retention job failed; it runs again at the next interval")
                 }
+            }
+        }
+    });
+}
+
+/// Delivers the mail outbox every few seconds (claims are conditional updates, so several
+/// instances may run it against one database).
+fn spawn_mail_delivery(core: Arc<Core>) {
+    match &core.settings.mail.smtp {
+        Some(t) => tracing::info!(host = %t.host, port = t.port, "mail is delivered over SMTP"),
+        None => tracing::warn!(
+            mailbox = %core.settings.mail.mailbox_dir.display(),
+            "no smtp_url configured: outgoing mail is written to the mailbox folder, not sent"
+        ),
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = crate::service::mail::deliver_due(&core).await {
+                tracing::warn!(error = %e, "mail delivery pass failed; it runs again shortly");
             }
         }
     });

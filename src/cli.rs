@@ -476,9 +476,17 @@ async fn retention_run(config: &Config) -> Result<(), String> {
         c.audit_chains
     );
     match report.reset_tokens {
-        Some(n) => println!("  reset tokens        {n:>8}"),
-        None => println!("  reset tokens        not held yet (no password-reset table)"),
+        Some(n) => println!(
+            "  reset tokens        {n:>8}  (expired before {})",
+            report.reset_tokens_cutoff.to_rfc3339()
+        ),
+        None => println!("  reset tokens        not held"),
     }
+    println!(
+        "  outbox messages     {:>8}  (sent or failed before {})",
+        c.mail_messages,
+        report.mail_cutoff.to_rfc3339()
+    );
     if report.refused_chains.is_empty() {
         return Ok(());
     }

@@ -180,6 +180,26 @@ const KEYS: &[KeyDef] = &[
         help: "window (and refusal period) of login_ip_max_failures, 60..=86400 (900)",
     },
     KeyDef {
+        name: "smtp_url",
+        secret: false,
+        help: "SMTP relay for outgoing mail, smtp://host[:port] (plain SMTP, no TLS or AUTH); unset: mail is written to data_dir/mailbox/",
+    },
+    KeyDef {
+        name: "mail_from",
+        secret: false,
+        help: "From address of outgoing mail (kasho@localhost)",
+    },
+    KeyDef {
+        name: "public_url",
+        secret: false,
+        help: "public base URL of the service, used in emailed links (http://<listen>)",
+    },
+    KeyDef {
+        name: "mail_max_attempts",
+        secret: false,
+        help: "delivery attempts of an email before it is marked failed, 1..=50 (8)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -380,6 +400,12 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::domain::security::Cidr>,
     pub login_ip_max_failures: i64,
     pub login_ip_window_seconds: i64,
+    /// The SMTP relay; `None`: mail goes to `<data_dir>/mailbox/`.
+    pub smtp: Option<crate::service::mail::SmtpTarget>,
+    pub mail_from: String,
+    /// Base URL of emailed links, without a trailing slash.
+    pub public_url: String,
+    pub mail_max_attempts: u32,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -628,6 +654,36 @@ impl Config {
                 format!("`{}` is not a tracing filter", ll.0),
             ));
         }
+        let smtp = match take("smtp_url", None) {
+            Some((v, src)) if !v.trim().is_empty() => Some(
+                crate::service::mail::SmtpTarget::parse(v.trim())
+                    .map_err(|e| invalid("smtp_url", &src, e))?,
+            ),
+            _ => None,
+        };
+        let mf = take("mail_from", Some("kasho@localhost".into())).unwrap_or_default();
+        if !crate::service::mail::valid_from(&mf.0) {
+            return Err(invalid(
+                "mail_from",
+                &mf.1,
+                format!("`{}` is not a plain email address", mf.0),
+            ));
+        }
+        let pu = take("public_url", Some(format!("http://{listen}"))).unwrap_or_default();
+        let public_url = pu.0.trim_end_matches('/').to_owned();
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
+            || public_url
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "public_url",
+                &pu.1,
+                "expected an http:// or https:// URL",
+            ));
+        }
+        let ma = take("mail_max_attempts", Some("8".into())).unwrap_or_default();
+        let mail_max_attempts = int("mail_max_attempts", &ma, 1u32, 50)?;
         let retention = {
             use crate::domain::processing::RetentionPolicy as R;
             let d = R::DEFAULT;
@@ -671,6 +727,10 @@ impl Config {
             trusted_proxies,
             login_ip_max_failures,
             login_ip_window_seconds,
+            smtp,
+            mail_from: mf.0,
+            public_url,
+            mail_max_attempts,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset, privacy,
+    security, tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -17,6 +17,7 @@ use super::handlers::{
         auth::login, auth::refresh, auth::logout, auth::me,
         me::change_password,
         mfa::login, mfa::status, mfa::enrol, mfa::confirm, mfa::disable, mfa::regenerate_recovery_codes,
+        password_reset::request, password_reset::confirm,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,

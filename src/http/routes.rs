@@ -7,8 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
-    users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset, privacy,
+    security, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -101,6 +101,20 @@ pub(super) fn all() -> Vec<Route> {
             Authenticated,
             "auth.logout",
             auth::logout,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/password-reset",
+            Public,
+            "auth.password_reset.request",
+            password_reset::request,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/password-reset/confirm",
+            Public,
+            "auth.password_reset.confirm",
+            password_reset::confirm,
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
         // Multi-factor authentication (TOTP and recovery codes).

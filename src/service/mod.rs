@@ -9,7 +9,9 @@ pub mod customers;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
+pub mod mail;
 pub mod mfa;
+pub mod password_reset;
 pub mod passwords;
 pub mod privacy;
 pub mod retention;
@@ -43,6 +45,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<crate::domain::security::Cidr>,
     /// Failed sign-ins from one address across accounts.
     pub login_ip_rule: crate::store::security::FailureRule,
+    /// Outgoing mail: SMTP relay or mailbox folder, sender, public URL for links.
+    pub mail: mail::MailSettings,
 }
 
 /// Everything the use cases need, shared by all requests.

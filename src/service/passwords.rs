@@ -133,6 +133,63 @@ pub async fn set_password(
     revoke_reason: &str,
     audit: &[NewAuditEvent],
 ) -> AppResult<()> {
+    if !store_password(
+        core,
+        tenant,
+        user,
+        password,
+        policy,
+        keep_session,
+        revoke_reason,
+        None,
+        audit,
+    )
+    .await?
+    {
+        return Err(AppError::NotFound("user"));
+    }
+    Ok(())
+}
+
+/// [`set_password`] for a password reset: revokes every session and spends the reset token
+/// `token_id` in the same transaction. `Ok(false)`: the token was no longer live (spent by a
+/// concurrent reset, superseded or expired), and nothing changed.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_password_spending_reset(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    user: &UserRecord,
+    password: &SecretString,
+    policy: &SecurityPolicy,
+    token_id: &str,
+    audit: &[NewAuditEvent],
+) -> AppResult<bool> {
+    store_password(
+        core,
+        tenant,
+        user,
+        password,
+        policy,
+        None,
+        "password_reset",
+        Some(token_id),
+        audit,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store_password(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    user: &UserRecord,
+    password: &SecretString,
+    policy: &SecurityPolicy,
+    keep_session: Option<&SessionId>,
+    revoke_reason: &str,
+    spend_reset_token: Option<&str>,
+    audit: &[NewAuditEvent],
+) -> AppResult<bool> {
     let hash = core
         .hasher
         .hash(password)
@@ -146,11 +203,9 @@ pub async fn set_password(
         keep_session,
         revoke_reason,
         now: core.clock.now(),
+        spend_reset_token,
     };
-    if !core.store.set_user_password(&change, audit).await? {
-        return Err(AppError::NotFound("user"));
-    }
-    Ok(())
+    Ok(core.store.set_user_password(&change, audit).await?)
 }
 
 /// `POST /v1/me/password`: the signed-in user changes their password. Needs a session (not an

@@ -39,13 +39,20 @@ pub struct RetentionReport {
     /// Chains whose old records were kept because they do not verify: pruning them would hide
     /// the tampering.
     pub refused_chains: Vec<(String, ChainError)>,
-    /// Password-reset tokens purged. Always `None`: Kasho has no password-reset table yet.
-    ///
-    /// Seam for issue 5: when password reset lands, add its deletion (used or expired tokens
-    /// older than their period) to `Store::purge_expired` beside the refresh tokens, count it
-    /// in `PurgeCounts`, and report it here.
+    /// Password-reset tokens (digests) purged: those expired more than
+    /// [`RESET_TOKEN_RETENTION_SECONDS`] ago, spent or not (also in `counts`).
     pub reset_tokens: Option<u64>,
+    /// Reset tokens that expired before this were purged.
+    pub reset_tokens_cutoff: Timestamp,
+    /// Outbox messages sent or failed before this were purged.
+    pub mail_cutoff: Timestamp,
 }
+
+/// How long an expired or spent reset token's digest is kept (to answer "my link did not
+/// work" with the audit trail): one day after its expiry.
+pub const RESET_TOKEN_RETENTION_SECONDS: i64 = DAY;
+/// How long a delivered or failed outbox message (its sealed text already cleared) is kept.
+pub const MAIL_RETENTION_SECONDS: i64 = 7 * DAY;
 
 /// The cut-off times of a run at `now`.
 pub fn cutoffs(policy: &RetentionPolicy, now: Timestamp) -> (Timestamp, Timestamp, Timestamp) {
@@ -65,6 +72,12 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
         counts.audit_events,
         counts.audit_chains
     );
+    if counts.reset_tokens > 0 || counts.mail_messages > 0 {
+        s.push_str(&format!(
+            ",reset_tokens={},mail_messages={}",
+            counts.reset_tokens, counts.mail_messages
+        ));
+    }
     if refused_chains > 0 {
         s.push_str(&format!(",refused_chains={refused_chains}"));
     }
@@ -85,11 +98,15 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
             "audit chain fails verification; its old records are kept, not pruned"
         );
     }
+    let reset_tokens_cutoff = now.plus_seconds(-RESET_TOKEN_RETENTION_SECONDS);
+    let mail_cutoff = now.plus_seconds(-MAIL_RETENTION_SECONDS);
     let plan = RetentionPlan {
         sessions_ended_before: sessions_cutoff,
         idempotency_expired_before: idempotency_cutoff,
         audit_cutoff,
         audit_prunes,
+        reset_tokens_expired_before: reset_tokens_cutoff,
+        mail_finished_before: mail_cutoff,
     };
     let refused = refused_chains.len();
     let record = move |counts: &PurgeCounts| -> Vec<NewAuditEvent> {
@@ -123,6 +140,8 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
             idempotency_keys = counts.idempotency_keys,
             audit_events = counts.audit_events,
             audit_chains = counts.audit_chains,
+            reset_tokens = counts.reset_tokens,
+            mail_messages = counts.mail_messages,
             "retention job purged expired records"
         );
     }
@@ -134,7 +153,9 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         audit_cutoff,
         audit_days: policy.audit_days_effective(),
         refused_chains,
-        reset_tokens: None,
+        reset_tokens: Some(counts.reset_tokens),
+        reset_tokens_cutoff,
+        mail_cutoff,
     })
 }
 
@@ -280,11 +301,18 @@ mod tests {
             idempotency_keys: 3,
             audit_events: 4,
             audit_chains: 1,
+            ..Default::default()
         };
         assert_eq!(
             summary(&c, 0),
             "sessions=1,refresh_tokens=2,idempotency_keys=3,audit_events=4,audit_chains=1"
         );
         assert!(summary(&c, 2).ends_with(",refused_chains=2"));
+        let m = PurgeCounts {
+            reset_tokens: 5,
+            mail_messages: 6,
+            ..c
+        };
+        assert!(summary(&m, 0).ends_with(",reset_tokens=5,mail_messages=6"));
     }
 }

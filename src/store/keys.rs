@@ -96,6 +96,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     KYC_DECISION_REASON,
     MFA_TOTP_SECRET,
     MFA_TOTP_PENDING_SECRET,
+    MAIL_OUTBOX_MESSAGE,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -146,6 +147,14 @@ pub const MFA_TOTP_PENDING_SECRET: EncryptedColumn = EncryptedColumn {
     table: "mfa_totp",
     column: "pending_secret",
     row: "user_id",
+};
+
+/// An outgoing email (recipient and text, which may carry a reset link), sealed under the
+/// tenant's data key until it is sent (AAD row = the message id).
+pub const MAIL_OUTBOX_MESSAGE: EncryptedColumn = EncryptedColumn {
+    table: "mail_outbox",
+    column: "message",
+    row: "id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod kyc;
+pub mod mail;
 pub mod mfa;
 pub mod postgres;
 pub mod posting;
@@ -499,6 +500,10 @@ pub struct RetentionPlan {
     pub audit_cutoff: Timestamp,
     /// The audit chains to prune, each verified up to its new checkpoint by the caller.
     pub audit_prunes: Vec<AuditPrune>,
+    /// Password-reset tokens (digests) that expired before this go, spent or not.
+    pub reset_tokens_expired_before: Timestamp,
+    /// Outbox messages sent or given up on before this go.
+    pub mail_finished_before: Timestamp,
 }
 
 /// Prune one audit chain's oldest records: those with `from_seq < seq <= checkpoint.seq`.
@@ -519,11 +524,18 @@ pub struct PurgeCounts {
     pub audit_events: u64,
     /// Chains that got a new checkpoint.
     pub audit_chains: u64,
+    pub reset_tokens: u64,
+    pub mail_messages: u64,
 }
 
 impl PurgeCounts {
     pub fn total(&self) -> u64 {
-        self.sessions + self.refresh_tokens + self.idempotency_keys + self.audit_events
+        self.sessions
+            + self.refresh_tokens
+            + self.idempotency_keys
+            + self.audit_events
+            + self.reset_tokens
+            + self.mail_messages
     }
 }
 
@@ -581,7 +593,14 @@ pub enum ErasureOutcome {
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore + kyc::KycStore + security::SecurityStore + mfa::MfaStore + Send + Sync + 'static
+    keys::KeyStore
+    + kyc::KycStore
+    + security::SecurityStore
+    + mfa::MfaStore
+    + mail::MailStore
+    + Send
+    + Sync
+    + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
+use super::mail::impl_mail_store;
 use super::mfa::impl_mfa_store;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
@@ -75,3 +76,4 @@ impl_key_store!(PgStore);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
 impl_mfa_store!(PgStore);
+impl_mail_store!(PgStore);

@@ -70,6 +70,9 @@ pub struct PasswordChange<'a> {
     pub keep_session: Option<&'a SessionId>,
     pub revoke_reason: &'a str,
     pub now: Timestamp,
+    /// A password reset: the id of the reset token this change spends, in the same
+    /// transaction (the change does not happen unless the token is still live and unspent).
+    pub spend_reset_token: Option<&'a str>,
 }
 
 #[async_trait]
@@ -151,7 +154,7 @@ pub trait SecurityStore: Send + Sync {
     async fn password_history(&self, user: &UserId, limit: u32) -> StoreResult<Vec<String>>;
     /// Replaces the password (the old hash joins the history, trimmed to `keep_history`) and
     /// revokes the user's sessions but `keep_session`, in one transaction with `audit`.
-    /// `false` if there is no such user in that scope.
+    /// `false` if there is no such user in that scope (or the reset token it spends is not live).
     async fn set_user_password(
         &self,
         change: &PasswordChange<'_>,
@@ -443,6 +446,23 @@ macro_rules! impl_security_store {
             ) -> $crate::store::StoreResult<bool> {
                 let scope = c.tenant.map_or("", |t| t.as_str());
                 let mut tx = self.begin_write().await?;
+                if let Some(token) = c.spend_reset_token {
+                    // Spent by a conditional update: of two concurrent resets, one changes
+                    // nothing.
+                    let spent = sqlx::query(
+                        "UPDATE password_reset_tokens SET used_at = $3 WHERE id = $1 AND user_id = $2 \
+                         AND used_at IS NULL AND invalidated_at IS NULL AND expires_at > $3",
+                    )
+                    .bind(token)
+                    .bind(c.user.as_str())
+                    .bind(c.now.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if spent != 1 {
+                        return Ok(false);
+                    }
+                }
                 let old: Option<(String,)> = sqlx::query_as(
                     "SELECT password_hash FROM users WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
                 )

@@ -1230,6 +1230,18 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                counts.reset_tokens = sqlx::query("DELETE FROM password_reset_tokens WHERE expires_at < $1")
+                    .bind(plan.reset_tokens_expired_before.as_micros())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                counts.mail_messages = sqlx::query(
+                    "DELETE FROM mail_outbox WHERE status IN ('sent', 'failed') AND finished_at < $1",
+                )
+                .bind(plan.mail_finished_before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 for prune in &plan.audit_prunes {
                     let cp = &prune.checkpoint;
                     let expected = u64::try_from(cp.seq - prune.from_seq).unwrap_or(0);

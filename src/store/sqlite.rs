@@ -10,6 +10,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
+use super::mail::impl_mail_store;
 use super::mfa::impl_mfa_store;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
@@ -133,3 +134,4 @@ impl_key_store!(SqliteStore);
 impl_kyc_store!(SqliteStore);
 impl_security_store!(SqliteStore);
 impl_mfa_store!(SqliteStore);
+impl_mail_store!(SqliteStore);

@@ -27,6 +27,7 @@ mod ledger_model;
 mod logs;
 mod mfa;
 mod openapi;
+mod password_reset;
 mod passwords;
 mod privacy;
 mod retention;

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod me;
 pub mod meta;
 pub mod mfa;
+pub mod password_reset;
 pub mod privacy;
 pub mod security;
 pub mod tenants;

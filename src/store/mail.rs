@@ -1,0 +1,298 @@
+//! Storage of password-reset tokens (digests only) and of the mail outbox: a reset token and
+//! its email are written in one transaction, and delivery workers claim due messages with a
+//! conditional update, so several instances on one database never send a message twice at
+//! once. Implemented for both backends by [`impl_mail_store!`] from the same SQL.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use crate::clock::Timestamp;
+use crate::domain::audit::NewAuditEvent;
+
+/// A reset token to store: only the SHA-256 digest of the secret.
+#[derive(Debug, Clone)]
+pub struct NewPasswordReset {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub token_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A message for the outbox; `message` is already sealed.
+#[derive(Clone)]
+pub struct NewOutboxMessage {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: &'static str,
+    pub message: String,
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewOutboxMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewOutboxMessage")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most `max` reset links per user created since `since` (more requests send nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct ResetLimit {
+    pub since: Timestamp,
+    pub max: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResetTokenRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub invalidated_at: Option<i64>,
+}
+
+#[derive(Clone, sqlx::FromRow)]
+pub struct OutboxRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    /// Sealed; `None` once the message was sent or given up on.
+    pub message: Option<String>,
+    /// `pending`, `sending`, `sent` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl std::fmt::Debug for OutboxRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("status", &self.status)
+            .field("attempts", &self.attempts)
+            .field("last_error", &self.last_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a delivery attempt of a claimed message ended.
+#[derive(Debug, Clone)]
+pub enum MailOutcome {
+    Sent,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        next_attempt_at: Timestamp,
+        error: String,
+    },
+    /// Given up: no more attempts.
+    Failed {
+        error: String,
+    },
+}
+
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    /// Stores a reset token and its email in one transaction, invalidating the user's older
+    /// live tokens, unless the user already has `limit.max` tokens created since
+    /// `limit.since`. Writes `audit_queued` or `audit_limited` accordingly, in the same
+    /// transaction. Returns whether the token and message were stored.
+    async fn queue_password_reset(
+        &self,
+        token: &NewPasswordReset,
+        message: &NewOutboxMessage,
+        limit: ResetLimit,
+        audit_queued: &[NewAuditEvent],
+        audit_limited: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+    /// The reset token with this digest, live or not.
+    async fn password_reset_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<ResetTokenRecord>>;
+    /// Claims up to `limit` messages due at `now` (pending and due, or sending with an expired
+    /// lease: a worker that died), counting one attempt each and leasing them until
+    /// `lease_until`. A conditional update: concurrent workers never claim the same message.
+    async fn claim_mail(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxRecord>>;
+    /// Records how the attempt on a claimed message ended (the sealed message is cleared when
+    /// it is sent or failed). `false` if the message was not claimed any more.
+    async fn finish_mail(
+        &self,
+        id: &str,
+        now: Timestamp,
+        outcome: &MailOutcome,
+    ) -> StoreResult<bool>;
+    /// One outbox message (tests and operators).
+    async fn mail_message(&self, id: &str) -> StoreResult<Option<OutboxRecord>>;
+}
+
+macro_rules! impl_mail_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::mail::MailStore for $store {
+            async fn queue_password_reset(
+                &self,
+                token: &$crate::store::mail::NewPasswordReset,
+                message: &$crate::store::mail::NewOutboxMessage,
+                limit: $crate::store::mail::ResetLimit,
+                audit_queued: &[$crate::domain::audit::NewAuditEvent],
+                audit_limited: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let (recent,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND created_at >= $2",
+                )
+                .bind(&token.user_id)
+                .bind(limit.since.as_micros())
+                .fetch_one(&mut *tx)
+                .await?;
+                if recent >= limit.max {
+                    self.append_audit_tx(&mut tx, audit_limited).await?;
+                    tx.commit().await?;
+                    return Ok(false);
+                }
+                let now = token.created_at.as_micros();
+                sqlx::query(
+                    "UPDATE password_reset_tokens SET invalidated_at = $2 \
+                     WHERE user_id = $1 AND used_at IS NULL AND invalidated_at IS NULL AND expires_at > $2",
+                )
+                .bind(&token.user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO password_reset_tokens (id, tenant_id, user_id, token_hash, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&token.id)
+                .bind(&token.tenant_id)
+                .bind(&token.user_id)
+                .bind(&token.token_hash)
+                .bind(now)
+                .bind(token.expires_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO mail_outbox (id, tenant_id, kind, message, status, attempts, next_attempt_at, created_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)",
+                )
+                .bind(&message.id)
+                .bind(&message.tenant_id)
+                .bind(message.kind)
+                .bind(&message.message)
+                .bind(message.created_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit_queued).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn password_reset_by_hash(
+                &self,
+                token_hash: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::mail::ResetTokenRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, user_id, created_at, expires_at, used_at, invalidated_at \
+                     FROM password_reset_tokens WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn claim_mail(
+                &self,
+                now: $crate::clock::Timestamp,
+                lease_until: $crate::clock::Timestamp,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::mail::OutboxRecord>> {
+                let mut tx = self.begin_write().await?;
+                // The condition is repeated in the outer UPDATE: on PostgreSQL a row another
+                // worker claimed meanwhile is re-checked against it and skipped.
+                let rows: Vec<$crate::store::mail::OutboxRecord> = sqlx::query_as(
+                    "UPDATE mail_outbox SET status = 'sending', lease_until = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT id FROM mail_outbox \
+                                  WHERE (status = 'pending' AND next_attempt_at <= $1) \
+                                     OR (status = 'sending' AND lease_until <= $1) \
+                                  ORDER BY next_attempt_at LIMIT $3) \
+                     AND ((status = 'pending' AND next_attempt_at <= $1) \
+                          OR (status = 'sending' AND lease_until <= $1)) \
+                     RETURNING *",
+                )
+                .bind(now.as_micros())
+                .bind(lease_until.as_micros())
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+
+            async fn finish_mail(
+                &self,
+                id: &str,
+                now: $crate::clock::Timestamp,
+                outcome: &$crate::store::mail::MailOutcome,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::mail::MailOutcome;
+                let mut tx = self.begin_write().await?;
+                let q = match outcome {
+                    MailOutcome::Sent => sqlx::query(
+                        "UPDATE mail_outbox SET status = 'sent', message = NULL, lease_until = NULL, \
+                         last_error = NULL, finished_at = $2 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(now.as_micros()),
+                    MailOutcome::Retry {
+                        next_attempt_at,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE mail_outbox SET status = 'pending', lease_until = NULL, \
+                         next_attempt_at = $2, last_error = $3 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(next_attempt_at.as_micros())
+                    .bind(error.clone()),
+                    MailOutcome::Failed { error } => sqlx::query(
+                        "UPDATE mail_outbox SET status = 'failed', message = NULL, lease_until = NULL, \
+                         last_error = $3, finished_at = $2 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(now.as_micros())
+                    .bind(error.clone()),
+                };
+                let n = q.execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn mail_message(
+                &self,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::mail::OutboxRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM mail_outbox WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_mail_store;
