@@ -130,7 +130,11 @@ pub async fn build_core_with_checks(
                 threshold: config.login_ip_max_failures,
                 lock_seconds: config.login_ip_window_seconds,
             },
+            api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
         },
+        api_token_key: crate::service::api_tokens::TokenHashKey::new(
+            keys.master.derive("api-token-hash/v1"),
+        ),
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),

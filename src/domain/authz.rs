@@ -141,10 +141,13 @@ pub enum Permission {
     CustomersErase,
     /// Restrict (and lift the restriction of) the processing of a customer's data.
     CustomersRestrict,
+    /// Create, list, rotate and revoke API tokens (`Own`: one's own; `All`: list and revoke
+    /// every token of the tenant).
+    ApiTokensManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 26] = [
+    pub const ALL: [Permission; 27] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -171,6 +174,7 @@ impl Permission {
         Permission::CustomersExport,
         Permission::CustomersErase,
         Permission::CustomersRestrict,
+        Permission::ApiTokensManage,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -201,6 +205,7 @@ impl Permission {
             Permission::CustomersExport => "customers:export",
             Permission::CustomersErase => "customers:erase",
             Permission::CustomersRestrict => "customers:restrict",
+            Permission::ApiTokensManage => "api_tokens:manage",
         }
     }
 }
@@ -260,6 +265,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::ApiTokensManage, All),
         ],
     ),
     (
@@ -268,6 +274,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRead, All),
             (P::AccountsRead, All),
             (P::TransfersRead, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -283,6 +290,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::HoldsWrite, All),
             (P::KycRead, All),
             (P::KycSubmit, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -301,6 +309,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -313,6 +322,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
             (P::KycRead, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -384,6 +394,29 @@ impl PermissionSet {
             }
         }
         set
+    }
+
+    /// A set from explicit grants (an API token's scopes); the widest scope wins on repeats.
+    pub fn from_grants(grants: impl IntoIterator<Item = (Permission, Scope)>) -> Self {
+        let mut map = BTreeMap::new();
+        for (perm, scope) in grants {
+            let entry = map.entry(perm).or_insert(scope);
+            if scope > *entry {
+                *entry = scope;
+            }
+        }
+        Self(map)
+    }
+
+    /// What both sets grant, each at the narrower of the two scopes (an API token's scopes
+    /// within its creator's current permissions).
+    pub fn intersect(&self, other: &PermissionSet) -> Self {
+        Self(
+            self.0
+                .iter()
+                .filter_map(|(p, s)| other.scope(*p).map(|o| (*p, (*s).min(o))))
+                .collect(),
+        )
     }
 
     /// The scope at which `perm` is granted, if at all.
@@ -523,6 +556,34 @@ mod tests {
             PermissionSet::for_roles(&[Role::Customer]).scope(P::KycDecide),
             None
         );
+    }
+
+    #[test]
+    fn token_scopes_narrow_to_the_creators_current_permissions() {
+        let token = PermissionSet::from_grants([
+            (P::TransfersCreate, All),
+            (P::UsersWrite, All),
+            (P::AccountsRead, All),
+        ]);
+        let customer = PermissionSet::for_roles(&[Role::Customer]);
+        let narrowed = token.intersect(&customer);
+        assert_eq!(narrowed.scope(P::TransfersCreate), Some(Own));
+        assert_eq!(narrowed.scope(P::AccountsRead), Some(Own));
+        assert_eq!(narrowed.scope(P::UsersWrite), None);
+        assert_eq!(narrowed.scope(P::UsersRead), None);
+    }
+
+    #[test]
+    fn staff_manage_api_tokens_customers_and_platform_admins_do_not() {
+        for role in Role::ALL {
+            let scope = PermissionSet::for_roles(&[role]).scope(P::ApiTokensManage);
+            let expected = match role {
+                Role::Manager => Some(All),
+                Role::Customer | Role::PlatformAdmin => None,
+                _ => Some(Own),
+            };
+            assert_eq!(scope, expected, "{role}");
+        }
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod ledger;
 pub mod personal;
 pub mod processing;
 pub mod security;
+pub mod signing;
 pub mod values;

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -26,7 +26,8 @@ use super::handlers::{
         kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
         kyc::approve, kyc::reject, kyc::download,
         compliance::processing_records,
-        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict
+        privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict,
+        api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
     modifiers(&BearerAuth),
     tags(
@@ -40,6 +41,7 @@ use super::handlers::{
         (name = "kyc", description = "KYC tiers, limits and verification"),
         (name = "compliance", description = "Records of processing and retention"),
         (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
+        (name = "api-tokens", description = "API tokens for integrations (`kasho_…`), optionally IP-limited; request signing in docs/API.md"),
     )
 )]
 pub struct ApiDoc;

@@ -3,6 +3,7 @@
 //! trail, and returns domain results or an [`AppError`](crate::error::AppError). Nothing here
 //! knows about HTTP.
 
+pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
@@ -43,6 +44,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<crate::domain::security::Cidr>,
     /// Failed sign-ins from one address across accounts.
     pub login_ip_rule: crate::store::security::FailureRule,
+    /// How long a rotated API token's previous secret keeps working when the rotation names
+    /// no overlap.
+    pub api_token_rotation_overlap_seconds: i64,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -63,6 +67,8 @@ pub struct Core {
     pub keyring: Arc<keys::Keyring>,
     /// KYC limits cache and in-flight reservations (the ledger's KYC check).
     pub kyc: kyc::KycGate,
+    /// The key API-token secrets are hashed under (derived from the master key).
+    pub api_token_key: api_tokens::TokenHashKey,
 }
 
 /// The credential a request was made with.

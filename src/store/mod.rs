@@ -9,6 +9,7 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod api_tokens;
 pub mod keys;
 pub mod kyc;
 pub mod postgres;
@@ -580,7 +581,13 @@ pub enum ErasureOutcome {
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore + kyc::KycStore + security::SecurityStore + Send + Sync + 'static
+    keys::KeyStore
+    + kyc::KycStore
+    + security::SecurityStore
+    + api_tokens::ApiTokenStore
+    + Send
+    + Sync
+    + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::api_tokens::impl_api_token_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::security::impl_security_store;
@@ -73,3 +74,4 @@ impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
 impl_key_store!(PgStore);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
+impl_api_token_store!(PgStore);
