@@ -238,8 +238,9 @@ fn sign(a: &SignArgs) -> Result<String, String> {
     use crate::domain::signing;
     let secret = match (&a.secret, &a.secret_env, a.secret_stdin) {
         (Some(s), _, _) => s.clone(),
-        (None, Some(var), _) => std::env::var(var)
-            .map_err(|_| format!("the environment variable {var} is not set"))?,
+        (None, Some(var), _) => {
+            std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
+        }
         (None, None, true) => {
             let mut line = String::new();
             std::io::stdin()

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod api_tokens;
 mod audit;
 mod auth;
 mod authz;
