@@ -141,13 +141,17 @@ pub enum Permission {
     CustomersErase,
     /// Restrict (and lift the restriction of) the processing of a customer's data.
     CustomersRestrict,
+    /// Read the security policy and the security-event feed.
+    SecurityRead,
+    /// Change the tenant's security policy.
+    SecurityConfigure,
     /// Create, list, rotate and revoke API tokens (`Own`: one's own; `All`: list and revoke
     /// every token of the tenant).
     ApiTokensManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 27] = [
+    pub const ALL: [Permission; 29] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -174,6 +178,8 @@ impl Permission {
         Permission::CustomersExport,
         Permission::CustomersErase,
         Permission::CustomersRestrict,
+        Permission::SecurityRead,
+        Permission::SecurityConfigure,
         Permission::ApiTokensManage,
     ];
 
@@ -205,6 +211,8 @@ impl Permission {
             Permission::CustomersExport => "customers:export",
             Permission::CustomersErase => "customers:erase",
             Permission::CustomersRestrict => "customers:restrict",
+            Permission::SecurityRead => "security:read",
+            Permission::SecurityConfigure => "security:configure",
             Permission::ApiTokensManage => "api_tokens:manage",
         }
     }
@@ -265,6 +273,8 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::SecurityRead, All),
+            (P::SecurityConfigure, All),
             (P::ApiTokensManage, All),
         ],
     ),
@@ -309,6 +319,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersExport, All),
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
+            (P::SecurityRead, All),
             (P::ApiTokensManage, Own),
         ],
     ),
@@ -322,6 +333,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
             (P::KycRead, All),
+            (P::SecurityRead, All),
             (P::ApiTokensManage, Own),
         ],
     ),
@@ -344,6 +356,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::TenantsWrite, All),
             (P::TenantsRead, All),
             (P::AuditRead, All),
+            (P::SecurityRead, All),
         ],
     ),
 ];

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, security, tenants,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +28,9 @@ use super::handlers::{
         kyc::approve, kyc::reject, kyc::download,
         compliance::processing_records,
         privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict,
+        security::step_up, security::list_sessions, security::revoke_session,
+        security::revoke_other_sessions, security::get_policy, security::put_policy,
+        security::unlock_user, security::list_events,
         api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
     modifiers(&BearerAuth),
@@ -41,6 +45,8 @@ use super::handlers::{
         (name = "kyc", description = "KYC tiers, limits and verification"),
         (name = "compliance", description = "Records of processing and retention"),
         (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
+        (name = "sessions", description = "The caller's sessions"),
+        (name = "security", description = "Security policy and security events"),
         (name = "api-tokens", description = "API tokens for integrations (`kasho_…`), optionally IP-limited; request signing in docs/API.md"),
     )
 )]

@@ -7,7 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, tenants, users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, security, tenants,
+    users,
 };
 use crate::domain::authz::Permission;
 
@@ -107,6 +108,55 @@ pub(super) fn all() -> Vec<Route> {
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
         route(
             Method::POST,
+            "/v1/auth/step-up",
+            Authenticated,
+            "auth.step_up",
+            security::step_up,
+        ),
+        route(
+            Method::GET,
+            "/v1/me/sessions",
+            Authenticated,
+            "session.list",
+            security::list_sessions,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/me/sessions/{id}",
+            Authenticated,
+            "session.revoke",
+            security::revoke_session,
+        ),
+        route(
+            Method::POST,
+            "/v1/me/sessions/revoke-others",
+            Authenticated,
+            "session.revoke_others",
+            security::revoke_other_sessions,
+        ),
+        route(
+            Method::GET,
+            "/v1/security/policy",
+            perm(P::SecurityRead),
+            "security.policy.read",
+            security::get_policy,
+        ),
+        route(
+            Method::PUT,
+            "/v1/security/policy",
+            perm(P::SecurityConfigure),
+            "security.policy.update",
+            security::put_policy,
+        ),
+        route(
+            Method::GET,
+            "/v1/security-events",
+            perm(P::SecurityRead),
+            "security_event.list",
+            security::list_events,
+        ),
+        route(
+            Method::POST,
             "/v1/tenants",
             perm(P::TenantsWrite),
             "tenant.create",
@@ -174,6 +224,13 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::UsersWrite),
             "user.enable",
             users::enable,
+        ),
+        route(
+            Method::POST,
+            "/v1/users/{id}/unlock",
+            perm(P::UsersWrite),
+            "user.unlock",
+            security::unlock_user,
         ),
         route(
             Method::PUT,

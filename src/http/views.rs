@@ -86,7 +86,7 @@ pub fn time_param(name: &str, v: Option<String>) -> Result<Option<Timestamp>, Ap
     .transpose()
 }
 
-fn ts(micros: i64) -> String {
+pub fn ts(micros: i64) -> String {
     Timestamp::from_micros(micros).to_rfc3339()
 }
 
@@ -310,7 +310,7 @@ pub struct AuditEventView {
     pub seq: i64,
     pub tenant_id: Option<String>,
     pub occurred_at: String,
-    /// `user`, `system` or `anonymous`.
+    /// `user`, `api_token`, `system` or `anonymous`.
     pub actor_type: String,
     pub actor_id: Option<String>,
     pub action: String,
@@ -323,6 +323,8 @@ pub struct AuditEventView {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The security event type, when this record is one (see `/v1/security-events`).
+    pub security_event: Option<String>,
 }
 
 impl From<AuditRecord> for AuditEventView {
@@ -344,6 +346,7 @@ impl From<AuditRecord> for AuditEventView {
             request_id: r.request_id,
             prev_hash: r.prev_hash,
             hash: r.hash,
+            security_event: r.security_event,
         }
     }
 }

@@ -479,6 +479,7 @@ pub async fn authenticate(
     };
     let roles: Vec<Role> = roles_from_storage(&v.roles);
     let tenant = TenantId::from_trusted(v.tenant_id.clone());
+    let policy = security::policy_from(core, v.policy.as_deref());
     let principal = Principal {
         user_id: UserId::from_trusted(v.user_id.clone()),
         tenant_id: Some(tenant.clone()),
@@ -487,8 +488,8 @@ pub async fn authenticate(
         roles,
         authenticated_at: None,
         mfa_enrolment_required: false,
+        policy: std::sync::Arc::new(policy.clone()),
     };
-    let policy = security::policy_from(core, v.policy.as_deref());
 
     // Allow-lists: the token's and the tenant's, both when set.
     let ip: Option<std::net::IpAddr> = meta.ip.as_deref().and_then(|s| s.parse().ok());

@@ -483,6 +483,7 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
         credential: Credential::Session(sid),
         permissions: PermissionSet::for_roles(&roles),
         mfa_enrolment_required: policy.mfa_required_for(&roles) && view.mfa_enabled == 0,
+        policy: std::sync::Arc::new(policy),
         authenticated_at: Some(Timestamp::from_micros(
             view.authenticated_at.unwrap_or(view.created_at),
         )),

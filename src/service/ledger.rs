@@ -562,6 +562,16 @@ async fn build_movement(
     let currency =
         Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
     let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+    // Money leaving an account above the tenant's threshold needs a recent authentication.
+    if matches!(
+        input.kind,
+        TransferKind::Transfer | TransferKind::Withdrawal
+    ) && actor
+        .policy
+        .transfer_needs_step_up(currency.code(), amount.get())
+    {
+        super::security::require_step_up(core, meta, actor).await?;
+    }
     if let Some(r) = &input.reference
         && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control))
     {

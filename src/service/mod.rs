@@ -97,6 +97,9 @@ pub struct Principal {
     pub authenticated_at: Option<crate::clock::Timestamp>,
     /// The user's role requires MFA and they have not enrolled: only enrolment is allowed.
     pub mfa_enrolment_required: bool,
+    /// The security policy of the caller's tenant (the platform's for platform admins), as read
+    /// with the credential: step-up windows and thresholds come from here.
+    pub policy: Arc<crate::domain::security::SecurityPolicy>,
 }
 
 impl Principal {

@@ -99,7 +99,7 @@ pub async fn record(core: &Core, ev: NewAuditEvent) {
 /// Refuses a sensitive action unless the caller's session proved its password (or second
 /// factor) within the tenant's step-up window. API tokens never pass: they cannot step up.
 pub async fn require_step_up(core: &Core, meta: &RequestMeta, actor: &Principal) -> AppResult<()> {
-    let policy = policy(core, actor.tenant_id.as_ref()).await?;
+    let policy = &actor.policy;
     let now = core.clock.now();
     let fresh = actor
         .authenticated_at

@@ -159,6 +159,7 @@ pub async fn set_roles(
         });
     }
     check_grantable(actor, &roles)?;
+    super::security::require_step_up(core, meta, actor).await?;
     change(
         core,
         meta,

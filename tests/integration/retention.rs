@@ -215,6 +215,18 @@ async fn refresh(app: &TestApp, token: &str) -> crate::support::Resp {
 async fn the_job_purges_ended_sessions_and_spent_keys_but_nothing_live(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
+    // Session B is left alone for days: this tenant lets sessions idle up to their lifetime.
+    let mut policy = app.get("/v1/security/policy", &t.manager_token).await.body;
+    policy["session_idle_timeout_seconds"] = json!(2_592_000);
+    let r = app
+        .request(
+            Method::PUT,
+            "/v1/security/policy",
+            Some(&t.manager_token),
+            Some(policy),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let (_, cashier) = app.user(&t, &["CASHIER"]).await;
     let acc = account(app, &t).await;
     // t0: session A (signed out at once), session B (left alone), key K1.

@@ -10,6 +10,7 @@ pub mod kyc;
 pub mod ledger;
 pub mod meta;
 pub mod privacy;
+pub mod security;
 pub mod tenants;
 pub mod users;
 
