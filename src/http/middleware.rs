@@ -355,3 +355,71 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
         .unwrap_or("(non-string panic payload)");
     ApiError::from(AppError::Internal(format!("panic: {detail}"))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "x-forwarded-for",
+                HeaderValue::from_str(v).unwrap_or_else(|e| unreachable!("{e}")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies_and_read_from_the_right() {
+        let proxies: Vec<Cidr> = vec![
+            "10.0.0.0/8".parse().unwrap_or_else(|e| unreachable!("{e}")),
+            "2001:db8::/32"
+                .parse()
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        ];
+        let h = xff(&["198.51.100.1, 203.0.113.5, 10.1.1.1"]);
+        // An untrusted peer: the header is ignored.
+        assert_eq!(
+            client_address(addr("192.0.2.9"), &h, &proxies),
+            addr("192.0.2.9")
+        );
+        // A trusted peer: the right-most address that is not a proxy; what the client wrote on
+        // the left (198.51.100.1) is never believed.
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &h, &proxies),
+            addr("203.0.113.5")
+        );
+        // Several header lines are one list, in order.
+        let h = xff(&["198.51.100.1", "203.0.113.5, 10.1.1.1"]);
+        assert_eq!(
+            client_address(addr("2001:db8::1"), &h, &proxies),
+            addr("203.0.113.5")
+        );
+        // No header, or only proxies: the left-most proxy reached.
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &HeaderMap::new(), &proxies),
+            addr("10.0.0.2")
+        );
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &xff(&["10.3.3.3"]), &proxies),
+            addr("10.3.3.3")
+        );
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            client_address(
+                addr("10.0.0.2"),
+                &xff(&["203.0.113.5, junk, 10.1.1.1"]),
+                &proxies
+            ),
+            addr("10.1.1.1")
+        );
+        // No proxies configured: always the peer.
+        assert_eq!(client_address(addr("10.0.0.2"), &h, &[]), addr("10.0.0.2"));
+    }
+}

@@ -482,6 +482,30 @@ async fn rotation_keeps_the_old_secret_for_the_overlap_only(app: &TestApp) {
         )
         .await;
     assert_eq!(r.code(), "step_up_required", "{r:?}");
+    // After a step-up the same session may rotate again (overlap 0: the previous secret ends
+    // at once).
+    let su = app
+        .post(
+            "/v1/auth/step-up",
+            Some(&t.manager_token),
+            json!({ "password": crate::support::PASSWORD }),
+        )
+        .await;
+    assert_eq!(su.status, StatusCode::OK, "{su:?}");
+    let r = app
+        .post(
+            &format!("/v1/api-tokens/{id}/rotate"),
+            Some(&t.manager_token),
+            json!({ "overlap_seconds": 0 }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        app.get("/v1/accounts", &new).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let new = r.body["secret"].as_str().unwrap().to_owned();
+    assert!(app.get("/v1/accounts", &new).await.status.is_success());
     // Only the creator rotates: a manager cannot take over another user's token.
     let (_, agent) = app.user_token(&t, &["AGENT"]).await;
     let ar = create_token(
