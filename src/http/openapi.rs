@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, security, tenants,
-    users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security,
+    tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -15,6 +15,7 @@ use super::handlers::{
     paths(
         meta::healthz, meta::jwks,
         auth::login, auth::refresh, auth::logout, auth::me,
+        me::change_password,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,

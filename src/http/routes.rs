@@ -7,8 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, meta, privacy, security, tenants,
-    users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security,
+    tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -106,6 +106,13 @@ pub(super) fn all() -> Vec<Route> {
             auth::logout,
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
+        route(
+            Method::POST,
+            "/v1/me/password",
+            Authenticated,
+            "user.password.change",
+            me::change_password,
+        ),
         route(
             Method::POST,
             "/v1/auth/step-up",

@@ -12,6 +12,7 @@
 mod support;
 
 mod api_tokens;
+mod attacks;
 mod audit;
 mod auth;
 mod authz;
@@ -26,6 +27,7 @@ mod ledger;
 mod ledger_model;
 mod logs;
 mod openapi;
+mod passwords;
 mod privacy;
 mod retention;
 mod security;
