@@ -137,7 +137,11 @@ pub async fn build_core_with_checks(
                 mailbox_dir: config.data_dir.join("mailbox"),
                 max_attempts: config.mail_max_attempts,
             },
+            api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
         },
+        api_token_key: crate::service::api_tokens::TokenHashKey::new(
+            keys.master.derive("api-token-hash/v1"),
+        ),
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),

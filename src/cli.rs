@@ -75,6 +75,45 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Sign an API-token request as the server checks it: prints the canonical request and
+    /// the Kasho-Timestamp, Kasho-Nonce and Kasho-Signature headers (offline; for integrators
+    /// checking their own signing code).
+    Sign(SignArgs),
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// The token secret (`kasho_…`). Prefer --secret-env or --secret-stdin, which keep it out
+    /// of shell history.
+    #[arg(long, conflicts_with_all = ["secret_env", "secret_stdin"])]
+    secret: Option<String>,
+    /// Read the secret from this environment variable.
+    #[arg(long, conflicts_with = "secret_stdin")]
+    secret_env: Option<String>,
+    /// Read the secret from the first line of standard input.
+    #[arg(long)]
+    secret_stdin: bool,
+    /// The HTTP method.
+    #[arg(long)]
+    method: String,
+    /// The path exactly as sent, without the query (e.g. /v1/transfers).
+    #[arg(long)]
+    path: String,
+    /// The raw query string, without `?` (e.g. 'limit=10&starting_after=trf_…').
+    #[arg(long)]
+    query: Option<String>,
+    /// The body, exactly as sent.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// A file holding the body, exactly as sent.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// Unix seconds (default: now).
+    #[arg(long)]
+    timestamp: Option<String>,
+    /// 16 to 128 of A-Z a-z 0-9 - . _ ~ (default: 32 random hex digits).
+    #[arg(long)]
+    nonce: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +159,19 @@ enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Signing is offline: it needs no configuration, keys or database.
+    if let Command::Sign(args) = &cli.command {
+        return match sign(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("kasho sign: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut flags: Vec<(&str, String)> = Vec::new();
     if let Some(v) = &cli.data_dir {
         flags.push(("data_dir", v.clone()));
@@ -169,6 +221,7 @@ pub fn main() -> ExitCode {
             Command::Retention {
                 command: RetentionCommand::Run,
             } => retention_run(&config).await,
+            Command::Sign(_) => Ok(()),
         }
     });
     match result {
@@ -178,6 +231,75 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kasho sign`: the canonical request and the three headers.
+fn sign(a: &SignArgs) -> Result<String, String> {
+    use crate::domain::signing;
+    let secret = match (&a.secret, &a.secret_env, a.secret_stdin) {
+        (Some(s), _, _) => s.clone(),
+        (None, Some(var), _) => {
+            std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
+        }
+        (None, None, true) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the secret from standard input: {e}"))?;
+            line.trim().to_owned()
+        }
+        (None, None, false) => {
+            return Err("give the secret with --secret, --secret-env VAR or --secret-stdin".into());
+        }
+    };
+    if !crate::service::api_tokens::is_api_token(&secret) {
+        return Err("the secret must be an API token (it starts with kasho_)".into());
+    }
+    let body: Vec<u8> = match (&a.body, &a.body_file) {
+        (Some(b), _) => b.clone().into_bytes(),
+        (None, Some(f)) => {
+            std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let timestamp = match &a.timestamp {
+        Some(t) => t.clone(),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs()
+            .to_string(),
+    };
+    signing::parse_timestamp(&timestamp)
+        .map_err(|_| "--timestamp must be unix seconds".to_owned())?;
+    let nonce = match &a.nonce {
+        Some(n) => n.clone(),
+        None => hex::encode(
+            crate::crypto::random_bytes::<16>().map_err(|_| "no randomness".to_owned())?,
+        ),
+    };
+    signing::check_nonce(&nonce)
+        .map_err(|_| "--nonce must be 16 to 128 of A-Z a-z 0-9 - . _ ~".to_owned())?;
+    if !a.path.starts_with('/') || a.path.contains('?') {
+        return Err("--path must start with / and hold no query (use --query)".into());
+    }
+    let canonical = signing::canonical_request(&signing::RequestParts {
+        method: &a.method,
+        path: &a.path,
+        query: a.query.as_deref(),
+        timestamp: &timestamp,
+        nonce: &nonce,
+        body: &body,
+    });
+    Ok(format!(
+        "# canonical request (six lines, joined by \\n, no trailing newline)\n{canonical}\n\
+         # headers\n\
+         Kasho-Timestamp: {timestamp}\n\
+         Kasho-Nonce: {nonce}\n\
+         Kasho-Signature: {}\n",
+        signing::signature_header(&secret, &canonical)
+    ))
 }
 
 fn init_tracing(config: &Config) {

@@ -200,6 +200,11 @@ const KEYS: &[KeyDef] = &[
         help: "delivery attempts of an email before it is marked failed, 1..=50 (8)",
     },
     KeyDef {
+        name: "api_token_rotation_overlap_seconds",
+        secret: false,
+        help: "how long an API token's previous secret keeps working after a rotation that names no overlap, 0..=86400 (3600)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -406,6 +411,8 @@ pub struct Config {
     /// Base URL of emailed links, without a trailing slash.
     pub public_url: String,
     pub mail_max_attempts: u32,
+    /// Default overlap of an API-token rotation (at most 24 h).
+    pub api_token_rotation_overlap_seconds: i64,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -603,6 +610,10 @@ impl Config {
         let login_ip_max_failures = int("login_ip_max_failures", &lf_v, 5i64, 100_000)?;
         let lw_v = take("login_ip_window_seconds", Some("900".into())).unwrap_or_default();
         let login_ip_window_seconds = int("login_ip_window_seconds", &lw_v, 60i64, 86_400)?;
+        let ov_v =
+            take("api_token_rotation_overlap_seconds", Some("3600".into())).unwrap_or_default();
+        let api_token_rotation_overlap_seconds =
+            int("api_token_rotation_overlap_seconds", &ov_v, 0i64, 86_400)?;
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -731,6 +742,7 @@ impl Config {
             mail_from: mf.0,
             public_url,
             mail_max_attempts,
+            api_token_rotation_overlap_seconds,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,

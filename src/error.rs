@@ -44,6 +44,10 @@ pub enum AppError {
     /// A token is malformed, forged, revoked or otherwise not acceptable.
     #[error("{0}")]
     InvalidToken(&'static str),
+    /// A credential or request signature that is not acceptable, with its own code
+    /// (`signature_invalid`, `request_replayed`, `token_expired`, ...): 401.
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
     /// An access token past its expiry.
     #[error("access token expired")]
     TokenExpired,
@@ -105,7 +109,8 @@ impl AppError {
             | AppError::Refused { code, .. }
             | AppError::AccountUnavailable { code, .. }
             | AppError::Forbidden { code, .. }
-            | AppError::TooManyAttempts { code, .. } => code,
+            | AppError::TooManyAttempts { code, .. }
+            | AppError::Unauthenticated { code, .. } => code,
             AppError::StepUpRequired => "step_up_required",
             AppError::MfaEnrolmentRequired => "mfa_enrolment_required",
             AppError::NotFound(_) => "resource_missing",

@@ -145,10 +145,13 @@ pub enum Permission {
     SecurityRead,
     /// Change the tenant's security policy.
     SecurityConfigure,
+    /// Create, list, rotate and revoke API tokens (`Own`: one's own; `All`: list and revoke
+    /// every token of the tenant).
+    ApiTokensManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 28] = [
+    pub const ALL: [Permission; 29] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -177,6 +180,7 @@ impl Permission {
         Permission::CustomersRestrict,
         Permission::SecurityRead,
         Permission::SecurityConfigure,
+        Permission::ApiTokensManage,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -209,6 +213,7 @@ impl Permission {
             Permission::CustomersRestrict => "customers:restrict",
             Permission::SecurityRead => "security:read",
             Permission::SecurityConfigure => "security:configure",
+            Permission::ApiTokensManage => "api_tokens:manage",
         }
     }
 }
@@ -270,6 +275,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRestrict, All),
             (P::SecurityRead, All),
             (P::SecurityConfigure, All),
+            (P::ApiTokensManage, All),
         ],
     ),
     (
@@ -278,6 +284,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRead, All),
             (P::AccountsRead, All),
             (P::TransfersRead, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -293,6 +300,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::HoldsWrite, All),
             (P::KycRead, All),
             (P::KycSubmit, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -312,6 +320,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersErase, All),
             (P::CustomersRestrict, All),
             (P::SecurityRead, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -325,6 +334,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::ComplianceRead, All),
             (P::KycRead, All),
             (P::SecurityRead, All),
+            (P::ApiTokensManage, Own),
         ],
     ),
     (
@@ -397,6 +407,29 @@ impl PermissionSet {
             }
         }
         set
+    }
+
+    /// A set from explicit grants (an API token's scopes); the widest scope wins on repeats.
+    pub fn from_grants(grants: impl IntoIterator<Item = (Permission, Scope)>) -> Self {
+        let mut map = BTreeMap::new();
+        for (perm, scope) in grants {
+            let entry = map.entry(perm).or_insert(scope);
+            if scope > *entry {
+                *entry = scope;
+            }
+        }
+        Self(map)
+    }
+
+    /// What both sets grant, each at the narrower of the two scopes (an API token's scopes
+    /// within its creator's current permissions).
+    pub fn intersect(&self, other: &PermissionSet) -> Self {
+        Self(
+            self.0
+                .iter()
+                .filter_map(|(p, s)| other.scope(*p).map(|o| (*p, (*s).min(o))))
+                .collect(),
+        )
     }
 
     /// The scope at which `perm` is granted, if at all.
@@ -536,6 +569,34 @@ mod tests {
             PermissionSet::for_roles(&[Role::Customer]).scope(P::KycDecide),
             None
         );
+    }
+
+    #[test]
+    fn token_scopes_narrow_to_the_creators_current_permissions() {
+        let token = PermissionSet::from_grants([
+            (P::TransfersCreate, All),
+            (P::UsersWrite, All),
+            (P::AccountsRead, All),
+        ]);
+        let customer = PermissionSet::for_roles(&[Role::Customer]);
+        let narrowed = token.intersect(&customer);
+        assert_eq!(narrowed.scope(P::TransfersCreate), Some(Own));
+        assert_eq!(narrowed.scope(P::AccountsRead), Some(Own));
+        assert_eq!(narrowed.scope(P::UsersWrite), None);
+        assert_eq!(narrowed.scope(P::UsersRead), None);
+    }
+
+    #[test]
+    fn staff_manage_api_tokens_customers_and_platform_admins_do_not() {
+        for role in Role::ALL {
+            let scope = PermissionSet::for_roles(&[role]).scope(P::ApiTokensManage);
+            let expected = match role {
+                Role::Manager => Some(All),
+                Role::Customer | Role::PlatformAdmin => None,
+                _ => Some(Own),
+            };
+            assert_eq!(scope, expected, "{role}");
+        }
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod password_policy;
 pub mod personal;
 pub mod processing;
 pub mod security;
+pub mod signing;
 pub mod values;

@@ -139,6 +139,9 @@ impl From<AppError> for ApiError {
             AppError::InvalidToken(_) => {
                 ApiError::new(S::UNAUTHORIZED, AUTHN, "invalid_token", message)
             }
+            AppError::Unauthenticated { code, .. } => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, code, message)
+            }
             AppError::TokenExpired => {
                 ApiError::new(S::UNAUTHORIZED, AUTHN, "token_expired", message)
             }

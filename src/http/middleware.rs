@@ -1,7 +1,7 @@
 //! Request-wide layers: the request id, security headers, access logging, and the one
 //! authorisation mechanism every API route goes through.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +15,11 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode};
 use super::routes::Access;
 use crate::domain::audit::Outcome;
-use crate::domain::security::SecurityEvent;
+use crate::domain::security::{Cidr, SecurityEvent};
+use crate::domain::signing;
 use crate::error::AppError;
 use crate::ids::RequestId;
-use crate::service::{AuditBuilder, RequestMeta, auth, security};
+use crate::service::{AuditBuilder, RequestMeta, api_tokens, auth, security};
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -93,26 +94,58 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The request facts the audit trail records.
-fn request_meta(req: &Request) -> RequestMeta {
+/// The request facts the audit trail records. The client address is the peer's, unless the
+/// peer is a configured trusted proxy: then it is the right-most `X-Forwarded-For` address that
+/// is not itself a trusted proxy. Audit, throttling and allow-lists all see this one address.
+fn request_meta(req: &Request, trusted_proxies: &[Cidr]) -> RequestMeta {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
+        .or_else(|| {
+            req.extensions()
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|m| m.0)
+        })
+        .map(|addr| addr.ip());
     RequestMeta {
         request_id: current_request_id(),
-        ip: req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| *addr)
-            .or_else(|| {
-                req.extensions()
-                    .get::<MockConnectInfo<SocketAddr>>()
-                    .map(|m| m.0)
-            })
-            .map(|addr| addr.ip().to_string()),
+        ip: peer
+            .map(|p| client_address(p, req.headers(), trusted_proxies))
+            .map(|ip| ip.to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
     }
+}
+
+/// The client behind `peer`: `X-Forwarded-For` is read only when the peer is a trusted proxy,
+/// from the right (the entries the proxies appended), skipping trusted proxies; an unparsable
+/// entry stops the walk (everything left of it is the client's own claim).
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[Cidr]) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|c| c.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The access token from `Authorization: Bearer …` or FinCode's `X-Auth-Token`.
@@ -126,6 +159,72 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
+}
+
+/// Authenticates an API-token request and checks its signature (required by the tenant, or
+/// sent anyway). The body is read here to be hashed, within the route's body limit, and the
+/// same bytes are handed on to the handler.
+async fn api_token_request(
+    state: &AppState,
+    meta: &RequestMeta,
+    def: &super::routes::RouteDef,
+    secret: &str,
+    req: Request,
+) -> Result<(crate::service::Principal, Request), Response> {
+    let core = &state.core;
+    // Owned copies: nothing borrowed from the request lives across an await (the body is not
+    // `Sync`).
+    let (ts, nonce, sig) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("\u{0}").to_owned())
+        };
+        (
+            header(signing::TIMESTAMP_HEADER),
+            header(signing::NONCE_HEADER),
+            header(signing::SIGNATURE_HEADER),
+        )
+    };
+    let authed = api_tokens::authenticate(core, meta, secret)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    let headers = api_tokens::SignatureHeaders {
+        timestamp: ts.as_deref(),
+        nonce: nonce.as_deref(),
+        signature: sig.as_deref(),
+    };
+    if !headers.any() && !authed.require_signed {
+        return Ok((authed.principal, req));
+    }
+    let (parts, body) = req.into_parts();
+    let limit = def.body_limit.unwrap_or(0).max(state.max_body_bytes);
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            "the request body is larger than the limit",
+        )
+        .into_response());
+    };
+    api_tokens::verify_signature(
+        core,
+        meta,
+        &authed,
+        secret,
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query(),
+        headers,
+        &bytes,
+    )
+    .await
+    .map_err(|e| ApiError::from(e).into_response())?;
+    Ok((
+        authed.principal,
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+    ))
 }
 
 fn is_mutating(m: &Method) -> bool {
@@ -142,7 +241,7 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let meta = request_meta(&req);
+    let meta = request_meta(&req, &state.core.settings.trusted_proxies);
     let method = req.method().clone();
     // axum answers HEAD with the GET handler; authorise it as the GET it is.
     let lookup = if method == Method::HEAD {
@@ -158,8 +257,18 @@ pub async fn authorize(
     let principal = match def.access {
         Access::Public => None,
         Access::Authenticated | Access::Permission(_) => {
-            let result = match presented_token(req.headers()) {
+            let presented = presented_token(req.headers()).map(str::to_owned);
+            let result = match presented.as_deref() {
                 None => Err(AppError::AuthenticationRequired),
+                Some(t) if api_tokens::is_api_token(t) => {
+                    match api_token_request(&state, &meta, def, t, req).await {
+                        Ok((p, r)) => {
+                            req = r;
+                            Ok(p)
+                        }
+                        Err(resp) => return resp,
+                    }
+                }
                 Some(t) => auth::authenticate(core, &meta, t).await,
             };
             match result {
@@ -245,4 +354,72 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
         .or_else(|| err.downcast_ref::<&str>().copied())
         .unwrap_or("(non-string panic payload)");
     ApiError::from(AppError::Internal(format!("panic: {detail}"))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "x-forwarded-for",
+                HeaderValue::from_str(v).unwrap_or_else(|e| unreachable!("{e}")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies_and_read_from_the_right() {
+        let proxies: Vec<Cidr> = vec![
+            "10.0.0.0/8".parse().unwrap_or_else(|e| unreachable!("{e}")),
+            "2001:db8::/32"
+                .parse()
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        ];
+        let h = xff(&["198.51.100.1, 203.0.113.5, 10.1.1.1"]);
+        // An untrusted peer: the header is ignored.
+        assert_eq!(
+            client_address(addr("192.0.2.9"), &h, &proxies),
+            addr("192.0.2.9")
+        );
+        // A trusted peer: the right-most address that is not a proxy; what the client wrote on
+        // the left (198.51.100.1) is never believed.
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &h, &proxies),
+            addr("203.0.113.5")
+        );
+        // Several header lines are one list, in order.
+        let h = xff(&["198.51.100.1", "203.0.113.5, 10.1.1.1"]);
+        assert_eq!(
+            client_address(addr("2001:db8::1"), &h, &proxies),
+            addr("203.0.113.5")
+        );
+        // No header, or only proxies: the left-most proxy reached.
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &HeaderMap::new(), &proxies),
+            addr("10.0.0.2")
+        );
+        assert_eq!(
+            client_address(addr("10.0.0.2"), &xff(&["10.3.3.3"]), &proxies),
+            addr("10.3.3.3")
+        );
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            client_address(
+                addr("10.0.0.2"),
+                &xff(&["203.0.113.5, junk, 10.1.1.1"]),
+                &proxies
+            ),
+            addr("10.1.1.1")
+        );
+        // No proxies configured: always the peer.
+        assert_eq!(client_address(addr("10.0.0.2"), &h, &[]), addr("10.0.0.2"));
+    }
 }

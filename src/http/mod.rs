@@ -25,6 +25,8 @@ use routes::RouteDef;
 /// Shared state of the HTTP layer.
 pub struct AppState {
     pub core: Arc<Core>,
+    /// The server-wide body limit (the middleware reads signed requests' bodies itself).
+    pub max_body_bytes: usize,
     routes: HashMap<(Method, &'static str), RouteDef>,
 }
 
@@ -43,6 +45,7 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let all = routes::all();
     let state = Arc::new(AppState {
         core,
+        max_body_bytes,
         routes: all
             .iter()
             .map(|r| ((r.def.method.clone(), r.def.path), r.def.clone()))

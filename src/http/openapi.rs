@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset, privacy,
-    security, tenants, users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset,
+    privacy, security, tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -33,7 +33,8 @@ use super::handlers::{
         privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict,
         security::step_up, security::list_sessions, security::revoke_session,
         security::revoke_other_sessions, security::get_policy, security::put_policy,
-        security::unlock_user, security::list_events
+        security::unlock_user, security::list_events,
+        api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
     modifiers(&BearerAuth),
     tags(
@@ -50,6 +51,7 @@ use super::handlers::{
         (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
         (name = "sessions", description = "The caller's sessions"),
         (name = "security", description = "Security policy and security events"),
+        (name = "api-tokens", description = "API tokens for integrations (`kasho_…`), optionally IP-limited; request signing in docs/API.md"),
     )
 )]
 pub struct ApiDoc;

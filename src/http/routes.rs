@@ -7,8 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset, privacy,
-    security, tenants, users,
+    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset,
+    privacy, security, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -32,6 +32,8 @@ pub struct RouteDef {
     pub access: Access,
     /// The audit action recorded for this route, e.g. `user.create`.
     pub action: &'static str,
+    /// A body limit of its own, above the server-wide `max_body_bytes` (document uploads).
+    pub body_limit: Option<usize>,
 }
 
 pub(super) struct Route {
@@ -57,6 +59,7 @@ where
             path,
             access,
             action,
+            body_limit: None,
         },
         handler: on(filter, handler),
     }
@@ -558,6 +561,35 @@ pub(super) fn all() -> Vec<Route> {
             "customer.unrestrict",
             privacy::unrestrict,
         ),
+        // API tokens (secrets shown once; creating and rotating need step-up).
+        route(
+            Method::POST,
+            "/v1/api-tokens",
+            perm(P::ApiTokensManage),
+            "api_token.create",
+            api_tokens::create,
+        ),
+        route(
+            Method::GET,
+            "/v1/api-tokens",
+            perm(P::ApiTokensManage),
+            "api_token.list",
+            api_tokens::list,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/api-tokens/{id}",
+            perm(P::ApiTokensManage),
+            "api_token.revoke",
+            api_tokens::revoke,
+        ),
+        route(
+            Method::POST,
+            "/v1/api-tokens/{id}/rotate",
+            perm(P::ApiTokensManage),
+            "api_token.rotate",
+            api_tokens::rotate,
+        ),
     ]
 }
 
@@ -582,6 +614,7 @@ pub fn allowed_before_mfa(method: &Method, path: &str) -> bool {
 /// The innermost body limit wins, so this one applies to this route alone.
 fn with_body_limit(mut r: Route, limit: usize) -> Route {
     r.handler = r.handler.layer(axum::extract::DefaultBodyLimit::max(limit));
+    r.def.body_limit = Some(limit);
     r
 }
 

@@ -3,6 +3,7 @@
 //! trail, and returns domain results or an [`AppError`](crate::error::AppError). Nothing here
 //! knows about HTTP.
 
+pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
@@ -47,6 +48,9 @@ pub struct Settings {
     pub login_ip_rule: crate::store::security::FailureRule,
     /// Outgoing mail: SMTP relay or mailbox folder, sender, public URL for links.
     pub mail: mail::MailSettings,
+    /// How long a rotated API token's previous secret keeps working when the rotation names
+    /// no overlap.
+    pub api_token_rotation_overlap_seconds: i64,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -67,6 +71,8 @@ pub struct Core {
     pub keyring: Arc<keys::Keyring>,
     /// KYC limits cache and in-flight reservations (the ledger's KYC check).
     pub kyc: kyc::KycGate,
+    /// The key API-token secrets are hashed under (derived from the master key).
+    pub api_token_key: api_tokens::TokenHashKey,
 }
 
 /// The credential a request was made with.

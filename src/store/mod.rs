@@ -9,6 +9,7 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod api_tokens;
 pub mod keys;
 pub mod kyc;
 pub mod mail;
@@ -598,6 +599,7 @@ pub trait Store:
     + security::SecurityStore
     + mfa::MfaStore
     + mail::MailStore
+    + api_tokens::ApiTokenStore
     + Send
     + Sync
     + 'static

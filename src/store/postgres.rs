@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::api_tokens::impl_api_token_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
@@ -77,3 +78,4 @@ impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
 impl_mfa_store!(PgStore);
 impl_mail_store!(PgStore);
+impl_api_token_store!(PgStore);

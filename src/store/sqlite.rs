@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::api_tokens::impl_api_token_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
@@ -135,3 +136,4 @@ impl_kyc_store!(SqliteStore);
 impl_security_store!(SqliteStore);
 impl_mfa_store!(SqliteStore);
 impl_mail_store!(SqliteStore);
+impl_api_token_store!(SqliteStore);

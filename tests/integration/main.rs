@@ -11,6 +11,7 @@
 
 mod support;
 
+mod api_tokens;
 mod attacks;
 mod audit;
 mod auth;

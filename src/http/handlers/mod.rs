@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource. Each is a thin translation: parse, call the
 //! service, render. The `#[utoipa::path]` beside each handler is its OpenAPI entry.
 
+pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod compliance;

@@ -1,0 +1,353 @@
+//! Storage of API tokens, their secrets (as keyed hashes) and the nonces of signed requests.
+//! Implemented for both backends by [`impl_api_token_store!`] from the same SQL.
+
+use async_trait::async_trait;
+
+use super::{Page, StoreResult};
+use crate::clock::Timestamp;
+use crate::domain::audit::NewAuditEvent;
+use crate::ids::{TenantId, UserId};
+
+/// A new token with its first secret.
+#[derive(Debug, Clone)]
+pub struct NewApiToken {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub name: String,
+    /// `permission=own|all`, comma separated.
+    pub scopes: String,
+    /// CIDRs, comma separated ('' for any address).
+    pub allowed_ips: String,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A token as listed (never a secret).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub scopes: String,
+    pub allowed_ips: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+    pub rotated_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// What presenting a secret finds: the token, the secret's own validity, and the creator and
+/// tenant as they are now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiTokenAuthView {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub scopes: String,
+    pub allowed_ips: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub secret_hash: String,
+    /// Set on a secret replaced by a rotation: the end of its overlap.
+    pub valid_until: Option<i64>,
+    pub roles: String,
+    pub user_status: String,
+    pub tenant_status: String,
+    pub policy: Option<String>,
+}
+
+#[async_trait]
+#[allow(clippy::too_many_arguments)]
+pub trait ApiTokenStore: Send + Sync {
+    async fn create_api_token(&self, t: &NewApiToken, audit: &[NewAuditEvent]) -> StoreResult<()>;
+    /// A token of the tenant (revoked ones included).
+    async fn get_api_token(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<ApiTokenRecord>>;
+    /// The tenant's tokens that are not revoked, newest first; only `user`'s when given.
+    async fn list_api_tokens(
+        &self,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        page: &Page,
+    ) -> StoreResult<Vec<ApiTokenRecord>>;
+    /// Revokes a live token (all its secrets stop at once). False when there was none.
+    async fn revoke_api_token(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        by: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+    /// Adds a new current secret; the previous current one stays valid until
+    /// `old_valid_until`, and older replaced secrets end now at the latest. False when the
+    /// token is not live.
+    async fn rotate_api_token(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        new_secret_hash: &str,
+        old_valid_until: Timestamp,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool>;
+    /// The token a secret hash belongs to.
+    async fn api_token_by_secret(&self, secret_hash: &str)
+    -> StoreResult<Option<ApiTokenAuthView>>;
+    /// Records use, at most once per `min_interval_seconds` (a conditional update).
+    async fn touch_api_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        min_interval_seconds: i64,
+    ) -> StoreResult<()>;
+    /// Remembers a nonce of a token until `expires_at`; false when it is already remembered
+    /// (a replay). Forgets expired nonces.
+    async fn remember_nonce(
+        &self,
+        token_id: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+}
+
+macro_rules! impl_api_token_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        #[allow(clippy::too_many_arguments)]
+        impl $crate::store::api_tokens::ApiTokenStore for $store {
+            async fn create_api_token(
+                &self,
+                t: &$crate::store::api_tokens::NewApiToken,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO api_tokens (id, tenant_id, user_id, name, scopes, allowed_ips, \
+                     created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&t.id)
+                .bind(t.tenant_id.as_str())
+                .bind(t.user_id.as_str())
+                .bind(&t.name)
+                .bind(&t.scopes)
+                .bind(&t.allowed_ips)
+                .bind(t.created_at.as_micros())
+                .bind(t.expires_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&t.secret_hash)
+                .bind(&t.id)
+                .bind(t.tenant_id.as_str())
+                .bind(t.created_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_api_token(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::api_tokens::ApiTokenRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, user_id, name, scopes, allowed_ips, created_at, \
+                     expires_at, last_used_at, rotated_at, revoked_at \
+                     FROM api_tokens WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_api_tokens(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                user: Option<&$crate::ids::UserId>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::api_tokens::ApiTokenRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, tenant_id, user_id, name, scopes, allowed_ips, created_at, \
+                     expires_at, last_used_at, rotated_at, revoked_at \
+                     FROM api_tokens WHERE tenant_id = $1 AND revoked_at IS NULL \
+                     AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR id < $3) \
+                     ORDER BY id DESC LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(user.map(|u| u.as_str()))
+                .bind(page.starting_after.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_api_token(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                by: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $3, revoked_by = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(now.as_micros())
+                .bind(by)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Ok(false);
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn rotate_api_token(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                id: &str,
+                new_secret_hash: &str,
+                old_valid_until: $crate::clock::Timestamp,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE api_tokens SET rotated_at = $3 \
+                     WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3",
+                )
+                .bind(tenant.as_str())
+                .bind(id)
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Ok(false);
+                }
+                // Secrets replaced by an earlier rotation end now at the latest: at most the
+                // current secret and one predecessor are ever valid.
+                sqlx::query(
+                    "UPDATE api_token_secrets SET valid_until = $2 \
+                     WHERE token_id = $1 AND valid_until IS NOT NULL AND valid_until > $2",
+                )
+                .bind(id)
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE api_token_secrets SET valid_until = $2 \
+                     WHERE token_id = $1 AND valid_until IS NULL",
+                )
+                .bind(id)
+                .bind(old_valid_until.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(new_secret_hash)
+                .bind(id)
+                .bind(tenant.as_str())
+                .bind(now.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn api_token_by_secret(
+                &self,
+                secret_hash: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::api_tokens::ApiTokenAuthView>> {
+                Ok(sqlx::query_as(
+                    "SELECT t.id, t.tenant_id, t.user_id, t.scopes, t.allowed_ips, t.expires_at, \
+                            t.revoked_at, t.last_used_at, s.secret_hash, s.valid_until, u.roles, \
+                            u.status AS user_status, te.status AS tenant_status, ts.policy \
+                     FROM api_token_secrets s JOIN api_tokens t ON t.id = s.token_id \
+                     JOIN users u ON u.id = t.user_id \
+                     JOIN tenants te ON te.id = t.tenant_id \
+                     LEFT JOIN tenant_security ts ON ts.tenant_id = t.tenant_id \
+                     WHERE s.secret_hash = $1 AND u.tenant_id = t.tenant_id",
+                )
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn touch_api_token(
+                &self,
+                id: &str,
+                now: $crate::clock::Timestamp,
+                min_interval_seconds: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let stale = now.plus_seconds(-min_interval_seconds).as_micros();
+                sqlx::query(
+                    "UPDATE api_tokens SET last_used_at = $2 WHERE id = $1 \
+                     AND (last_used_at IS NULL OR last_used_at < $3)",
+                )
+                .bind(id)
+                .bind(now.as_micros())
+                .bind(stale)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn remember_nonce(
+                &self,
+                token_id: &str,
+                nonce: &str,
+                expires_at: $crate::clock::Timestamp,
+                now: $crate::clock::Timestamp,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM request_nonces WHERE expires_at <= $1")
+                    .bind(now.as_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                // Insert-or-fail on the primary key: two instances racing on one nonce cannot
+                // both succeed.
+                let n = sqlx::query(
+                    "INSERT INTO request_nonces (token_id, nonce, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (token_id, nonce) DO NOTHING",
+                )
+                .bind(token_id)
+                .bind(nonce)
+                .bind(expires_at.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_api_token_store;
