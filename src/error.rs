@@ -47,6 +47,9 @@ pub enum AppError {
     /// An access token past its expiry.
     #[error("access token expired")]
     TokenExpired,
+    /// A second-factor code (TOTP or recovery code) was wrong, already used or spent.
+    #[error("the code is wrong or was already used")]
+    InvalidMfaCode,
     /// A spent refresh token was presented again; its session has been revoked.
     #[error("refresh token already used; the session has been revoked")]
     RefreshTokenReused,
@@ -111,6 +114,7 @@ impl AppError {
             AppError::InvalidToken(_) => "invalid_token",
             AppError::TokenExpired => "token_expired",
             AppError::RefreshTokenReused => "refresh_token_reused",
+            AppError::InvalidMfaCode => "invalid_mfa_code",
             AppError::Internal(_) => "internal_error",
         }
     }

@@ -142,6 +142,9 @@ impl From<AppError> for ApiError {
             AppError::TokenExpired => {
                 ApiError::new(S::UNAUTHORIZED, AUTHN, "token_expired", message)
             }
+            AppError::InvalidMfaCode => {
+                ApiError::new(S::UNAUTHORIZED, AUTHN, "invalid_mfa_code", message)
+            }
             AppError::RefreshTokenReused => {
                 ApiError::new(S::UNAUTHORIZED, AUTHN, "refresh_token_reused", message)
             }

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -15,6 +16,7 @@ use super::handlers::{
         meta::healthz, meta::jwks,
         auth::login, auth::refresh, auth::logout, auth::me,
         me::change_password,
+        mfa::login, mfa::status, mfa::enrol, mfa::confirm, mfa::disable, mfa::regenerate_recovery_codes,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,
@@ -35,6 +37,7 @@ use super::handlers::{
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Sign-in, tokens and the current principal"),
+        (name = "mfa", description = "The caller's multi-factor authentication (TOTP, recovery codes)"),
         (name = "tenants", description = "Tenants (platform admins)"),
         (name = "users", description = "Users and roles of a tenant"),
         (name = "audit", description = "The tamper-evident audit log"),

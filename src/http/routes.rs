@@ -7,7 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
+    users,
 };
 use crate::domain::authz::Permission;
 
@@ -102,6 +103,43 @@ pub(super) fn all() -> Vec<Route> {
             auth::logout,
         ),
         route(Method::GET, "/v1/me", Authenticated, "me.read", auth::me),
+        // Multi-factor authentication (TOTP and recovery codes).
+        route(Method::POST, "/v1/auth/mfa", Public, "auth.mfa", mfa::login),
+        route(
+            Method::GET,
+            "/v1/me/mfa",
+            Authenticated,
+            "mfa.read",
+            mfa::status,
+        ),
+        route(
+            Method::POST,
+            "/v1/me/mfa/totp",
+            Authenticated,
+            "mfa.enrol",
+            mfa::enrol,
+        ),
+        route(
+            Method::POST,
+            "/v1/me/mfa/totp/confirm",
+            Authenticated,
+            "mfa.confirm",
+            mfa::confirm,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/me/mfa/totp",
+            Authenticated,
+            "mfa.disable",
+            mfa::disable,
+        ),
+        route(
+            Method::POST,
+            "/v1/me/mfa/recovery-codes",
+            Authenticated,
+            "mfa.recovery_codes.regenerate",
+            mfa::regenerate_recovery_codes,
+        ),
         route(
             Method::POST,
             "/v1/me/password",
@@ -511,7 +549,13 @@ pub(super) fn all() -> Vec<Route> {
 
 /// Routes a user may call before enrolling in MFA when their role requires it: who they are,
 /// signing out, and enrolment itself.
-pub const ALLOWED_BEFORE_MFA: &[(&str, &str)] = &[("GET", "/v1/me"), ("POST", "/v1/auth/logout")];
+pub const ALLOWED_BEFORE_MFA: &[(&str, &str)] = &[
+    ("GET", "/v1/me"),
+    ("POST", "/v1/auth/logout"),
+    ("GET", "/v1/me/mfa"),
+    ("POST", "/v1/me/mfa/totp"),
+    ("POST", "/v1/me/mfa/totp/confirm"),
+];
 
 /// Whether `method path` (a route template) is in [`ALLOWED_BEFORE_MFA`].
 pub fn allowed_before_mfa(method: &Method, path: &str) -> bool {

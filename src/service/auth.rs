@@ -185,15 +185,16 @@ pub async fn login(
             message: "sign-in is not allowed from this address".into(),
         }));
     }
+    // With MFA the run of failures ends only once the second factor is proven too (wrong
+    // codes count under the same key, so a known password must not reset them).
+    if user.mfa_enabled != 0 {
+        return super::mfa::begin_challenge(core, meta, &user, tenant_id.as_ref()).await;
+    }
     // The password was right: the run of failures ends.
     core.store
         .clear_login_throttle(&account_key, &[])
         .await
         .map_err(|e| Audited(e.into()))?;
-
-    if user.mfa_enabled != 0 {
-        return super::mfa::begin_challenge(core, meta, &user, tenant_id.as_ref()).await;
-    }
     let pair = issue_session(core, meta, &user, tenant_id.as_ref(), &policy, "password")
         .await
         .map_err(Audited)?;

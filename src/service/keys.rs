@@ -33,6 +33,9 @@ use crate::store::{Store, StoreError};
 /// below the 2^32 random-nonce bound of AES-GCM (NIST SP 800-38D).
 pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
 
+/// The key id platform-key ciphertexts carry (`kx1.platform.1.…`); no data key has it.
+pub const PLATFORM_KEY_ID: &str = "platform";
+
 /// Encryptions reserved from the database at a time (one UPDATE per block, not per value).
 const RESERVATION_BLOCK: i64 = 16_384;
 
@@ -84,6 +87,10 @@ pub struct Keyring {
     clock: Arc<dyn Clock>,
     /// The key that wraps master key versions, derived from the root key (`KASHO_MASTER_KEY`).
     root: KeyBytes,
+    /// Seals the few values that belong to no tenant (platform admins' TOTP secrets): data
+    /// keys are tenants' (`data_keys.tenant_id` names one), so this key is derived from the
+    /// root key for that purpose alone, like the audit-chain key.
+    platform: DataKey,
     root_id: String,
     rotate_after: i64,
     keks: RwLock<HashMap<i64, KeyBytes>>,
@@ -137,12 +144,18 @@ impl Keyring {
         root: &MasterKey,
         rotate_after: i64,
     ) -> Self {
+        let platform = DataKey {
+            id: PLATFORM_KEY_ID.to_owned(),
+            version: 1,
+            key: KeyBytes::from_array(root.derive("platform-data/v1")),
+        };
         let root = KeyBytes::from_array(root.derive("kek-wrap/v1"));
         let root_id = hex::encode(&root.mac(b"kasho/root-id")[..8]);
         Self {
             store,
             clock,
             root,
+            platform,
             root_id,
             rotate_after: rotate_after.max(2),
             keks: RwLock::new(HashMap::new()),
@@ -501,6 +514,31 @@ impl Keyring {
         let key = self.encryption_key(tenant, owner, 1).await?;
         key.seal(&col.at(tenant.as_str(), row), plaintext)
             .map_err(internal)
+    }
+
+    /// Seals a value that belongs to no tenant (a platform admin's) for `row` of a registered
+    /// column, under the platform key (AAD tenant is empty).
+    pub fn seal_platform(
+        &self,
+        col: EncryptedColumn,
+        row: &str,
+        plaintext: &[u8],
+    ) -> AppResult<String> {
+        self.platform
+            .seal(&col.at("", row), plaintext)
+            .map_err(internal)
+    }
+
+    /// Opens what [`Keyring::seal_platform`] sealed at `row` of `col`.
+    pub fn open_platform(
+        &self,
+        col: EncryptedColumn,
+        row: &str,
+        ciphertext: &str,
+    ) -> AppResult<Zeroizing<Vec<u8>>> {
+        self.platform
+            .open(&col.at("", row), ciphertext)
+            .map_err(|e| internal(format!("{}.{} row {row}: {e}", col.table, col.column)))
     }
 
     /// Opens a ciphertext stored at `ctx`, whichever key version sealed it. The key must belong

@@ -94,6 +94,8 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     CUSTOMER_PII,
     KYC_DOCUMENT_CONTENT,
     KYC_DECISION_REASON,
+    MFA_TOTP_SECRET,
+    MFA_TOTP_PENDING_SECRET,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -127,6 +129,23 @@ pub const KYC_DECISION_REASON: EncryptedColumn = EncryptedColumn {
     table: "kyc_decisions",
     column: "reason",
     row: "submission_id",
+};
+
+/// A user's active TOTP secret, sealed under the tenant's data key (AAD row = user id). A
+/// platform admin's (no tenant) is sealed under the platform key instead
+/// ([`crate::service::keys::Keyring::seal_platform`]); rotation scans by tenant, so it never
+/// meets those rows.
+pub const MFA_TOTP_SECRET: EncryptedColumn = EncryptedColumn {
+    table: "mfa_totp",
+    column: "secret",
+    row: "user_id",
+};
+
+/// A TOTP secret awaiting its first code (sealed like [`MFA_TOTP_SECRET`]).
+pub const MFA_TOTP_PENDING_SECRET: EncryptedColumn = EncryptedColumn {
+    table: "mfa_totp",
+    column: "pending_secret",
+    row: "user_id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

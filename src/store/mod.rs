@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod kyc;
+pub mod mfa;
 pub mod postgres;
 pub mod posting;
 pub mod security;
@@ -580,7 +581,7 @@ pub enum ErasureOutcome {
 /// Everything Kasho persists.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore + kyc::KycStore + security::SecurityStore + Send + Sync + 'static
+    keys::KeyStore + kyc::KycStore + security::SecurityStore + mfa::MfaStore + Send + Sync + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
+use super::mfa::impl_mfa_store;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
@@ -73,3 +74,4 @@ impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
 impl_key_store!(PgStore);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
+impl_mfa_store!(PgStore);

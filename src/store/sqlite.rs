@@ -10,6 +10,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
+use super::mfa::impl_mfa_store;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
@@ -131,3 +132,4 @@ impl_store!(SqliteStore, "sqlite", "", usize::MAX, false);
 impl_key_store!(SqliteStore);
 impl_kyc_store!(SqliteStore);
 impl_security_store!(SqliteStore);
+impl_mfa_store!(SqliteStore);

@@ -25,6 +25,7 @@ mod kyc;
 mod ledger;
 mod ledger_model;
 mod logs;
+mod mfa;
 mod openapi;
 mod passwords;
 mod privacy;

@@ -9,6 +9,7 @@ pub mod kyc;
 pub mod ledger;
 pub mod me;
 pub mod meta;
+pub mod mfa;
 pub mod privacy;
 pub mod security;
 pub mod tenants;
