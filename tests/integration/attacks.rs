@@ -672,6 +672,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     }
 }
 
+fn within_10_percent(a: Duration, b: Duration) -> bool {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    hi.as_secs_f64() <= lo.as_secs_f64() * 1.10
+}
+
 async fn unknown_email_and_wrong_password_answer_alike_in_content_and_time(app: &TestApp) {
     // Production-like hashing (OWASP's floor), and an address budget that never trips.
     let prod = TestApp::with_config(
@@ -688,8 +693,9 @@ async fn unknown_email_and_wrong_password_answer_alike_in_content_and_time(app: 
     let tenant = TenantId::parse(&t.id).unwrap();
     const SAMPLES: usize = 31;
     // A real leak (an Argon2 verification skipped for unknown emails halves the time) shows in
-    // every round; the machine's noise (other tests and builds on the same cores) does not, so
-    // up to three rounds are measured and one within 10% suffices.
+    // every round and in every pair; the machine's noise (the rest of the suite and other
+    // builds on the same cores) does not, so up to three rounds are measured and one within
+    // 10% suffices, by its medians or by the median ratio of its back-to-back pairs.
     const ROUNDS: usize = 3;
     // Existing users straight in storage, sharing one precomputed hash (hashing each password
     // at production cost would only slow the test down).
@@ -738,19 +744,29 @@ async fn unknown_email_and_wrong_password_answer_alike_in_content_and_time(app: 
             assert_eq!(k.status, StatusCode::UNAUTHORIZED, "{k:?}");
             assert_eq!(k.code(), "invalid_credentials");
         }
+        // Each pair ran back to back, under the same load: the median of the pairs' ratios
+        // is far steadier than two medians taken across seconds of changing load.
+        let mut ratios: Vec<f64> = known
+            .iter()
+            .zip(&unknown)
+            .map(|(k, u)| k.as_secs_f64() / u.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios[ratios.len() / 2];
         let (mk, mu) = (median(known), median(unknown));
-        eprintln!("login medians: wrong password {mk:?}, unknown email {mu:?}");
-        rounds.push((mk, mu));
-        let (lo, hi) = if mk < mu { (mk, mu) } else { (mu, mk) };
-        if hi.as_secs_f64() <= lo.as_secs_f64() * 1.10 {
+        eprintln!(
+            "login medians: wrong password {mk:?}, unknown email {mu:?}; median pair ratio {ratio:.3}"
+        );
+        rounds.push((mk, mu, ratio));
+        if within_10_percent(mk, mu) || (1.0 / 1.10..=1.10).contains(&ratio) {
             break;
         }
     }
-    let (mk, mu) = *rounds.last().unwrap();
-    let (lo, hi) = if mk < mu { (mk, mu) } else { (mu, mk) };
+    let &(mk, mu, ratio) = rounds.last().unwrap();
     assert!(
-        hi.as_secs_f64() <= lo.as_secs_f64() * 1.10,
-        "median wrong-password vs unknown-email times more than 10% apart in every round: {rounds:?}"
+        within_10_percent(mk, mu) || (1.0 / 1.10..=1.10).contains(&ratio),
+        "wrong-password vs unknown-email login times more than 10% apart in every round \
+         (medians, median pair ratio): {rounds:?}"
     );
     prod.cleanup().await;
 }
