@@ -13,7 +13,7 @@ use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 use crate::domain::audit::{ActorType, NewAuditEvent, Outcome};
 use crate::domain::authz::Role;
-use crate::domain::values::{Email, NewPassword};
+use crate::domain::values::Email;
 use crate::ids::UserId;
 use crate::store::{NewUser, StoreError};
 
@@ -218,22 +218,25 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
     let raw = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
     zeroize::Zeroize::zeroize(&mut line);
-    let password = NewPassword::parse(raw).map_err(|m| format!("password {m}"))?;
-
     let core = crate::app::build_core(config, Arc::new(SystemClock), true)
         .await
         .map_err(|e| e.to_string())?;
+    // The platform's policy, like every other place a password is set.
+    let subject = crate::service::passwords::Subject {
+        tenant: None,
+        email: email.as_str(),
+        user: None,
+    };
+    crate::service::passwords::check_new_password(&core, &subject, &raw)
+        .await
+        .map_err(|e| format!("password refused ({}): it {e}", e.code()))?;
     let now = core.clock.now();
     let id = UserId::generate();
     let user = NewUser {
         id: id.clone(),
         tenant_id: None,
         email,
-        password_hash: core
-            .hasher
-            .hash(password.secret())
-            .await
-            .map_err(|e| e.to_string())?,
+        password_hash: core.hasher.hash(&raw).await.map_err(|e| e.to_string())?,
         roles: vec![Role::PlatformAdmin],
         created_at: now,
     };

@@ -6,6 +6,7 @@ pub mod country;
 pub mod currency;
 pub mod kyc;
 pub mod ledger;
+pub mod password_policy;
 pub mod personal;
 pub mod processing;
 pub mod security;

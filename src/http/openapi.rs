@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -14,6 +15,7 @@ use super::handlers::{
     paths(
         meta::healthz, meta::jwks,
         auth::login, auth::refresh, auth::logout, auth::me,
+        me::change_password,
         mfa::login, mfa::status, mfa::enrol, mfa::confirm, mfa::disable, mfa::regenerate_recovery_codes,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,

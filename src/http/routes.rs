@@ -7,7 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    audit, auth, compliance, customers, kyc, ledger, meta, mfa, privacy, security, tenants, users,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, privacy, security, tenants,
+    users,
 };
 use crate::domain::authz::Permission;
 
@@ -138,6 +139,13 @@ pub(super) fn all() -> Vec<Route> {
             Authenticated,
             "mfa.recovery_codes.regenerate",
             mfa::regenerate_recovery_codes,
+        ),
+        route(
+            Method::POST,
+            "/v1/me/password",
+            Authenticated,
+            "user.password.change",
+            me::change_password,
         ),
         route(
             Method::POST,

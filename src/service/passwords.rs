@@ -4,9 +4,10 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Core, security};
-use crate::domain::audit::NewAuditEvent;
-use crate::domain::security::SecurityPolicy;
+use super::{AuditBuilder, Core, Principal, RequestMeta, security};
+use crate::domain::audit::{NewAuditEvent, Outcome};
+use crate::domain::password_policy;
+use crate::domain::security::{SecurityEvent, SecurityPolicy};
 use crate::error::{AppError, AppResult};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::UserRecord;
@@ -29,26 +30,71 @@ fn refused(code: &'static str, message: impl Into<String>) -> AppError {
     }
 }
 
-/// Checks `password` against the subject's tenant policy. The error names the rule broken.
+/// The same refusal naming another request field (`new_password`, `manager.password`).
+pub fn for_param(e: AppError, name: &str) -> AppError {
+    match e {
+        AppError::Invalid {
+            code,
+            param: Some(p),
+            message,
+        } if p == "password" => AppError::Invalid {
+            code,
+            param: Some(name.to_owned()),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Checks `password` against the subject's tenant policy (length, personal information,
+/// the common list, zxcvbn, history). The tenant's name and slug are read from storage. The
+/// error names the rule broken.
 pub async fn check_new_password(
     core: &Core,
     subject: &Subject<'_>,
     password: &SecretString,
 ) -> AppResult<SecurityPolicy> {
+    let tenant = match subject.tenant {
+        Some(t) => core.store.get_tenant(t).await?,
+        None => None,
+    };
+    let context: Vec<&str> = tenant
+        .as_ref()
+        .map(|t| vec![t.name.as_str(), t.slug.as_str()])
+        .unwrap_or_default();
+    check_new_password_with(core, subject, password, &context).await
+}
+
+/// [`check_new_password`] with the names the password may not be built from given by the
+/// caller (a tenant being created is not stored yet).
+pub async fn check_new_password_with(
+    core: &Core,
+    subject: &Subject<'_>,
+    password: &SecretString,
+    context: &[&str],
+) -> AppResult<SecurityPolicy> {
     let policy = security::policy(core, subject.tenant).await?;
-    let n = password.expose_secret().chars().count();
-    let (min, max) = (policy.password_min_length, policy.password_max_length);
-    if n < min as usize {
-        return Err(refused(
-            "password_too_short",
-            format!("must be at least {min} characters long"),
-        ));
-    }
-    if n > max as usize {
-        return Err(refused(
-            "password_too_long",
-            format!("must be at most {max} characters long"),
-        ));
+    let (min_length, max_length) = (policy.password_min_length, policy.password_max_length);
+    let email = subject.email.to_owned();
+    let context: Vec<String> = context.iter().map(|c| (*c).to_owned()).collect();
+    let candidate = password.clone();
+    // zxcvbn takes milliseconds on long inputs: off the async runtime.
+    let verdict = tokio::task::spawn_blocking(move || {
+        let context: Vec<&str> = context.iter().map(String::as_str).collect();
+        password_policy::check(
+            candidate.expose_secret(),
+            &password_policy::Rules {
+                min_length,
+                max_length,
+                email: &email,
+                context: &context,
+            },
+        )
+    })
+    .await
+    .map_err(AppError::internal)?;
+    if let Err(weakness) = verdict {
+        return Err(refused(weakness.code(), weakness.message()));
     }
     if let Some(user) = subject.user {
         let history = core
@@ -105,4 +151,75 @@ pub async fn set_password(
         return Err(AppError::NotFound("user"));
     }
     Ok(())
+}
+
+/// `POST /v1/me/password`: the signed-in user changes their password. Needs a session (not an
+/// API token) that stepped up recently, and the current password: a wrong one counts towards
+/// the account's lockout like a failed sign-in. The new password meets the tenant's policy;
+/// the user's other sessions end, the current one stays.
+pub async fn change(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    current_password: &SecretString,
+    new_password: &SecretString,
+) -> AppResult<()> {
+    let session = actor.require_session()?.clone();
+    security::require_step_up(core, meta, actor).await?;
+    let tenant = actor.tenant_id.as_ref();
+    let user = core
+        .store
+        .get_user(tenant, &actor.user_id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    let key = security::account_key(tenant, &user.email);
+    security::check_throttle(core, std::slice::from_ref(&key), core.clock.now()).await?;
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    if !core
+        .hasher
+        .verify(current_password, Some(&user.password_hash))
+        .await
+    {
+        let policy = security::policy(core, tenant).await?;
+        let ev = security::event(
+            &audit,
+            tenant,
+            SecurityEvent::StepUpFailed,
+            "user.password.change",
+            Some(("user", user.id.as_str())),
+            Outcome::Failure,
+            Some("wrong_current_password"),
+        );
+        security::count_failure(core, meta, tenant, &key, &policy, ev).await?;
+        return Err(AppError::Invalid {
+            code: "current_password_incorrect",
+            param: Some("current_password".into()),
+            message: "the current password is not correct".into(),
+        });
+    }
+    let subject = Subject {
+        tenant,
+        email: &user.email,
+        user: Some(&user),
+    };
+    let policy = check_new_password(core, &subject, new_password)
+        .await
+        .map_err(|e| for_param(e, "new_password"))?;
+    let ev = audit.own(
+        "user.password.change",
+        Some(("user", user.id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    set_password(
+        core,
+        tenant,
+        &user,
+        new_password,
+        &policy,
+        Some(&session),
+        "password_changed",
+        &[ev],
+    )
+    .await
 }

@@ -3,12 +3,12 @@
 
 use secrecy::SecretString;
 
-use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, passwords};
 use crate::config::ACCESS_TTL_BOUNDS;
 use crate::domain::audit::Outcome;
 use crate::domain::authz::Role;
 use crate::domain::currency::parse_currency_list;
-use crate::domain::values::{DisplayName, Email, NewPassword, Slug};
+use crate::domain::values::{DisplayName, Email, Slug};
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::store::{NewTenant, NewUser, Page, StoreError, TenantRecord};
@@ -34,8 +34,21 @@ pub async fn create(
         parse_currency_list(&input.currencies).map_err(|m| AppError::invalid("currencies", m))?;
     let email =
         Email::parse(&input.manager_email).map_err(|m| AppError::invalid("manager.email", m))?;
-    let password = NewPassword::parse(input.manager_password)
-        .map_err(|m| AppError::invalid("manager.password", m))?;
+    // The tenant is not stored yet: the platform's default policy applies, and its name and
+    // slug are given as what the password may not be built from.
+    let subject = passwords::Subject {
+        tenant: None,
+        email: email.as_str(),
+        user: None,
+    };
+    passwords::check_new_password_with(
+        core,
+        &subject,
+        &input.manager_password,
+        &[name.as_str(), slug.as_str()],
+    )
+    .await
+    .map_err(|e| passwords::for_param(e, "manager.password"))?;
     if let Some(ttl) = input.access_token_ttl_seconds
         && !(ACCESS_TTL_BOUNDS.0..=ACCESS_TTL_BOUNDS.1).contains(&ttl)
     {
@@ -82,7 +95,7 @@ pub async fn create(
         email,
         password_hash: core
             .hasher
-            .hash(password.secret())
+            .hash(&input.manager_password)
             .await
             .map_err(AppError::internal)?,
         roles: vec![Role::Manager],

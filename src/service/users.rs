@@ -4,12 +4,12 @@
 
 use secrecy::SecretString;
 
-use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, passwords};
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{
     Permission, PermissionSet, Role, Scope, parse_tenant_roles, roles_from_storage,
 };
-use crate::domain::values::{Email, NewPassword};
+use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::store::{NewUser, Page, StoreError, UserChange, UserRecord};
@@ -47,10 +47,14 @@ pub async fn create(
 ) -> AppResult<UserRecord> {
     let tenant = actor.tenant()?;
     let email = Email::parse(&input.email).map_err(|m| AppError::invalid("email", m))?;
-    let password =
-        NewPassword::parse(input.password).map_err(|m| AppError::invalid("password", m))?;
     let roles = parse_tenant_roles(&input.roles).map_err(|m| AppError::invalid("roles", m))?;
     check_grantable(actor, &roles)?;
+    let subject = passwords::Subject {
+        tenant: Some(tenant),
+        email: email.as_str(),
+        user: None,
+    };
+    passwords::check_new_password(core, &subject, &input.password).await?;
     let taken = || AppError::Conflict {
         code: "email_taken",
         param: Some("email".into()),
@@ -71,7 +75,7 @@ pub async fn create(
         email,
         password_hash: core
             .hasher
-            .hash(password.secret())
+            .hash(&input.password)
             .await
             .map_err(AppError::internal)?,
         roles,

@@ -79,6 +79,19 @@ async fn create_platform_admin_reads_the_password_from_stdin(app: &TestApp) {
         Some("short\n"),
     );
     assert!(!ok && out.contains("at least 12"), "{out}");
+    // The same policy as every other way of setting a password: common ones are refused.
+    let (ok, out) = kasho(
+        app,
+        &[
+            "admin",
+            "create-platform-admin",
+            "--email",
+            "common@platform.test",
+        ],
+        Some("Password123456!\n"),
+    );
+    assert!(!ok && out.contains("password_too_common"), "{out}");
+    assert!(!out.contains("Password123456"), "{out}");
     assert!(
         app.audit_chain("platform")
             .await

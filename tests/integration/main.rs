@@ -11,6 +11,7 @@
 
 mod support;
 
+mod attacks;
 mod audit;
 mod auth;
 mod authz;
@@ -26,6 +27,7 @@ mod ledger_model;
 mod logs;
 mod mfa;
 mod openapi;
+mod passwords;
 mod privacy;
 mod retention;
 mod security;

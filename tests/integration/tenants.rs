@@ -29,7 +29,7 @@ async fn creating_a_tenant_validates_every_field(app: &TestApp) {
             "manager",
             json!({ "email": "m@acme.test", "password": "short" }),
             "manager.password",
-            "parameter_invalid",
+            "password_too_short",
         ),
         (
             "manager",

@@ -7,6 +7,7 @@ pub mod compliance;
 pub mod customers;
 pub mod kyc;
 pub mod ledger;
+pub mod me;
 pub mod meta;
 pub mod mfa;
 pub mod privacy;
