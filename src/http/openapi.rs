@@ -5,12 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-<<<<<<< HEAD
-    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, security,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, password_reset, privacy, security,
     tenants, users,
-=======
-    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
->>>>>>> main
 };
 
 #[derive(OpenApi)]
@@ -19,11 +15,8 @@ use super::handlers::{
     paths(
         meta::healthz, meta::jwks,
         auth::login, auth::refresh, auth::logout, auth::me,
-<<<<<<< HEAD
         password_reset::request, password_reset::confirm,
-=======
         me::change_password,
->>>>>>> main
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
         audit::list,

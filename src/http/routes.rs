@@ -7,12 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-<<<<<<< HEAD
-    audit, auth, compliance, customers, kyc, ledger, meta, password_reset, privacy, security,
+    audit, auth, compliance, customers, kyc, ledger, me, meta, password_reset, privacy, security,
     tenants, users,
-=======
-    audit, auth, compliance, customers, kyc, ledger, me, meta, privacy, security, tenants, users,
->>>>>>> main
 };
 use crate::domain::authz::Permission;
 
