@@ -229,7 +229,9 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
         email: &user.email,
         user: Some(&user),
     };
-    let policy = passwords::check_new_password(core, &subject, &input.new_password).await?;
+    let policy = passwords::check_new_password(core, &subject, &input.new_password)
+        .await
+        .map_err(|e| passwords::for_param(e, "new_password"))?;
 
     let account_key = security::account_key(Some(&tenant), &user.email);
     if user.mfa_enabled != 0 {

@@ -396,7 +396,7 @@ async fn a_weak_or_reused_password_is_refused_and_the_link_stays_usable(app: &Te
     let short = confirm(app, &token, "short").await;
     assert_eq!(short.status, StatusCode::BAD_REQUEST, "{short:?}");
     assert_eq!(short.code(), "password_too_short");
-    assert_eq!(short.body["error"]["param"], "password");
+    assert_eq!(short.body["error"]["param"], "new_password");
     let reused = confirm(app, &token, PASSWORD).await;
     assert_eq!(reused.status, StatusCode::BAD_REQUEST, "{reused:?}");
     assert_eq!(reused.code(), "password_reused");
