@@ -41,7 +41,7 @@ fn now_unix(app: &TestApp) -> i64 {
     app.clock_now().unix_seconds()
 }
 
-fn code_now(app: &TestApp, secret: &str) -> String {
+pub(crate) fn code_now(app: &TestApp, secret: &str) -> String {
     totp_at(secret, now_unix(app))
 }
 
@@ -54,7 +54,7 @@ async fn enrol(app: &TestApp, token: &str) -> (String, Value) {
 
 /// Enrols and confirms; returns the secret and the recovery codes. Moves the clock to the next
 /// step, so the confirming code's step is behind.
-async fn enable_mfa(app: &TestApp, token: &str) -> (String, Vec<String>) {
+pub(crate) async fn enable_mfa(app: &TestApp, token: &str) -> (String, Vec<String>) {
     let (secret, _) = enrol(app, token).await;
     let r = app
         .post(

@@ -591,3 +591,53 @@ backend_tests!(
     the_token_and_the_email_are_not_stored_in_clear,
     retention_purges_old_reset_tokens_and_delivered_mail,
 );
+
+/// A reset never bypasses MFA: with an authenticator on, the link alone does not set the
+/// password; a wrong code is refused (and counted); a current code lets it through.
+async fn a_reset_needs_the_second_factor_when_mfa_is_on(app: &TestApp) {
+    let (_, _, email) = cashier(app).await;
+    let token = app.token(Some("acme"), &email).await;
+    let (secret, _) = crate::mfa::enable_mfa(app, &token).await;
+    ask(app, "acme", &email).await;
+    let c = deliver(&app.core).await;
+    assert_eq!(c.sent, 1, "{c:?}");
+    let mails = read_eml(&app.data_dir.path().join("mailbox"));
+    let link = token_in(&mails[0]);
+    let new_password = "lilac thunder ferry octopus 93";
+    let confirm_with = |code: Option<String>| {
+        let link = link.clone();
+        async move {
+            let mut body = json!({ "token": link, "new_password": new_password });
+            if let Some(c) = code {
+                body["code"] = json!(c);
+            }
+            app.post("/v1/auth/password-reset/confirm", None, body)
+                .await
+        }
+    };
+    let r = confirm_with(None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+    assert_eq!(r.code(), "mfa_code_required");
+    let r = confirm_with(Some("000000".into())).await;
+    assert!(r.status.is_client_error(), "{r:?}");
+    assert_eq!(r.code(), "mfa_code_invalid");
+    // Nothing changed: the old password still works (with its second step).
+    let login = app.login(Some("acme"), &email, PASSWORD).await;
+    assert_eq!(login.body["mfa_required"], json!(true), "{login:?}");
+    let r = confirm_with(Some(crate::mfa::code_now(app, &secret))).await;
+    assert_eq!(r.status.as_u16() / 100, 2, "{r:?}");
+    let old = app.login(Some("acme"), &email, PASSWORD).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED, "{old:?}");
+    let new = app.login(Some("acme"), &email, new_password).await;
+    assert_eq!(new.status, StatusCode::OK, "{new:?}");
+    assert_eq!(
+        new.body["mfa_required"],
+        json!(true),
+        "MFA stays on after a reset"
+    );
+}
+
+mod with_mfa {
+    crate::backend_tests!(a_reset_needs_the_second_factor_when_mfa_is_on);
+    use super::a_reset_needs_the_second_factor_when_mfa_is_on;
+}
