@@ -466,7 +466,7 @@ impl Embedded {
             ("database_url", &url),
             ("mfa_required_roles", ""),
         ])
-            .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
         let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
             .await
             .map_err(|e| e.to_string())?;
