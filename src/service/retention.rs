@@ -78,6 +78,9 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
             counts.reset_tokens, counts.mail_messages
         ));
     }
+    if counts.login_throttle > 0 {
+        s.push_str(&format!(",login_throttle={}", counts.login_throttle));
+    }
     if refused_chains > 0 {
         s.push_str(&format!(",refused_chains={refused_chains}"));
     }
@@ -107,6 +110,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         audit_prunes,
         reset_tokens_expired_before: reset_tokens_cutoff,
         mail_finished_before: mail_cutoff,
+        throttle_quiet_before: now.plus_seconds(-86_400),
     };
     let refused = refused_chains.len();
     let record = move |counts: &PurgeCounts| -> Vec<NewAuditEvent> {
@@ -311,6 +315,7 @@ mod tests {
         let m = PurgeCounts {
             reset_tokens: 5,
             mail_messages: 6,
+            login_throttle: 0,
             ..c
         };
         assert!(summary(&m, 0).ends_with(",reset_tokens=5,mail_messages=6"));

@@ -505,6 +505,9 @@ pub struct RetentionPlan {
     pub reset_tokens_expired_before: Timestamp,
     /// Outbox messages sent or given up on before this go.
     pub mail_finished_before: Timestamp,
+    /// Sign-in failure counters whose last failure (and any lock) ended before this go: a day
+    /// of quiet resets them anyway, so deleting them changes no answer.
+    pub throttle_quiet_before: Timestamp,
 }
 
 /// Prune one audit chain's oldest records: those with `from_seq < seq <= checkpoint.seq`.
@@ -527,6 +530,7 @@ pub struct PurgeCounts {
     pub audit_chains: u64,
     pub reset_tokens: u64,
     pub mail_messages: u64,
+    pub login_throttle: u64,
 }
 
 impl PurgeCounts {
@@ -537,6 +541,7 @@ impl PurgeCounts {
             + self.audit_events
             + self.reset_tokens
             + self.mail_messages
+            + self.login_throttle
     }
 }
 

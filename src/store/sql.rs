@@ -1242,6 +1242,14 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                counts.login_throttle = sqlx::query(
+                    "DELETE FROM login_throttle WHERE last_failed_at < $1 \
+                     AND (locked_until IS NULL OR locked_until < $1)",
+                )
+                .bind(plan.throttle_quiet_before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 for prune in &plan.audit_prunes {
                     let cp = &prune.checkpoint;
                     let expected = u64::try_from(cp.seq - prune.from_seq).unwrap_or(0);

@@ -533,7 +533,36 @@ async fn unlocking_forgets_failures(app: &TestApp) {
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
 
+/// Failure counters are not kept forever: a day after the last failure (and any lock) ends,
+/// the retention job deletes them, and nothing about sign-in changes.
+async fn retention_forgets_quiet_failure_counters(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let _t = app.tenant(&admin, "acme").await;
+    let r = app
+        .login(Some("acme"), "nobody@acme.test", "wrong password!!")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let rows = || async {
+        app.raw_strings("SELECT key FROM login_throttle")
+            .await
+            .len()
+    };
+    assert_eq!(rows().await, 2, "the email's and the address's counters");
+    let now = app.clock_now();
+    let report = kasho::service::retention::run_once(&app.core, now)
+        .await
+        .unwrap();
+    assert_eq!(report.counts.login_throttle, 0, "recent: kept");
+    app.clock.advance_seconds(86_400 + 1);
+    let report = kasho::service::retention::run_once(&app.core, app.clock_now())
+        .await
+        .unwrap();
+    assert_eq!(report.counts.login_throttle, 2, "{report:?}");
+    assert_eq!(rows().await, 0);
+}
+
 crate::backend_tests!(
+    retention_forgets_quiet_failure_counters,
     sensitive_actions_need_a_recent_authentication,
     large_transfers_need_step_up,
     users_see_and_end_their_sessions,
