@@ -485,9 +485,12 @@ pub async fn authenticate(
         tenant_id: Some(tenant.clone()),
         credential: Credential::ApiToken(v.id.clone()),
         permissions: scopes_from_storage(&v.scopes).intersect(&PermissionSet::for_roles(&roles)),
-        roles,
+        roles: roles.clone(),
         authenticated_at: None,
-        mfa_enrolment_required: false,
+        // A creator whose role must use MFA and who has not enrolled cannot act through a
+        // token either (the middleware allows such a principal nothing but enrolment routes,
+        // which need a session).
+        mfa_enrolment_required: policy.mfa_required_for(&roles) && v.mfa_enabled == 0,
         policy: std::sync::Arc::new(policy.clone()),
     };
 

@@ -57,6 +57,8 @@ pub struct ApiTokenAuthView {
     pub valid_until: Option<i64>,
     pub roles: String,
     pub user_status: String,
+    /// Whether the creator has an active second factor.
+    pub mfa_enabled: i64,
     pub tenant_status: String,
     pub policy: Option<String>,
 }
@@ -288,7 +290,7 @@ macro_rules! impl_api_token_store {
                 Ok(sqlx::query_as(
                     "SELECT t.id, t.tenant_id, t.user_id, t.scopes, t.allowed_ips, t.expires_at, \
                             t.revoked_at, t.last_used_at, s.secret_hash, s.valid_until, u.roles, \
-                            u.status AS user_status, te.status AS tenant_status, ts.policy \
+                            u.status AS user_status, u.mfa_enabled, te.status AS tenant_status, ts.policy \
                      FROM api_token_secrets s JOIN api_tokens t ON t.id = s.token_id \
                      JOIN users u ON u.id = t.user_id \
                      JOIN tenants te ON te.id = t.tenant_id \

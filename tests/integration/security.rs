@@ -561,7 +561,38 @@ async fn retention_forgets_quiet_failure_counters(app: &TestApp) {
     assert_eq!(rows().await, 0);
 }
 
+/// When a tenant starts requiring MFA of a role, the API tokens of its members who have not
+/// enrolled stop acting too: a token is no way around the enrolment gate.
+async fn a_policy_requiring_mfa_also_gates_the_tokens_of_unenrolled_users(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let r = app
+        .post(
+            "/v1/api-tokens",
+            Some(&t.manager_token),
+            json!({ "name": "reports", "scopes": ["accounts:read"], "expires_in": "30d", "allowed_ips": [] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let secret = r.body["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get("/v1/accounts", &secret).await.status,
+        StatusCode::OK
+    );
+    let r = put_policy(
+        app,
+        &t.manager_token,
+        json!({ "mfa_required_roles": ["MANAGER"] }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = app.get("/v1/accounts", &secret).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
+    assert_eq!(r.code(), "mfa_enrolment_required");
+}
+
 crate::backend_tests!(
+    a_policy_requiring_mfa_also_gates_the_tokens_of_unenrolled_users,
     retention_forgets_quiet_failure_counters,
     sensitive_actions_need_a_recent_authentication,
     large_transfers_need_step_up,
