@@ -165,7 +165,7 @@ pub async fn step_up(
         .await;
     let second_ok = if !password_ok {
         false
-    } else if user_has_mfa(core, tenant, &actor.user_id).await? {
+    } else if user.mfa_enabled != 0 {
         match code {
             Some(c) => {
                 super::mfa::verify_second_factor(core, meta, tenant, &actor.user_id, c).await?
@@ -219,14 +219,6 @@ pub async fn step_up(
         authenticated_at: now,
         valid_until: now.plus_seconds(i64::from(policy.step_up_max_age_seconds)),
     })
-}
-
-async fn user_has_mfa(core: &Core, tenant: Option<&TenantId>, user: &UserId) -> AppResult<bool> {
-    Ok(core
-        .store
-        .get_user(tenant, user)
-        .await?
-        .is_some_and(|u| u.mfa_enabled != 0))
 }
 
 // ---------------------------------------------------------------------------------------------
