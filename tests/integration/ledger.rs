@@ -501,7 +501,12 @@ async fn ledger_rows_cannot_be_changed_even_with_sql(app: &TestApp) {
 }
 
 /// `n` USD customer accounts, each funded with a deposit of `amount`.
-async fn funded_accounts(app: &TestApp, t: &TenantFixture, n: usize, amount: i64) -> Vec<String> {
+pub(crate) async fn funded_accounts(
+    app: &TestApp,
+    t: &TenantFixture,
+    n: usize,
+    amount: i64,
+) -> Vec<String> {
     let mut accounts = Vec::with_capacity(n);
     for _ in 0..n {
         let a = customer_account(app, t, "USD").await;
@@ -539,7 +544,11 @@ async fn keyed_transfer(
 
 /// No account below zero, each balance equal to its last entry's running balance, and the
 /// tenant's balances summing to zero.
-async fn assert_accounts_consistent(app: &TestApp, t: &TenantFixture, accounts: &[String]) {
+pub(crate) async fn assert_accounts_consistent(
+    app: &TestApp,
+    t: &TenantFixture,
+    accounts: &[String],
+) {
     let m = &t.manager_token;
     for a in accounts {
         let acc = app.get(&format!("/v1/accounts/{a}"), m).await.body;

@@ -22,6 +22,7 @@ mod crash;
 mod customers;
 mod docs;
 mod encryption;
+mod instances;
 mod kyc;
 mod ledger;
 mod ledger_model;
