@@ -570,7 +570,11 @@ impl Config {
             match v.trim() {
                 "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
-                other => Err(invalid(key, s, format!("`{other}`: expected true or false"))),
+                other => Err(invalid(
+                    key,
+                    s,
+                    format!("`{other}`: expected true or false"),
+                )),
             }
         }
 
@@ -716,8 +720,11 @@ impl Config {
             }
         };
         let has_client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        let pac = take("platform_admin_client_cert", Some(has_client_ca.to_string()))
-            .unwrap_or_default();
+        let pac = take(
+            "platform_admin_client_cert",
+            Some(has_client_ca.to_string()),
+        )
+        .unwrap_or_default();
         let platform_admin_client_cert = boolean("platform_admin_client_cert", &pac)?;
         if platform_admin_client_cert && !has_client_ca {
             return Err(invalid(

@@ -203,8 +203,7 @@ pub fn spawn_reloader(config: RustlsConfig, files: TlsFiles, first: &Loaded, eve
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         #[cfg(unix)]
-        let mut hup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut read_failing = false;
         loop {
             #[cfg(unix)]
@@ -480,10 +479,16 @@ mod tests {
         );
         write_replacing(&files.key, b.key_pem.as_bytes(), 0o600)
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let e = load(&files).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = load(&files)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("does not fit"), "{e}");
         write_replacing(&files.cert, b"garbage", 0o644).unwrap_or_else(|e| unreachable!("{e}"));
-        let e = load(&files).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = load(&files)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("no CERTIFICATE"), "{e}");
     }
 }

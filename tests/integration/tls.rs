@@ -144,20 +144,11 @@ fn sha256(der: &[u8]) -> String {
 }
 
 /// What a client offers.
+#[derive(Default)]
 struct ClientOptions {
     tls12_only: bool,
     suites: Option<Vec<rustls::CipherSuite>>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            tls12_only: false,
-            suites: None,
-            identity: None,
-        }
-    }
 }
 
 /// A TLS client trusting exactly the certificates in `trusted`.
@@ -386,7 +377,10 @@ async fn https_serves_modern_tls_with_hsts_and_refuses_tls11_and_weak_suites() {
         conn.negotiated_cipher_suite().map(|c| c.suite()),
         Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
     );
-    assert_eq!(http(&mut s, "GET", "/healthz", None, None).await.status, 200);
+    assert_eq!(
+        http(&mut s, "GET", "/healthz", None, None).await.status,
+        200
+    );
 
     // TLS 1.1: a fatal protocol_version alert (70), no ServerHello.
     let suites = [0xc013, 0x002f, 0x0035, 0x000a];
@@ -398,11 +392,7 @@ async fn https_serves_modern_tls_with_hsts_and_refuses_tls11_and_weak_suites() {
     assert_fatal_alert(&got, 40, "weak-suite ClientHello");
     // The same hello with one strong suite added is answered with a ServerHello: the
     // refusal above is about the suites, not the hand-built bytes.
-    let got = first_record(
-        server.port,
-        &client_hello([0x03, 0x03], &[0x002f, 0xc02b]),
-    )
-    .await;
+    let got = first_record(server.port, &client_hello([0x03, 0x03], &[0x002f, 0xc02b])).await;
     assert_eq!(got.first(), Some(&0x16), "a ServerHello: {got:02x?}");
 
     // dev-cert refuses to overwrite without --force.
@@ -448,7 +438,9 @@ async fn a_renewed_certificate_is_served_without_restart_or_dropping_connections
     let mut before = connect(&trust_old, server.port).await.unwrap();
     assert_eq!(presented(&before), old);
     assert_eq!(
-        http(&mut before, "GET", "/healthz", None, None).await.status,
+        http(&mut before, "GET", "/healthz", None, None)
+            .await
+            .status,
         200
     );
 
@@ -469,7 +461,9 @@ async fn a_renewed_certificate_is_served_without_restart_or_dropping_connections
     );
     // The connection opened before the renewal still serves requests.
     assert_eq!(
-        http(&mut before, "GET", "/healthz", None, None).await.status,
+        http(&mut before, "GET", "/healthz", None, None)
+            .await
+            .status,
         200
     );
     assert_eq!(presented(&before), old);
@@ -484,7 +478,9 @@ async fn a_renewed_certificate_is_served_without_restart_or_dropping_connections
     let s = connect(&trust_both, server.port).await.unwrap();
     assert_eq!(presented(&s), new, "the previous certificate is kept");
     assert!(
-        server.log().contains("still serving the previous certificate"),
+        server
+            .log()
+            .contains("still serving the previous certificate"),
         "{}",
         server.log()
     );
@@ -497,9 +493,12 @@ async fn a_renewed_certificate_is_served_without_restart_or_dropping_connections
     env.push(("KASHO_TLS_RELOAD_INTERVAL_SECONDS", "1".into()));
     let server = start(&app, &env).await;
     std::fs::copy(&cert, &old_pem).unwrap();
-    let s = connect(&connector(&[&old_pem], ClientOptions::default()), server.port)
-        .await
-        .unwrap();
+    let s = connect(
+        &connector(&[&old_pem], ClientOptions::default()),
+        server.port,
+    )
+    .await
+    .unwrap();
     assert_eq!(presented(&s), first);
     dev_cert(dir.path(), &["--force"]);
     let second = sha256(certs(&cert)[0].as_ref());
@@ -605,12 +604,20 @@ async fn platform_admins_need_a_client_certificate_and_tenant_users_do_not() {
     assert_eq!(r.code(), "client_certificate_required");
     assert_eq!(r.body["error"]["type"], "permission_error");
     let platform_login = json!({ "email": admin_email, "password": PASSWORD });
-    let r = http(&mut s, "POST", "/v1/auth/login", None, Some(&platform_login)).await;
+    let r = http(
+        &mut s,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&platform_login),
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.code(), "client_certificate_required");
     let r = http(&mut s, "GET", "/v1/me", Some(&t.manager_token), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let tenant_login = json!({ "tenant": "acme", "email": "manager@acme.test", "password": PASSWORD });
+    let tenant_login =
+        json!({ "tenant": "acme", "email": "manager@acme.test", "password": PASSWORD });
     let r = http(&mut s, "POST", "/v1/auth/login", None, Some(&tenant_login)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body["access_token"].is_string());
@@ -619,7 +626,14 @@ async fn platform_admins_need_a_client_certificate_and_tenant_users_do_not() {
     let mut s = connect(&with_cert, server.port).await.unwrap();
     let r = http(&mut s, "GET", "/v1/tenants", Some(&admin), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = http(&mut s, "POST", "/v1/auth/login", None, Some(&platform_login)).await;
+    let r = http(
+        &mut s,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&platform_login),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body["access_token"].is_string());
 
@@ -714,7 +728,11 @@ async fn production_refuses_plain_http_unless_a_proxy_terminates_tls() {
     let mut env = env;
     env.push(("KASHO_ALLOW_PLAIN_HTTP", "true".into()));
     let server = start(&app, &env).await;
-    let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap());
+    let mut s = BufReader::new(
+        TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap(),
+    );
     let r = http(&mut s, "GET", "/healthz", None, None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("strict-transport-security"), Some(HSTS));
