@@ -138,6 +138,8 @@ pub async fn build_core_with_checks(
                 max_attempts: config.mail_max_attempts,
             },
             api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
+            hsts: config.hsts(),
+            platform_admin_client_cert: config.platform_admin_client_cert,
         },
         api_token_key: crate::service::api_tokens::TokenHashKey::new(
             keys.master.derive("api-token-hash/v1"),
@@ -156,8 +158,27 @@ pub async fn build_core_with_checks(
     }))
 }
 
-/// Runs the server until Ctrl-C or SIGTERM, then drains in-flight requests.
+/// How long in-flight requests may take to finish after SIGTERM or Ctrl-C before the
+/// remaining connections are closed.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs the server until Ctrl-C or SIGTERM, then drains in-flight requests (at most
+/// [`SHUTDOWN_GRACE`]). Serves HTTPS when TLS files are configured, plain HTTP otherwise
+/// (refused in production unless `allow_plain_http`).
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    match config.transport_check() {
+        Err(msg) => return Err(StartError::Other(msg)),
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+    }
+    // Parse the TLS files before anything else starts: a bad certificate stops start-up.
+    let tls = match &config.tls {
+        Some(files) => {
+            let loaded = crate::tls::load(files).map_err(|e| StartError::Other(e.to_string()))?;
+            Some((files.clone(), loaded))
+        }
+        None => None,
+    };
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
@@ -184,20 +205,83 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
-    tracing::info!(
-        listen = %addr,
-        env = config.env.as_str(),
-        backend = core.store.backend(),
-        database = %config.database_url_redacted(),
-        "kasho is serving"
-    );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| StartError::Other(e.to_string()))?;
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let draining = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        draining.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let header_timeout =
+        std::time::Duration::from_secs(u64::from(config.header_read_timeout_seconds));
+    let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
+        .handle(handle)
+        // Also bounds hyper's protocol detection, which the header timeout does not cover.
+        .first_request_timeout(header_timeout)
+        .accept_error_handler(|peer, e| {
+            tracing::debug!(peer = ?peer, error = %e, "connection refused before its first request")
+        });
+    // Connection limits, for HTTP/1 and HTTP/2 alike: the header block size, the time to send
+    // it (slow clients), keep-alive, and HTTP/2 stream and header-list limits.
+    let builder = server.http_builder();
+    builder
+        .http1()
+        // The read buffer bounds the request line plus headers: beyond it hyper answers 431.
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(100)
+        // Runs whenever the server waits for a request head, so it also closes idle
+        // keep-alive connections.
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .max_concurrent_streams(100)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some((files, loaded)) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config.clone());
+            crate::tls::spawn_reloader(
+                rustls.clone(),
+                files.clone(),
+                &loaded,
+                std::time::Duration::from_secs(u64::from(config.tls_reload_interval_seconds)),
+            );
+            tracing::info!(
+                listen = %addr,
+                env = config.env.as_str(),
+                backend = core.store.backend(),
+                database = %config.database_url_redacted(),
+                certificate_sha256 = %loaded.fingerprint,
+                client_certificates = files.client_ca.is_some(),
+                platform_admin_client_cert = config.platform_admin_client_cert,
+                "kasho is serving HTTPS"
+            );
+            let acceptor = crate::tls::ClientCertAcceptor::new(
+                rustls,
+                std::time::Duration::from_secs(u64::from(config.tls_handshake_timeout_seconds)),
+            );
+            server.acceptor(acceptor).serve(make).await
+        }
+        None => {
+            tracing::info!(
+                listen = %addr,
+                env = config.env.as_str(),
+                backend = core.store.backend(),
+                database = %config.database_url_redacted(),
+                "kasho is serving plain HTTP"
+            );
+            server.serve(make).await
+        }
+    };
+    served.map_err(|e| StartError::Other(e.to_string()))?;
     tracing::info!("kasho stopped");
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
-//! `audit verify`, `config check`, `retention run`.
+//! `audit verify`, `config check`, `retention run`, `sign`, `dev-cert`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -79,6 +79,21 @@ enum Command {
     /// the Kasho-Timestamp, Kasho-Nonce and Kasho-Signature headers (offline; for integrators
     /// checking their own signing code).
     Sign(SignArgs),
+    /// DEVELOPMENT ONLY: write a self-signed TLS certificate (ECDSA P-256, 90 days) for
+    /// localhost, 127.0.0.1 and ::1 (plus --host names) as cert.pem and key.pem, and print the
+    /// KASHO_TLS_CERT_FILE / KASHO_TLS_KEY_FILE lines to serve HTTPS with it. Nothing vouches
+    /// for it; production uses a certificate from a real CA.
+    DevCert {
+        /// Directory to write cert.pem and key.pem into (created if missing).
+        #[arg(long, default_value = "kasho-data/tls")]
+        out_dir: PathBuf,
+        /// An extra host name or IP address the certificate is valid for (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Replace cert.pem and key.pem if they exist.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -172,6 +187,24 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    // A development certificate is offline too.
+    if let Command::DevCert {
+        out_dir,
+        hosts,
+        force,
+    } = &cli.command
+    {
+        return match dev_cert(out_dir, hosts, *force) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("kasho dev-cert: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut flags: Vec<(&str, String)> = Vec::new();
     if let Some(v) = &cli.data_dir {
         flags.push(("data_dir", v.clone()));
@@ -221,7 +254,7 @@ pub fn main() -> ExitCode {
             Command::Retention {
                 command: RetentionCommand::Run,
             } => retention_run(&config).await,
-            Command::Sign(_) => Ok(()),
+            Command::Sign(_) | Command::DevCert { .. } => Ok(()),
         }
     });
     match result {
@@ -231,6 +264,43 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kasho dev-cert`: writes the certificate and key, refusing to replace them without `force`.
+fn dev_cert(out_dir: &std::path::Path, hosts: &[String], force: bool) -> Result<String, String> {
+    let cert_path = out_dir.join("cert.pem");
+    let key_path = out_dir.join("key.pem");
+    if !force {
+        for p in [&cert_path, &key_path] {
+            if p.exists() {
+                return Err(format!(
+                    "{} exists; pass --force to replace it (a server watching it picks up the new one)",
+                    p.display()
+                ));
+            }
+        }
+    }
+    let cert = crate::tls::dev_cert(hosts)?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    // The key first: a watching server only reloads a pair that fits.
+    crate::tls::write_replacing(&key_path, cert.key_pem.as_bytes(), 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
+    crate::tls::write_replacing(&cert_path, cert.cert_pem.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    Ok(format!(
+        "# DEVELOPMENT ONLY: a self-signed certificate that nothing vouches for; clients must be\n\
+         # told to trust {cert} explicitly (curl --cacert). Never use it in production.\n\
+         # Valid {days} days for: {names}\n\
+         # Private key (mode 0600): {key}\n\
+         KASHO_TLS_CERT_FILE={cert}\n\
+         KASHO_TLS_KEY_FILE={key}\n",
+        cert = abs(&cert_path).display(),
+        key = abs(&key_path).display(),
+        days = cert.days,
+        names = cert.names.join(", "),
+    ))
 }
 
 /// `kasho sign`: the canonical request and the three headers.
@@ -555,6 +625,23 @@ fn config_check(config: &Config) -> Result<(), String> {
             )
         }
         Err(e) => return Err(e.to_string()),
+    }
+    match config.transport_check() {
+        Ok(Some(warning)) => println!("note: {warning}"),
+        Ok(None) => {}
+        Err(msg) => return Err(msg),
+    }
+    if let Some(files) = &config.tls {
+        let loaded = crate::tls::load(files).map_err(|e| e.to_string())?;
+        println!(
+            "tls: certificate and key load (certificate sha256 {}){}",
+            loaded.fingerprint,
+            if files.client_ca.is_some() {
+                "; client certificates are verified against the client CA"
+            } else {
+                ""
+            }
+        );
     }
     println!("configuration OK");
     Ok(())

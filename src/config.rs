@@ -205,6 +205,51 @@ const KEYS: &[KeyDef] = &[
         help: "how long an API token's previous secret keeps working after a rotation that names no overlap, 0..=86400 (3600)",
     },
     KeyDef {
+        name: "tls_cert_file",
+        secret: false,
+        help: "PEM certificate chain to serve HTTPS with (with tls_key_file); unset: plain HTTP",
+    },
+    KeyDef {
+        name: "tls_key_file",
+        secret: false,
+        help: "PEM private key of tls_cert_file (PKCS#8, PKCS#1 or SEC1)",
+    },
+    KeyDef {
+        name: "tls_client_ca_file",
+        secret: false,
+        help: "PEM bundle of CAs whose client certificates are accepted (mTLS for platform admins); needs TLS",
+    },
+    KeyDef {
+        name: "platform_admin_client_cert",
+        secret: false,
+        help: "platform admins must present a client certificate from tls_client_ca_file (true when a client CA is set)",
+    },
+    KeyDef {
+        name: "tls_reload_interval_seconds",
+        secret: false,
+        help: "how often the TLS files are checked for a renewed certificate (also on SIGHUP), 1..=86400 (30)",
+    },
+    KeyDef {
+        name: "tls_handshake_timeout_seconds",
+        secret: false,
+        help: "time a client has to complete the TLS handshake, 1..=120 (10)",
+    },
+    KeyDef {
+        name: "allow_plain_http",
+        secret: false,
+        help: "production only: serve plain HTTP because a proxy in front terminates TLS (false)",
+    },
+    KeyDef {
+        name: "max_header_bytes",
+        secret: false,
+        help: "largest accepted request header block in bytes, 8192..=1048576 (16384)",
+    },
+    KeyDef {
+        name: "header_read_timeout_seconds",
+        secret: false,
+        help: "time a client has to send a complete request header block (slow clients are disconnected), 1..=300 (10)",
+    },
+    KeyDef {
         name: "argon2_memory_kib",
         secret: false,
         help: "Argon2id memory in KiB (19456)",
@@ -274,7 +319,9 @@ pub struct Layers {
 impl Layers {
     /// Sets `key` from `source`, resolving `<key>_file` to the file's contents.
     pub fn set(&mut self, key: &str, value: String, source: Source) -> Result<(), ConfigError> {
-        let (def, value, source) = if let Some(base) = key.strip_suffix("_file") {
+        // `<key>_file` names a secret's file, unless it is a key of its own (`tls_cert_file`).
+        let indirect = key_def(key).is_none().then(|| key.strip_suffix("_file"));
+        let (def, value, source) = if let Some(Some(base)) = indirect {
             let def = key_def(base)
                 .filter(|d| d.secret)
                 .ok_or_else(|| unknown(key, &source))?;
@@ -413,6 +460,17 @@ pub struct Config {
     pub mail_max_attempts: u32,
     /// Default overlap of an API-token rotation (at most 24 h).
     pub api_token_rotation_overlap_seconds: i64,
+    /// HTTPS: certificate, key and optional client CA files; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Platform admins must present a verified client certificate (needs a client CA).
+    pub platform_admin_client_cert: bool,
+    pub tls_reload_interval_seconds: u32,
+    pub tls_handshake_timeout_seconds: u32,
+    /// Production may serve plain HTTP behind a TLS-terminating proxy.
+    pub allow_plain_http: bool,
+    /// Connection limits of the listener.
+    pub max_header_bytes: usize,
+    pub header_read_timeout_seconds: u32,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -507,6 +565,17 @@ impl Config {
                 return Err(invalid(key, s, format!("{n} is outside {lo}..={hi}")));
             }
             Ok(n)
+        }
+        fn boolean(key: &str, (v, s): &(String, Source)) -> Result<bool, ConfigError> {
+            match v.trim() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                other => Err(invalid(
+                    key,
+                    s,
+                    format!("`{other}`: expected true or false"),
+                )),
+            }
         }
 
         let env_v = take("env", Some("development".into())).unwrap_or_default();
@@ -614,6 +683,67 @@ impl Config {
             take("api_token_rotation_overlap_seconds", Some("3600".into())).unwrap_or_default();
         let api_token_rotation_overlap_seconds =
             int("api_token_rotation_overlap_seconds", &ov_v, 0i64, 86_400)?;
+        let tls = {
+            let cert = take("tls_cert_file", None).filter(|(v, _)| !v.trim().is_empty());
+            let key = take("tls_key_file", None).filter(|(v, _)| !v.trim().is_empty());
+            let ca = take("tls_client_ca_file", None).filter(|(v, _)| !v.trim().is_empty());
+            match (cert, key) {
+                (Some((c, _)), Some((k, _))) => Some(crate::tls::TlsFiles {
+                    cert: PathBuf::from(c.trim()),
+                    key: PathBuf::from(k.trim()),
+                    client_ca: ca.map(|(v, _)| PathBuf::from(v.trim())),
+                }),
+                (Some((_, src)), None) => {
+                    return Err(invalid(
+                        "tls_cert_file",
+                        &src,
+                        "tls_key_file must be set as well (HTTPS needs both the certificate and its key)",
+                    ));
+                }
+                (None, Some((_, src))) => {
+                    return Err(invalid(
+                        "tls_key_file",
+                        &src,
+                        "tls_cert_file must be set as well (HTTPS needs both the certificate and its key)",
+                    ));
+                }
+                (None, None) => {
+                    if let Some((_, src)) = ca {
+                        return Err(invalid(
+                            "tls_client_ca_file",
+                            &src,
+                            "client certificates need HTTPS: set tls_cert_file and tls_key_file",
+                        ));
+                    }
+                    None
+                }
+            }
+        };
+        let has_client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let pac = take(
+            "platform_admin_client_cert",
+            Some(has_client_ca.to_string()),
+        )
+        .unwrap_or_default();
+        let platform_admin_client_cert = boolean("platform_admin_client_cert", &pac)?;
+        if platform_admin_client_cert && !has_client_ca {
+            return Err(invalid(
+                "platform_admin_client_cert",
+                &pac.1,
+                "requires tls_client_ca_file (the CA that issues the admins' client certificates)",
+            ));
+        }
+        let tr = take("tls_reload_interval_seconds", Some("30".into())).unwrap_or_default();
+        let tls_reload_interval_seconds = int("tls_reload_interval_seconds", &tr, 1u32, 86_400)?;
+        let th = take("tls_handshake_timeout_seconds", Some("10".into())).unwrap_or_default();
+        let tls_handshake_timeout_seconds = int("tls_handshake_timeout_seconds", &th, 1u32, 120)?;
+        let ap = take("allow_plain_http", Some("false".into())).unwrap_or_default();
+        let allow_plain_http = boolean("allow_plain_http", &ap)?;
+        let mh = take("max_header_bytes", Some("16384".into())).unwrap_or_default();
+        // hyper refuses a read buffer below 8 KiB.
+        let max_header_bytes = int("max_header_bytes", &mh, 8192usize, 1024 * 1024)?;
+        let hr = take("header_read_timeout_seconds", Some("10".into())).unwrap_or_default();
+        let header_read_timeout_seconds = int("header_read_timeout_seconds", &hr, 1u32, 300)?;
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -743,6 +873,13 @@ impl Config {
             public_url,
             mail_max_attempts,
             api_token_rotation_overlap_seconds,
+            tls,
+            platform_admin_client_cert,
+            tls_reload_interval_seconds,
+            tls_handshake_timeout_seconds,
+            allow_plain_http,
+            max_header_bytes,
+            header_read_timeout_seconds,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,
@@ -751,6 +888,31 @@ impl Config {
             retention,
             report,
         })
+    }
+
+    /// Whether responses carry `Strict-Transport-Security`: when serving TLS, and in production
+    /// behind a TLS-terminating proxy (`allow_plain_http`).
+    pub fn hsts(&self) -> bool {
+        self.tls.is_some() || (self.env == Environment::Production && self.allow_plain_http)
+    }
+
+    /// Whether `kasho serve` may listen as configured: production refuses plain HTTP unless
+    /// `allow_plain_http` says a proxy in front terminates TLS. `Ok(Some(_))` is a warning to log.
+    pub fn transport_check(&self) -> Result<Option<String>, String> {
+        match (self.tls.is_some(), self.env, self.allow_plain_http) {
+            (false, Environment::Production, false) => Err(
+                "production refuses to serve plain HTTP: set KASHO_TLS_CERT_FILE and \
+                 KASHO_TLS_KEY_FILE, or, when a proxy in front terminates TLS, \
+                 KASHO_ALLOW_PLAIN_HTTP=true"
+                    .into(),
+            ),
+            (false, Environment::Production, true) => Ok(Some(
+                "serving plain HTTP in production (allow_plain_http = true): TLS must be \
+                 terminated by the proxy in front of Kasho, and only that proxy may reach this port"
+                    .into(),
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// Whether missing keys may be generated (embedded development mode only).

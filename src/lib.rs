@@ -24,3 +24,4 @@ pub mod http;
 pub mod ids;
 pub mod service;
 pub mod store;
+pub mod tls;

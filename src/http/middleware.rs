@@ -62,9 +62,13 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Whether responses carry `Strict-Transport-Security` (the `hsts` setting).
+#[derive(Debug, Clone, Copy)]
+pub struct Hsts(pub bool);
+
 /// Security headers on every response. API responses may carry tokens or personal data, so
 /// they are never cached.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+pub async fn security_headers(State(hsts): State<Hsts>, req: Request, next: Next) -> Response {
     let is_docs = req.uri().path().starts_with("/docs");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
@@ -77,6 +81,12 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if hsts.0 {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
     if is_docs {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -276,6 +286,12 @@ pub async fn authorize(
                 Err(e) => return ApiError::from(e).into_response(),
             }
         }
+    };
+
+    // Platform administration may require a verified TLS client certificate (mTLS).
+    req = match super::client_cert::enforce(&state, &meta, def, principal.as_ref(), req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
 
     // A user whose role must use MFA and who has not enrolled can do nothing but enrol.

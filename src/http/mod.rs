@@ -1,6 +1,7 @@
 //! The REST API. Handlers translate HTTP into service calls and results into JSON; rules live
 //! in `service` and `domain`. See docs/API.md for the conventions.
 
+mod client_cert;
 pub mod error;
 pub mod extract;
 mod handlers;
@@ -42,6 +43,7 @@ impl AppState {
 
 /// Builds the whole HTTP application.
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
+    let hsts = middleware::Hsts(core.settings.hsts);
     let all = routes::all();
     let state = Arc::new(AppState {
         core,
@@ -69,6 +71,9 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            hsts,
+            middleware::security_headers,
+        ))
         .layer(axum::middleware::from_fn(middleware::request_id))
 }

@@ -51,6 +51,12 @@ pub struct Settings {
     /// How long a rotated API token's previous secret keeps working when the rotation names
     /// no overlap.
     pub api_token_rotation_overlap_seconds: i64,
+    /// Responses carry `Strict-Transport-Security` (served over TLS, or behind a TLS proxy in
+    /// production).
+    pub hsts: bool,
+    /// Platform admins (and platform sign-ins) must come over a connection that presented a
+    /// client certificate the configured client CA verified.
+    pub platform_admin_client_cert: bool,
 }
 
 /// Everything the use cases need, shared by all requests.

@@ -35,4 +35,5 @@ mod privacy;
 mod retention;
 mod security;
 mod tenants;
+mod tls;
 mod users;
