@@ -1064,6 +1064,57 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_come_in_pairs_and_client_certificates_need_a_client_ca() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.tls.is_none() && !c.hsts() && !c.platform_admin_client_cert);
+        assert!(matches!(c.transport_check(), Ok(None)));
+        // `tls_cert_file` is a key of its own, not a secret read from a file.
+        let mut l = Layers::default();
+        l.load_env([
+            (
+                "KASHO_TLS_CERT_FILE".to_owned(),
+                "/etc/kasho/cert.pem".to_owned(),
+            ),
+            (
+                "KASHO_TLS_KEY_FILE".to_owned(),
+                "/etc/kasho/key.pem".to_owned(),
+            ),
+            (
+                "KASHO_TLS_CLIENT_CA_FILE".to_owned(),
+                "/etc/kasho/ca.pem".to_owned(),
+            ),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = Config::from_layers(&l).unwrap_or_else(|e| unreachable!("{e}"));
+        let tls = c.tls.clone().unwrap_or_else(|| unreachable!());
+        assert_eq!(tls.cert, PathBuf::from("/etc/kasho/cert.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/kasho/ca.pem")));
+        assert!(
+            c.hsts() && c.platform_admin_client_cert,
+            "on by default with a client CA"
+        );
+        let e = err(&[("tls_cert_file", "/c.pem")]);
+        assert!(e.contains("tls_key_file must be set"), "{e}");
+        let e = err(&[("tls_key_file", "/k.pem")]);
+        assert!(e.contains("tls_cert_file must be set"), "{e}");
+        let e = err(&[("tls_client_ca_file", "/ca.pem")]);
+        assert!(e.contains("client certificates need HTTPS"), "{e}");
+        let e = err(&[("platform_admin_client_cert", "true")]);
+        assert!(e.contains("requires tls_client_ca_file"), "{e}");
+        let e = err(&[("allow_plain_http", "maybe")]);
+        assert!(e.contains("expected true or false"), "{e}");
+        let e = err(&[("max_header_bytes", "100")]);
+        assert!(e.contains("outside 8192..=1048576"), "{e}");
+        // Production: plain HTTP only behind a TLS proxy, which still gets HSTS.
+        let c =
+            Config::from_pairs(&[("env", "production")]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.transport_check().is_err());
+        let c = Config::from_pairs(&[("env", "production"), ("allow_plain_http", "true")])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(matches!(c.transport_check(), Ok(Some(_))) && c.hsts());
+    }
+
+    #[test]
     fn database_url_password_is_hidden() {
         assert_eq!(
             redact("database_url", "postgres://kasho:hunter2@db:5432/kasho"),
