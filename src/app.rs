@@ -138,7 +138,10 @@ pub async fn build_core_with_checks(
                 max_attempts: config.mail_max_attempts,
             },
             api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
+            limits: config.limits.clone(),
         },
+        limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
+            .map_err(StartError::Other)?,
         api_token_key: crate::service::api_tokens::TokenHashKey::new(
             keys.master.derive("api-token-hash/v1"),
         ),

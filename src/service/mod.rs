@@ -7,6 +7,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod intrusion;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
@@ -15,6 +16,7 @@ pub mod mfa;
 pub mod password_reset;
 pub mod passwords;
 pub mod privacy;
+pub mod ratelimit;
 pub mod retention;
 pub mod security;
 pub mod tenants;
@@ -51,6 +53,8 @@ pub struct Settings {
     /// How long a rotated API token's previous secret keeps working when the rotation names
     /// no overlap.
     pub api_token_rotation_overlap_seconds: i64,
+    /// Rate limits and intrusion bans.
+    pub limits: ratelimit::LimitSettings,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -73,6 +77,8 @@ pub struct Core {
     pub kyc: kyc::KycGate,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
+    /// Rate-limit buckets and intrusion bans (in Redis when configured).
+    pub limits: ratelimit::RateLimiter,
 }
 
 /// The credential a request was made with.
