@@ -285,6 +285,11 @@ struct Local {
     checks: AtomicU64,
 }
 
+/// A bucket's key in process (the class keeps an address's buckets apart, as in Redis).
+fn local_key(b: &Bucket) -> String {
+    format!("{}:{}", b.class.as_str(), b.key)
+}
+
 /// The refill both backends apply (the Lua script is the same arithmetic).
 fn refill(level: i64, at_ms: i64, now_ms: i64, rate: Rate) -> i64 {
     let elapsed = (now_ms - at_ms).clamp(0, rate.period_ms());
@@ -306,7 +311,7 @@ impl Local {
             .iter()
             .map(|b| {
                 let (level, at) = map
-                    .get(&b.key)
+                    .get(&local_key(b))
                     .map_or((b.rate.full(), now_ms), |s| (s.level, s.at_ms));
                 (refill(level, at, now_ms, b.rate), at.max(now_ms))
             })
@@ -322,7 +327,7 @@ impl Local {
                 if ok {
                     let level = level - b.rate.period_ms();
                     map.insert(
-                        b.key.clone(),
+                        local_key(b),
                         LocalBucket {
                             level,
                             at_ms: at,

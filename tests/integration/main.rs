@@ -23,6 +23,7 @@ mod customers;
 mod docs;
 mod encryption;
 mod kyc;
+mod limits;
 mod ledger;
 mod ledger_model;
 mod logs;
