@@ -165,6 +165,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
     spawn_mail_delivery(core.clone());
+    tracing::info!(
+        backend = if core.limits.shared() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        "rate limits and intrusion bans"
+    );
     // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
     // command, or a data key rotated automatically when its encryption budget ran out).
     let keeper = core.clone();

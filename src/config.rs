@@ -681,10 +681,7 @@ impl Config {
         let redis_prefix = take("redis_key_prefix", Some("kasho:".into())).unwrap_or_default();
         if redis_prefix.0.is_empty()
             || redis_prefix.0.len() > 64
-            || redis_prefix
-                .0
-                .chars()
-                .any(|c| !c.is_ascii_graphic())
+            || redis_prefix.0.chars().any(|c| !c.is_ascii_graphic())
         {
             return Err(invalid(
                 "redis_key_prefix",
@@ -1042,6 +1039,52 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn rate_limit_keys_parse_default_and_refuse_nonsense() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.redis.is_none(), "in process by default");
+        assert_eq!(c.limits.ip.to_string(), "600/60");
+        assert_eq!(c.limits.password_reset.to_string(), "5/300");
+        assert_eq!(c.limits.intrusion_ban_seconds, 900);
+        let c = Config::from_pairs(&[
+            ("rate_limit_login", " 3 / 30 "),
+            ("redis_url", "redis://:hunter2@cache:6379/2"),
+            ("intrusion_exempt", "10.0.0.0/8, 2001:db8::/32"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.limits.login.to_string(), "3/30");
+        assert_eq!(c.limits.intrusion_exempt.len(), 2);
+        let redis = c.redis.as_ref().unwrap_or_else(|| unreachable!());
+        assert_eq!(redis.key_prefix, "kasho:");
+        let shown = c
+            .report
+            .iter()
+            .find(|(k, _, _)| *k == "redis_url")
+            .map(|(_, v, _)| v.clone())
+            .unwrap_or_default();
+        assert_eq!(shown, "redis://:***@cache:6379/2");
+        for (key, value, says) in [
+            ("rate_limit_ip", "600", "expected N/S"),
+            ("rate_limit_ip", "0/60", "N must be"),
+            ("rate_limit_credential", "10/0", "S must be"),
+            ("rate_limit_tenant", "-1/60", "expected N/S"),
+            ("rate_limit_mfa", "ten/60", "expected N/S"),
+            ("rate_limit_refresh", "10/60/2", "expected N/S"),
+            ("intrusion_error_burst", "5/100000", "S must be"),
+            ("intrusion_ban_seconds", "5", "outside 60..=604800"),
+            ("intrusion_exempt", "10.0.0.0/33", "CIDR"),
+            ("redis_url", "http://cache:6379", "redis://"),
+            ("redis_url", "rediss://cache:6379", "not supported"),
+            ("redis_key_prefix", "has space", "printable"),
+        ] {
+            let e = err(&[(key, value)]);
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(says),
+                "{key}={value}: {e}"
+            );
+        }
     }
 
     #[test]

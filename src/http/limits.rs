@@ -31,9 +31,7 @@ pub fn route_class(method: &Method, path: &str) -> Option<Class> {
         "/v1/auth/login" => Some(Class::Login),
         "/v1/auth/refresh" => Some(Class::Refresh),
         "/v1/auth/mfa" | "/v1/auth/step-up" => Some(Class::Mfa),
-        "/v1/auth/password-reset" | "/v1/auth/password-reset/confirm" => {
-            Some(Class::PasswordReset)
-        }
+        "/v1/auth/password-reset" | "/v1/auth/password-reset/confirm" => Some(Class::PasswordReset),
         _ => None,
     }
 }

@@ -110,7 +110,10 @@ pub async fn banned(core: &Core, meta: &RequestMeta, ip: &IpAddr) -> Option<i64>
         super::ratelimit::record_transition(core, meta, t).await;
     }
     until.map(|u: Timestamp| {
-        let ms = u.as_micros().saturating_sub(now.as_micros()).div_euclid(1000);
+        let ms = u
+            .as_micros()
+            .saturating_sub(now.as_micros())
+            .div_euclid(1000);
         ((ms + 999) / 1000).max(1)
     })
 }
@@ -229,7 +232,10 @@ mod tests {
             "/v1/auth/password-reset/confirm",
             "/v1/no-such-route",
         ] {
-            assert!(!is_scanner_probe(api, Some("limit=20&starting_after=acc_1")), "{api}");
+            assert!(
+                !is_scanner_probe(api, Some("limit=20&starting_after=acc_1")),
+                "{api}"
+            );
         }
     }
 }

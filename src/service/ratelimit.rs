@@ -71,7 +71,8 @@ impl FromStr for Rate {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a rate: expected N/S (N requests per S seconds), e.g. 600/60");
+        let bad =
+            || format!("`{s}` is not a rate: expected N/S (N requests per S seconds), e.g. 600/60");
         let (n, p) = s.trim().split_once('/').ok_or_else(bad)?;
         let tokens: u32 = n.trim().parse().map_err(|_| bad())?;
         let period_seconds: u32 = p.trim().parse().map_err(|_| bad())?;
@@ -647,7 +648,10 @@ impl RateLimiter {
             levels = got.filter(|v| v.len() == buckets.len() + 1);
         }
         let (ok, levels) = match levels {
-            Some(v) => (v.first() == Some(&1), v.get(1..).unwrap_or_default().to_vec()),
+            Some(v) => (
+                v.first() == Some(&1),
+                v.get(1..).unwrap_or_default().to_vec(),
+            ),
             None => self.local.take(now_ms, buckets),
         };
         (decide(buckets, ok, &levels), transition)
@@ -782,4 +786,78 @@ pub async fn check(core: &Core, meta: &RequestMeta, buckets: &[Bucket]) -> Decis
         metrics::counter!("kasho_rate_limited_total", "class" => q.class.as_str()).increment(1);
     }
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(class: Class, key: &str, rate: &str) -> Bucket {
+        Bucket {
+            class,
+            key: key.to_owned(),
+            rate: rate.parse().unwrap_or_else(|e| unreachable!("{e}")),
+        }
+    }
+
+    #[test]
+    fn a_check_takes_from_every_bucket_or_from_none() {
+        let local = Local::default();
+        let both = [
+            bucket(Class::Ip, "a", "5/60"),
+            bucket(Class::Login, "a", "2/60"),
+        ];
+        let (ok, levels) = local.take(0, &both);
+        let d = decide(&both, ok, &levels);
+        assert!(d.refused.is_none());
+        let q = d.quota.unwrap_or_else(|| unreachable!());
+        assert_eq!((q.class, q.limit, q.remaining), (Class::Login, 2, 1));
+        assert_eq!((q.reset_seconds, q.retry_after_seconds), (30, 0));
+        let (ok, levels) = local.take(0, &both);
+        assert!(ok && decide(&both, ok, &levels).refused.is_none());
+        // The login bucket is empty: refused, and the address's bucket keeps its 3 tokens.
+        let (ok, levels) = local.take(0, &both);
+        let d = decide(&both, ok, &levels);
+        let r = d.refused.unwrap_or_else(|| unreachable!());
+        assert_eq!((r.class, r.retry_after_seconds), (Class::Login, 30));
+        let (_, ip_only) = local.take(0, &both[..1]);
+        assert_eq!(quota_of(&both[0], ip_only[0]).remaining, 2);
+        // Half a token back after 15 s is not a token; after 30 s it is.
+        assert!(!local.take(15_000, &both).0);
+        assert!(local.take(30_000, &both).0);
+        // A clock that went backwards refills nothing and takes nothing it should not.
+        assert!(!local.take(10_000, &both).0);
+    }
+
+    #[test]
+    fn rates_parse_and_refill_exactly() {
+        let r: Rate = "600/60".parse().unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((r.tokens, r.period_seconds), (600, 60));
+        assert_eq!(r.to_string(), "600/60");
+        for bad in [
+            "", "600", "/60", "600/", "0/60", "1/0", "a/b", "1/60/1", "1.5/60",
+        ] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let big = Rate::new(MAX_TOKENS, MAX_PERIOD_SECONDS);
+        // The largest bucket stays exact in a double (what the Lua script computes with).
+        assert!(big.full() < (1_i64 << 53));
+        assert_eq!(refill(0, 0, i64::MAX / 2, big), big.full());
+        assert_eq!(refill(0, 1_000, 0, r), 0, "never negative");
+        let q = quota_of(&bucket(Class::Ip, "x", "3/60"), 0);
+        assert_eq!(
+            (q.remaining, q.retry_after_seconds, q.reset_seconds),
+            (0, 20, 60)
+        );
+    }
+
+    #[test]
+    fn local_bans_end_and_are_not_renewed_while_in_force() {
+        let local = Local::default();
+        assert!(local.ban("ip", 0, 1_000));
+        assert!(!local.ban("ip", 500, 1_500), "already banned");
+        assert_eq!(local.banned_until("ip", 999), Some(1_000));
+        assert_eq!(local.banned_until("ip", 1_000), None);
+        assert!(local.ban("ip", 1_000, 2_000));
+    }
 }

@@ -39,7 +39,13 @@ fn prefix() -> String {
 
 /// A request from `client`, as a trusted proxy in 203.0.113.0/24 would forward it (the apps of
 /// these tests trust that network where they need a second address).
-async fn from(app: &TestApp, client: &str, method: Method, path: &str, token: Option<&str>) -> Resp {
+async fn from(
+    app: &TestApp,
+    client: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Resp {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -110,7 +116,10 @@ async fn every_request_is_limited_per_address_and_refills_with_the_clock(backend
     )
     .await;
     // Matched and unmatched paths draw on the same bucket; every answer says what is left.
-    for (i, path) in ["/healthz", "/v1/no-such-route", "/healthz"].iter().enumerate() {
+    for (i, path) in ["/healthz", "/v1/no-such-route", "/healthz"]
+        .iter()
+        .enumerate()
+    {
         let r = get(&app, path).await;
         assert_ne!(r.status, StatusCode::TOO_MANY_REQUESTS, "{r:?}");
         assert_eq!(header(&r, "ratelimit-limit"), 3);
@@ -168,7 +177,11 @@ async fn sign_in_routes_have_their_own_stricter_buckets(backend: Backend) {
     // A refused sign-in is not attempted: no session, no answer about the password.
     let r = app.login(Some(&t.slug), &email, PASSWORD).await;
     assert_limited(&r, "login", 2, 30);
-    assert_eq!(sessions(&app, &t.manager_token).await, before, "a refused sign-in changed nothing");
+    assert_eq!(
+        sessions(&app, &t.manager_token).await,
+        before,
+        "a refused sign-in changed nothing"
+    );
     // The other classes are untouched, and each has its own bucket.
     for (path, class, limit, retry) in [
         ("/v1/auth/refresh", "refresh", 2, 30),
@@ -191,7 +204,8 @@ async fn sign_in_routes_have_their_own_stricter_buckets(backend: Backend) {
         30,
     );
     assert_limited(
-        &app.post("/v1/auth/password-reset/confirm", None, json!({})).await,
+        &app.post("/v1/auth/password-reset/confirm", None, json!({}))
+            .await,
         "password_reset",
         2,
         150,
@@ -288,13 +302,27 @@ async fn instances_sharing_redis_share_their_buckets(backend: Backend) {
     b.clock.advance_seconds(20);
     assert_eq!(get(&b, "/healthz").await.status, StatusCode::OK);
     assert_limited(&get(&a, "/healthz").await, "ip", 3, 20);
-    assert!(events(&a, "rate_limit_backend_unavailable").await.is_empty());
+    assert!(
+        events(&a, "rate_limit_backend_unavailable")
+            .await
+            .is_empty()
+    );
     a.cleanup().await;
     b.cleanup().await;
 }
 
+/// A throw-away `redis-server`, killed (SIGKILL) when dropped, even by a failing test.
+struct RedisServer(Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A throw-away `redis-server` on `port`, answering PING.
-async fn start_redis(port: u16) -> Child {
+async fn start_redis(port: u16) -> RedisServer {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -310,6 +338,7 @@ async fn start_redis(port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed for the outage test");
+    let server = RedisServer(child);
     let url = format!("redis://127.0.0.1:{port}");
     for _ in 0..100 {
         if let Ok(c) = redis::Client::open(url.as_str())
@@ -319,7 +348,7 @@ async fn start_redis(port: u16) -> Child {
                 .await
                 .is_ok()
         {
-            return child;
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -339,7 +368,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers(backend: Backend
         ("redis_url", url.as_str()),
         ("redis_key_prefix", p.as_str()),
     ];
-    let mut redis = start_redis(port).await;
+    let redis = start_redis(port).await;
     let a = TestApp::with_config(backend, &cfg).await;
     let b = TestApp::with_config(backend, &cfg).await;
     b.clock.set(a.clock_now());
@@ -354,8 +383,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers(backend: Backend
     assert_eq!(exists, 1, "the bucket lives in Redis");
 
     // Redis dies: requests keep being served, on this instance's own buckets (full: 4).
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    drop(redis); // SIGKILL
     let started = std::time::Instant::now();
     for remaining in [3, 2, 1, 0] {
         let r = get(&a, "/healthz").await;
@@ -379,7 +407,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers(backend: Backend
     assert!(events(&a, "rate_limit_backend_restored").await.is_empty());
 
     // Redis is back (empty) on the same port: after the retry interval the instance returns to it.
-    let mut redis = start_redis(port).await;
+    let redis = start_redis(port).await;
     a.clock.advance_seconds(5);
     b.clock.set(a.clock_now());
     for _ in 0..4 {
@@ -390,8 +418,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers(backend: Backend
     assert_eq!(events(&a, "rate_limit_backend_unavailable").await.len(), 1);
     // ... and the bucket is shared again: the other instance finds it empty.
     assert_limited(&get(&b, "/healthz").await, "ip", 4, 15);
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    drop(redis);
     a.cleanup().await;
     b.cleanup().await;
 }
@@ -405,7 +432,10 @@ async fn a_scanner_path_bans_the_address_until_the_ban_ends(backend: Backend) {
     let bans = events(&app, "intrusion_ban").await;
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0].ip.as_deref(), Some("203.0.113.7"));
-    assert_eq!(bans[0].reason.as_deref(), Some("scanner_path;ban_seconds=900"));
+    assert_eq!(
+        bans[0].reason.as_deref(),
+        Some("scanner_path;ban_seconds=900")
+    );
     assert_eq!(bans[0].target_id.as_deref(), Some("/.env"));
     assert_eq!(bans[0].tenant_id, None);
     // Everything from the address is refused before any other work, even a valid sign-in.
@@ -415,14 +445,28 @@ async fn a_scanner_path_bans_the_address_until_the_ban_ends(backend: Backend) {
     assert_eq!(header(&r, "retry-after"), 300);
     let r = get(&app, "/healthz").await;
     assert_eq!(r.code(), "ip_banned");
-    assert!(events(&app, "login_failed").await.is_empty(), "no sign-in was attempted");
-    assert_eq!(events(&app, "intrusion_ban").await.len(), 1, "one event per ban");
+    assert!(
+        events(&app, "login_failed").await.is_empty(),
+        "no sign-in was attempted"
+    );
+    assert_eq!(
+        events(&app, "intrusion_ban").await.len(),
+        1,
+        "one event per ban"
+    );
     // Another address is served; other probes are recognised too.
     let r = from(&app, "198.51.100.50", Method::GET, "/healthz", None).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let r = from(&app, "198.51.100.51", Method::GET, "/wp-login.php", None).await;
     assert_eq!(r.code(), "ip_banned");
-    let r = from(&app, "198.51.100.52", Method::GET, "/static/..%2f..%2fetc/passwd", None).await;
+    let r = from(
+        &app,
+        "198.51.100.52",
+        Method::GET,
+        "/static/..%2f..%2fetc/passwd",
+        None,
+    )
+    .await;
     assert_eq!(r.code(), "ip_banned");
     assert_eq!(events(&app, "intrusion_ban").await.len(), 3);
     // The ban ends after intrusion_ban_seconds.
@@ -490,7 +534,10 @@ async fn exempt_addresses_are_never_banned(backend: Backend) {
         );
     }
     // Even a scanner path is just a 404 for an exempt address.
-    assert_eq!(get(&app, "/.git/config").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&app, "/.git/config").await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
     assert!(events(&app, "intrusion_ban").await.is_empty());
     app.cleanup().await;
@@ -508,7 +555,11 @@ async fn bans_are_shared_through_redis(backend: Backend) {
     b.clock.set(a.clock_now());
     assert_eq!(get(&a, "/.aws/credentials").await.code(), "ip_banned");
     let r = get(&b, "/healthz").await;
-    assert_eq!(r.code(), "ip_banned", "the other instance honours the ban: {r:?}");
+    assert_eq!(
+        r.code(),
+        "ip_banned",
+        "the other instance honours the ban: {r:?}"
+    );
     assert_eq!(header(&r, "retry-after"), 60);
     // One ban, one event, written by the instance that banned.
     assert_eq!(events(&a, "intrusion_ban").await.len(), 1);
