@@ -131,8 +131,13 @@ pub async fn guard(
 ) -> Response {
     let core = &state.core;
     let Some(ip) = client_ip(&req, &core.settings.trusted_proxies) else {
-        // No peer address (an embedding without connect info): nothing to key on.
-        return next.run(req).await;
+        // No peer address (an embedding without connect info): no address to key on, but the
+        // credential's and tenant's buckets still apply and show.
+        let mut resp = next.run(req).await;
+        if let Some(q) = resp.extensions().get::<QuotaSeen>().map(|q| q.0) {
+            set_headers(&mut resp, q);
+        }
+        return resp;
     };
     let meta = request_meta(&req, &core.settings.trusted_proxies);
     let exempt = intrusion::exempt(core, &ip);
