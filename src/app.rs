@@ -140,7 +140,10 @@ pub async fn build_core_with_checks(
             api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
             hsts: config.hsts(),
             platform_admin_client_cert: config.platform_admin_client_cert,
+            limits: config.limits.clone(),
         },
+        limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
+            .map_err(StartError::Other)?,
         api_token_key: crate::service::api_tokens::TokenHashKey::new(
             keys.master.derive("api-token-hash/v1"),
         ),
@@ -183,6 +186,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
     spawn_mail_delivery(core.clone());
+    tracing::info!(
+        backend = if core.limits.shared() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        "rate limits and intrusion bans"
+    );
     // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
     // command, or a data key rotated automatically when its encryption budget ran out).
     let keeper = core.clone();

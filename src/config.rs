@@ -248,6 +248,64 @@ const KEYS: &[KeyDef] = &[
         name: "header_read_timeout_seconds",
         secret: false,
         help: "time a client has to send a complete request header block (slow clients are disconnected), 1..=300 (10)",
+        name: "redis_url",
+        secret: true,
+        help: "redis://[:password@]host[:port][/db]: share rate-limit buckets and bans between instances (unset: in process)",
+    },
+    KeyDef {
+        name: "redis_key_prefix",
+        secret: false,
+        help: "prefix of every Redis key Kasho writes (kasho:)",
+    },
+    KeyDef {
+        name: "rate_limit_ip",
+        secret: false,
+        help: "requests per client address, N/S = N per S seconds, before authentication (600/60)",
+    },
+    KeyDef {
+        name: "rate_limit_credential",
+        secret: false,
+        help: "requests per signed-in session or API token, N/S (300/60)",
+    },
+    KeyDef {
+        name: "rate_limit_tenant",
+        secret: false,
+        help: "requests per tenant, N/S (3000/60)",
+    },
+    KeyDef {
+        name: "rate_limit_login",
+        secret: false,
+        help: "POST /v1/auth/login per client address, N/S (10/60)",
+    },
+    KeyDef {
+        name: "rate_limit_refresh",
+        secret: false,
+        help: "POST /v1/auth/refresh per client address, N/S (30/60)",
+    },
+    KeyDef {
+        name: "rate_limit_mfa",
+        secret: false,
+        help: "POST /v1/auth/mfa and /v1/auth/step-up per client address, N/S (10/60)",
+    },
+    KeyDef {
+        name: "rate_limit_password_reset",
+        secret: false,
+        help: "POST /v1/auth/password-reset and .../confirm per client address, N/S (5/300)",
+    },
+    KeyDef {
+        name: "intrusion_error_burst",
+        secret: false,
+        help: "401/403/404 answers to one client address within S seconds that ban it, N/S (50/60)",
+    },
+    KeyDef {
+        name: "intrusion_ban_seconds",
+        secret: false,
+        help: "how long a banned client address is refused, 60..=604800 (900)",
+    },
+    KeyDef {
+        name: "intrusion_exempt",
+        secret: false,
+        help: "comma-separated CIDRs never banned (none)",
     },
     KeyDef {
         name: "argon2_memory_kib",
@@ -471,6 +529,10 @@ pub struct Config {
     /// Connection limits of the listener.
     pub max_header_bytes: usize,
     pub header_read_timeout_seconds: u32,
+    /// Where rate-limit buckets and bans are shared (`None`: in process).
+    pub redis: Option<crate::service::ratelimit::RedisSettings>,
+    /// Rate limits and intrusion-ban settings.
+    pub limits: crate::service::ratelimit::LimitSettings,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -744,6 +806,80 @@ impl Config {
         let max_header_bytes = int("max_header_bytes", &mh, 8192usize, 1024 * 1024)?;
         let hr = take("header_read_timeout_seconds", Some("10".into())).unwrap_or_default();
         let header_read_timeout_seconds = int("header_read_timeout_seconds", &hr, 1u32, 300)?;
+        let redis_prefix = take("redis_key_prefix", Some("kasho:".into())).unwrap_or_default();
+        if redis_prefix.0.is_empty()
+            || redis_prefix.0.len() > 64
+            || redis_prefix.0.chars().any(|c| !c.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "redis_key_prefix",
+                &redis_prefix.1,
+                "expected 1 to 64 printable ASCII characters without spaces",
+            ));
+        }
+        let redis = match take("redis_url", None) {
+            Some((v, src)) if !v.trim().is_empty() => {
+                let url = v.trim();
+                if !url.starts_with("redis://") {
+                    return Err(invalid(
+                        "redis_url",
+                        &src,
+                        "expected a redis://[:password@]host[:port][/db] URL (rediss:// is not \
+                         supported: reach a TLS Redis through a local tunnel)",
+                    ));
+                }
+                if redis::Client::open(url).is_err() {
+                    return Err(invalid("redis_url", &src, "not a valid redis:// URL"));
+                }
+                Some(crate::service::ratelimit::RedisSettings {
+                    url: SecretString::from(url.to_owned()),
+                    key_prefix: redis_prefix.0.clone(),
+                })
+            }
+            _ => None,
+        };
+        let limits = {
+            use crate::service::ratelimit::{LimitSettings, Rate};
+            let d = LimitSettings::default();
+            let mut rate = |key: &'static str, default: Rate| -> Result<Rate, ConfigError> {
+                let v = take(key, Some(default.to_string())).unwrap_or_default();
+                v.0.parse::<Rate>().map_err(|e| invalid(key, &v.1, e))
+            };
+            let ip = rate("rate_limit_ip", d.ip)?;
+            let credential = rate("rate_limit_credential", d.credential)?;
+            let tenant = rate("rate_limit_tenant", d.tenant)?;
+            let login = rate("rate_limit_login", d.login)?;
+            let refresh = rate("rate_limit_refresh", d.refresh)?;
+            let mfa = rate("rate_limit_mfa", d.mfa)?;
+            let password_reset = rate("rate_limit_password_reset", d.password_reset)?;
+            let intrusion_error_burst = rate("intrusion_error_burst", d.intrusion_error_burst)?;
+            let bs = take(
+                "intrusion_ban_seconds",
+                Some(d.intrusion_ban_seconds.to_string()),
+            )
+            .unwrap_or_default();
+            let intrusion_ban_seconds = int("intrusion_ban_seconds", &bs, 60u32, 604_800)?;
+            let ex = take("intrusion_exempt", Some(String::new())).unwrap_or_default();
+            let mut intrusion_exempt = Vec::new();
+            for c in ex.0.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                intrusion_exempt.push(
+                    c.parse::<crate::domain::security::Cidr>()
+                        .map_err(|e| invalid("intrusion_exempt", &ex.1, e))?,
+                );
+            }
+            LimitSettings {
+                ip,
+                credential,
+                tenant,
+                login,
+                refresh,
+                mfa,
+                password_reset,
+                intrusion_error_burst,
+                intrusion_ban_seconds,
+                intrusion_exempt,
+            }
+        };
         let m = take(
             "argon2_memory_kib",
             Some(HashParams::OWASP_MINIMUM.memory_kib.to_string()),
@@ -880,6 +1016,8 @@ impl Config {
             allow_plain_http,
             max_header_bytes,
             header_read_timeout_seconds,
+            redis,
+            limits,
             argon2,
             max_concurrent_hashes,
             max_body_bytes,
@@ -954,7 +1092,7 @@ impl Config {
 
 /// Shows a secret's presence, never its value; a database URL keeps everything but its password.
 fn redact(key: &str, value: &str) -> String {
-    if key == "database_url" {
+    if key == "database_url" || key == "redis_url" {
         if let Some((scheme, rest)) = value.split_once("://")
             && let Some((creds, host)) = rest.split_once('@')
         {
@@ -1112,6 +1250,49 @@ mod tests {
         let c = Config::from_pairs(&[("env", "production"), ("allow_plain_http", "true")])
             .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(c.transport_check(), Ok(Some(_))) && c.hsts());
+    fn rate_limit_keys_parse_default_and_refuse_nonsense() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.redis.is_none(), "in process by default");
+        assert_eq!(c.limits.ip.to_string(), "600/60");
+        assert_eq!(c.limits.password_reset.to_string(), "5/300");
+        assert_eq!(c.limits.intrusion_ban_seconds, 900);
+        let c = Config::from_pairs(&[
+            ("rate_limit_login", " 3 / 30 "),
+            ("redis_url", "redis://:hunter2@cache:6379/2"),
+            ("intrusion_exempt", "10.0.0.0/8, 2001:db8::/32"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.limits.login.to_string(), "3/30");
+        assert_eq!(c.limits.intrusion_exempt.len(), 2);
+        let redis = c.redis.as_ref().unwrap_or_else(|| unreachable!());
+        assert_eq!(redis.key_prefix, "kasho:");
+        let shown = c
+            .report
+            .iter()
+            .find(|(k, _, _)| *k == "redis_url")
+            .map(|(_, v, _)| v.clone())
+            .unwrap_or_default();
+        assert_eq!(shown, "redis://:***@cache:6379/2");
+        for (key, value, says) in [
+            ("rate_limit_ip", "600", "expected N/S"),
+            ("rate_limit_ip", "0/60", "N must be"),
+            ("rate_limit_credential", "10/0", "S must be"),
+            ("rate_limit_tenant", "-1/60", "expected N/S"),
+            ("rate_limit_mfa", "ten/60", "expected N/S"),
+            ("rate_limit_refresh", "10/60/2", "expected N/S"),
+            ("intrusion_error_burst", "5/100000", "S must be"),
+            ("intrusion_ban_seconds", "5", "outside 60..=604800"),
+            ("intrusion_exempt", "10.0.0.0/33", "CIDR"),
+            ("redis_url", "http://cache:6379", "redis://"),
+            ("redis_url", "rediss://cache:6379", "not supported"),
+            ("redis_key_prefix", "has space", "printable"),
+        ] {
+            let e = err(&[(key, value)]);
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(says),
+                "{key}={value}: {e}"
+            );
+        }
     }
 
     #[test]

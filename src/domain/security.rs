@@ -74,10 +74,18 @@ pub enum SecurityEvent {
     PasswordResetRequested,
     /// A reset token that is unknown, expired or spent was presented.
     PasswordResetFailed,
+    /// The shared rate-limit backend (Redis) failed; each instance limits on its own until it
+    /// answers again (platform-level, no tenant).
+    RateLimitBackendUnavailable,
+    /// The shared rate-limit backend answers again (platform-level).
+    RateLimitBackendRestored,
+    /// A client address was banned: a burst of 401/403/404 answers or a scanner path
+    /// (platform-level).
+    IntrusionBan,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 14] = [
+    pub const ALL: [SecurityEvent; 17] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::AccountLocked,
         SecurityEvent::LoginThrottled,
@@ -92,6 +100,9 @@ impl SecurityEvent {
         SecurityEvent::IpRefused,
         SecurityEvent::PasswordResetRequested,
         SecurityEvent::PasswordResetFailed,
+        SecurityEvent::RateLimitBackendUnavailable,
+        SecurityEvent::RateLimitBackendRestored,
+        SecurityEvent::IntrusionBan,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -110,6 +121,9 @@ impl SecurityEvent {
             SecurityEvent::IpRefused => "ip_refused",
             SecurityEvent::PasswordResetRequested => "password_reset_requested",
             SecurityEvent::PasswordResetFailed => "password_reset_failed",
+            SecurityEvent::RateLimitBackendUnavailable => "rate_limit_backend_unavailable",
+            SecurityEvent::RateLimitBackendRestored => "rate_limit_backend_restored",
+            SecurityEvent::IntrusionBan => "intrusion_ban",
         }
     }
 
@@ -122,7 +136,9 @@ impl SecurityEvent {
             SecurityEvent::AccountLocked
             | SecurityEvent::RefreshTokenReused
             | SecurityEvent::RequestReplayed
-            | SecurityEvent::LoginThrottled => Severity::High,
+            | SecurityEvent::LoginThrottled
+            | SecurityEvent::RateLimitBackendUnavailable
+            | SecurityEvent::IntrusionBan => Severity::High,
             SecurityEvent::MfaFailed
             | SecurityEvent::StepUpFailed
             | SecurityEvent::AuthorizationRefused
@@ -132,7 +148,8 @@ impl SecurityEvent {
             SecurityEvent::LoginFailed
             | SecurityEvent::TokenRejected
             | SecurityEvent::StepUpRequired
-            | SecurityEvent::PasswordResetRequested => Severity::Low,
+            | SecurityEvent::PasswordResetRequested
+            | SecurityEvent::RateLimitBackendRestored => Severity::Low,
         }
     }
 

@@ -106,10 +106,23 @@ pub async fn security_headers(State(hsts): State<Hsts>, req: Request, next: Next
 
 /// The request facts the audit trail records. The client address is the peer's, unless the
 /// peer is a configured trusted proxy: then it is the right-most `X-Forwarded-For` address that
-/// is not itself a trusted proxy. Audit, throttling and allow-lists all see this one address.
-fn request_meta(req: &Request, trusted_proxies: &[Cidr]) -> RequestMeta {
-    let peer = req
-        .extensions()
+/// is not itself a trusted proxy. Audit, throttling, rate limits and allow-lists all see this
+/// one address.
+pub(crate) fn request_meta(req: &Request, trusted_proxies: &[Cidr]) -> RequestMeta {
+    RequestMeta {
+        request_id: current_request_id(),
+        ip: client_ip(req, trusted_proxies).map(|ip| ip.to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// The client address of a request (see [`request_meta`]).
+pub(crate) fn client_ip(req: &Request, trusted_proxies: &[Cidr]) -> Option<IpAddr> {
+    req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr)
         .or_else(|| {
@@ -117,18 +130,7 @@ fn request_meta(req: &Request, trusted_proxies: &[Cidr]) -> RequestMeta {
                 .get::<MockConnectInfo<SocketAddr>>()
                 .map(|m| m.0)
         })
-        .map(|addr| addr.ip());
-    RequestMeta {
-        request_id: current_request_id(),
-        ip: peer
-            .map(|p| client_address(p, req.headers(), trusted_proxies))
-            .map(|ip| ip.to_string()),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
-    }
+        .map(|addr| client_address(addr.ip(), req.headers(), trusted_proxies))
 }
 
 /// The client behind `peer`: `X-Forwarded-For` is read only when the peer is a trusted proxy,
@@ -287,6 +289,14 @@ pub async fn authorize(
             }
         }
     };
+    // The per-credential and per-tenant buckets, as soon as the principal is known.
+    let quota = match &principal {
+        Some(p) => match super::limits::principal_buckets(&state, &meta, p).await {
+            Ok(q) => q,
+            Err(resp) => return resp,
+        },
+        None => None,
+    };
 
     // Platform administration may require a verified TLS client certificate (mTLS).
     req = match super::client_cert::enforce(&state, &meta, def, principal.as_ref(), req).await {
@@ -325,7 +335,8 @@ pub async fn authorize(
     if let Some(p) = &principal {
         req.extensions_mut().insert(p.clone());
     }
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    super::limits::carry(&mut resp, quota);
 
     if is_mutating(&method) && resp.extensions().get::<AuditRecorded>().is_none() {
         let outcome = match resp.status().as_u16() {

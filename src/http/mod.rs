@@ -5,6 +5,7 @@ mod client_cert;
 pub mod error;
 pub mod extract;
 mod handlers;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -62,7 +63,7 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
             state.clone(),
             middleware::authorize,
         ))
-        .with_state(state);
+        .with_state(state.clone());
 
     Router::new()
         .merge(api)
@@ -71,6 +72,10 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             hsts,
             middleware::security_headers,

@@ -36,7 +36,7 @@ use super::handlers::{
         security::unlock_user, security::list_events,
         api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &LimitResponses),
     tags(
         (name = "auth", description = "Sign-in, tokens and the current principal"),
         (name = "mfa", description = "The caller's multi-factor authentication (TOTP, recovery codes)"),
@@ -70,6 +70,53 @@ impl Modify for BearerAuth {
                         .build(),
                 ),
             );
+        }
+    }
+}
+
+/// Every operation may answer 429 `rate_limited` (its buckets, see docs/API.md) and 403
+/// `ip_banned` (an intrusion ban): both are added wherever the handler does not already
+/// document that status.
+struct LimitResponses;
+
+impl Modify for LimitResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                    )
+                    .build(),
+            )
+        };
+        let limited = error("Rate limited (`rate_limited`): retry after `Retry-After` seconds");
+        let banned = error("This address is banned for a while (`ip_banned`, see `Retry-After`)");
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("429".to_owned())
+                    .or_insert_with(|| limited.clone());
+                responses
+                    .entry("403".to_owned())
+                    .or_insert_with(|| banned.clone());
+            }
         }
     }
 }

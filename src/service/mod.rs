@@ -7,6 +7,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod intrusion;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
@@ -15,6 +16,7 @@ pub mod mfa;
 pub mod password_reset;
 pub mod passwords;
 pub mod privacy;
+pub mod ratelimit;
 pub mod retention;
 pub mod security;
 pub mod tenants;
@@ -57,6 +59,8 @@ pub struct Settings {
     /// Platform admins (and platform sign-ins) must come over a connection that presented a
     /// client certificate the configured client CA verified.
     pub platform_admin_client_cert: bool,
+    /// Rate limits and intrusion bans.
+    pub limits: ratelimit::LimitSettings,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -79,6 +83,8 @@ pub struct Core {
     pub kyc: kyc::KycGate,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
+    /// Rate-limit buckets and intrusion bans (in Redis when configured).
+    pub limits: ratelimit::RateLimiter,
 }
 
 /// The credential a request was made with.

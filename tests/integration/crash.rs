@@ -81,6 +81,8 @@ async fn start_server(app: &TestApp, port: u16) -> Child {
         .env("KASHO_ARGON2_MEMORY_KIB", "64")
         .env("KASHO_ARGON2_ITERATIONS", "1")
         .env("KASHO_MFA_REQUIRED_ROLES", "")
+        // Thousands of requests from one address and one token: not what this test is about.
+        .envs(crate::support::generous_limits_env())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -26,6 +26,7 @@ mod instances;
 mod kyc;
 mod ledger;
 mod ledger_model;
+mod limits;
 mod logs;
 mod mfa;
 mod openapi;

@@ -27,6 +27,27 @@ pub fn pg_admin_url() -> String {
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Limits so generous that no test but the rate-limit tests ever meets one (those pass their
+/// own values, which come later and win).
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("rate_limit_ip", "100000/60"),
+    ("rate_limit_credential", "100000/60"),
+    ("rate_limit_tenant", "100000/60"),
+    ("rate_limit_login", "100000/60"),
+    ("rate_limit_refresh", "100000/60"),
+    ("rate_limit_mfa", "100000/60"),
+    ("rate_limit_password_reset", "100000/60"),
+    ("intrusion_error_burst", "100000/60"),
+];
+
+/// The same, as `kasho serve` environment variables for child-process tests.
+pub fn generous_limits_env() -> Vec<(String, String)> {
+    GENEROUS_LIMITS
+        .iter()
+        .map(|(k, v)| (format!("KASHO_{}", k.to_ascii_uppercase()), (*v).to_owned()))
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -129,6 +150,7 @@ impl TestApp {
             // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
             ("mfa_required_roles", ""),
         ];
+        pairs.extend_from_slice(GENEROUS_LIMITS);
         pairs.extend_from_slice(extra);
         let config = Config::from_pairs(&pairs).expect("config");
         let clock = Arc::new(ManualClock::starting_now());
@@ -152,7 +174,7 @@ impl TestApp {
     /// in-flight set), as a second `kasho serve` process would be.
     pub async fn second_instance(&self) -> Router {
         let dir = self.data_dir.path().display().to_string();
-        let config = Config::from_pairs(&[
+        let mut pairs: Vec<(&str, &str)> = vec![
             ("data_dir", &dir),
             ("database_url", &self.database_url),
             ("database_max_connections", "4"),
@@ -160,8 +182,9 @@ impl TestApp {
             ("argon2_iterations", "1"),
             // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
             ("mfa_required_roles", ""),
-        ])
-        .expect("config");
+        ];
+        pairs.extend_from_slice(GENEROUS_LIMITS);
+        let config = Config::from_pairs(&pairs).expect("config");
         let core =
             kasho::app::build_core_with_checks(&config, self.clock.clone(), false, Vec::new())
                 .await
@@ -183,6 +206,7 @@ impl TestApp {
             // Tenants' MFA requirement is tested where it is set; elsewhere managers act at once.
             ("mfa_required_roles", ""),
         ];
+        pairs.extend_from_slice(GENEROUS_LIMITS);
         pairs.extend_from_slice(extra);
         let config = Config::from_pairs(&pairs).expect("config");
         let core =
