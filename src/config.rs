@@ -248,6 +248,8 @@ const KEYS: &[KeyDef] = &[
         name: "header_read_timeout_seconds",
         secret: false,
         help: "time a client has to send a complete request header block (slow clients are disconnected), 1..=300 (10)",
+    },
+    KeyDef {
         name: "redis_url",
         secret: true,
         help: "redis://[:password@]host[:port][/db]: share rate-limit buckets and bans between instances (unset: in process)",
@@ -1250,6 +1252,9 @@ mod tests {
         let c = Config::from_pairs(&[("env", "production"), ("allow_plain_http", "true")])
             .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(c.transport_check(), Ok(Some(_))) && c.hsts());
+    }
+
+    #[test]
     fn rate_limit_keys_parse_default_and_refuse_nonsense() {
         let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(c.redis.is_none(), "in process by default");

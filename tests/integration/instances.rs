@@ -62,6 +62,7 @@ async fn start(app: &TestApp, keys: &Path, data_dir: &Path, redis_prefix: &str) 
             "KASHO_MASTER_KEY_FILE",
             keys.join(kasho::crypto::keys::MASTER_KEY_FILE),
         )
+        .envs(crate::support::generous_limits_env())
         .env("KASHO_REDIS_URL", "redis://127.0.0.1:6379")
         .env("KASHO_REDIS_KEY_PREFIX", redis_prefix)
         // One sign-in budget per client address, small enough to see it shared.
