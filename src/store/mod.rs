@@ -9,6 +9,7 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod alerts;
 pub mod api_tokens;
 pub mod keys;
 pub mod kyc;
@@ -605,6 +606,7 @@ pub trait Store:
     + mfa::MfaStore
     + mail::MailStore
     + api_tokens::ApiTokenStore
+    + alerts::AlertStore
     + Send
     + Sync
     + 'static
