@@ -3,10 +3,12 @@
 //! trail, and returns domain results or an [`AppError`](crate::error::AppError). Nothing here
 //! knows about HTTP.
 
+pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod health;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
@@ -51,6 +53,10 @@ pub struct Settings {
     /// How long a rotated API token's previous secret keeps working when the rotation names
     /// no overlap.
     pub api_token_rotation_overlap_seconds: i64,
+    /// Security alerts: severity threshold, webhook and its signing secrets.
+    pub alerts: alerts::AlertSettings,
+    /// The bearer token `GET /metrics` on the main listener requires; `None`: not served there.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -73,6 +79,10 @@ pub struct Core {
     pub kyc: kyc::KycGate,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
+    /// The alert webhook client (`None`: alerts are only logged).
+    pub alert_webhook: Option<alerts::WebhookClient>,
+    /// Redis, when configured: `/readyz` checks it.
+    pub redis: Option<redis::Client>,
 }
 
 /// The credential a request was made with.
