@@ -506,6 +506,8 @@ pub struct RetentionPlan {
     pub reset_tokens_expired_before: Timestamp,
     /// Outbox messages sent or given up on before this go.
     pub mail_finished_before: Timestamp,
+    /// Security alerts delivered or given up on before this go.
+    pub alerts_finished_before: Timestamp,
     /// Sign-in failure counters whose last failure (and any lock) ended before this go: a day
     /// of quiet resets them anyway, so deleting them changes no answer.
     pub throttle_quiet_before: Timestamp,
@@ -532,6 +534,7 @@ pub struct PurgeCounts {
     pub reset_tokens: u64,
     pub mail_messages: u64,
     pub login_throttle: u64,
+    pub security_alerts: u64,
 }
 
 impl PurgeCounts {
@@ -543,6 +546,7 @@ impl PurgeCounts {
             + self.reset_tokens
             + self.mail_messages
             + self.login_throttle
+            + self.security_alerts
     }
 }
 

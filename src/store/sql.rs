@@ -1262,6 +1262,13 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                counts.security_alerts = sqlx::query(
+                    "DELETE FROM security_alerts WHERE status IN ('delivered', 'failed') AND finished_at < $1",
+                )
+                .bind(plan.alerts_finished_before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 counts.login_throttle = sqlx::query(
                     "DELETE FROM login_throttle WHERE last_failed_at < $1 \
                      AND (locked_until IS NULL OR locked_until < $1)",

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod alerts;
 mod api_tokens;
 mod attacks;
 mod audit;
@@ -27,6 +28,7 @@ mod ledger;
 mod ledger_model;
 mod logs;
 mod mfa;
+mod observability;
 mod openapi;
 mod password_reset;
 mod passwords;
