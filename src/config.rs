@@ -1050,6 +1050,54 @@ mod tests {
     }
 
     #[test]
+    fn alert_metrics_and_redis_keys_validate() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.alerts.webhook.is_none() && c.metrics_listen.is_none());
+        assert_eq!(
+            c.alerts.min_severity,
+            crate::domain::security::Severity::High
+        );
+        let secret = "s".repeat(32);
+        let c = Config::from_pairs(&[
+            ("alert_webhook_url", "https://hooks.example.com/kasho"),
+            ("alert_webhook_secret", &secret),
+            ("alert_webhook_secret_previous", &secret),
+            ("alert_min_severity", "medium"),
+            ("metrics_listen", "127.0.0.1:9464"),
+            ("metrics_token", &secret),
+            ("redis_url", "redis://127.0.0.1:6379/0"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.alerts.secrets.len(), 2);
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9464));
+        let shown: Vec<_> = c
+            .report
+            .iter()
+            .filter(|(k, _, _)| k.starts_with("alert_webhook_secret") || *k == "metrics_token")
+            .map(|(_, v, _)| v.as_str())
+            .collect();
+        assert_eq!(shown, ["(set, hidden)"; 3]);
+
+        let e = err(&[("alert_webhook_url", "https://hooks.example.com/")]);
+        assert!(e.contains("`alert_webhook_url`") && e.contains("alert_webhook_secret"), "{e}");
+        let e = err(&[
+            ("alert_webhook_url", "https://hooks.example.com/"),
+            ("alert_webhook_secret", "short"),
+        ]);
+        assert!(e.contains("`alert_webhook_secret`") && e.contains("32 bytes"), "{e}");
+        let e = err(&[("alert_webhook_url", "ftp://x"), ("alert_webhook_secret", &secret)]);
+        assert!(e.contains("http:// or https://"), "{e}");
+        let e = err(&[("alert_min_severity", "critical")]);
+        assert!(e.contains("`alert_min_severity`"), "{e}");
+        let e = err(&[("metrics_token", "short")]);
+        assert!(e.contains("`metrics_token`"), "{e}");
+        let e = err(&[("metrics_listen", "nowhere")]);
+        assert!(e.contains("`metrics_listen`"), "{e}");
+        let e = err(&[("redis_url", "http://user:hunter2@x/")]);
+        assert!(e.contains("`redis_url`") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn database_url_password_is_hidden() {
         assert_eq!(
             redact("database_url", "postgres://kasho:hunter2@db:5432/kasho"),
