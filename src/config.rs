@@ -793,7 +793,10 @@ impl Config {
                 }
             }
             if webhook.is_some() && secrets.is_empty() {
-                let src = l.get("alert_webhook_url").map(|(_, s)| s.clone()).unwrap_or_default();
+                let src = l
+                    .get("alert_webhook_url")
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
                 return Err(invalid(
                     "alert_webhook_url",
                     &src,
@@ -831,9 +834,15 @@ impl Config {
             }
         };
         let metrics_listen = match take("metrics_listen", None) {
-            Some((v, src)) if !v.trim().is_empty() => Some(v.trim().parse::<SocketAddr>().map_err(
-                |_| invalid("metrics_listen", &src, format!("`{v}` is not a host:port address")),
-            )?),
+            Some((v, src)) if !v.trim().is_empty() => {
+                Some(v.trim().parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "metrics_listen",
+                        &src,
+                        format!("`{v}` is not a host:port address"),
+                    )
+                })?)
+            }
             _ => None,
         };
         let metrics_token = match take("metrics_token", None) {
@@ -1079,13 +1088,22 @@ mod tests {
         assert_eq!(shown, ["(set, hidden)"; 3]);
 
         let e = err(&[("alert_webhook_url", "https://hooks.example.com/")]);
-        assert!(e.contains("`alert_webhook_url`") && e.contains("alert_webhook_secret"), "{e}");
+        assert!(
+            e.contains("`alert_webhook_url`") && e.contains("alert_webhook_secret"),
+            "{e}"
+        );
         let e = err(&[
             ("alert_webhook_url", "https://hooks.example.com/"),
             ("alert_webhook_secret", "short"),
         ]);
-        assert!(e.contains("`alert_webhook_secret`") && e.contains("32 bytes"), "{e}");
-        let e = err(&[("alert_webhook_url", "ftp://x"), ("alert_webhook_secret", &secret)]);
+        assert!(
+            e.contains("`alert_webhook_secret`") && e.contains("32 bytes"),
+            "{e}"
+        );
+        let e = err(&[
+            ("alert_webhook_url", "ftp://x"),
+            ("alert_webhook_secret", &secret),
+        ]);
         assert!(e.contains("http:// or https://"), "{e}");
         let e = err(&[("alert_min_severity", "critical")]);
         assert!(e.contains("`alert_min_severity`"), "{e}");

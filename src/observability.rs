@@ -58,7 +58,10 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 }
 
 fn describe() {
-    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route template and status");
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by method, route template and status"
+    );
     metrics::describe_histogram!(
         HTTP_DURATION,
         metrics::Unit::Seconds,
@@ -70,7 +73,10 @@ fn describe() {
     );
     metrics::describe_counter!(TRANSFERS, "money movements by outcome");
     metrics::describe_counter!(SECURITY_ALERTS, "security alerts raised by severity");
-    metrics::describe_counter!(ALERT_DELIVERIES, "alert webhook delivery attempts by outcome");
+    metrics::describe_counter!(
+        ALERT_DELIVERIES,
+        "alert webhook delivery attempts by outcome"
+    );
     metrics::describe_gauge!(DB_POOL_CONNECTIONS, "open database pool connections");
     metrics::describe_gauge!(DB_POOL_IDLE, "idle database pool connections");
 }

@@ -46,9 +46,11 @@ pub fn metrics_router(core: Arc<Core>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|axum::extract::State(core): axum::extract::State<Arc<Core>>| async move {
-                handlers::meta::metrics_response(&core)
-            }),
+            axum::routing::get(
+                |axum::extract::State(core): axum::extract::State<Arc<Core>>| async move {
+                    handlers::meta::metrics_response(&core)
+                },
+            ),
         )
         .with_state(core)
         .fallback(middleware::not_found)

@@ -80,13 +80,7 @@ pub(super) fn all() -> Vec<Route> {
             "health.read",
             meta::healthz,
         ),
-        route(
-            Method::GET,
-            "/readyz",
-            Public,
-            "health.ready",
-            meta::readyz,
-        ),
+        route(Method::GET, "/readyz", Public, "health.ready", meta::readyz),
         route(
             Method::GET,
             "/metrics",

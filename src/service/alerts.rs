@@ -75,7 +75,9 @@ impl WebhookTarget {
         };
         let path = path.split('#').next().unwrap_or("/").to_owned();
         if authority.contains('@') {
-            return Err("credentials in the URL are not supported; sign with alert_webhook_secret".into());
+            return Err(
+                "credentials in the URL are not supported; sign with alert_webhook_secret".into(),
+            );
         }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -311,7 +313,10 @@ fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsC
 }
 
 /// Writes the request and reads the status line (the body is not needed).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8]) -> Result<u16, String> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+) -> Result<u16, String> {
     let io = async {
         s.write_all(request).await?;
         s.flush().await?;
@@ -333,7 +338,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8]) -
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next().and_then(|c| c.parse::<u16>().ok())) {
+    match (
+        parts.next(),
+        parts.next().and_then(|c| c.parse::<u16>().ok()),
+    ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
         _ => Err("not an HTTP response".into()),
     }
@@ -441,18 +449,60 @@ mod tests {
             br#"1700000000.{"id":"evt_1"}"#,
         ));
         assert_eq!(h, format!("t=1700000000,v1={mac}"));
-        assert!(verify_signature(current.as_bytes(), &h, body, 1_700_000_100, 300));
+        assert!(verify_signature(
+            current.as_bytes(),
+            &h,
+            body,
+            1_700_000_100,
+            300
+        ));
         // Outside the tolerance, another body, or another secret: refused.
-        assert!(!verify_signature(current.as_bytes(), &h, body, 1_700_000_301, 300));
-        assert!(!verify_signature(current.as_bytes(), &h, b"{}", 1_700_000_000, 300));
-        assert!(!verify_signature(previous.as_bytes(), &h, body, 1_700_000_000, 300));
+        assert!(!verify_signature(
+            current.as_bytes(),
+            &h,
+            body,
+            1_700_000_301,
+            300
+        ));
+        assert!(!verify_signature(
+            current.as_bytes(),
+            &h,
+            b"{}",
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify_signature(
+            previous.as_bytes(),
+            &h,
+            body,
+            1_700_000_000,
+            300
+        ));
         // During a roll both secrets verify.
         let rolled = signature_header(&[secret(&current), secret(&previous)], 1_700_000_000, body);
         assert_eq!(rolled.matches(",v1=").count(), 2);
         assert!(rolled.starts_with(&h));
-        assert!(verify_signature(current.as_bytes(), &rolled, body, 1_700_000_000, 300));
-        assert!(verify_signature(previous.as_bytes(), &rolled, body, 1_700_000_000, 300));
-        assert!(!verify_signature(current.as_bytes(), "v1=00", body, 1_700_000_000, 300));
+        assert!(verify_signature(
+            current.as_bytes(),
+            &rolled,
+            body,
+            1_700_000_000,
+            300
+        ));
+        assert!(verify_signature(
+            previous.as_bytes(),
+            &rolled,
+            body,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify_signature(
+            current.as_bytes(),
+            "v1=00",
+            body,
+            1_700_000_000,
+            300
+        ));
     }
 
     #[test]
@@ -467,14 +517,32 @@ mod tests {
 
     #[test]
     fn webhook_urls_parse_and_refuse_credentials() {
-        let t = WebhookTarget::parse("https://hooks.example.com/kasho?x=1").unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!((t.https, t.host.as_str(), t.port, t.path.as_str()), (true, "hooks.example.com", 443, "/kasho?x=1"));
+        let t = WebhookTarget::parse("https://hooks.example.com/kasho?x=1")
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            (t.https, t.host.as_str(), t.port, t.path.as_str()),
+            (true, "hooks.example.com", 443, "/kasho?x=1")
+        );
         assert_eq!(t.origin(), "https://hooks.example.com:443");
-        let t = WebhookTarget::parse("http://127.0.0.1:9000").unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!((t.port, t.path.as_str(), t.host_header().as_str()), (9000, "/", "127.0.0.1:9000"));
+        let t =
+            WebhookTarget::parse("http://127.0.0.1:9000").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            (t.port, t.path.as_str(), t.host_header().as_str()),
+            (9000, "/", "127.0.0.1:9000")
+        );
         let t = WebhookTarget::parse("http://[::1]:81/a").unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!((t.host.as_str(), t.port, t.host_header().as_str()), ("::1", 81, "[::1]:81"));
-        for bad in ["ftp://x", "https://user:pw@x/", "http://:80/", "http://x:nope/", "http://x y/", ""] {
+        assert_eq!(
+            (t.host.as_str(), t.port, t.host_header().as_str()),
+            ("::1", 81, "[::1]:81")
+        );
+        for bad in [
+            "ftp://x",
+            "https://user:pw@x/",
+            "http://:80/",
+            "http://x:nope/",
+            "http://x y/",
+            "",
+        ] {
             assert!(WebhookTarget::parse(bad).is_err(), "{bad}");
         }
     }

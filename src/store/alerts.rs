@@ -156,7 +156,9 @@ pub enum AlertOutcome {
         error: String,
     },
     /// Given up: no more attempts.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Database pool occupancy.

@@ -55,9 +55,7 @@ impl SqliteWriter {
                     let result = match conn.as_mut() {
                         Some(c) => post(c, &sealer, &alerts, &job.batch, job.atomic),
                         None => match open(&path, background_checkpoints) {
-                            Ok(c) => {
-                                post(conn.insert(c), &sealer, &alerts, &job.batch, job.atomic)
-                            }
+                            Ok(c) => post(conn.insert(c), &sealer, &alerts, &job.batch, job.atomic),
                             Err(e) => Err(e),
                         },
                     };

@@ -100,7 +100,11 @@ impl Receiver {
 }
 
 /// An instance of the app configured to deliver alerts to `receiver`.
-async fn alerting(app: &TestApp, receiver: &Receiver, extra: &[(&str, &str)]) -> (Arc<Core>, Router) {
+async fn alerting(
+    app: &TestApp,
+    receiver: &Receiver,
+    extra: &[(&str, &str)],
+) -> (Arc<Core>, Router) {
     let mut pairs = vec![
         ("alert_webhook_url", receiver.url.as_str()),
         ("alert_webhook_secret", SECRET),
@@ -119,7 +123,10 @@ async fn post_via(router: &Router, path: &str, body: Value) -> (StatusCode, Valu
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Every `v1` of a `Kasho-Signature` header, and its `t`.
@@ -174,7 +181,10 @@ async fn a_high_severity_event_is_delivered_once_signed_and_without_personal_dat
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let counts = deliver_due(&core).await.unwrap();
     assert_eq!(counts.delivered + counts.retried + counts.failed, 0);
-    assert!(receiver.seen().is_empty(), "a low-severity event was delivered");
+    assert!(
+        receiver.seen().is_empty(),
+        "a low-severity event was delivered"
+    );
     assert!(core.store.security_alerts(10).await.unwrap().is_empty());
 
     // Refresh-token reuse is high.
@@ -186,10 +196,19 @@ async fn a_high_severity_event_is_delivered_once_signed_and_without_personal_dat
     .await;
     assert_eq!(s, StatusCode::OK, "{login}");
     let refresh = login["refresh_token"].as_str().unwrap().to_owned();
-    let (s, _) = post_via(&router, "/v1/auth/refresh", json!({ "refresh_token": refresh })).await;
+    let (s, _) = post_via(
+        &router,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": refresh }),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, reused) =
-        post_via(&router, "/v1/auth/refresh", json!({ "refresh_token": refresh })).await;
+    let (s, reused) = post_via(
+        &router,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": refresh }),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{reused}");
 
     // Durable before any delivery: the outbox row was written with the audit record.
@@ -242,7 +261,12 @@ async fn a_high_severity_event_is_delivered_once_signed_and_without_personal_dat
 async fn failed_deliveries_are_retried_after_the_back_off_without_duplicates(app: &TestApp) {
     let receiver = Receiver::start().await;
     receiver.answer(&[500, 500]);
-    let (core, _) = alerting(app, &receiver, &[("alert_webhook_secret_previous", PREVIOUS)]).await;
+    let (core, _) = alerting(
+        app,
+        &receiver,
+        &[("alert_webhook_secret_previous", PREVIOUS)],
+    )
+    .await;
     raise(&core, SecurityEvent::AccountLocked).await;
     let alert = core.store.security_alerts(10).await.unwrap().remove(0);
 
@@ -263,7 +287,11 @@ async fn failed_deliveries_are_retried_after_the_back_off_without_duplicates(app
     assert_eq!(receiver.seen().len(), 2);
     app.clock.advance_seconds(59);
     deliver_due(&core).await.unwrap();
-    assert_eq!(receiver.seen().len(), 2, "retried before the doubled back-off");
+    assert_eq!(
+        receiver.seen().len(),
+        2,
+        "retried before the doubled back-off"
+    );
 
     // Attempt 3 is answered 200: delivered, and never sent again.
     app.clock.advance_seconds(1);
@@ -282,7 +310,10 @@ async fn failed_deliveries_are_retried_after_the_back_off_without_duplicates(app
         let (ts, v1) = parse_signature(&s.signature);
         assert_eq!(
             v1,
-            vec![expected_mac(SECRET, ts, &s.body), expected_mac(PREVIOUS, ts, &s.body)]
+            vec![
+                expected_mac(SECRET, ts, &s.body),
+                expected_mac(PREVIOUS, ts, &s.body)
+            ]
         );
     }
     let row = core.store.security_alert(&alert.id).await.unwrap().unwrap();
@@ -334,7 +365,13 @@ async fn an_alert_failing_for_three_days_is_marked_failed_and_not_retried(app: &
         .await
         .unwrap();
     assert_eq!(report.counts.security_alerts, 1, "{report:?}");
-    assert!(core.store.security_alert(&alert.id).await.unwrap().is_none());
+    assert!(
+        core.store
+            .security_alert(&alert.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn the_threshold_is_configurable_and_no_webhook_means_log_only(app: &TestApp) {
@@ -344,7 +381,10 @@ async fn the_threshold_is_configurable_and_no_webhook_means_log_only(app: &TestA
     raise(&core, SecurityEvent::TokenRejected).await; // low
     let queued = core.store.security_alerts(10).await.unwrap();
     assert_eq!(
-        queued.iter().map(|a| a.event_type.as_str()).collect::<Vec<_>>(),
+        queued
+            .iter()
+            .map(|a| a.event_type.as_str())
+            .collect::<Vec<_>>(),
         ["mfa_failed"]
     );
     assert_eq!(deliver_due(&core).await.unwrap().delivered, 1);

@@ -74,7 +74,10 @@ async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -291,8 +294,16 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         "{after}"
     );
     assert!(moved("kasho_auth_failures_total", &[r#"reason="login_failed""#]) >= 1.0);
-    assert!(moved("kasho_auth_failures_total", &[r#"reason="refresh_token_reused""#]) >= 1.0);
-    assert!(moved("kasho_transfers_total", &[r#"outcome="posted""#]) >= 1.0, "{after}");
+    assert!(
+        moved(
+            "kasho_auth_failures_total",
+            &[r#"reason="refresh_token_reused""#]
+        ) >= 1.0
+    );
+    assert!(
+        moved("kasho_transfers_total", &[r#"outcome="posted""#]) >= 1.0,
+        "{after}"
+    );
     assert!(moved("kasho_security_alerts_total", &[r#"severity="high""#]) >= 1.0);
     assert!(!after.contains(&cid), "an id became a metric label");
 
@@ -312,9 +323,9 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let carries = |request: &str, message: &str| {
-        lines.iter().any(|l| {
-            l["span"]["request_id"].as_str() == Some(request) && l["message"] == message
-        })
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"].as_str() == Some(request) && l["message"] == message)
     };
     // The failed sign-in's own lines (its queries, at debug level) carry its id too.
     assert!(
@@ -324,7 +335,10 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         "{logs}"
     );
     assert!(
-        carries(&reuse_request, "a spent refresh token was presented again; the session is revoked"),
+        carries(
+            &reuse_request,
+            "a spent refresh token was presented again; the session is revoked"
+        ),
         "{logs}"
     );
     assert!(carries(&reuse_request, "security alert"), "{logs}");

@@ -11,7 +11,11 @@ use crate::support::{Resp, TestApp};
 
 const METRICS_TOKEN: &str = "mtok-0123456789abcdef0123456789abcdef";
 
-async fn get_with(app_router: &axum::Router, path: &str, auth: Option<&str>) -> (StatusCode, String) {
+async fn get_with(
+    app_router: &axum::Router,
+    path: &str,
+    auth: Option<&str>,
+) -> (StatusCode, String) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let mut req = Request::builder().method(Method::GET).uri(path);
@@ -124,7 +128,12 @@ async fn metrics_are_404_without_a_token_and_need_the_token_when_configured(app:
         .count();
     assert_eq!(refused, 3);
 
-    let (s, body) = get_with(&router, "/metrics", Some(&format!("Bearer {METRICS_TOKEN}"))).await;
+    let (s, body) = get_with(
+        &router,
+        "/metrics",
+        Some(&format!("Bearer {METRICS_TOKEN}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(body.contains("kasho_db_pool_connections"), "{body}");
     assert!(body.contains("kasho_db_pool_idle"), "{body}");
@@ -133,7 +142,12 @@ async fn metrics_are_404_without_a_token_and_need_the_token_when_configured(app:
 async fn metrics_count_requests_by_template_auth_failures_and_transfers(app: &TestApp) {
     let (_, router) = app.instance_with(&[("metrics_token", METRICS_TOKEN)]).await;
     let scrape = || async {
-        let (s, body) = get_with(&router, "/metrics", Some(&format!("Bearer {METRICS_TOKEN}"))).await;
+        let (s, body) = get_with(
+            &router,
+            "/metrics",
+            Some(&format!("Bearer {METRICS_TOKEN}")),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{body}");
         body
     };
@@ -147,7 +161,9 @@ async fn metrics_count_requests_by_template_auth_failures_and_transfers(app: &Te
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let r = app.request(Method::GET, "/no/such/route", None, None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = app.login(Some(&t.slug), "manager@metrics.test", "a wrong password!").await;
+    let r = app
+        .login(Some(&t.slug), "manager@metrics.test", "a wrong password!")
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = app.get("/v1/me", "not-a-token").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -181,17 +197,34 @@ async fn metrics_count_requests_by_template_auth_failures_and_transfers(app: &Te
     let moved = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
-    let users = [("method", "GET"), ("route", "/v1/users/{id}"), ("status", "200")];
+    let users = [
+        ("method", "GET"),
+        ("route", "/v1/users/{id}"),
+        ("status", "200"),
+    ];
     assert!(moved("kasho_http_requests_total", &users) >= 1.0, "{after}");
-    assert!(!after.contains(&t.manager_id), "a concrete id became a label");
+    assert!(
+        !after.contains(&t.manager_id),
+        "a concrete id became a label"
+    );
     let unmatched = [("route", "(unmatched)"), ("status", "404")];
     assert!(moved("kasho_http_requests_total", &unmatched) >= 1.0);
     assert!(!after.contains("/no/such/route"));
-    let hist = [("method", "GET"), ("route", "/v1/users/{id}"), ("le", "+Inf")];
-    assert!(moved("kasho_http_request_duration_seconds_bucket", &hist) >= 1.0, "{after}");
+    let hist = [
+        ("method", "GET"),
+        ("route", "/v1/users/{id}"),
+        ("le", "+Inf"),
+    ];
+    assert!(
+        moved("kasho_http_request_duration_seconds_bucket", &hist) >= 1.0,
+        "{after}"
+    );
     assert!(moved("kasho_auth_failures_total", &[("reason", "login_failed")]) >= 1.0);
     assert!(moved("kasho_auth_failures_total", &[("reason", "token_rejected")]) >= 1.0);
-    assert!(moved("kasho_transfers_total", &[("outcome", "posted")]) >= 1.0, "{after}");
+    assert!(
+        moved("kasho_transfers_total", &[("outcome", "posted")]) >= 1.0,
+        "{after}"
+    );
     for pii in ["ada@example.org", "Obi", "manager@metrics.test"] {
         assert!(!after.contains(pii), "`{pii}` in the metrics");
     }
