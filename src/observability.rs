@@ -10,7 +10,7 @@
 //! | `kasho_http_requests_total` | `method`, `route` (the matched template, `(unmatched)` otherwise), `status` |
 //! | `kasho_http_request_duration_seconds` (histogram) | `method`, `route` |
 //! | `kasho_auth_failures_total` | `reason` (the security event type) |
-//! | `kasho_transfers_total` | `outcome` (`posted`, `refused`, `replayed`, `error`) |
+//! | `kasho_transfers_total` | `outcome` (`posted`, `refused` by the ledger, `replayed`) |
 //! | `kasho_security_alerts_total` | `severity` |
 //! | `kasho_alert_deliveries_total` | `outcome` (`delivered`, `retry`, `failed`) |
 //! | `kasho_db_pool_connections`, `kasho_db_pool_idle` (gauges) | — |
@@ -136,7 +136,7 @@ pub fn alert_delivery(outcome: &'static str) {
     metrics::counter!(ALERT_DELIVERIES, "outcome" => outcome).increment(1);
 }
 
-/// One money movement ended (`posted`, `refused`, `replayed` or `error`).
+/// One money movement settled by the ledger (`posted`, `refused` or `replayed`).
 pub fn transfer(outcome: &'static str) {
     metrics::counter!(TRANSFERS, "outcome" => outcome).increment(1);
 }
