@@ -103,6 +103,13 @@ pub async fn build_core_with_checks(
             tracing::info!(migration = %m, backend = store.backend(), "applied migration");
         }
     }
+    crate::observability::install();
+    store.set_alert_routing(crate::store::alerts::AlertRouting {
+        min_severity: config.alerts.min_severity,
+        outbox: config.alerts.webhook.is_some(),
+    });
+    let alert_webhook =
+        crate::service::alerts::WebhookClient::new(&config.alerts).map_err(StartError::Other)?;
     let tokens = TokenKeys::new(&keys.jwt, &config.jwt_issuer, &config.jwt_audience)
         .map_err(StartError::Other)?;
     let hasher = PasswordHasher::new(config.argon2, config.max_concurrent_hashes)
@@ -141,6 +148,8 @@ pub async fn build_core_with_checks(
             hsts: config.hsts(),
             platform_admin_client_cert: config.platform_admin_client_cert,
             limits: config.limits.clone(),
+            alerts: config.alerts.clone(),
+            metrics_token: config.metrics_token.clone(),
         },
         limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
             .map_err(StartError::Other)?,
@@ -157,6 +166,7 @@ pub async fn build_core_with_checks(
         inflight: crate::service::ledger::InFlight::default(),
         kyc: crate::service::kyc::KycGate::default(),
         checks,
+        alert_webhook,
         store,
     }))
 }
@@ -194,6 +204,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         },
         "rate limits and intrusion bans"
     );
+    spawn_alert_delivery(core.clone());
+    spawn_metrics_listener(core.clone(), &config).await?;
     // Key maintenance: finishes rotations left unfinished (an interrupted `kasho keys`
     // command, or a data key rotated automatically when its encryption budget ran out).
     let keeper = core.clone();
@@ -340,6 +352,62 @@ fn spawn_mail_delivery(core: Arc<Core>) {
             }
         }
     });
+}
+
+/// Delivers the security-alert outbox every few seconds (claims are conditional updates, so
+/// several instances may run it against one database).
+fn spawn_alert_delivery(core: Arc<Core>) {
+    let settings = &core.settings.alerts;
+    match &core.alert_webhook {
+        Some(w) => tracing::info!(
+            webhook = %w.target().origin(),
+            min_severity = settings.min_severity.as_str(),
+            secrets = settings.secrets.len(),
+            "security alerts are delivered to the webhook and logged"
+        ),
+        None => {
+            tracing::info!(
+                min_severity = settings.min_severity.as_str(),
+                "no alert_webhook_url configured: security alerts are only logged (target kasho::alert)"
+            );
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = crate::service::alerts::deliver_due(&core).await {
+                tracing::warn!(error = %e, "alert delivery pass failed; it runs again shortly");
+            }
+        }
+    });
+}
+
+/// Starts the metrics listener (only `GET /metrics`) when `metrics_listen` is set, and the
+/// recorder's upkeep.
+async fn spawn_metrics_listener(core: Arc<Core>, config: &Config) -> Result<(), StartError> {
+    tokio::spawn(async {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            ticks.tick().await;
+            crate::observability::run_upkeep();
+        }
+    });
+    let Some(addr) = config.metrics_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Other(format!("cannot listen on {addr} (metrics_listen): {e}")))?;
+    tracing::info!(listen = %addr, "metrics are served at GET /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::http::metrics_router(core)).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {

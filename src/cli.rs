@@ -696,6 +696,11 @@ async fn retention_run(config: &Config) -> Result<(), String> {
         c.mail_messages,
         report.mail_cutoff.to_rfc3339()
     );
+    println!(
+        "  security alerts     {:>8}  (delivered or failed before {})",
+        c.security_alerts,
+        report.alerts_cutoff.to_rfc3339()
+    );
     if report.refused_chains.is_empty() {
         return Ok(());
     }

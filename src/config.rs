@@ -364,6 +364,41 @@ const KEYS: &[KeyDef] = &[
         secret: false,
         help: "how often `kasho serve` runs the retention job, 60..=86400 (3600)",
     },
+    KeyDef {
+        name: "alert_webhook_url",
+        secret: true,
+        help: "http(s):// URL security alerts are POSTed to, signed with alert_webhook_secret (unset: alerts are only logged)",
+    },
+    KeyDef {
+        name: "alert_webhook_secret",
+        secret: true,
+        help: "HMAC-SHA256 key of the Kasho-Signature header, at least 32 bytes (required with alert_webhook_url)",
+    },
+    KeyDef {
+        name: "alert_webhook_secret_previous",
+        secret: true,
+        help: "the previous signing secret during a roll: each alert then carries two v1 signatures (none)",
+    },
+    KeyDef {
+        name: "alert_min_severity",
+        secret: false,
+        help: "security events at or above this severity are alerts: low, medium or high (high)",
+    },
+    KeyDef {
+        name: "alert_webhook_ca_file",
+        secret: false,
+        help: "PEM bundle trusted for an https alert webhook instead of the Mozilla roots (none)",
+    },
+    KeyDef {
+        name: "metrics_listen",
+        secret: false,
+        help: "host:port of a separate listener serving only GET /metrics, e.g. 127.0.0.1:9464 (none)",
+    },
+    KeyDef {
+        name: "metrics_token",
+        secret: true,
+        help: "bearer token, at least 32 bytes, that GET /metrics on the main listener requires (unset: /metrics is 404 there)",
+    },
 ];
 
 fn key_def(name: &str) -> Option<&'static KeyDef> {
@@ -542,6 +577,12 @@ pub struct Config {
     pub log_level: String,
     /// Retention periods of the classes the retention job purges.
     pub retention: crate::domain::processing::RetentionPolicy,
+    /// Security alerts: threshold, webhook, signing secrets.
+    pub alerts: crate::service::alerts::AlertSettings,
+    /// A separate listener serving only `GET /metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token of `GET /metrics` on the main listener.
+    pub metrics_token: Option<SecretString>,
     /// (key, shown value, source) of every key, for `kasho config check`.
     pub report: Vec<(&'static str, String, String)>,
 }
@@ -988,6 +1029,96 @@ impl Config {
             }
         };
 
+        let alerts = {
+            use crate::service::alerts::{AlertSettings, MIN_SECRET_BYTES, WebhookTarget};
+            let webhook = match take("alert_webhook_url", None) {
+                Some((v, src)) if !v.trim().is_empty() => Some(
+                    WebhookTarget::parse(&v).map_err(|e| invalid("alert_webhook_url", &src, e))?,
+                ),
+                _ => None,
+            };
+            let mut secrets = Vec::new();
+            for key in ["alert_webhook_secret", "alert_webhook_secret_previous"] {
+                if let Some((v, src)) = take(key, None).filter(|(v, _)| !v.is_empty()) {
+                    if v.len() < MIN_SECRET_BYTES {
+                        return Err(invalid(
+                            key,
+                            &src,
+                            format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                        ));
+                    }
+                    if key == "alert_webhook_secret_previous" && secrets.is_empty() {
+                        return Err(invalid(key, &src, "needs alert_webhook_secret as well"));
+                    }
+                    secrets.push(SecretString::from(v));
+                }
+            }
+            if webhook.is_some() && secrets.is_empty() {
+                let src = l
+                    .get("alert_webhook_url")
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                return Err(invalid(
+                    "alert_webhook_url",
+                    &src,
+                    "needs alert_webhook_secret (at least 32 bytes) to sign the alerts",
+                ));
+            }
+            let sev = take("alert_min_severity", Some("high".into())).unwrap_or_default();
+            let min_severity =
+                crate::domain::security::Severity::parse(sev.0.trim()).ok_or_else(|| {
+                    invalid(
+                        "alert_min_severity",
+                        &sev.1,
+                        format!("`{}`: expected low, medium or high", sev.0),
+                    )
+                })?;
+            let ca_file = match take("alert_webhook_ca_file", None) {
+                Some((v, src)) if !v.trim().is_empty() => {
+                    let path = PathBuf::from(v.trim());
+                    if !path.is_file() {
+                        return Err(invalid(
+                            "alert_webhook_ca_file",
+                            &src,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                    Some(path)
+                }
+                _ => None,
+            };
+            AlertSettings {
+                webhook,
+                secrets,
+                min_severity,
+                ca_file,
+            }
+        };
+        let metrics_listen = match take("metrics_listen", None) {
+            Some((v, src)) if !v.trim().is_empty() => {
+                Some(v.trim().parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "metrics_listen",
+                        &src,
+                        format!("`{v}` is not a host:port address"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let metrics_token = match take("metrics_token", None) {
+            Some((v, src)) if !v.is_empty() => {
+                if v.len() < 32 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "metrics_token",
+                        &src,
+                        "must be at least 32 bytes without whitespace",
+                    ));
+                }
+                Some(SecretString::from(v))
+            }
+            _ => None,
+        };
         Ok(Config {
             env,
             listen,
@@ -1026,6 +1157,9 @@ impl Config {
             log_format,
             log_level: ll.0,
             retention,
+            alerts,
+            metrics_listen,
+            metrics_token,
             report,
         })
     }
@@ -1298,6 +1432,63 @@ mod tests {
                 "{key}={value}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn alert_metrics_and_redis_keys_validate() {
+        let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.alerts.webhook.is_none() && c.metrics_listen.is_none());
+        assert_eq!(
+            c.alerts.min_severity,
+            crate::domain::security::Severity::High
+        );
+        let secret = "s".repeat(32);
+        let c = Config::from_pairs(&[
+            ("alert_webhook_url", "https://hooks.example.com/kasho"),
+            ("alert_webhook_secret", &secret),
+            ("alert_webhook_secret_previous", &secret),
+            ("alert_min_severity", "medium"),
+            ("metrics_listen", "127.0.0.1:9464"),
+            ("metrics_token", &secret),
+            ("redis_url", "redis://127.0.0.1:6379/0"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.alerts.secrets.len(), 2);
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9464));
+        let shown: Vec<_> = c
+            .report
+            .iter()
+            .filter(|(k, _, _)| k.starts_with("alert_webhook_secret") || *k == "metrics_token")
+            .map(|(_, v, _)| v.as_str())
+            .collect();
+        assert_eq!(shown, ["(set, hidden)"; 3]);
+
+        let e = err(&[("alert_webhook_url", "https://hooks.example.com/")]);
+        assert!(
+            e.contains("`alert_webhook_url`") && e.contains("alert_webhook_secret"),
+            "{e}"
+        );
+        let e = err(&[
+            ("alert_webhook_url", "https://hooks.example.com/"),
+            ("alert_webhook_secret", "short"),
+        ]);
+        assert!(
+            e.contains("`alert_webhook_secret`") && e.contains("32 bytes"),
+            "{e}"
+        );
+        let e = err(&[
+            ("alert_webhook_url", "ftp://x"),
+            ("alert_webhook_secret", &secret),
+        ]);
+        assert!(e.contains("http:// or https://"), "{e}");
+        let e = err(&[("alert_min_severity", "critical")]);
+        assert!(e.contains("`alert_min_severity`"), "{e}");
+        let e = err(&[("metrics_token", "short")]);
+        assert!(e.contains("`metrics_token`"), "{e}");
+        let e = err(&[("metrics_listen", "nowhere")]);
+        assert!(e.contains("`metrics_listen`"), "{e}");
+        let e = err(&[("redis_url", "http://user:hunter2@x/")]);
+        assert!(e.contains("`redis_url`") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,12 @@ prefixed_id!(
     KycDocumentId,
     "kyd"
 );
+prefixed_id!(
+    /// A security alert delivered to the alert webhook (its `Kasho-Event-Id`, for the
+    /// receiver's de-duplication).
+    SecurityAlertId,
+    "evt"
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@
 //! - [`service`]: use cases (login, tenants, users, audit) combining the layers above.
 //! - [`http`]: the REST API; translates requests into service calls and errors into the
 //!   public error shape.
+//! - [`observability`]: the Prometheus recorder and the metric series.
 //! - [`cli`] and [`app`]: the `kasho` binary's commands and the server's assembly.
 //!
 //! See `docs/ARCHITECTURE.md` for the map.
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod observability;
 pub mod service;
 pub mod store;
 pub mod tls;

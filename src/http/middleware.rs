@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
@@ -46,11 +47,23 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    // Every line logged while serving the request carries its id (the JSON formatter writes the
+    // current span's fields).
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .instrument(span)
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let route = matched.unwrap_or_else(|| "(unmatched)".to_owned());
+    crate::observability::http_request(
+        metric_method(&method),
+        &route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         request_id = %id,
         method = %method,
@@ -65,6 +78,20 @@ pub async fn request_id(req: Request, next: Next) -> Response {
 /// Whether responses carry `Strict-Transport-Security` (the `hsts` setting).
 #[derive(Debug, Clone, Copy)]
 pub struct Hsts(pub bool);
+
+/// The method as a metric label: the standard ones, everything else `OTHER` (bounded labels).
+fn metric_method(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
 
 /// Security headers on every response. API responses may carry tokens or personal data, so
 /// they are never cached.
@@ -268,6 +295,12 @@ pub async fn authorize(
 
     let principal = match def.access {
         Access::Public => None,
+        Access::MetricsToken => {
+            if let Err(resp) = metrics_access(core, &meta, def.action, req.headers()).await {
+                return resp;
+            }
+            None
+        }
         Access::Authenticated | Access::Permission(_) => {
             let presented = presented_token(req.headers()).map(str::to_owned);
             let result = match presented.as_deref() {
@@ -356,6 +389,43 @@ pub async fn authorize(
         auth::record(core, &ev).await;
     }
     resp
+}
+
+/// `GET /metrics` on the main listener: 404 unless `metrics_token` is configured, then the
+/// bearer token must equal it (compared in constant time); a wrong one is a refused token.
+async fn metrics_access(
+    core: &crate::service::Core,
+    meta: &RequestMeta,
+    action: &str,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    let Some(expected) = &core.settings.metrics_token else {
+        return Err(ApiError::not_found("route").into_response());
+    };
+    let presented = presented_token(headers).unwrap_or("");
+    // Hash both sides first so the comparison does not leak the token's length.
+    let a = crate::crypto::sha256_hex(presented.as_bytes());
+    let b = crate::crypto::sha256_hex(expected.expose_secret().as_bytes());
+    if bool::from(a.as_bytes().ct_eq(b.as_bytes())) {
+        return Ok(());
+    }
+    let reason = if presented.is_empty() {
+        "metrics_token_missing"
+    } else {
+        "metrics_token_invalid"
+    };
+    let ev = AuditBuilder::new(core, meta, None)
+        .event(None, action, None, Outcome::Denied, Some(reason))
+        .security(SecurityEvent::TokenRejected);
+    security::record(core, ev).await;
+    Err(ApiError::from(if presented.is_empty() {
+        AppError::AuthenticationRequired
+    } else {
+        AppError::InvalidToken("the metrics token is not valid")
+    })
+    .into_response())
 }
 
 /// 404 in the error shape for paths no route matches.

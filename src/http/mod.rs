@@ -42,6 +42,27 @@ impl AppState {
     }
 }
 
+/// The separate metrics listener's application (`metrics_listen`): only `GET /metrics`, no
+/// authentication (bind it to a private address).
+pub fn metrics_router(core: Arc<Core>) -> Router {
+    let hsts = middleware::Hsts(core.settings.hsts);
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(core): axum::extract::State<Arc<Core>>| async move {
+                    handlers::meta::metrics_response(&core)
+                },
+            ),
+        )
+        .with_state(core)
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            hsts,
+            middleware::security_headers,
+        ))
+}
+
 /// Builds the whole HTTP application.
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let hsts = middleware::Hsts(core.settings.hsts);

@@ -21,6 +21,9 @@ pub enum Access {
     Authenticated,
     /// A principal whose roles grant this permission.
     Permission(Permission),
+    /// Operators' scrapers: `Authorization: Bearer <metrics_token>`; the route answers 404 when
+    /// no `metrics_token` is configured.
+    MetricsToken,
 }
 
 /// One row of the table.
@@ -76,6 +79,14 @@ pub(super) fn all() -> Vec<Route> {
             Public,
             "health.read",
             meta::healthz,
+        ),
+        route(Method::GET, "/readyz", Public, "health.ready", meta::readyz),
+        route(
+            Method::GET,
+            "/metrics",
+            Access::MetricsToken,
+            "metrics.read",
+            meta::metrics,
         ),
         route(
             Method::GET,

@@ -356,3 +356,22 @@ pub struct HealthView {
     /// `ok`.
     pub status: &'static str,
 }
+
+/// Whether this instance can serve traffic.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyView {
+    /// `ready`, or `not_ready` (503) when a check fails.
+    pub status: &'static str,
+    pub checks: ReadyChecksView,
+}
+
+/// One entry per dependency.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyChecksView {
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+    /// `ok`, `pending` (the schema is not the one this binary embeds) or `unreachable`.
+    pub migrations: &'static str,
+    /// `ok`, `unreachable` or `not_configured`.
+    pub redis: &'static str,
+}

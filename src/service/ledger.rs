@@ -498,7 +498,10 @@ pub async fn move_money(
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     match prepare(core, meta, actor, input, idempotency.as_ref(), render).await? {
-        Prepared::Replay(o) => Ok(o),
+        Prepared::Replay(o) => {
+            crate::observability::transfer("replayed");
+            Ok(o)
+        }
         Prepared::Ready(m, _guard, _kyc) => {
             let r = core.ledger.post(*m).await?;
             settle(
@@ -809,6 +812,11 @@ async fn settle(
     idempotency: Option<&IdempotencyKey>,
     result: PostResult,
 ) -> Result<MovementOutcome, MoveError> {
+    crate::observability::transfer(match &result {
+        PostResult::Posted(_) => "posted",
+        PostResult::Refused(_) => "refused",
+        PostResult::DuplicateKey(_) => "replayed",
+    });
     match result {
         PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
         PostResult::Refused(r) => Err(MoveError {

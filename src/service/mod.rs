@@ -3,10 +3,12 @@
 //! trail, and returns domain results or an [`AppError`](crate::error::AppError). Nothing here
 //! knows about HTTP.
 
+pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod health;
 pub mod intrusion;
 pub mod keys;
 pub mod kyc;
@@ -61,6 +63,10 @@ pub struct Settings {
     pub platform_admin_client_cert: bool,
     /// Rate limits and intrusion bans.
     pub limits: ratelimit::LimitSettings,
+    /// Security alerts: severity threshold, webhook and its signing secrets.
+    pub alerts: alerts::AlertSettings,
+    /// The bearer token `GET /metrics` on the main listener requires; `None`: not served there.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// Everything the use cases need, shared by all requests.
@@ -85,6 +91,8 @@ pub struct Core {
     pub api_token_key: api_tokens::TokenHashKey,
     /// Rate-limit buckets and intrusion bans (in Redis when configured).
     pub limits: ratelimit::RateLimiter,
+    /// The alert webhook client (`None`: alerts are only logged).
+    pub alert_webhook: Option<alerts::WebhookClient>,
 }
 
 /// The credential a request was made with.

@@ -46,6 +46,8 @@ pub struct RetentionReport {
     pub reset_tokens_cutoff: Timestamp,
     /// Outbox messages sent or failed before this were purged.
     pub mail_cutoff: Timestamp,
+    /// Security alerts delivered or failed before this were purged.
+    pub alerts_cutoff: Timestamp,
 }
 
 /// How long an expired or spent reset token's digest is kept (to answer "my link did not
@@ -53,6 +55,9 @@ pub struct RetentionReport {
 pub const RESET_TOKEN_RETENTION_SECONDS: i64 = DAY;
 /// How long a delivered or failed outbox message (its sealed text already cleared) is kept.
 pub const MAIL_RETENTION_SECONDS: i64 = 7 * DAY;
+/// How long a delivered or failed security alert (its payload names an address) is kept in the
+/// outbox; the event itself stays in the audit trail.
+pub const ALERT_RETENTION_SECONDS: i64 = 30 * DAY;
 
 /// The cut-off times of a run at `now`.
 pub fn cutoffs(policy: &RetentionPolicy, now: Timestamp) -> (Timestamp, Timestamp, Timestamp) {
@@ -77,6 +82,9 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
             ",reset_tokens={},mail_messages={}",
             counts.reset_tokens, counts.mail_messages
         ));
+    }
+    if counts.security_alerts > 0 {
+        s.push_str(&format!(",security_alerts={}", counts.security_alerts));
     }
     if counts.login_throttle > 0 {
         s.push_str(&format!(",login_throttle={}", counts.login_throttle));
@@ -103,6 +111,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
     }
     let reset_tokens_cutoff = now.plus_seconds(-RESET_TOKEN_RETENTION_SECONDS);
     let mail_cutoff = now.plus_seconds(-MAIL_RETENTION_SECONDS);
+    let alerts_cutoff = now.plus_seconds(-ALERT_RETENTION_SECONDS);
     let plan = RetentionPlan {
         sessions_ended_before: sessions_cutoff,
         idempotency_expired_before: idempotency_cutoff,
@@ -110,6 +119,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         audit_prunes,
         reset_tokens_expired_before: reset_tokens_cutoff,
         mail_finished_before: mail_cutoff,
+        alerts_finished_before: alerts_cutoff,
         throttle_quiet_before: now.plus_seconds(-86_400),
     };
     let refused = refused_chains.len();
@@ -146,6 +156,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
             audit_chains = counts.audit_chains,
             reset_tokens = counts.reset_tokens,
             mail_messages = counts.mail_messages,
+            security_alerts = counts.security_alerts,
             "retention job purged expired records"
         );
     }
@@ -160,6 +171,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         reset_tokens: Some(counts.reset_tokens),
         reset_tokens_cutoff,
         mail_cutoff,
+        alerts_cutoff,
     })
 }
 

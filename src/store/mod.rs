@@ -9,6 +9,7 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod alerts;
 pub mod api_tokens;
 pub mod keys;
 pub mod kyc;
@@ -505,6 +506,8 @@ pub struct RetentionPlan {
     pub reset_tokens_expired_before: Timestamp,
     /// Outbox messages sent or given up on before this go.
     pub mail_finished_before: Timestamp,
+    /// Security alerts delivered or given up on before this go.
+    pub alerts_finished_before: Timestamp,
     /// Sign-in failure counters whose last failure (and any lock) ended before this go: a day
     /// of quiet resets them anyway, so deleting them changes no answer.
     pub throttle_quiet_before: Timestamp,
@@ -531,6 +534,7 @@ pub struct PurgeCounts {
     pub reset_tokens: u64,
     pub mail_messages: u64,
     pub login_throttle: u64,
+    pub security_alerts: u64,
 }
 
 impl PurgeCounts {
@@ -542,6 +546,7 @@ impl PurgeCounts {
             + self.reset_tokens
             + self.mail_messages
             + self.login_throttle
+            + self.security_alerts
     }
 }
 
@@ -605,6 +610,7 @@ pub trait Store:
     + mfa::MfaStore
     + mail::MailStore
     + api_tokens::ApiTokenStore
+    + alerts::AlertStore
     + Send
     + Sync
     + 'static

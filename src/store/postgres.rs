@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::alerts::{AlertHook, impl_alert_store};
 use super::api_tokens::impl_api_token_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
@@ -21,6 +22,8 @@ use crate::domain::audit::AuditSealer;
 pub struct PgStore {
     pool: PgPool,
     sealer: AuditSealer,
+    /// Which security events become alerts (set once by the core).
+    alerts: AlertHook,
 }
 
 impl HasDb for PgStore {
@@ -44,7 +47,11 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, sealer })
+        Ok(Self {
+            pool,
+            sealer,
+            alerts: AlertHook::default(),
+        })
     }
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
@@ -53,6 +60,10 @@ impl PgStore {
 
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
         super::sqlite::run(&MIGRATOR, &self.pool).await
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     /// Movements are posted with the shared load–plan–write over the pool.
@@ -79,3 +90,4 @@ impl_security_store!(PgStore);
 impl_mfa_store!(PgStore);
 impl_mail_store!(PgStore);
 impl_api_token_store!(PgStore);
+impl_alert_store!(PgStore);

@@ -204,6 +204,26 @@ macro_rules! impl_store {
                         });
                         qb.build().persistent($persist).execute(&mut **tx).await?;
                     }
+                    // The alert hook: every security event passes here, in its transaction.
+                    for alert in records
+                        .iter()
+                        .filter_map(|r| $crate::store::alerts::on_record(&self.alerts, r))
+                    {
+                        sqlx::query(
+                            "INSERT INTO security_alerts (id, audit_event_id, tenant_id, event_type, severity, \
+                             payload, status, attempts, next_attempt_at, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
+                        )
+                        .bind(alert.id)
+                        .bind(alert.audit_event_id)
+                        .bind(alert.tenant_id)
+                        .bind(alert.event_type)
+                        .bind(alert.severity)
+                        .bind(alert.payload)
+                        .bind(alert.created_at)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
                 }
                 Ok(())
             }
@@ -1239,6 +1259,13 @@ macro_rules! impl_store {
                     "DELETE FROM mail_outbox WHERE status IN ('sent', 'failed') AND finished_at < $1",
                 )
                 .bind(plan.mail_finished_before.as_micros())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                counts.security_alerts = sqlx::query(
+                    "DELETE FROM security_alerts WHERE status IN ('delivered', 'failed') AND finished_at < $1",
+                )
+                .bind(plan.alerts_finished_before.as_micros())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::alerts::{AlertHook, impl_alert_store};
 use super::api_tokens::impl_api_token_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
@@ -21,6 +22,8 @@ use crate::domain::audit::AuditSealer;
 pub struct SqliteStore {
     pool: SqlitePool,
     sealer: AuditSealer,
+    /// Which security events become alerts (set once by the core).
+    alerts: std::sync::Arc<AlertHook>,
     /// The ledger writer thread (absent for an in-memory database, which a second connection
     /// could not see).
     writer: Option<super::sqlite_writer::SqliteWriter>,
@@ -62,17 +65,20 @@ impl SqliteStore {
             .max_connections(max_connections)
             .connect_with(opts)
             .await?;
+        let alerts = std::sync::Arc::new(AlertHook::default());
         let writer = if in_memory {
             None
         } else {
             Some(super::sqlite_writer::SqliteWriter::start(
                 file,
                 sealer.clone(),
+                alerts.clone(),
             )?)
         };
         Ok(Self {
             pool,
             sealer,
+            alerts,
             writer,
         })
     }
@@ -83,6 +89,10 @@ impl SqliteStore {
 
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
         run(&MIGRATOR, &self.pool).await
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     /// Movements are posted on the writer thread (one synchronous transaction per batch), or
@@ -137,3 +147,4 @@ impl_security_store!(SqliteStore);
 impl_mfa_store!(SqliteStore);
 impl_mail_store!(SqliteStore);
 impl_api_token_store!(SqliteStore);
+impl_alert_store!(SqliteStore);

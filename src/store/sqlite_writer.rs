@@ -35,7 +35,11 @@ pub(super) struct SqliteWriter {
 
 impl SqliteWriter {
     /// Starts the thread. The connection is opened on the first batch, after migrations.
-    pub(super) fn start(path: std::path::PathBuf, sealer: AuditSealer) -> StoreResult<Self> {
+    pub(super) fn start(
+        path: std::path::PathBuf,
+        sealer: AuditSealer,
+        alerts: std::sync::Arc<super::alerts::AlertHook>,
+    ) -> StoreResult<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let alive = std::sync::Arc::new(());
         let background_checkpoints =
@@ -49,9 +53,9 @@ impl SqliteWriter {
                 let wal = std::path::PathBuf::from(wal);
                 while let Ok(job) = rx.recv() {
                     let result = match conn.as_mut() {
-                        Some(c) => post(c, &sealer, &job.batch, job.atomic),
+                        Some(c) => post(c, &sealer, &alerts, &job.batch, job.atomic),
                         None => match open(&path, background_checkpoints) {
-                            Ok(c) => post(conn.insert(c), &sealer, &job.batch, job.atomic),
+                            Ok(c) => post(conn.insert(c), &sealer, &alerts, &job.batch, job.atomic),
                             Err(e) => Err(e),
                         },
                     };
@@ -158,6 +162,7 @@ fn open(path: &std::path::Path, background_checkpoints: bool) -> StoreResult<Con
 fn post(
     c: &mut Connection,
     sealer: &AuditSealer,
+    alerts: &super::alerts::AlertHook,
     batch: &[NewMovement],
     atomic: bool,
 ) -> StoreResult<(bool, Vec<PostResult>)> {
@@ -422,7 +427,7 @@ fn post(
         }
     }
     let written = started.elapsed();
-    append_audit(&tx, sealer, &plan.audit)?;
+    append_audit(&tx, sealer, alerts, &plan.audit)?;
     let audited = started.elapsed();
     tx.commit().map_err(db)?;
     posting::log_phases(
@@ -438,6 +443,7 @@ fn post(
 fn append_audit(
     tx: &rusqlite::Transaction<'_>,
     sealer: &AuditSealer,
+    alerts: &super::alerts::AlertHook,
     events: &[NewAuditEvent],
 ) -> StoreResult<()> {
     for (chain, run) in super::sql::chain_runs(events) {
@@ -482,6 +488,26 @@ fn append_audit(
                 r.security_event
             ])
             .map_err(db)?;
+            // Ledger batches carry no security events today; the hook keeps this append the
+            // same choke point as the shared one if they ever do.
+            if let Some(a) = super::alerts::on_record(alerts, &r) {
+                tx.prepare_cached(
+                    "INSERT INTO security_alerts (id, audit_event_id, tenant_id, event_type, severity, \
+                     payload, status, attempts, next_attempt_at, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7)",
+                )
+                .map_err(db)?
+                .execute(params![
+                    a.id,
+                    a.audit_event_id,
+                    a.tenant_id,
+                    a.event_type,
+                    a.severity,
+                    a.payload,
+                    a.created_at
+                ])
+                .map_err(db)?;
+            }
             head = (r.seq, r.hash);
         }
         tx.prepare_cached("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE chain = ?1")

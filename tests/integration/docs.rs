@@ -42,6 +42,7 @@ fn every_route_is_in_the_security_docs_with_its_access_and_action() {
             Access::Public => "public".to_owned(),
             Access::Authenticated => "authenticated".to_owned(),
             Access::Permission(p) => format!("`{}`", p.as_str()),
+            Access::MetricsToken => "metrics token".to_owned(),
         };
         assert!(
             row[2].starts_with(&access),

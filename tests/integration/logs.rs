@@ -1,5 +1,7 @@
 //! No personal data or secret in the logs: a real `kasho serve` runs the main flows with
 //! distinctive canary values at debug level, and its captured output must not contain any.
+//! Lines logged while serving a request carry its request id, and the metrics listener shows
+//! the request, authentication-failure and transfer series moving after those flows.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -56,10 +58,52 @@ async fn http(
     (status, json)
 }
 
+/// A plain GET returning the status and the body text (the metrics listener).
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of `name` on the series whose labels include all of `labels` (summed), 0 if none.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -82,6 +126,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         .env("KASHO_MFA_REQUIRED_ROLES", "")
         // Thousands of requests from one address and one token: not what this test is about.
         .envs(crate::support::generous_limits_env())
+        .env("KASHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -96,6 +141,12 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(up, "kasho serve did not start");
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let (s, before) = get_text(metrics_addr, "/metrics").await;
+    assert_eq!(s, 200, "{before}");
+    // Without metrics_token the main listener does not serve them.
+    let (s, _) = http(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(s, 404);
 
     // Sign in (the password is a secret too), and fail to with a canary email.
     let (s, login) = http(
@@ -109,7 +160,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     assert_eq!(s, 200, "{login}");
     let m = login["access_token"].as_str().unwrap().to_owned();
     let refresh = login["refresh_token"].as_str().unwrap().to_owned();
-    let (s, _) = http(
+    let (s, failed) = http(
         addr,
         "POST",
         "/v1/auth/login",
@@ -118,6 +169,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     )
     .await;
     assert_eq!(s, 401);
+    let failed_request = failed["error"]["request_id"].as_str().unwrap().to_owned();
 
     // A customer with its personal data, searched for and rectified.
     let profile = json!({
@@ -207,7 +259,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     )
     .await;
     assert_eq!(s, 200);
-    let (s, _) = http(
+    let (s, reused) = http(
         addr,
         "POST",
         "/v1/auth/refresh",
@@ -216,6 +268,46 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     )
     .await;
     assert_eq!(s, 401);
+    let reuse_request = reused["error"]["request_id"].as_str().unwrap().to_owned();
+
+    let (s, after) = get_text(metrics_addr, "/metrics").await;
+    assert_eq!(s, 200, "{after}");
+    let moved =
+        |name: &str, labels: &[&str]| sample(&after, name, labels) - sample(&before, name, labels);
+    assert!(
+        moved(
+            "kasho_http_requests_total",
+            &[r#"route="/v1/auth/login""#, r#"status="200""#]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(
+            "kasho_http_requests_total",
+            &[r#"route="/v1/customers/{id}""#, r#"method="PATCH""#]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(
+            "kasho_http_request_duration_seconds_count",
+            &[r#"route="/v1/deposits""#]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(moved("kasho_auth_failures_total", &[r#"reason="login_failed""#]) >= 1.0);
+    assert!(
+        moved(
+            "kasho_auth_failures_total",
+            &[r#"reason="refresh_token_reused""#]
+        ) >= 1.0
+    );
+    assert!(
+        moved("kasho_transfers_total", &[r#"outcome="posted""#]) >= 1.0,
+        "{after}"
+    );
+    assert!(moved("kasho_security_alerts_total", &[r#"severity="high""#]) >= 1.0);
+    assert!(!after.contains(&cid), "an id became a metric label");
 
     let _ = server.kill();
     let _ = server.wait();
@@ -226,6 +318,45 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
         "no request lines captured:\n{logs}"
     );
     assert!(logs.contains("/v1/customers"), "{logs}");
+    // Lines logged while serving a request carry its id (the request span), including the
+    // security event and the alert of the refresh-token reuse.
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let carries = |request: &str, message: &str| {
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"].as_str() == Some(request) && l["message"] == message)
+    };
+    // The failed sign-in's own lines (its queries, at debug level) carry its id too.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"].as_str() == Some(failed_request.as_str())),
+        "{logs}"
+    );
+    assert!(
+        carries(
+            &reuse_request,
+            "a spent refresh token was presented again; the session is revoked"
+        ),
+        "{logs}"
+    );
+    assert!(carries(&reuse_request, "security alert"), "{logs}");
+    assert!(
+        lines.iter().any(|l| l["target"] == "kasho::alert"
+            && l["level"] == "WARN"
+            && l["security_event"] == "refresh_token_reused"),
+        "{logs}"
+    );
+    // Every line logged inside a request span names a well-formed request id.
+    let spanned = lines.iter().filter(|l| !l["span"].is_null()).count();
+    assert!(spanned > 10, "few lines inside request spans:\n{logs}");
+    for l in lines.iter().filter(|l| l["span"]["name"] == "request") {
+        let id = l["span"]["request_id"].as_str().unwrap_or("");
+        assert!(id.starts_with("req_") && id.len() == 36, "{l}");
+    }
     for canary in [
         CANARY_FIRST,
         CANARY_LAST,

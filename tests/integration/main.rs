@@ -11,6 +11,7 @@
 
 mod support;
 
+mod alerts;
 mod api_tokens;
 mod attacks;
 mod audit;
@@ -29,6 +30,7 @@ mod ledger_model;
 mod limits;
 mod logs;
 mod mfa;
+mod observability;
 mod openapi;
 mod password_reset;
 mod passwords;

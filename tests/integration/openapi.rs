@@ -1,7 +1,7 @@
 //! The OpenAPI document covers every route, and the docs page is served locally.
 
 use axum::http::{Method, StatusCode};
-use kasho::http::routes::table;
+use kasho::http::routes::{Access, RouteDef};
 
 use crate::backend_tests;
 use crate::support::TestApp;
@@ -16,6 +16,13 @@ async fn every_route_is_in_the_openapi_document(app: &TestApp) {
         "{}",
         r.body["openapi"]
     );
+    // `GET /metrics` is an operator endpoint behind its own token, not part of the API contract.
+    let table = || -> Vec<RouteDef> {
+        kasho::http::routes::table()
+            .into_iter()
+            .filter(|d| d.access != Access::MetricsToken)
+            .collect()
+    };
     let paths = &r.body["paths"];
     let mut missing = Vec::new();
     for def in table() {

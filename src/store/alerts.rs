@@ -1,0 +1,331 @@
+//! Storage of the security-alert outbox, and the hook every appended audit record passes.
+//!
+//! The hook ([`on_record`]) is called by the audit append of both backends for each record it
+//! writes, inside the record's transaction: a security event at or above the configured
+//! severity is logged at `warn` (target `kasho::alert`), counted, and, while a webhook is
+//! configured, becomes an outbox row in the same transaction, so an event is never committed
+//! without its alert. Delivery workers claim due alerts with a conditional update, so several
+//! instances on one database never send an alert twice at once. Also: the small operational
+//! queries readiness and metrics need (pool size, migrations applied).
+
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use crate::clock::Timestamp;
+use crate::domain::audit::AuditRecord;
+use crate::domain::security::{SecurityEvent, Severity};
+use crate::ids::SecurityAlertId;
+
+/// Which security events become alerts, and whether they go to the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertRouting {
+    /// Events at or above this severity are alerts (logged and counted).
+    pub min_severity: Severity,
+    /// A webhook is configured: alerts are also written to the outbox for delivery.
+    pub outbox: bool,
+}
+
+impl Default for AlertRouting {
+    fn default() -> Self {
+        Self {
+            min_severity: Severity::High,
+            outbox: false,
+        }
+    }
+}
+
+/// The routing of one store, set once when the core is built (stores opened by tools keep the
+/// default: high-severity events are logged, nothing is queued).
+#[derive(Debug, Default)]
+pub struct AlertHook(OnceLock<AlertRouting>);
+
+impl AlertHook {
+    /// Sets the routing; `false` if it was already set (the first setting stays).
+    pub fn set(&self, routing: AlertRouting) -> bool {
+        self.0.set(routing).is_ok()
+    }
+
+    pub fn routing(&self) -> AlertRouting {
+        self.0.get().copied().unwrap_or_default()
+    }
+}
+
+/// An outbox row to insert with its audit record.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    pub id: String,
+    pub audit_event_id: String,
+    pub tenant_id: Option<String>,
+    pub event_type: &'static str,
+    pub severity: &'static str,
+    /// The webhook body (JSON), fixed now so that every attempt sends the same bytes.
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// The hook: called for each audit record as it is appended, inside its transaction. Returns the
+/// outbox row to insert, if any.
+pub fn on_record(hook: &AlertHook, record: &AuditRecord) -> Option<NewAlert> {
+    let kind = SecurityEvent::parse(record.security_event.as_deref()?)?;
+    crate::observability::security_event(kind);
+    let routing = hook.routing();
+    let severity = kind.severity();
+    if severity < routing.min_severity {
+        return None;
+    }
+    let id = SecurityAlertId::generate().to_string();
+    crate::observability::security_alert(severity);
+    // Type, severity and ids only: the record's reason and target stay in the audit trail.
+    tracing::warn!(
+        target: "kasho::alert",
+        alert_id = %id,
+        security_event = kind.as_str(),
+        severity = severity.as_str(),
+        audit_event_id = %record.id,
+        tenant_id = record.tenant_id.as_deref(),
+        "security alert"
+    );
+    if !routing.outbox {
+        return None;
+    }
+    Some(NewAlert {
+        payload: alert_payload(&id, kind, record),
+        id,
+        audit_event_id: record.id.clone(),
+        tenant_id: record.tenant_id.clone(),
+        event_type: kind.as_str(),
+        severity: severity.as_str(),
+        created_at: record.occurred_at,
+    })
+}
+
+/// The webhook body of an alert: ids, type, severity, time, address, request id, and the
+/// record's action, outcome and reason code. No emails, names or secrets are ever part of an
+/// audit record's fields used here.
+pub fn alert_payload(id: &str, kind: SecurityEvent, r: &AuditRecord) -> String {
+    serde_json::json!({
+        "id": id,
+        "object": "security_alert",
+        "type": kind.as_str(),
+        "severity": kind.severity().as_str(),
+        "occurred_at": Timestamp::from_micros(r.occurred_at).to_rfc3339(),
+        "tenant_id": r.tenant_id,
+        "actor_id": r.actor_id,
+        "ip": r.ip,
+        "request_id": r.request_id,
+        "details": {
+            "audit_event_id": r.id,
+            "action": r.action,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "target_type": r.target_type,
+            "target_id": r.target_id,
+        },
+    })
+    .to_string()
+}
+
+/// One outbox row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertRecord {
+    pub id: String,
+    pub audit_event_id: String,
+    pub tenant_id: Option<String>,
+    pub event_type: String,
+    pub severity: String,
+    pub payload: String,
+    /// `pending`, `sending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// How a delivery attempt of a claimed alert ended.
+#[derive(Debug, Clone)]
+pub enum AlertOutcome {
+    Delivered,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        next_attempt_at: Timestamp,
+        error: String,
+    },
+    /// Given up: no more attempts.
+    Failed {
+        error: String,
+    },
+}
+
+/// Database pool occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub connections: u32,
+    pub idle: u32,
+}
+
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Sets which security events become alerts (once; later calls are ignored).
+    fn set_alert_routing(&self, routing: AlertRouting);
+    /// The routing in force.
+    fn alert_routing(&self) -> AlertRouting;
+    /// Claims up to `limit` alerts due at `now` (pending and due, or sending with an expired
+    /// lease: a worker that died), counting one attempt each and leasing them until
+    /// `lease_until`. A conditional update: concurrent workers never claim the same alert.
+    async fn claim_alerts(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<AlertRecord>>;
+    /// Records how the attempt on a claimed alert ended. `false` if it was not claimed any more.
+    async fn finish_alert(
+        &self,
+        id: &str,
+        now: Timestamp,
+        outcome: &AlertOutcome,
+    ) -> StoreResult<bool>;
+    /// One alert (tests and operators).
+    async fn security_alert(&self, id: &str) -> StoreResult<Option<AlertRecord>>;
+    /// Every alert, oldest first (tests and operators).
+    async fn security_alerts(&self, limit: i64) -> StoreResult<Vec<AlertRecord>>;
+    /// Open and idle connections of the pool.
+    fn pool_stats(&self) -> PoolStats;
+    /// Whether the applied migrations are exactly the embedded ones.
+    async fn migrations_current(&self) -> StoreResult<bool>;
+}
+
+macro_rules! impl_alert_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::alerts::AlertStore for $store {
+            fn set_alert_routing(&self, routing: $crate::store::alerts::AlertRouting) {
+                if !self.alerts.set(routing) {
+                    tracing::debug!("alert routing already set; keeping the first");
+                }
+            }
+
+            fn alert_routing(&self) -> $crate::store::alerts::AlertRouting {
+                self.alerts.routing()
+            }
+
+            async fn claim_alerts(
+                &self,
+                now: $crate::clock::Timestamp,
+                lease_until: $crate::clock::Timestamp,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
+                let mut tx = self.begin_write().await?;
+                // The condition is repeated in the outer UPDATE: on PostgreSQL a row another
+                // worker claimed meanwhile is re-checked against it and skipped.
+                let rows: Vec<$crate::store::alerts::AlertRecord> = sqlx::query_as(
+                    "UPDATE security_alerts SET status = 'sending', lease_until = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT id FROM security_alerts \
+                                  WHERE (status = 'pending' AND next_attempt_at <= $1) \
+                                     OR (status = 'sending' AND lease_until <= $1) \
+                                  ORDER BY next_attempt_at LIMIT $3) \
+                     AND ((status = 'pending' AND next_attempt_at <= $1) \
+                          OR (status = 'sending' AND lease_until <= $1)) \
+                     RETURNING *",
+                )
+                .bind(now.as_micros())
+                .bind(lease_until.as_micros())
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+
+            async fn finish_alert(
+                &self,
+                id: &str,
+                now: $crate::clock::Timestamp,
+                outcome: &$crate::store::alerts::AlertOutcome,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::alerts::AlertOutcome;
+                let mut tx = self.begin_write().await?;
+                let q = match outcome {
+                    AlertOutcome::Delivered => sqlx::query(
+                        "UPDATE security_alerts SET status = 'delivered', lease_until = NULL, \
+                         last_error = NULL, finished_at = $2 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(now.as_micros()),
+                    AlertOutcome::Retry {
+                        next_attempt_at,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE security_alerts SET status = 'pending', lease_until = NULL, \
+                         next_attempt_at = $2, last_error = $3 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(next_attempt_at.as_micros())
+                    .bind(error.clone()),
+                    AlertOutcome::Failed { error } => sqlx::query(
+                        "UPDATE security_alerts SET status = 'failed', lease_until = NULL, \
+                         last_error = $3, finished_at = $2 WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(now.as_micros())
+                    .bind(error.clone()),
+                };
+                let n = q.execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn security_alert(
+                &self,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::alerts::AlertRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM security_alerts WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn security_alerts(
+                &self,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM security_alerts ORDER BY id LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            fn pool_stats(&self) -> $crate::store::alerts::PoolStats {
+                $crate::store::alerts::PoolStats {
+                    connections: self.pool.size(),
+                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                }
+            }
+
+            async fn migrations_current(&self) -> $crate::store::StoreResult<bool> {
+                let migrator = self.migrator();
+                let mut conn = self.pool.acquire().await?;
+                let applied: std::collections::BTreeSet<i64> =
+                    sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
+                        .await
+                        .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?
+                        .into_iter()
+                        .map(|m| m.version)
+                        .collect();
+                let embedded: std::collections::BTreeSet<i64> = migrator
+                    .iter()
+                    .filter(|m| m.migration_type.is_up_migration())
+                    .map(|m| m.version)
+                    .collect();
+                Ok(applied == embedded)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_alert_store;
