@@ -262,17 +262,17 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "rate_limit_ip",
         secret: false,
-        help: "requests per client address, N/S = N per S seconds, before authentication (600/60)",
+        help: "requests per client address, N/S = N per S seconds, before authentication (3000/60: 50 a second sustained, bursts of 3000)",
     },
     KeyDef {
         name: "rate_limit_credential",
         secret: false,
-        help: "requests per signed-in session or API token, N/S (300/60)",
+        help: "requests per signed-in session or API token, N/S (3000/60)",
     },
     KeyDef {
         name: "rate_limit_tenant",
         secret: false,
-        help: "requests per tenant, N/S (3000/60)",
+        help: "requests per tenant, N/S (12000/60)",
     },
     KeyDef {
         name: "rate_limit_login",
@@ -1392,7 +1392,7 @@ mod tests {
     fn rate_limit_keys_parse_default_and_refuse_nonsense() {
         let c = Config::from_pairs(&[]).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(c.redis.is_none(), "in process by default");
-        assert_eq!(c.limits.ip.to_string(), "600/60");
+        assert_eq!(c.limits.ip.to_string(), "3000/60");
         assert_eq!(c.limits.password_reset.to_string(), "5/300");
         assert_eq!(c.limits.intrusion_ban_seconds, 900);
         let c = Config::from_pairs(&[

@@ -150,9 +150,9 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            ip: Rate::new(600, 60),
-            credential: Rate::new(300, 60),
-            tenant: Rate::new(3000, 60),
+            ip: Rate::new(3000, 60),
+            credential: Rate::new(3000, 60),
+            tenant: Rate::new(12000, 60),
             login: Rate::new(10, 60),
             refresh: Rate::new(30, 60),
             mfa: Rate::new(10, 60),
