@@ -196,7 +196,7 @@ pub trait AlertStore: Send + Sync {
     async fn security_alerts(&self, limit: i64) -> StoreResult<Vec<AlertRecord>>;
     /// Open and idle connections of the pool.
     fn pool_stats(&self) -> PoolStats;
-    /// Whether the applied migrations are exactly the embedded ones.
+    /// Whether every embedded migration is applied (a schema ahead of the binary is current).
     async fn migrations_current(&self) -> StoreResult<bool>;
 }
 
@@ -322,7 +322,10 @@ macro_rules! impl_alert_store {
                     .filter(|m| m.migration_type.is_up_migration())
                     .map(|m| m.version)
                     .collect();
-                Ok(applied == embedded)
+                // Every migration this binary needs is applied. A schema ahead of it (a newer
+                // instance migrated first in a rolling deploy) keeps it ready: migrations are
+                // additive for one release (expand, then contract), see ARCHITECTURE.md.
+                Ok(embedded.is_subset(&applied))
             }
         }
     };
