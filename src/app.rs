@@ -138,6 +138,7 @@ pub async fn build_core_with_checks(
                 max_attempts: config.mail_max_attempts,
             },
             api_token_rotation_overlap_seconds: config.api_token_rotation_overlap_seconds,
+            request_timeout_seconds: config.request_timeout_seconds,
         },
         api_token_key: crate::service::api_tokens::TokenHashKey::new(
             keys.master.derive("api-token-hash/v1"),

@@ -1,9 +1,11 @@
 //! The REST API. Handlers translate HTTP into service calls and results into JSON; rules live
 //! in `service` and `domain`. See docs/API.md for the conventions.
 
+pub mod cors;
 pub mod error;
 pub mod extract;
 mod handlers;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -40,7 +42,9 @@ impl AppState {
     }
 }
 
-/// Builds the whole HTTP application.
+/// Builds the whole HTTP application. From the outside in: request id and access log,
+/// security headers, CORS, the request time limit, panic catching, the body limit, then the
+/// routes (each behind `authorize`).
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let all = routes::all();
     let state = Arc::new(AppState {
@@ -60,7 +64,8 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
             state.clone(),
             middleware::authorize,
         ))
-        .with_state(state);
+        .with_state(state.clone());
+    let timeout = std::time::Duration::from_secs(state.core.settings.request_timeout_seconds);
 
     Router::new()
         .merge(api)
@@ -69,6 +74,11 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            limits::request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state, cors::cors))
         .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::request_id))
 }

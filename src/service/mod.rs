@@ -51,6 +51,8 @@ pub struct Settings {
     /// How long a rotated API token's previous secret keeps working when the rotation names
     /// no overlap.
     pub api_token_rotation_overlap_seconds: i64,
+    /// A request unanswered after this long is cut off (408 or 503, see `http::limits`).
+    pub request_timeout_seconds: u64,
 }
 
 /// Everything the use cases need, shared by all requests.
