@@ -3,8 +3,10 @@
 //! extractor turns an overrun into 413 in the error shape; header size and slow-client limits
 //! on the connection belong to the listener.
 //!
-//! A request unanswered when its time is up is cut off: 408 `request_timeout` while its body
-//! is still arriving (a client sending too slowly), 503 `timeout` otherwise. Dropping the
+//! A request unanswered when its time is up is cut off: 408 `request_timeout` when the server
+//! was waiting for more of the body (a client sending too slowly), 503 `timeout` when the
+//! server itself was slow (a body not yet read because the server was busy counts as the
+//! server's delay). Dropping the
 //! handler's future rolls back any open transaction, so a timed-out request either committed
 //! (its idempotent reply is stored with it) or left nothing: a retry with the same
 //! `Idempotency-Key` is safe either way.
@@ -24,10 +26,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::error::ApiError;
 
-/// A request body that records when it has been read to its end (or failed).
+/// A request body that records whether the server is waiting for the client: its last poll
+/// found no data yet.
 struct Tracked {
     inner: Body,
-    done: Arc<AtomicBool>,
+    waiting: Arc<AtomicBool>,
 }
 
 impl HttpBody for Tracked {
@@ -39,13 +42,7 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None | Some(Err(_))) => self.done.store(true, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
-                self.done.store(true, Ordering::Release);
-            }
-            _ => {}
-        }
+        self.waiting.store(polled.is_pending(), Ordering::Release);
         polled
     }
 
@@ -64,16 +61,16 @@ pub async fn request_timeout(
     req: Request,
     next: Next,
 ) -> Response {
-    let done = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+    let waiting = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
         Body::new(Tracked {
             inner,
-            done: done.clone(),
+            waiting: waiting.clone(),
         })
     });
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) if !done.load(Ordering::Acquire) => ApiError::new(
+        Err(_) if waiting.load(Ordering::Acquire) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
             "request_timeout",

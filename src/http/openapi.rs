@@ -36,7 +36,7 @@ use super::handlers::{
         security::unlock_user, security::list_events,
         api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Contract),
     tags(
         (name = "auth", description = "Sign-in, tokens and the current principal"),
         (name = "mfa", description = "The caller's multi-factor authentication (TOTP, recovery codes)"),
@@ -70,6 +70,153 @@ impl Modify for BearerAuth {
                         .build(),
                 ),
             );
+        }
+    }
+}
+
+/// The parts of the contract every operation shares, added to the generated document so it
+/// describes what the server really answers (checked by `scripts/api-fuzz`):
+///
+/// - the error answers each operation can give because of the layers every route sits behind:
+///   401/403 (`authorize`, unless public), 400/413/415 (a JSON body: strict parsing, size,
+///   media type), 400 (query or path parameters), 404 (an object named in the path), 429 (rate
+///   limits and throttles), each with the one error shape;
+/// - the bounds the handlers enforce on shared parameters: `limit` 1..=100, `starting_after`
+///   an id of the listed type, `currency` one of the supported ISO 4217 codes.
+struct Contract;
+
+/// The id prefix of the objects each list returns (what `starting_after` must be).
+const CURSOR_PREFIXES: &[(&str, &str)] = &[
+    ("/v1/tenants", "ten"),
+    ("/v1/users", "usr"),
+    ("/v1/audit-events", "aud"),
+    ("/v1/security-events", "aud"),
+    ("/v1/customers", "cus"),
+    ("/v1/accounts", "acc"),
+    ("/v1/accounts/{id}/entries", "ent"),
+    ("/v1/transfers", "trf"),
+    ("/v1/kyc/submissions", "kyc"),
+    ("/v1/me/sessions", "ses"),
+];
+
+fn error_response(description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+fn add_response(op: &mut serde_json::Value, status: &str, description: &str) {
+    if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    }
+}
+
+/// Edits the document as JSON: utoipa's typed model would need a builder per node.
+fn apply_contract(doc: &mut serde_json::Value) {
+    use super::routes::Access;
+    let table = super::routes::table();
+    let currencies: Vec<&str> = crate::domain::currency::codes().collect();
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let def = table
+                .iter()
+                .find(|d| d.path == path && d.method.as_str().eq_ignore_ascii_case(method));
+            let public = def.is_some_and(|d| d.access == Access::Public);
+            if !public {
+                add_response(op, "401", "Not authenticated (missing, invalid or expired credential)");
+                add_response(op, "403", "Not permitted");
+            }
+            if op.get("requestBody").is_some() {
+                add_response(op, "400", "Invalid request (the field at fault is in `param`)");
+                add_response(op, "413", "The request body is larger than the limit");
+                add_response(op, "415", "The request body is not `application/json`");
+            }
+            let params = op
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut())
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let has_path_param = params.iter().any(|p| p["in"] == "path");
+            let mut params = params;
+            for p in &mut params {
+                let name = p["name"].as_str().unwrap_or("").to_owned();
+                let Some(schema) = p.get_mut("schema").and_then(|s| s.as_object_mut()) else {
+                    continue;
+                };
+                match name.as_str() {
+                    "limit" => {
+                        schema.insert("minimum".into(), 1.into());
+                        schema.insert("maximum".into(), 100.into());
+                    }
+                    "starting_after" => {
+                        let pattern = if path == "/v1/api-tokens" {
+                            Some("^atk_[0-9a-fA-F]{32}$".to_owned())
+                        } else {
+                            CURSOR_PREFIXES
+                                .iter()
+                                .find(|(p, _)| p == path)
+                                .map(|(_, prefix)| format!("^{prefix}_[0-9a-f]{{32}}$"))
+                        };
+                        if let Some(pattern) = pattern {
+                            schema.insert("pattern".into(), pattern.into());
+                        }
+                    }
+                    "currency" => {
+                        schema.insert("enum".into(), serde_json::json!(currencies));
+                    }
+                    _ => {}
+                }
+            }
+            if !params.is_empty() {
+                add_response(op, "400", "Invalid parameter (named in `param`)");
+            }
+            if has_path_param {
+                add_response(op, "404", "No such object (or not visible to the caller)");
+            }
+            if let Some(slot) = op.get_mut("parameters") {
+                *slot = serde_json::Value::Array(params);
+            }
+            add_response(op, "429", "Too many requests (see `Retry-After`)");
+        }
+    }
+    // Every `currency` field of a request or response is a supported code.
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for schema in schemas.values_mut() {
+            if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                for (name, prop) in props.iter_mut() {
+                    if name == "currency"
+                        && prop["type"] == "string"
+                        && let Some(o) = prop.as_object_mut()
+                    {
+                        o.insert("enum".into(), serde_json::json!(currencies));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Ok(mut doc) = serde_json::to_value(&*openapi) else {
+            return;
+        };
+        apply_contract(&mut doc);
+        match serde_json::from_value(doc) {
+            Ok(edited) => *openapi = edited,
+            Err(e) => tracing::error!(error = %e, "could not apply the shared contract to the OpenAPI document"),
         }
     }
 }
