@@ -243,7 +243,9 @@ impl CorsOrigin {
     pub fn parse(raw: &str) -> Result<Self, String> {
         const SHAPE: &str = "an origin is `https://host[:port]` (http:// only for localhost)";
         if raw == "*" || raw.eq_ignore_ascii_case("null") {
-            return Err(format!("wildcard and `null` origins are never allowed; {SHAPE}"));
+            return Err(format!(
+                "wildcard and `null` origins are never allowed; {SHAPE}"
+            ));
         }
         if raw.len() > 253 + 16 {
             return Err(format!("too long; {SHAPE}"));
@@ -580,10 +582,22 @@ mod tests {
     #[test]
     fn cors_origins_are_exact_and_normalised() {
         let ok = |s: &str| CorsOrigin::parse(s).map(|o| o.to_string());
-        assert_eq!(ok("https://App.Example.com").as_deref(), Ok("https://app.example.com"));
-        assert_eq!(ok("https://a.example:443").as_deref(), Ok("https://a.example"));
-        assert_eq!(ok("https://a.example:8443").as_deref(), Ok("https://a.example:8443"));
-        assert_eq!(ok("http://localhost:3000").as_deref(), Ok("http://localhost:3000"));
+        assert_eq!(
+            ok("https://App.Example.com").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            ok("https://a.example:443").as_deref(),
+            Ok("https://a.example")
+        );
+        assert_eq!(
+            ok("https://a.example:8443").as_deref(),
+            Ok("https://a.example:8443")
+        );
+        assert_eq!(
+            ok("http://localhost:3000").as_deref(),
+            Ok("http://localhost:3000")
+        );
         assert_eq!(ok("http://127.0.0.1").as_deref(), Ok("http://127.0.0.1"));
         for bad in [
             "*",

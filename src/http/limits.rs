@@ -56,11 +56,7 @@ impl HttpBody for Tracked {
 }
 
 /// The time limit of one request.
-pub async fn request_timeout(
-    State(limit): State<Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     let waiting = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
         Body::new(Tracked {

@@ -18,7 +18,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::service::Core;
@@ -69,7 +68,9 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
 
     Router::new()
         .merge(api)
-        .merge(SwaggerUi::new("/docs").url("/v1/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(
+            SwaggerUi::new("/docs").external_url_unchecked("/v1/openapi.json", openapi::document()),
+        )
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -36,7 +36,7 @@ use super::handlers::{
         security::unlock_user, security::list_events,
         api_tokens::create, api_tokens::list, api_tokens::revoke, api_tokens::rotate
     ),
-    modifiers(&BearerAuth, &Contract),
+    modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Sign-in, tokens and the current principal"),
         (name = "mfa", description = "The caller's multi-factor authentication (TOTP, recovery codes)"),
@@ -74,7 +74,7 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The parts of the contract every operation shares, added to the generated document so it
+/// The contract every operation shares, added to the generated document (see [`document`]) so it
 /// describes what the server really answers (checked by `scripts/api-fuzz`):
 ///
 /// - the error answers each operation can give because of the layers every route sits behind:
@@ -83,7 +83,6 @@ impl Modify for BearerAuth {
 ///   limits and throttles), each with the one error shape;
 /// - the bounds the handlers enforce on shared parameters: `limit` 1..=100, `starting_after`
 ///   an id of the listed type, `currency` one of the supported ISO 4217 codes.
-struct Contract;
 
 /// The id prefix of the objects each list returns (what `starting_after` must be).
 const CURSOR_PREFIXES: &[(&str, &str)] = &[
@@ -132,11 +131,19 @@ fn apply_contract(doc: &mut serde_json::Value) {
                 .find(|d| d.path == path && d.method.as_str().eq_ignore_ascii_case(method));
             let public = def.is_some_and(|d| d.access == Access::Public);
             if !public {
-                add_response(op, "401", "Not authenticated (missing, invalid or expired credential)");
+                add_response(
+                    op,
+                    "401",
+                    "Not authenticated (missing, invalid or expired credential)",
+                );
                 add_response(op, "403", "Not permitted");
             }
             if op.get("requestBody").is_some() {
-                add_response(op, "400", "Invalid request (the field at fault is in `param`)");
+                add_response(
+                    op,
+                    "400",
+                    "Invalid request (the field at fault is in `param`)",
+                );
                 add_response(op, "413", "The request body is larger than the limit");
                 add_response(op, "415", "The request body is not `application/json`");
             }
@@ -188,6 +195,150 @@ fn apply_contract(doc: &mut serde_json::Value) {
             add_response(op, "429", "Too many requests (see `Retry-After`)");
         }
     }
+    apply_field_bounds(doc, &currencies);
+}
+
+/// The bounds the handlers and the domain enforce on request fields, stated in the schemas
+/// (the figures come from the same constants the checks use).
+fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use crate::domain::ledger::MAX_AMOUNT;
+    use crate::domain::security::bounds as b;
+    use serde_json::json;
+    let amount = json!({"minimum": 1, "maximum": MAX_AMOUNT});
+    let range = |(lo, hi): (u32, u32)| json!({"minimum": lo, "maximum": hi});
+    let email = json!({"format": "email", "maxLength": 254});
+    let mut v = vec![
+        ("CreateTransferRequest", "amount", amount.clone()),
+        ("CreditLeg", "amount", amount.clone()),
+        ("CashRequest", "amount", amount.clone()),
+        ("CreateHoldRequest", "amount", amount.clone()),
+        ("CaptureRequest", "amount", amount.clone()),
+        ("ReverseRequest", "amount", amount),
+        (
+            "OverdraftRequest",
+            "overdraft_limit",
+            json!({"minimum": 0, "maximum": MAX_AMOUNT}),
+        ),
+        (
+            "CreateHoldRequest",
+            "expires_in_seconds",
+            json!({"minimum": 60, "maximum": 30 * 86_400}),
+        ),
+        (
+            "BatchRequest",
+            "transfers",
+            json!({"minItems": 1, "maxItems": 1000}),
+        ),
+        (
+            "RotateApiTokenRequest",
+            "overlap_seconds",
+            json!({"minimum": 0, "maximum": 86_400}),
+        ),
+        (
+            "CreateApiTokenRequest",
+            "name",
+            json!({"minLength": 1, "maxLength": 100, "pattern": "\\S"}),
+        ),
+        (
+            "CreateApiTokenRequest",
+            "expires_in",
+            json!({"enum": ["24h", "30d", "90d", "180d", "365d"]}),
+        ),
+        (
+            "PutLimitsRequest",
+            "tiers",
+            json!({"minItems": 1, "maxItems": 4}),
+        ),
+        (
+            "CreateTenantRequest",
+            "slug",
+            json!({"pattern": "^[a-z][a-z0-9-]{1,38}[a-z0-9]$"}),
+        ),
+        ("LoginRequest", "email", email.clone()),
+        ("PasswordResetRequest", "email", email.clone()),
+        ("CreateUserRequest", "email", email.clone()),
+        ("InitialManager", "email", email),
+        (
+            "SecurityPolicyBody",
+            "password_min_length",
+            range(b::PASSWORD_MIN_LENGTH),
+        ),
+        (
+            "SecurityPolicyBody",
+            "password_max_length",
+            range(b::PASSWORD_MAX_LENGTH),
+        ),
+        (
+            "SecurityPolicyBody",
+            "password_history",
+            range(b::PASSWORD_HISTORY),
+        ),
+        (
+            "SecurityPolicyBody",
+            "lockout_threshold",
+            range(b::LOCKOUT_THRESHOLD),
+        ),
+        (
+            "SecurityPolicyBody",
+            "lockout_minutes",
+            range(b::LOCKOUT_MINUTES),
+        ),
+        (
+            "SecurityPolicyBody",
+            "step_up_max_age_seconds",
+            range(b::STEP_UP_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "session_idle_timeout_seconds",
+            range(b::SESSION_IDLE_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "session_absolute_lifetime_seconds",
+            range(b::SESSION_ABSOLUTE_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "allowed_ips",
+            json!({"maxItems": b::MAX_ALLOWED_IPS}),
+        ),
+        (
+            "SecurityPolicyBody",
+            "cors_allowed_origins",
+            json!({"maxItems": b::MAX_CORS_ORIGINS}),
+        ),
+    ];
+    let scopes: Vec<&str> = crate::domain::authz::Permission::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    v.push((
+        "CreateApiTokenRequest",
+        "scopes",
+        json!({"minItems": 1, "items": {"type": "string", "enum": scopes}}),
+    ));
+    v
+}
+
+fn apply_field_bounds(doc: &mut serde_json::Value, currencies: &[&str]) {
+    for (schema, field, bounds) in field_bounds() {
+        let ptr = format!("/components/schemas/{schema}/properties/{field}");
+        if let (Some(prop), Some(bounds)) = (
+            doc.pointer_mut(&ptr).and_then(|p| p.as_object_mut()),
+            bounds.as_object(),
+        ) {
+            for (k, v) in bounds {
+                prop.insert(k.clone(), v.clone());
+            }
+        } else {
+            tracing::warn!(
+                schema,
+                field,
+                "OpenAPI bound names a field the document lacks"
+            );
+        }
+    }
     // Every `currency` field of a request or response is a supported code.
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -208,15 +359,42 @@ fn apply_contract(doc: &mut serde_json::Value) {
     }
 }
 
-impl Modify for Contract {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Ok(mut doc) = serde_json::to_value(&*openapi) else {
-            return;
-        };
-        apply_contract(&mut doc);
-        match serde_json::from_value(doc) {
-            Ok(edited) => *openapi = edited,
-            Err(e) => tracing::error!(error = %e, "could not apply the shared contract to the OpenAPI document"),
+/// The document served at `/v1/openapi.json`: the generated one with the shared contract
+/// applied. (Edited as JSON: utoipa's typed model does not read its own output back.)
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    apply_contract(&mut doc);
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stated_bound_names_a_field_of_the_document() {
+        let doc = document();
+        for (schema, field, bounds) in field_bounds() {
+            let prop = doc
+                .pointer(&format!("/components/schemas/{schema}/properties/{field}"))
+                .unwrap_or_else(|| unreachable!("{schema}.{field} is not in the document"));
+            for (k, v) in bounds.as_object().into_iter().flatten() {
+                assert_eq!(prop.get(k), Some(v), "{schema}.{field}.{k}");
+            }
         }
+        // The shared answers are there, e.g. on a JSON-body route behind authorisation.
+        let op = &doc["paths"]["/v1/transfers"]["post"]["responses"];
+        for s in ["400", "401", "403", "413", "415", "429"] {
+            assert!(op.get(s).is_some(), "POST /v1/transfers lacks {s}");
+        }
+        let limit = doc["paths"]["/v1/transfers"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .map(|p| p["schema"].clone())
+            .unwrap_or_default();
+        assert_eq!(
+            (limit["minimum"].as_i64(), limit["maximum"].as_i64()),
+            (Some(1), Some(100))
+        );
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::{Resp, TestApp, TenantFixture};
+use crate::support::{Resp, TenantFixture, TestApp};
 
 const A: &str = "https://app.acme.example";
 const B: &str = "https://pay.globex.example:8443";
@@ -79,9 +79,18 @@ async fn origins_are_exact_and_refused_with_the_entry_named(app: &TestApp) {
     for (bad, param) in [
         (json!(["*"]), "cors_allowed_origins[0]"),
         (json!([A, "null"]), "cors_allowed_origins[1]"),
-        (json!(["http://app.acme.example"]), "cors_allowed_origins[0]"),
-        (json!(["https://app.acme.example/"]), "cors_allowed_origins[0]"),
-        (json!(["https://app.acme.example/login"]), "cors_allowed_origins[0]"),
+        (
+            json!(["http://app.acme.example"]),
+            "cors_allowed_origins[0]",
+        ),
+        (
+            json!(["https://app.acme.example/"]),
+            "cors_allowed_origins[0]",
+        ),
+        (
+            json!(["https://app.acme.example/login"]),
+            "cors_allowed_origins[0]",
+        ),
         (json!(["https://*.acme.example"]), "cors_allowed_origins[0]"),
         (json!([A, A, "app.acme.example"]), "cors_allowed_origins[2]"),
         (json!("https://app.acme.example"), "cors_allowed_origins"),

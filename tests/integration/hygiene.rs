@@ -35,7 +35,11 @@ fn assert_security_headers(what: &str, r: &Resp) {
         csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
         "{what}: CSP {csp:?}"
     );
-    assert_eq!(header(r, "cache-control"), Some("no-store"), "{what}: {r:?}");
+    assert_eq!(
+        header(r, "cache-control"),
+        Some("no-store"),
+        "{what}: {r:?}"
+    );
     assert!(
         header(r, "x-request-id").is_some_and(|v| v.starts_with("req_")),
         "{what}"
@@ -105,11 +109,25 @@ async fn every_route_and_every_error_answer_carries_the_security_headers() {
     let m = t2.manager_token.as_str();
     let cases: Vec<(&str, Resp)> = vec![
         ("404", app.get("/v1/no-such-route", m).await),
-        ("404 unauthenticated", app.request(Method::GET, "/nope", None, None).await),
-        ("405", app.request(Method::PATCH, "/v1/transfers", Some(m), None).await),
+        (
+            "404 unauthenticated",
+            app.request(Method::GET, "/nope", None, None).await,
+        ),
+        (
+            "405",
+            app.request(Method::PATCH, "/v1/transfers", Some(m), None)
+                .await,
+        ),
         (
             "413",
-            raw(&app, Method::POST, "/v1/customers", Some(m), Body::from(vec![b' '; 2 << 20])).await,
+            raw(
+                &app,
+                Method::POST,
+                "/v1/customers",
+                Some(m),
+                Body::from(vec![b' '; 2 << 20]),
+            )
+            .await,
         ),
         (
             "415",
@@ -137,8 +155,16 @@ async fn every_route_and_every_error_answer_carries_the_security_headers() {
             )
             .await,
         ),
-        ("OPTIONS", app.request(Method::OPTIONS, "/v1/transfers", None, None).await),
-        ("/v1/openapi.json", app.request(Method::GET, "/v1/openapi.json", None, None).await),
+        (
+            "OPTIONS",
+            app.request(Method::OPTIONS, "/v1/transfers", None, None)
+                .await,
+        ),
+        (
+            "/v1/openapi.json",
+            app.request(Method::GET, "/v1/openapi.json", None, None)
+                .await,
+        ),
     ];
     for (what, r) in &cases {
         assert_security_headers(what, r);
@@ -153,7 +179,10 @@ async fn every_route_and_every_error_answer_carries_the_security_headers() {
     // 429: the address's sign-in budget spent.
     let mut last = None;
     for _ in 0..7 {
-        last = Some(app.login(Some("acme"), "nobody@acme.test", "wrong password!!").await);
+        last = Some(
+            app.login(Some("acme"), "nobody@acme.test", "wrong password!!")
+                .await,
+        );
     }
     let r = last.unwrap();
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{r:?}");
@@ -201,13 +230,24 @@ fn chunked(chunks: Vec<Bytes>, stall: bool) -> Body {
 async fn a_chunked_body_over_the_limit_is_413_in_the_error_shape(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    let before = app.raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM customers").await;
+    let before = app
+        .raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM customers")
+        .await;
     // No Content-Length: the limit is enforced while reading.
     let body = chunked(
-        (0..40).map(|_| Bytes::from(vec![b' '; 64 * 1024])).collect(),
+        (0..40)
+            .map(|_| Bytes::from(vec![b' '; 64 * 1024]))
+            .collect(),
         false,
     );
-    let r = raw(app, Method::POST, "/v1/customers", Some(&t.manager_token), body).await;
+    let r = raw(
+        app,
+        Method::POST,
+        "/v1/customers",
+        Some(&t.manager_token),
+        body,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{r:?}");
     assert_eq!(r.code(), "request_too_large");
     assert_error_shape("chunked 413", &r);
@@ -224,7 +264,8 @@ async fn a_chunked_body_over_the_limit_is_413_in_the_error_shape(app: &TestApp) 
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{r:?}");
     assert_eq!(r.code(), "request_too_large");
     assert_eq!(
-        app.raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM customers").await,
+        app.raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM customers")
+            .await,
         before
     );
 }
@@ -277,7 +318,14 @@ async fn a_body_that_stalls_gets_408_when_the_time_limit_passes() {
         .await;
     let started = Instant::now();
     let body = chunked(vec![Bytes::from_static(b"{\"first_name\": \"Ad")], true);
-    let r = raw(&app, Method::POST, "/v1/customers", Some(&t.manager_token), body).await;
+    let r = raw(
+        &app,
+        Method::POST,
+        "/v1/customers",
+        Some(&t.manager_token),
+        body,
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT, "{r:?}");
     assert_eq!(r.code(), "request_timeout");
@@ -293,7 +341,10 @@ async fn a_body_that_stalls_gets_408_when_the_time_limit_passes() {
         before
     );
     // A prompt request on the same app is unaffected.
-    assert_eq!(app.get("/v1/me", &t.manager_token).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/me", &t.manager_token).await.status,
+        StatusCode::OK
+    );
     app.cleanup().await;
 }
 
@@ -356,7 +407,12 @@ struct Bad {
     param: Option<&'static str>,
 }
 
-fn bad(what: &'static str, body: impl Into<Vec<u8>>, code: &'static str, param: Option<&'static str>) -> Bad {
+fn bad(
+    what: &'static str,
+    body: impl Into<Vec<u8>>,
+    code: &'static str,
+    param: Option<&'static str>,
+) -> Bad {
     Bad {
         what,
         content_type: Some("application/json"),
@@ -371,8 +427,16 @@ fn bad(what: &'static str, body: impl Into<Vec<u8>>, code: &'static str, param: 
 async fn state_counts(app: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
     for table in [
-        "customers", "accounts", "transfers", "entries", "holds", "users", "api_tokens",
-        "tenants", "idempotency_keys", "tenant_security",
+        "customers",
+        "accounts",
+        "transfers",
+        "entries",
+        "holds",
+        "users",
+        "api_tokens",
+        "tenants",
+        "idempotency_keys",
+        "tenant_security",
     ] {
         out.extend(
             app.raw_strings(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}"))
@@ -407,9 +471,24 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             bad("empty body", "", "invalid_json", None),
             bad("not JSON", "amount=1", "invalid_json", None),
             bad("truncated", "{\"", "invalid_json", None),
-            bad("non-UTF-8", b"{\"\xff\xfe\": 1}".to_vec(), "invalid_json", None),
-            bad("deeply nested array", deep.clone(), "parameter_invalid", None),
-            bad("unknown field", "{\"surprise\": 1}", "parameter_unknown", Some("surprise")),
+            bad(
+                "non-UTF-8",
+                b"{\"\xff\xfe\": 1}".to_vec(),
+                "invalid_json",
+                None,
+            ),
+            bad(
+                "deeply nested array",
+                deep.clone(),
+                "parameter_invalid",
+                None,
+            ),
+            bad(
+                "unknown field",
+                "{\"surprise\": 1}",
+                "parameter_unknown",
+                Some("surprise"),
+            ),
             Bad {
                 what: "text/plain",
                 content_type: Some("text/plain"),
@@ -447,44 +526,128 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
     };
     let money = |extra: &str| {
         let base = |amount: &str| {
-            format!("{{\"account_id\": \"{account}\", \"amount\": {amount}, \"currency\": \"USD\"{extra}}}")
+            format!(
+                "{{\"account_id\": \"{account}\", \"amount\": {amount}, \"currency\": \"USD\"{extra}}}"
+            )
         };
         vec![
-            bad("amount as string", base("\"10\""), "parameter_invalid", Some("amount")),
-            bad("amount as float", base("1.5"), "parameter_invalid", Some("amount")),
-            bad("amount in exponent form", base("1e3"), "parameter_invalid", Some("amount")),
-            bad("amount beyond i64", base("9223372036854775808"), "parameter_invalid", Some("amount")),
-            bad("huge amount", base("1000000000000000000000000000000"), "parameter_invalid", Some("amount")),
-            bad("zero amount", base("0"), "parameter_invalid", Some("amount")),
-            bad("negative amount", base("-5"), "parameter_invalid", Some("amount")),
-            bad("null amount", base("null"), "parameter_invalid", Some("amount")),
+            bad(
+                "amount as string",
+                base("\"10\""),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "amount as float",
+                base("1.5"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "amount in exponent form",
+                base("1e3"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "amount beyond i64",
+                base("9223372036854775808"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "huge amount",
+                base("1000000000000000000000000000000"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "zero amount",
+                base("0"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "negative amount",
+                base("-5"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
+            bad(
+                "null amount",
+                base("null"),
+                "parameter_invalid",
+                Some("amount"),
+            ),
             bad(
                 "duplicate key",
-                format!("{{\"account_id\": \"{account}\", \"amount\": 1, \"amount\": 2, \"currency\": \"USD\"}}"),
+                format!(
+                    "{{\"account_id\": \"{account}\", \"amount\": 1, \"amount\": 2, \"currency\": \"USD\"}}"
+                ),
                 "parameter_duplicate",
                 Some("amount"),
             ),
-            bad("missing amount", format!("{{\"account_id\": \"{account}\", \"currency\": \"USD\"}}"), "parameter_missing", Some("amount")),
-            bad("array instead of object", "[1, 2]", "parameter_invalid", None),
-            bad("trailing data", format!("{} {{}}", base("1")), "invalid_json", None),
+            bad(
+                "missing amount",
+                format!("{{\"account_id\": \"{account}\", \"currency\": \"USD\"}}"),
+                "parameter_missing",
+                Some("amount"),
+            ),
+            bad(
+                "array instead of object",
+                "[1, 2]",
+                "parameter_invalid",
+                None,
+            ),
+            bad(
+                "trailing data",
+                format!("{} {{}}", base("1")),
+                "invalid_json",
+                None,
+            ),
         ]
     };
     let transfer = |amount: &str| {
-        format!("{{\"debit_account_id\": \"{account}\", \"credit_account_id\": \"{other}\", \"amount\": {amount}, \"currency\": \"USD\"}}")
+        format!(
+            "{{\"debit_account_id\": \"{account}\", \"credit_account_id\": \"{other}\", \"amount\": {amount}, \"currency\": \"USD\"}}"
+        )
     };
     let routes: Vec<(Method, &str, Vec<Bad>)> = vec![
-        (Method::POST, "/v1/deposits", [generic(true), money("")].concat()),
-        (Method::POST, "/v1/withdrawals", [generic(true), money("")].concat()),
+        (
+            Method::POST,
+            "/v1/deposits",
+            [generic(true), money("")].concat(),
+        ),
+        (
+            Method::POST,
+            "/v1/withdrawals",
+            [generic(true), money("")].concat(),
+        ),
         (
             Method::POST,
             "/v1/transfers",
             [
                 generic(false),
                 vec![
-                    bad("float", transfer("0.5"), "parameter_invalid", Some("amount")),
-                    bad("beyond i64", transfer("99999999999999999999"), "parameter_invalid", Some("amount")),
+                    bad(
+                        "float",
+                        transfer("0.5"),
+                        "parameter_invalid",
+                        Some("amount"),
+                    ),
+                    bad(
+                        "beyond i64",
+                        transfer("99999999999999999999"),
+                        "parameter_invalid",
+                        Some("amount"),
+                    ),
                     bad("zero", transfer("0"), "parameter_invalid", Some("amount")),
-                    bad("negative", transfer("-1"), "parameter_invalid", Some("amount")),
+                    bad(
+                        "negative",
+                        transfer("-1"),
+                        "parameter_invalid",
+                        Some("amount"),
+                    ),
                 ],
             ]
             .concat(),
@@ -500,7 +663,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             [
                 generic(false),
                 vec![
-                    bad("transfers not a list", "{\"transfers\": 5}", "parameter_invalid", Some("transfers")),
+                    bad(
+                        "transfers not a list",
+                        "{\"transfers\": 5}",
+                        "parameter_invalid",
+                        Some("transfers"),
+                    ),
                     bad(
                         "float inside the batch",
                         format!("{{\"transfers\": [{}]}}", transfer("2.5")),
@@ -516,7 +684,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             "/v1/customers",
             [
                 generic(false),
-                vec![bad("email as number", "{\"email\": 5}", "parameter_invalid", Some("email"))],
+                vec![bad(
+                    "email as number",
+                    "{\"email\": 5}",
+                    "parameter_invalid",
+                    Some("email"),
+                )],
             ]
             .concat(),
         ),
@@ -525,7 +698,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             "/v1/accounts",
             [
                 generic(false),
-                vec![bad("currency as list", "{\"customer_id\": \"x\", \"currency\": [\"USD\"]}", "parameter_invalid", Some("currency"))],
+                vec![bad(
+                    "currency as list",
+                    "{\"customer_id\": \"x\", \"currency\": [\"USD\"]}",
+                    "parameter_invalid",
+                    Some("currency"),
+                )],
             ]
             .concat(),
         ),
@@ -534,7 +712,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             "/v1/users",
             [
                 generic(false),
-                vec![bad("roles as string", "{\"email\": \"a@b.example\", \"password\": \"x\", \"roles\": \"MANAGER\"}", "parameter_invalid", Some("roles"))],
+                vec![bad(
+                    "roles as string",
+                    "{\"email\": \"a@b.example\", \"password\": \"x\", \"roles\": \"MANAGER\"}",
+                    "parameter_invalid",
+                    Some("roles"),
+                )],
             ]
             .concat(),
         ),
@@ -543,7 +726,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             "/v1/api-tokens",
             [
                 generic(false),
-                vec![bad("scopes as object", "{\"name\": \"x\", \"scopes\": {}, \"expires_in\": \"24h\"}", "parameter_invalid", Some("scopes"))],
+                vec![bad(
+                    "scopes as object",
+                    "{\"name\": \"x\", \"scopes\": {}, \"expires_in\": \"24h\"}",
+                    "parameter_invalid",
+                    Some("scopes"),
+                )],
             ]
             .concat(),
         ),
@@ -552,7 +740,12 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             "/v1/security/policy",
             [
                 generic(false),
-                vec![bad("negative figure", "{\"lockout_threshold\": -1}", "parameter_invalid", Some("lockout_threshold"))],
+                vec![bad(
+                    "negative figure",
+                    "{\"lockout_threshold\": -1}",
+                    "parameter_invalid",
+                    Some("lockout_threshold"),
+                )],
             ]
             .concat(),
         ),
@@ -567,11 +760,16 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
                 .method(method.clone())
                 .uri(*path)
                 .header("authorization", format!("Bearer {}", t.manager_token))
-                .header("idempotency-key", format!("k-{}", uuid::Uuid::now_v7().simple()));
+                .header(
+                    "idempotency-key",
+                    format!("k-{}", uuid::Uuid::now_v7().simple()),
+                );
             if let Some(ct) = case.content_type {
                 req = req.header("content-type", ct);
             }
-            let r = app.send(req.body(Body::from(case.body.clone())).unwrap()).await;
+            let r = app
+                .send(req.body(Body::from(case.body.clone())).unwrap())
+                .await;
             let what = format!("{method} {path} [{}]", case.what);
             assert!(r.status.as_u16() < 500, "{what}: {r:?}");
             assert_error_shape(&what, &r);
@@ -579,14 +777,26 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
             if r.status != case.status || r.code() != case.code || param != case.param {
                 failures.push(format!(
                     "{what}: expected {} {} {:?}, got {} {} {:?}",
-                    case.status, case.code, case.param, r.status, r.code(), param
+                    case.status,
+                    case.code,
+                    case.param,
+                    r.status,
+                    r.code(),
+                    param
                 ));
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(state_counts(app).await, before, "a refused request changed something");
-    assert_eq!(posted_balance(app, &t.manager_token, &account).await, 10_000);
+    assert_eq!(
+        state_counts(app).await,
+        before,
+        "a refused request changed something"
+    );
+    assert_eq!(
+        posted_balance(app, &t.manager_token, &account).await,
+        10_000
+    );
 }
 
 backend_tests!(
