@@ -837,6 +837,7 @@ mod tests {
         );
         assert_eq!(c.access_token_ttl_seconds, 3600);
         assert_eq!(c.argon2, HashParams::OWASP_MINIMUM);
+        assert_eq!(c.request_timeout_seconds, 30);
     }
 
     #[test]
@@ -847,6 +848,8 @@ mod tests {
         assert!(e.contains("outside 300..=86400"), "{e}");
         let e = err(&[("env", "production"), ("argon2_memory_kib", "1024")]);
         assert!(e.contains("OWASP"), "{e}");
+        let e = err(&[("request_timeout_seconds", "0")]);
+        assert!(e.contains("outside 1..=3600"), "{e}");
         let e = err(&[("no_such_key", "1")]);
         assert!(e.contains("unknown configuration key"), "{e}");
     }

@@ -180,6 +180,29 @@ fn apply_contract(doc: &mut serde_json::Value) {
                     "currency" => {
                         schema.insert("enum".into(), serde_json::json!(currencies));
                     }
+                    "occurred_after" | "occurred_before" | "created_after" | "created_before" => {
+                        schema.insert("format".into(), "date-time".into());
+                    }
+                    "severity" => {
+                        schema.insert("enum".into(), serde_json::json!(["low", "medium", "high"]));
+                    }
+                    "type" if path == "/v1/security-events" => {
+                        let types: Vec<&str> = crate::domain::security::SecurityEvent::ALL
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect();
+                        schema.insert("enum".into(), serde_json::json!(types));
+                    }
+                    "status" if path == "/v1/kyc/submissions" => {
+                        schema.insert(
+                            "enum".into(),
+                            serde_json::json!(["submitted", "approved", "rejected"]),
+                        );
+                    }
+                    // 1 to 255 printable ASCII characters, no spaces.
+                    "Idempotency-Key" => {
+                        schema.insert("pattern".into(), "^[!-~]{1,255}$".into());
+                    }
                     _ => {}
                 }
             }
@@ -313,6 +336,14 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         .iter()
         .map(|p| p.as_str())
         .collect();
+    v.push((
+        "SecurityPolicyBody",
+        "step_up_transfer_threshold",
+        json!({
+            "propertyNames": {"enum": crate::domain::currency::codes().collect::<Vec<_>>()},
+            "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
+        }),
+    ));
     v.push((
         "CreateApiTokenRequest",
         "scopes",
