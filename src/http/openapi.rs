@@ -74,16 +74,6 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The contract every operation shares, added to the generated document (see [`document`]) so it
-/// describes what the server really answers (checked by `scripts/api-fuzz`):
-///
-/// - the error answers each operation can give because of the layers every route sits behind:
-///   401/403 (`authorize`, unless public), 400/413/415 (a JSON body: strict parsing, size,
-///   media type), 400 (query or path parameters), 404 (an object named in the path), 429 (rate
-///   limits and throttles), each with the one error shape;
-/// - the bounds the handlers enforce on shared parameters: `limit` 1..=100, `starting_after`
-///   an id of the listed type, `currency` one of the supported ISO 4217 codes.
-
 /// The id prefix of the objects each list returns (what `starting_after` must be).
 const CURSOR_PREFIXES: &[(&str, &str)] = &[
     ("/v1/tenants", "ten"),
@@ -113,7 +103,15 @@ fn add_response(op: &mut serde_json::Value, status: &str, description: &str) {
     }
 }
 
-/// Edits the document as JSON: utoipa's typed model would need a builder per node.
+/// The contract every operation shares, added to the generated document (see [`document`]) so it
+/// describes what the server really answers (checked by `scripts/api-fuzz`):
+///
+/// - the error answers each operation can give because of the layers every route sits behind:
+///   401/403 (`authorize`, unless public), 400/413/415 (a JSON body: strict parsing, size,
+///   media type), 400 (query or path parameters), 404 (an object named in the path), 429 (rate
+///   limits and throttles), each with the one error shape;
+/// - the bounds the handlers enforce on shared parameters: `limit` 1..=100, `starting_after`
+///   an id of the listed type, `currency` one of the supported ISO 4217 codes.
 fn apply_contract(doc: &mut serde_json::Value) {
     use super::routes::Access;
     let table = super::routes::table();
@@ -271,6 +269,34 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
             "PutLimitsRequest",
             "tiers",
             json!({"minItems": 1, "maxItems": 4}),
+        ),
+        (
+            "CreateTransferRequest",
+            "credits",
+            json!({"minItems": 1, "maxItems": 100}),
+        ),
+        (
+            "SubmitRequest",
+            "requested_tier",
+            json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
+        ),
+        (
+            "TierLimitsBody",
+            "tier",
+            json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
+        ),
+        (
+            "ErasureRequest",
+            "reason",
+            json!({"enum": crate::service::privacy::ERASURE_REASONS}),
+        ),
+        (
+            "RestrictionRequest",
+            "reason",
+            json!({"enum": crate::service::privacy::RESTRICTION_REASONS
+                .iter()
+                .chain(crate::service::privacy::UNRESTRICTION_REASONS)
+                .collect::<std::collections::BTreeSet<_>>()}),
         ),
         (
             "CreateTenantRequest",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::backend_tests;
 use crate::support::{Backend, Resp, TestApp};
