@@ -281,6 +281,21 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
             json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
         ),
         (
+            "SubmitRequest",
+            "documents",
+            json!({"minItems": 1, "maxItems": 4}),
+        ),
+        (
+            "DocumentUpload",
+            "document_type",
+            json!({"enum": ["passport", "national_id", "drivers_licence", "proof_of_address", "selfie"]}),
+        ),
+        (
+            "DocumentUpload",
+            "content_type",
+            json!({"enum": ["application/pdf", "image/png", "image/jpeg"]}),
+        ),
+        (
             "TierLimitsBody",
             "tier",
             json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
