@@ -150,6 +150,7 @@ pub async fn build_core_with_checks(
             limits: config.limits.clone(),
             alerts: config.alerts.clone(),
             metrics_token: config.metrics_token.clone(),
+            request_timeout_seconds: config.request_timeout_seconds,
         },
         limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
             .map_err(StartError::Other)?,

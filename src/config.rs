@@ -335,6 +335,11 @@ const KEYS: &[KeyDef] = &[
         help: "largest accepted request body (1048576)",
     },
     KeyDef {
+        name: "request_timeout_seconds",
+        secret: false,
+        help: "a request still unanswered after this long gets 408 (body still arriving) or 503 (30)",
+    },
+    KeyDef {
         name: "log_format",
         secret: false,
         help: "json (default) or text",
@@ -573,6 +578,9 @@ pub struct Config {
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
+    /// A request unanswered after this long is cut off (408 while its body is still arriving,
+    /// 503 otherwise).
+    pub request_timeout_seconds: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Retention periods of the classes the retention job purges.
@@ -954,6 +962,8 @@ impl Config {
         let max_concurrent_hashes = int("max_concurrent_hashes", &h, 1usize, 1024)?;
         let b = take("max_body_bytes", Some("1048576".into())).unwrap_or_default();
         let max_body_bytes = int("max_body_bytes", &b, 1024usize, 64 * 1024 * 1024)?;
+        let rt = take("request_timeout_seconds", Some("30".into())).unwrap_or_default();
+        let request_timeout_seconds = int("request_timeout_seconds", &rt, 1u64, 3_600)?;
         let lf = take("log_format", Some("json".into())).unwrap_or_default();
         let log_format = match lf.0.as_str() {
             "json" => LogFormat::Json,
@@ -1154,6 +1164,7 @@ impl Config {
             argon2,
             max_concurrent_hashes,
             max_body_bytes,
+            request_timeout_seconds,
             log_format,
             log_level: ll.0,
             retention,
@@ -1262,6 +1273,7 @@ mod tests {
         );
         assert_eq!(c.access_token_ttl_seconds, 3600);
         assert_eq!(c.argon2, HashParams::OWASP_MINIMUM);
+        assert_eq!(c.request_timeout_seconds, 30);
     }
 
     #[test]
@@ -1272,6 +1284,8 @@ mod tests {
         assert!(e.contains("outside 300..=86400"), "{e}");
         let e = err(&[("env", "production"), ("argon2_memory_kib", "1024")]);
         assert!(e.contains("OWASP"), "{e}");
+        let e = err(&[("request_timeout_seconds", "0")]);
+        assert!(e.contains("outside 1..=3600"), "{e}");
         let e = err(&[("no_such_key", "1")]);
         assert!(e.contains("unknown configuration key"), "{e}");
     }

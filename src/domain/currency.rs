@@ -49,6 +49,11 @@ const CURRENCIES: &[(&str, u8)] = &[
     ("ZMW", 2),
 ];
 
+/// The codes of every supported currency.
+pub fn codes() -> impl Iterator<Item = &'static str> {
+    CURRENCIES.iter().map(|(c, _)| *c)
+}
+
 /// A supported ISO 4217 currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency(&'static str, u8);

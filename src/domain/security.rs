@@ -244,6 +244,89 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// A browser origin a tenant allows to call the API cross-origin: exactly
+/// `https://host[:port]` (`http://` only for `localhost` and `127.0.0.1`), lower-case, without
+/// the scheme's default port, so it compares byte for byte with the `Origin` header browsers
+/// send. Never `*` or `null`, never a path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CorsOrigin(String);
+
+impl CorsOrigin {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses and normalises an origin; the error says what is wrong.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        const SHAPE: &str = "an origin is `https://host[:port]` (http:// only for localhost)";
+        if raw == "*" || raw.eq_ignore_ascii_case("null") {
+            return Err(format!(
+                "wildcard and `null` origins are never allowed; {SHAPE}"
+            ));
+        }
+        if raw.len() > 253 + 16 {
+            return Err(format!("too long; {SHAPE}"));
+        }
+        let lower = raw.to_ascii_lowercase();
+        let (scheme, rest) = lower
+            .split_once("://")
+            .ok_or_else(|| format!("missing scheme; {SHAPE}"))?;
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*', ' ', '\\']) {
+            return Err(format!("no path, query, credentials or wildcard; {SHAPE}"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => {
+                let port: u16 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{p}` is not a port; {SHAPE}"))?;
+                (h, Some(port))
+            }
+            None => (rest, None),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!("`{host}` is not a host name; {SHAPE}"));
+        }
+        let default_port = match scheme {
+            "https" => 443,
+            "http" if host == "localhost" || host == "127.0.0.1" => 80,
+            "http" => return Err(format!("http:// is only allowed for localhost; {SHAPE}")),
+            _ => return Err(format!("scheme must be https; {SHAPE}")),
+        };
+        Ok(Self(match port {
+            Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+            _ => format!("{scheme}://{host}"),
+        }))
+    }
+}
+
+impl fmt::Display for CorsOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for CorsOrigin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CorsOrigin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether `ip` falls in any of `list`. An empty list allows every address.
 pub fn allowed(list: &[Cidr], ip: Option<&IpAddr>) -> bool {
     list.is_empty() || ip.is_some_and(|ip| list.iter().any(|c| c.contains(ip)))
@@ -269,6 +352,8 @@ pub mod bounds {
     pub const SESSION_ABSOLUTE_SECONDS: (u32, u32) = (3_600, 2_592_000);
     /// At most 1,000 entries per allow-list.
     pub const MAX_ALLOWED_IPS: usize = 1_000;
+    /// At most 20 CORS origins per tenant.
+    pub const MAX_CORS_ORIGINS: usize = 20;
 }
 
 /// A tenant's security policy.
@@ -299,6 +384,8 @@ pub struct SecurityPolicy {
     pub staff_login_ip_allowlist: bool,
     /// API-token requests must carry a valid `Kasho-Signature`.
     pub require_signed_requests: bool,
+    /// Browser origins allowed to call the API cross-origin (CORS). Empty: none.
+    pub cors_allowed_origins: Vec<CorsOrigin>,
 }
 
 impl Default for SecurityPolicy {
@@ -317,6 +404,7 @@ impl Default for SecurityPolicy {
             allowed_ips: Vec::new(),
             staff_login_ip_allowlist: false,
             require_signed_requests: false,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -384,6 +472,12 @@ impl SecurityPolicy {
             return Err(PolicyError {
                 param: "allowed_ips",
                 message: format!("at most {MAX_ALLOWED_IPS} entries"),
+            });
+        }
+        if self.cors_allowed_origins.len() > MAX_CORS_ORIGINS {
+            return Err(PolicyError {
+                param: "cors_allowed_origins",
+                message: format!("at most {MAX_CORS_ORIGINS} origins"),
             });
         }
         for (currency, amount) in &self.step_up_transfer_threshold {
@@ -500,6 +594,46 @@ mod tests {
             ),
             SecurityPolicy::default()
         );
+    }
+
+    #[test]
+    fn cors_origins_are_exact_and_normalised() {
+        let ok = |s: &str| CorsOrigin::parse(s).map(|o| o.to_string());
+        assert_eq!(
+            ok("https://App.Example.com").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            ok("https://a.example:443").as_deref(),
+            Ok("https://a.example")
+        );
+        assert_eq!(
+            ok("https://a.example:8443").as_deref(),
+            Ok("https://a.example:8443")
+        );
+        assert_eq!(
+            ok("http://localhost:3000").as_deref(),
+            Ok("http://localhost:3000")
+        );
+        assert_eq!(ok("http://127.0.0.1").as_deref(), Ok("http://127.0.0.1"));
+        for bad in [
+            "*",
+            "null",
+            "https://*.example.com",
+            "http://app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://user@app.example.com",
+            "ftp://app.example.com",
+            "app.example.com",
+            "https://",
+            "https://app.example.com:0",
+            "https://app.example.com:99999",
+            "https://-bad.example",
+            "https://a..example",
+        ] {
+            assert!(CorsOrigin::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

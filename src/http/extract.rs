@@ -44,6 +44,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::invalid("invalid_body", None, "the request body could not be read")
             }
         })?;
+        // Every request body is an object; serde would take an array for a struct, field by
+        // position, and name the fault `[0]`.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::invalid(
+                "parameter_invalid",
+                None,
+                "the request body must be a JSON object",
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();

@@ -317,7 +317,10 @@ pub async fn authorize(
                 Some(t) => auth::authenticate(core, &meta, t).await,
             };
             match result {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    super::cors::note_principal(&req, &p);
+                    Some(p)
+                }
                 Err(e) => return ApiError::from(e).into_response(),
             }
         }

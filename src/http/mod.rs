@@ -2,6 +2,7 @@
 //! in `service` and `domain`. See docs/API.md for the conventions.
 
 mod client_cert;
+pub mod cors;
 pub mod error;
 pub mod extract;
 mod handlers;
@@ -9,6 +10,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+mod timeout;
 pub mod views;
 
 use std::collections::HashMap;
@@ -18,7 +20,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::service::Core;
@@ -63,7 +64,9 @@ pub fn metrics_router(core: Arc<Core>) -> Router {
         ))
 }
 
-/// Builds the whole HTTP application.
+/// Builds the whole HTTP application. From the outside in: request id and access log,
+/// security headers, rate limits and bans, CORS, the request time limit, panic catching, the
+/// body limit, then the routes (each behind `authorize`).
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let hsts = middleware::Hsts(core.settings.hsts);
     let all = routes::all();
@@ -85,14 +88,25 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
             middleware::authorize,
         ))
         .with_state(state.clone());
+    let timeout = std::time::Duration::from_secs(state.core.settings.request_timeout_seconds);
 
     Router::new()
         .merge(api)
-        .merge(SwaggerUi::new("/docs").url("/v1/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(
+            SwaggerUi::new("/docs").external_url_unchecked("/v1/openapi.json", openapi::document()),
+        )
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            timeout::request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::guard,

@@ -121,3 +121,400 @@ impl Modify for LimitResponses {
         }
     }
 }
+
+/// The id prefix of the objects each list returns (what `starting_after` must be).
+const CURSOR_PREFIXES: &[(&str, &str)] = &[
+    ("/v1/tenants", "ten"),
+    ("/v1/users", "usr"),
+    ("/v1/audit-events", "aud"),
+    ("/v1/security-events", "aud"),
+    ("/v1/customers", "cus"),
+    ("/v1/accounts", "acc"),
+    ("/v1/accounts/{id}/entries", "ent"),
+    ("/v1/transfers", "trf"),
+    ("/v1/kyc/submissions", "kyc"),
+    ("/v1/me/sessions", "ses"),
+];
+
+fn error_response(description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+fn add_response(op: &mut serde_json::Value, status: &str, description: &str) {
+    if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    }
+}
+
+/// The contract every operation shares, added to the generated document (see [`document`]) so it
+/// describes what the server really answers (checked by `scripts/api-fuzz`):
+///
+/// - the error answers each operation can give because of the layers every route sits behind:
+///   401/403 (`authorize`, unless public), 400/413/415 (a JSON body: strict parsing, size,
+///   media type), 400 (query or path parameters), 404 (an object named in the path), 429 (rate
+///   limits and throttles), each with the one error shape;
+/// - the bounds the handlers enforce on shared parameters: `limit` 1..=100, `starting_after`
+///   an id of the listed type, `currency` one of the supported ISO 4217 codes.
+fn apply_contract(doc: &mut serde_json::Value) {
+    use super::routes::Access;
+    let table = super::routes::table();
+    let currencies: Vec<&str> = crate::domain::currency::codes().collect();
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let def = table
+                .iter()
+                .find(|d| d.path == path && d.method.as_str().eq_ignore_ascii_case(method));
+            let public = def.is_some_and(|d| d.access == Access::Public);
+            if !public {
+                add_response(
+                    op,
+                    "401",
+                    "Not authenticated (missing, invalid or expired credential)",
+                );
+                add_response(op, "403", "Not permitted");
+            }
+            if op.get("requestBody").is_some() {
+                add_response(
+                    op,
+                    "400",
+                    "Invalid request (the field at fault is in `param`)",
+                );
+                add_response(op, "413", "The request body is larger than the limit");
+                add_response(op, "415", "The request body is not `application/json`");
+            }
+            let params = op
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut())
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let has_path_param = params.iter().any(|p| p["in"] == "path");
+            let mut params = params;
+            for p in &mut params {
+                let name = p["name"].as_str().unwrap_or("").to_owned();
+                let Some(schema) = p.get_mut("schema").and_then(|s| s.as_object_mut()) else {
+                    continue;
+                };
+                match name.as_str() {
+                    "limit" => {
+                        schema.insert("minimum".into(), 1.into());
+                        schema.insert("maximum".into(), 100.into());
+                    }
+                    "starting_after" => {
+                        let pattern = if path == "/v1/api-tokens" {
+                            Some("^atk_[0-9a-fA-F]{32}$".to_owned())
+                        } else {
+                            CURSOR_PREFIXES
+                                .iter()
+                                .find(|(p, _)| p == path)
+                                .map(|(_, prefix)| format!("^{prefix}_[0-9a-f]{{32}}$"))
+                        };
+                        if let Some(pattern) = pattern {
+                            schema.insert("pattern".into(), pattern.into());
+                        }
+                    }
+                    "currency" => {
+                        schema.insert("enum".into(), serde_json::json!(currencies));
+                    }
+                    "occurred_after" | "occurred_before" | "created_after" | "created_before" => {
+                        schema.insert("format".into(), "date-time".into());
+                    }
+                    "severity" => {
+                        schema.insert("enum".into(), serde_json::json!(["low", "medium", "high"]));
+                    }
+                    "type" if path == "/v1/security-events" => {
+                        let types: Vec<&str> = crate::domain::security::SecurityEvent::ALL
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect();
+                        schema.insert("enum".into(), serde_json::json!(types));
+                    }
+                    "status" if path == "/v1/kyc/submissions" => {
+                        schema.insert(
+                            "enum".into(),
+                            serde_json::json!(["submitted", "approved", "rejected"]),
+                        );
+                    }
+                    // 1 to 255 printable ASCII characters, no spaces.
+                    "Idempotency-Key" => {
+                        schema.insert("pattern".into(), "^[!-~]{1,255}$".into());
+                    }
+                    _ => {}
+                }
+            }
+            if !params.is_empty() {
+                add_response(op, "400", "Invalid parameter (named in `param`)");
+            }
+            if has_path_param {
+                add_response(op, "404", "No such object (or not visible to the caller)");
+            }
+            if let Some(slot) = op.get_mut("parameters") {
+                *slot = serde_json::Value::Array(params);
+            }
+            add_response(op, "429", "Too many requests (see `Retry-After`)");
+        }
+    }
+    apply_field_bounds(doc, &currencies);
+}
+
+/// The bounds the handlers and the domain enforce on request fields, stated in the schemas
+/// (the figures come from the same constants the checks use).
+fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use crate::domain::ledger::MAX_AMOUNT;
+    use crate::domain::security::bounds as b;
+    use serde_json::json;
+    let amount = json!({"minimum": 1, "maximum": MAX_AMOUNT});
+    let range = |(lo, hi): (u32, u32)| json!({"minimum": lo, "maximum": hi});
+    let email = json!({"format": "email", "maxLength": 254});
+    let mut v = vec![
+        ("CreateTransferRequest", "amount", amount.clone()),
+        ("CreditLeg", "amount", amount.clone()),
+        ("CashRequest", "amount", amount.clone()),
+        ("CreateHoldRequest", "amount", amount.clone()),
+        ("CaptureRequest", "amount", amount.clone()),
+        ("ReverseRequest", "amount", amount),
+        (
+            "OverdraftRequest",
+            "overdraft_limit",
+            json!({"minimum": 0, "maximum": MAX_AMOUNT}),
+        ),
+        (
+            "CreateHoldRequest",
+            "expires_in_seconds",
+            json!({"minimum": 60, "maximum": 30 * 86_400}),
+        ),
+        (
+            "BatchRequest",
+            "transfers",
+            json!({"minItems": 1, "maxItems": 1000}),
+        ),
+        (
+            "RotateApiTokenRequest",
+            "overlap_seconds",
+            json!({"minimum": 0, "maximum": 86_400}),
+        ),
+        (
+            "CreateApiTokenRequest",
+            "name",
+            json!({"minLength": 1, "maxLength": 100, "pattern": "\\S"}),
+        ),
+        (
+            "CreateApiTokenRequest",
+            "expires_in",
+            json!({"enum": ["24h", "30d", "90d", "180d", "365d"]}),
+        ),
+        (
+            "PutLimitsRequest",
+            "tiers",
+            json!({"minItems": 1, "maxItems": 4}),
+        ),
+        (
+            "CreateTransferRequest",
+            "credits",
+            json!({"minItems": 1, "maxItems": 100}),
+        ),
+        (
+            "SubmitRequest",
+            "requested_tier",
+            json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
+        ),
+        (
+            "SubmitRequest",
+            "documents",
+            json!({"minItems": 1, "maxItems": 4}),
+        ),
+        (
+            "DocumentUpload",
+            "document_type",
+            json!({"enum": ["passport", "national_id", "drivers_licence", "proof_of_address", "selfie"]}),
+        ),
+        (
+            "DocumentUpload",
+            "content_type",
+            json!({"enum": ["application/pdf", "image/png", "image/jpeg"]}),
+        ),
+        (
+            "TierLimitsBody",
+            "tier",
+            json!({"minimum": 0, "maximum": crate::domain::kyc::MAX_TIER}),
+        ),
+        (
+            "ErasureRequest",
+            "reason",
+            json!({"enum": crate::service::privacy::ERASURE_REASONS}),
+        ),
+        (
+            "RestrictionRequest",
+            "reason",
+            json!({"enum": crate::service::privacy::RESTRICTION_REASONS
+                .iter()
+                .chain(crate::service::privacy::UNRESTRICTION_REASONS)
+                .collect::<std::collections::BTreeSet<_>>()}),
+        ),
+        (
+            "CreateTenantRequest",
+            "slug",
+            json!({"pattern": "^[a-z][a-z0-9-]{1,38}[a-z0-9]$"}),
+        ),
+        ("LoginRequest", "email", email.clone()),
+        ("PasswordResetRequest", "email", email.clone()),
+        ("CreateUserRequest", "email", email.clone()),
+        ("InitialManager", "email", email),
+        (
+            "SecurityPolicyBody",
+            "password_min_length",
+            range(b::PASSWORD_MIN_LENGTH),
+        ),
+        (
+            "SecurityPolicyBody",
+            "password_max_length",
+            range(b::PASSWORD_MAX_LENGTH),
+        ),
+        (
+            "SecurityPolicyBody",
+            "password_history",
+            range(b::PASSWORD_HISTORY),
+        ),
+        (
+            "SecurityPolicyBody",
+            "lockout_threshold",
+            range(b::LOCKOUT_THRESHOLD),
+        ),
+        (
+            "SecurityPolicyBody",
+            "lockout_minutes",
+            range(b::LOCKOUT_MINUTES),
+        ),
+        (
+            "SecurityPolicyBody",
+            "step_up_max_age_seconds",
+            range(b::STEP_UP_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "session_idle_timeout_seconds",
+            range(b::SESSION_IDLE_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "session_absolute_lifetime_seconds",
+            range(b::SESSION_ABSOLUTE_SECONDS),
+        ),
+        (
+            "SecurityPolicyBody",
+            "allowed_ips",
+            json!({"maxItems": b::MAX_ALLOWED_IPS}),
+        ),
+        (
+            "SecurityPolicyBody",
+            "cors_allowed_origins",
+            json!({"maxItems": b::MAX_CORS_ORIGINS}),
+        ),
+    ];
+    let scopes: Vec<&str> = crate::domain::authz::Permission::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    v.push((
+        "SecurityPolicyBody",
+        "step_up_transfer_threshold",
+        json!({
+            "propertyNames": {"enum": crate::domain::currency::codes().collect::<Vec<_>>()},
+            "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
+        }),
+    ));
+    v.push((
+        "CreateApiTokenRequest",
+        "scopes",
+        json!({"minItems": 1, "items": {"type": "string", "enum": scopes}}),
+    ));
+    v
+}
+
+fn apply_field_bounds(doc: &mut serde_json::Value, currencies: &[&str]) {
+    for (schema, field, bounds) in field_bounds() {
+        let ptr = format!("/components/schemas/{schema}/properties/{field}");
+        if let (Some(prop), Some(bounds)) = (
+            doc.pointer_mut(&ptr).and_then(|p| p.as_object_mut()),
+            bounds.as_object(),
+        ) {
+            for (k, v) in bounds {
+                prop.insert(k.clone(), v.clone());
+            }
+        } else {
+            tracing::warn!(
+                schema,
+                field,
+                "OpenAPI bound names a field the document lacks"
+            );
+        }
+    }
+    // Every `currency` field of a request or response is a supported code.
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for schema in schemas.values_mut() {
+            if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                for (name, prop) in props.iter_mut() {
+                    if name == "currency"
+                        && prop["type"] == "string"
+                        && let Some(o) = prop.as_object_mut()
+                    {
+                        o.insert("enum".into(), serde_json::json!(currencies));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The document served at `/v1/openapi.json`: the generated one with the shared contract
+/// applied. (Edited as JSON: utoipa's typed model does not read its own output back.)
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    apply_contract(&mut doc);
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stated_bound_names_a_field_of_the_document() {
+        let doc = document();
+        for (schema, field, bounds) in field_bounds() {
+            let prop = doc
+                .pointer(&format!("/components/schemas/{schema}/properties/{field}"))
+                .unwrap_or_else(|| unreachable!("{schema}.{field} is not in the document"));
+            for (k, v) in bounds.as_object().into_iter().flatten() {
+                assert_eq!(prop.get(k), Some(v), "{schema}.{field}.{k}");
+            }
+        }
+        // The shared answers are there, e.g. on a JSON-body route behind authorisation.
+        let op = &doc["paths"]["/v1/transfers"]["post"]["responses"];
+        for s in ["400", "401", "403", "413", "415", "429"] {
+            assert!(op.get(s).is_some(), "POST /v1/transfers lacks {s}");
+        }
+        let limit = doc["paths"]["/v1/transfers"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .map(|p| p["schema"].clone())
+            .unwrap_or_default();
+        assert_eq!(
+            (limit["minimum"].as_i64(), limit["maximum"].as_i64()),
+            (Some(1), Some(100))
+        );
+    }
+}

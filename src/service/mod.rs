@@ -67,6 +67,8 @@ pub struct Settings {
     pub alerts: alerts::AlertSettings,
     /// The bearer token `GET /metrics` on the main listener requires; `None`: not served there.
     pub metrics_token: Option<secrecy::SecretString>,
+    /// A request unanswered after this long is cut off (408 or 503, see `http::timeout`).
+    pub request_timeout_seconds: u64,
 }
 
 /// Everything the use cases need, shared by all requests.

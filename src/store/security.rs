@@ -80,6 +80,8 @@ pub struct PasswordChange<'a> {
 pub trait SecurityStore: Send + Sync {
     /// The tenant's stored policy document, if it ever set one.
     async fn security_policy(&self, tenant: &TenantId) -> StoreResult<Option<String>>;
+    /// Saves the policy document and, in the same transaction, rewrites the tenant's rows of
+    /// the CORS look-up table from the document's `cors_allowed_origins`.
     async fn put_security_policy(
         &self,
         tenant: &TenantId,
@@ -88,6 +90,8 @@ pub trait SecurityStore: Send + Sync {
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
+    /// Whether `origin` is on any tenant's CORS list (a preflight carries no credential).
+    async fn cors_origin_known(&self, origin: &str) -> StoreResult<bool>;
     /// Security events of a chain, newest first.
     async fn list_security_events(
         &self,
@@ -200,9 +204,43 @@ macro_rules! impl_security_store {
                 .bind(updated_by)
                 .execute(&mut *tx)
                 .await?;
+                // The look-up table is derived from the document (a document that does not
+                // parse yields no origins, as `SecurityPolicy::from_storage` would).
+                let origins = serde_json::from_str::<$crate::domain::security::SecurityPolicy>(
+                    policy_json,
+                )
+                .map(|p| p.cors_allowed_origins)
+                .unwrap_or_default();
+                sqlx::query("DELETE FROM tenant_cors_origins WHERE tenant_id = $1")
+                    .bind(tenant.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                for origin in &origins {
+                    sqlx::query(
+                        "INSERT INTO tenant_cors_origins (tenant_id, origin) VALUES ($1, $2) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(tenant.as_str())
+                    .bind(origin.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn cors_origin_known(
+                &self,
+                origin: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let row: Option<(i32,)> = sqlx::query_as(
+                    "SELECT 1 FROM tenant_cors_origins WHERE origin = $1 LIMIT 1",
+                )
+                .bind(origin)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
             }
 
             async fn list_security_events(

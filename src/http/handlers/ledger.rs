@@ -401,6 +401,7 @@ async fn run_movement(
 /// Open an account for a customer in one of the tenant's currencies (one per currency).
 #[utoipa::path(post, path = "/v1/accounts", tag = "ledger", security(("bearer" = [])), request_body = OpenAccountRequest, responses(
     (status = 201, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 422, description = "The customer is erased or restricted", body = ErrorBody),
 ))]
 pub async fn open_account(
     State(state): State<Arc<AppState>>,

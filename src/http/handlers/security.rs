@@ -191,6 +191,11 @@ pub struct SecurityPolicyBody {
     pub staff_login_ip_allowlist: bool,
     /// API-token requests must be signed (`Kasho-Signature`).
     pub require_signed_requests: bool,
+    /// Browser origins allowed to call the API cross-origin (CORS), at most 20, each exactly
+    /// `https://host[:port]` (`http://` only for localhost and 127.0.0.1); never `*`.
+    /// Omitted: none. CORS is not authorisation: every request still needs its credential.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl From<SecurityPolicy> for SecurityPolicyBody {
@@ -213,6 +218,11 @@ impl From<SecurityPolicy> for SecurityPolicyBody {
             allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
             staff_login_ip_allowlist: p.staff_login_ip_allowlist,
             require_signed_requests: p.require_signed_requests,
+            cors_allowed_origins: p
+                .cors_allowed_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }
@@ -245,6 +255,19 @@ impl SecurityPolicyBody {
                 ApiError::invalid("parameter_invalid", Some(format!("allowed_ips[{i}]")), e)
             })?);
         }
+        let mut origins: Vec<crate::domain::security::CorsOrigin> = Vec::new();
+        for (i, o) in self.cors_allowed_origins.iter().enumerate() {
+            let origin = crate::domain::security::CorsOrigin::parse(o).map_err(|e| {
+                ApiError::invalid(
+                    "parameter_invalid",
+                    Some(format!("cors_allowed_origins[{i}]")),
+                    e,
+                )
+            })?;
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
         Ok(SecurityPolicy {
             password_min_length: self.password_min_length,
             password_max_length: self.password_max_length,
@@ -259,6 +282,7 @@ impl SecurityPolicyBody {
             allowed_ips: ips,
             staff_login_ip_allowlist: self.staff_login_ip_allowlist,
             require_signed_requests: self.require_signed_requests,
+            cors_allowed_origins: origins,
         })
     }
 }
