@@ -425,6 +425,18 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         .iter()
         .map(|p| p.as_str())
         .collect();
+    let roles: Vec<&str> = crate::domain::authz::Role::ALL
+        .iter()
+        .filter(|r| !r.is_platform())
+        .map(|r| r.as_str())
+        .collect();
+    for schema in ["CreateUserRequest", "SetRolesRequest"] {
+        v.push((
+            schema,
+            "roles",
+            json!({"items": {"type": "string", "enum": roles}}),
+        ));
+    }
     v.push((
         "SecurityPolicyBody",
         "step_up_transfer_threshold",

@@ -374,7 +374,9 @@ pub async fn set_status(
     let reason = match (status, reason) {
         ("closed", r) => r,
         (_, Some(r))
-            if !r.trim().is_empty() && r.len() <= 500 && !r.chars().any(char::is_control) =>
+            if !r.trim().is_empty()
+                && r.chars().count() <= 500
+                && !r.chars().any(char::is_control) =>
         {
             Some(r)
         }

@@ -88,6 +88,20 @@ impl From<AccountRecord> for AccountView {
     }
 }
 
+/// What freezing or unfreezing an account takes, as documented: the handler reads it as a
+/// [`ReasonRequest`] and the use case requires the reason (so another tenant's account still
+/// answers 404 before the body's content is judged).
+#[derive(Serialize, ToSchema)]
+pub struct FreezeRequest {
+    /// Why, 1 to 500 characters without control characters (kept in the audit trail).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    pub reason: String,
+}
+
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
@@ -401,7 +415,7 @@ async fn run_movement(
 /// Open an account for a customer in one of the tenant's currencies (one per currency).
 #[utoipa::path(post, path = "/v1/accounts", tag = "ledger", security(("bearer" = [])), request_body = OpenAccountRequest, responses(
     (status = 201, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
-    (status = 422, description = "The customer is erased or restricted", body = ErrorBody),
+    (status = 422, description = "The customer was erased (`customer_erased`)", body = ErrorBody),
 ))]
 pub async fn open_account(
     State(state): State<Arc<AppState>>,
@@ -482,7 +496,7 @@ pub async fn list_entries(
 }
 
 /// Freeze an account: it refuses debits until unfrozen. A reason is required.
-#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = ReasonRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn freeze(
@@ -497,7 +511,7 @@ pub async fn freeze(
 }
 
 /// Unfreeze an account. A reason is required.
-#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = ReasonRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn unfreeze(
