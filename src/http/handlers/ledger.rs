@@ -92,6 +92,7 @@ impl From<AccountRecord> for AccountView {
 /// [`ReasonRequest`] and the use case requires the reason (so another tenant's account still
 /// answers 404 before the body's content is judged).
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FreezeRequest {
     /// Why, 1 to 500 characters without control characters (kept in the audit trail).
     #[schema(
