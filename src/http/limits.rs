@@ -126,7 +126,7 @@ fn banned(seconds: i64) -> Response {
 pub async fn guard(
     State(state): State<Arc<AppState>>,
     matched: Option<MatchedPath>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let core = &state.core;
@@ -176,6 +176,7 @@ pub async fn guard(
         return refused(q);
     }
 
+    req.extensions_mut().insert(meta.clone());
     let mut resp = next.run(req).await;
 
     // 4. Intrusion signals: 401/403/404 answers count towards a ban.

@@ -280,7 +280,11 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let meta = request_meta(&req, &state.core.settings.trusted_proxies);
+    // The rate-limit guard in front has usually worked the request facts out already.
+    let meta = match req.extensions().get::<RequestMeta>() {
+        Some(m) => m.clone(),
+        None => request_meta(&req, &state.core.settings.trusted_proxies),
+    };
     let method = req.method().clone();
     // axum answers HEAD with the GET handler; authorise it as the GET it is.
     let lookup = if method == Method::HEAD {
