@@ -25,7 +25,8 @@ use super::Core;
 use crate::clock::Timestamp;
 use crate::domain::security::Severity;
 use crate::error::AppResult;
-use crate::store::alerts::{AlertOutcome, AlertRecord};
+use crate::store::alerts::AlertRecord;
+use crate::store::outbox::Delivery;
 
 /// First retry after this long; doubles each attempt.
 pub const BASE_BACKOFF_SECONDS: i64 = 30;
@@ -375,13 +376,13 @@ pub async fn deliver_due(core: &Core) -> AppResult<AlertDeliveryCounts> {
         for alert in batch {
             let outcome = attempt(core, client, &alert).await;
             match &outcome {
-                AlertOutcome::Delivered => {
+                Delivery::Done => {
                     counts.delivered += 1;
                     crate::observability::alert_delivery("delivered");
                     tracing::info!(alert_id = %alert.id, security_event = %alert.event_type,
                         attempts = alert.attempts, "security alert delivered");
                 }
-                AlertOutcome::Retry {
+                Delivery::Retry {
                     next_attempt_at,
                     error,
                 } => {
@@ -391,7 +392,7 @@ pub async fn deliver_due(core: &Core) -> AppResult<AlertDeliveryCounts> {
                         attempts = alert.attempts, error = %error, retry_at = %next_attempt_at.to_rfc3339(),
                         "security alert delivery failed; will retry");
                 }
-                AlertOutcome::Failed { error } => {
+                Delivery::Failed { error } => {
                     counts.failed += 1;
                     crate::observability::alert_delivery("failed");
                     tracing::error!(target: "kasho::alert", alert_id = %alert.id,
@@ -408,22 +409,22 @@ pub async fn deliver_due(core: &Core) -> AppResult<AlertDeliveryCounts> {
     Ok(counts)
 }
 
-async fn attempt(core: &Core, client: &WebhookClient, alert: &AlertRecord) -> AlertOutcome {
+async fn attempt(core: &Core, client: &WebhookClient, alert: &AlertRecord) -> Delivery {
     let now = core.clock.now();
     let result = client
         .post(&alert.id, alert.payload.as_bytes(), now.unix_seconds())
         .await;
     let error = match result {
-        Ok(status) if (200..300).contains(&status) => return AlertOutcome::Delivered,
+        Ok(status) if (200..300).contains(&status) => return Delivery::Done,
         Ok(status) => format!("HTTP {status}"),
         Err(e) => e,
     };
     let next = now.plus_seconds(backoff_seconds(alert.attempts));
     let give_up_at = Timestamp::from_micros(alert.created_at).plus_seconds(GIVE_UP_AFTER_SECONDS);
     if next > give_up_at {
-        AlertOutcome::Failed { error }
+        Delivery::Failed { error }
     } else {
-        AlertOutcome::Retry {
+        Delivery::Retry {
             next_attempt_at: next,
             error,
         }

@@ -28,7 +28,8 @@ use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::service::keys::KeyOwner;
 use crate::store::keys::MAIL_OUTBOX_MESSAGE;
-use crate::store::mail::{MailOutcome, NewOutboxMessage, OutboxRecord};
+use crate::store::mail::{NewOutboxMessage, OutboxRecord};
+use crate::store::outbox::Delivery;
 
 /// Where and how mail is delivered.
 #[derive(Debug, Clone)]
@@ -207,11 +208,11 @@ pub async fn deliver_due(core: &Core) -> AppResult<DeliveryCounts> {
         for msg in batch {
             let outcome = attempt(core, &msg).await;
             match &outcome {
-                MailOutcome::Sent => {
+                Delivery::Done => {
                     counts.sent += 1;
                     tracing::info!(mail_id = %msg.id, kind = %msg.kind, attempts = msg.attempts, "mail delivered");
                 }
-                MailOutcome::Retry {
+                Delivery::Retry {
                     next_attempt_at,
                     error,
                 } => {
@@ -219,7 +220,7 @@ pub async fn deliver_due(core: &Core) -> AppResult<DeliveryCounts> {
                     tracing::warn!(mail_id = %msg.id, kind = %msg.kind, attempts = msg.attempts, error = %error,
                         retry_at = %next_attempt_at.to_rfc3339(), "mail delivery failed; will retry");
                 }
-                MailOutcome::Failed { error } => {
+                Delivery::Failed { error } => {
                     counts.failed += 1;
                     tracing::error!(mail_id = %msg.id, kind = %msg.kind, attempts = msg.attempts, error = %error,
                         "mail delivery failed; giving up");
@@ -233,9 +234,9 @@ pub async fn deliver_due(core: &Core) -> AppResult<DeliveryCounts> {
     Ok(counts)
 }
 
-async fn attempt(core: &Core, msg: &OutboxRecord) -> MailOutcome {
+async fn attempt(core: &Core, msg: &OutboxRecord) -> Delivery {
     let settings = &core.settings.mail;
-    let give_up = |error: String| MailOutcome::Failed { error };
+    let give_up = |error: String| Delivery::Failed { error };
     let Some(stored) = msg.message.as_deref() else {
         return give_up("the message text is missing".into());
     };
@@ -263,13 +264,13 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> MailOutcome {
             .map_err(|e| (format!("mailbox: {}", e.kind()), false)),
     };
     match result {
-        Ok(()) => MailOutcome::Sent,
+        Ok(()) => Delivery::Done,
         Err((error, permanent)) => {
             let max = i64::from(settings.max_attempts.max(1));
             if permanent || msg.attempts >= max {
                 give_up(error)
             } else {
-                MailOutcome::Retry {
+                Delivery::Retry {
                     next_attempt_at: core.clock.now().plus_seconds(backoff_seconds(msg.attempts)),
                     error,
                 }

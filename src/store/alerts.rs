@@ -17,6 +17,7 @@ use crate::clock::Timestamp;
 use crate::domain::audit::AuditRecord;
 use crate::domain::security::{SecurityEvent, Severity};
 use crate::ids::SecurityAlertId;
+use crate::store::outbox::Delivery;
 
 /// Which security events become alerts, and whether they go to the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,21 +147,6 @@ pub struct AlertRecord {
     pub finished_at: Option<i64>,
 }
 
-/// How a delivery attempt of a claimed alert ended.
-#[derive(Debug, Clone)]
-pub enum AlertOutcome {
-    Delivered,
-    /// Try again at `next_attempt_at`.
-    Retry {
-        next_attempt_at: Timestamp,
-        error: String,
-    },
-    /// Given up: no more attempts.
-    Failed {
-        error: String,
-    },
-}
-
 /// Database pool occupancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -184,12 +170,8 @@ pub trait AlertStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<AlertRecord>>;
     /// Records how the attempt on a claimed alert ended. `false` if it was not claimed any more.
-    async fn finish_alert(
-        &self,
-        id: &str,
-        now: Timestamp,
-        outcome: &AlertOutcome,
-    ) -> StoreResult<bool>;
+    async fn finish_alert(&self, id: &str, now: Timestamp, outcome: &Delivery)
+    -> StoreResult<bool>;
     /// One alert (tests and operators).
     async fn security_alert(&self, id: &str) -> StoreResult<Option<AlertRecord>>;
     /// Every alert, oldest first (tests and operators).
@@ -220,84 +202,42 @@ macro_rules! impl_alert_store {
                 lease_until: $crate::clock::Timestamp,
                 limit: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
-                let mut tx = self.begin_write().await?;
-                // The condition is repeated in the outer UPDATE: on PostgreSQL a row another
-                // worker claimed meanwhile is re-checked against it and skipped.
-                let rows: Vec<$crate::store::alerts::AlertRecord> = sqlx::query_as(
-                    "UPDATE security_alerts SET status = 'sending', lease_until = $2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT id FROM security_alerts \
-                                  WHERE (status = 'pending' AND next_attempt_at <= $1) \
-                                     OR (status = 'sending' AND lease_until <= $1) \
-                                  ORDER BY next_attempt_at LIMIT $3) \
-                     AND ((status = 'pending' AND next_attempt_at <= $1) \
-                          OR (status = 'sending' AND lease_until <= $1)) \
-                     RETURNING *",
-                )
-                .bind(now.as_micros())
-                .bind(lease_until.as_micros())
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(rows)
+                self.claim_outbox(&$crate::store::outbox::ALERTS, now, lease_until, limit)
+                    .await
             }
 
             async fn finish_alert(
                 &self,
                 id: &str,
                 now: $crate::clock::Timestamp,
-                outcome: &$crate::store::alerts::AlertOutcome,
+                outcome: &$crate::store::outbox::Delivery,
             ) -> $crate::store::StoreResult<bool> {
-                use $crate::store::alerts::AlertOutcome;
-                let mut tx = self.begin_write().await?;
-                let q = match outcome {
-                    AlertOutcome::Delivered => sqlx::query(
-                        "UPDATE security_alerts SET status = 'delivered', lease_until = NULL, \
-                         last_error = NULL, finished_at = $2 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(now.as_micros()),
-                    AlertOutcome::Retry {
-                        next_attempt_at,
-                        error,
-                    } => sqlx::query(
-                        "UPDATE security_alerts SET status = 'pending', lease_until = NULL, \
-                         next_attempt_at = $2, last_error = $3 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(next_attempt_at.as_micros())
-                    .bind(error.clone()),
-                    AlertOutcome::Failed { error } => sqlx::query(
-                        "UPDATE security_alerts SET status = 'failed', lease_until = NULL, \
-                         last_error = $3, finished_at = $2 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(now.as_micros())
-                    .bind(error.clone()),
-                };
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
+                self.finish_outbox(&$crate::store::outbox::ALERTS, id, now, outcome)
+                    .await
             }
 
             async fn security_alert(
                 &self,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::alerts::AlertRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM security_alerts WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
+                Ok(
+                    sqlx::query_as("SELECT * FROM security_alerts WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
             }
 
             async fn security_alerts(
                 &self,
                 limit: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM security_alerts ORDER BY id LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
+                Ok(
+                    sqlx::query_as("SELECT * FROM security_alerts ORDER BY id LIMIT $1")
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
             }
 
             fn pool_stats(&self) -> $crate::store::alerts::PoolStats {
@@ -311,12 +251,15 @@ macro_rules! impl_alert_store {
                 let migrator = self.migrator();
                 let mut conn = self.pool.acquire().await?;
                 let applied: std::collections::BTreeSet<i64> =
-                    sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
-                        .await
-                        .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?
-                        .into_iter()
-                        .map(|m| m.version)
-                        .collect();
+                    sqlx::migrate::Migrate::list_applied_migrations(
+                        &mut *conn,
+                        &migrator.table_name,
+                    )
+                    .await
+                    .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?
+                    .into_iter()
+                    .map(|m| m.version)
+                    .collect();
                 let embedded: std::collections::BTreeSet<i64> = migrator
                     .iter()
                     .filter(|m| m.migration_type.is_up_migration())

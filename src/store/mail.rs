@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use super::StoreResult;
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
+use crate::store::outbox::Delivery;
 
 /// A reset token to store: only the SHA-256 digest of the secret.
 #[derive(Debug, Clone)]
@@ -86,21 +87,6 @@ impl std::fmt::Debug for OutboxRecord {
     }
 }
 
-/// How a delivery attempt of a claimed message ended.
-#[derive(Debug, Clone)]
-pub enum MailOutcome {
-    Sent,
-    /// Try again at `next_attempt_at`.
-    Retry {
-        next_attempt_at: Timestamp,
-        error: String,
-    },
-    /// Given up: no more attempts.
-    Failed {
-        error: String,
-    },
-}
-
 #[async_trait]
 pub trait MailStore: Send + Sync {
     /// Stores a reset token and its email in one transaction, invalidating the user's older
@@ -131,12 +117,7 @@ pub trait MailStore: Send + Sync {
     ) -> StoreResult<Vec<OutboxRecord>>;
     /// Records how the attempt on a claimed message ended (the sealed message is cleared when
     /// it is sent or failed). `false` if the message was not claimed any more.
-    async fn finish_mail(
-        &self,
-        id: &str,
-        now: Timestamp,
-        outcome: &MailOutcome,
-    ) -> StoreResult<bool>;
+    async fn finish_mail(&self, id: &str, now: Timestamp, outcome: &Delivery) -> StoreResult<bool>;
     /// One outbox message (tests and operators).
     async fn mail_message(&self, id: &str) -> StoreResult<Option<OutboxRecord>>;
 }
@@ -222,64 +203,18 @@ macro_rules! impl_mail_store {
                 lease_until: $crate::clock::Timestamp,
                 limit: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::mail::OutboxRecord>> {
-                let mut tx = self.begin_write().await?;
-                // The condition is repeated in the outer UPDATE: on PostgreSQL a row another
-                // worker claimed meanwhile is re-checked against it and skipped.
-                let rows: Vec<$crate::store::mail::OutboxRecord> = sqlx::query_as(
-                    "UPDATE mail_outbox SET status = 'sending', lease_until = $2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT id FROM mail_outbox \
-                                  WHERE (status = 'pending' AND next_attempt_at <= $1) \
-                                     OR (status = 'sending' AND lease_until <= $1) \
-                                  ORDER BY next_attempt_at LIMIT $3) \
-                     AND ((status = 'pending' AND next_attempt_at <= $1) \
-                          OR (status = 'sending' AND lease_until <= $1)) \
-                     RETURNING *",
-                )
-                .bind(now.as_micros())
-                .bind(lease_until.as_micros())
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(rows)
+                self.claim_outbox(&$crate::store::outbox::MAIL, now, lease_until, limit)
+                    .await
             }
 
             async fn finish_mail(
                 &self,
                 id: &str,
                 now: $crate::clock::Timestamp,
-                outcome: &$crate::store::mail::MailOutcome,
+                outcome: &$crate::store::outbox::Delivery,
             ) -> $crate::store::StoreResult<bool> {
-                use $crate::store::mail::MailOutcome;
-                let mut tx = self.begin_write().await?;
-                let q = match outcome {
-                    MailOutcome::Sent => sqlx::query(
-                        "UPDATE mail_outbox SET status = 'sent', message = NULL, lease_until = NULL, \
-                         last_error = NULL, finished_at = $2 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(now.as_micros()),
-                    MailOutcome::Retry {
-                        next_attempt_at,
-                        error,
-                    } => sqlx::query(
-                        "UPDATE mail_outbox SET status = 'pending', lease_until = NULL, \
-                         next_attempt_at = $2, last_error = $3 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(next_attempt_at.as_micros())
-                    .bind(error.clone()),
-                    MailOutcome::Failed { error } => sqlx::query(
-                        "UPDATE mail_outbox SET status = 'failed', message = NULL, lease_until = NULL, \
-                         last_error = $3, finished_at = $2 WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(now.as_micros())
-                    .bind(error.clone()),
-                };
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
+                self.finish_outbox(&$crate::store::outbox::MAIL, id, now, outcome)
+                    .await
             }
 
             async fn mail_message(

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kyc;
 pub mod mail;
 pub mod mfa;
+pub mod outbox;
 pub mod postgres;
 pub mod posting;
 pub mod security;
