@@ -7,6 +7,9 @@
 //!     cargo run --release --example auth_bench -- sqlite
 //!     cargo run --release --example auth_bench -- postgres [postgres://postgres@127.0.0.1:5432/test]
 //!
+//! With `KASHO_BENCH_REDIS_URL` (e.g. redis://127.0.0.1:6379) the rate-limit buckets live in
+//! that Redis, as when several instances share them (a key prefix of its own per run).
+//!
 //! Method and results: docs/PERFORMANCE.md.
 
 #![allow(
@@ -96,10 +99,16 @@ async fn main() {
         (format!("sqlite://{}/kasho.db", dir.path().display()), None)
     };
     let data_dir = dir.path().display().to_string();
+    let redis = std::env::var("KASHO_BENCH_REDIS_URL").ok();
+    let prefix = format!("kasho-bench:{}:", uuid::Uuid::now_v7().simple());
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if let Some(url) = redis.as_deref() {
+        pairs.extend([("redis_url", url), ("redis_key_prefix", prefix.as_str())]);
+    }
     // Production hashing parameters (the defaults).
-    let config = Config::from_pairs(&[
-        ("data_dir", &data_dir),
-        ("database_url", &url),
+    pairs.extend([
+        ("data_dir", data_dir.as_str()),
+        ("database_url", url.as_str()),
         // What is measured is the server's work, not its rate limits (one client address
         // and one credential send every request here).
         ("rate_limit_ip", "10000000/60"),
@@ -107,12 +116,17 @@ async fn main() {
         ("rate_limit_tenant", "10000000/60"),
         ("rate_limit_login", "10000000/60"),
         ("rate_limit_refresh", "10000000/60"),
-    ])
-    .unwrap();
+    ]);
+    let config = Config::from_pairs(&pairs).unwrap();
     let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
         .await
         .unwrap();
     let router = kasho::http::router(core.clone(), config.max_body_bytes);
+    match core.limits.redis_reachable().await {
+        None => println!("rate limits: in process"),
+        Some(true) => println!("rate limits: shared in Redis"),
+        Some(false) => panic!("KASHO_BENCH_REDIS_URL is set but Redis is unreachable"),
+    }
     println!(
         "backend {backend}; Argon2id m={} KiB t={} p={}; {} CPUs",
         config.argon2.memory_kib,
