@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::backend_tests;
-use crate::support::{PASSWORD, TestApp};
+use crate::support::{PASSWORD, Served, TestApp, free_port, serve_command};
 
 /// One HTTP/1.1 request on a fresh connection; `None` when the server is gone.
 async fn post(
@@ -59,43 +58,13 @@ async fn post(
         .flatten()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_server(app: &TestApp, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kasho"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(app.data_dir.path())
-        .args(["--database-url", &app.database_url])
-        .env("KASHO_LOG_LEVEL", "error")
-        .env("KASHO_ARGON2_MEMORY_KIB", "64")
-        .env("KASHO_ARGON2_ITERATIONS", "1")
-        .env("KASHO_MFA_REQUIRED_ROLES", "")
+async fn start_server(app: &TestApp, port: u16) -> Served {
+    let log = app.data_dir.path().join(format!("serve-{port}.log"));
+    let mut cmd = serve_command(app.data_dir.path(), &app.database_url, port, &log);
+    cmd.env("KASHO_LOG_LEVEL", "error")
         // Thousands of requests from one address and one token: not what this test is about.
-        .envs(crate::support::generous_limits_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kasho serve");
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("kasho serve did not start on port {port}");
+        .envs(crate::support::generous_limits_env());
+    Served::start(cmd, port, log).await
 }
 
 async fn killed_mid_burst_the_ledger_loses_nothing_and_posts_nothing_twice(app: &TestApp) {
@@ -170,8 +139,7 @@ async fn killed_mid_burst_the_ledger_loses_nothing_and_posts_nothing_twice(app: 
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    server.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
-    server.wait().unwrap();
+    server.kill(); // SIGKILL: no graceful shutdown
     for c in clients {
         c.await.unwrap();
     }
@@ -223,8 +191,7 @@ async fn killed_mid_burst_the_ledger_loses_nothing_and_posts_nothing_twice(app: 
         let (s, v) = resend(key).await.unwrap();
         assert_eq!((s, v["id"].as_str().unwrap()), (201, id.as_str()));
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     // Every acknowledged transfer is durable and appears exactly once.
     let mut all: Vec<String> = acked.iter().map(|(_, id)| (*id).clone()).collect();

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,79 +15,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::ledger::{assert_accounts_consistent, funded_accounts};
-use crate::support::{Backend, PASSWORD, TestApp};
-
-/// A running `kasho serve`, killed when dropped.
-struct Instance {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{Backend, PASSWORD, Served, TestApp, free_port, serve_command};
 
 /// Starts an instance with its own data directory but the deployment's shared key files,
 /// database and Redis, as N instances behind a load balancer are run.
-async fn start(app: &TestApp, keys: &Path, data_dir: &Path, redis_prefix: &str) -> Instance {
+async fn start(app: &TestApp, keys: &Path, data_dir: &Path, redis_prefix: &str) -> Served {
     let port = free_port();
-    let log_path = data_dir.join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kasho"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--database-url", &app.database_url])
-        .env(
-            "KASHO_JWT_SIGNING_KEY_FILE",
-            keys.join(kasho::crypto::keys::JWT_KEY_FILE),
-        )
-        .env(
-            "KASHO_MASTER_KEY_FILE",
-            keys.join(kasho::crypto::keys::MASTER_KEY_FILE),
-        )
-        .envs(crate::support::generous_limits_env())
-        .env("KASHO_REDIS_URL", "redis://127.0.0.1:6379")
-        .env("KASHO_REDIS_KEY_PREFIX", redis_prefix)
-        // One sign-in budget per client address, small enough to see it shared.
-        .env("KASHO_RATE_LIMIT_LOGIN", "6/600")
-        .env("KASHO_LOG_LEVEL", "warn")
-        .env("KASHO_ARGON2_MEMORY_KIB", "64")
-        .env("KASHO_ARGON2_ITERATIONS", "1")
-        .env("KASHO_MFA_REQUIRED_ROLES", "")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start kasho serve");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut instance = Instance { child, addr };
+    let log = data_dir.join("server.log");
+    let mut cmd = serve_command(data_dir, &app.database_url, port, &log);
+    cmd.env(
+        "KASHO_JWT_SIGNING_KEY_FILE",
+        keys.join(kasho::crypto::keys::JWT_KEY_FILE),
+    )
+    .env(
+        "KASHO_MASTER_KEY_FILE",
+        keys.join(kasho::crypto::keys::MASTER_KEY_FILE),
+    )
+    .envs(crate::support::generous_limits_env())
+    .env("KASHO_REDIS_URL", "redis://127.0.0.1:6379")
+    .env("KASHO_REDIS_KEY_PREFIX", redis_prefix)
+    // One sign-in budget per client address, small enough to see it shared.
+    .env("KASHO_RATE_LIMIT_LOGIN", "6/600")
+    .env("KASHO_LOG_LEVEL", "warn");
+    let instance = Served::start(cmd, port, log).await;
+    // Listening is not enough: the instance must answer.
     for _ in 0..300 {
-        if TcpStream::connect(addr).await.is_ok() && get(addr, "/healthz", None).await.0 == 200 {
+        if get(instance.addr(), "/healthz", None).await.0 == 200 {
             return instance;
-        }
-        if let Ok(Some(status)) = instance.child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("kasho serve exited early: {status}\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = instance.child.kill();
-    panic!("kasho serve did not start on port {port}");
+    panic!(
+        "kasho serve on port {port} never answered /healthz:\n{}",
+        instance.log()
+    );
 }
 
 /// One HTTP/1.1 request on a fresh connection: status, headers (lower-cased names), JSON body.
@@ -180,7 +140,7 @@ async fn two_kasho_serve_processes_on_one_postgresql_and_redis_behave_as_one_ser
     let prefix = format!("kasho-test-{}:", uuid::Uuid::now_v7().simple());
     let a = start(&app, keys, dir_a.path(), &prefix).await;
     let b = start(&app, keys, dir_b.path(), &prefix).await;
-    let (a, b) = (a.addr, b.addr);
+    let (a, b) = (a.addr(), b.addr());
 
     // 1. A logout through one instance ends the session on the other at once.
     let session = login(a, &t.slug).await;

@@ -4,7 +4,6 @@
 //! the request, authentication-failure and transfer series moving after those flows.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend_tests;
-use crate::support::{PASSWORD, TestApp};
+use crate::support::{PASSWORD, Served, TestApp, free_port, serve_command};
 
 pub const CANARY_FIRST: &str = "Wilhelmina";
 pub const CANARY_LAST: &str = "Canarysdottir";
@@ -98,49 +97,17 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let metrics_port = free_port();
     let log_path = app.data_dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kasho"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(app.data_dir.path())
-        .args(["--database-url", &app.database_url])
-        .env("KASHO_LOG_LEVEL", "debug")
+    let mut cmd = serve_command(app.data_dir.path(), &app.database_url, port, &log_path);
+    cmd.env("KASHO_LOG_LEVEL", "debug")
         .env("KASHO_LOG_FORMAT", "json")
-        .env("KASHO_ARGON2_MEMORY_KIB", "64")
-        .env("KASHO_ARGON2_ITERATIONS", "1")
-        .env("KASHO_MFA_REQUIRED_ROLES", "")
         // Thousands of requests from one address and one token: not what this test is about.
         .envs(crate::support::generous_limits_env())
-        .env("KASHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start kasho serve");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut up = false;
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "kasho serve did not start");
+        .env("KASHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"));
+    let mut server = Served::start(cmd, port, log_path.clone()).await;
+    let addr = server.addr();
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     let (s, before) = get_text(metrics_addr, "/metrics").await;
     assert_eq!(s, 200, "{before}");
@@ -309,8 +276,7 @@ async fn the_logs_never_carry_personal_data_or_secrets(app: &TestApp) {
     assert!(moved("kasho_security_alerts_total", &[r#"severity="high""#]) >= 1.0);
     assert!(!after.contains(&cid), "an id became a metric label");
 
-    let _ = server.kill();
-    let _ = server.wait();
+    server.kill();
     let logs = std::fs::read_to_string(&log_path).unwrap();
     // The capture works: the server logged the requests it served.
     assert!(

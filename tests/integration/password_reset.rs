@@ -12,7 +12,7 @@ use kasho::service::mail::{self, DeliveryCounts};
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::support::{PASSWORD, Resp, TenantFixture, TestApp};
+use crate::support::{PASSWORD, Resp, TenantFixture, TestApp, free_port};
 
 const SINK: &str = r#"
 import os, sys, time
@@ -66,13 +66,6 @@ fn ensure_aiosmtpd() {
     if let Err(e) = r {
         panic!("{e}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// An aiosmtpd server on loopback that writes each message it accepts into `dir`.

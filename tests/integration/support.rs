@@ -2,7 +2,10 @@
 //! (a temporary SQLite file, or a fresh PostgreSQL schema), with a manual clock.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -46,6 +49,94 @@ pub fn generous_limits_env() -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (format!("KASHO_{}", k.to_ascii_uppercase()), (*v).to_owned()))
         .collect()
+}
+
+/// A free TCP port on loopback (bound, then released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `kasho serve` on 127.0.0.1:`port` over `data_dir` and `database_url`, with the settings
+/// every test server runs with (cheap Argon2, no MFA requirement) and its output in `log`.
+/// Callers add what their test is about.
+pub fn serve_command(data_dir: &Path, database_url: &str, port: u16, log: &Path) -> Command {
+    let out = std::fs::File::create(log).expect("create the server log");
+    let err = out.try_clone().expect("clone the server log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kasho"));
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .args(["--database-url", database_url])
+    .env("KASHO_ARGON2_MEMORY_KIB", "64")
+    .env("KASHO_ARGON2_ITERATIONS", "1")
+    .env("KASHO_MFA_REQUIRED_ROLES", "")
+    .stdout(Stdio::from(out))
+    .stderr(Stdio::from(err));
+    cmd
+}
+
+/// A running `kasho serve` (a child process), killed when dropped.
+pub struct Served {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Served {
+    /// Spawns `cmd` (from [`serve_command`] with the same `port` and `log`) and waits until the
+    /// port accepts connections; panics with the log if the process exits or never listens.
+    pub async fn start(mut cmd: Command, port: u16, log: PathBuf) -> Served {
+        let child = cmd.spawn().expect("start kasho serve");
+        let mut served = Served { child, port, log };
+        for _ in 0..300 {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("kasho serve exited with {status}:\n{}", served.log());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "kasho serve did not start on port {port}:\n{}",
+            served.log()
+        );
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL on Unix: no graceful shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

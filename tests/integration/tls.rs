@@ -4,7 +4,7 @@
 //! the storage backend.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,41 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::{Backend, PASSWORD, TestApp};
+use crate::support::{Backend, PASSWORD, Served, TestApp, free_port};
 
 const HSTS: &str = "max-age=63072000; includeSubDomains";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `kasho serve`, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The settings every development server here runs with (cheap hashing, no MFA gate).
 fn dev_env() -> Vec<(&'static str, String)> {
@@ -62,6 +30,8 @@ fn dev_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `kasho serve` with only `env` on top (not `support::serve_command`'s test settings: some of
+/// these servers run as production, which refuses cheap hashing).
 fn serve_command(app: &TestApp, port: u16, env: &[(&'static str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kasho"));
     cmd.args([
@@ -82,24 +52,12 @@ fn serve_command(app: &TestApp, port: u16, env: &[(&'static str, String)]) -> Co
 }
 
 /// Starts a server and waits until it accepts connections.
-async fn start(app: &TestApp, env: &[(&'static str, String)]) -> Server {
+async fn start(app: &TestApp, env: &[(&'static str, String)]) -> Served {
     let port = free_port();
     let log = app.data_dir.path().join(format!("serve-{port}.log"));
-    let child = serve_command(app, port, env)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start kasho serve");
-    let mut server = Server { child, port, log };
-    for _ in 0..300 {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("kasho serve exited with {status}: {}", server.log());
-        }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("kasho serve did not start: {}", server.log());
+    let mut cmd = serve_command(app, port, env);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    Served::start(cmd, port, log).await
 }
 
 /// `kasho dev-cert --out-dir dir [args]`; returns the two paths it printed.
