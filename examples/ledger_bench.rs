@@ -15,6 +15,9 @@
 //!     KASHO_BENCH_ADMIN_PASSWORD=… cargo run --release --example ledger_bench -- \
 //!         --url http://127.0.0.1:8080 --admin-email admin@example.com
 //!
+//! With `KASHO_BENCH_REDIS_URL` (e.g. redis://127.0.0.1:6379) the in-process server keeps its
+//! rate-limit buckets in that Redis, as several instances sharing them do.
+//!
 //! Prints transfers/s, latency percentiles and errors, then verifies the ledger's invariants over
 //! the API as the tenant's MANAGER (the same check in both modes): every currency's posted
 //! balances sum to zero, no account is below its floor, and every account listed exactly once.
@@ -461,9 +464,17 @@ impl Embedded {
         let data_dir = dir.path().display().to_string();
         // The benchmark signs in as a scripted platform admin and manager; its embedded server
         // does not require them to enrol in MFA (what is measured is the ledger).
-        let config = Config::from_pairs(&[
-            ("data_dir", &data_dir),
-            ("database_url", &url),
+        // With KASHO_BENCH_REDIS_URL the rate-limit buckets live in that Redis (as when several
+        // instances share them), under a key prefix of this run's own.
+        let redis = std::env::var("KASHO_BENCH_REDIS_URL").ok();
+        let prefix = format!("kasho-bench:{}:", uuid::Uuid::now_v7().simple());
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if let Some(r) = redis.as_deref() {
+            pairs.extend([("redis_url", r), ("redis_key_prefix", prefix.as_str())]);
+        }
+        pairs.extend([
+            ("data_dir", data_dir.as_str()),
+            ("database_url", url.as_str()),
             ("mfa_required_roles", ""),
             // What is measured is the server's work, not its rate limits (one client address
             // and one credential send every request here).
@@ -472,11 +483,18 @@ impl Embedded {
             ("rate_limit_tenant", "10000000/60"),
             ("rate_limit_login", "10000000/60"),
             ("rate_limit_refresh", "10000000/60"),
-        ])
-        .map_err(|e| e.to_string())?;
+        ]);
+        let config = Config::from_pairs(&pairs).map_err(|e| e.to_string())?;
         let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
             .await
             .map_err(|e| e.to_string())?;
+        match core.limits.redis_reachable().await {
+            None => eprintln!("rate limits: in process"),
+            Some(true) => eprintln!("rate limits: shared in Redis"),
+            Some(false) => {
+                return Err("KASHO_BENCH_REDIS_URL is set but Redis is unreachable".into());
+            }
+        }
         let app = kasho::http::router(core.clone(), config.max_body_bytes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
