@@ -265,6 +265,97 @@ async fn users_see_and_end_their_sessions(app: &TestApp) {
     assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
 }
 
+/// A transaction that keeps every writer of `sessions` waiting while readers go on: on SQLite
+/// the database's write lock (`BEGIN IMMEDIATE`, as the ledger writer takes it), on PostgreSQL
+/// a SHARE lock on the table. Released (rolled back) by [`SessionWriteLock::release`].
+enum SessionWriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl SessionWriteLock {
+    async fn hold(app: &TestApp) -> Self {
+        use sqlx::Connection;
+        match app.backend {
+            crate::support::Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&app.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Sqlite(c)
+            }
+            crate::support::Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&app.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query("LOCK TABLE sessions IN SHARE MODE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Postgres(c)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            Self::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Use of a session restarts its idle timeout, but is written at most once a minute: requests
+/// in between change nothing, so they never wait for the database's write lock (on SQLite the
+/// ledger writer holds it almost continuously under load; a write per request once cut single
+/// transfers to a sixth).
+async fn a_session_in_use_is_written_at_most_once_a_minute(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let (user_id, email) = app.user(&t, &["CASHIER"]).await;
+    let at = app.token(Some("acme"), &email).await;
+    let last_used = || async {
+        app.raw_strings(&format!(
+            "SELECT CAST(last_used_at AS TEXT) FROM sessions WHERE user_id = '{user_id}'"
+        ))
+        .await
+    };
+    assert_eq!(app.get("/v1/me", &at).await.status, StatusCode::OK);
+    let first = last_used().await;
+    assert_eq!(
+        first,
+        vec![app.clock_now().as_micros().to_string()],
+        "first use recorded"
+    );
+
+    app.clock.advance_seconds(30);
+    let lock = SessionWriteLock::hold(app).await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), app.get("/v1/me", &at))
+            .await
+            .expect("answered while a writer holds the lock: the request wrote nothing");
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    }
+    lock.release().await;
+    assert_eq!(last_used().await, first, "not written within the minute");
+
+    app.clock.advance_seconds(31);
+    assert_eq!(app.get("/v1/me", &at).await.status, StatusCode::OK);
+    assert_eq!(
+        last_used().await,
+        vec![app.clock_now().as_micros().to_string()],
+        "use after the minute is recorded (the idle timeout restarts)"
+    );
+}
+
 async fn idle_and_absolute_lifetimes_follow_the_tenant_policy(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
@@ -598,6 +689,7 @@ crate::backend_tests!(
     large_transfers_need_step_up,
     users_see_and_end_their_sessions,
     idle_and_absolute_lifetimes_follow_the_tenant_policy,
+    a_session_in_use_is_written_at_most_once_a_minute,
     the_policy_stays_within_its_bounds,
     staff_sign_in_can_be_confined_to_the_allow_list,
     security_events_are_typed_filtered_and_chained,
