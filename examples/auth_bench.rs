@@ -121,7 +121,14 @@ async fn main() {
     let core = kasho::app::build_core(&config, Arc::new(SystemClock), true)
         .await
         .unwrap();
-    let router = kasho::http::router(core.clone(), config.max_body_bytes);
+    // One client address, as a socket would give it: the per-address ban check and bucket run
+    // as they do in `kasho serve` (without one they are skipped).
+    let router = kasho::http::router(core.clone(), config.max_body_bytes).layer(
+        axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from((
+            [203, 0, 113, 9],
+            4242,
+        ))),
+    );
     match core.limits.redis_reachable().await {
         None => println!("rate limits: in process"),
         Some(true) => println!("rate limits: shared in Redis"),
