@@ -434,7 +434,8 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         v.push((
             schema,
             "roles",
-            json!({"items": {"type": "string", "enum": roles}}),
+            // At least one role (`authz::parse_tenant_roles`); repeats are folded into one.
+            json!({"minItems": 1, "items": {"type": "string", "enum": roles}}),
         ));
     }
     v.push((
@@ -528,5 +529,16 @@ mod tests {
             (limit["minimum"].as_i64(), limit["maximum"].as_i64()),
             (Some(1), Some(100))
         );
+    }
+
+    #[test]
+    fn a_user_needs_a_role_in_the_document_as_in_the_code() {
+        let doc = document();
+        for schema in ["CreateUserRequest", "SetRolesRequest"] {
+            let roles = &doc["components"]["schemas"][schema]["properties"]["roles"];
+            assert_eq!(roles["minItems"], 1, "{schema}");
+        }
+        assert!(crate::domain::authz::parse_tenant_roles(&[]).is_err());
+        assert!(crate::domain::authz::parse_tenant_roles(&["CASHIER".into()]).is_ok());
     }
 }
