@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::backend_tests;
-use crate::support::{Resp, TenantFixture, TestApp};
+use crate::support::{Resp, TenantFixture, TestApp, customer_account};
 use kasho::domain::security::SecurityPolicy;
 use kasho::domain::signing;
 
@@ -28,22 +28,6 @@ async fn manager_token(app: &TestApp, t: &TenantFixture, scopes: &[&str]) -> (St
         r.body["id"].as_str().unwrap().to_owned(),
         r.body["secret"].as_str().unwrap().to_owned(),
     )
-}
-
-async fn customer_account(app: &TestApp, t: &TenantFixture) -> String {
-    let c = app
-        .post("/v1/customers", Some(&t.manager_token), json!({}))
-        .await;
-    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
-    let a = app
-        .post(
-            "/v1/accounts",
-            Some(&t.manager_token),
-            json!({ "customer_id": c.body["id"], "currency": "USD" }),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    a.body["id"].as_str().unwrap().to_owned()
 }
 
 async fn set_policy(app: &TestApp, t: &TenantFixture, f: impl FnOnce(&mut SecurityPolicy)) {
@@ -171,7 +155,7 @@ async fn tokens_are_created_once_with_step_up_and_work_within_their_scopes(app: 
     assert_eq!(list.body["data"][0]["expiring_soon"], json!(false));
 
     // A read route and a money route, as Bearer and as X-Auth-Token.
-    let account = customer_account(app, &t).await;
+    let account = customer_account(app, &t, "USD").await;
     let read = app.get(&format!("/v1/accounts/{account}"), &secret).await;
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
     let dep = app
@@ -305,7 +289,7 @@ async fn tokens_follow_their_creator_expire_and_can_be_revoked(app: &TestApp) {
 
     // A demoted creator's token shrinks to what the creator still holds: an AGENT reads but
     // has no cash desk.
-    let account = customer_account(app, &t).await;
+    let account = customer_account(app, &t, "USD").await;
     let deposit = json!({ "account_id": account, "amount": 100, "currency": "USD" });
     assert!(
         app.post("/v1/deposits", Some(&secret), deposit.clone())
@@ -666,7 +650,7 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let (id, secret) = manager_token(app, &t, &["accounts:read", "cash:write"]).await;
-    let account = customer_account(app, &t).await;
+    let account = customer_account(app, &t, "USD").await;
     let body = format!(r#"{{"account_id":"{account}","amount":700,"currency":"USD"}}"#);
 
     // Signing not required: unsigned requests pass, a signed one is checked.
@@ -857,7 +841,7 @@ async fn kasho_sign_output_verifies(app: &TestApp) {
     let t = app.tenant(&admin, "acme").await;
     let (_, secret) = manager_token(app, &t, &["accounts:read", "cash:write"]).await;
     set_policy(app, &t, |p| p.require_signed_requests = true).await;
-    let account = customer_account(app, &t).await;
+    let account = customer_account(app, &t, "USD").await;
     let body = format!(r#"{{"account_id":"{account}","amount":900,"currency":"USD"}}"#);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasho"))
         .env("TEST_KASHO_SECRET", &secret)

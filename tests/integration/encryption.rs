@@ -6,28 +6,12 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::{Backend, Resp, TenantFixture, TestApp};
+use crate::support::{Backend, Resp, TenantFixture, TestApp, customer_account};
 
 const CANARY_DESCRIPTION: &str = "Zanzibar-canary-description-7731";
 const CANARY_COUNTERPARTY: &str = "Quentin Canaryman-4412";
 const CANARY_ACCOUNT: &str = "GB29CANARY60161331926819";
 const CANARY_METADATA: &str = "canary-order-99173";
-
-async fn customer_account(app: &TestApp, t: &TenantFixture) -> String {
-    let c = app
-        .post("/v1/customers", Some(&t.manager_token), json!({}))
-        .await;
-    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
-    let a = app
-        .post(
-            "/v1/accounts",
-            Some(&t.manager_token),
-            json!({ "customer_id": c.body["id"], "currency": "USD" }),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    a.body["id"].as_str().unwrap().to_owned()
-}
 
 fn detailed_deposit(account: &str, amount: i64) -> Value {
     json!({
@@ -59,7 +43,7 @@ async fn transfer_details_are_sealed_at_rest_and_read_back_in_the_clear(app: &Te
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(app, &t).await;
+    let a = customer_account(app, &t, "USD").await;
     let d = keyed(app, "/v1/deposits", m, "dep-1", detailed_deposit(&a, 5_000)).await;
     assert_eq!(d.status, StatusCode::CREATED, "{d:?}");
     assert_eq!(d.body["description"], CANARY_DESCRIPTION);
@@ -111,7 +95,7 @@ async fn a_ciphertext_moved_to_another_row_does_not_open(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(app, &t).await;
+    let a = customer_account(app, &t, "USD").await;
     let first = app
         .post("/v1/deposits", Some(m), detailed_deposit(&a, 10))
         .await;
@@ -151,8 +135,8 @@ async fn nothing_readable_is_left_at_rest(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(app, &t).await;
-    let b = customer_account(app, &t).await;
+    let a = customer_account(app, &t, "USD").await;
+    let b = customer_account(app, &t, "USD").await;
     for i in 0..5 {
         let r = keyed(
             app,
@@ -292,7 +276,7 @@ async fn master_and_tenant_keys_rotate_while_money_moves_and_nothing_is_lost(app
     let m = t.manager_token.clone();
     let mut accounts = Vec::new();
     for _ in 0..4 {
-        let a = customer_account(app, &t).await;
+        let a = customer_account(app, &t, "USD").await;
         app.post("/v1/deposits", Some(&m), detailed_deposit(&a, 10_000))
             .await;
         accounts.push(a);
@@ -410,7 +394,7 @@ async fn data_keys_rotate_before_their_encryption_budget_runs_out(backend: Backe
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(&app, &t).await;
+    let a = customer_account(&app, &t, "USD").await;
     let mut ids = Vec::new();
     for i in 0..60 {
         let r = app
@@ -501,7 +485,7 @@ async fn a_value_sealed_late_under_a_retired_version_is_moved_before_its_key_goe
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(app, &t).await;
+    let a = customer_account(app, &t, "USD").await;
     let d = app
         .post("/v1/deposits", Some(m), detailed_deposit(&a, 100))
         .await;
@@ -552,7 +536,7 @@ async fn details_written_before_encryption_are_read_and_then_sealed_by_a_rotatio
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let m = &t.manager_token;
-    let a = customer_account(app, &t).await;
+    let a = customer_account(app, &t, "USD").await;
     let d = app
         .post(
             "/v1/deposits",
@@ -713,7 +697,7 @@ async fn an_interrupted_master_rotation_resumes_from_the_command_line(app: &Test
     let mut transfers = Vec::new();
     for slug in ["acme", "bravo", "charlie"] {
         let t = app.tenant(&admin, slug).await;
-        let a = customer_account(app, &t).await;
+        let a = customer_account(app, &t, "USD").await;
         let d = app
             .post(
                 "/v1/deposits",

@@ -11,11 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::ledger::{assert_accounts_consistent, funded_accounts};
-use crate::support::{Backend, PASSWORD, Served, TestApp, free_port, serve_command};
+use crate::support::{Backend, PASSWORD, Served, TestApp, free_port, http1, serve_command};
 
 /// Starts an instance with its own data directory but the deployment's shared key files,
 /// database and Redis, as N instances behind a load balancer are run.
@@ -51,7 +49,7 @@ async fn start(app: &TestApp, keys: &Path, data_dir: &Path, redis_prefix: &str) 
     );
 }
 
-/// One HTTP/1.1 request on a fresh connection: status, headers (lower-cased names), JSON body.
+/// One request on a fresh connection: status, headers (lower-cased names), JSON body.
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -60,43 +58,16 @@ async fn http(
     extra: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, Vec<(String, String)>, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: kasho\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.write_all(format!("{head}\r\n{body}").as_bytes())
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("Authorization", b))
+        .into_iter()
         .collect();
-    (
-        status,
-        headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    headers.extend_from_slice(extra);
+    let r = http1(addr, method, path, &headers, body).await;
+    let json = r.json();
+    (r.status, r.headers, json)
 }
 
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {

@@ -8,23 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::{Resp, TenantFixture, TestApp};
-
-async fn customer_account(app: &TestApp, t: &TenantFixture, currency: &str) -> String {
-    let c = app
-        .post("/v1/customers", Some(&t.manager_token), json!({}))
-        .await;
-    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
-    let a = app
-        .post(
-            "/v1/accounts",
-            Some(&t.manager_token),
-            json!({ "customer_id": c.body["id"], "currency": currency }),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    a.body["id"].as_str().unwrap().to_owned()
-}
+use crate::support::{Resp, TenantFixture, TestApp, customer_account};
 
 async fn deposit(app: &TestApp, token: &str, account: &str, amount: i64) -> Resp {
     app.post(

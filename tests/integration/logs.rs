@@ -4,14 +4,11 @@
 //! the request, authentication-failure and transfer series moving after those flows.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::backend_tests;
-use crate::support::{PASSWORD, Served, TestApp, free_port, serve_command};
+use crate::support::{PASSWORD, Served, TestApp, free_port, http1, serve_command};
 
 pub const CANARY_FIRST: &str = "Wilhelmina";
 pub const CANARY_LAST: &str = "Canarysdottir";
@@ -21,7 +18,7 @@ pub const CANARY_NIN: &str = "73519284601";
 pub const CANARY_DESCRIPTION: &str = "Birthday gift for Wilhelmina";
 pub const CANARY_COUNTERPARTY: &str = "Bartholomew Canaryfield";
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One request on a fresh connection: status and JSON body.
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -29,55 +26,20 @@ async fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("Authorization", b))
+        .into_iter()
+        .collect();
+    let r = http1(addr, method, path, &headers, body).await;
+    (r.status, r.json())
 }
 
 /// A plain GET returning the status and the body text (the metrics listener).
 async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let r = http1(addr, "GET", path, &[], None).await;
+    (r.status, r.body)
 }
 
 /// The value of `name` on the series whose labels include all of `labels` (summed), 0 if none.

@@ -139,6 +139,67 @@ impl Drop for Served {
     }
 }
 
+/// An answer read off the wire by [`http1`].
+pub struct WireResponse {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl WireResponse {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// One HTTP/1.1 request to a child-process server on a fresh connection (`Connection: close`),
+/// with a JSON body (empty when `None`) and `headers` on top; read to the end within 30 s.
+pub async fn http1(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> WireResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kasho\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.write_all(format!("{head}\r\n{body}").as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    WireResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -601,4 +662,21 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// A new customer (no personal data) of `t` with an account in `currency`; the account's id.
+pub async fn customer_account(app: &TestApp, t: &TenantFixture, currency: &str) -> String {
+    let c = app
+        .post("/v1/customers", Some(&t.manager_token), json!({}))
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+    let a = app
+        .post(
+            "/v1/accounts",
+            Some(&t.manager_token),
+            json!({ "customer_id": c.body["id"], "currency": currency }),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    a.body["id"].as_str().expect("account id").to_owned()
 }
