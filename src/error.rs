@@ -138,6 +138,12 @@ impl From<StoreError> for AppError {
                 message: format!("a resource with the same unique value exists ({constraint})"),
             },
             StoreError::Database(msg) => AppError::Internal(msg),
+            StoreError::LastManager => AppError::Unprocessable {
+                code: "last_manager",
+                message: "this is the tenant's last active MANAGER: it cannot lose the role or \
+                          be disabled; invite another MANAGER first"
+                    .into(),
+            },
         }
     }
 }
