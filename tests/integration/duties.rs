@@ -284,7 +284,7 @@ async fn staff_customer(
         .post(
             "/v1/customers",
             Some(&t.manager_token),
-            json!({ "user_id": user, "first_name": "Grace", "email": email }),
+            json!({ "user_id": user, "first_name": "Grace", "last_name": "Hopper", "email": email }),
         )
         .await;
     assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
