@@ -19,7 +19,7 @@ use super::{AuditBuilder, Core, Principal, RequestMeta, mail, passwords, securit
 use crate::clock::Timestamp;
 use crate::crypto::{random_token, sha256_hex};
 use crate::domain::audit::{ActorType, NewAuditEvent, Outcome};
-use crate::domain::authz::{Role, roles_from_storage};
+use crate::domain::authz::{Permission, Role, Scope, roles_from_storage};
 use crate::domain::security::SecurityEvent;
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
@@ -217,7 +217,15 @@ pub async fn reinvite(
     id: &str,
 ) -> AppResult<UserRecord> {
     let tenant = actor.tenant()?;
-    let user = super::users::get(core, actor, id).await?;
+    let uid = UserId::parse(id).ok_or(AppError::NotFound("user"))?;
+    if actor.scope(Permission::UsersWrite)? == Scope::Own && uid != actor.user_id {
+        return Err(AppError::NotFound("user"));
+    }
+    let user = core
+        .store
+        .get_user(Some(tenant), &uid)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
     let roles = roles_from_storage(&user.roles);
     super::users::check_grantable(actor, &roles)?;
     if user.status != "invited" {
