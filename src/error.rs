@@ -137,7 +137,7 @@ impl From<StoreError> for AppError {
                 param: None,
                 message: format!("a resource with the same unique value exists ({constraint})"),
             },
-            StoreError::Database(msg) => AppError::Internal(msg),
+            StoreError::Database(msg) | StoreError::Unavailable(msg) => AppError::Internal(msg),
         }
     }
 }

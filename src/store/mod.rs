@@ -40,6 +40,12 @@ pub enum StoreError {
     Conflict { constraint: String },
     #[error("database error: {0}")]
     Database(String),
+    /// Storage cannot serve now: the disk is full, an I/O error, the connection was lost or
+    /// terminated, no connection came free in time. The operation did not complete (though a
+    /// commit whose answer was lost may have: a retry with the same idempotency key is safe).
+    /// The API answers 503 `storage_unavailable` with `Retry-After`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -53,8 +59,55 @@ impl From<sqlx::Error> for StoreError {
                     .map_or_else(|| db.message().to_owned(), str::to_owned),
             };
         }
+        if unavailable(&e) {
+            return StoreError::Unavailable(e.to_string());
+        }
         StoreError::Database(e.to_string())
     }
+}
+
+/// Whether `e` says that storage cannot serve now (rather than that a statement is wrong or a
+/// write was refused): the connection or the disk, not the request.
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        // A connection left inside a transaction (the pool discards such connections, see
+        // `sqlite::connection_is_clean`).
+        | sqlx::Error::InvalidSavePointStatement
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| match c.parse::<i32>() {
+            // SQLite reports its (extended) result code as a number.
+            Ok(code) => sqlite_code_unavailable(code),
+            // PostgreSQL reports an SQLSTATE.
+            Err(_) => sqlstate_unavailable(&c),
+        }),
+        _ => false,
+    }
+}
+
+/// SQLite result codes (primary part of an extended code) that mean storage cannot serve now:
+/// BUSY and LOCKED past the busy timeout, NOMEM, READONLY (a file system remounted read-only),
+/// IOERR, FULL, CANTOPEN, PROTOCOL.
+pub(crate) fn sqlite_code_unavailable(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
+}
+
+/// PostgreSQL SQLSTATEs that mean storage cannot serve now: connection exceptions (class 08),
+/// the server shutting down or the backend terminated (57P01 to 57P05, e.g. by
+/// `pg_terminate_backend`), insufficient resources (class 53: disk full, out of memory, too many
+/// connections), system errors (class 58: I/O), and a read-only transaction (25006: a standby
+/// after a fail-over).
+fn sqlstate_unavailable(state: &str) -> bool {
+    state.starts_with("08")
+        || state.starts_with("53")
+        || state.starts_with("58")
+        || state.starts_with("57P0")
+        || state == "25006"
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -621,6 +674,9 @@ pub trait Store:
     /// Applies pending migrations; returns the descriptions of those applied now.
     async fn migrate(&self) -> StoreResult<Vec<String>>;
     async fn ping(&self) -> StoreResult<()>;
+    /// The concrete store, for tests and tools that reach below the trait (e.g. the fault
+    /// tests' [`sqlite::SqliteStore::limit_pages`]).
+    fn as_any(&self) -> &dyn std::any::Any;
 
     // Tenants (platform scope).
     /// Creates the tenant, its first manager and its system accounts in one transaction.

@@ -263,6 +263,10 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+
             async fn create_tenant(
                 &self,
                 t: &$crate::store::NewTenant,

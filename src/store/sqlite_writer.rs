@@ -39,6 +39,7 @@ impl SqliteWriter {
         path: std::path::PathBuf,
         sealer: AuditSealer,
         alerts: std::sync::Arc<super::alerts::AlertHook>,
+        page_limit: std::sync::Arc<super::sqlite::PageLimit>,
     ) -> StoreResult<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let alive = std::sync::Arc::new(());
@@ -51,13 +52,33 @@ impl SqliteWriter {
                 let mut wal = path.clone().into_os_string();
                 wal.push("-wal");
                 let wal = std::path::PathBuf::from(wal);
+                // The page cap this connection last applied (see `SqliteStore::limit_pages`).
+                let mut applied_limit = 0;
                 while let Ok(job) = rx.recv() {
-                    let result = match conn.as_mut() {
-                        Some(c) => post(c, &sealer, &alerts, &job.batch, job.atomic),
-                        None => match open(&path, background_checkpoints) {
-                            Ok(c) => post(conn.insert(c), &sealer, &alerts, &job.batch, job.atomic),
-                            Err(e) => Err(e),
-                        },
+                    let ready = match conn.take() {
+                        Some(c) => Ok(c),
+                        None => {
+                            applied_limit = 0;
+                            open(&path, background_checkpoints)
+                        }
+                    };
+                    let result = match ready {
+                        Ok(c) => {
+                            let c = conn.insert(c);
+                            let pages = page_limit.pages();
+                            if pages != applied_limit
+                                && c.query_row(
+                                    &format!("PRAGMA max_page_count = {pages}"),
+                                    [],
+                                    |_| Ok(()),
+                                )
+                                .is_ok()
+                            {
+                                applied_limit = pages;
+                            }
+                            post(c, &sealer, &alerts, &job.batch, job.atomic)
+                        }
+                        Err(e) => Err(e),
                     };
                     let _ = job.reply.send(result);
                     if let Some(c) = conn.as_ref() {

@@ -39,6 +39,7 @@ mod passwords;
 mod privacy;
 mod retention;
 mod security;
+mod storage_faults;
 mod tenants;
 mod tls;
 mod users;
