@@ -169,6 +169,7 @@ pub async fn build_core_with_checks(
         checks,
         alert_webhook,
         store,
+        storage: crate::service::health::StorageHealth::default(),
     }))
 }
 

@@ -1,7 +1,8 @@
 //! The application error: what a use case can refuse, in domain terms. The HTTP layer maps
 //! each variant to a status, an error `type` and a stable `code` (see `http::error`); storage
-//! and infrastructure failures collapse into [`AppError::Internal`], whose detail goes to the
-//! log and never to the client.
+//! that cannot serve now becomes [`AppError::StorageUnavailable`] (503), other storage and
+//! infrastructure failures collapse into [`AppError::Internal`]; the detail of either goes to
+//! the log and never to the client.
 
 use crate::store::StoreError;
 
@@ -78,6 +79,11 @@ pub enum AppError {
         message: String,
         retry_after_seconds: i64,
     },
+    /// Storage cannot serve now (a full disk, an I/O error, a lost database connection): 503
+    /// `storage_unavailable` with `Retry-After`. The detail is logged (rate-limited), never
+    /// returned.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Something failed inside Kasho. The detail is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -120,6 +126,7 @@ impl AppError {
             AppError::TokenExpired => "token_expired",
             AppError::RefreshTokenReused => "refresh_token_reused",
             AppError::InvalidMfaCode => "invalid_mfa_code",
+            AppError::StorageUnavailable(_) => "storage_unavailable",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -137,7 +144,8 @@ impl From<StoreError> for AppError {
                 param: None,
                 message: format!("a resource with the same unique value exists ({constraint})"),
             },
-            StoreError::Database(msg) | StoreError::Unavailable(msg) => AppError::Internal(msg),
+            StoreError::Database(msg) => AppError::Internal(msg),
+            StoreError::Unavailable(msg) => AppError::StorageUnavailable(msg),
         }
     }
 }

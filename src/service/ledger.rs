@@ -29,7 +29,7 @@ use crate::store::{
 /// Most movements posted in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Job = (NewMovement, oneshot::Sender<Result<PostResult, String>>);
+type Job = (NewMovement, oneshot::Sender<Result<PostResult, StoreError>>);
 
 /// The single writer of money movements in this process.
 #[derive(Clone)]
@@ -58,17 +58,35 @@ impl LedgerWriter {
                             let _ = reply.send(Ok(r));
                         }
                     }
+                    // Storage cannot write (a full disk, a lost connection): every movement of
+                    // the batch gets that answer (503), none is retried here. Retrying would
+                    // fail the same way, and a commit whose answer was lost with its connection
+                    // may have gone through: only the client's retry, with its idempotency key,
+                    // can tell.
+                    Err(StoreError::Unavailable(e)) => {
+                        crate::warn_limited!(e, "ledger batch failed: storage unavailable");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                        }
+                    }
                     // The batch rolled back as a whole (e.g. a deadlock or a key taken by
                     // another instance): retry each movement alone so one failure does not fail
                     // its neighbours.
                     Err(batch_err) => {
-                        tracing::warn!(error = %batch_err, size = batch.len(), "ledger batch failed; retrying one by one");
+                        crate::warn_limited!(
+                            batch_err,
+                            size = batch.len(),
+                            "ledger batch failed; retrying one by one"
+                        );
                         for (m, reply) in batch.iter().zip(replies) {
                             let r = store
                                 .post_movements(std::slice::from_ref(m))
                                 .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|mut v| v.pop().ok_or_else(|| "empty result".to_owned()));
+                                .and_then(|mut v| {
+                                    v.pop().ok_or_else(|| {
+                                        StoreError::Database("empty result".to_owned())
+                                    })
+                                });
                             let _ = reply.send(r);
                         }
                     }
@@ -82,7 +100,7 @@ impl LedgerWriter {
         let rx = self.enqueue(m).await?;
         rx.await
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
-            .map_err(AppError::Internal)
+            .map_err(AppError::from)
     }
 }
 
@@ -91,7 +109,7 @@ impl LedgerWriter {
     async fn enqueue(
         &self,
         m: NewMovement,
-    ) -> AppResult<oneshot::Receiver<Result<PostResult, String>>> {
+    ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send((m, tx))
@@ -1099,7 +1117,7 @@ pub async fn move_money_batch(
                 Ok(Ok(r)) => {
                     settle(core, tenant, actor.user_id.as_str(), keys[i].as_ref(), r).await
                 }
-                Ok(Err(e)) => Err(AppError::Internal(e).into()),
+                Ok(Err(e)) => Err(AppError::from(e).into()),
                 Err(_) => Err(AppError::internal("the ledger writer dropped a movement").into()),
             },
         });

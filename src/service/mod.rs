@@ -95,6 +95,8 @@ pub struct Core {
     pub limits: ratelimit::RateLimiter,
     /// The alert webhook client (`None`: alerts are only logged).
     pub alert_webhook: Option<alerts::WebhookClient>,
+    /// Whether storage has been failing writes (`/readyz`).
+    pub storage: health::StorageHealth,
 }
 
 /// The credential a request was made with.

@@ -77,7 +77,7 @@ fn unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         // A connection left inside a transaction (the pool discards such connections, see
-        // `sqlite::connection_is_clean`).
+        // `connection_is_clean`).
         | sqlx::Error::InvalidSavePointStatement
         | sqlx::Error::BeginFailed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|c| match c.parse::<i32>() {
@@ -88,6 +88,22 @@ fn unavailable(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether a connection may be used again: outside any transaction. A transaction dropped
+/// without commit or rollback (an error on the way, a cancelled request) queues its ROLLBACK; if
+/// that ROLLBACK fails too (after a COMMIT that SQLite had already rolled back itself on a full
+/// disk or an I/O error, it finds no transaction), sqlx still counts the connection inside one,
+/// and every later `BEGIN` on it fails ("attempted to call begin_with at non-zero transaction
+/// depth") until the process restarts. Such a connection is closed instead: the pool opens a
+/// fresh one when it needs it. Runs when a connection goes back to the pool and again before one
+/// is handed out; costs nothing unless a transaction was left open.
+pub(crate) async fn connection_is_clean<C: sqlx::Connection>(conn: &mut C) -> bool {
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // Run the queued ROLLBACK now, then look again.
+    conn.ping().await.is_ok() && !conn.is_in_transaction()
 }
 
 /// SQLite result codes (primary part of an extended code) that mean storage cannot serve now:

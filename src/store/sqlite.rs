@@ -106,9 +106,15 @@ impl SqliteStore {
             .before_acquire(move |conn, _| {
                 let limit = on_acquire.clone();
                 Box::pin(async move {
+                    if !super::connection_is_clean(conn).await {
+                        return Ok(false);
+                    }
                     limit.apply_sqlx(conn).await?;
                     Ok(true)
                 })
+            })
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(super::connection_is_clean(conn).await) })
             })
             .connect_with(opts)
             .await?;

@@ -80,6 +80,15 @@ impl SqliteWriter {
                         }
                         Err(e) => Err(e),
                     };
+                    // After a failed batch the connection must be outside any transaction
+                    // before it posts again; one that cannot be brought back there, or that
+                    // failed on storage itself (a full disk, an I/O error), is closed and the next
+                    // batch opens a fresh one, so the writer recovers as soon as storage does.
+                    if let (Err(e), Some(c)) = (&result, conn.as_mut())
+                        && !recoverable(c, e)
+                    {
+                        conn = None;
+                    }
                     let _ = job.reply.send(result);
                     if let Some(c) = conn.as_ref() {
                         restart_long_wal(c, &wal);
@@ -126,7 +135,8 @@ fn start_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<()>) -> b
             while alive.upgrade().is_some() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    // Five times a second while the disk is full: limited.
+                    crate::warn_limited!(e, "WAL checkpoint failed");
                 }
             }
         })
@@ -145,19 +155,32 @@ fn restart_long_wal(c: &Connection, wal: &std::path::Path) {
     if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
         && let Err(e) = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
     {
-        tracing::warn!(error = %e, "WAL restart checkpoint failed");
+        crate::warn_limited!(e, "WAL restart checkpoint failed");
     }
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, msg) = &e
-        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-    {
-        return StoreError::Conflict {
-            constraint: msg.clone().unwrap_or_default(),
-        };
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE {
+            return StoreError::Conflict {
+                constraint: msg.clone().unwrap_or_default(),
+            };
+        }
+        if super::sqlite_code_unavailable(f.extended_code) {
+            return StoreError::Unavailable(e.to_string());
+        }
     }
     StoreError::Database(e.to_string())
+}
+
+/// Whether the writer's connection may post the next batch after `error`: it is outside any
+/// transaction (rolled back now if the failed batch's own rollback did not happen) and the error
+/// was not storage failing under it.
+fn recoverable(c: &mut Connection, error: &StoreError) -> bool {
+    if !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    c.is_autocommit() && !matches!(error, StoreError::Unavailable(_))
 }
 
 fn open(path: &std::path::Path, background_checkpoints: bool) -> StoreResult<Connection> {

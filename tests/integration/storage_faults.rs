@@ -228,6 +228,7 @@ async fn a_storage_fault_mid_burst_answers_503_then_heals_without_a_restart(app:
                 );
                 let body_for = body_for.clone();
                 clients.push(tokio::task::spawn_local(async move {
+                    tracing::warn!("storage fault test: client {c} logs on the captured thread");
                     for i in 0.. {
                         if stop.get() {
                             break;
@@ -302,15 +303,22 @@ async fn a_storage_fault_mid_burst_answers_503_then_heals_without_a_restart(app:
     drop(log_guard);
 
     // Every answer during the fault was a 201 or a 503 storage_unavailable with Retry-After.
-    let others: Vec<(String, Outcome)> = outcomes
+    let others: Vec<String> = outcomes
         .borrow()
         .iter()
-        .filter(|(_, (_, o))| matches!(o, Outcome::Other(..)))
-        .map(|(k, (_, o))| (k.clone(), o.clone()))
+        .filter_map(|(k, (_, o))| match o {
+            Outcome::Other(answer) => Some(format!("{k}: {answer}")),
+            _ => None,
+        })
         .collect();
     assert!(others.is_empty(), "unexpected answers: {others:?}");
     // The log took a line per kind of failure, not one (or two) per failed request.
     let (_, failed) = count(&outcomes);
+    assert!(
+        String::from_utf8_lossy(&captured.0.lock().unwrap())
+            .contains("logs on the captured thread"),
+        "the request path's log is captured"
+    );
     let errors = captured.error_lines();
     assert!(
         errors.len() <= 10,
