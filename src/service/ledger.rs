@@ -601,10 +601,42 @@ pub async fn move_money(
 ) -> Result<MovementOutcome, MoveError> {
     refuse_if_over_budget(core, actor)?;
     let outcome = move_one(core, meta, actor, input, idempotency, render).await;
-    if outcome.is_err() {
-        count_refusals(core, meta, actor, 1).await;
+    match outcome {
+        Err(e) => {
+            count_refusals(core, meta, actor, 1).await;
+            Err(e)
+        }
+        Ok(MovementOutcome::Replayed { status, body }) if (200..300).contains(&status) => {
+            Ok(rendered_for_replayer(core, actor, status, body, render).await)
+        }
+        other => other,
     }
-    outcome
+}
+
+/// A replayed success, rendered for the credential replaying it (its read rights today), not
+/// as stored for whoever posted it: the transfer is read back and rendered again. Falls back
+/// to the stored body only if it names no transfer this tenant holds.
+async fn rendered_for_replayer(
+    core: &Core,
+    actor: &Principal,
+    status: u16,
+    body: String,
+    render: RenderOutcome,
+) -> MovementOutcome {
+    let id = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned));
+    let (Some(id), Ok(tenant)) = (id, actor.tenant()) else {
+        return MovementOutcome::Replayed { status, body };
+    };
+    let Ok(Some(mut p)) = core.store.get_transfer(tenant, &id).await else {
+        return MovementOutcome::Replayed { status, body };
+    };
+    if open_details(core, &mut p).await.is_err() {
+        return MovementOutcome::Replayed { status, body };
+    }
+    let (_, body) = render(&Ok(p));
+    MovementOutcome::Replayed { status, body }
 }
 
 async fn move_one(

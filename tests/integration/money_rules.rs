@@ -471,6 +471,31 @@ async fn idempotency_keys_belong_to_the_credential(app: &TestApp) {
     assert_eq!(retry.headers.get("idempotency-replayed").unwrap(), "true");
     assert_eq!(retry.body["id"], one.body["id"]);
     assert_eq!(balance(app, &t, &b).await, 30);
+
+    // A replay is rendered for the replaying credential: a user who could see settlement when
+    // depositing, and no longer can, does not get its id back from the stored answer.
+    let (desk, email) = app.user(&t, &["CASHIER", "AUDITOR"]).await;
+    let token = app.token(Some(&t.slug), &email).await;
+    let cash = json!({ "account_id": a, "amount": 5, "currency": "USD" });
+    let key = [("idempotency-key", "cash-1")];
+    let d = post_with(app, "/v1/deposits", &token, cash.clone(), &key).await;
+    assert_eq!(d.status, StatusCode::CREATED, "{d:?}");
+    let settlement = settlement_id(app, &t).await;
+    assert_eq!(d.body["debit_account_id"], settlement.as_str());
+    let r = app
+        .request(
+            Method::PUT,
+            &format!("/v1/users/{desk}/roles"),
+            Some(&t.manager_token),
+            Some(json!({ "roles": ["CASHIER"] })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let token = app.token(Some(&t.slug), &email).await;
+    let replay = post_with(app, "/v1/deposits", &token, cash, &key).await;
+    assert_eq!(replay.headers.get("idempotency-replayed").unwrap(), "true");
+    assert_eq!(replay.body["id"], d.body["id"]);
+    assert!(!replay.body.to_string().contains(&settlement), "{replay:?}");
 }
 
 // ---------------------------------------------------------------- item 14
