@@ -69,6 +69,11 @@ pub enum AppError {
         "this action needs a recent authentication; re-authenticate with POST /v1/auth/step-up"
     )]
     StepUpRequired,
+    /// The same, for a credential that cannot step up (an API token).
+    #[error(
+        "this action (or an amount above the tenant's step-up threshold) needs a recent authentication, and API tokens cannot step up: use a signed-in session that re-authenticates with POST /v1/auth/step-up"
+    )]
+    StepUpImpossible,
     /// The user's role must use MFA and they have not enrolled yet.
     #[error("your role requires multi-factor authentication; enrol a TOTP authenticator first")]
     MfaEnrolmentRequired,
@@ -117,7 +122,7 @@ impl AppError {
             | AppError::Forbidden { code, .. }
             | AppError::TooManyAttempts { code, .. }
             | AppError::Unauthenticated { code, .. } => code,
-            AppError::StepUpRequired => "step_up_required",
+            AppError::StepUpRequired | AppError::StepUpImpossible => "step_up_required",
             AppError::MfaEnrolmentRequired => "mfa_enrolment_required",
             AppError::NotFound(_) => "resource_missing",
             AppError::InvalidCredentials => "invalid_credentials",

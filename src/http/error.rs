@@ -159,7 +159,7 @@ impl From<AppError> for ApiError {
                 ApiError::new(S::FORBIDDEN, AUTHN, code, message)
             }
             AppError::Forbidden { code, .. } => ApiError::new(S::FORBIDDEN, PERM, code, message),
-            AppError::StepUpRequired => {
+            AppError::StepUpRequired | AppError::StepUpImpossible => {
                 ApiError::new(S::FORBIDDEN, PERM, "step_up_required", message)
             }
             AppError::MfaEnrolmentRequired => {

@@ -386,6 +386,11 @@ pub struct EntryRecord {
     pub balance_after: i64,
     pub account_seq: i64,
     pub created_at: i64,
+    /// The kind of a system account (`settlement`, …) when the leg is on one; `None` for a
+    /// customer account. Not a column: read joined with the account, so views can hide system
+    /// ids from callers without `accounts:read_system`.
+    #[sqlx(default)]
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -533,6 +538,9 @@ pub struct NewMovement {
     pub reverses: Option<Reverses>,
     /// Set for a hold capture: the hold released by this movement.
     pub capture_hold: Option<String>,
+    /// A refusal of this movement writes no audit record of its own: it is part of a batch,
+    /// whose refusals are audited as one record with counts per code.
+    pub quiet_refusal: bool,
 }
 
 /// A reversal's link to its original: per account, what that leg received in the original (the
@@ -540,6 +548,8 @@ pub struct NewMovement {
 #[derive(Debug, Clone)]
 pub struct Reverses {
     pub original: String,
+    /// The original's kind: which system accounts the reversal may touch follows from it.
+    pub original_kind: crate::domain::ledger::TransferKind,
     pub ceilings: Vec<(String, i64)>,
 }
 
@@ -820,10 +830,12 @@ pub trait Store:
         currency: &str,
     ) -> StoreResult<Option<AccountRecord>>;
     /// `customer`: only that customer's accounts (ownership scope).
+    /// Accounts of the tenant, newest first; system accounts only when `include_system`.
     async fn list_accounts(
         &self,
         tenant: &TenantId,
         customer: Option<&str>,
+        include_system: bool,
         page: &Page,
     ) -> StoreResult<Vec<AccountRecord>>;
     /// Sets the status; `closed` only applies at zero balance with nothing pending.
@@ -866,6 +878,16 @@ pub trait Store:
     ) -> StoreResult<Option<IdempotencyRecord>>;
     /// Deletes expired idempotency keys; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
+    /// Adds `n` refused movements to a credential's count for the window starting at
+    /// `window_start` (microseconds), atomically, and returns the window's total; earlier
+    /// windows of the credential are dropped.
+    async fn add_refusals(
+        &self,
+        tenant: &TenantId,
+        credential: &str,
+        window_start: i64,
+        n: i64,
+    ) -> StoreResult<i64>;
     async fn get_transfer(
         &self,
         tenant: &TenantId,

@@ -230,16 +230,28 @@ fn post(
                 expires_at: r.get(6)?,
             })
         };
-        let mut holds: Vec<HoldState> = tx
+        // Active holds on or towards the batch's own accounts that expire by its latest time
+        // (never every tenant's: expiry work is bounded by what the batch touches).
+        let mut holds: Vec<HoldState> = Vec::new();
+        let mut expiring = tx
             .prepare_cached(
                 "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
-                 FROM holds WHERE status = 'active' AND expires_at <= ?1",
+                 FROM holds WHERE status = 'active' AND expires_at <= ?1 AND account_id = ?2 \
+                 UNION SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                 FROM holds WHERE status = 'active' AND expires_at <= ?1 AND credit_account_id = ?2",
             )
-            .map_err(db)?
-            .query_map(params![want.latest], hold_row)
-            .map_err(db)?
-            .collect::<Result<_, _>>()
             .map_err(db)?;
+        for account in &want.accounts {
+            let rows: Vec<HoldState> = expiring
+                .query_map(params![want.latest, account], hold_row)
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            holds.extend(rows);
+        }
+        drop(expiring);
+        holds.sort_by(|a, b| a.id.cmp(&b.id));
+        holds.dedup_by(|a, b| a.id == b.id);
         let mut by_id = tx
             .prepare_cached(
                 "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
@@ -260,7 +272,7 @@ fn post(
 
         let mut account = tx
             .prepare_cached(
-                "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, \
+                "SELECT id, tenant_id, customer_id, kind, currency, status, posted, pending_debits, \
                  pending_credits, overdraft_limit, entry_count, \
                  COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id = ?1",
             )
@@ -272,14 +284,15 @@ fn post(
                         id: r.get(0)?,
                         tenant_id: r.get(1)?,
                         customer_id: r.get(2)?,
-                        currency: r.get(3)?,
-                        status: r.get(4)?,
-                        posted: r.get(5)?,
-                        pending_debits: r.get(6)?,
-                        pending_credits: r.get(7)?,
-                        overdraft_limit: r.get(8)?,
-                        entry_count: r.get(9)?,
-                        restricted: r.get(10)?,
+                        kind: r.get(3)?,
+                        currency: r.get(4)?,
+                        status: r.get(5)?,
+                        posted: r.get(6)?,
+                        pending_debits: r.get(7)?,
+                        pending_credits: r.get(8)?,
+                        overdraft_limit: r.get(9)?,
+                        entry_count: r.get(10)?,
+                        restricted: r.get(11)?,
                     })
                 })
                 .optional()
