@@ -40,6 +40,7 @@ mod password_reset;
 mod passwords;
 mod privacy;
 mod retention;
+mod secret_hygiene;
 mod security;
 mod tenants;
 mod tls;
