@@ -24,6 +24,7 @@ mod cors;
 mod crash;
 mod customers;
 mod docs;
+mod edges;
 mod encryption;
 mod hygiene;
 mod instances;
