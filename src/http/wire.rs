@@ -120,11 +120,11 @@ impl Refusal {
 /// application believe the wire refused something (not that it would gain anything).
 fn marker_secret() -> &'static str {
     static SECRET: OnceLock<String> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        hex::encode(crate::crypto::random_bytes::<16>().unwrap_or_else(|_| {
-            // No randomness: a marker nobody can send (a header value cannot hold `\n`).
-            [b'\n'; 16]
-        }))
+    SECRET.get_or_init(|| match crate::crypto::random_bytes::<16>() {
+        Ok(bytes) => hex::encode(bytes),
+        // Without the CSPRNG (start-up would have failed long before): still unguessable
+        // enough for a marker whose forgery gains nothing.
+        Err(_) => uuid::Uuid::now_v7().simple().to_string(),
     })
 }
 

@@ -91,10 +91,7 @@ fn parse_answers(mut raw: &[u8]) -> Vec<Answer> {
             b
         } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut b = Vec::new();
-            loop {
-                let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") else {
-                    break;
-                };
+            while let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") {
                 let size = usize::from_str_radix(
                     String::from_utf8_lossy(&raw[..nl])
                         .split(';')
