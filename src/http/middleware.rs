@@ -437,8 +437,12 @@ async fn metrics_access(
 
 /// Any error answer made without the error shape (an axum extractor's plain-text rejection,
 /// a layer's bare status) is given it: the same status, a code for the status, a generic
-/// message (the original text is dropped: it may quote the request).
+/// message (the original text is dropped: it may quote the request). The wire guard's
+/// synthetic requests (a request head refused before hyper saw it) are answered here too.
 pub async fn shape_errors(req: Request, next: Next) -> Response {
+    if let Some(refused) = super::wire::answer_refusal(req.headers()) {
+        return refused;
+    }
     let resp = next.run(req).await;
     let status = resp.status();
     let is_json = resp

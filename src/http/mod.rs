@@ -66,8 +66,8 @@ pub fn metrics_router(core: Arc<Core>) -> Router {
 }
 
 /// Builds the whole HTTP application. From the outside in: request id and access log,
-/// security headers, the error shape for answers made without it (and the wire guard's
-/// refusals), rate limits and bans, request checks (path encoding, `Host`, HTTP/2 header
+/// security headers, the error shape for answers made without it (and the answers to the wire
+/// guard's refused heads), rate limits and bans, request checks (path encoding, `Host`, HTTP/2 header
 /// size), CORS, the request time limit, panic catching, the body limit, then the routes (each
 /// behind `authorize`).
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
@@ -133,7 +133,6 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
             state.clone(),
             limits::guard,
         ))
-        .layer(axum::middleware::from_fn(wire::answer_refusal))
         .layer(axum::middleware::from_fn(middleware::shape_errors))
         .layer(axum::middleware::from_fn_with_state(
             hsts,

@@ -148,22 +148,18 @@ pub fn refusal_of(headers: &HeaderMap) -> Option<Refusal> {
     Refusal::ALL.into_iter().find(|r| r.code() == code)
 }
 
-/// Middleware: answers the guard's synthetic requests with their refusal (and closes the
-/// connection). Sits inside the request-id and security-header layers, so the answer carries
-/// both.
-pub async fn answer_refusal(req: Request, next: Next) -> Response {
-    match refusal_of(req.headers()) {
-        Some(r) => {
-            tracing::debug!(code = r.code(), "request head refused on the wire");
-            let mut resp = r.error().into_response();
-            resp.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            resp
-        }
-        None => next.run(req).await,
-    }
+/// The answer to one of the guard's synthetic requests: its refusal, closing the connection.
+/// Called by `middleware::shape_errors`, inside the request-id and security-header layers, so
+/// the answer carries both.
+pub fn answer_refusal(headers: &HeaderMap) -> Option<Response> {
+    let r = refusal_of(headers)?;
+    tracing::debug!(code = r.code(), "request head refused on the wire");
+    let mut resp = r.error().into_response();
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    Some(resp)
 }
 
 /// Middleware: the request checks that hold whatever the protocol (and in-process): a path

@@ -451,9 +451,54 @@ print("verified")
     );
 }
 
+/// The checks that do not depend on the wire, in process: an HTTP/2 header list over
+/// `max_header_bytes` (HTTP/1 heads are refused by the wire guard; over HTTP/2 the h2 layer
+/// lets lists up to 4 × through, for the application to answer in the error shape), two
+/// `Host` headers on any protocol, and a path that does not decode to UTF-8.
+async fn protocol_independent_checks_answer_in_the_error_shape(app: &TestApp) {
+    let build = |version: axum::http::Version, pad: usize| {
+        axum::http::Request::get("/healthz")
+            .version(version)
+            .header("x-pad", "a".repeat(pad))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let r = app.send(build(axum::http::Version::HTTP_2, 17_000)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{r:?}"
+    );
+    assert_eq!(r.code(), "request_headers_too_large");
+    assert_eq!(
+        r.headers.get("x-content-type-options").unwrap(),
+        "nosniff",
+        "{r:?}"
+    );
+    let r = app.send(build(axum::http::Version::HTTP_2, 8_000)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = app
+        .send(
+            axum::http::Request::get("/healthz")
+                .header("host", "a")
+                .header("host", "b")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+    assert_eq!(r.code(), "host_header_invalid");
+    let r = app
+        .request(Method::GET, "/v1/accounts/%c0%ae", None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+    assert_eq!(r.code(), "invalid_path");
+}
+
 backend_tests!(
     answers_below_the_application_come_in_the_error_shape,
     keep_alive_connections_are_checked_head_by_head,
     the_docs_page_calls_no_outside_host_and_serves_no_oauth_redirect,
     development_key_material_is_read_by_the_standard_tools,
+    protocol_independent_checks_answer_in_the_error_shape,
 );
