@@ -69,6 +69,8 @@ pub struct Settings {
     pub metrics_token: Option<secrecy::SecretString>,
     /// A request unanswered after this long is cut off (408 or 503, see `http::timeout`).
     pub request_timeout_seconds: u64,
+    /// The largest request head (HTTP/1) or header list (HTTP/2), `max_header_bytes`.
+    pub max_header_bytes: usize,
 }
 
 /// Everything the use cases need, shared by all requests.

@@ -186,7 +186,8 @@ pub struct NewTenant {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` omits the email and the password hash (issue 13 item 17).
+#[derive(Clone)]
 pub struct NewUser {
     pub id: UserId,
     pub tenant_id: Option<TenantId>,
@@ -194,6 +195,16 @@ pub struct NewUser {
     pub password_hash: String,
     pub roles: Vec<Role>,
     pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -208,7 +219,8 @@ pub struct NewSession {
     pub user_agent: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` omits the token's hash.
+#[derive(Clone)]
 pub struct NewRefreshToken {
     /// SHA-256 of the token; the token itself is never stored.
     pub token_hash: String,
@@ -216,6 +228,15 @@ pub struct NewRefreshToken {
     pub tenant_id: Option<TenantId>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewRefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRefreshToken")
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A session joined with its user and tenant: what every authenticated request checks.
