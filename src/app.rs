@@ -197,6 +197,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         None => None,
     };
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
+    // Users who held a forbidden pair of roles before the rule: flagged at every start-up.
+    match crate::service::duties::flag_forbidden_pairs(&core).await {
+        Ok(flagged) if !flagged.is_empty() => tracing::warn!(
+            users = flagged.len(),
+            "users hold roles that may not be held together; see the warnings above and the \
+             forbidden_role_pair security events"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check users for forbidden pairs of roles"),
+    }
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
     spawn_mail_delivery(core.clone());

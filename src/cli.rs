@@ -1,5 +1,6 @@
 //! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
-//! `audit verify`, `config check`, `retention run`, `sign`, `dev-cert`.
+//! `admin invitation-link`, `audit verify`, `config check`, `retention run`, `sign`,
+//! `dev-cert`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -159,6 +160,17 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// When mail cannot reach an invited user: issue a fresh invitation link (valid 72 hours)
+    /// and print it, for handing over by another channel. Earlier links stop working; the
+    /// issue is audited in the tenant's chain and raises an `invitation_link_issued` security
+    /// event.
+    InvitationLink {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// The invited user's email.
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +257,9 @@ pub fn main() -> ExitCode {
             Command::Admin {
                 command: AdminCommand::CreatePlatformAdmin { email },
             } => create_platform_admin(&config, &email).await,
+            Command::Admin {
+                command: AdminCommand::InvitationLink { tenant, email },
+            } => invitation_link(&config, &tenant, &email).await,
             Command::Audit {
                 command: AuditCommand::Verify,
             } => audit_verify(&config).await,
@@ -459,6 +474,32 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `kasho admin invitation-link --tenant SLUG EMAIL`: prints a fresh link (shown once).
+async fn invitation_link(config: &Config, tenant: &str, email: &str) -> Result<(), String> {
+    let core = crate::app::build_core(config, Arc::new(SystemClock), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let issued = crate::service::invitations::console_link(&core, tenant, email)
+        .await
+        .map_err(|e| match e {
+            crate::error::AppError::NotFound(what) => {
+                format!(
+                    "no {what} `{}` in tenant `{tenant}`",
+                    if what == "tenant" { tenant } else { email }
+                )
+            }
+            other => format!("{} ({})", other, other.code()),
+        })?;
+    println!(
+        "# invitation link for user {} (works once, until {}); earlier links no longer work.\n\
+         # Hand it to the person only: whoever opens it chooses the account's password.\n{}",
+        issued.user_id,
+        issued.expires_at.to_rfc3339(),
+        secrecy::ExposeSecret::expose_secret(&issued.link)
+    );
+    Ok(())
 }
 
 /// A keyring over the configured database. Never generates keys: a missing master key must

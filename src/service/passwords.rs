@@ -1,6 +1,6 @@
 //! Setting a password: the tenant's policy (length, strength, history) checked in one place,
 //! and the change written with its history and session revocation in one transaction. Used by
-//! user creation, `POST /v1/me/password` and password reset.
+//! invitation acceptance, `POST /v1/me/password` and password reset.
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,7 +30,7 @@ fn refused(code: &'static str, message: impl Into<String>) -> AppError {
     }
 }
 
-/// The same refusal naming another request field (`new_password`, `manager.password`).
+/// The same refusal naming another request field (`new_password`).
 pub fn for_param(e: AppError, name: &str) -> AppError {
     match e {
         AppError::Invalid {
