@@ -151,6 +151,7 @@ pub async fn build_core_with_checks(
             alerts: config.alerts.clone(),
             metrics_token: config.metrics_token.clone(),
             request_timeout_seconds: config.request_timeout_seconds,
+            max_header_bytes: config.max_header_bytes,
         },
         limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
             .map_err(StartError::Other)?,
@@ -165,10 +166,12 @@ pub async fn build_core_with_checks(
             config.key_rotate_after_encryptions,
         )),
         inflight: crate::service::ledger::InFlight::default(),
+        refusals: crate::service::ledger::RefusalGate::default(),
         kyc: crate::service::kyc::KycGate::default(),
         checks,
         alert_webhook,
         store,
+        storage: crate::service::health::StorageHealth::default(),
     }))
 }
 
@@ -261,11 +264,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // Connection limits, for HTTP/1 and HTTP/2 alike: the header block size, the time to send
     // it (slow clients), keep-alive, and HTTP/2 stream and header-list limits.
     let builder = server.http_builder();
+    // Request heads are checked before hyper reads them (`http::wire`: size, header count,
+    // syntax, Host), so that even those refusals come in the error shape; hyper's own limits
+    // stay behind it as a backstop it never reaches.
+    let max_head = config.max_header_bytes;
     builder
         .http1()
-        // The read buffer bounds the request line plus headers: beyond it hyper answers 431.
-        .max_buf_size(config.max_header_bytes)
-        .max_headers(100)
+        .max_buf_size(max_head.saturating_mul(2))
+        .max_headers(crate::http::wire::MAX_HEADERS)
         // Runs whenever the server waits for a request head, so it also closes idle
         // keep-alive connections.
         .header_read_timeout(header_timeout)
@@ -273,7 +279,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     builder
         .http2()
         .max_concurrent_streams(100)
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        // Up to the ceiling an oversized header list reaches the application, which answers
+        // 431 in the error shape; beyond it the h2 layer answers (bare 431, stream reset).
+        .max_header_list_size(
+            u32::try_from(max_head.saturating_mul(crate::http::wire::H2_HEADER_LIST_CEILING))
+                .unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(256)
         .keep_alive_interval(std::time::Duration::from_secs(30))
@@ -302,7 +313,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 rustls,
                 std::time::Duration::from_secs(u64::from(config.tls_handshake_timeout_seconds)),
             );
-            server.acceptor(acceptor).serve(make).await
+            server
+                .acceptor(crate::http::wire::GuardAcceptor::new(acceptor, max_head))
+                .serve(make)
+                .await
         }
         None => {
             tracing::info!(
@@ -312,7 +326,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 database = %config.database_url_redacted(),
                 "kasho is serving plain HTTP"
             );
-            server.serve(make).await
+            server
+                .acceptor(crate::http::wire::GuardAcceptor::new(
+                    axum_server::accept::DefaultAcceptor,
+                    max_head,
+                ))
+                .serve(make)
+                .await
         }
     };
     served.map_err(|e| StartError::Other(e.to_string()))?;

@@ -99,8 +99,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SignArgs {
-    /// The token secret (`kasho_…`). Prefer --secret-env or --secret-stdin, which keep it out
-    /// of shell history.
+    /// The signing secret (`kasho_sig_…`, issued with the token; for a token created before
+    /// signing secrets existed and not rotated since, its bearer secret `kasho_…`). Prefer
+    /// --secret-env or --secret-stdin, which keep it out of shell history.
     #[arg(long, conflicts_with_all = ["secret_env", "secret_stdin"])]
     secret: Option<String>,
     /// Read the secret from this environment variable.
@@ -339,7 +340,9 @@ fn sign(a: &SignArgs) -> Result<String, String> {
         }
     };
     if !crate::service::api_tokens::is_api_token(&secret) {
-        return Err("the secret must be an API token (it starts with kasho_)".into());
+        return Err(
+            "the secret must be a token's signing secret (it starts with kasho_sig_)".into(),
+        );
     }
     let body: Vec<u8> = match (&a.body, &a.body_file) {
         (Some(b), _) => b.clone().into_bytes(),

@@ -82,6 +82,11 @@ pub enum SecurityEvent {
     /// A client address was banned: a burst of 401/403/404 answers or a scanner path
     /// (platform-level).
     IntrusionBan,
+    /// A credential spent its budget of refused money movements; its movements answer 429 for
+    /// the rest of the window.
+    RefusalBudgetExhausted,
+    /// A user manager reset another user's second factor.
+    MfaReset,
     /// A user holds two roles that may not be held together (found at start-up, for users who
     /// held them before the rule): flagged until a manager removes one.
     ForbiddenRolePair,
@@ -98,7 +103,7 @@ pub enum SecurityEvent {
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 22] = [
+    pub const ALL: [SecurityEvent; 24] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::AccountLocked,
         SecurityEvent::LoginThrottled,
@@ -116,6 +121,8 @@ impl SecurityEvent {
         SecurityEvent::RateLimitBackendUnavailable,
         SecurityEvent::RateLimitBackendRestored,
         SecurityEvent::IntrusionBan,
+        SecurityEvent::RefusalBudgetExhausted,
+        SecurityEvent::MfaReset,
         SecurityEvent::ForbiddenRolePair,
         SecurityEvent::SegregationOfDutiesRefused,
         SecurityEvent::InvitationLinkIssued,
@@ -142,6 +149,8 @@ impl SecurityEvent {
             SecurityEvent::RateLimitBackendUnavailable => "rate_limit_backend_unavailable",
             SecurityEvent::RateLimitBackendRestored => "rate_limit_backend_restored",
             SecurityEvent::IntrusionBan => "intrusion_ban",
+            SecurityEvent::RefusalBudgetExhausted => "refusal_budget_exhausted",
+            SecurityEvent::MfaReset => "mfa_reset",
             SecurityEvent::ForbiddenRolePair => "forbidden_role_pair",
             SecurityEvent::SegregationOfDutiesRefused => "segregation_of_duties_refused",
             SecurityEvent::InvitationLinkIssued => "invitation_link_issued",
@@ -162,6 +171,8 @@ impl SecurityEvent {
             | SecurityEvent::LoginThrottled
             | SecurityEvent::RateLimitBackendUnavailable
             | SecurityEvent::IntrusionBan
+            | SecurityEvent::RefusalBudgetExhausted
+            | SecurityEvent::MfaReset
             | SecurityEvent::ForbiddenRolePair
             | SecurityEvent::InvitationLinkIssued
             | SecurityEvent::BreakGlassRequested

@@ -21,7 +21,7 @@ use super::handlers::{
         password_reset::request, password_reset::confirm,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
         tenants::break_glass_request, tenants::break_glass_list, tenants::break_glass_approve,
-        users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
+        users::create, users::list, users::get, users::disable, users::enable, users::set_roles, users::reset_mfa,
         users::reinvite, invitations::accept,
         audit::list,
         customers::create, customers::list, customers::get, customers::rectify,

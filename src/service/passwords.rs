@@ -121,7 +121,8 @@ pub async fn check_new_password_with(
 }
 
 /// Hashes and stores a new password for an existing user (its old hash joins the history) and
-/// revokes the user's sessions but `keep_session`, with `audit`, in one transaction.
+/// revokes the user's sessions but `keep_session` and every API token of the user, with
+/// `audit`, in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn set_password(
     core: &Core,
@@ -211,7 +212,7 @@ async fn store_password(
 /// `POST /v1/me/password`: the signed-in user changes their password. Needs a session (not an
 /// API token) that stepped up recently, and the current password: a wrong one counts towards
 /// the account's lockout like a failed sign-in. The new password meets the tenant's policy;
-/// the user's other sessions end, the current one stays.
+/// the user's other sessions and all the user's API tokens end, the current session stays.
 pub async fn change(
     core: &Core,
     meta: &RequestMeta,

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod access_rules;
 mod alerts;
 mod api_tokens;
 mod attacks;
@@ -23,6 +24,7 @@ mod cors;
 mod crash;
 mod customers;
 mod docs;
+mod edges;
 mod duties;
 mod encryption;
 mod hygiene;
@@ -34,13 +36,16 @@ mod ledger_model;
 mod limits;
 mod logs;
 mod mfa;
+mod money_rules;
 mod observability;
 mod openapi;
 mod password_reset;
 mod passwords;
 mod privacy;
 mod retention;
+mod secret_hygiene;
 mod security;
+mod storage_faults;
 mod tenants;
 mod tls;
 mod users;
