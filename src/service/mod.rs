@@ -8,6 +8,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod guesses;
 pub mod health;
 pub mod intrusion;
 pub mod keys;
@@ -95,6 +96,8 @@ pub struct Core {
     pub limits: ratelimit::RateLimiter,
     /// The alert webhook client (`None`: alerts are only logged).
     pub alert_webhook: Option<alerts::WebhookClient>,
+    /// Passwords and codes this core checked (`kasho_credential_verifications_total`).
+    pub verifications: crate::observability::Verifications,
 }
 
 /// The credential a request was made with.

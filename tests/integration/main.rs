@@ -40,5 +40,6 @@ mod privacy;
 mod retention;
 mod security;
 mod tenants;
+mod throttle;
 mod tls;
 mod users;

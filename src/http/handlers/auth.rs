@@ -44,12 +44,14 @@ fn tokens(pair: TokenPair) -> TokenResponse {
 pub async fn login(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
+    client_certificate: Option<axum::Extension<crate::tls::ClientCertificate>>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Recorded<Json<LoginResponse>>> {
     let input = LoginInput {
         tenant: body.tenant,
         email: body.email,
         password: body.password,
+        client_certificate: client_certificate.is_some(),
     };
     match auth::login(&state.core, &meta, input).await {
         Ok(LoginResult::Tokens(pair)) => Ok(Recorded(
