@@ -191,9 +191,9 @@ async fn concurrent_wrong_passwords_on_two_instances_check_at_most_the_limit(app
     let (a, ra) = app.instance_with(&[("trusted_proxies", PROXY)]).await;
     let (b, rb) = app.instance_with(&[("trusted_proxies", PROXY)]).await;
     siege(app, &[ra, rb], &[a, b], "siege", &email).await;
-    // The counters are in the database (no Redis here).
+    // The counters are in the database (no Redis here): the attackers' addresses are there.
     let keys = app.raw_strings("SELECT key FROM login_throttle").await;
-    assert!(keys.iter().any(|k| k.starts_with("acct:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("ip:198.51.")), "{keys:?}");
 }
 
 async fn concurrent_wrong_passwords_through_the_redis_limiter_check_at_most_the_limit(
@@ -214,7 +214,10 @@ async fn concurrent_wrong_passwords_through_the_redis_limiter_check_at_most_the_
     siege(app, &[ra, rb], &[a, b], "siege", &email).await;
     // The guesses were counted in Redis, not in the database.
     let keys = app.raw_strings("SELECT key FROM login_throttle").await;
-    assert!(!keys.iter().any(|k| k.starts_with("acct:")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("ip:198.51.")),
+        "{keys:?}"
+    );
     let mut conn = redis::Client::open(SHARED_REDIS)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -309,7 +312,7 @@ async fn concurrent_codes_against_one_challenge_check_at_most_the_cap(app: &Test
     let (_, email) = app.user(&t, &["CASHIER"]).await;
     let token = app.token(Some("siege"), &email).await;
     let (secret, _) = enable_mfa(app, &token).await;
-    let challenge = |app: &'_ TestApp| {
+    let challenge = || {
         let email = email.clone();
         async move {
             let r = app.login(Some("siege"), &email, PASSWORD).await;
@@ -317,7 +320,7 @@ async fn concurrent_codes_against_one_challenge_check_at_most_the_cap(app: &Test
             r.body["mfa_token"].as_str().unwrap().to_owned()
         }
     };
-    let mfa_token = challenge(app).await;
+    let mfa_token = challenge().await;
     let wrong = if code_now(app, &secret) == "000000" {
         "111111"
     } else {
@@ -355,7 +358,7 @@ async fn concurrent_codes_against_one_challenge_check_at_most_the_cap(app: &Test
 
     // The challenge's own count, raced directly: exactly its cap is admitted.
     app.clock.advance_seconds(31);
-    let fresh = challenge(app).await;
+    let fresh = challenge().await;
     let hash = kasho::crypto::sha256_hex(fresh.as_bytes());
     let now = app.clock_now();
     let tasks: Vec<_> = (0..60)
