@@ -190,45 +190,57 @@ impl Guess {
     /// The guess was right and completed the proof: the account's run of failures ends, and
     /// the address gets its guess back.
     pub async fn succeeded(self, core: &Core) -> AppResult<()> {
-        let (accounts, addresses): (Vec<GuessSlot>, Vec<GuessSlot>) =
-            self.slots.into_iter().partition(|s| !is_address(&s.key));
-        for s in &accounts {
-            clear(core, &s.key, &[]).await?;
-        }
-        give_back(core, self.shared, &addresses).await
+        let (addresses, accounts): (Vec<GuessSlot>, Vec<GuessSlot>) =
+            self.slots.into_iter().partition(|s| is_address(&s.key));
+        let clear: Vec<String> = accounts.into_iter().map(|s| s.key).collect();
+        // Counted in Redis: settled there; the database forgets the account's run as well (it
+        // holds what was counted while Redis was away).
+        let refund = if self.shared && settle_shared(core, &clear, &addresses).await {
+            Vec::new()
+        } else {
+            addresses
+        };
+        Ok(core.store.settle_guess(&clear, &refund).await?)
     }
 
     /// The guess was right, but the attempt goes on (a second factor) or is refused for
     /// another reason: every key gets its guess back.
     pub async fn refund(self, core: &Core) -> AppResult<()> {
-        give_back(core, self.shared, &self.slots).await
-    }
-}
-
-async fn give_back(core: &Core, shared: bool, slots: &[GuessSlot]) -> AppResult<()> {
-    if slots.is_empty() {
-        return Ok(());
-    }
-    if shared {
-        let keys: Vec<String> = slots.iter().map(|s| redis_key(&s.key)).collect();
-        let args: Vec<i64> = slots.iter().map(|s| s.rule.threshold).collect();
-        let (done, _) = core
-            .limits
-            .run_script(core.clock.now(), &REFUND, &keys, &args)
-            .await;
-        if done.is_some() {
+        if self.shared && settle_shared(core, &[], &self.slots).await {
             return Ok(());
         }
+        Ok(core.store.settle_guess(&[], &self.slots).await?)
     }
-    Ok(core.store.refund_guess(slots).await?)
 }
 
-/// Forgets every guess counted under `key` (a completed sign-in, a manager's unlock, a password
-/// reset), in the database with `audit` and in Redis. Whether any were counted.
+/// Settles a guess counted in Redis (see [`SETTLE`]); `false` when Redis did not answer.
+async fn settle_shared(core: &Core, clear: &[String], refund: &[GuessSlot]) -> bool {
+    if clear.is_empty() && refund.is_empty() {
+        return true;
+    }
+    let keys: Vec<String> = clear
+        .iter()
+        .map(|k| redis_key(k))
+        .chain(refund.iter().map(|s| redis_key(&s.key)))
+        .collect();
+    let args: Vec<i64> = clear
+        .iter()
+        .map(|_| 0)
+        .chain(refund.iter().map(|s| s.rule.threshold))
+        .collect();
+    let (done, _) = core
+        .limits
+        .run_script(core.clock.now(), &SETTLE, &keys, &args)
+        .await;
+    done.is_some()
+}
+
+/// Forgets every guess counted under `key` (a manager's unlock, a password reset), in the
+/// database with `audit` and in Redis. Whether any were counted.
 pub async fn clear(core: &Core, key: &str, audit: &[NewAuditEvent]) -> AppResult<bool> {
     let (shared, _) = core
         .limits
-        .run_script(core.clock.now(), &CLEAR, &[redis_key(key)], &[])
+        .run_script(core.clock.now(), &SETTLE, &[redis_key(key)], &[0])
         .await;
     let in_redis = shared.is_some_and(|v| v.first().is_some_and(|n| *n > 0));
     let in_db = core.store.clear_login_throttle(key, audit).await?;
@@ -341,25 +353,28 @@ return out
     ))
 });
 
-/// Gives one guess back under each of KEYS (ARGV[i]: key i's threshold): one fewer, no delay,
-/// no lock below the threshold.
-static REFUND: LazyLock<redis::Script> = LazyLock::new(|| {
+/// Settles a right guess in Redis: KEYS[i] with ARGV[i] = 0 is forgotten (the run ends);
+/// with ARGV[i] = its threshold, one guess is given back: one fewer, no delay, no lock below
+/// the threshold. Returns {how many keys were forgotten}.
+static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
+local forgotten = 0
 for i = 1, #KEYS do
-  local f = tonumber(redis.call('HGET', KEYS[i], 'f'))
-  if f ~= nil and f > 0 then
-    f = f - 1
-    redis.call('HSET', KEYS[i], 'f', f)
-    redis.call('HDEL', KEYS[i], 'na')
-    if f < tonumber(ARGV[i]) then redis.call('HDEL', KEYS[i], 'lu') end
+  local threshold = tonumber(ARGV[i])
+  if threshold == 0 then
+    forgotten = forgotten + redis.call('DEL', KEYS[i])
+  else
+    local f = tonumber(redis.call('HGET', KEYS[i], 'f'))
+    if f ~= nil and f > 0 then
+      f = f - 1
+      redis.call('HSET', KEYS[i], 'f', f)
+      redis.call('HDEL', KEYS[i], 'na')
+      if f < threshold then redis.call('HDEL', KEYS[i], 'lu') end
+    end
   end
 end
-return {}
+return {forgotten}
 ",
     )
 });
-
-/// Forgets KEYS; returns {how many existed}.
-static CLEAR: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new("return {redis.call('DEL', unpack(KEYS))}"));

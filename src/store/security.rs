@@ -253,10 +253,10 @@ pub trait SecurityStore: Send + Sync {
         slots: &[GuessSlot],
         now: Timestamp,
     ) -> StoreResult<GuessReservation>;
-    /// Gives one admitted guess back under every slot (it was right, but the sign-in goes on:
-    /// a second factor, or a refusal that is not about the credential): one fewer counted, no
-    /// delay, and no lock if the count is below the threshold again.
-    async fn refund_guess(&self, slots: &[GuessSlot]) -> StoreResult<()>;
+    /// Settles an admitted, right guess in one transaction: the runs of `clear` end (their rows
+    /// go), and under each of `refund` the guess is given back: one fewer counted, no delay,
+    /// and no lock if the count is below the threshold again.
+    async fn settle_guess(&self, clear: &[String], refund: &[GuessSlot]) -> StoreResult<()>;
     /// Forgets the failures under `key` (a successful sign-in, or a manager's unlock).
     /// Returns whether there were any.
     async fn clear_login_throttle(&self, key: &str, audit: &[NewAuditEvent]) -> StoreResult<bool>;
@@ -640,23 +640,42 @@ macro_rules! impl_security_store {
                 Ok($crate::store::security::GuessReservation::Admitted { locked })
             }
 
-            async fn refund_guess(
+            async fn settle_guess(
                 &self,
-                slots: &[$crate::store::security::GuessSlot],
+                clear: &[String],
+                refund: &[$crate::store::security::GuessSlot],
             ) -> $crate::store::StoreResult<()> {
-                let mut sorted: Vec<&$crate::store::security::GuessSlot> = slots.iter().collect();
-                sorted.sort_by(|a, b| a.key.cmp(&b.key));
+                if clear.is_empty() && refund.is_empty() {
+                    return Ok(());
+                }
+                // Keys in one order (see `reserve_guess`).
+                let mut work: Vec<(&str, Option<i64>)> = clear
+                    .iter()
+                    .map(|k| (k.as_str(), None))
+                    .chain(refund.iter().map(|s| (s.key.as_str(), Some(s.rule.threshold))))
+                    .collect();
+                work.sort_by(|a, b| a.0.cmp(b.0));
                 let mut tx = self.begin_write().await?;
-                for s in sorted {
-                    sqlx::query(
-                        "UPDATE login_throttle SET failures = failures - 1, next_attempt_at = NULL, \
-                         locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
-                         WHERE key = $1 AND failures > 0",
-                    )
-                    .bind(&s.key)
-                    .bind(s.rule.threshold)
-                    .execute(&mut *tx)
-                    .await?;
+                for (key, refund_below) in work {
+                    match refund_below {
+                        None => {
+                            sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+                                .bind(key)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Some(threshold) => {
+                            sqlx::query(
+                                "UPDATE login_throttle SET failures = failures - 1, next_attempt_at = NULL, \
+                                 locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
+                                 WHERE key = $1 AND failures > 0",
+                            )
+                            .bind(key)
+                            .bind(threshold)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
                 }
                 tx.commit().await?;
                 Ok(())
