@@ -302,6 +302,12 @@ async fn concurrent_step_ups_and_password_changes_share_the_limit(app: &TestApp)
         200 - checked,
         "the others were refused unchecked"
     );
+    // Operators see the checks as a metric.
+    let text = kasho::observability::render().unwrap_or_default();
+    assert!(
+        text.contains("kasho_credential_verifications_total{kind=\"password\"}"),
+        "{text}"
+    );
 }
 
 /// 60 codes at once against one MFA challenge: at most the challenge's cap (5) is checked; the
