@@ -243,13 +243,30 @@ async fn concurrent_wrong_passwords_through_the_redis_limiter_check_at_most_the_
     }
 }
 
+/// With Redis configured but unreachable, guesses are counted in the database (shared by the
+/// instances too), never in one process's memory: the limit holds all the same.
+async fn with_redis_unreachable_the_database_counts_guesses(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "siege").await;
+    let (_, email) = app.user(&t, &["CASHIER"]).await;
+    let config = [
+        ("trusted_proxies", PROXY),
+        ("redis_url", "redis://127.0.0.1:1/0"),
+    ];
+    let (a, ra) = app.instance_with(&config).await;
+    let (b, rb) = app.instance_with(&config).await;
+    siege(app, &[ra, rb], &[a, b], "siege", &email).await;
+    let keys = app.raw_strings("SELECT key FROM login_throttle").await;
+    assert!(keys.iter().any(|k| k.starts_with("ip:198.51.")), "{keys:?}");
+}
+
 /// Step-up and password change are guesses at the same account: a burst of both checks at
 /// most the limit.
 async fn concurrent_step_ups_and_password_changes_share_the_limit(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "siege").await;
     let (_, token) = app.user_token(&t, &["CASHIER"]).await;
-    let before = verified(&[app.core.clone()], CredentialKind::Password);
+    let before = verified(std::slice::from_ref(&app.core), CredentialKind::Password);
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let router = app.router.clone();
@@ -295,7 +312,7 @@ async fn concurrent_step_ups_and_password_changes_share_the_limit(app: &TestApp)
         );
         refused += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
     }
-    let checked = verified(&[app.core.clone()], CredentialKind::Password) - before;
+    let checked = verified(std::slice::from_ref(&app.core), CredentialKind::Password) - before;
     assert!((1..=LIMIT).contains(&checked), "{checked} checked");
     assert_eq!(
         refused as u64,
@@ -332,7 +349,7 @@ async fn concurrent_codes_against_one_challenge_check_at_most_the_cap(app: &Test
     } else {
         "000000"
     };
-    let before = verified(&[app.core.clone()], CredentialKind::Totp);
+    let before = verified(std::slice::from_ref(&app.core), CredentialKind::Totp);
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let router = app.router.clone();
@@ -356,7 +373,7 @@ async fn concurrent_codes_against_one_challenge_check_at_most_the_cap(app: &Test
         let s = t.await.unwrap();
         assert!(s.is_client_error(), "{s}");
     }
-    let checked = verified(&[app.core.clone()], CredentialKind::Totp) - before;
+    let checked = verified(std::slice::from_ref(&app.core), CredentialKind::Totp) - before;
     assert!(
         (1..=kasho::service::mfa::CHALLENGE_MAX_FAILURES as u64).contains(&checked),
         "{checked} codes checked"
@@ -691,6 +708,7 @@ async fn narrowing_the_allow_list_ends_sessions_last_seen_outside_it(app: &TestA
 backend_tests!(
     concurrent_wrong_passwords_on_two_instances_check_at_most_the_limit,
     concurrent_wrong_passwords_through_the_redis_limiter_check_at_most_the_limit,
+    with_redis_unreachable_the_database_counts_guesses,
     concurrent_step_ups_and_password_changes_share_the_limit,
     concurrent_codes_against_one_challenge_check_at_most_the_cap,
     unknown_tenant_guesses_count_against_the_address_only,
