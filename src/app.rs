@@ -165,11 +165,13 @@ pub async fn build_core_with_checks(
             config.key_rotate_after_encryptions,
         )),
         inflight: crate::service::ledger::InFlight::default(),
+        refusals: crate::service::ledger::RefusalGate::default(),
         kyc: crate::service::kyc::KycGate::default(),
         checks,
         alert_webhook,
         verifications: Default::default(),
         store,
+        storage: crate::service::health::StorageHealth::default(),
     }))
 }
 

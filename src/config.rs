@@ -300,6 +300,11 @@ const KEYS: &[KeyDef] = &[
         help: "401/403/404 answers to one client address within S seconds that ban it, N/S (50/60)",
     },
     KeyDef {
+        name: "refusal_budget",
+        secret: false,
+        help: "refused money movements one credential may cause within S seconds before its movements answer 429 for the rest of the window, N/S (1000/600)",
+    },
+    KeyDef {
         name: "intrusion_ban_seconds",
         secret: false,
         help: "how long a banned client address is refused, 60..=604800 (900)",
@@ -904,6 +909,7 @@ impl Config {
             let mfa = rate("rate_limit_mfa", d.mfa)?;
             let password_reset = rate("rate_limit_password_reset", d.password_reset)?;
             let intrusion_error_burst = rate("intrusion_error_burst", d.intrusion_error_burst)?;
+            let refusal_budget = rate("refusal_budget", d.refusal_budget)?;
             let bs = take(
                 "intrusion_ban_seconds",
                 Some(d.intrusion_ban_seconds.to_string()),
@@ -929,6 +935,7 @@ impl Config {
                 intrusion_error_burst,
                 intrusion_ban_seconds,
                 intrusion_exempt,
+                refusal_budget,
             }
         };
         let m = take(

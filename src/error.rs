@@ -1,7 +1,8 @@
 //! The application error: what a use case can refuse, in domain terms. The HTTP layer maps
 //! each variant to a status, an error `type` and a stable `code` (see `http::error`); storage
-//! and infrastructure failures collapse into [`AppError::Internal`], whose detail goes to the
-//! log and never to the client.
+//! that cannot serve now becomes [`AppError::StorageUnavailable`] (503), other storage and
+//! infrastructure failures collapse into [`AppError::Internal`]; the detail of either goes to
+//! the log and never to the client.
 
 use crate::store::StoreError;
 
@@ -68,6 +69,11 @@ pub enum AppError {
         "this action needs a recent authentication; re-authenticate with POST /v1/auth/step-up"
     )]
     StepUpRequired,
+    /// The same, for a credential that cannot step up (an API token).
+    #[error(
+        "this action (or an amount above the tenant's step-up threshold) needs a recent authentication, and API tokens cannot step up: use a signed-in session that re-authenticates with POST /v1/auth/step-up"
+    )]
+    StepUpImpossible,
     /// The user's role must use MFA and they have not enrolled yet.
     #[error("your role requires multi-factor authentication; enrol a TOTP authenticator first")]
     MfaEnrolmentRequired,
@@ -78,6 +84,11 @@ pub enum AppError {
         message: String,
         retry_after_seconds: i64,
     },
+    /// Storage cannot serve now (a full disk, an I/O error, a lost database connection): 503
+    /// `storage_unavailable` with `Retry-After`. The detail is logged (rate-limited), never
+    /// returned.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Something failed inside Kasho. The detail is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,7 +122,7 @@ impl AppError {
             | AppError::Forbidden { code, .. }
             | AppError::TooManyAttempts { code, .. }
             | AppError::Unauthenticated { code, .. } => code,
-            AppError::StepUpRequired => "step_up_required",
+            AppError::StepUpRequired | AppError::StepUpImpossible => "step_up_required",
             AppError::MfaEnrolmentRequired => "mfa_enrolment_required",
             AppError::NotFound(_) => "resource_missing",
             AppError::InvalidCredentials => "invalid_credentials",
@@ -120,6 +131,7 @@ impl AppError {
             AppError::TokenExpired => "token_expired",
             AppError::RefreshTokenReused => "refresh_token_reused",
             AppError::InvalidMfaCode => "invalid_mfa_code",
+            AppError::StorageUnavailable(_) => "storage_unavailable",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -138,6 +150,7 @@ impl From<StoreError> for AppError {
                 message: format!("a resource with the same unique value exists ({constraint})"),
             },
             StoreError::Database(msg) => AppError::Internal(msg),
+            StoreError::Unavailable(msg) => AppError::StorageUnavailable(msg),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`service`]: use cases (login, tenants, users, audit) combining the layers above.
 //! - [`http`]: the REST API; translates requests into service calls and errors into the
 //!   public error shape.
-//! - [`observability`]: the Prometheus recorder and the metric series.
+//! - [`observability`]: the Prometheus recorder and the metric series; [`log_limit`]: repeated
+//!   errors logged once per interval.
 //! - [`cli`] and [`app`]: the `kasho` binary's commands and the server's assembly.
 //!
 //! See `docs/ARCHITECTURE.md` for the map.
@@ -23,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod log_limit;
 pub mod observability;
 pub mod service;
 pub mod store;

@@ -109,6 +109,9 @@ pub enum Permission {
     AccountsWrite,
     /// Read accounts, balances and entries.
     AccountsRead,
+    /// See the tenant's system accounts (settlement, fees, suspense): their ids, balances and
+    /// entries. Without it they are not listed and a leg on one shows only its kind.
+    AccountsReadSystem,
     /// Freeze and unfreeze accounts.
     AccountsFreeze,
     /// Set overdraft limits and close accounts.
@@ -151,7 +154,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 29] = [
+    pub const ALL: [Permission; 30] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -162,6 +165,7 @@ impl Permission {
         Permission::CustomersReadPii,
         Permission::AccountsWrite,
         Permission::AccountsRead,
+        Permission::AccountsReadSystem,
         Permission::AccountsFreeze,
         Permission::AccountsConfigure,
         Permission::TransfersCreate,
@@ -195,6 +199,7 @@ impl Permission {
             Permission::CustomersReadPii => "customers:read_pii",
             Permission::AccountsWrite => "accounts:write",
             Permission::AccountsRead => "accounts:read",
+            Permission::AccountsReadSystem => "accounts:read_system",
             Permission::AccountsFreeze => "accounts:freeze",
             Permission::AccountsConfigure => "accounts:configure",
             Permission::TransfersCreate => "transfers:create",
@@ -259,6 +264,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersReadPii, All),
             (P::AccountsWrite, All),
             (P::AccountsRead, All),
+            (P::AccountsReadSystem, All),
             (P::AccountsFreeze, All),
             (P::AccountsConfigure, All),
             (P::TransfersCreate, All),
@@ -330,6 +336,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::AuditRead, All),
             (P::CustomersRead, All),
             (P::AccountsRead, All),
+            (P::AccountsReadSystem, All),
             (P::TransfersRead, All),
             (P::ComplianceRead, All),
             (P::KycRead, All),

@@ -54,6 +54,21 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
+    pub fn parse(s: &str) -> Option<AccountKind> {
+        [
+            AccountKind::Customer,
+            AccountKind::Settlement,
+            AccountKind::Fees,
+            AccountKind::Suspense,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    pub const fn is_system(self) -> bool {
+        !matches!(self, AccountKind::Customer)
+    }
+
     pub const SYSTEM: [AccountKind; 3] = [
         AccountKind::Settlement,
         AccountKind::Fees,
@@ -100,6 +115,76 @@ impl TransferKind {
     }
 }
 
+/// A kind of money movement, as the account rules see it: the transfer kinds, a hold (which
+/// reserves without posting), and a reversal together with the kind it reverses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movement {
+    Transfer,
+    Deposit,
+    Withdrawal,
+    Hold,
+    Capture,
+    /// The reversal of a transfer of the given kind.
+    Reversal(TransferKind),
+}
+
+/// THE table of which movement kinds may touch which system accounts (debit, credit or hold):
+/// every other pair is refused by the posting engine, whatever the credential. Customer
+/// accounts take every movement. Later kinds (fees, FX, remittance) extend this table.
+pub const SYSTEM_ACCOUNT_MOVEMENTS: &[(AccountKind, &[Movement])] = &[
+    (
+        AccountKind::Settlement,
+        &[
+            Movement::Deposit,
+            Movement::Withdrawal,
+            Movement::Reversal(TransferKind::Deposit),
+            Movement::Reversal(TransferKind::Withdrawal),
+        ],
+    ),
+    (AccountKind::Fees, &[]),
+    (AccountKind::Suspense, &[]),
+];
+
+impl Movement {
+    /// The movement a transfer of `kind` is (`original` is what a reversal reverses).
+    pub fn of(kind: TransferKind, original: Option<TransferKind>) -> Movement {
+        match kind {
+            TransferKind::Transfer => Movement::Transfer,
+            TransferKind::Deposit => Movement::Deposit,
+            TransferKind::Withdrawal => Movement::Withdrawal,
+            TransferKind::Capture => Movement::Capture,
+            TransferKind::Reversal => {
+                Movement::Reversal(original.unwrap_or(TransferKind::Reversal))
+            }
+        }
+    }
+
+    /// Whether this movement may debit, credit or hold an account of `kind`.
+    pub fn may_touch(self, kind: AccountKind) -> bool {
+        if !kind.is_system() {
+            return true;
+        }
+        SYSTEM_ACCOUNT_MOVEMENTS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .is_some_and(|(_, allowed)| allowed.contains(&self))
+    }
+}
+
+impl TransferKind {
+    pub fn parse(s: &str) -> Option<TransferKind> {
+        [
+            TransferKind::Transfer,
+            TransferKind::Deposit,
+            TransferKind::Withdrawal,
+            TransferKind::Reversal,
+            TransferKind::Capture,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
 /// Why the ledger refused a movement. Each has a stable API code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -131,6 +216,12 @@ pub enum Refusal {
         "processing is restricted for the customer of account {0}: no new money movement may touch it"
     )]
     ProcessingRestricted(String),
+    /// A system account named by a movement kind not declared for it (only deposits and
+    /// withdrawals, and their reversals, move money through settlement).
+    #[error(
+        "account {0} is a system account: only the movement kinds declared for it may touch it (deposits and withdrawals through settlement, and their reversals)"
+    )]
+    SystemAccount(String),
 }
 
 impl Refusal {
@@ -147,6 +238,7 @@ impl Refusal {
             Refusal::HoldNotActive => "hold_not_active",
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
             Refusal::ProcessingRestricted(_) => "processing_restricted",
+            Refusal::SystemAccount(_) => "system_account",
         }
     }
 }

@@ -82,10 +82,15 @@ pub enum SecurityEvent {
     /// A client address was banned: a burst of 401/403/404 answers or a scanner path
     /// (platform-level).
     IntrusionBan,
+    /// A credential spent its budget of refused money movements; its movements answer 429 for
+    /// the rest of the window.
+    RefusalBudgetExhausted,
+    /// A user manager reset another user's second factor.
+    MfaReset,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 17] = [
+    pub const ALL: [SecurityEvent; 19] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::AccountLocked,
         SecurityEvent::LoginThrottled,
@@ -103,6 +108,8 @@ impl SecurityEvent {
         SecurityEvent::RateLimitBackendUnavailable,
         SecurityEvent::RateLimitBackendRestored,
         SecurityEvent::IntrusionBan,
+        SecurityEvent::RefusalBudgetExhausted,
+        SecurityEvent::MfaReset,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -124,6 +131,8 @@ impl SecurityEvent {
             SecurityEvent::RateLimitBackendUnavailable => "rate_limit_backend_unavailable",
             SecurityEvent::RateLimitBackendRestored => "rate_limit_backend_restored",
             SecurityEvent::IntrusionBan => "intrusion_ban",
+            SecurityEvent::RefusalBudgetExhausted => "refusal_budget_exhausted",
+            SecurityEvent::MfaReset => "mfa_reset",
         }
     }
 
@@ -138,7 +147,9 @@ impl SecurityEvent {
             | SecurityEvent::RequestReplayed
             | SecurityEvent::LoginThrottled
             | SecurityEvent::RateLimitBackendUnavailable
-            | SecurityEvent::IntrusionBan => Severity::High,
+            | SecurityEvent::IntrusionBan
+            | SecurityEvent::RefusalBudgetExhausted
+            | SecurityEvent::MfaReset => Severity::High,
             SecurityEvent::MfaFailed
             | SecurityEvent::StepUpFailed
             | SecurityEvent::AuthorizationRefused

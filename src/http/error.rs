@@ -9,6 +9,10 @@ use serde::Serialize;
 use super::middleware::{AuditRecorded, current_request_id};
 use crate::error::AppError;
 
+/// `Retry-After` of a 503 `storage_unavailable`: soon enough that a client notices recovery
+/// within seconds, long enough not to hammer a struggling database.
+pub const STORAGE_RETRY_AFTER_SECONDS: i64 = 2;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -18,7 +22,7 @@ pub struct ApiError {
     pub param: Option<String>,
     /// The use case already wrote this refusal's audit record.
     pub audited: bool,
-    /// Seconds for `Retry-After` (429).
+    /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<i64>,
 }
 
@@ -155,7 +159,7 @@ impl From<AppError> for ApiError {
                 ApiError::new(S::FORBIDDEN, AUTHN, code, message)
             }
             AppError::Forbidden { code, .. } => ApiError::new(S::FORBIDDEN, PERM, code, message),
-            AppError::StepUpRequired => {
+            AppError::StepUpRequired | AppError::StepUpImpossible => {
                 ApiError::new(S::FORBIDDEN, PERM, "step_up_required", message)
             }
             AppError::MfaEnrolmentRequired => {
@@ -169,8 +173,31 @@ impl From<AppError> for ApiError {
                 retry_after: Some(retry_after_seconds.max(1)),
                 ..ApiError::new(S::TOO_MANY_REQUESTS, "rate_limit_error", code, message)
             },
+            AppError::StorageUnavailable(detail) => {
+                // Every request fails alike while storage is down: one line per kind and
+                // interval, with the count left out (`log_limit`).
+                crate::error_limited!(
+                    detail,
+                    request_id = current_request_id().as_deref(),
+                    "storage unavailable"
+                );
+                ApiError {
+                    retry_after: Some(STORAGE_RETRY_AFTER_SECONDS),
+                    ..ApiError::new(
+                        S::SERVICE_UNAVAILABLE,
+                        "api_error",
+                        "storage_unavailable",
+                        "storage is temporarily unavailable; retry after the Retry-After seconds \
+                         (a money movement with the same Idempotency-Key)",
+                    )
+                }
+            }
             AppError::Internal(detail) => {
-                tracing::error!(request_id = current_request_id().as_deref(), error = %detail, "internal error");
+                crate::error_limited!(
+                    detail,
+                    request_id = current_request_id().as_deref(),
+                    "internal error"
+                );
                 ApiError::new(
                     S::INTERNAL_SERVER_ERROR,
                     "api_error",

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+mod storage;
 mod timeout;
 pub mod views;
 
@@ -66,7 +67,7 @@ pub fn metrics_router(core: Arc<Core>) -> Router {
 
 /// Builds the whole HTTP application. From the outside in: request id and access log,
 /// security headers, rate limits and bans, CORS, the request time limit, panic catching, the
-/// body limit, then the routes (each behind `authorize`).
+/// body limit, storage health, then the routes (each behind `authorize`).
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let hsts = middleware::Hsts(core.settings.hsts);
     let all = routes::all();
@@ -97,6 +98,10 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         )
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            storage::track,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(

@@ -20,7 +20,7 @@ use super::handlers::{
         mfa::login, mfa::status, mfa::enrol, mfa::confirm, mfa::disable, mfa::regenerate_recovery_codes,
         password_reset::request, password_reset::confirm,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
-        users::create, users::list, users::get, users::disable, users::enable, users::set_roles,
+        users::create, users::list, users::get, users::disable, users::enable, users::set_roles, users::reset_mfa,
         audit::list,
         customers::create, customers::list, customers::get, customers::rectify,
         ledger::open_account, ledger::list_accounts, ledger::get_account, ledger::list_entries,

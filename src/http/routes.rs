@@ -296,6 +296,13 @@ pub(super) fn all() -> Vec<Route> {
         ),
         route(
             Method::POST,
+            "/v1/users/{id}/mfa/reset",
+            perm(P::UsersWrite),
+            "user.mfa.reset",
+            users::reset_mfa,
+        ),
+        route(
+            Method::POST,
             "/v1/users/{id}/unlock",
             perm(P::UsersWrite),
             "user.unlock",

@@ -674,6 +674,7 @@ fn sign_access(
 /// to write is logged loudly; it must not turn a refusal into a success.
 pub async fn record(core: &Core, ev: &crate::domain::audit::NewAuditEvent) {
     if let Err(e) = core.store.append_audit(ev).await {
-        tracing::error!(error = %e, action = %ev.action, "failed to write audit record");
+        // While storage is down every refusal fails to be recorded alike: limited.
+        crate::error_limited!(e, action = %ev.action, "failed to write audit record");
     }
 }

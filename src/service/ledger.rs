@@ -29,7 +29,7 @@ use crate::store::{
 /// Most movements posted in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Job = (NewMovement, oneshot::Sender<Result<PostResult, String>>);
+type Job = (NewMovement, oneshot::Sender<Result<PostResult, StoreError>>);
 
 /// The single writer of money movements in this process.
 #[derive(Clone)]
@@ -58,17 +58,35 @@ impl LedgerWriter {
                             let _ = reply.send(Ok(r));
                         }
                     }
+                    // Storage cannot write (a full disk, a lost connection): every movement of
+                    // the batch gets that answer (503), none is retried here. Retrying would
+                    // fail the same way, and a commit whose answer was lost with its connection
+                    // may have gone through: only the client's retry, with its idempotency key,
+                    // can tell.
+                    Err(StoreError::Unavailable(e)) => {
+                        crate::warn_limited!(e, "ledger batch failed: storage unavailable");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                        }
+                    }
                     // The batch rolled back as a whole (e.g. a deadlock or a key taken by
                     // another instance): retry each movement alone so one failure does not fail
                     // its neighbours.
                     Err(batch_err) => {
-                        tracing::warn!(error = %batch_err, size = batch.len(), "ledger batch failed; retrying one by one");
+                        crate::warn_limited!(
+                            batch_err,
+                            size = batch.len(),
+                            "ledger batch failed; retrying one by one"
+                        );
                         for (m, reply) in batch.iter().zip(replies) {
                             let r = store
                                 .post_movements(std::slice::from_ref(m))
                                 .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|mut v| v.pop().ok_or_else(|| "empty result".to_owned()));
+                                .and_then(|mut v| {
+                                    v.pop().ok_or_else(|| {
+                                        StoreError::Database("empty result".to_owned())
+                                    })
+                                });
                             let _ = reply.send(r);
                         }
                     }
@@ -82,7 +100,7 @@ impl LedgerWriter {
         let rx = self.enqueue(m).await?;
         rx.await
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
-            .map_err(AppError::Internal)
+            .map_err(AppError::from)
     }
 }
 
@@ -91,13 +109,104 @@ impl LedgerWriter {
     async fn enqueue(
         &self,
         m: NewMovement,
-    ) -> AppResult<oneshot::Receiver<Result<PostResult, String>>> {
+    ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send((m, tx))
             .await
             .map_err(|_| AppError::internal("the ledger writer has stopped"))?;
         Ok(rx)
+    }
+}
+
+/// The refusal budget's state in this process: credentials (by tenant and budget key) that
+/// spent their budget of refused movements, and until when (microseconds). The count itself
+/// lives in the database, shared by every instance; this only spares the hot path a read.
+#[derive(Default)]
+pub struct RefusalGate(Mutex<std::collections::HashMap<String, i64>>);
+
+impl RefusalGate {
+    fn blocked_until(&self, key: &str, now: i64) -> Option<i64> {
+        let mut map = self.0.lock().ok()?;
+        match map.get(key).copied() {
+            Some(until) if until > now => Some(until),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn block(&self, key: String, until: i64) {
+        if let Ok(mut map) = self.0.lock() {
+            map.retain(|_, u| *u > until - 86_400_000_000);
+            map.insert(key, until);
+        }
+    }
+}
+
+/// Whose refusal budget a request spends: the user's for sessions (signing in again does not
+/// refill it), the token's own for an API token.
+fn budget_key(actor: &Principal) -> AppResult<String> {
+    Ok(format!("{}/{}", actor.tenant()?, actor.idempotency_scope()))
+}
+
+/// 429 `refusal_budget_exhausted` while the caller's budget of refused movements is spent.
+fn refuse_if_over_budget(core: &Core, actor: &Principal) -> AppResult<()> {
+    let now = core.clock.now().as_micros();
+    if let Some(until) = core.refusals.blocked_until(&budget_key(actor)?, now) {
+        return Err(AppError::TooManyAttempts {
+            code: "refusal_budget_exhausted",
+            message:
+                "too many refused money movements from this credential; retry after the window ends"
+                    .into(),
+            retry_after_seconds: (until - now + 999_999) / 1_000_000,
+        });
+    }
+    Ok(())
+}
+
+/// Counts `n` refused movements against the caller's budget (shared by every instance through
+/// the database); the request that spends it raises a security event, and the credential's
+/// movements answer 429 for the rest of the window.
+async fn count_refusals(core: &Core, meta: &RequestMeta, actor: &Principal, n: i64) {
+    let (Ok(tenant), Ok(key)) = (actor.tenant(), budget_key(actor)) else {
+        return;
+    };
+    let rate = core.settings.limits.refusal_budget;
+    let period = i64::from(rate.period_seconds) * 1_000_000;
+    let now = core.clock.now().as_micros();
+    let window = now - now.rem_euclid(period);
+    let total = match core
+        .store
+        .add_refusals(tenant, &actor.idempotency_scope(), window, n)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "the refusal budget could not be counted");
+            return;
+        }
+    };
+    let limit = i64::from(rate.tokens);
+    if total >= limit {
+        core.refusals.block(key, window + period);
+        if total - n < limit {
+            let audit = AuditBuilder::new(core, meta, Some(actor));
+            let ev = audit
+                .own(
+                    "security.refusal_budget_exhausted",
+                    None,
+                    Outcome::Denied,
+                    Some(&format!(
+                        "{total} refused movements in {} s",
+                        rate.period_seconds
+                    )),
+                )
+                .security(crate::domain::security::SecurityEvent::RefusalBudgetExhausted);
+            super::security::record(core, ev).await;
+        }
     }
 }
 
@@ -304,7 +413,16 @@ async fn visible_account(
     if owner.is_some() && account.customer_id != owner {
         return Err(AppError::NotFound("account"));
     }
+    // System accounts exist only for holders of `accounts:read_system`.
+    if account.kind != AccountKind::Customer.as_str() && !sees_system(actor) {
+        return Err(AppError::NotFound("account"));
+    }
     Ok(account)
+}
+
+/// Whether the caller may see system accounts (settlement, fees, suspense) by id.
+pub fn sees_system(actor: &Principal) -> bool {
+    actor.permissions.scope(Permission::AccountsReadSystem) == Some(Scope::All)
 }
 
 pub async fn get_account(core: &Core, actor: &Principal, id: &str) -> AppResult<AccountRecord> {
@@ -333,7 +451,7 @@ pub async fn list_accounts(
     let mut rows = Vec::new();
     for a in core
         .store
-        .list_accounts(tenant, filter.as_deref(), page)
+        .list_accounts(tenant, filter.as_deref(), sees_system(actor), page)
         .await?
     {
         rows.push(with_expired_released(core, tenant, a).await?);
@@ -499,7 +617,65 @@ pub async fn move_money(
     idempotency: Option<IdempotencyKey>,
     render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
-    match prepare(core, meta, actor, input, idempotency.as_ref(), render).await? {
+    refuse_if_over_budget(core, actor)?;
+    let outcome = move_one(core, meta, actor, input, idempotency, render).await;
+    match outcome {
+        Err(e) => {
+            count_refusals(core, meta, actor, 1).await;
+            Err(e)
+        }
+        Ok(MovementOutcome::Replayed { status, body }) if (200..300).contains(&status) => {
+            Ok(rendered_for_replayer(core, actor, status, body, render).await)
+        }
+        other => other,
+    }
+}
+
+/// A replayed success, rendered for the credential replaying it (its read rights today), not
+/// as stored for whoever posted it: the transfer is read back and rendered again. Falls back
+/// to the stored body only if it names no transfer this tenant holds.
+async fn rendered_for_replayer(
+    core: &Core,
+    actor: &Principal,
+    status: u16,
+    body: String,
+    render: RenderOutcome,
+) -> MovementOutcome {
+    let id = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned));
+    let (Some(id), Ok(tenant)) = (id, actor.tenant()) else {
+        return MovementOutcome::Replayed { status, body };
+    };
+    let Ok(Some(mut p)) = core.store.get_transfer(tenant, &id).await else {
+        return MovementOutcome::Replayed { status, body };
+    };
+    if open_details(core, &mut p).await.is_err() {
+        return MovementOutcome::Replayed { status, body };
+    }
+    let (_, body) = render(&Ok(p));
+    MovementOutcome::Replayed { status, body }
+}
+
+async fn move_one(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<IdempotencyKey>,
+    render: RenderOutcome,
+) -> Result<MovementOutcome, MoveError> {
+    match prepare(
+        core,
+        meta,
+        actor,
+        input,
+        idempotency.as_ref(),
+        render,
+        false,
+    )
+    .await?
+    {
         Prepared::Replay(o) => {
             crate::observability::transfer("replayed");
             Ok(o)
@@ -509,7 +685,7 @@ pub async fn move_money(
             settle(
                 core,
                 actor.tenant()?,
-                actor.user_id.as_str(),
+                &actor.idempotency_scope(),
                 idempotency.as_ref(),
                 r,
             )
@@ -532,14 +708,15 @@ async fn prepare<'a>(
     input: TransferInput,
     idempotency: Option<&IdempotencyKey>,
     render: RenderOutcome,
+    batch: bool,
 ) -> Result<Prepared<'a>, MoveError> {
     let tenant = actor.tenant()?.clone();
-    let principal_key = actor.user_id.to_string();
+    let principal_key = actor.idempotency_scope();
     let guard = match idempotency {
         None => None,
         Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
     };
-    match build_movement(core, meta, actor, input, idempotency, render).await {
+    match build_movement(core, meta, actor, input, idempotency, render, batch).await {
         Ok(Prepared::Ready(m, _, kyc)) => Ok(Prepared::Ready(m, guard, kyc)),
         Ok(replayed) => Ok(replayed),
         Err(e) => {
@@ -561,16 +738,18 @@ async fn build_movement(
     input: TransferInput,
     idempotency: Option<&IdempotencyKey>,
     render: RenderOutcome,
+    batch: bool,
 ) -> Result<Prepared<'static>, MoveError> {
     let tenant = actor.tenant()?.clone();
     let principal_key = actor.user_id.to_string();
+    let key_scope = actor.idempotency_scope();
     let currency =
         Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
     let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
     // Money leaving an account above the tenant's threshold needs a recent authentication.
     if matches!(
         input.kind,
-        TransferKind::Transfer | TransferKind::Withdrawal
+        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
     ) && actor
         .policy
         .transfer_needs_step_up(currency.code(), amount.get())
@@ -732,19 +911,22 @@ async fn build_movement(
     if let Some(error) = refusal {
         // A retry of a request that went through answers as it did, not with today's check.
         if let Some(k) = idempotency
-            && let Some(stored) = replay(core, &tenant, &principal_key, k).await?
+            && let Some(stored) = replay(core, &tenant, &key_scope, k).await?
         {
             return Ok(Prepared::Replay(stored));
         }
-        super::auth::record(
-            core,
-            &crate::domain::audit::NewAuditEvent {
-                outcome: Outcome::Failure,
-                reason: Some(error.code().to_owned()),
-                ..audit
-            },
-        )
-        .await;
+        // A batch audits its refusals together (one record with counts per code).
+        if !batch {
+            super::auth::record(
+                core,
+                &crate::domain::audit::NewAuditEvent {
+                    outcome: Outcome::Failure,
+                    reason: Some(error.code().to_owned()),
+                    ..audit
+                },
+            )
+            .await;
+        }
         return Err(MoveError {
             error,
             audited: true,
@@ -793,7 +975,7 @@ async fn build_movement(
         created_at: now,
         audit,
         idempotency: idempotency.map(|k| NewIdempotency {
-            principal_id: principal_key.clone(),
+            principal_id: key_scope.clone(),
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
@@ -802,6 +984,7 @@ async fn build_movement(
         render,
         reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
+        quiet_refusal: batch,
     };
     Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
 }
@@ -1008,11 +1191,57 @@ pub async fn move_money_batch(
         )
         .into());
     }
+    refuse_if_over_budget(core, actor)?;
+    let result = post_batch(core, meta, actor, inputs, atomic, render).await;
+    // Every refusal of the batch, as one audit record with counts per refusal code (a batch of
+    // a thousand refusals adds one row to the chain, not a thousand), counted against the
+    // credential's refusal budget.
+    let mut codes: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    match &result {
+        Ok((_, items)) => {
+            for item in items {
+                if let Err(e) = item {
+                    *codes.entry(e.error.code()).or_default() += 1;
+                }
+            }
+        }
+        Err(e) => *codes.entry(e.error.code()).or_default() += 1,
+    }
+    let refused: i64 = codes.values().sum();
+    if refused > 0 {
+        let reason = codes
+            .iter()
+            .map(|(c, n)| format!("{c}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        super::auth::record(
+            core,
+            &AuditBuilder::new(core, meta, Some(actor)).own(
+                "transfer.batch",
+                None,
+                Outcome::Failure,
+                Some(&reason),
+            ),
+        )
+        .await;
+        count_refusals(core, meta, actor, refused).await;
+    }
+    result
+}
+
+async fn post_batch(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    inputs: Vec<(TransferInput, Option<IdempotencyKey>)>,
+    atomic: bool,
+    render: RenderOutcome,
+) -> Result<(bool, Vec<BatchItem>), MoveError> {
     let tenant = &actor.tenant()?.clone();
     let mut prepared = Vec::with_capacity(inputs.len());
     let mut keys = Vec::with_capacity(inputs.len());
     for (input, key) in inputs {
-        let p = prepare(core, meta, actor, input, key.as_ref(), render).await;
+        let p = prepare(core, meta, actor, input, key.as_ref(), render, true).await;
         if atomic && let Err(e) = p {
             // One invalid transfer fails an atomic batch before anything is posted.
             return Err(e);
@@ -1041,7 +1270,14 @@ pub async fn move_money_batch(
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
                 (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
-                    settle(core, tenant, actor.user_id.as_str(), keys[slot].as_ref(), r).await
+                    settle(
+                        core,
+                        tenant,
+                        &actor.idempotency_scope(),
+                        keys[slot].as_ref(),
+                        r,
+                    )
+                    .await
                 }
                 (false, PostResult::Refused(refusal)) => Err(MoveError {
                     error: refusal_error(refusal),
@@ -1078,28 +1314,22 @@ pub async fn move_money_batch(
         });
     }
     let mut items = Vec::with_capacity(pending.len());
-    let audit = AuditBuilder::new(core, meta, Some(actor));
     for (i, p) in pending.into_iter().enumerate() {
-        // A transfer refused before posting (validation, idempotency) is audited here; one
-        // refused while posting was audited in the posting transaction.
-        if let Err(Some(Err(e))) = &p
-            && !e.audited
-        {
-            let reason = e.error.code();
-            super::auth::record(
-                core,
-                &audit.own("transfer.create", None, Outcome::Failure, Some(reason)),
-            )
-            .await;
-        }
         items.push(match p {
             Err(done) => done
                 .unwrap_or_else(|| Err(AppError::internal("batch item without a result").into())),
             Ok(rx) => match rx.await {
                 Ok(Ok(r)) => {
-                    settle(core, tenant, actor.user_id.as_str(), keys[i].as_ref(), r).await
+                    settle(
+                        core,
+                        tenant,
+                        &actor.idempotency_scope(),
+                        keys[i].as_ref(),
+                        r,
+                    )
+                    .await
                 }
-                Ok(Err(e)) => Err(AppError::Internal(e).into()),
+                Ok(Err(e)) => Err(AppError::from(e).into()),
                 Err(_) => Err(AppError::internal("the ledger writer dropped a movement").into()),
             },
         });
@@ -1129,7 +1359,7 @@ pub async fn reverse(
     let tenant = actor.tenant()?;
     // A retry of a reversal that went through replays it, before "nothing is left" applies.
     if let Some(k) = &idempotency
-        && let Some(stored) = replay(core, tenant, actor.user_id.as_str(), k).await?
+        && let Some(stored) = replay(core, tenant, &actor.idempotency_scope(), k).await?
     {
         return Ok(stored);
     }
@@ -1248,6 +1478,8 @@ pub async fn reverse(
         reverses: Some(ReversalLegs {
             link: crate::store::Reverses {
                 original: t.id.clone(),
+                // An unknown stored kind reverses as a plain transfer (touches no system account).
+                original_kind: TransferKind::parse(&t.kind).unwrap_or(TransferKind::Transfer),
                 ceilings,
             },
             debits,
@@ -1289,21 +1521,30 @@ pub async fn create_hold(
     render: fn(&crate::store::HoldRecord) -> (u16, String),
 ) -> AppResult<HoldOutcome> {
     let tenant = actor.tenant()?;
+    refuse_if_over_budget(core, actor)?;
     let principal_key = actor.user_id.to_string();
+    let key_scope = actor.idempotency_scope();
     let _guard = match &idempotency {
         None => None,
         Some(k) => {
             if let Some(MovementOutcome::Replayed { status, body }) =
-                replay(core, tenant, &principal_key, k).await?
+                replay(core, tenant, &key_scope, k).await?
             {
                 return Ok(HoldOutcome::Replayed { status, body });
             }
-            Some(core.inflight.claim_key(tenant, &principal_key, k)?)
+            Some(core.inflight.claim_key(tenant, &key_scope, k)?)
         }
     };
     let currency =
         Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
     let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+    // A hold is a money movement in waiting: the same step-up threshold as a transfer.
+    if actor
+        .policy
+        .transfer_needs_step_up(currency.code(), amount.get())
+    {
+        super::security::require_step_up(core, meta, actor).await?;
+    }
     if !(HOLD_MIN_SECONDS..=HOLD_MAX_SECONDS).contains(&input.expires_in_seconds) {
         return Err(AppError::invalid(
             "expires_in_seconds",
@@ -1360,7 +1601,7 @@ pub async fn create_hold(
     };
     let key = idempotency.as_ref().map(|k| crate::store::HoldKey {
         key: NewIdempotency {
-            principal_id: principal_key.clone(),
+            principal_id: key_scope.clone(),
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
@@ -1370,10 +1611,13 @@ pub async fn create_hold(
     });
     match core.store.create_hold(&hold, key.as_ref(), &[ev]).await {
         Ok(Ok(h)) => Ok(HoldOutcome::Created(Box::new(h))),
-        Ok(Err(refusal)) => Err(refusal_error(refusal)),
+        Ok(Err(refusal)) => {
+            count_refusals(core, meta, actor, 1).await;
+            Err(refusal_error(refusal))
+        }
         // Another instance committed this key first: answer what it answered.
         Err(StoreError::Conflict { .. }) if idempotency.is_some() => match idempotency.as_ref() {
-            Some(k) => match replay(core, tenant, &principal_key, k).await? {
+            Some(k) => match replay(core, tenant, &key_scope, k).await? {
                 Some(MovementOutcome::Replayed { status, body }) => {
                     Ok(HoldOutcome::Replayed { status, body })
                 }
@@ -1456,6 +1700,17 @@ pub async fn capture_hold(
 ) -> Result<MovementOutcome, MoveError> {
     let hold = get_hold(core, actor, id).await?;
     let amount = amount.unwrap_or(hold.amount);
+    // A hold that names its destination is captured there and nowhere else: the destination
+    // was part of what was authorised when the hold was placed.
+    if let (Some(named), Some(asked)) = (&hold.credit_account_id, &credit_account_id)
+        && named != asked
+    {
+        return Err(AppError::invalid(
+            "credit_account_id",
+            "the hold names the account it is captured to; a capture cannot redirect it",
+        )
+        .into());
+    }
     let Some(credit_account_id) = credit_account_id.or_else(|| hold.credit_account_id.clone())
     else {
         return Err(AppError::invalid(

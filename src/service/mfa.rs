@@ -558,9 +558,9 @@ pub async fn start_enrolment(
         .get_user(tenant, &actor.user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
-    if user.mfa_enabled != 0 {
-        security::require_step_up(core, meta, actor).await?;
-    }
+    // Enrolling a first factor or replacing one needs a recent authentication: a stolen
+    // access token alone cannot bind the thief's authenticator to the account.
+    security::require_step_up(core, meta, actor).await?;
     let issuer = match tenant {
         Some(t) => core
             .store
@@ -697,6 +697,19 @@ pub async fn confirm_enrolment(
             message: "the enrolment was restarted meanwhile; confirm the newest one".into(),
         });
     }
+    // A new factor ends every other session of the user: whoever else held one (a stolen
+    // token) must now pass the new factor.
+    core.store
+        .revoke_user_sessions(
+            tenant,
+            &actor.user_id,
+            None,
+            actor.session_id(),
+            "mfa_enrolled",
+            now,
+            &[],
+        )
+        .await?;
     Ok(RecoveryCodes(shown))
 }
 

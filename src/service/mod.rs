@@ -84,6 +84,8 @@ pub struct Core {
     pub ledger: ledger::LedgerWriter,
     /// Idempotency keys being processed in this process.
     pub inflight: ledger::InFlight,
+    /// Credentials whose budget of refused movements is spent (the count is in the store).
+    pub refusals: ledger::RefusalGate,
     /// The pre-commit check point: every movement passes each check before it is posted.
     pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
     /// The key hierarchy: seals and opens data at rest.
@@ -98,6 +100,8 @@ pub struct Core {
     pub alert_webhook: Option<alerts::WebhookClient>,
     /// Passwords and codes this core checked (`kasho_credential_verifications_total`).
     pub verifications: crate::observability::Verifications,
+    /// Whether storage has been failing writes (`/readyz`).
+    pub storage: health::StorageHealth,
 }
 
 /// The credential a request was made with.
@@ -147,6 +151,16 @@ impl Principal {
         match &self.credential {
             Credential::Session(s) => Some(s),
             Credential::ApiToken(_) => None,
+        }
+    }
+
+    /// Whose idempotency keys this request uses: the user's for sessions (a client that signs
+    /// in again and retries still gets its replay), the token's own for an API token (two
+    /// integrations of one user never see each other's stored answers).
+    pub fn idempotency_scope(&self) -> String {
+        match &self.credential {
+            Credential::Session(_) => self.user_id.to_string(),
+            Credential::ApiToken(id) => id.clone(),
         }
     }
 

@@ -182,7 +182,7 @@ pub async fn export(
         };
         let rows = core
             .store
-            .list_accounts(tenant, Some(&customer.id), &page)
+            .list_accounts(tenant, Some(&customer.id), false, &page)
             .await?;
         let more = rows.len() > PAGE as usize;
         for mut a in rows.into_iter().take(PAGE as usize) {

@@ -145,6 +145,9 @@ pub struct LimitSettings {
     pub intrusion_ban_seconds: u32,
     /// Addresses never banned.
     pub intrusion_exempt: Vec<Cidr>,
+    /// Refused money movements one credential may cause per window (then 429 until the
+    /// window ends): bounds what a client can write to the audit chain by failing.
+    pub refusal_budget: Rate,
 }
 
 impl Default for LimitSettings {
@@ -160,6 +163,7 @@ impl Default for LimitSettings {
             intrusion_error_burst: Rate::new(50, 60),
             intrusion_ban_seconds: 900,
             intrusion_exempt: Vec::new(),
+            refusal_budget: Rate::new(1000, 600),
         }
     }
 }

@@ -185,7 +185,11 @@ pub async fn require_step_up(core: &Core, meta: &RequestMeta, actor: &Principal)
         ),
     )
     .await;
-    Err(AppError::StepUpRequired)
+    if actor.session_id().is_some() {
+        Err(AppError::StepUpRequired)
+    } else {
+        Err(AppError::StepUpImpossible)
+    }
 }
 
 /// What a successful step-up answers.
@@ -320,6 +324,12 @@ pub async fn unlock_user(
         .get_user(Some(tenant), &id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
+    // Unlocking gives sign-in back: only over a user one could manage, with step-up.
+    require_step_up(core, meta, actor).await?;
+    super::users::check_grantable(
+        actor,
+        &crate::domain::authz::roles_from_storage(&user.roles),
+    )?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "user.unlock",
         Some(("user", id.as_str())),

@@ -21,7 +21,7 @@ pub struct CreateUser {
 }
 
 /// Refuses roles whose permissions the caller does not hold at least as widely.
-fn check_grantable(actor: &Principal, roles: &[Role]) -> AppResult<()> {
+pub(crate) fn check_grantable(actor: &Principal, roles: &[Role]) -> AppResult<()> {
     // What the caller holds, plus what its roles may hand out without holding (see
     // `authz::GRANT_WITHOUT_HOLDING`); a principal narrower than its roles gets no extra.
     let grantable = if actor.permissions == PermissionSet::for_roles(&actor.roles) {
@@ -142,6 +142,8 @@ pub async fn set_disabled(
     let (status, action) = if disable {
         ("disabled", "user.disable")
     } else {
+        // Enabling grants access back: a recent authentication, never an API token.
+        super::security::require_step_up(core, meta, actor).await?;
         ("active", "user.enable")
     };
     change(core, meta, actor, &id, UserChange::Status(status), action).await
@@ -201,4 +203,62 @@ async fn change(
         .update_user(tenant, id, &change, core.clock.now(), &[ev])
         .await?
         .ok_or(AppError::NotFound("user"))
+}
+
+/// Resets another user's second factor (a user manager, with step-up): their authenticator and
+/// recovery codes are removed and every session of theirs ends, so whoever enrolled a factor
+/// on a stolen session loses it; the user enrols again at the next sign-in. Audited, and a
+/// security event.
+pub async fn reset_mfa(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<UserRecord> {
+    let id = target(actor, id, Permission::UsersWrite)?;
+    let tenant = actor.tenant()?;
+    if id == actor.user_id {
+        return Err(AppError::Unprocessable {
+            code: "cannot_reset_own_mfa",
+            message: "reset your own second factor by enrolling a new one (POST /v1/me/mfa/totp)"
+                .into(),
+        });
+    }
+    let user = core
+        .store
+        .get_user(Some(tenant), &id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    super::security::require_step_up(core, meta, actor).await?;
+    check_grantable(actor, &roles_from_storage(&user.roles))?;
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    let now = core.clock.now();
+    let ev = audit
+        .own(
+            "user.mfa.reset",
+            Some(("user", id.as_str())),
+            Outcome::Success,
+            None,
+        )
+        .security(crate::domain::security::SecurityEvent::MfaReset);
+    if !core
+        .store
+        .disable_mfa(Some(tenant), &id, now, std::slice::from_ref(&ev))
+        .await?
+    {
+        return Err(AppError::Conflict {
+            code: "mfa_not_enabled",
+            param: None,
+            message: "this user has no second factor to reset".into(),
+        });
+    }
+    tracing::warn!(
+        security_event = "mfa_reset",
+        tenant_id = %tenant,
+        "security event"
+    );
+    core.store
+        .revoke_user_sessions(Some(tenant), &id, None, None, "mfa_reset", now, &[])
+        .await?;
+    Ok(user)
 }

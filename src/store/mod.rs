@@ -40,6 +40,12 @@ pub enum StoreError {
     Conflict { constraint: String },
     #[error("database error: {0}")]
     Database(String),
+    /// Storage cannot serve now: the disk is full, an I/O error, the connection was lost or
+    /// terminated, no connection came free in time. The operation did not complete (though a
+    /// commit whose answer was lost may have: a retry with the same idempotency key is safe).
+    /// The API answers 503 `storage_unavailable` with `Retry-After`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -53,8 +59,71 @@ impl From<sqlx::Error> for StoreError {
                     .map_or_else(|| db.message().to_owned(), str::to_owned),
             };
         }
+        if unavailable(&e) {
+            return StoreError::Unavailable(e.to_string());
+        }
         StoreError::Database(e.to_string())
     }
+}
+
+/// Whether `e` says that storage cannot serve now (rather than that a statement is wrong or a
+/// write was refused): the connection or the disk, not the request.
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        // A connection left inside a transaction (the pool discards such connections, see
+        // `connection_is_clean`).
+        | sqlx::Error::InvalidSavePointStatement
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| match c.parse::<i32>() {
+            // SQLite reports its (extended) result code as a number.
+            Ok(code) => sqlite_code_unavailable(code),
+            // PostgreSQL reports an SQLSTATE.
+            Err(_) => sqlstate_unavailable(&c),
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a connection may be used again: outside any transaction. A transaction dropped
+/// without commit or rollback (an error on the way, a cancelled request) queues its ROLLBACK; if
+/// that ROLLBACK fails too (after a COMMIT that SQLite had already rolled back itself on a full
+/// disk or an I/O error, it finds no transaction), sqlx still counts the connection inside one,
+/// and every later `BEGIN` on it fails ("attempted to call begin_with at non-zero transaction
+/// depth") until the process restarts. Such a connection is closed instead: the pool opens a
+/// fresh one when it needs it. Runs when a connection goes back to the pool and again before one
+/// is handed out; costs nothing unless a transaction was left open.
+pub(crate) async fn connection_is_clean<C: sqlx::Connection>(conn: &mut C) -> bool {
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // Run the queued ROLLBACK now, then look again.
+    conn.ping().await.is_ok() && !conn.is_in_transaction()
+}
+
+/// SQLite result codes (primary part of an extended code) that mean storage cannot serve now:
+/// BUSY and LOCKED past the busy timeout, NOMEM, READONLY (a file system remounted read-only),
+/// IOERR, FULL, CANTOPEN, PROTOCOL.
+pub(crate) fn sqlite_code_unavailable(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
+}
+
+/// PostgreSQL SQLSTATEs that mean storage cannot serve now: connection exceptions (class 08),
+/// the server shutting down or the backend terminated (57P01 to 57P05, e.g. by
+/// `pg_terminate_backend`), insufficient resources (class 53: disk full, out of memory, too many
+/// connections), system errors (class 58: I/O), and a read-only transaction (25006: a standby
+/// after a fail-over).
+fn sqlstate_unavailable(state: &str) -> bool {
+    state.starts_with("08")
+        || state.starts_with("53")
+        || state.starts_with("58")
+        || state.starts_with("57P0")
+        || state == "25006"
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -319,6 +388,11 @@ pub struct EntryRecord {
     pub balance_after: i64,
     pub account_seq: i64,
     pub created_at: i64,
+    /// The kind of a system account (`settlement`, …) when the leg is on one; `None` for a
+    /// customer account. Not a column: read joined with the account, so views can hide system
+    /// ids from callers without `accounts:read_system`.
+    #[sqlx(default)]
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -466,6 +540,9 @@ pub struct NewMovement {
     pub reverses: Option<Reverses>,
     /// Set for a hold capture: the hold released by this movement.
     pub capture_hold: Option<String>,
+    /// A refusal of this movement writes no audit record of its own: it is part of a batch,
+    /// whose refusals are audited as one record with counts per code.
+    pub quiet_refusal: bool,
 }
 
 /// A reversal's link to its original: per account, what that leg received in the original (the
@@ -473,6 +550,8 @@ pub struct NewMovement {
 #[derive(Debug, Clone)]
 pub struct Reverses {
     pub original: String,
+    /// The original's kind: which system accounts the reversal may touch follows from it.
+    pub original_kind: crate::domain::ledger::TransferKind,
     pub ceilings: Vec<(String, i64)>,
 }
 
@@ -623,6 +702,9 @@ pub trait Store:
     /// Applies pending migrations; returns the descriptions of those applied now.
     async fn migrate(&self) -> StoreResult<Vec<String>>;
     async fn ping(&self) -> StoreResult<()>;
+    /// The concrete store, for tests and tools that reach below the trait (e.g. the fault
+    /// tests' [`sqlite::SqliteStore::limit_pages`]).
+    fn as_any(&self) -> &dyn std::any::Any;
 
     // Tenants (platform scope).
     /// Creates the tenant, its first manager and its system accounts in one transaction.
@@ -750,10 +832,12 @@ pub trait Store:
         currency: &str,
     ) -> StoreResult<Option<AccountRecord>>;
     /// `customer`: only that customer's accounts (ownership scope).
+    /// Accounts of the tenant, newest first; system accounts only when `include_system`.
     async fn list_accounts(
         &self,
         tenant: &TenantId,
         customer: Option<&str>,
+        include_system: bool,
         page: &Page,
     ) -> StoreResult<Vec<AccountRecord>>;
     /// Sets the status; `closed` only applies at zero balance with nothing pending.
@@ -796,6 +880,16 @@ pub trait Store:
     ) -> StoreResult<Option<IdempotencyRecord>>;
     /// Deletes expired idempotency keys; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
+    /// Adds `n` refused movements to a credential's count for the window starting at
+    /// `window_start` (microseconds), atomically, and returns the window's total; earlier
+    /// windows of the credential are dropped.
+    async fn add_refusals(
+        &self,
+        tenant: &TenantId,
+        credential: &str,
+        window_start: i64,
+        n: i64,
+    ) -> StoreResult<i64>;
     async fn get_transfer(
         &self,
         tenant: &TenantId,

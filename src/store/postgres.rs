@@ -46,6 +46,14 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection is never reused inside a transaction (see `connection_is_clean`);
+            // one whose backend was terminated fails sqlx's own ping and is discarded.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(super::connection_is_clean(conn).await) })
+            })
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(super::connection_is_clean(conn).await) })
+            })
             .connect_with(opts)
             .await?;
         Ok(Self {

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::audit::{NewAuditEvent, Outcome};
-use crate::domain::ledger::{Refusal, TransferKind};
+use crate::domain::ledger::{AccountKind, Movement, Refusal};
 use crate::store::{
     EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer, TransferRecord,
 };
@@ -23,6 +23,9 @@ pub struct AccountState {
     pub id: String,
     pub tenant_id: String,
     pub customer_id: Option<String>,
+    /// `customer`, or a system kind (`settlement`, `fees`, `suspense`): which movement kinds
+    /// may touch it is the table `domain::ledger::SYSTEM_ACCOUNT_MOVEMENTS`.
+    pub kind: String,
     pub currency: String,
     pub status: String,
     pub posted: i64,
@@ -135,6 +138,7 @@ impl Plan {
 }
 
 /// Why an account cannot take part in a movement, in the order a client can act on.
+#[allow(clippy::too_many_arguments)]
 fn refuse_account(
     a: Option<&AccountState>,
     id: &str,
@@ -142,13 +146,19 @@ fn refuse_account(
     currency: &str,
     owner: Option<&str>,
     debit: bool,
-    correction: bool,
+    movement: Movement,
 ) -> Option<Refusal> {
+    let correction = matches!(movement, Movement::Reversal(_));
     let Some(a) = a.filter(|a| a.tenant_id == tenant) else {
         return Some(Refusal::AccountNotFound(id.to_owned()));
     };
     if owner.is_some() && a.customer_id.as_deref() != owner {
         return Some(Refusal::AccountNotFound(id.to_owned()));
+    }
+    // System accounts take only the movement kinds declared for them, whoever asks (an unknown
+    // kind is treated as a system account that takes nothing).
+    if !AccountKind::parse(&a.kind).is_some_and(|k| movement.may_touch(k)) {
+        return Some(Refusal::SystemAccount(id.to_owned()));
     }
     if a.currency != currency {
         return Some(Refusal::CurrencyMismatch {
@@ -231,6 +241,7 @@ impl Engine {
     fn apply(&mut self, m: &NewMovement) -> Result<PostedTransfer, Refusal> {
         let now = m.created_at.as_micros();
         let tenant = m.tenant_id.as_str();
+        let movement = Movement::of(m.kind, m.reverses.as_ref().map(|r| r.original_kind));
         self.expire_until(now);
 
         if let Some(r) = &m.reference
@@ -302,7 +313,7 @@ impl Engine {
                 &m.currency,
                 m.debit_owner.as_deref(),
                 true,
-                m.kind == TransferKind::Reversal,
+                movement,
             ) {
                 return Err(r);
             }
@@ -319,15 +330,8 @@ impl Engine {
         }
         for (id, amount) in &m.credits {
             let current = work.get(id).or_else(|| self.snap.accounts.get(id));
-            if let Some(r) = refuse_account(
-                current,
-                id,
-                tenant,
-                &m.currency,
-                None,
-                false,
-                m.kind == TransferKind::Reversal,
-            ) {
+            if let Some(r) = refuse_account(current, id, tenant, &m.currency, None, false, movement)
+            {
                 return Err(r);
             }
             let mut a = current
@@ -388,6 +392,12 @@ impl Engine {
             .into_iter()
             .map(
                 |(account_id, direction, amount, balance_after, account_seq)| EntryRecord {
+                    system: self
+                        .snap
+                        .accounts
+                        .get(&account_id)
+                        .map(|a| a.kind.clone())
+                        .filter(|k| k != AccountKind::Customer.as_str()),
                     id: crate::ids::EntryId::generate().to_string(),
                     tenant_id: tenant.to_owned(),
                     transfer_id: transfer.id.clone(),
@@ -444,6 +454,7 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
         let outcome = engine.apply(m);
         match &outcome {
             Ok(_) => out.audit.push(m.audit.clone()),
+            Err(_) if m.quiet_refusal => {}
             Err(refusal) => out.audit.push(NewAuditEvent {
                 outcome: Outcome::Failure,
                 reason: Some(refusal.code().to_owned()),
@@ -625,6 +636,7 @@ mod tests {
     use super::*;
     use crate::clock::Timestamp;
     use crate::domain::audit::ActorType;
+    use crate::domain::ledger::TransferKind;
     use crate::ids::{TenantId, TransferId};
     use crate::store::{NewIdempotency, Reverses};
 
@@ -633,6 +645,7 @@ mod tests {
             id: id.into(),
             tenant_id: "ten_a".into(),
             customer_id: None,
+            kind: "customer".into(),
             currency: "USD".into(),
             status: "active".into(),
             posted,
@@ -685,6 +698,7 @@ mod tests {
             render,
             reverses: None,
             capture_hold: None,
+            quiet_refusal: false,
         }
     }
 
@@ -827,12 +841,51 @@ mod tests {
         r.debits = vec![("acc_b".into(), 40), ("acc_c".into(), 40)];
         r.reverses = Some(Reverses {
             original: "trf_o".into(),
+            original_kind: TransferKind::Transfer,
             ceilings: vec![("acc_b".into(), 50), ("acc_c".into(), 30)],
         });
         let p = plan(snap, &[r]);
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::ReversalExceedsOriginal)
+        ));
+    }
+
+    #[test]
+    fn system_accounts_take_only_their_declared_movements() {
+        let mut settlement = account("acc_s", 0);
+        settlement.kind = "settlement".into();
+        settlement.overdraft_limit = i64::MAX / 2;
+        let snap = || snapshot(&[settlement.clone(), account("acc_c", 0)]);
+        // An ordinary transfer out of settlement creates money: refused.
+        let p = plan(snap(), &[movement("acc_s", "acc_c", 10, 1)]);
+        assert!(matches!(
+            p.results[0],
+            PostResult::Refused(Refusal::SystemAccount(_))
+        ));
+        // A deposit is the declared way in.
+        let mut d = movement("acc_s", "acc_c", 10, 1);
+        d.kind = TransferKind::Deposit;
+        assert!(matches!(
+            plan(snap(), &[d]).results[0],
+            PostResult::Posted(_)
+        ));
+        // A capture or a reversal of a transfer may not touch it either.
+        let mut c = movement("acc_s", "acc_c", 10, 1);
+        c.kind = TransferKind::Capture;
+        assert!(matches!(
+            plan(snap(), &[c]).results[0],
+            PostResult::Refused(Refusal::SystemAccount(_))
+        ));
+        let mut fees = account("acc_f", 100);
+        fees.kind = "fees".into();
+        let p = plan(
+            snapshot(&[fees, account("acc_c", 0)]),
+            &[movement("acc_c", "acc_f", 0, 1)],
+        );
+        assert!(matches!(
+            p.results[0],
+            PostResult::Refused(Refusal::SystemAccount(_))
         ));
     }
 }

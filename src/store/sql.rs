@@ -263,6 +263,10 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+
             async fn create_tenant(
                 &self,
                 t: &$crate::store::NewTenant,
@@ -750,16 +754,18 @@ macro_rules! impl_store {
                 &self,
                 tenant: &$crate::ids::TenantId,
                 customer: Option<&str>,
+                include_system: bool,
                 page: &$crate::store::Page,
             ) -> $crate::store::StoreResult<Vec<$crate::store::AccountRecord>> {
                 Ok(sqlx::query_as(
                     "SELECT * FROM accounts WHERE tenant_id = $1 AND ($2 IS NULL OR customer_id = $2) \
-                     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                     AND ($3 IS NULL OR id < $3) AND ($5 OR kind = 'customer') ORDER BY id DESC LIMIT $4",
                 )
                 .bind(tenant.as_str())
                 .bind(customer)
                 .bind(page.starting_after.as_deref())
                 .bind(i64::from(page.limit) + 1)
+                .bind(include_system)
                 .fetch_all(&self.pool)
                 .await?)
             }
@@ -857,6 +863,35 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn add_refusals(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                credential: &str,
+                window_start: i64,
+                n: i64,
+            ) -> $crate::store::StoreResult<i64> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM refusal_budgets WHERE tenant_id = $1 AND credential = $2 AND window_start < $3")
+                    .bind(tenant.as_str())
+                    .bind(credential)
+                    .bind(window_start)
+                    .execute(&mut *tx)
+                    .await?;
+                let (total,): (i64,) = sqlx::query_as(
+                    "INSERT INTO refusal_budgets (tenant_id, credential, window_start, refused) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant_id, credential, window_start) DO UPDATE SET refused = refusal_budgets.refused + excluded.refused \
+                     RETURNING refused",
+                )
+                .bind(tenant.as_str())
+                .bind(credential)
+                .bind(window_start)
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(total)
+            }
+
             async fn purge_idempotency(&self, now: $crate::clock::Timestamp) -> $crate::store::StoreResult<u64> {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
@@ -875,7 +910,10 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 let Some(transfer) = transfer else { return Ok(None) };
-                let entries = sqlx::query_as("SELECT * FROM entries WHERE tenant_id = $1 AND transfer_id = $2 ORDER BY id")
+                let entries = sqlx::query_as(
+                    "SELECT e.*, CASE WHEN a.kind = 'customer' THEN NULL ELSE a.kind END AS system \
+                     FROM entries e JOIN accounts a ON a.id = e.account_id \
+                     WHERE e.tenant_id = $1 AND e.transfer_id = $2 ORDER BY e.id")
                     .bind(tenant.as_str())
                     .bind(id)
                     .fetch_all(&self.pool)
@@ -936,6 +974,21 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<Result<$crate::store::HoldRecord, $crate::domain::ledger::Refusal>> {
                 let now = h.created_at.as_micros();
                 let mut tx = self.begin_write().await?;
+                // A hold may rest on (or be destined for) only accounts whose kind takes holds:
+                // the posting engine's table, so no credential can reserve system money.
+                for account in std::iter::once(&h.account_id).chain(h.credit_account_id.iter()) {
+                    let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM accounts WHERE tenant_id = $1 AND id = $2")
+                        .bind(h.tenant_id.as_str())
+                        .bind(account)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((kind,)) = kind
+                        && !$crate::domain::ledger::AccountKind::parse(&kind)
+                            .is_some_and(|k| $crate::domain::ledger::Movement::Hold.may_touch(k))
+                    {
+                        return Ok(Err($crate::domain::ledger::Refusal::SystemAccount(account.clone())));
+                    }
+                }
                 Self::expire_holds_tx(&mut tx, h.tenant_id.as_str(), &h.account_id, now).await?;
                 let reserved: Option<(String,)> = sqlx::query_as(
                     "UPDATE accounts SET pending_debits = pending_debits + $3, updated_at = $4 \
@@ -1644,14 +1697,27 @@ macro_rules! impl_store {
                 let began = started.elapsed();
                 let mut snap = posting::Snapshot::default();
 
-                // Holds first (captured ones, and active ones expiring by the batch's latest
-                // time): their accounts are loaded with the movements' own.
-                let mut holds: Vec<HoldState> = sqlx::query_as(concat!(
-                    "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds \
-                     WHERE status = 'active' AND expires_at <= $1 ORDER BY id", $lock))
-                    .bind(want.latest)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                // Holds first (captured ones, and active ones on or towards the batch's own
+                // accounts expiring by its latest time): their accounts are loaded with the
+                // movements' own. Only the touched accounts' holds: another tenant's (or
+                // account's) expired holds are never this batch's work.
+                let mut holds: Vec<HoldState> = Vec::new();
+                for chunk in posting::chunks_by_size(&want.accounts, CHUNK / 2, $max_message / 2, |id| text_len(id)) {
+                    let mut qb = Q::new("SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE status = 'active' AND expires_at <= ");
+                    qb.push_bind(want.latest);
+                    qb.push(" AND (account_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(") OR credit_account_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(concat!(")) ORDER BY id", $lock));
+                    holds.extend(qb.build_query_as::<HoldState>().persistent($persist).fetch_all(&mut *tx).await?);
+                }
                 for chunk in posting::chunks_by_size(&want.holds, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new("SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE id IN (");
                     let mut sep = qb.separated(", ");
@@ -1667,7 +1733,7 @@ macro_rules! impl_store {
                 // same order and cannot deadlock on each other.
                 for chunk in posting::chunks_by_size(&account_ids, CHUNK, $max_message, |id| text_len(id)) {
                     let mut qb = Q::new(
-                        "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count, \
+                        "SELECT id, tenant_id, customer_id, kind, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count, \
                          COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id IN (",
                     );
                     let mut sep = qb.separated(", ");

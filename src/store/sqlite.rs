@@ -28,6 +28,39 @@ pub struct SqliteStore {
     /// The ledger writer thread (absent for an in-memory database, which a second connection
     /// could not see).
     writer: Option<super::sqlite_writer::SqliteWriter>,
+    /// The page cap every connection applies (see [`SqliteStore::limit_pages`]).
+    page_limit: std::sync::Arc<PageLimit>,
+}
+
+/// A cap on the database's size in pages, for every connection to apply before its next use.
+#[derive(Debug, Default)]
+pub(super) struct PageLimit(std::sync::atomic::AtomicU64);
+
+impl PageLimit {
+    /// SQLite's own maximum page count: what "no cap" sets.
+    const NONE: u64 = 4_294_967_294;
+
+    fn set(&self, pages: Option<u32>) {
+        let v = pages.map_or(Self::NONE, |p| u64::from(p.max(1)));
+        self.0.store(v, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The cap to apply, once one was ever set (0: never set, nothing to apply).
+    pub(super) fn pages(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn apply_sqlx(&self, conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        let pages = self.pages();
+        if pages != 0 {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA max_page_count = {pages}"
+            )))
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 impl HasDb for SqliteStore {
@@ -62,8 +95,27 @@ impl SqliteStore {
         }
         let file = opts.get_filename().to_path_buf();
         let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
+        let page_limit = std::sync::Arc::new(PageLimit::default());
+        let (on_connect, on_acquire) = (page_limit.clone(), page_limit.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                let limit = on_connect.clone();
+                Box::pin(async move { limit.apply_sqlx(conn).await })
+            })
+            .before_acquire(move |conn, _| {
+                let limit = on_acquire.clone();
+                Box::pin(async move {
+                    if !super::connection_is_clean(conn).await {
+                        return Ok(false);
+                    }
+                    limit.apply_sqlx(conn).await?;
+                    Ok(true)
+                })
+            })
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(super::connection_is_clean(conn).await) })
+            })
             .connect_with(opts)
             .await?;
         let alerts = std::sync::Arc::new(AlertHook::default());
@@ -74,6 +126,7 @@ impl SqliteStore {
                 file,
                 sealer.clone(),
                 alerts.clone(),
+                page_limit.clone(),
             )?)
         };
         Ok(Self {
@@ -81,7 +134,17 @@ impl SqliteStore {
             sealer,
             alerts,
             writer,
+            page_limit,
         })
+    }
+
+    /// Caps the database file at `pages` pages (`PRAGMA max_page_count`, which SQLite keeps per
+    /// connection) on every connection of this store, the ledger writer's included, from their
+    /// next use; `None` lifts the cap. A cap below the current size holds the file at its
+    /// current size: to SQLite, that is a full disk (`SQLITE_FULL`). The storage fault tests
+    /// use it; nothing sets it in normal operation.
+    pub fn limit_pages(&self, pages: Option<u32>) {
+        self.page_limit.set(pages);
     }
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {

@@ -39,6 +39,7 @@ impl SqliteWriter {
         path: std::path::PathBuf,
         sealer: AuditSealer,
         alerts: std::sync::Arc<super::alerts::AlertHook>,
+        page_limit: std::sync::Arc<super::sqlite::PageLimit>,
     ) -> StoreResult<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let alive = std::sync::Arc::new(());
@@ -51,14 +52,43 @@ impl SqliteWriter {
                 let mut wal = path.clone().into_os_string();
                 wal.push("-wal");
                 let wal = std::path::PathBuf::from(wal);
+                // The page cap this connection last applied (see `SqliteStore::limit_pages`).
+                let mut applied_limit = 0;
                 while let Ok(job) = rx.recv() {
-                    let result = match conn.as_mut() {
-                        Some(c) => post(c, &sealer, &alerts, &job.batch, job.atomic),
-                        None => match open(&path, background_checkpoints) {
-                            Ok(c) => post(conn.insert(c), &sealer, &alerts, &job.batch, job.atomic),
-                            Err(e) => Err(e),
-                        },
+                    let ready = match conn.take() {
+                        Some(c) => Ok(c),
+                        None => {
+                            applied_limit = 0;
+                            open(&path, background_checkpoints)
+                        }
                     };
+                    let result = match ready {
+                        Ok(c) => {
+                            let c = conn.insert(c);
+                            let pages = page_limit.pages();
+                            if pages != applied_limit
+                                && c.query_row(
+                                    &format!("PRAGMA max_page_count = {pages}"),
+                                    [],
+                                    |_| Ok(()),
+                                )
+                                .is_ok()
+                            {
+                                applied_limit = pages;
+                            }
+                            post(c, &sealer, &alerts, &job.batch, job.atomic)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // After a failed batch the connection must be outside any transaction
+                    // before it posts again; one that cannot be brought back there, or that
+                    // failed on storage itself (a full disk, an I/O error), is closed and the next
+                    // batch opens a fresh one, so the writer recovers as soon as storage does.
+                    if let (Err(e), Some(c)) = (&result, conn.as_mut())
+                        && !recoverable(c, e)
+                    {
+                        conn = None;
+                    }
                     let _ = job.reply.send(result);
                     if let Some(c) = conn.as_ref() {
                         restart_long_wal(c, &wal);
@@ -105,7 +135,8 @@ fn start_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<()>) -> b
             while alive.upgrade().is_some() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    // Five times a second while the disk is full: limited.
+                    crate::warn_limited!(e, "WAL checkpoint failed");
                 }
             }
         })
@@ -124,19 +155,32 @@ fn restart_long_wal(c: &Connection, wal: &std::path::Path) {
     if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
         && let Err(e) = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
     {
-        tracing::warn!(error = %e, "WAL restart checkpoint failed");
+        crate::warn_limited!(e, "WAL restart checkpoint failed");
     }
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, msg) = &e
-        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-    {
-        return StoreError::Conflict {
-            constraint: msg.clone().unwrap_or_default(),
-        };
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE {
+            return StoreError::Conflict {
+                constraint: msg.clone().unwrap_or_default(),
+            };
+        }
+        if super::sqlite_code_unavailable(f.extended_code) {
+            return StoreError::Unavailable(e.to_string());
+        }
     }
     StoreError::Database(e.to_string())
+}
+
+/// Whether the writer's connection may post the next batch after `error`: it is outside any
+/// transaction (rolled back now if the failed batch's own rollback did not happen) and the error
+/// was not storage failing under it.
+fn recoverable(c: &mut Connection, error: &StoreError) -> bool {
+    if !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    c.is_autocommit() && !matches!(error, StoreError::Unavailable(_))
 }
 
 fn open(path: &std::path::Path, background_checkpoints: bool) -> StoreResult<Connection> {
@@ -186,16 +230,28 @@ fn post(
                 expires_at: r.get(6)?,
             })
         };
-        let mut holds: Vec<HoldState> = tx
+        // Active holds on or towards the batch's own accounts that expire by its latest time
+        // (never every tenant's: expiry work is bounded by what the batch touches).
+        let mut holds: Vec<HoldState> = Vec::new();
+        let mut expiring = tx
             .prepare_cached(
                 "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
-                 FROM holds WHERE status = 'active' AND expires_at <= ?1",
+                 FROM holds WHERE status = 'active' AND expires_at <= ?1 AND account_id = ?2 \
+                 UNION SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                 FROM holds WHERE status = 'active' AND expires_at <= ?1 AND credit_account_id = ?2",
             )
-            .map_err(db)?
-            .query_map(params![want.latest], hold_row)
-            .map_err(db)?
-            .collect::<Result<_, _>>()
             .map_err(db)?;
+        for account in &want.accounts {
+            let rows: Vec<HoldState> = expiring
+                .query_map(params![want.latest, account], hold_row)
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            holds.extend(rows);
+        }
+        drop(expiring);
+        holds.sort_by(|a, b| a.id.cmp(&b.id));
+        holds.dedup_by(|a, b| a.id == b.id);
         let mut by_id = tx
             .prepare_cached(
                 "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
@@ -216,7 +272,7 @@ fn post(
 
         let mut account = tx
             .prepare_cached(
-                "SELECT id, tenant_id, customer_id, currency, status, posted, pending_debits, \
+                "SELECT id, tenant_id, customer_id, kind, currency, status, posted, pending_debits, \
                  pending_credits, overdraft_limit, entry_count, \
                  COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id = ?1",
             )
@@ -228,14 +284,15 @@ fn post(
                         id: r.get(0)?,
                         tenant_id: r.get(1)?,
                         customer_id: r.get(2)?,
-                        currency: r.get(3)?,
-                        status: r.get(4)?,
-                        posted: r.get(5)?,
-                        pending_debits: r.get(6)?,
-                        pending_credits: r.get(7)?,
-                        overdraft_limit: r.get(8)?,
-                        entry_count: r.get(9)?,
-                        restricted: r.get(10)?,
+                        kind: r.get(3)?,
+                        currency: r.get(4)?,
+                        status: r.get(5)?,
+                        posted: r.get(6)?,
+                        pending_debits: r.get(7)?,
+                        pending_credits: r.get(8)?,
+                        overdraft_limit: r.get(9)?,
+                        entry_count: r.get(10)?,
+                        restricted: r.get(11)?,
                     })
                 })
                 .optional()

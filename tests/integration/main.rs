@@ -11,6 +11,7 @@
 
 mod support;
 
+mod access_rules;
 mod alerts;
 mod api_tokens;
 mod attacks;
@@ -32,6 +33,7 @@ mod ledger_model;
 mod limits;
 mod logs;
 mod mfa;
+mod money_rules;
 mod observability;
 mod openapi;
 mod password_reset;
@@ -39,6 +41,7 @@ mod passwords;
 mod privacy;
 mod retention;
 mod security;
+mod storage_faults;
 mod tenants;
 mod throttle;
 mod tls;

@@ -41,6 +41,7 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("rate_limit_mfa", "100000/60"),
     ("rate_limit_password_reset", "100000/60"),
     ("intrusion_error_burst", "100000/60"),
+    ("refusal_budget", "1000000/60"),
 ];
 
 /// The same, as `kasho serve` environment variables for child-process tests.
@@ -509,7 +510,18 @@ impl TestApp {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {
-        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        send_to(&self.router, req).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+}
+
+/// Sends `req` to `router` (another instance, say) and decodes the answer.
+pub async fn send_to(router: &Router, req: Request<Body>) -> Resp {
+    {
+        let resp = router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -525,11 +537,9 @@ impl TestApp {
             body,
         }
     }
+}
 
-    pub async fn get(&self, path: &str, token: &str) -> Resp {
-        self.request(Method::GET, path, Some(token), None).await
-    }
-
+impl TestApp {
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
         self.request(Method::POST, path, token, Some(body)).await
     }

@@ -213,9 +213,15 @@ pub struct CashRequest {
     pub counterparty: Option<CounterpartyBody>,
 }
 
+/// One leg. A leg on a system account shows `system` (its kind) instead of `account_id` unless
+/// the caller holds `accounts:read_system`.
 #[derive(Serialize, ToSchema)]
 pub struct LegView {
-    pub account_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `settlement`, `fees` or `suspense` when the leg is on a system account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub amount: i64,
 }
 
@@ -235,8 +241,9 @@ pub struct TransferView {
     pub kind: String,
     pub currency: String,
     pub amount: i64,
-    /// The (first) debited account.
-    pub debit_account_id: String,
+    /// The (first) debited account; `null` when it is a system account the caller may not see
+    /// (its leg in `debits` then names only its kind).
+    pub debit_account_id: Option<String>,
     /// Every debit leg: one, except for the reversal of a transfer with several credit legs.
     pub debits: Vec<LegView>,
     pub credits: Vec<LegView>,
@@ -253,29 +260,48 @@ pub struct TransferView {
     pub balances: Vec<BalanceView>,
 }
 
-fn legs(p: &PostedTransfer, direction: &str) -> Vec<LegView> {
+fn legs(p: &PostedTransfer, direction: &str, sees_system: bool) -> Vec<LegView> {
     p.entries
         .iter()
         .filter(|e| e.direction == direction)
-        .map(|e| LegView {
-            account_id: e.account_id.clone(),
-            amount: e.amount,
+        .map(|e| match &e.system {
+            Some(kind) if !sees_system => LegView {
+                account_id: None,
+                system: Some(kind.clone()),
+                amount: e.amount,
+            },
+            system => LegView {
+                account_id: Some(e.account_id.clone()),
+                system: system.clone(),
+                amount: e.amount,
+            },
         })
         .collect()
 }
 
-/// Renders a transfer; `visible` decides whose resulting balances are shown.
-pub(crate) fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) -> TransferView {
+/// Renders a transfer; `visible` decides whose resulting balances are shown, `sees_system`
+/// whether system account ids (and balances) are (the caller holds `accounts:read_system`).
+pub(crate) fn transfer_view(
+    p: &PostedTransfer,
+    sees_system: bool,
+    visible: impl Fn(&str) -> bool,
+) -> TransferView {
     let t = &p.transfer;
+    let hidden = |account: &str| {
+        !sees_system
+            && p.entries
+                .iter()
+                .any(|e| e.account_id == account && e.system.is_some())
+    };
     TransferView {
         object: "transfer",
         id: t.id.clone(),
         kind: t.kind.clone(),
         currency: t.currency.clone(),
         amount: t.amount,
-        debit_account_id: t.debit_account_id.clone(),
-        debits: legs(p, "debit"),
-        credits: legs(p, "credit"),
+        debit_account_id: (!hidden(&t.debit_account_id)).then(|| t.debit_account_id.clone()),
+        debits: legs(p, "debit", sees_system),
+        credits: legs(p, "credit", sees_system),
         reverses_id: t.reverses_id.clone(),
         reference: t.reference.clone(),
         description: p.details.as_ref().and_then(|d| d.description.clone()),
@@ -298,7 +324,7 @@ pub(crate) fn transfer_view(p: &PostedTransfer, visible: impl Fn(&str) -> bool) 
         balances: p
             .entries
             .iter()
-            .filter(|e| visible(&e.account_id))
+            .filter(|e| visible(&e.account_id) && (sees_system || e.system.is_none()))
             .map(|e| BalanceView {
                 account_id: e.account_id.clone(),
                 balance_after: e.balance_after,
@@ -312,12 +338,23 @@ fn render_error(r: &Refusal) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// Staff see every resulting balance.
+/// Staff with `accounts:read_system` see every leg and resulting balance.
+fn render_all_system(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
+    match r {
+        Ok(p) => (
+            201,
+            serde_json::to_string(&transfer_view(p, true, |_| true)).unwrap_or_default(),
+        ),
+        Err(e) => render_error(e),
+    }
+}
+
+/// Other staff see every customer leg's resulting balance; system legs show only their kind.
 fn render_all(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
     match r {
         Ok(p) => (
             201,
-            serde_json::to_string(&transfer_view(p, |_| true)).unwrap_or_default(),
+            serde_json::to_string(&transfer_view(p, false, |_| true)).unwrap_or_default(),
         ),
         Err(e) => render_error(e),
     }
@@ -330,10 +367,19 @@ fn render_debit_only(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
             let debit = p.transfer.debit_account_id.clone();
             (
                 201,
-                serde_json::to_string(&transfer_view(p, |a| a == debit)).unwrap_or_default(),
+                serde_json::to_string(&transfer_view(p, false, |a| a == debit)).unwrap_or_default(),
             )
         }
         Err(e) => render_error(e),
+    }
+}
+
+/// How a movement's answer is rendered for `principal` (and stored for its replays).
+fn render_for(principal: &Principal) -> RenderOutcome {
+    match principal.scope(Permission::TransfersRead) {
+        Ok(Scope::All) if ledger::sees_system(principal) => render_all_system,
+        Ok(Scope::All) => render_all,
+        _ => render_debit_only,
     }
 }
 
@@ -401,10 +447,7 @@ async fn run_movement(
     input: TransferInput,
     key: Option<IdempotencyKey>,
 ) -> ApiResult<Response> {
-    let render: RenderOutcome = match principal.scope(Permission::TransfersRead) {
-        Ok(Scope::All) => render_all,
-        _ => render_debit_only,
-    };
+    let render = render_for(principal);
     match ledger::move_money(&state.core, meta, principal, input, key, render).await {
         Ok(outcome) => Ok(respond(outcome, render)),
         Err(e) => Err(e.into()),
@@ -681,9 +724,11 @@ pub async fn get_transfer(
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransferView>> {
     let (p, visible) = ledger::get_transfer(&state.core, &principal, &id).await?;
-    Ok(Json(transfer_view(&p, |a| {
-        visible.as_ref().is_none_or(|v| v.contains(a))
-    })))
+    Ok(Json(transfer_view(
+        &p,
+        ledger::sees_system(&principal),
+        |a| visible.as_ref().is_none_or(|v| v.contains(a)),
+    )))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -721,7 +766,10 @@ pub async fn list_transfers(
     };
     let listed = ledger::list_transfers(&state.core, &principal, filter, &page).await?;
     // Lists carry the legs; resulting balances are on the single-transfer view.
-    Ok(Json(List::from(listed, |p| transfer_view(&p, |_| false))))
+    let sees_system = ledger::sees_system(&principal);
+    Ok(Json(List::from(listed, |p| {
+        transfer_view(&p, sees_system, |_| false)
+    })))
 }
 
 // ---------------------------------------------------------------- reversals and holds
@@ -764,11 +812,11 @@ pub async fn reverse(
                 .map(|l| l.iter().map(|l| (l.account_id.clone(), l.amount)).collect()),
         },
         key,
-        render_all,
+        render_for(&principal),
     )
     .await
     {
-        Ok(outcome) => Ok(respond(outcome, render_all)),
+        Ok(outcome) => Ok(respond(outcome, render_for(&principal))),
         Err(e) => Err(e.into()),
     }
 }
@@ -907,11 +955,11 @@ pub async fn capture_hold(
         body.credit_account_id,
         body.amount,
         key,
-        render_all,
+        render_for(&principal),
     )
     .await
     {
-        Ok(outcome) => Ok(respond(outcome, render_all)),
+        Ok(outcome) => Ok(respond(outcome, render_for(&principal))),
         Err(e) => Err(e.into()),
     }
 }
@@ -1054,10 +1102,7 @@ pub async fn create_batch(
             key,
         ));
     }
-    let render: RenderOutcome = match principal.scope(Permission::TransfersRead) {
-        Ok(Scope::All) => render_all,
-        _ => render_debit_only,
-    };
+    let render = render_for(&principal);
     let (committed, items) =
         match ledger::move_money_batch(&state.core, &meta, &principal, inputs, body.atomic, render)
             .await

@@ -112,7 +112,7 @@ impl CustomerExportView {
             transfers: e
                 .transfers
                 .iter()
-                .map(|p| transfer_view(p, |a| own.contains(a)))
+                .map(|p| transfer_view(p, false, |a| own.contains(a)))
                 .collect(),
             accounts: e.accounts.into_iter().map(AccountView::from).collect(),
             holds: e.holds.into_iter().map(HoldView::from).collect(),

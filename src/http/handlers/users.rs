@@ -89,6 +89,21 @@ pub async fn enable(
     Ok(Recorded(StatusCode::OK, Json(u.into())))
 }
 
+/// Reset another user's second factor (needs step-up): their authenticator and recovery codes
+/// are removed and their sessions end; they enrol again at the next sign-in.
+#[utoipa::path(post, path = "/v1/users/{id}/mfa/reset", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+    (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+))]
+pub async fn reset_mfa(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let u = users::reset_mfa(&state.core, &meta, &principal, &id).await?;
+    Ok(Recorded(StatusCode::OK, Json(u.into())))
+}
+
 /// Replace a user's roles. Takes effect on the user's next request.
 #[utoipa::path(put, path = "/v1/users/{id}/roles", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), request_body = SetRolesRequest, responses(
     (status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
