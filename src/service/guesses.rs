@@ -1,12 +1,14 @@
 //! Credential guesses: every password, TOTP code or recovery code checked against an account
 //! (at sign-in, its second step, step-up, a password change, a password reset's code) is
-//! counted BEFORE it is checked, atomically, where every instance sees it: in Redis when the
-//! shared limiter is configured (one Lua script for all of a guess's keys), else, and whenever
-//! Redis is unavailable, in the database (one conditional upsert per key in one transaction,
-//! `store::security::SecurityStore::reserve_guess`). So at most the configured number of
-//! guesses is ever checked per account per run, however many arrive at once and on however many
-//! instances (issue 13 item 5: counting after the check let 66 of 120 concurrent guesses through
-//! a limit of 10).
+//! counted BEFORE it is checked, atomically, where every instance sees it: in the database
+//! (one conditional upsert per key in one transaction,
+//! `store::security::SecurityStore::reserve_guess`), which decides; and, when the shared limiter
+//! is configured, first in Redis (one Lua script for all of a guess's keys, the same rule), so a
+//! burst is refused there without reaching the database. Because the database counts every guess
+//! that is checked, the limit is exact even while Redis is unavailable or after it lost its
+//! counts. So at most the configured number of guesses is ever checked per account per run,
+//! however many arrive at once and on however many instances (issue 13 item 5: counting after
+//! the check let 66 of 120 concurrent guesses through a limit of 10).
 //!
 //! A guess is counted under the account's key (`acct:<sha256(tenant, email)>`, whether or not
 //! the account exists, so a lock says nothing about existence) and, at sign-in, under the
@@ -75,7 +77,7 @@ pub struct Guess {
     /// Per slot: this guess took the last one and locked the key.
     locked: Vec<bool>,
     tenant: Option<TenantId>,
-    /// Counted in Redis (else in the database).
+    /// Counted in Redis as well as in the database.
     shared: bool,
 }
 
@@ -96,23 +98,44 @@ pub async fn reserve(
             shared: false,
         });
     }
+    // Redis first, when configured: a burst is refused there without touching the database.
     let (shared, t) = reserve_shared(core, now, &slots).await;
     if let Some(t) = t {
         ratelimit::record_transition(core, meta, t).await;
     }
-    let (outcome, shared) = match shared {
-        Some(o) => (o, true),
-        None => (core.store.reserve_guess(tenant, &slots, now).await?, false),
+    let shared_locked = match shared {
+        Some(GuessReservation::Refused(row)) => return Err(refusal(&row, now)),
+        Some(GuessReservation::Admitted { locked }) => Some(locked),
+        None => None,
     };
-    match outcome {
-        GuessReservation::Admitted { locked } => Ok(Guess {
-            slots,
-            locked,
-            tenant: tenant.cloned(),
-            shared,
-        }),
-        GuessReservation::Refused(row) => Err(refusal(&row, now)),
-    }
+    // The database counts every guess that will be checked, and decides: the limit holds
+    // even while Redis is unavailable (its counts unknown) or after it lost them.
+    let decided = core.store.reserve_guess(tenant, &slots, now).await;
+    let locked = match decided {
+        Ok(GuessReservation::Admitted { locked }) => locked,
+        other => {
+            if shared_locked.is_some() {
+                // Counted in Redis but not checked: give it back there.
+                settle_shared(core, &[], &slots).await;
+            }
+            return match other {
+                Ok(GuessReservation::Refused(row)) => Err(refusal(&row, now)),
+                Err(e) => Err(e.into()),
+                Ok(GuessReservation::Admitted { .. }) => Err(AppError::internal("unreachable")),
+            };
+        }
+    };
+    let shared = shared_locked.is_some();
+    let locked = match shared_locked {
+        Some(r) => locked.iter().zip(r).map(|(d, r)| *d || r).collect(),
+        None => locked,
+    };
+    Ok(Guess {
+        slots,
+        locked,
+        tenant: tenant.cloned(),
+        shared,
+    })
 }
 
 /// The answer to a guess that was not counted.
@@ -188,35 +211,33 @@ impl Guess {
     }
 
     /// The guess was right and completed the proof: the account's run of failures ends, and
-    /// the address gets its guess back.
+    /// the address gets its guess back (in Redis too, when it was counted there).
     pub async fn succeeded(self, core: &Core) -> AppResult<()> {
         let (addresses, accounts): (Vec<GuessSlot>, Vec<GuessSlot>) =
             self.slots.into_iter().partition(|s| is_address(&s.key));
         let clear: Vec<String> = accounts.into_iter().map(|s| s.key).collect();
-        // Counted in Redis: settled there; the database forgets the account's run as well (it
-        // holds what was counted while Redis was away).
-        let refund = if self.shared && settle_shared(core, &clear, &addresses).await {
-            Vec::new()
-        } else {
-            addresses
-        };
-        Ok(core.store.settle_guess(&clear, &refund).await?)
+        if self.shared {
+            settle_shared(core, &clear, &addresses).await;
+        }
+        Ok(core.store.settle_guess(&clear, &addresses).await?)
     }
 
     /// The guess was right, but the attempt goes on (a second factor) or is refused for
     /// another reason: every key gets its guess back.
     pub async fn refund(self, core: &Core) -> AppResult<()> {
-        if self.shared && settle_shared(core, &[], &self.slots).await {
-            return Ok(());
+        if self.shared {
+            settle_shared(core, &[], &self.slots).await;
         }
         Ok(core.store.settle_guess(&[], &self.slots).await?)
     }
 }
 
-/// Settles a guess counted in Redis (see [`SETTLE`]); `false` when Redis did not answer.
-async fn settle_shared(core: &Core, clear: &[String], refund: &[GuessSlot]) -> bool {
+/// Settles a guess counted in Redis (see [`SETTLE`]). Best effort: the database holds the
+/// decisive count, and a Redis that does not answer keeps at most a stricter one until the
+/// key expires.
+async fn settle_shared(core: &Core, clear: &[String], refund: &[GuessSlot]) {
     if clear.is_empty() && refund.is_empty() {
-        return true;
+        return;
     }
     let keys: Vec<String> = clear
         .iter()
@@ -228,11 +249,10 @@ async fn settle_shared(core: &Core, clear: &[String], refund: &[GuessSlot]) -> b
         .map(|_| 0)
         .chain(refund.iter().map(|s| s.rule.threshold))
         .collect();
-    let (done, _) = core
+    let _ = core
         .limits
         .run_script(core.clock.now(), &SETTLE, &keys, &args)
         .await;
-    done.is_some()
 }
 
 /// Forgets every guess counted under `key` (a manager's unlock, a password reset), in the
@@ -254,7 +274,8 @@ fn redis_key(key: &str) -> String {
     format!("guess:{key}")
 }
 
-/// Counts a guess in Redis: `None` without Redis or while it is unavailable.
+/// Counts a guess in Redis (the database counts it too, and decides): `None` without Redis or
+/// while it is unavailable.
 async fn reserve_shared(
     core: &Core,
     now: Timestamp,

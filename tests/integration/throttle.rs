@@ -212,12 +212,9 @@ async fn concurrent_wrong_passwords_through_the_redis_limiter_check_at_most_the_
     let (b, rb) = app.instance_with(&config).await;
     app.raw_sql("DELETE FROM login_throttle").await;
     siege(app, &[ra, rb], &[a, b], "siege", &email).await;
-    // The guesses were counted in Redis, not in the database.
+    // The guesses were counted in Redis, and in the database, which decides.
     let keys = app.raw_strings("SELECT key FROM login_throttle").await;
-    assert!(
-        !keys.iter().any(|k| k.starts_with("ip:198.51.")),
-        "{keys:?}"
-    );
+    assert!(keys.iter().any(|k| k.starts_with("ip:198.51.")), "{keys:?}");
     let mut conn = redis::Client::open(SHARED_REDIS)
         .unwrap()
         .get_multiplexed_async_connection()
