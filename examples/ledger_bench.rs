@@ -4,7 +4,9 @@
 //! or a fresh PostgreSQL schema) and creates a platform admin in its store. With `--url` it
 //! targets an already running Kasho server instead and signs in as an existing platform admin
 //! (`--admin-email`, password from the environment variable `KASHO_BENCH_ADMIN_PASSWORD`).
-//! Either way it then creates a tenant and N funded accounts through the API and drives
+//! Either way it then creates a tenant (its MANAGER invited, the invitation read from the
+//! server's development mailbox and accepted: nobody sets another person's password) and N
+//! funded accounts through the API and drives
 //! authenticated single transfers (each with an Idempotency-Key) from C concurrent keep-alive
 //! connections for T seconds, uniformly or on a few hot accounts (Zipf, s = 1). Every security
 //! layer is on: token verification and session check, permission check, idempotency, audit
@@ -69,6 +71,9 @@ Options:
                              (postgres://postgres@127.0.0.1:5432/test)
   --url http://HOST:PORT     target an external server instead of starting one
   --admin-email EMAIL        platform admin to sign in as (required with --url)
+  --mailbox DIR              with --url: the server's development mailbox, where the tenant
+                             manager's invitation lands (kasho-data/mailbox; the server must run
+                             without smtp_url, on this machine)
   --clients N                concurrent keep-alive connections (64)
   --seconds N                how long to drive transfers (10)
   --accounts N               funded customer accounts, at least 2 (1000)
@@ -83,8 +88,13 @@ error.";
 enum Mode {
     /// Start a server in-process on this backend.
     Embedded { backend: String, pg_admin: String },
-    /// Benchmark the server at this `http://` URL as this platform admin.
-    External { url: String, admin_email: String },
+    /// Benchmark the server at this `http://` URL as this platform admin; the server writes
+    /// its mail into `mailbox`.
+    External {
+        url: String,
+        admin_email: String,
+        mailbox: std::path::PathBuf,
+    },
 }
 
 impl Mode {
@@ -114,6 +124,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         "--pg",
         "--url",
         "--admin-email",
+        "--mailbox",
         "--clients",
         "--seconds",
         "--accounts",
@@ -167,12 +178,19 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             Mode::External {
                 url: url.trim_end_matches('/').to_owned(),
                 admin_email,
+                mailbox: get("--mailbox", "kasho-data/mailbox").into(),
             }
         }
         None => {
             if values.contains_key("--admin-email") {
                 return Err(
                     "--admin-email is only used with --url (the embedded server creates its own admin)"
+                        .into(),
+                );
+            }
+            if values.contains_key("--mailbox") {
+                return Err(
+                    "--mailbox is only used with --url (the embedded server's mailbox is its own)"
                         .into(),
                 );
             }
@@ -426,6 +444,35 @@ impl Rng {
     }
 }
 
+/// The token of the newest invitation to `email` in the server's mailbox folder, waiting up to
+/// a minute for the server's delivery pass to write it.
+async fn invitation_token(mailbox: &std::path::Path, email: &str) -> Result<String, String> {
+    let to = format!("To: <{email}>");
+    for _ in 0..600 {
+        let mut mails: Vec<std::path::PathBuf> = std::fs::read_dir(mailbox)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        mails.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        mails.sort();
+        for path in mails.iter().rev() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if let (true, Some(at)) = (text.contains(&to), text.find("/accept-invitation#token=")) {
+                let rest = &text[at + "/accept-invitation#token=".len()..];
+                return Ok(rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "no invitation for {email} reached {} within a minute (the server must run without \
+         smtp_url; give its mailbox folder with --mailbox)",
+        mailbox.display()
+    ))
+}
+
 /// `n` bytes from the system CSPRNG, hex-encoded (passwords and names of bench objects).
 fn random_hex(n: usize) -> Result<String, String> {
     let mut bytes = vec![0u8; n];
@@ -436,6 +483,8 @@ fn random_hex(n: usize) -> Result<String, String> {
 /// The in-process server of the embedded mode, and what to clean up after it.
 struct Embedded {
     target: Target,
+    /// Where its mail delivery writes (`<data_dir>/mailbox`).
+    mailbox: std::path::PathBuf,
     admin_email: String,
     admin_password: String,
     pg: Option<(String, String)>,
@@ -496,6 +545,15 @@ impl Embedded {
             }
         }
         let app = kasho::http::router(core.clone(), config.max_body_bytes);
+        // Mail delivery, as `kasho serve` runs it (more often: the benchmark waits for the
+        // manager's invitation).
+        let mailer = core.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = kasho::service::mail::deliver_due(&mailer).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
@@ -534,6 +592,7 @@ impl Embedded {
                 addr,
                 host: addr.to_string(),
             },
+            mailbox: dir.path().join("mailbox"),
             admin_email,
             admin_password,
             pg,
@@ -684,22 +743,27 @@ async fn main() -> ExitCode {
         }
     };
 
-    let (embedded, target, admin_email, admin_password) = match &opts.mode {
+    let (embedded, target, admin_email, admin_password, mailbox) = match &opts.mode {
         Mode::Embedded { backend, pg_admin } => match Embedded::start(backend, pg_admin).await {
             Ok(e) => {
-                let (t, m, p) = (
+                let (t, m, p, b) = (
                     e.target.clone(),
                     e.admin_email.clone(),
                     e.admin_password.clone(),
+                    e.mailbox.clone(),
                 );
-                (Some(e), t, m, p)
+                (Some(e), t, m, p, b)
             }
             Err(msg) => {
                 eprintln!("ledger_bench: cannot start the embedded server: {msg}");
                 return ExitCode::FAILURE;
             }
         },
-        Mode::External { url, admin_email } => {
+        Mode::External {
+            url,
+            admin_email,
+            mailbox,
+        } => {
             let password = match std::env::var(PASSWORD_ENV) {
                 Ok(p) if !p.is_empty() => p,
                 _ => {
@@ -711,7 +775,7 @@ async fn main() -> ExitCode {
                 }
             };
             match Target::from_url(url).await {
-                Ok(t) => (None, t, admin_email.clone(), password),
+                Ok(t) => (None, t, admin_email.clone(), password, mailbox.clone()),
                 Err(msg) => {
                     eprintln!("ledger_bench: {msg}");
                     return ExitCode::from(2);
@@ -720,7 +784,7 @@ async fn main() -> ExitCode {
         }
     };
 
-    let result = run(&opts, &target, &admin_email, &admin_password).await;
+    let result = run(&opts, &target, &admin_email, &admin_password, &mailbox).await;
     if let Some(e) = embedded {
         e.cleanup().await;
     }
@@ -741,6 +805,7 @@ async fn run(
     target: &Target,
     admin_email: &str,
     admin_password: &str,
+    mailbox: &std::path::Path,
 ) -> Result<bool, String> {
     let Options {
         n_accounts,
@@ -759,7 +824,9 @@ async fn run(
     let admin = c.login(None, admin_email, admin_password).await?;
     // A fresh tenant each run, so an external server can be benchmarked again and again.
     let slug = format!("bench-{}", random_hex(6)?);
-    let manager_email = "m@bench.test";
+    // The manager's own address per run: its invitation is found in the mailbox by it.
+    let manager_email = format!("m@{slug}.test");
+    let manager_email = manager_email.as_str();
     let manager_password = random_hex(16)?;
     let tenant = c
         .call(
@@ -768,7 +835,7 @@ async fn run(
             Some(&admin),
             Some(
                 &json!({ "slug": slug, "name": "Bench", "currencies": ["USD"],
-                "manager": { "email": manager_email, "password": manager_password } }),
+                "manager": { "email": manager_email } }),
             ),
             201,
         )
@@ -779,6 +846,15 @@ async fn run(
             tenant["id"].as_str().unwrap_or("?")
         );
     }
+    let invitation = invitation_token(mailbox, manager_email).await?;
+    c.call(
+        "POST",
+        "/v1/invitations/accept",
+        None,
+        Some(&json!({ "token": invitation, "password": manager_password })),
+        200,
+    )
+    .await?;
     let token = c
         .login(Some(&slug), manager_email, &manager_password)
         .await?;

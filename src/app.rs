@@ -151,6 +151,7 @@ pub async fn build_core_with_checks(
             alerts: config.alerts.clone(),
             metrics_token: config.metrics_token.clone(),
             request_timeout_seconds: config.request_timeout_seconds,
+            max_header_bytes: config.max_header_bytes,
         },
         limits: crate::service::ratelimit::RateLimiter::new(config.redis.as_ref())
             .map_err(StartError::Other)?,
@@ -197,6 +198,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         None => None,
     };
     let core = build_core(&config, Arc::new(SystemClock), true).await?;
+    // Users who held a forbidden pair of roles before the rule: flagged at every start-up.
+    match crate::service::duties::flag_forbidden_pairs(&core).await {
+        Ok(flagged) if !flagged.is_empty() => tracing::warn!(
+            users = flagged.len(),
+            "users hold roles that may not be held together; see the warnings above and the \
+             forbidden_role_pair security events"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check users for forbidden pairs of roles"),
+    }
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
     spawn_mail_delivery(core.clone());
@@ -254,11 +265,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // Connection limits, for HTTP/1 and HTTP/2 alike: the header block size, the time to send
     // it (slow clients), keep-alive, and HTTP/2 stream and header-list limits.
     let builder = server.http_builder();
+    // Request heads are checked before hyper reads them (`http::wire`: size, header count,
+    // syntax, Host), so that even those refusals come in the error shape; hyper's own limits
+    // stay behind it as a backstop it never reaches.
+    let max_head = config.max_header_bytes;
     builder
         .http1()
-        // The read buffer bounds the request line plus headers: beyond it hyper answers 431.
-        .max_buf_size(config.max_header_bytes)
-        .max_headers(100)
+        .max_buf_size(max_head.saturating_mul(2))
+        .max_headers(crate::http::wire::MAX_HEADERS)
         // Runs whenever the server waits for a request head, so it also closes idle
         // keep-alive connections.
         .header_read_timeout(header_timeout)
@@ -266,7 +280,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     builder
         .http2()
         .max_concurrent_streams(100)
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        // Up to the ceiling an oversized header list reaches the application, which answers
+        // 431 in the error shape; beyond it the h2 layer answers (bare 431, stream reset).
+        .max_header_list_size(
+            u32::try_from(max_head.saturating_mul(crate::http::wire::H2_HEADER_LIST_CEILING))
+                .unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(256)
         .keep_alive_interval(std::time::Duration::from_secs(30))
@@ -295,7 +314,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 rustls,
                 std::time::Duration::from_secs(u64::from(config.tls_handshake_timeout_seconds)),
             );
-            server.acceptor(acceptor).serve(make).await
+            server
+                .acceptor(crate::http::wire::GuardAcceptor::new(acceptor, max_head))
+                .serve(make)
+                .await
         }
         None => {
             tracing::info!(
@@ -305,7 +327,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 database = %config.database_url_redacted(),
                 "kasho is serving plain HTTP"
             );
-            server.serve(make).await
+            server
+                .acceptor(crate::http::wire::GuardAcceptor::new(
+                    axum_server::accept::DefaultAcceptor,
+                    max_head,
+                ))
+                .serve(make)
+                .await
         }
     };
     served.map_err(|e| StartError::Other(e.to_string()))?;

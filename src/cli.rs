@@ -1,5 +1,6 @@
 //! The `kasho` command line: `serve`, `migrate`, `admin create-platform-admin`,
-//! `audit verify`, `config check`, `retention run`, `sign`, `dev-cert`.
+//! `admin invitation-link`, `audit verify`, `config check`, `retention run`, `sign`,
+//! `dev-cert`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -98,8 +99,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SignArgs {
-    /// The token secret (`kasho_…`). Prefer --secret-env or --secret-stdin, which keep it out
-    /// of shell history.
+    /// The signing secret (`kasho_sig_…`, issued with the token; for a token created before
+    /// signing secrets existed and not rotated since, its bearer secret `kasho_…`). Prefer
+    /// --secret-env or --secret-stdin, which keep it out of shell history.
     #[arg(long, conflicts_with_all = ["secret_env", "secret_stdin"])]
     secret: Option<String>,
     /// Read the secret from this environment variable.
@@ -156,6 +158,17 @@ enum AdminCommand {
     /// Create a platform admin; the password is read from standard input.
     CreatePlatformAdmin {
         #[arg(long)]
+        email: String,
+    },
+    /// When mail cannot reach an invited user: issue a fresh invitation link (valid 72 hours)
+    /// and print it, for handing over by another channel. Earlier links stop working; the
+    /// issue is audited in the tenant's chain and raises an `invitation_link_issued` security
+    /// event.
+    InvitationLink {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// The invited user's email.
         email: String,
     },
 }
@@ -244,6 +257,9 @@ pub fn main() -> ExitCode {
             Command::Admin {
                 command: AdminCommand::CreatePlatformAdmin { email },
             } => create_platform_admin(&config, &email).await,
+            Command::Admin {
+                command: AdminCommand::InvitationLink { tenant, email },
+            } => invitation_link(&config, &tenant, &email).await,
             Command::Audit {
                 command: AuditCommand::Verify,
             } => audit_verify(&config).await,
@@ -324,7 +340,9 @@ fn sign(a: &SignArgs) -> Result<String, String> {
         }
     };
     if !crate::service::api_tokens::is_api_token(&secret) {
-        return Err("the secret must be an API token (it starts with kasho_)".into());
+        return Err(
+            "the secret must be a token's signing secret (it starts with kasho_sig_)".into(),
+        );
     }
     let body: Vec<u8> = match (&a.body, &a.body_file) {
         (Some(b), _) => b.clone().into_bytes(),
@@ -456,6 +474,32 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `kasho admin invitation-link --tenant SLUG EMAIL`: prints a fresh link (shown once).
+async fn invitation_link(config: &Config, tenant: &str, email: &str) -> Result<(), String> {
+    let core = crate::app::build_core(config, Arc::new(SystemClock), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let issued = crate::service::invitations::console_link(&core, tenant, email)
+        .await
+        .map_err(|e| match e {
+            crate::error::AppError::NotFound(what) => {
+                format!(
+                    "no {what} `{}` in tenant `{tenant}`",
+                    if what == "tenant" { tenant } else { email }
+                )
+            }
+            other => format!("{} ({})", other, other.code()),
+        })?;
+    println!(
+        "# invitation link for user {} (works once, until {}); earlier links no longer work.\n\
+         # Hand it to the person only: whoever opens it chooses the account's password.\n{}",
+        issued.user_id,
+        issued.expires_at.to_rfc3339(),
+        secrecy::ExposeSecret::expose_secret(&issued.link)
+    );
+    Ok(())
 }
 
 /// A keyring over the configured database. Never generates keys: a missing master key must

@@ -182,7 +182,27 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "smtp_url",
         secret: false,
-        help: "SMTP relay for outgoing mail, smtp://host[:port] (plain SMTP, no TLS or AUTH); unset: mail is written to data_dir/mailbox/",
+        help: "SMTP relay for outgoing mail, smtp://host[:port]; unset: mail is written to data_dir/mailbox/",
+    },
+    KeyDef {
+        name: "smtp_starttls",
+        secret: false,
+        help: "upgrade SMTP with STARTTLS before sending anything, never falling back to plain text (true in production, where false is refused; false in development)",
+    },
+    KeyDef {
+        name: "smtp_username",
+        secret: false,
+        help: "SMTP AUTH user name (PLAIN or LOGIN, only inside STARTTLS); needs smtp_password (none)",
+    },
+    KeyDef {
+        name: "smtp_password",
+        secret: true,
+        help: "SMTP AUTH password; needs smtp_username (none)",
+    },
+    KeyDef {
+        name: "smtp_ca_file",
+        secret: false,
+        help: "PEM bundle trusted for the SMTP relay's certificate instead of the Mozilla roots (none)",
     },
     KeyDef {
         name: "mail_from",
@@ -192,7 +212,7 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "public_url",
         secret: false,
-        help: "public base URL of the service, used in emailed links (http://<listen>)",
+        help: "public base URL of the service, used in emailed links (http://<listen>; production requires https://)",
     },
     KeyDef {
         name: "mail_max_attempts",
@@ -992,11 +1012,88 @@ impl Config {
             ));
         }
         let smtp = match take("smtp_url", None) {
-            Some((v, src)) if !v.trim().is_empty() => Some(
+            Some((v, src)) if !v.trim().is_empty() => Some((
                 crate::service::mail::SmtpTarget::parse(v.trim())
                     .map_err(|e| invalid("smtp_url", &src, e))?,
-            ),
+                src,
+            )),
             _ => None,
+        };
+        // STARTTLS is required in production: reset links must not cross a network in clear.
+        let st = take(
+            "smtp_starttls",
+            Some((env == Environment::Production).to_string()),
+        )
+        .unwrap_or_default();
+        let smtp_starttls = boolean("smtp_starttls", &st)?;
+        if env == Environment::Production && !smtp_starttls {
+            return Err(invalid(
+                "smtp_starttls",
+                &st.1,
+                "production requires STARTTLS to the SMTP relay (mail carries reset links)",
+            ));
+        }
+        let su = take("smtp_username", None).filter(|(v, _)| !v.is_empty());
+        let sp = take("smtp_password", None).filter(|(v, _)| !v.is_empty());
+        let smtp_auth = match (su, sp) {
+            (Some((user, src)), Some((password, _))) => {
+                if user.chars().any(|c| c.is_control()) {
+                    return Err(invalid(
+                        "smtp_username",
+                        &src,
+                        "must not hold control characters",
+                    ));
+                }
+                if !smtp_starttls {
+                    return Err(invalid(
+                        "smtp_username",
+                        &src,
+                        "SMTP AUTH needs smtp_starttls = true: credentials are never sent in clear",
+                    ));
+                }
+                Some(crate::service::mail::SmtpAuth {
+                    username: user,
+                    password: SecretString::from(password),
+                })
+            }
+            (Some((_, src)), None) => {
+                return Err(invalid(
+                    "smtp_username",
+                    &src,
+                    "needs smtp_password as well",
+                ));
+            }
+            (None, Some((_, src))) => {
+                return Err(invalid(
+                    "smtp_password",
+                    &src,
+                    "needs smtp_username as well",
+                ));
+            }
+            (None, None) => None,
+        };
+        let smtp_ca_file = match take("smtp_ca_file", None) {
+            Some((v, src)) if !v.trim().is_empty() => {
+                let path = PathBuf::from(v.trim());
+                if !path.is_file() {
+                    return Err(invalid(
+                        "smtp_ca_file",
+                        &src,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+            _ => None,
+        };
+        let smtp = match smtp {
+            Some((mut target, _)) => {
+                target.starttls = smtp_starttls;
+                target.auth = smtp_auth;
+                target.ca_file = smtp_ca_file;
+                Some(target)
+            }
+            None => None,
         };
         let mf = take("mail_from", Some("kasho@localhost".into())).unwrap_or_default();
         if !crate::service::mail::valid_from(&mf.0) {
@@ -1017,6 +1114,16 @@ impl Config {
                 "public_url",
                 &pu.1,
                 "expected an http:// or https:// URL",
+            ));
+        }
+        // Emailed links carry secrets (reset tokens): in production they must be https.
+        if env == Environment::Production && !public_url.starts_with("https://") {
+            return Err(invalid(
+                "public_url",
+                &pu.1,
+                format!(
+                    "production requires an https:// public_url (emailed links carry secrets); `{public_url}` is not"
+                ),
             ));
         }
         let ma = take("mail_max_attempts", Some("8".into())).unwrap_or_default();
@@ -1401,12 +1508,83 @@ mod tests {
         let e = err(&[("max_header_bytes", "100")]);
         assert!(e.contains("outside 8192..=1048576"), "{e}");
         // Production: plain HTTP only behind a TLS proxy, which still gets HSTS.
-        let c =
-            Config::from_pairs(&[("env", "production")]).unwrap_or_else(|e| unreachable!("{e}"));
+        let prod = ("public_url", "https://pay.example.com");
+        let c = Config::from_pairs(&[("env", "production"), prod])
+            .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(c.transport_check().is_err());
-        let c = Config::from_pairs(&[("env", "production"), ("allow_plain_http", "true")])
+        let c = Config::from_pairs(&[("env", "production"), prod, ("allow_plain_http", "true")])
             .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(c.transport_check(), Ok(Some(_))) && c.hsts());
+    }
+
+    #[test]
+    fn production_mail_needs_https_links_and_starttls_and_auth_stays_inside_tls() {
+        // public_url: https in production (the default http://<listen> is refused too).
+        let e = err(&[("env", "production")]);
+        assert!(
+            e.contains("`public_url`") && e.contains("production requires an https://"),
+            "{e}"
+        );
+        let e = err(&[
+            ("env", "production"),
+            ("public_url", "http://pay.example.com"),
+        ]);
+        assert!(e.contains("production requires an https://"), "{e}");
+        let prod = [
+            ("env", "production"),
+            ("public_url", "https://pay.example.com/"),
+        ];
+        let c = Config::from_pairs(&prod).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.public_url, "https://pay.example.com");
+        // Development keeps plain links and plain SMTP by default.
+        let c = Config::from_pairs(&[("smtp_url", "smtp://127.0.0.1:2525")])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let t = c.smtp.as_ref().unwrap_or_else(|| unreachable!());
+        assert!(!t.starttls && t.auth.is_none());
+        // Production: STARTTLS on by default, and refusing it is refused.
+        let mut p = prod.to_vec();
+        p.push(("smtp_url", "smtp://mail.example.com:587"));
+        let c = Config::from_pairs(&p).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.smtp.as_ref().is_some_and(|t| t.starttls));
+        let mut off = p.clone();
+        off.push(("smtp_starttls", "false"));
+        let e = err(&off);
+        assert!(
+            e.contains("`smtp_starttls`") && e.contains("production requires STARTTLS"),
+            "{e}"
+        );
+        // AUTH: both halves, and only with STARTTLS (never in clear, even in development).
+        let e = err(&[("smtp_url", "smtp://x:25"), ("smtp_username", "kasho")]);
+        assert!(e.contains("needs smtp_password"), "{e}");
+        let e = err(&[("smtp_url", "smtp://x:25"), ("smtp_password", "pw")]);
+        assert!(e.contains("needs smtp_username"), "{e}");
+        let e = err(&[
+            ("smtp_url", "smtp://x:25"),
+            ("smtp_username", "kasho"),
+            ("smtp_password", "hunter2-hunter2"),
+        ]);
+        assert!(e.contains("never sent in clear"), "{e}");
+        let c = Config::from_pairs(&[
+            ("smtp_url", "smtp://x:587"),
+            ("smtp_starttls", "true"),
+            ("smtp_username", "kasho"),
+            ("smtp_password", "hunter2-hunter2"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let t = c.smtp.as_ref().unwrap_or_else(|| unreachable!());
+        let shown = format!("{t:?}");
+        assert!(
+            t.starttls && shown.contains("kasho") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let shown = c
+            .report
+            .iter()
+            .find(|(k, _, _)| *k == "smtp_password")
+            .map(|(_, v, _)| v.clone());
+        assert_eq!(shown.as_deref(), Some("(set, hidden)"));
+        let e = err(&[("smtp_ca_file", "/nonexistent/ca.pem")]);
+        assert!(e.contains("`smtp_ca_file`"), "{e}");
     }
 
     #[test]

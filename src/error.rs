@@ -151,6 +151,12 @@ impl From<StoreError> for AppError {
             },
             StoreError::Database(msg) => AppError::Internal(msg),
             StoreError::Unavailable(msg) => AppError::StorageUnavailable(msg),
+            StoreError::LastManager => AppError::Unprocessable {
+                code: "last_manager",
+                message: "this is the tenant's last active MANAGER: it cannot lose the role or \
+                          be disabled; invite another MANAGER first"
+                    .into(),
+            },
         }
     }
 }

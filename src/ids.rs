@@ -111,6 +111,11 @@ prefixed_id!(
     "kyd"
 );
 prefixed_id!(
+    /// A break-glass request: a platform admin asks to restore a tenant's administration.
+    BreakGlassId,
+    "brk"
+);
+prefixed_id!(
     /// A security alert delivered to the alert webhook (its `Kasho-Event-Id`, for the
     /// receiver's de-duplication).
     SecurityAlertId,

@@ -391,6 +391,10 @@ pub fn dev_cert(hosts: &[String]) -> Result<DevCert, String> {
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(DEV_CERT_DAYS);
     params.is_ca = IsCa::ExplicitNoCa;
+    // Subject and Authority Key Identifiers (the same key: self-signed). RFC 5280 requires the
+    // AKI, and strict verifiers (Python `cryptography`, sslyze) refuse a certificate without
+    // it even when told to trust it.
+    params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)

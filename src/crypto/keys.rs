@@ -50,8 +50,11 @@ impl std::fmt::Debug for JwtSigningKey {
 }
 
 impl JwtSigningKey {
+    /// A new key, as PKCS#8 v1 (RFC 5208: the private key only), the form `openssl genpkey`
+    /// writes and every standard tool reads (OpenSSL 3.0's `openssl pkey` and Python
+    /// `cryptography` refuse aws-lc's PKCS#8 v2 with its embedded public key).
     pub fn generate() -> Result<Self, String> {
-        let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+        let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(
             &aws_lc_rs::rand::SystemRandom::new(),
         )
         .map_err(|e| e.to_string())?;

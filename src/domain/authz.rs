@@ -60,6 +60,11 @@ impl Role {
     pub const fn is_platform(self) -> bool {
         matches!(self, Role::PlatformAdmin)
     }
+
+    /// A tenant role that works for the tenant (every tenant role but CUSTOMER).
+    pub const fn is_staff(self) -> bool {
+        !matches!(self, Role::Customer | Role::PlatformAdmin)
+    }
 }
 
 impl serde::Serialize for Role {
@@ -375,6 +380,21 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
 pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] =
     &[(Role::Manager, &[P::KycDecide, P::KycDocumentsRead])];
 
+/// Pairs of roles no user may hold together, whatever a tenant's policy says: whoever
+/// administers users (and so could create a second identity) never also decides
+/// verifications. A tenant's policy may forbid more pairs
+/// (`SecurityPolicy::forbidden_role_pairs`, which always lists these).
+pub const ALWAYS_FORBIDDEN_PAIRS: &[(Role, Role)] = &[(Role::Manager, Role::ComplianceOfficer)];
+
+/// The first pair of `roles` that `ALWAYS_FORBIDDEN_PAIRS` or `extra` forbids, if any.
+pub fn forbidden_pair(roles: &[Role], extra: &[[Role; 2]]) -> Option<(Role, Role)> {
+    ALWAYS_FORBIDDEN_PAIRS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(|[a, b]| (*a, *b)))
+        .find(|(a, b)| a != b && roles.contains(a) && roles.contains(b))
+}
+
 /// What the table grants one role.
 pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
     ROLE_PERMISSIONS
@@ -604,6 +624,27 @@ mod tests {
             };
             assert_eq!(scope, expected, "{role}");
         }
+    }
+
+    #[test]
+    fn managers_never_also_decide_verifications() {
+        use Role::*;
+        assert_eq!(
+            forbidden_pair(&[ComplianceOfficer, Manager], &[]),
+            Some((Manager, ComplianceOfficer))
+        );
+        assert_eq!(forbidden_pair(&[Manager, Customer], &[]), None);
+        assert_eq!(
+            forbidden_pair(&[Cashier, Auditor], &[[Auditor, Cashier]]),
+            Some((Auditor, Cashier))
+        );
+        assert_eq!(forbidden_pair(&[Cashier], &[[Cashier, Cashier]]), None);
+        assert!(
+            Role::TENANT_ROLES
+                .iter()
+                .all(|r| r.is_staff() != (*r == Customer))
+        );
+        assert!(!PlatformAdmin.is_staff());
     }
 
     #[test]

@@ -87,10 +87,23 @@ pub enum SecurityEvent {
     RefusalBudgetExhausted,
     /// A user manager reset another user's second factor.
     MfaReset,
+    /// A user holds two roles that may not be held together (found at start-up, for users who
+    /// held them before the rule): flagged until a manager removes one.
+    ForbiddenRolePair,
+    /// A grant or a decision was refused for segregation of duties (a forbidden pair of
+    /// roles; a KYC decision by someone the submitter recently invited or granted roles).
+    SegregationOfDutiesRefused,
+    /// An invitation link was issued at the console (`kasho admin invitation-link`) instead
+    /// of being mailed.
+    InvitationLinkIssued,
+    /// A platform admin asked to restore a tenant's administration (break-glass).
+    BreakGlassRequested,
+    /// A second platform admin approved a break-glass request: a new MANAGER is invited.
+    BreakGlassApproved,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 19] = [
+    pub const ALL: [SecurityEvent; 24] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::AccountLocked,
         SecurityEvent::LoginThrottled,
@@ -110,6 +123,11 @@ impl SecurityEvent {
         SecurityEvent::IntrusionBan,
         SecurityEvent::RefusalBudgetExhausted,
         SecurityEvent::MfaReset,
+        SecurityEvent::ForbiddenRolePair,
+        SecurityEvent::SegregationOfDutiesRefused,
+        SecurityEvent::InvitationLinkIssued,
+        SecurityEvent::BreakGlassRequested,
+        SecurityEvent::BreakGlassApproved,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -133,6 +151,11 @@ impl SecurityEvent {
             SecurityEvent::IntrusionBan => "intrusion_ban",
             SecurityEvent::RefusalBudgetExhausted => "refusal_budget_exhausted",
             SecurityEvent::MfaReset => "mfa_reset",
+            SecurityEvent::ForbiddenRolePair => "forbidden_role_pair",
+            SecurityEvent::SegregationOfDutiesRefused => "segregation_of_duties_refused",
+            SecurityEvent::InvitationLinkIssued => "invitation_link_issued",
+            SecurityEvent::BreakGlassRequested => "break_glass_requested",
+            SecurityEvent::BreakGlassApproved => "break_glass_approved",
         }
     }
 
@@ -149,13 +172,18 @@ impl SecurityEvent {
             | SecurityEvent::RateLimitBackendUnavailable
             | SecurityEvent::IntrusionBan
             | SecurityEvent::RefusalBudgetExhausted
-            | SecurityEvent::MfaReset => Severity::High,
+            | SecurityEvent::MfaReset
+            | SecurityEvent::ForbiddenRolePair
+            | SecurityEvent::InvitationLinkIssued
+            | SecurityEvent::BreakGlassRequested
+            | SecurityEvent::BreakGlassApproved => Severity::High,
             SecurityEvent::MfaFailed
             | SecurityEvent::StepUpFailed
             | SecurityEvent::AuthorizationRefused
             | SecurityEvent::SignatureInvalid
             | SecurityEvent::IpRefused
-            | SecurityEvent::PasswordResetFailed => Severity::Medium,
+            | SecurityEvent::PasswordResetFailed
+            | SecurityEvent::SegregationOfDutiesRefused => Severity::Medium,
             SecurityEvent::LoginFailed
             | SecurityEvent::TokenRejected
             | SecurityEvent::StepUpRequired
@@ -380,6 +408,8 @@ pub mod bounds {
     pub const MAX_ALLOWED_IPS: usize = 1_000;
     /// At most 20 CORS origins per tenant.
     pub const MAX_CORS_ORIGINS: usize = 20;
+    /// Six tenant roles make 15 pairs.
+    pub const MAX_FORBIDDEN_ROLE_PAIRS: usize = 15;
 }
 
 /// A tenant's security policy.
@@ -412,6 +442,9 @@ pub struct SecurityPolicy {
     pub require_signed_requests: bool,
     /// Browser origins allowed to call the API cross-origin (CORS). Empty: none.
     pub cors_allowed_origins: Vec<CorsOrigin>,
+    /// Pairs of roles no user of the tenant may hold together. Always lists
+    /// `authz::ALWAYS_FORBIDDEN_PAIRS` (MANAGER with COMPLIANCE_OFFICER); a tenant may add more.
+    pub forbidden_role_pairs: Vec<[Role; 2]>,
 }
 
 impl Default for SecurityPolicy {
@@ -431,6 +464,10 @@ impl Default for SecurityPolicy {
             staff_login_ip_allowlist: false,
             require_signed_requests: false,
             cors_allowed_origins: Vec::new(),
+            forbidden_role_pairs: super::authz::ALWAYS_FORBIDDEN_PAIRS
+                .iter()
+                .map(|(a, b)| [*a, *b])
+                .collect(),
         }
     }
 }
@@ -506,6 +543,7 @@ impl SecurityPolicy {
                 message: format!("at most {MAX_CORS_ORIGINS} origins"),
             });
         }
+        self.validate_role_pairs()?;
         for (currency, amount) in &self.step_up_transfer_threshold {
             if crate::domain::currency::Currency::parse(currency).is_err() {
                 return Err(PolicyError {
@@ -521,6 +559,41 @@ impl SecurityPolicy {
             }
         }
         Ok(())
+    }
+
+    fn validate_role_pairs(&self) -> Result<(), PolicyError> {
+        let refuse = |message: String| PolicyError {
+            param: "forbidden_role_pairs",
+            message,
+        };
+        let max = bounds::MAX_FORBIDDEN_ROLE_PAIRS;
+        if self.forbidden_role_pairs.len() > max {
+            return Err(refuse(format!("at most {max} pairs")));
+        }
+        for [a, b] in &self.forbidden_role_pairs {
+            if a == b || a.is_platform() || b.is_platform() {
+                return Err(refuse(format!(
+                    "`[{a}, {b}]` is not a pair of two different tenant roles"
+                )));
+            }
+        }
+        for (a, b) in super::authz::ALWAYS_FORBIDDEN_PAIRS {
+            let listed = self
+                .forbidden_role_pairs
+                .iter()
+                .any(|p| *p == [*a, *b] || *p == [*b, *a]);
+            if !listed {
+                return Err(refuse(format!(
+                    "{a} and {b} may never be held together: keep the pair `[{a}, {b}]`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first pair of `roles` this policy forbids, if any.
+    pub fn forbidden_pair(&self, roles: &[Role]) -> Option<(Role, Role)> {
+        super::authz::forbidden_pair(roles, &self.forbidden_role_pairs)
     }
 
     /// Whether a holder of `roles` must use MFA.
@@ -630,6 +703,55 @@ mod tests {
             ),
             SecurityPolicy::default()
         );
+    }
+
+    #[test]
+    fn the_manager_and_compliance_officer_pair_cannot_be_dropped() {
+        let p = SecurityPolicy::default();
+        assert_eq!(
+            p.forbidden_pair(&[Role::ComplianceOfficer, Role::Manager]),
+            Some((Role::Manager, Role::ComplianceOfficer))
+        );
+        let dropped = SecurityPolicy {
+            forbidden_role_pairs: vec![],
+            ..p.clone()
+        };
+        assert_eq!(
+            dropped.validate().map_err(|e| e.param),
+            Err("forbidden_role_pairs")
+        );
+        // Even a policy that somehow lacks it forbids the pair.
+        assert!(
+            dropped
+                .forbidden_pair(&[Role::Manager, Role::ComplianceOfficer])
+                .is_some()
+        );
+        let more = SecurityPolicy {
+            forbidden_role_pairs: vec![
+                [Role::ComplianceOfficer, Role::Manager],
+                [Role::Cashier, Role::Auditor],
+            ],
+            ..p.clone()
+        };
+        assert!(more.validate().is_ok());
+        assert!(
+            more.forbidden_pair(&[Role::Auditor, Role::Cashier])
+                .is_some()
+        );
+        for bad in [
+            [Role::Cashier, Role::Cashier],
+            [Role::PlatformAdmin, Role::Cashier],
+        ] {
+            let p = SecurityPolicy {
+                forbidden_role_pairs: vec![[Role::Manager, Role::ComplianceOfficer], bad],
+                ..p.clone()
+            };
+            assert!(p.validate().is_err(), "{bad:?}");
+        }
+        // Stored documents from before the field exist get the rule.
+        let old: SecurityPolicy =
+            serde_json::from_str(r#"{"password_min_length": 14}"#).unwrap_or_default();
+        assert_eq!(old.forbidden_role_pairs, p.forbidden_role_pairs);
     }
 
     #[test]

@@ -13,14 +13,19 @@
 //! BODY_SHA256       lower-case hex SHA-256 of the body bytes (of the empty string if none)
 //! ```
 //!
-//! The canonical query: split the raw query on `&`, drop empty parts, split each on its first
-//! `=` (none: empty value), percent-decode key and value (`+` is NOT a space), percent-encode
-//! them again with every byte outside `A-Z a-z 0-9 - . _ ~` as `%XX` (upper-case hex), sort
-//! the pairs by encoded key and then encoded value, and join them as `k=v` with `&`.
+//! The canonical query is built from the query AS THE SERVER READS IT: [`decode_query`] is the
+//! one decoder of query strings, used by routing (`http::extract::ApiQuery`) and by signing
+//! alike (`application/x-www-form-urlencoded`: split on `&`, empty parts dropped, each part
+//! split on its first `=`, `+` is a space, `%XX` decoded, the bytes read as UTF-8 with invalid
+//! sequences replaced by U+FFFD). Each decoded key and value is percent-encoded again with
+//! every byte outside `A-Z a-z 0-9 - . _ ~` as `%XX` (upper-case hex), the pairs are sorted by
+//! encoded key and then encoded value, and joined as `k=v` with `&`. So `q=a+b` and `q=a%20b`
+//! (both read as `a b`) sign alike, and a literal plus must be sent as `%2B`.
 //!
-//! The signature: `Kasho-Signature: v1=<lower-case hex HMAC-SHA256(key = the token secret
-//! as UTF-8, message = the canonical request)>`. Several `v1=` values may be given, comma
-//! separated; the request passes when one matches.
+//! The signature: `Kasho-Signature: v1=<lower-case hex HMAC-SHA256(key = the token's signing
+//! secret as UTF-8, message = the canonical request)>`. Several `v1=` values may be given,
+//! comma separated; the request passes when one matches. (Tokens issued before signing
+//! secrets existed sign with their bearer secret until their next rotation.)
 
 use sha2::{Digest, Sha256};
 
@@ -49,35 +54,10 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Percent-decodes `s` into bytes; a `%` not followed by two hex digits stays as it is.
-pub fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex_val),
-                b.get(i + 2).copied().and_then(hex_val),
-            )
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
+/// THE query decoder: routing and signing both read a query string through it, so what is
+/// signed is what the server acts on (see the module docs).
+pub fn decode_query(raw: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(raw.as_bytes())
 }
 
 /// Percent-encodes every byte outside the unreserved set, with upper-case hex.
@@ -95,17 +75,8 @@ pub fn percent_encode(bytes: &[u8]) -> String {
 
 /// The canonical form of a raw query string (see the module docs).
 pub fn canonical_query(raw: Option<&str>) -> String {
-    let mut pairs: Vec<(String, String)> = raw
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                percent_encode(&percent_decode(k)),
-                percent_encode(&percent_decode(v)),
-            )
-        })
+    let mut pairs: Vec<(String, String)> = decode_query(raw.unwrap_or(""))
+        .map(|(k, v)| (percent_encode(k.as_bytes()), percent_encode(v.as_bytes())))
         .collect();
     pairs.sort();
     pairs
@@ -128,7 +99,7 @@ pub fn canonical_request(p: &RequestParts<'_>) -> String {
     )
 }
 
-/// The lower-case hex signature of `canonical` under `secret`.
+/// The lower-case hex signature of `canonical` under `secret` (the signing secret).
 pub fn sign(secret: &str, canonical: &str) -> String {
     hex::encode(crate::crypto::hmac_sha256(
         secret.as_bytes(),
@@ -204,8 +175,9 @@ pub fn within_tolerance(timestamp: i64, now: i64) -> bool {
 mod tests {
     use super::*;
 
-    /// The worked example of docs/API.md ("Request signing"): if this changes, the docs must.
-    pub const VECTOR_SECRET: &str = "kasho_Zm9yIGRvY3VtZW50YXRpb24gb25seSwgbmV2ZXIgdXNl";
+    /// The worked example of docs/API.md ("Request signing"; the integration suite also
+    /// recomputes it from the document itself): if this changes, the docs must.
+    pub const VECTOR_SECRET: &str = "kasho_sig_Zm9yIGRvY3VtZW50YXRpb24gb25seSwgbmV2ZXIgdXNl";
 
     #[test]
     fn documented_test_vector() {
@@ -214,7 +186,7 @@ mod tests {
         let parts = RequestParts {
             method: "post",
             path: "/v1/transfers",
-            query: Some("b=2&a=1&a=0"),
+            query: Some("b=2&a=1&a=0&q=x+y%2Bz"),
             timestamp: "1767225600",
             nonce: "3f9a1c0e7b2d4a68",
             body,
@@ -222,25 +194,42 @@ mod tests {
         let canonical = canonical_request(&parts);
         assert_eq!(
             canonical,
-            "POST\n/v1/transfers\na=0&a=1&b=2\n1767225600\n3f9a1c0e7b2d4a68\n\
+            "POST\n/v1/transfers\na=0&a=1&b=2&q=x%20y%2Bz\n1767225600\n3f9a1c0e7b2d4a68\n\
              b4e96353a9c7a3eda784c0bb6bcc1cc55ce72f13d64316d941b1fd630d8ce41b"
         );
         assert_eq!(
             signature_header(VECTOR_SECRET, &canonical),
-            "v1=f149b3f4cf5c7e5a7392879061c259eb59b9f36fce58b8c9b573078c901dfe0a"
+            "v1=9f1bdb0745fa66d14894bf22059fcf3b75acf6fcd7cb49fe7b5b3022121041ab"
         );
     }
 
     #[test]
-    fn query_is_decoded_reencoded_and_sorted() {
+    fn query_is_decoded_as_the_server_reads_it_then_reencoded_and_sorted() {
         assert_eq!(canonical_query(None), "");
         assert_eq!(canonical_query(Some("")), "");
+        // `+` is a space, as routing reads it; a literal plus is %2B.
         assert_eq!(
-            canonical_query(Some("z=1&&a=%7e&a=b c&flag&q=%2f+x")),
-            "a=b%20c&a=~&flag=&q=%2F%2Bx&z=1"
+            canonical_query(Some("z=1&&a=%7e&a=b c&flag&q=%2f+x%2B")),
+            "a=b%20c&a=~&flag=&q=%2F%20x%2B&z=1"
         );
-        // Decoding is byte-wise: invalid UTF-8 round-trips.
-        assert_eq!(canonical_query(Some("k=%ff%zz")), "k=%FF%25zz");
+        assert_eq!(
+            canonical_query(Some("q=a+b")),
+            canonical_query(Some("q=a%20b"))
+        );
+        assert_ne!(
+            canonical_query(Some("q=a+b")),
+            canonical_query(Some("q=a%2Bb"))
+        );
+        // Invalid UTF-8 reads (and so signs) as U+FFFD; a stray % stays literal.
+        assert_eq!(canonical_query(Some("k=%ff%zz")), "k=%EF%BF%BD%25zz");
+        // Routing sees exactly the decoded pairs.
+        let routed: Vec<(String, String)> = decode_query("q=a+b&limit=5")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(
+            routed,
+            vec![("q".into(), "a b".into()), ("limit".into(), "5".into())]
+        );
     }
 
     #[test]

@@ -73,7 +73,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A query string, deserialised strictly.
+/// A query string, deserialised strictly. It is decoded by
+/// [`crate::domain::signing::decode_query`], the decoder request signing canonicalises with,
+/// so a signed query means what the handler reads (`+` is a space in both).
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
@@ -81,7 +83,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let de = serde_urlencoded::Deserializer::new(crate::domain::signing::decode_query(query));
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
             .map_err(|e| {

@@ -32,6 +32,8 @@ pub fn route_class(method: &Method, path: &str) -> Option<Class> {
         "/v1/auth/refresh" => Some(Class::Refresh),
         "/v1/auth/mfa" | "/v1/auth/step-up" => Some(Class::Mfa),
         "/v1/auth/password-reset" | "/v1/auth/password-reset/confirm" => Some(Class::PasswordReset),
+        // A token-bearing public endpoint like reset confirmation, with the same budget.
+        "/v1/invitations/accept" => Some(Class::PasswordReset),
         _ => None,
     }
 }

@@ -435,6 +435,83 @@ async fn metrics_access(
     .into_response())
 }
 
+/// Any error answer made without the error shape (an axum extractor's plain-text rejection,
+/// a layer's bare status) is given it: the same status, a code for the status, a generic
+/// message (the original text is dropped: it may quote the request). The wire guard's
+/// synthetic requests (a request head refused before hyper saw it) are answered here too.
+pub async fn shape_errors(req: Request, next: Next) -> Response {
+    if let Some(refused) = super::wire::answer_refusal(req.headers()) {
+        return refused;
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (kind, code, message) = match status.as_u16() {
+        400 => (
+            "invalid_request_error",
+            "bad_request",
+            "the request could not be understood",
+        ),
+        404 => ("invalid_request_error", "resource_missing", "no such route"),
+        405 => (
+            "invalid_request_error",
+            "method_not_allowed",
+            "this method is not allowed on this path",
+        ),
+        408 => (
+            "invalid_request_error",
+            "request_timeout",
+            "the request took too long to arrive",
+        ),
+        413 => (
+            "invalid_request_error",
+            "request_too_large",
+            "the request body is larger than the limit",
+        ),
+        414 => (
+            "invalid_request_error",
+            "uri_too_long",
+            "the request target is too long",
+        ),
+        415 => (
+            "invalid_request_error",
+            "unsupported_media_type",
+            "request bodies must be JSON with Content-Type: application/json",
+        ),
+        431 => (
+            "invalid_request_error",
+            "request_headers_too_large",
+            "the request line and headers are larger than the server accepts",
+        ),
+        s if s < 500 => (
+            "invalid_request_error",
+            "invalid_request",
+            "the request was refused",
+        ),
+        503 => ("api_error", "service_unavailable", "try again later"),
+        _ => (
+            "api_error",
+            "internal_error",
+            "Kasho failed; the detail is in its log",
+        ),
+    };
+    let mut shaped = ApiError::new(status, kind, code, message).into_response();
+    // Keep what the original answer told the client about retrying and the connection.
+    for name in [header::RETRY_AFTER, header::ALLOW, header::CONNECTION] {
+        if let Some(v) = resp.headers().get(&name) {
+            shaped.headers_mut().insert(name, v.clone());
+        }
+    }
+    shaped
+}
+
 /// 404 in the error shape for paths no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("route")

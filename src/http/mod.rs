@@ -13,6 +13,7 @@ pub mod routes;
 mod storage;
 mod timeout;
 pub mod views;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,8 +67,10 @@ pub fn metrics_router(core: Arc<Core>) -> Router {
 }
 
 /// Builds the whole HTTP application. From the outside in: request id and access log,
-/// security headers, rate limits and bans, CORS, the request time limit, panic catching, the
-/// body limit, storage health, then the routes (each behind `authorize`).
+/// security headers, the error shape for answers made without it (and the answers to the wire
+/// guard's refused heads), rate limits and bans, request checks (path encoding, `Host`, HTTP/2 header
+/// size), CORS, the request time limit, panic catching, the body limit, storage health, then the
+/// routes (each behind `authorize`).
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     let hsts = middleware::Hsts(core.settings.hsts);
     let all = routes::all();
@@ -90,11 +93,26 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         ))
         .with_state(state.clone());
     let timeout = std::time::Duration::from_secs(state.core.settings.request_timeout_seconds);
+    let max_header_bytes = state.core.settings.max_header_bytes;
 
     Router::new()
         .merge(api)
         .merge(
-            SwaggerUi::new("/docs").external_url_unchecked("/v1/openapi.json", openapi::document()),
+            SwaggerUi::new("/docs")
+                .external_url_unchecked("/v1/openapi.json", openapi::document())
+                // Swagger UI would send the document to validator.swagger.io (an outside host)
+                // and show its badge: off.
+                .config(utoipa_swagger_ui::Config::default().validator_url("none")),
+        )
+        // No OAuth2 flow is configured, so its redirect page (a script that posts whatever
+        // arrives in its URL to its opener) is not served.
+        .route(
+            "/docs/oauth2-redirect.html",
+            axum::routing::get(middleware::not_found),
+        )
+        .route(
+            "/docs/oauth2-redirect.js",
+            axum::routing::get(middleware::not_found),
         )
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
@@ -113,9 +131,14 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
             cors::cors,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            max_header_bytes,
+            wire::check_request,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::guard,
         ))
+        .layer(axum::middleware::from_fn(middleware::shape_errors))
         .layer(axum::middleware::from_fn_with_state(
             hsts,
             middleware::security_headers,

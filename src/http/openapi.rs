@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset,
-    privacy, security, tenants, users,
+    api_tokens, audit, auth, compliance, customers, invitations, kyc, ledger, me, meta, mfa,
+    password_reset, privacy, security, tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -20,7 +20,9 @@ use super::handlers::{
         mfa::login, mfa::status, mfa::enrol, mfa::confirm, mfa::disable, mfa::regenerate_recovery_codes,
         password_reset::request, password_reset::confirm,
         tenants::create, tenants::list, tenants::get, tenants::suspend, tenants::reactivate,
+        tenants::break_glass_request, tenants::break_glass_list, tenants::break_glass_approve,
         users::create, users::list, users::get, users::disable, users::enable, users::set_roles, users::reset_mfa,
+        users::reinvite, invitations::accept,
         audit::list,
         customers::create, customers::list, customers::get, customers::rectify,
         ledger::open_account, ledger::list_accounts, ledger::get_account, ledger::list_entries,

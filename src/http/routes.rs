@@ -7,8 +7,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::AppState;
 use super::handlers::{
-    api_tokens, audit, auth, compliance, customers, kyc, ledger, me, meta, mfa, password_reset,
-    privacy, security, tenants, users,
+    api_tokens, audit, auth, compliance, customers, invitations, kyc, ledger, me, meta, mfa,
+    password_reset, privacy, security, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -259,12 +259,49 @@ pub(super) fn all() -> Vec<Route> {
             "tenant.reactivate",
             tenants::reactivate,
         ),
+        // Restoring a tenant's administration: two platform admins (service::break_glass).
+        route(
+            Method::POST,
+            "/v1/tenants/{id}/break-glass",
+            perm(P::TenantsWrite),
+            "tenant.break_glass.request",
+            tenants::break_glass_request,
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants/{id}/break-glass",
+            perm(P::TenantsRead),
+            "tenant.break_glass.list",
+            tenants::break_glass_list,
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{id}/break-glass/{request_id}/approve",
+            perm(P::TenantsWrite),
+            "tenant.break_glass.approve",
+            tenants::break_glass_approve,
+        ),
         route(
             Method::POST,
             "/v1/users",
             perm(P::UsersWrite),
             "user.create",
             users::create,
+        ),
+        route(
+            Method::POST,
+            "/v1/users/{id}/reinvite",
+            perm(P::UsersWrite),
+            "user.reinvite",
+            users::reinvite,
+        ),
+        // The invitation's token is the credential.
+        route(
+            Method::POST,
+            "/v1/invitations/accept",
+            Public,
+            "invitation.accept",
+            invitations::accept,
         ),
         route(
             Method::GET,

@@ -174,9 +174,9 @@ pub struct MeView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitialManager {
+    /// The manager is invited at this address: it receives a link (valid 72 hours) and
+    /// chooses its own password. Nobody sets another person's password.
     pub email: String,
-    #[schema(value_type = String, format = Password)]
-    pub password: SecretString,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -234,11 +234,35 @@ impl From<TenantRecord> for TenantView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
+    /// The user is invited at this address: it receives a link (valid 72 hours) and chooses
+    /// its own password (`POST /v1/invitations/accept`). There is no password field.
     pub email: String,
+    /// One or more of MANAGER, AGENT, CASHIER, COMPLIANCE_OFFICER, AUDITOR, CUSTOMER (never
+    /// MANAGER with COMPLIANCE_OFFICER, nor a pair the tenant's policy forbids).
+    pub roles: Vec<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitationRequest {
+    /// The token from the invitation link's fragment (`#token=…`).
+    #[schema(value_type = String, format = Password)]
+    pub token: SecretString,
+    /// The password the invited user chooses (the tenant's password policy applies).
     #[schema(value_type = String, format = Password)]
     pub password: SecretString,
-    /// One or more of MANAGER, AGENT, CASHIER, COMPLIANCE_OFFICER, AUDITOR, CUSTOMER.
-    pub roles: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InvitationAcceptedView {
+    /// Always `invitation_acceptance`.
+    pub object: &'static str,
+    pub user_id: String,
+    /// The tenant's slug: what sign-in asks for.
+    pub tenant: String,
+    pub email: String,
+    /// `active`: the user signs in now (and enrols MFA first where its role requires it).
+    pub status: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -255,7 +279,7 @@ pub struct UserView {
     pub tenant_id: Option<String>,
     pub email: String,
     pub roles: Vec<String>,
-    /// `active` or `disabled`.
+    /// `invited` (until it accepts its invitation), `active` or `disabled`.
     pub status: String,
     pub created_at: String,
     pub updated_at: String,
@@ -277,6 +301,56 @@ impl From<UserRecord> for UserView {
             status: u.status,
             created_at: ts(u.created_at),
             updated_at: ts(u.updated_at),
+        }
+    }
+}
+
+// ---- break-glass ----
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequestBody {
+    /// The new MANAGER's email: it is invited there once a second platform admin approves.
+    pub email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BreakGlassView {
+    /// Always `break_glass_request`.
+    pub object: &'static str,
+    pub id: String,
+    pub tenant_id: String,
+    pub email: String,
+    /// `pending`, `approved` or `expired` (pending past `expires_at`).
+    pub status: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub expires_at: String,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    /// The MANAGER invited by the approval.
+    pub user_id: Option<String>,
+}
+
+impl BreakGlassView {
+    pub fn new(r: crate::store::identity::BreakGlassRecord, now: Timestamp) -> Self {
+        let status = if r.status == "pending" && r.expires_at <= now.as_micros() {
+            "expired".to_owned()
+        } else {
+            r.status
+        };
+        Self {
+            object: "break_glass_request",
+            id: r.id,
+            tenant_id: r.tenant_id,
+            email: r.email,
+            status,
+            requested_by: r.requested_by,
+            requested_at: ts(r.requested_at),
+            expires_at: ts(r.expires_at),
+            approved_by: r.approved_by,
+            approved_at: r.approved_at.map(ts),
+            user_id: r.user_id,
         }
     }
 }

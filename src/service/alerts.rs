@@ -284,7 +284,11 @@ impl WebhookClient {
     }
 }
 
-fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+/// The TLS client configuration of outgoing connections (the alert webhook, SMTP STARTTLS):
+/// TLS 1.2+ through rustls, trusting the Mozilla roots or only the PEM bundle `ca_file`.
+pub(crate) fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_rustls::TlsConnector, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

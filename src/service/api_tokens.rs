@@ -12,6 +12,12 @@
 //!   of the tenant), other staff at `Own`. Creating and rotating need step-up (so an API token
 //!   can never mint secrets) and only a token's creator may rotate it (a manager rotating a
 //!   cashier's token would otherwise hold a secret acting as the cashier).
+//! - Every secret is issued with a signing secret (`kasho_sig_…`, 256 bits) of its own, shown
+//!   once beside it: the HMAC key of signed requests (issue 13 item 15). A signature cannot be
+//!   checked against a hash of its key, so it is stored sealed under the tenant's data key.
+//!   Someone who sees a request (and so its bearer secret) still cannot sign another one.
+//!   Secrets issued before signing secrets existed keep signing with the bearer secret until
+//!   the token's next rotation issues one.
 
 use secrecy::SecretString;
 use zeroize::Zeroizing;
@@ -24,11 +30,15 @@ use crate::domain::security::{Cidr, SecurityEvent, allowed, bounds};
 use crate::domain::signing;
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
+use crate::service::keys::KeyOwner;
 use crate::store::Page;
 use crate::store::api_tokens::{ApiTokenRecord, NewApiToken};
+use crate::store::keys::API_TOKEN_SIGNING_SECRET;
 
 /// The prefix of every API-token secret (secret scanners look for it).
 pub const SECRET_PREFIX: &str = "kasho_";
+/// The prefix of every signing secret (scanners' `kasho_` rules catch it too).
+pub const SIGNING_SECRET_PREFIX: &str = "kasho_sig_";
 /// The lifetimes a token may be created with (FinCode's choices).
 pub const EXPIRES_IN: [(&str, i64); 5] = [
     ("24h", 86_400),
@@ -89,11 +99,13 @@ pub struct TokenView {
     pub expiring_soon: bool,
 }
 
-/// A new secret, shown once.
+/// A new secret and its signing secret, shown once (`Debug` shows neither: `SecretString`).
 #[derive(Debug)]
 pub struct Issued {
     pub token: TokenView,
     pub secret: SecretString,
+    /// The HMAC key of signed requests made with `secret`.
+    pub signing_secret: SecretString,
     /// Until when the previous secret keeps working (rotations only).
     pub previous_valid_until: Option<Timestamp>,
 }
@@ -157,6 +169,29 @@ fn view(r: ApiTokenRecord, now: Timestamp) -> TokenView {
 fn new_secret() -> AppResult<String> {
     let random = crate::crypto::random_token().map_err(|_| AppError::internal("no randomness"))?;
     Ok(format!("{SECRET_PREFIX}{random}"))
+}
+
+fn new_signing_secret() -> AppResult<Zeroizing<String>> {
+    let random = crate::crypto::random_token().map_err(|_| AppError::internal("no randomness"))?;
+    Ok(Zeroizing::new(format!("{SIGNING_SECRET_PREFIX}{random}")))
+}
+
+/// Seals a signing secret for the secret row `secret_hash` under the tenant's data key.
+async fn seal_signing_secret(
+    core: &Core,
+    tenant: &TenantId,
+    secret_hash: &str,
+    signing: &str,
+) -> AppResult<String> {
+    core.keyring
+        .seal(
+            tenant,
+            &KeyOwner::Tenant,
+            API_TOKEN_SIGNING_SECRET,
+            secret_hash,
+            signing.as_bytes(),
+        )
+        .await
 }
 
 fn new_id() -> String {
@@ -258,6 +293,9 @@ pub async fn create(
 
     let now = core.clock.now();
     let secret = new_secret()?;
+    let secret_hash = core.api_token_key.hash(&secret);
+    let signing = new_signing_secret()?;
+    let sealed_signing = seal_signing_secret(core, &tenant, &secret_hash, &signing).await?;
     let id = new_id();
     let scopes = PermissionSet::from_grants(grants);
     let record = NewApiToken {
@@ -271,7 +309,8 @@ pub async fn create(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        secret_hash: core.api_token_key.hash(&secret),
+        secret_hash,
+        signing_secret: sealed_signing,
         created_at: now,
         expires_at: now.plus_seconds(lifetime),
     };
@@ -298,6 +337,7 @@ pub async fn create(
     Ok(Issued {
         token: view(stored, now),
         secret: SecretString::from(secret),
+        signing_secret: SecretString::from(signing.as_str()),
         previous_valid_until: None,
     })
 }
@@ -378,6 +418,11 @@ pub async fn rotate(
     let tenant = actor.tenant()?;
     let now = core.clock.now();
     let secret = new_secret()?;
+    let secret_hash = core.api_token_key.hash(&secret);
+    // A token issued before signing secrets existed gets its first one here; until now it
+    // signed with its bearer secret (and its previous secret still does, for the overlap).
+    let signing = new_signing_secret()?;
+    let sealed_signing = seal_signing_secret(core, tenant, &secret_hash, &signing).await?;
     let until = now.plus_seconds(overlap);
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "api_token.rotate",
@@ -390,7 +435,8 @@ pub async fn rotate(
         .rotate_api_token(
             tenant,
             &token.id,
-            &core.api_token_key.hash(&secret),
+            &secret_hash,
+            &sealed_signing,
             until,
             now,
             &[ev],
@@ -406,6 +452,7 @@ pub async fn rotate(
     Ok(Issued {
         token: view(rotated, now),
         secret: SecretString::from(secret),
+        signing_secret: SecretString::from(signing.as_str()),
         previous_valid_until: Some(until),
     })
 }
@@ -416,6 +463,28 @@ pub struct Authenticated {
     pub principal: Principal,
     /// The tenant requires its API-token requests to be signed.
     pub require_signed: bool,
+    /// Which key verifies this secret's signed requests.
+    pub signing_key: SigningKey,
+}
+
+/// The HMAC key of a secret's signed requests.
+#[derive(Clone)]
+pub enum SigningKey {
+    /// The signing secret issued with the presented secret, sealed under the tenant key
+    /// (AAD row = `secret_hash`); opened only when a request is signed.
+    Sealed { secret_hash: String, sealed: String },
+    /// A secret issued before signing secrets existed: the bearer secret itself, until the
+    /// token's next rotation.
+    Legacy,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigningKey::Sealed { .. } => "SigningKey::Sealed(..)",
+            SigningKey::Legacy => "SigningKey::Legacy",
+        })
+    }
 }
 
 /// Turns a presented `kasho_…` secret into a principal: the creator, narrowed to the token's
@@ -532,9 +601,17 @@ pub async fn authenticate(
     {
         tracing::warn!(error = %e, "could not record API token use");
     }
+    let signing_key = match v.signing_secret {
+        Some(sealed) => SigningKey::Sealed {
+            secret_hash: v.secret_hash,
+            sealed,
+        },
+        None => SigningKey::Legacy,
+    };
     Ok(Authenticated {
         principal,
         require_signed: policy.require_signed_requests,
+        signing_key,
     })
 }
 
@@ -553,8 +630,9 @@ impl SignatureHeaders<'_> {
     }
 }
 
-/// Checks a request's signature (made with the presented secret): required when the tenant
-/// says so, and checked whenever one is sent. A valid signature's nonce is remembered so the
+/// Checks a request's signature (made with the secret's signing secret, or, for a secret from
+/// before signing secrets, with the presented bearer secret): required when the tenant says
+/// so, and checked whenever one is sent. A valid signature's nonce is remembered so the
 /// same request cannot be replayed within the tolerance window.
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_signature(
@@ -589,7 +667,22 @@ pub async fn verify_signature(
         );
         (ev, AppError::Unauthenticated { code, message })
     };
-    let checked = check(core, &token_id, secret, method, path, query, headers, body).await;
+    let key: Zeroizing<String> = match &auth.signing_key {
+        SigningKey::Legacy => Zeroizing::new(secret.to_owned()),
+        SigningKey::Sealed {
+            secret_hash,
+            sealed,
+        } => {
+            let tenant = principal.tenant()?;
+            core.keyring
+                .open_text(
+                    &API_TOKEN_SIGNING_SECRET.at(tenant.as_str(), secret_hash),
+                    sealed,
+                )
+                .await?
+        }
+    };
+    let checked = check(core, &token_id, &key, method, path, query, headers, body).await;
     match checked {
         Ok(()) => Ok(()),
         Err((kind, code, message)) => {
@@ -701,6 +794,9 @@ mod tests {
         assert_eq!(s.len(), SECRET_PREFIX.len() + 43);
         assert_ne!(s, new_secret().unwrap_or_else(|e| unreachable!("{e}")));
         assert!(!is_api_token("eyJhbGciOiJFZERTQSJ9.x.y"));
+        let k = new_signing_secret().unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(k.starts_with(SIGNING_SECRET_PREFIX));
+        assert_eq!(k.len(), SIGNING_SECRET_PREFIX.len() + 43);
     }
 
     #[test]

@@ -25,13 +25,24 @@ use crate::store::{ConsumeOutcome, NewRefreshToken, NewSession, SessionView};
 /// A session's `last_used_at` (what its idle timeout counts from) is written at most this often.
 pub const SESSION_TOUCH_INTERVAL_SECONDS: i64 = 60;
 
-/// What a successful login or refresh returns.
-#[derive(Debug)]
+/// What a successful login or refresh returns. `Debug` shows neither token (issue 13 item 17:
+/// an access token is a bearer credential for its lifetime).
 pub struct TokenPair {
     pub access_token: String,
     pub expires_in: i64,
     pub refresh_token: SecretString,
     pub refresh_expires_in: i64,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token", &"[REDACTED]")
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &"[REDACTED]")
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .finish()
+    }
 }
 
 pub struct LoginInput {

@@ -925,7 +925,8 @@ fn check_text(param: &str, v: &str) -> AppResult<()> {
 }
 
 /// Decides a submission once. The decider may not be the one who submitted it, nor the
-/// customer it is about.
+/// customer it is about, nor someone the submitter invited or granted roles within the last
+/// 30 days (`service::duties`).
 pub async fn decide(
     core: &Core,
     meta: &RequestMeta,
@@ -982,6 +983,9 @@ pub async fn decide(
     if submission.status != "submitted" {
         return Err(already_decided());
     }
+    // Segregation of duties: not someone the submitter recently invited or granted roles.
+    super::duties::check_decider(core, meta, actor, &submission.id, &submission.submitted_by)
+        .await?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         action,
         Some(("kyc_submission", &submission.id)),

@@ -12,8 +12,9 @@
 //! the server's text. `kasho serve` runs [`deliver_due`] every few seconds.
 //!
 //! The SMTP client is a small RFC 5321 one (EHLO, MAIL, RCPT, DATA with dot-stuffing, QUIT)
-//! over plain TCP, for a relay on the host or a private network (`smtp://host:port`). It does
-//! not speak TLS or AUTH.
+//! with STARTTLS (RFC 3207; required in production, the relay's certificate verified against
+//! the Mozilla roots or `smtp_ca_file`) and AUTH PLAIN or LOGIN (RFC 4954), which is only ever
+//! sent inside TLS (issue 13 item 17).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,11 +47,34 @@ pub struct MailSettings {
     pub max_attempts: u32,
 }
 
-/// An SMTP server, from `smtp://host[:port]` (port 25 by default).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An SMTP server, from `smtp://host[:port]` (port 25 by default), and how to talk to it.
+#[derive(Debug, Clone)]
 pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
+    /// Upgrade with STARTTLS before anything else is sent, and give up (retrying later) when
+    /// the server does not offer it: never fall back to plain text.
+    pub starttls: bool,
+    /// Credentials for AUTH (sent only inside TLS).
+    pub auth: Option<SmtpAuth>,
+    /// PEM bundle trusted for the server's certificate instead of the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// SMTP AUTH credentials (`Debug` shows the user name only).
+#[derive(Clone)]
+pub struct SmtpAuth {
+    pub username: String,
+    pub password: secrecy::SecretString,
+}
+
+impl std::fmt::Debug for SmtpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpAuth")
+            .field("username", &self.username)
+            .field("password", &"[REDACTED]")
+            .finish()
+    }
 }
 
 impl SmtpTarget {
@@ -88,6 +112,9 @@ impl SmtpTarget {
         Ok(Self {
             host: host.to_owned(),
             port,
+            starttls: false,
+            auth: None,
+            ca_file: None,
         })
     }
 }
@@ -305,7 +332,7 @@ async fn write_mailbox(dir: &std::path::Path, id: &str, data: &str) -> std::io::
 }
 
 // ---------------------------------------------------------------------------------------------
-// SMTP (RFC 5321) over plain TCP.
+// SMTP (RFC 5321) with STARTTLS (RFC 3207) and AUTH (RFC 4954).
 
 /// A failed SMTP exchange: the stage and the reply code, nothing the server said besides.
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +348,14 @@ pub enum SmtpError {
     Refused { stage: &'static str, code: u16 },
     #[error("smtp {stage}: malformed reply")]
     Malformed { stage: &'static str },
+    /// The server does not offer what the configuration requires (STARTTLS, an AUTH
+    /// mechanism): nothing was sent in clear. Retried, since an attacker on the path may be
+    /// stripping the capability.
+    #[error("smtp {stage}: not offered by the server")]
+    NotOffered { stage: &'static str },
+    /// The TLS handshake failed (an untrusted or mismatching certificate, no common version).
+    #[error("smtp starttls: handshake failed ({kind})")]
+    Tls { kind: std::io::ErrorKind },
 }
 
 impl SmtpError {
@@ -330,29 +365,33 @@ impl SmtpError {
     }
 }
 
+/// A connection to the server, plain or inside TLS.
+trait SmtpStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> SmtpStream for T {}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Conn {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    io: BufReader<Box<dyn SmtpStream>>,
+    /// The text lines of the last reply (after the code), upper-cased: EHLO's capabilities.
+    lines: Vec<String>,
 }
 
 impl Conn {
     async fn reply(&mut self, stage: &'static str) -> Result<u16, SmtpError> {
+        self.lines.clear();
+        let lines = &mut self.lines;
+        let io = &mut self.io;
         let read = async {
             let mut code = None;
             let mut total = 0usize;
             loop {
                 let mut line = String::new();
-                let n = self
-                    .reader
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|e| SmtpError::Io {
-                        stage,
-                        kind: e.kind(),
-                    })?;
+                let n = io.read_line(&mut line).await.map_err(|e| SmtpError::Io {
+                    stage,
+                    kind: e.kind(),
+                })?;
                 total += n;
                 if n == 0 || total > 64 * 1024 || line.len() < 3 {
                     return Err(SmtpError::Malformed { stage });
@@ -365,6 +404,7 @@ impl Conn {
                     return Err(SmtpError::Malformed { stage });
                 }
                 code = Some(c);
+                lines.push(line.get(4..).unwrap_or("").trim().to_ascii_uppercase());
                 // "250-…" continues, "250 …" (or a bare "250") ends the reply.
                 if line.as_bytes().get(3) != Some(&b'-') {
                     return Ok(c);
@@ -377,7 +417,11 @@ impl Conn {
     }
 
     async fn send(&mut self, stage: &'static str, bytes: &[u8]) -> Result<(), SmtpError> {
-        tokio::time::timeout(COMMAND_TIMEOUT, self.writer.write_all(bytes))
+        let write = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, write)
             .await
             .map_err(|_| SmtpError::Timeout { stage })?
             .map_err(|e| SmtpError::Io {
@@ -401,6 +445,81 @@ impl Conn {
             Err(SmtpError::Refused { stage, code })
         }
     }
+
+    /// Whether the last (EHLO) reply lists the `keyword` extension.
+    fn offers(&self, keyword: &str) -> bool {
+        self.lines
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some(keyword))
+    }
+
+    /// The AUTH mechanisms of the last (EHLO) reply.
+    fn auth_mechanisms(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("AUTH ").or_else(|| l.strip_prefix("AUTH=")))
+            .flat_map(|m| m.split_whitespace().map(str::to_owned))
+            .collect()
+    }
+
+    /// STARTTLS: asks, then runs the TLS handshake on the same connection. Anything the server
+    /// sent after its `220` and before the handshake (which an attacker on the path could
+    /// have injected in clear) aborts the connection rather than being read as a reply.
+    async fn starttls(self, target: &SmtpTarget) -> Result<Conn, SmtpError> {
+        let mut c = self;
+        c.command("starttls", "STARTTLS", &[220]).await?;
+        if !c.io.buffer().is_empty() {
+            return Err(SmtpError::Malformed { stage: "starttls" });
+        }
+        let connector =
+            crate::service::alerts::tls_connector(target.ca_file.as_deref()).map_err(|_| {
+                SmtpError::Tls {
+                    kind: std::io::ErrorKind::InvalidInput,
+                }
+            })?;
+        let name = rustls_pki_types::ServerName::try_from(target.host.clone()).map_err(|_| {
+            SmtpError::Tls {
+                kind: std::io::ErrorKind::InvalidInput,
+            }
+        })?;
+        let plain = c.io.into_inner();
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, plain))
+            .await
+            .map_err(|_| SmtpError::Timeout { stage: "starttls" })?
+            .map_err(|e| SmtpError::Tls { kind: e.kind() })?;
+        Ok(Conn {
+            io: BufReader::new(Box::new(tls)),
+            lines: Vec::new(),
+        })
+    }
+
+    /// AUTH PLAIN (or LOGIN when the server offers only that), inside TLS.
+    async fn authenticate(&mut self, auth: &SmtpAuth) -> Result<(), SmtpError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use secrecy::ExposeSecret;
+        let mechanisms = self.auth_mechanisms();
+        if mechanisms.iter().any(|m| m == "PLAIN") {
+            let mut raw = zeroize::Zeroizing::new(Vec::new());
+            raw.push(0);
+            raw.extend_from_slice(auth.username.as_bytes());
+            raw.push(0);
+            raw.extend_from_slice(auth.password.expose_secret().as_bytes());
+            let line = zeroize::Zeroizing::new(format!("AUTH PLAIN {}", STANDARD.encode(&*raw)));
+            self.command("auth", &line, &[235]).await?;
+            Ok(())
+        } else if mechanisms.iter().any(|m| m == "LOGIN") {
+            self.command("auth", "AUTH LOGIN", &[334]).await?;
+            self.command("auth", &STANDARD.encode(auth.username.as_bytes()), &[334])
+                .await?;
+            let pass =
+                zeroize::Zeroizing::new(STANDARD.encode(auth.password.expose_secret().as_bytes()));
+            self.command("auth", &pass, &[235]).await?;
+            Ok(())
+        } else {
+            Err(SmtpError::NotOffered { stage: "auth" })
+        }
+    }
 }
 
 /// The DATA payload: CRLF line endings, leading dots doubled, and the terminating `.` line.
@@ -422,7 +541,8 @@ pub fn dot_stuff(data: &str) -> String {
     out
 }
 
-/// Sends one message to `target`.
+/// Sends one message to `target`: STARTTLS first when the target says so (nothing else is sent
+/// before TLS, and a server that does not offer it gets nothing), then AUTH if configured.
 pub async fn send_smtp(
     target: &SmtpTarget,
     from: &str,
@@ -439,10 +559,9 @@ pub async fn send_smtp(
         stage: "connect",
         kind: e.kind(),
     })?;
-    let (r, w) = stream.into_split();
     let mut c = Conn {
-        reader: BufReader::new(r),
-        writer: w,
+        io: BufReader::new(Box::new(stream)),
+        lines: Vec::new(),
     };
     let greeting = c.reply("greeting").await?;
     if greeting != 220 {
@@ -452,7 +571,20 @@ pub async fn send_smtp(
         });
     }
     let helo = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
-    if c.command("ehlo", &format!("EHLO {helo}"), &[250])
+    if target.starttls {
+        // STARTTLS is an ESMTP extension: no HELO fallback, no plain-text fallback.
+        c.command("ehlo", &format!("EHLO {helo}"), &[250]).await?;
+        if !c.offers("STARTTLS") {
+            return Err(SmtpError::NotOffered { stage: "starttls" });
+        }
+        c = c.starttls(target).await?;
+        // RFC 3207: forget what was learnt in clear and ask again.
+        c.command("ehlo", &format!("EHLO {helo}"), &[250]).await?;
+        if let Some(auth) = &target.auth {
+            c.authenticate(auth).await?;
+        }
+    } else if c
+        .command("ehlo", &format!("EHLO {helo}"), &[250])
         .await
         .is_err()
     {

@@ -7,10 +7,13 @@ pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
+pub mod break_glass;
 pub mod customers;
+pub mod duties;
 pub mod guesses;
 pub mod health;
 pub mod intrusion;
+pub mod invitations;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;
@@ -70,6 +73,8 @@ pub struct Settings {
     pub metrics_token: Option<secrecy::SecretString>,
     /// A request unanswered after this long is cut off (408 or 503, see `http::timeout`).
     pub request_timeout_seconds: u64,
+    /// The largest request head (HTTP/1) or header list (HTTP/2), `max_header_bytes`.
+    pub max_header_bytes: usize,
 }
 
 /// Everything the use cases need, shared by all requests.

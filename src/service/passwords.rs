@@ -1,6 +1,6 @@
 //! Setting a password: the tenant's policy (length, strength, history) checked in one place,
 //! and the change written with its history and session revocation in one transaction. Used by
-//! user creation, `POST /v1/me/password` and password reset.
+//! invitation acceptance, `POST /v1/me/password` and password reset.
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,7 +30,7 @@ fn refused(code: &'static str, message: impl Into<String>) -> AppError {
     }
 }
 
-/// The same refusal naming another request field (`new_password`, `manager.password`).
+/// The same refusal naming another request field (`new_password`).
 pub fn for_param(e: AppError, name: &str) -> AppError {
     match e {
         AppError::Invalid {
@@ -131,7 +131,8 @@ pub async fn verify(core: &Core, password: &SecretString, stored: Option<&str>) 
 }
 
 /// Hashes and stores a new password for an existing user (its old hash joins the history) and
-/// revokes the user's sessions but `keep_session`, with `audit`, in one transaction.
+/// revokes the user's sessions but `keep_session` and every API token of the user, with
+/// `audit`, in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn set_password(
     core: &Core,
@@ -221,7 +222,7 @@ async fn store_password(
 /// `POST /v1/me/password`: the signed-in user changes their password. Needs a session (not an
 /// API token) that stepped up recently, and the current password: a wrong one counts towards
 /// the account's lockout like a failed sign-in. The new password meets the tenant's policy;
-/// the user's other sessions end, the current one stays.
+/// the user's other sessions and all the user's API tokens end, the current session stays.
 pub async fn change(
     core: &Core,
     meta: &RequestMeta,

@@ -10,6 +10,10 @@
 //!   every version of the customer's data key loses its key material, the personal data and
 //!   external reference are cleared and the linked login is pseudonymised, disabled and signed
 //!   out. Ledger rows stay, under the customer's and accounts' random ids (the pseudonyms).
+//!   When the linked login holds a staff role too (staff who bank with their employer), the
+//!   erasure only unlinks it and takes away its CUSTOMER role; whoever erases must be able to
+//!   manage that user directly (`users:write`, and every permission of its roles), or the
+//!   erasure is refused and nothing changes.
 //! - **Restriction** sets a flag that [`refuse_if_restricted`] checks on every new money
 //!   movement and hold (called from `service::ledger`).
 //!
@@ -20,12 +24,12 @@ use super::keys::KeyOwner;
 use super::{AuditBuilder, Core, Principal, RequestMeta};
 use crate::clock::Timestamp;
 use crate::domain::audit::{AuditRecord, Outcome, chain_for};
-use crate::domain::authz::{Permission, Scope};
+use crate::domain::authz::{Permission, Scope, roles_from_storage};
 use crate::error::{AppError, AppResult};
-use crate::ids::{CustomerId, TenantId};
+use crate::ids::{CustomerId, TenantId, UserId};
 use crate::store::{
-    AccountRecord, CustomerPrivacyRecord, ErasureOutcome, HoldRecord, Page, PostedTransfer,
-    TransferFilter,
+    AccountRecord, CustomerPrivacyRecord, ErasureOutcome, HoldRecord, LinkedUser, Page,
+    PostedTransfer, TransferFilter,
 };
 
 /// The code of an erasure refused because money or holds remain; its audit record is written
@@ -110,6 +114,8 @@ pub struct ErasureReport {
     pub erased_at: Timestamp,
     pub accounts_closed: Vec<String>,
     pub user_disabled: Option<String>,
+    /// A staff user that was linked to the customer: unlinked, its CUSTOMER role removed.
+    pub user_unlinked: Option<String>,
     pub keys_destroyed: u64,
     pub lookups_deleted: u64,
 }
@@ -340,23 +346,47 @@ pub async fn erase(
         Outcome::Success,
         Some(reason),
     )];
-    if let Some(user) = &customer.user_id {
-        events.push(audit.own(
-            "user.disable",
-            Some(("user", user)),
-            Outcome::Success,
-            Some("customer_erased"),
-        ));
+    // What happens to the linked login is decided on its roles as read here; the store erases
+    // only if they are still these.
+    let linked = match &customer.user_id {
+        Some(u) => core
+            .store
+            .get_user(Some(tenant), &UserId::from_trusted(u.clone()))
+            .await?
+            .map(|u| LinkedUser {
+                id: u.id,
+                roles: u.roles,
+            }),
+        None => None,
+    };
+    if let Some(l) = &linked {
+        if l.is_staff() {
+            check_may_manage(actor, l)?;
+            events.push(audit.own(
+                "user.roles.update",
+                Some(("user", &l.id)),
+                Outcome::Success,
+                Some("customer_erased"),
+            ));
+        } else {
+            events.push(audit.own(
+                "user.disable",
+                Some(("user", &l.id)),
+                Outcome::Success,
+                Some("customer_erased"),
+            ));
+        }
     }
     let now = core.clock.now();
     let outcome = core
         .store
-        .erase_customer(tenant, &customer.id, now, &events)
+        .erase_customer(tenant, &customer.id, linked.as_ref(), now, &events)
         .await?;
     match outcome {
         ErasureOutcome::Erased {
             accounts_closed,
             user_id,
+            user_unlinked,
             keys_destroyed,
             lookups_deleted,
         } => {
@@ -366,6 +396,7 @@ pub async fn erase(
                 erased_at: now,
                 accounts_closed,
                 user_disabled: user_id,
+                user_unlinked,
                 keys_destroyed,
                 lookups_deleted,
             })
@@ -387,7 +418,32 @@ pub async fn erase(
         }
         ErasureOutcome::AlreadyErased => Err(erased()),
         ErasureOutcome::NotFound => Err(AppError::NotFound("customer")),
+        ErasureOutcome::LinkedUserChanged => Err(AppError::Conflict {
+            code: "linked_user_changed",
+            param: None,
+            message: "the customer's linked user changed during the erasure; nothing was \
+                      erased, try again"
+                .into(),
+        }),
     }
+}
+
+/// Erasing a customer linked to a staff user changes that user (it loses its CUSTOMER role):
+/// only someone who could make that change directly may do it: who holds `users:write` over
+/// the whole tenant and every permission the user's roles carry, and is not that user.
+fn check_may_manage(actor: &Principal, linked: &LinkedUser) -> AppResult<()> {
+    let manages_users = actor.permissions.scope(Permission::UsersWrite) == Some(Scope::All);
+    let covered = super::users::check_grantable(actor, &roles_from_storage(&linked.roles)).is_ok();
+    if manages_users && covered && linked.id != actor.user_id.as_str() {
+        return Ok(());
+    }
+    Err(AppError::Forbidden {
+        code: "linked_user_not_manageable",
+        message: "this customer's login is also a staff user, which the erasure would change \
+                  (it loses its CUSTOMER role); only a user who may manage that staff user \
+                  (a MANAGER, not the user itself) can erase this customer"
+            .into(),
+    })
 }
 
 // ---------------------------------------------------------------- restriction

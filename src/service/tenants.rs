@@ -1,9 +1,9 @@
-//! Tenant lifecycle (platform admins only): create with an initial MANAGER, list, read,
-//! suspend (which also ends every session of the tenant) and reactivate.
+//! Tenant lifecycle (platform admins only): create with an initial MANAGER (invited: it
+//! chooses its own password), list, read, suspend (which also ends every session of the
+//! tenant) and reactivate. Restoring a tenant's administration is `service::break_glass`.
 
-use secrecy::SecretString;
-
-use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, passwords};
+use super::invitations::{self, Issuer};
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, security};
 use crate::config::ACCESS_TTL_BOUNDS;
 use crate::domain::audit::Outcome;
 use crate::domain::authz::Role;
@@ -18,10 +18,12 @@ pub struct CreateTenant {
     pub name: String,
     pub currencies: Vec<String>,
     pub manager_email: String,
-    pub manager_password: SecretString,
     pub access_token_ttl_seconds: Option<i64>,
 }
 
+/// Creates the tenant with its system accounts and its first MANAGER, who is invited by email
+/// (a platform admin never learns or sets a tenant user's password). Needs step-up: it
+/// creates a user with a staff role.
 pub async fn create(
     core: &Core,
     meta: &RequestMeta,
@@ -34,21 +36,6 @@ pub async fn create(
         parse_currency_list(&input.currencies).map_err(|m| AppError::invalid("currencies", m))?;
     let email =
         Email::parse(&input.manager_email).map_err(|m| AppError::invalid("manager.email", m))?;
-    // The tenant is not stored yet: the platform's default policy applies, and its name and
-    // slug are given as what the password may not be built from.
-    let subject = passwords::Subject {
-        tenant: None,
-        email: email.as_str(),
-        user: None,
-    };
-    passwords::check_new_password_with(
-        core,
-        &subject,
-        &input.manager_password,
-        &[name.as_str(), slug.as_str()],
-    )
-    .await
-    .map_err(|e| passwords::for_param(e, "manager.password"))?;
     if let Some(ttl) = input.access_token_ttl_seconds
         && !(ACCESS_TTL_BOUNDS.0..=ACCESS_TTL_BOUNDS.1).contains(&ttl)
     {
@@ -60,6 +47,7 @@ pub async fn create(
             ),
         ));
     }
+    security::require_step_up(core, meta, actor).await?;
     let slug_taken = || AppError::Conflict {
         code: "slug_taken",
         param: Some("slug".into()),
@@ -93,11 +81,7 @@ pub async fn create(
         id: manager_id.clone(),
         tenant_id: Some(tenant_id.clone()),
         email,
-        password_hash: core
-            .hasher
-            .hash(&input.manager_password)
-            .await
-            .map_err(AppError::internal)?,
+        password_hash: invitations::unknown_password_hash(core).await?,
         roles: vec![Role::Manager],
         created_at: now,
     };
@@ -122,7 +106,7 @@ pub async fn create(
             "user.create",
             Some(("user", manager_id.as_str())),
             Outcome::Success,
-            None,
+            Some("invited"),
         ),
     ];
     let system_accounts = super::ledger::system_accounts(&tenant_id, &currencies, now);
@@ -135,6 +119,31 @@ pub async fn create(
         // Lost a race with a concurrent create of the same slug.
         Err(StoreError::Conflict { .. }) => return Err(slug_taken()),
         Err(e) => return Err(e.into()),
+    }
+    // The invitation is sealed under the tenant's data key, which exists only now that the
+    // tenant does; the link and its email are written together. Should this step fail, the
+    // manager stays invited without a link: `kasho admin invitation-link` issues one.
+    let stored = core
+        .store
+        .get_user(Some(&tenant_id), &manager_id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    let sent = invitations::send(
+        core,
+        &tenant_id,
+        &stored,
+        Issuer::PlatformAdmin,
+        Some(actor.user_id.as_str()),
+        &[],
+    )
+    .await;
+    if let Err(e) = &sent {
+        tracing::error!(
+            tenant_id = %tenant_id,
+            error = %e,
+            "the first manager's invitation could not be queued; issue a link with \
+             `kasho admin invitation-link`"
+        );
     }
     let record = core
         .store

@@ -1,10 +1,14 @@
-//! Tenant users: create, list, read, disable/enable, assign roles. All of it inside the
+//! Tenant users: invite, list, read, disable/enable, assign roles. All of it inside the
 //! caller's tenant; a user of another tenant is "not found", exactly like a missing one.
 //! A caller can never grant (or touch a user holding) a permission it does not hold itself.
+//! Nobody sets another person's password: a new user is invited (`service::invitations`) and
+//! chooses its own. No user holds a pair of roles the tenant's policy forbids together
+//! (MANAGER with COMPLIANCE_OFFICER always), and the tenant's last active MANAGER keeps the
+//! role (the store checks it in the change's transaction).
 
-use secrecy::SecretString;
-
-use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, passwords};
+use super::duties::check_role_pairs;
+use super::invitations::{self, Issuer};
+use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, security};
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{
     Permission, PermissionSet, Role, Scope, parse_tenant_roles, roles_from_storage,
@@ -12,11 +16,10 @@ use crate::domain::authz::{
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
-use crate::store::{NewUser, Page, StoreError, UserChange, UserRecord};
+use crate::store::{Page, StoreError, UserChange, UserRecord};
 
 pub struct CreateUser {
     pub email: String,
-    pub password: SecretString,
     pub roles: Vec<String>,
 }
 
@@ -39,6 +42,9 @@ pub(crate) fn check_grantable(actor: &Principal, roles: &[Role]) -> AppResult<()
         })
 }
 
+/// Invites a user into the caller's tenant: stored with status `invited`, it gets a link by
+/// email and chooses its own password (`POST /v1/invitations/accept`). Inviting anyone with a
+/// staff role needs step-up (so API tokens cannot).
 pub async fn create(
     core: &Core,
     meta: &RequestMeta,
@@ -49,12 +55,10 @@ pub async fn create(
     let email = Email::parse(&input.email).map_err(|m| AppError::invalid("email", m))?;
     let roles = parse_tenant_roles(&input.roles).map_err(|m| AppError::invalid("roles", m))?;
     check_grantable(actor, &roles)?;
-    let subject = passwords::Subject {
-        tenant: Some(tenant),
-        email: email.as_str(),
-        user: None,
-    };
-    passwords::check_new_password(core, &subject, &input.password).await?;
+    check_role_pairs(core, meta, actor, None, &roles).await?;
+    if roles.iter().any(|r| r.is_staff()) {
+        security::require_step_up(core, meta, actor).await?;
+    }
     let taken = || AppError::Conflict {
         code: "email_taken",
         param: Some("email".into()),
@@ -68,26 +72,23 @@ pub async fn create(
     {
         return Err(taken());
     }
-    let id = UserId::generate();
-    let user = NewUser {
-        id: id.clone(),
-        tenant_id: Some(tenant.clone()),
+    let invite = invitations::prepare(
+        core,
+        tenant,
         email,
-        password_hash: core
-            .hasher
-            .hash(&input.password)
-            .await
-            .map_err(AppError::internal)?,
         roles,
-        created_at: core.clock.now(),
-    };
+        Issuer::User,
+        Some(actor.user_id.as_str()),
+    )
+    .await?;
+    let id = invite.user.id.clone();
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "user.create",
         Some(("user", id.as_str())),
         Outcome::Success,
-        None,
+        Some("invited"),
     );
-    match core.store.create_user(&user, &[ev]).await {
+    match core.store.invite_user(&invite, &[ev]).await {
         Ok(()) => {}
         Err(StoreError::Conflict { .. }) => return Err(taken()),
         Err(e) => return Err(e.into()),
@@ -165,6 +166,7 @@ pub async fn set_roles(
         });
     }
     check_grantable(actor, &roles)?;
+    check_role_pairs(core, meta, actor, Some(id.as_str()), &roles).await?;
     super::security::require_step_up(core, meta, actor).await?;
     change(
         core,

@@ -9,7 +9,7 @@ use crate::domain::audit::NewAuditEvent;
 use crate::ids::{TenantId, UserId};
 
 /// A new token with its first secret.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewApiToken {
     pub id: String,
     pub tenant_id: TenantId,
@@ -20,8 +20,24 @@ pub struct NewApiToken {
     /// CIDRs, comma separated ('' for any address).
     pub allowed_ips: String,
     pub secret_hash: String,
+    /// The signing secret issued with it, sealed ([`crate::store::keys::API_TOKEN_SIGNING_SECRET`]).
+    pub signing_secret: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiToken")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A token as listed (never a secret).
@@ -42,7 +58,7 @@ pub struct ApiTokenRecord {
 
 /// What presenting a secret finds: the token, the secret's own validity, and the creator and
 /// tenant as they are now.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ApiTokenAuthView {
     pub id: String,
     pub tenant_id: String,
@@ -55,12 +71,35 @@ pub struct ApiTokenAuthView {
     pub secret_hash: String,
     /// Set on a secret replaced by a rotation: the end of its overlap.
     pub valid_until: Option<i64>,
+    /// The sealed signing secret issued with this secret; `None` for secrets issued before
+    /// signing secrets existed (those sign with the bearer secret until a rotation).
+    pub signing_secret: Option<String>,
     pub roles: String,
     pub user_status: String,
     /// Whether the creator has an active second factor.
     pub mfa_enabled: i64,
     pub tenant_status: String,
     pub policy: Option<String>,
+}
+
+impl std::fmt::Debug for ApiTokenAuthView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTokenAuthView")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("valid_until", &self.valid_until)
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "(sealed)"),
+            )
+            .field("user_status", &self.user_status)
+            .field("tenant_status", &self.tenant_status)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -89,14 +128,15 @@ pub trait ApiTokenStore: Send + Sync {
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
-    /// Adds a new current secret; the previous current one stays valid until
-    /// `old_valid_until`, and older replaced secrets end now at the latest. False when the
-    /// token is not live.
+    /// Adds a new current secret (with its sealed signing secret); the previous current one
+    /// stays valid until `old_valid_until`, and older replaced secrets end now at the latest.
+    /// False when the token is not live.
     async fn rotate_api_token(
         &self,
         tenant: &TenantId,
         id: &str,
         new_secret_hash: &str,
+        new_signing_secret: &str,
         old_valid_until: Timestamp,
         now: Timestamp,
         audit: &[NewAuditEvent],
@@ -148,13 +188,14 @@ macro_rules! impl_api_token_store {
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at, \
+                     signing_secret) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&t.secret_hash)
                 .bind(&t.id)
                 .bind(t.tenant_id.as_str())
                 .bind(t.created_at.as_micros())
+                .bind(&t.signing_secret)
                 .execute(&mut *tx)
                 .await?;
                 self.append_audit_tx(&mut tx, audit).await?;
@@ -232,6 +273,7 @@ macro_rules! impl_api_token_store {
                 tenant: &$crate::ids::TenantId,
                 id: &str,
                 new_secret_hash: &str,
+                new_signing_secret: &str,
                 old_valid_until: $crate::clock::Timestamp,
                 now: $crate::clock::Timestamp,
                 audit: &[$crate::domain::audit::NewAuditEvent],
@@ -269,13 +311,14 @@ macro_rules! impl_api_token_store {
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO api_token_secrets (secret_hash, token_id, tenant_id, created_at, \
+                     signing_secret) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(new_secret_hash)
                 .bind(id)
                 .bind(tenant.as_str())
                 .bind(now.as_micros())
+                .bind(new_signing_secret)
                 .execute(&mut *tx)
                 .await?;
                 self.append_audit_tx(&mut tx, audit).await?;
@@ -289,7 +332,7 @@ macro_rules! impl_api_token_store {
             ) -> $crate::store::StoreResult<Option<$crate::store::api_tokens::ApiTokenAuthView>> {
                 Ok(sqlx::query_as(
                     "SELECT t.id, t.tenant_id, t.user_id, t.scopes, t.allowed_ips, t.expires_at, \
-                            t.revoked_at, t.last_used_at, s.secret_hash, s.valid_until, u.roles, \
+                            t.revoked_at, t.last_used_at, s.secret_hash, s.valid_until, s.signing_secret, u.roles, \
                             u.status AS user_status, u.mfa_enabled, te.status AS tenant_status, ts.policy \
                      FROM api_token_secrets s JOIN api_tokens t ON t.id = s.token_id \
                      JOIN users u ON u.id = t.user_id \

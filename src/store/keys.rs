@@ -97,6 +97,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     MFA_TOTP_SECRET,
     MFA_TOTP_PENDING_SECRET,
     MAIL_OUTBOX_MESSAGE,
+    API_TOKEN_SIGNING_SECRET,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -155,6 +156,15 @@ pub const MAIL_OUTBOX_MESSAGE: EncryptedColumn = EncryptedColumn {
     table: "mail_outbox",
     column: "message",
     row: "id",
+};
+
+/// The signing secret issued with an API-token secret (request signing), sealed under the
+/// tenant's data key (AAD row = that secret's hash, the row's primary key). An HMAC is checked
+/// by recomputing it, so unlike the bearer secret it must be stored recoverably.
+pub const API_TOKEN_SIGNING_SECRET: EncryptedColumn = EncryptedColumn {
+    table: "api_token_secrets",
+    column: "signing_secret",
+    row: "secret_hash",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

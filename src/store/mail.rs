@@ -10,8 +10,8 @@ use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
 use crate::store::outbox::Delivery;
 
-/// A reset token to store: only the SHA-256 digest of the secret.
-#[derive(Debug, Clone)]
+/// A reset token to store: only the SHA-256 digest of the secret (which `Debug` omits too).
+#[derive(Clone)]
 pub struct NewPasswordReset {
     pub id: String,
     pub tenant_id: String,
@@ -19,6 +19,17 @@ pub struct NewPasswordReset {
     pub token_hash: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewPasswordReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPasswordReset")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message for the outbox; `message` is already sealed.

@@ -39,8 +39,8 @@ impl std::fmt::Debug for TotpRecord {
     }
 }
 
-/// The second step of a sign-in.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// The second step of a sign-in. `Debug` omits the token's hash.
+#[derive(Clone, sqlx::FromRow)]
 pub struct MfaChallengeRecord {
     pub token_hash: String,
     pub user_id: String,
@@ -53,8 +53,21 @@ pub struct MfaChallengeRecord {
     pub user_agent: Option<String>,
 }
 
-/// A confirmed enrolment: the pending secret becomes the active one.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for MfaChallengeRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaChallengeRecord")
+            .field("user_id", &self.user_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A confirmed enrolment: the pending secret becomes the active one. `Debug` omits the sealed
+/// secrets and the recovery-code hashes.
+#[derive(Clone)]
 pub struct TotpConfirmation<'a> {
     pub tenant: Option<&'a TenantId>,
     pub user: &'a UserId,
@@ -69,6 +82,17 @@ pub struct TotpConfirmation<'a> {
     /// Hashes of the new recovery codes (any older ones are deleted).
     pub recovery_hashes: &'a [String],
     pub now: Timestamp,
+}
+
+impl std::fmt::Debug for TotpConfirmation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpConfirmation")
+            .field("tenant", &self.tenant)
+            .field("user", &self.user)
+            .field("step", &self.step)
+            .field("recovery_codes", &self.recovery_hashes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]

@@ -11,6 +11,7 @@
 
 pub mod alerts;
 pub mod api_tokens;
+pub mod identity;
 pub mod keys;
 pub mod kyc;
 pub mod mail;
@@ -46,6 +47,10 @@ pub enum StoreError {
     /// The API answers 503 `storage_unavailable` with `Retry-After`.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The change would leave the tenant without an active MANAGER (checked inside the
+    /// change's own transaction); nothing was changed.
+    #[error("the tenant's last active manager cannot lose the role or be disabled")]
+    LastManager,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -186,7 +191,8 @@ pub struct NewTenant {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` omits the email and the password hash (issue 13 item 17).
+#[derive(Clone)]
 pub struct NewUser {
     pub id: UserId,
     pub tenant_id: Option<TenantId>,
@@ -194,6 +200,16 @@ pub struct NewUser {
     pub password_hash: String,
     pub roles: Vec<Role>,
     pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -208,7 +224,8 @@ pub struct NewSession {
     pub user_agent: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` omits the token's hash.
+#[derive(Clone)]
 pub struct NewRefreshToken {
     /// SHA-256 of the token; the token itself is never stored.
     pub token_hash: String,
@@ -216,6 +233,15 @@ pub struct NewRefreshToken {
     pub tenant_id: Option<TenantId>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for NewRefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRefreshToken")
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A session joined with its user and tenant: what every authenticated request checks.
@@ -665,13 +691,34 @@ impl std::fmt::Debug for CustomerPrivacyRecord {
     }
 }
 
+/// The customer's linked user as the erasure was planned from: the store erases only if it is
+/// still so (its roles decide what happens to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedUser {
+    pub id: String,
+    /// The roles as read (storage form).
+    pub roles: String,
+}
+
+impl LinkedUser {
+    /// Whether the user works for the tenant too: then the erasure only unlinks it and takes
+    /// its CUSTOMER role away, instead of disabling and pseudonymising the login.
+    pub fn is_staff(&self) -> bool {
+        crate::domain::authz::roles_from_storage(&self.roles)
+            .iter()
+            .any(|r| r.is_staff())
+    }
+}
+
 /// What an erasure request did, decided inside its one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErasureOutcome {
-    /// Everything was erased; the accounts it closed and the linked user it disabled.
+    /// Everything was erased; the accounts it closed and the linked user it disabled (a
+    /// customer-only login) or unlinked (a staff user, which keeps its other roles).
     Erased {
         accounts_closed: Vec<String>,
         user_id: Option<String>,
+        user_unlinked: Option<String>,
         keys_destroyed: u64,
         lookups_deleted: u64,
     },
@@ -681,6 +728,9 @@ pub enum ErasureOutcome {
     /// The customer was erased before.
     AlreadyErased,
     NotFound,
+    /// The linked user is not as planned (another user, or its roles changed meanwhile).
+    /// Nothing was changed.
+    LinkedUserChanged,
 }
 
 /// Everything Kasho persists.
@@ -693,6 +743,7 @@ pub trait Store:
     + mail::MailStore
     + api_tokens::ApiTokenStore
     + alerts::AlertStore
+    + identity::IdentityStore
     + Send
     + Sync
     + 'static
@@ -707,7 +758,9 @@ pub trait Store:
     fn as_any(&self) -> &dyn std::any::Any;
 
     // Tenants (platform scope).
-    /// Creates the tenant, its first manager and its system accounts in one transaction.
+    /// Creates the tenant, its first manager (status `invited`: its invitation goes out next,
+    /// sealed under the tenant's data key, which can only exist once the tenant does) and its
+    /// system accounts in one transaction.
     async fn create_tenant(
         &self,
         tenant: &NewTenant,
@@ -746,6 +799,10 @@ pub trait Store:
         only: Option<&UserId>,
         page: &Page,
     ) -> StoreResult<Vec<UserRecord>>;
+    /// Applies `change`; refused with [`StoreError::LastManager`] (nothing changed) when it would
+    /// take the MANAGER role from, or disable, the tenant's last active MANAGER: checked inside
+    /// the transaction with the tenant's row locked, so two managers demoting each other at
+    /// once cannot both succeed.
     async fn update_user(
         &self,
         tenant: &TenantId,
@@ -1015,11 +1072,15 @@ pub trait Store:
     /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
     /// the accounts, deletes its blind-index rows, destroys every version of its data key
     /// (status `destroyed`, no key material), clears its personal data and external reference,
-    /// and pseudonymises, disables and signs out its linked user; with `audit`.
+    /// and pseudonymises, disables and signs out its linked user, or, when that user holds a
+    /// staff role, unlinks it and removes only its CUSTOMER role (its sessions end); with
+    /// `audit`. `linked` is the linked user as the caller planned from: if it differs,
+    /// nothing changes ([`ErasureOutcome::LinkedUserChanged`]).
     async fn erase_customer(
         &self,
         tenant: &TenantId,
         id: &str,
+        linked: Option<&LinkedUser>,
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<ErasureOutcome>;

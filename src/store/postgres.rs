@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::alerts::{AlertHook, impl_alert_store};
 use super::api_tokens::impl_api_token_store;
+use super::identity::impl_identity_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
@@ -101,3 +102,4 @@ impl_outbox!(PgStore);
 impl_mail_store!(PgStore);
 impl_api_token_store!(PgStore);
 impl_alert_store!(PgStore);
+impl_identity_store!(PgStore, " FOR UPDATE");

@@ -139,8 +139,9 @@ pub struct SecurityEventFilter {
     pub occurred_before: Option<Timestamp>,
 }
 
-/// A password change: the new hash replaces the current one, which joins the history.
-#[derive(Debug, Clone)]
+/// A password change: the new hash replaces the current one, which joins the history. `Debug`
+/// omits the hash.
+#[derive(Clone)]
 pub struct PasswordChange<'a> {
     pub tenant: Option<&'a TenantId>,
     pub user: &'a UserId,
@@ -154,6 +155,17 @@ pub struct PasswordChange<'a> {
     /// A password reset: the id of the reset token this change spends, in the same
     /// transaction (the change does not happen unless the token is still live and unspent).
     pub spend_reset_token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for PasswordChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange")
+            .field("tenant", &self.tenant)
+            .field("user", &self.user)
+            .field("keep_session", &self.keep_session)
+            .field("revoke_reason", &self.revoke_reason)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -264,7 +276,8 @@ pub trait SecurityStore: Send + Sync {
     /// The user's previous password hashes, newest first.
     async fn password_history(&self, user: &UserId, limit: u32) -> StoreResult<Vec<String>>;
     /// Replaces the password (the old hash joins the history, trimmed to `keep_history`) and
-    /// revokes the user's sessions but `keep_session`, in one transaction with `audit`.
+    /// revokes the user's sessions but `keep_session` and all the user's API tokens, in one
+    /// transaction with `audit`.
     /// `false` if there is no such user in that scope (or the reset token it spends is not live).
     async fn set_user_password(
         &self,
@@ -787,6 +800,19 @@ macro_rules! impl_security_store {
                 .bind(c.now.as_micros())
                 .bind(c.revoke_reason)
                 .bind(c.keep_session.map(|s| s.as_str()))
+                .execute(&mut *tx)
+                .await?;
+                // The user's API tokens end with the password (issue 13 item 17): whoever
+                // learnt the old password may have minted one, and a reset is how an owner
+                // takes an account back.
+                sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $3, revoked_by = $4 \
+                     WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(scope)
+                .bind(c.user.as_str())
+                .bind(c.now.as_micros())
+                .bind(c.revoke_reason)
                 .execute(&mut *tx)
                 .await?;
                 self.append_audit_tx(&mut tx, audit).await?;

@@ -228,6 +228,44 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Refuses (rolling back) a change that would leave `tenant` without an active
+            /// MANAGER, when `id` is one: the tenant's row is locked first by a no-op update
+            /// (a lock that, on PostgreSQL, does not wait for the key-share locks every insert
+            /// referencing the tenant takes), so of two such changes the second sees the first.
+            async fn keep_a_manager_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &$crate::ids::TenantId,
+                id: &$crate::ids::UserId,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
+                    .bind(tenant.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                let (others,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND id <> $2 \
+                     AND status = 'active' AND (',' || roles || ',') LIKE '%,MANAGER,%'",
+                )
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+                if others > 0 {
+                    return Ok(());
+                }
+                let target: Option<(i32,)> = sqlx::query_as(
+                    "SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2 \
+                     AND status = 'active' AND (',' || roles || ',') LIKE '%,MANAGER,%'",
+                )
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+                if target.is_some() {
+                    return Err($crate::store::StoreError::LastManager);
+                }
+                Ok(())
+            }
+
             async fn insert_user_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 u: &$crate::store::NewUser,
@@ -287,7 +325,7 @@ macro_rules! impl_store {
                 .bind(t.created_at.as_micros())
                 .execute(&mut *tx)
                 .await?;
-                Self::insert_user_tx(&mut tx, manager).await?;
+                Self::insert_invited_user_tx(&mut tx, manager).await?;
                 for a in system_accounts {
                     Self::insert_account_tx(&mut tx, a).await?;
                 }
@@ -421,6 +459,15 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::UserRecord>> {
                 let mut tx = self.begin_write().await?;
+                let may_remove_manager = match change {
+                    $crate::store::UserChange::Status(status) => *status != "active",
+                    $crate::store::UserChange::Roles(roles) => {
+                        !roles.contains(&$crate::domain::authz::Role::Manager)
+                    }
+                };
+                if may_remove_manager {
+                    Self::keep_a_manager_tx(&mut tx, tenant, id).await?;
+                }
                 let row: Option<$crate::store::UserRecord> = match change {
                     $crate::store::UserChange::Status(status) => {
                         sqlx::query_as(
@@ -1484,6 +1531,7 @@ macro_rules! impl_store {
                 &self,
                 tenant: &$crate::ids::TenantId,
                 id: &str,
+                linked: Option<&$crate::store::LinkedUser>,
                 now: $crate::clock::Timestamp,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<$crate::store::ErasureOutcome> {
@@ -1515,6 +1563,29 @@ macro_rules! impl_store {
                 if status == "erased" {
                     return Ok(ErasureOutcome::AlreadyErased);
                 }
+                // The linked user must be as the caller planned from (who may affect it was
+                // decided on its roles), read under the lock.
+                let user_now: Option<(String,)> = match &user_id {
+                    Some(u) => sqlx::query_as(concat!(
+                        "SELECT roles FROM users WHERE tenant_id = $1 AND id = $2",
+                        $lock
+                    ))
+                    .bind(t)
+                    .bind(u)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                    None => None,
+                };
+                let as_planned = match (&user_id, &user_now, linked) {
+                    (None, _, None) => true,
+                    (Some(u), Some((roles,)), Some(l)) => *u == l.id && *roles == l.roles,
+                    _ => false,
+                };
+                if !as_planned {
+                    tx.rollback().await?;
+                    return Ok(ErasureOutcome::LinkedUserChanged);
+                }
+                let staff = linked.filter(|l| l.is_staff());
                 // Holds past their expiry stop counting first (as every other write does).
                 for (account,) in &accounts {
                     Self::expire_holds_tx(&mut tx, t, account, now).await?;
@@ -1601,7 +1672,37 @@ macro_rules! impl_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(user) = &user_id {
+                if let Some(l) = staff {
+                    // Staff who bank with their employer: the login is theirs as an employee.
+                    // It is unlinked and loses only its CUSTOMER role (its sessions end, as on
+                    // any role change); everything else about it stays.
+                    let roles: Vec<$crate::domain::authz::Role> =
+                        $crate::domain::authz::roles_from_storage(&l.roles)
+                            .into_iter()
+                            .filter(|r| *r != $crate::domain::authz::Role::Customer)
+                            .collect();
+                    sqlx::query("UPDATE customers SET user_id = NULL WHERE tenant_id = $1 AND id = $2")
+                        .bind(t)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE users SET roles = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
+                        .bind(t)
+                        .bind(&l.id)
+                        .bind($crate::domain::authz::roles_to_storage(&roles))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $3, revoked_reason = 'roles_changed' \
+                         WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(t)
+                    .bind(&l.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                } else if let Some(user) = &user_id {
                     // The login keeps its id (the audit trail names it) and nothing else.
                     sqlx::query(
                         "UPDATE users SET status = 'disabled', email = $3, password_hash = '!erased', updated_at = $4 \
@@ -1632,9 +1733,14 @@ macro_rules! impl_store {
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
+                let (user_id, user_unlinked) = match staff {
+                    Some(l) => (None, Some(l.id.clone())),
+                    None => (user_id, None),
+                };
                 Ok(ErasureOutcome::Erased {
                     accounts_closed: closed.into_iter().map(|(a,)| a).collect(),
                     user_id,
+                    user_unlinked,
                     keys_destroyed,
                     lookups_deleted,
                 })

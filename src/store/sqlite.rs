@@ -10,6 +10,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::alerts::{AlertHook, impl_alert_store};
 use super::api_tokens::impl_api_token_store;
+use super::identity::impl_identity_store;
 use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
@@ -213,3 +214,4 @@ impl_outbox!(SqliteStore);
 impl_mail_store!(SqliteStore);
 impl_api_token_store!(SqliteStore);
 impl_alert_store!(SqliteStore);
+impl_identity_store!(SqliteStore, "");

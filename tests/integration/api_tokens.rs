@@ -1,5 +1,6 @@
 //! API tokens (issue 5 item 7), IP allow-lists and trusted proxies (item 9), request signing
-//! (item 8) and `kasho sign`.
+//! (item 8) with its own signing secret and one query decoder (issue 13 item 15), and
+//! `kasho sign`.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -17,6 +18,16 @@ async fn create_token(app: &TestApp, token: &str, body: Value) -> Resp {
 
 /// A token of the tenant's manager with `scopes`; returns (id, secret).
 async fn manager_token(app: &TestApp, t: &TenantFixture, scopes: &[&str]) -> (String, String) {
+    let (id, secret, _) = signing_token(app, t, scopes).await;
+    (id, secret)
+}
+
+/// A token of the tenant's manager with `scopes`; returns (id, secret, signing secret).
+async fn signing_token(
+    app: &TestApp,
+    t: &TenantFixture,
+    scopes: &[&str],
+) -> (String, String, String) {
     let r = create_token(
         app,
         &t.manager_token,
@@ -27,6 +38,7 @@ async fn manager_token(app: &TestApp, t: &TenantFixture, scopes: &[&str]) -> (St
     (
         r.body["id"].as_str().unwrap().to_owned(),
         r.body["secret"].as_str().unwrap().to_owned(),
+        r.body["signing_secret"].as_str().unwrap().to_owned(),
     )
 }
 
@@ -649,7 +661,7 @@ async fn allow_lists_and_trusted_proxies_decide_the_client_address(app: &TestApp
 async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    let (id, secret) = manager_token(app, &t, &["accounts:read", "cash:write"]).await;
+    let (id, secret, key) = signing_token(app, &t, &["accounts:read", "cash:write"]).await;
     let account = customer_account(app, &t, "USD").await;
     let body = format!(r#"{{"account_id":"{account}","amount":700,"currency":"USD"}}"#);
 
@@ -687,7 +699,7 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     // A valid signed money request passes, and the handler sees the very body that was signed.
     let now = unix_now(app);
     let h = signed_headers(
-        &secret,
+        &key,
         "POST",
         "/v1/deposits",
         None,
@@ -722,7 +734,7 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     assert_eq!(replays[0].actor_id.as_deref(), Some(id.as_str()));
     // A changed body under the old signature (fresh nonce): refused.
     let h2 = signed_headers(
-        &secret,
+        &key,
         "POST",
         "/v1/deposits",
         None,
@@ -748,7 +760,7 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
         (now + 301, "nonce-0000000004"),
     ] {
         let h = signed_headers(
-            &secret,
+            &key,
             "POST",
             "/v1/deposits",
             None,
@@ -809,7 +821,7 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     let query = format!("limit=5&customer_id={customer}");
     let sorted = format!("customer_id={customer}&limit=5");
     let mut h = signed_headers(
-        &secret,
+        &key,
         "GET",
         "/v1/accounts",
         Some(&sorted),
@@ -839,12 +851,12 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
 async fn kasho_sign_output_verifies(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    let (_, secret) = manager_token(app, &t, &["accounts:read", "cash:write"]).await;
+    let (_, secret, key) = signing_token(app, &t, &["accounts:read", "cash:write"]).await;
     set_policy(app, &t, |p| p.require_signed_requests = true).await;
     let account = customer_account(app, &t, "USD").await;
     let body = format!(r#"{{"account_id":"{account}","amount":900,"currency":"USD"}}"#);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasho"))
-        .env("TEST_KASHO_SECRET", &secret)
+        .env("TEST_KASHO_SECRET", &key)
         .args([
             "sign",
             "--secret-env",
@@ -863,7 +875,10 @@ async fn kasho_sign_output_verifies(app: &TestApp) {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("POST\n/v1/deposits\n\n"), "{text}");
-    assert!(!text.contains(&secret), "the secret is never printed");
+    assert!(
+        !text.contains(&key) && !text.contains(&secret),
+        "the secret is never printed"
+    );
     let header = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
@@ -896,7 +911,7 @@ async fn kasho_sign_output_verifies(app: &TestApp) {
             "--path",
             "/v1/transfers",
             "--query",
-            "b=2&a=1&a=0",
+            "b=2&a=1&a=0&q=x+y%2Bz",
             "--body",
             r#"{"from_account":"acc_1","to_account":"acc_2","amount":1500,"currency":"USD"}"#,
             "--timestamp",
@@ -912,15 +927,318 @@ async fn kasho_sign_output_verifies(app: &TestApp) {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"kasho_Zm9yIGRvY3VtZW50YXRpb24gb25seSwgbmV2ZXIgdXNl\n")
+        .write_all(b"kasho_sig_Zm9yIGRvY3VtZW50YXRpb24gb25seSwgbmV2ZXIgdXNl\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains(
-            "Kasho-Signature: v1=f149b3f4cf5c7e5a7392879061c259eb59b9f36fce58b8c9b573078c901dfe0a"
+            "Kasho-Signature: v1=9f1bdb0745fa66d14894bf22059fcf3b75acf6fcd7cb49fe7b5b3022121041ab"
         ),
         "{text}"
+    );
+}
+
+/// A signed GET (empty body) with `key`, presenting `bearer`.
+async fn signed_get(
+    app: &TestApp,
+    bearer: &str,
+    key: &str,
+    path: &str,
+    query: Option<&str>,
+    nonce: &str,
+) -> Resp {
+    let h = signed_headers(key, "GET", path, query, b"", unix_now(app), nonce);
+    let uri = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    app.send(request(Method::GET, &uri, bearer, None, &h)).await
+}
+
+async fn requests_are_signed_with_a_signing_secret_never_the_bearer_secret(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    let (id, secret, key) = signing_token(app, &t, &["accounts:read"]).await;
+    // Its own secret: recognisable, 256 bits, not the bearer secret.
+    assert!(key.starts_with("kasho_sig_"), "{key}");
+    assert_eq!(key.len(), "kasho_sig_".len() + 43);
+    assert_ne!(key, secret);
+    // Stored sealed under the tenant key, never in clear (an HMAC cannot be checked against a
+    // hash of its key, so it is recoverable, but only with the keys).
+    let stored = app
+        .raw_strings("SELECT signing_secret FROM api_token_secrets")
+        .await;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].starts_with("kx1."), "{stored:?}");
+    let at_rest = app.bytes_at_rest().await;
+    assert!(
+        !at_rest
+            .windows(key.len() - 10)
+            .any(|w| w == &key.as_bytes()[10..]),
+        "the signing secret is at rest in clear"
+    );
+
+    // Whoever saw a request (and so the bearer secret) cannot sign another one: a signature
+    // made with the bearer secret is refused; only the signing secret signs.
+    let r = signed_get(
+        app,
+        &secret,
+        &secret,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000001",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    assert_eq!(r.code(), "signature_invalid");
+    let r = signed_get(app, &secret, &key, "/v1/accounts", None, "nonce-sig-000002").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // The signing secret is no bearer credential.
+    let r = app.get("/v1/accounts", &key).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+
+    // A token from before signing secrets (no signing secret stored) keeps the old behaviour:
+    // its bearer secret signs, until the next rotation.
+    app.raw_sql(&format!(
+        "UPDATE api_token_secrets SET signing_secret = NULL WHERE token_id = '{id}'"
+    ))
+    .await;
+    let r = signed_get(
+        app,
+        &secret,
+        &secret,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000003",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = signed_get(app, &secret, &key, "/v1/accounts", None, "nonce-sig-000004").await;
+    assert_eq!(r.code(), "signature_invalid", "{r:?}");
+
+    // Its rotation issues a signing secret, shown once with the new secret.
+    let r = app
+        .post(
+            &format!("/v1/api-tokens/{id}/rotate"),
+            Some(&t.manager_token),
+            json!({ "overlap_seconds": 600 }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let new_secret = r.body["secret"].as_str().unwrap().to_owned();
+    let new_key = r.body["signing_secret"].as_str().unwrap().to_owned();
+    assert!(new_key.starts_with("kasho_sig_") && new_key != key && new_key != new_secret);
+    let r = signed_get(
+        app,
+        &new_secret,
+        &new_key,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000005",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = signed_get(
+        app,
+        &new_secret,
+        &new_secret,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000006",
+    )
+    .await;
+    assert_eq!(r.code(), "signature_invalid", "{r:?}");
+    // The previous secret, during its overlap, still signs the old way.
+    let r = signed_get(
+        app,
+        &secret,
+        &secret,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000007",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // The list never shows a signing secret.
+    let list = app.get("/v1/api-tokens", &t.manager_token).await;
+    assert!(
+        list.body["data"][0].get("signing_secret").is_none(),
+        "{list:?}"
+    );
+
+    // Rotating the tenant's data key re-encrypts the sealed signing secret, which still signs.
+    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
+    let before = app
+        .raw_strings(
+            "SELECT signing_secret FROM api_token_secrets WHERE signing_secret IS NOT NULL",
+        )
+        .await;
+    app.core
+        .keyring
+        .rotate_tenant(&tenant, &|_, _| {})
+        .await
+        .unwrap();
+    let after = app
+        .raw_strings(
+            "SELECT signing_secret FROM api_token_secrets WHERE signing_secret IS NOT NULL",
+        )
+        .await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "re-encrypted under the new version");
+    let r = signed_get(
+        app,
+        &new_secret,
+        &new_key,
+        "/v1/accounts",
+        None,
+        "nonce-sig-000008",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+}
+
+async fn a_plus_in_the_query_signs_as_the_server_reads_it(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    let (_, secret, key) = signing_token(app, &t, &["customers:read"]).await;
+    let c = app
+        .post(
+            "/v1/customers",
+            Some(&t.manager_token),
+            json!({ "first_name": "Jane", "last_name": "Okafor", "email": "jane+kasho@example.com" }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:?}");
+
+    // The server reads `+` as a space, so a signature over a literal plus (what signing used
+    // to canonicalise it to) no longer passes for a query the handler reads differently.
+    let raw = "email=jane+kasho%40example.com";
+    let literal = signing::canonical_query(Some("email=jane%2Bkasho%40example.com"));
+    let h = {
+        let ts = unix_now(app).to_string();
+        let canonical = format!(
+            "GET\n/v1/customers\n{literal}\n{ts}\nnonce-plus-000001\n{}",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        vec![
+            ("kasho-timestamp", ts),
+            ("kasho-nonce", "nonce-plus-000001".to_owned()),
+            (
+                "kasho-signature",
+                signing::signature_header(&key, &canonical),
+            ),
+        ]
+    };
+    let r = app
+        .send(request(
+            Method::GET,
+            &format!("/v1/customers?{raw}"),
+            &secret,
+            None,
+            &h,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    assert_eq!(r.code(), "signature_invalid");
+    // Signed as the server reads it, the signature passes, and the handler indeed reads a
+    // space (no customer has that address).
+    let r = signed_get(
+        app,
+        &secret,
+        &key,
+        "/v1/customers",
+        Some(raw),
+        "nonce-plus-000002",
+    )
+    .await;
+    assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    assert!(
+        r.body["data"].as_array().is_none_or(|d| d.is_empty()),
+        "{r:?}"
+    );
+    // A literal plus is %2B, in the query and in the signature alike.
+    let r = signed_get(
+        app,
+        &secret,
+        &key,
+        "/v1/customers",
+        Some("email=jane%2Bkasho%40example.com"),
+        "nonce-plus-000003",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["data"][0]["id"], c.body["id"], "{r:?}");
+}
+
+/// The worked example in docs/API.md ("Request signing"), read from the page and recomputed:
+/// the canonical request and the header the page shows are what Kasho computes.
+#[test]
+fn the_documented_worked_example_is_what_kasho_computes() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/API.md"))
+        .expect("docs/API.md");
+    let start = doc.find("Worked example").expect("a worked example");
+    let example = &doc[start..];
+    let tick = |line: &str, n: usize| -> String {
+        line.split('`').nth(n).expect("a `quoted` value").to_owned()
+    };
+    let line = |prefix: &str| -> &str {
+        example
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in the worked example"))
+    };
+    let key = tick(line("- signing secret "), 1);
+    let request_line = line("- `POST ");
+    let target = tick(request_line, 1);
+    let timestamp = tick(request_line, 3)
+        .strip_prefix("Kasho-Timestamp: ")
+        .unwrap()
+        .to_owned();
+    let nonce = tick(request_line, 5)
+        .strip_prefix("Kasho-Nonce: ")
+        .unwrap()
+        .to_owned();
+    let body = tick(line("- body "), 1);
+    let (method, target) = target.split_once(' ').unwrap();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let block = example
+        .split("```")
+        .nth(1)
+        .expect("the canonical request block")
+        .trim_matches('\n');
+    let header = tick(line("Header: "), 1);
+
+    let canonical = signing::canonical_request(&signing::RequestParts {
+        method,
+        path,
+        query,
+        timestamp: &timestamp,
+        nonce: &nonce,
+        body: body.as_bytes(),
+    });
+    assert_eq!(
+        canonical, block,
+        "docs/API.md shows another canonical request"
+    );
+    assert_eq!(
+        format!(
+            "Kasho-Signature: {}",
+            signing::signature_header(&key, &canonical)
+        ),
+        header,
+        "docs/API.md shows another signature"
+    );
+    // The example exercises the query rules it documents: a `+` that is a space, a `%2B` that
+    // is a plus.
+    assert!(
+        query.is_some_and(|q| q.contains('+') && q.contains("%2B")),
+        "{query:?}"
     );
 }
 
@@ -931,4 +1249,6 @@ backend_tests!(
     allow_lists_and_trusted_proxies_decide_the_client_address,
     signed_requests_are_verified_and_replays_refused,
     kasho_sign_output_verifies,
+    requests_are_signed_with_a_signing_secret_never_the_bearer_secret,
+    a_plus_in_the_query_signs_as_the_server_reads_it,
 );

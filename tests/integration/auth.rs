@@ -262,10 +262,12 @@ async fn per_tenant_access_token_lifetime(app: &TestApp) {
             "/v1/tenants",
             Some(&admin),
             json!({ "slug": "shortlived", "name": "Short", "currencies": ["USD"], "access_token_ttl_seconds": 900,
-                    "manager": { "email": "m@short.test", "password": PASSWORD } }),
+                    "manager": { "email": "m@short.test" } }),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let accepted = app.accept_invitation("m@short.test", PASSWORD).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
     let login = app
         .login(Some("shortlived"), "m@short.test", PASSWORD)
         .await;
@@ -275,7 +277,7 @@ async fn per_tenant_access_token_lifetime(app: &TestApp) {
             "/v1/tenants",
             Some(&admin),
             json!({ "slug": "forever", "name": "F", "currencies": ["USD"], "access_token_ttl_seconds": 31_536_000,
-                    "manager": { "email": "m@f.test", "password": PASSWORD } }),
+                    "manager": { "email": "m@f.test" } }),
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);

@@ -130,6 +130,8 @@ async fn production_refuses_to_start_without_keys(app: &TestApp) {
         .arg(empty.path())
         .args(["--database-url", &app.database_url])
         .env("KASHO_LOG_LEVEL", "error")
+        // Production needs an https public_url first (issue 13 item 17).
+        .env("KASHO_PUBLIC_URL", "https://kasho.test")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);

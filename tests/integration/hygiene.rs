@@ -714,7 +714,7 @@ async fn malformed_json_is_refused_with_the_field_named_and_changes_nothing(app:
                 generic(false),
                 vec![bad(
                     "roles as string",
-                    "{\"email\": \"a@b.example\", \"password\": \"x\", \"roles\": \"MANAGER\"}",
+                    "{\"email\": \"a@b.example\", \"roles\": \"MANAGER\"}",
                     "parameter_invalid",
                     Some("roles"),
                 )],

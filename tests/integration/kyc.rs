@@ -549,10 +549,12 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     assert_eq!(tr.status, StatusCode::CREATED, "{tr:?}");
 
     // A second submission, rejected with a reason: the tier stays.
+    // (By a cashier: the manager appointed the officer, so its submissions go to an officer
+    // it did not appoint, see tests/integration/duties.rs.)
     let s2 = app
         .post(
             &format!("/v1/customers/{cus}/kyc/submissions"),
-            Some(&m),
+            Some(&cashier),
             submission(
                 3,
                 &[("selfie", "image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3])],
@@ -923,10 +925,11 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
     let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
     let (cus, _, _) = customer(app, &t, false).await;
     let file = pdf("rotate-me");
+    let (_, cashier) = app.user_token(&t, &["CASHIER"]).await;
     let s = app
         .post(
             &format!("/v1/customers/{cus}/kyc/submissions"),
-            Some(&t.manager_token),
+            Some(&cashier),
             submission(1, &[("national_id", "application/pdf", &file)]),
         )
         .await;

@@ -1,5 +1,5 @@
-//! The password policy wherever a password is set (user creation, a tenant's first manager,
-//! the change route), and `POST /v1/me/password`: step-up, the current password, history, and
+//! The password policy wherever a password is set (accepting an invitation, also a tenant's
+//! first manager's, the change route), and `POST /v1/me/password`: step-up, the current password, history, and
 //! the other sessions ending.
 
 use axum::http::StatusCode;
@@ -20,24 +20,42 @@ const STRONG: [&str; 6] = [
     "Tr4vel-Quokka-Lantern-9",
 ];
 
-async fn users_with_email(app: &TestApp, email: &str) -> usize {
-    app.raw_strings(&format!("SELECT id FROM users WHERE email = '{email}'"))
+async fn status_of(app: &TestApp, email: &str) -> Vec<String> {
+    app.raw_strings(&format!("SELECT status FROM users WHERE email = '{email}'"))
         .await
-        .len()
 }
 
+/// Invites a CASHIER at `email` (or sends the invited user a new link) and accepts the
+/// invitation choosing `password`: where a password is first set.
 async fn create_user(
     app: &TestApp,
     t: &TenantFixture,
     email: &str,
     password: &str,
 ) -> crate::support::Resp {
-    app.post(
-        "/v1/users",
-        Some(&t.manager_token),
-        json!({ "email": email, "password": password, "roles": ["CASHIER"] }),
-    )
-    .await
+    let r = app
+        .post_stepping_up(
+            "/v1/users",
+            &t.manager_token,
+            json!({ "email": email, "roles": ["CASHIER"] }),
+        )
+        .await;
+    if r.code() == "email_taken" {
+        let id = app
+            .raw_strings(&format!("SELECT id FROM users WHERE email = '{email}'"))
+            .await;
+        let again = app
+            .post_stepping_up(
+                &format!("/v1/users/{}/reinvite", id[0]),
+                &t.manager_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    } else {
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    }
+    app.accept_invitation(email, password).await
 }
 
 async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestApp) {
@@ -74,9 +92,9 @@ async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestA
             "echoes the password: {message}"
         );
         assert_eq!(
-            users_with_email(app, email).await,
-            0,
-            "{password} created a user"
+            status_of(app, email).await,
+            vec!["invited"],
+            "{password} activated the user"
         );
     }
     // zxcvbn's advice is the message of a weak one.
@@ -90,7 +108,7 @@ async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestA
     );
     for (i, password) in STRONG.iter().enumerate() {
         let r = create_user(app, &t, &format!("strong{i}@orchid.test"), password).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{password}: {r:?}");
+        assert_eq!(r.status, StatusCode::OK, "{password}: {r:?}");
         let login = app
             .login(Some("orchid"), &format!("strong{i}@orchid.test"), password)
             .await;
@@ -100,25 +118,51 @@ async fn weak_passwords_are_refused_at_user_creation_naming_the_rule(app: &TestA
 
 async fn a_new_tenants_first_manager_gets_the_same_policy(app: &TestApp) {
     let admin = app.platform_admin().await;
-    let body = |password: &str| {
-        json!({
-            "slug": "lumen", "name": "Lumen Payments", "currencies": ["USD"],
-            "manager": { "email": "ops@lumen.test", "password": password }
-        })
-    };
+    let r = app
+        .post(
+            "/v1/tenants",
+            Some(&admin),
+            json!({
+                "slug": "lumen", "name": "Lumen Payments", "currencies": ["USD"],
+                "manager": { "email": "ops@lumen.test" }
+            }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // The manager chooses its password through its invitation: the tenant's name and slug
+    // are personal information there too.
+    let token = app.invitation_token("ops@lumen.test").await;
     for (password, code) in [
         ("lumen payments 2026!", "password_contains_personal_info"),
         ("Password123456!", "password_too_common"),
         ("shortpass", "password_too_short"),
     ] {
-        let r = app.post("/v1/tenants", Some(&admin), body(password)).await;
+        let r = app
+            .post(
+                "/v1/invitations/accept",
+                None,
+                json!({ "token": token, "password": password }),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
         assert_eq!(r.code(), code, "{r:?}");
-        assert_eq!(r.body["error"]["param"], "manager.password", "{r:?}");
+        assert_eq!(r.body["error"]["param"], "password", "{r:?}");
     }
-    // Nothing was created: the slug is still free.
-    let r = app.post("/v1/tenants", Some(&admin), body(STRONG[0])).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // A refused password leaves the link usable.
+    let r = app
+        .post(
+            "/v1/invitations/accept",
+            None,
+            json!({ "token": token, "password": STRONG[0] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        app.login(Some("lumen"), "ops@lumen.test", STRONG[0])
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 async fn a_tenant_policy_sets_its_own_minimum_length(app: &TestApp) {
@@ -151,9 +195,9 @@ async fn a_tenant_policy_sets_its_own_minimum_length(app: &TestApp) {
         "{r:?}"
     );
     let r = create_user(app, &relaxed, "a@relaxed.test", fourteen).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let r = create_user(app, &strict, "a@strict.test", &format!("{fourteen}!w")).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
 
 async fn change(app: &TestApp, token: &str, current: &str, new: &str) -> crate::support::Resp {

@@ -362,7 +362,7 @@ async fn audit_records_younger_than_twelve_months_survive_a_one_day_retention(ap
     app.post(
         "/v1/users",
         Some(&manager),
-        json!({ "email": "late@acme.test", "password": PASSWORD, "roles": ["AGENT"] }),
+        json!({ "email": "late@acme.test", "roles": ["AGENT"] }),
     )
     .await;
     let r = run(&core, app).await;
@@ -480,7 +480,7 @@ async fn pruned(app: &TestApp) -> TenantFixture {
         app.post(
             "/v1/users",
             Some(&manager),
-            json!({ "email": format!("late{i}@acme.test"), "password": PASSWORD, "roles": ["AGENT"] }),
+            json!({ "email": format!("late{i}@acme.test"), "roles": ["AGENT"] }),
         )
         .await;
     }

@@ -540,6 +540,47 @@ pub async fn send_to(router: &Router, req: Request<Body>) -> Resp {
 }
 
 impl TestApp {
+    /// Sends `requests` at once, each on its own task (so they really run in parallel on the
+    /// runtime's threads); the answers in order.
+    pub async fn send_parallel(&self, requests: Vec<Request<Body>>) -> Vec<Resp> {
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .map(|req| {
+                let router = self.router.clone();
+                tokio::spawn(async move {
+                    let resp = router.oneshot(req).await.expect("infallible");
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+                    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    Resp {
+                        status,
+                        headers,
+                        body,
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.expect("request task"));
+        }
+        out
+    }
+
+    /// A JSON POST request as [`send_parallel`](Self::send_parallel) takes it.
+    pub fn post_request(path: &str, token: Option<&str>, body: &Value) -> Request<Body> {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Body::from(serde_json::to_vec(body).expect("json")))
+            .expect("request")
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
         self.request(Method::POST, path, token, Some(body)).await
     }
@@ -582,21 +623,20 @@ impl TestApp {
         self.token(None, &email).await
     }
 
-    /// Creates a tenant through the API and signs its manager in.
+    /// Creates a tenant through the API (stepping the admin up first if its sign-in is older
+    /// than the step-up window), accepts its manager's invitation with [`PASSWORD`] and signs
+    /// the manager in.
     pub async fn tenant(&self, admin: &str, slug: &str) -> TenantFixture {
         let manager_email = format!("manager@{slug}.test");
-        let r = self
-            .post(
-                "/v1/tenants",
-                Some(admin),
-                json!({
-                    "slug": slug, "name": format!("{slug} Ltd"), "currencies": ["USD", "NGN"],
-                    "manager": { "email": manager_email, "password": PASSWORD }
-                }),
-            )
-            .await;
+        let body = json!({
+            "slug": slug, "name": format!("{slug} Ltd"), "currencies": ["USD", "NGN"],
+            "manager": { "email": manager_email }
+        });
+        let r = self.post_stepping_up("/v1/tenants", admin, body).await;
         assert_eq!(r.status, StatusCode::CREATED, "create tenant: {r:?}");
         let id = r.body["id"].as_str().expect("id").to_owned();
+        let accepted = self.accept_invitation(&manager_email, PASSWORD).await;
+        assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
         let login = self.login(Some(slug), &manager_email, PASSWORD).await;
         assert_eq!(login.status, StatusCode::OK, "{login:?}");
         let manager_token = login.body["access_token"]
@@ -612,7 +652,26 @@ impl TestApp {
         }
     }
 
-    /// Creates a user with `roles` in the manager's tenant; returns (user id, email).
+    /// POSTs `body` with `token`; when the answer is `step_up_required`, steps the session up
+    /// with [`PASSWORD`] and sends it again.
+    pub async fn post_stepping_up(&self, path: &str, token: &str, body: Value) -> Resp {
+        let r = self.post(path, Some(token), body.clone()).await;
+        if r.code() != "step_up_required" {
+            return r;
+        }
+        let up = self
+            .post(
+                "/v1/auth/step-up",
+                Some(token),
+                json!({ "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(up.status, StatusCode::OK, "step-up: {up:?}");
+        self.post(path, Some(token), body).await
+    }
+
+    /// Invites a user with `roles` into the manager's tenant and accepts the invitation with
+    /// [`PASSWORD`]; returns (user id, email).
     pub async fn user(&self, t: &TenantFixture, roles: &[&str]) -> (String, String) {
         let email = format!(
             "{}-{}@{}.test",
@@ -621,14 +680,67 @@ impl TestApp {
             t.slug
         );
         let r = self
-            .post(
+            .post_stepping_up(
                 "/v1/users",
-                Some(&t.manager_token),
-                json!({ "email": email, "password": PASSWORD, "roles": roles }),
+                &t.manager_token,
+                json!({ "email": email, "roles": roles }),
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "create user: {r:?}");
+        let accepted = self.accept_invitation(&email, PASSWORD).await;
+        assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
         (r.body["id"].as_str().expect("id").to_owned(), email)
+    }
+
+    /// Delivers the outbox into the development mailbox (`<data_dir>/mailbox/`) and takes the
+    /// newest invitation sent to `email` out of it (the file is removed, as a person reads and
+    /// deletes a mail): the token of its link.
+    pub async fn invitation_token(&self, email: &str) -> String {
+        let to = format!("To: <{email}>");
+        let dir = self.data_dir.path().join("mailbox");
+        for _ in 0..200 {
+            kasho::service::mail::deliver_due(&self.core)
+                .await
+                .expect("mail delivery");
+            let mut found: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .filter_map(|p| std::fs::read_to_string(&p).ok().map(|m| (p, m)))
+                .filter(|(_, m)| m.contains(&to) && m.contains("/accept-invitation#token="))
+                .collect();
+            found.sort();
+            if let Some((_, message)) = found.last() {
+                let message = message.clone();
+                for (p, _) in &found {
+                    let _ = std::fs::remove_file(p);
+                }
+                let at = message.find("#token=").expect("link") + "#token=".len();
+                return message[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+            }
+            // Another task's delivery pass may hold the message: it lands in a moment.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no invitation for {email} reached the mailbox");
+    }
+
+    /// Accepts the invitation mailed to `email`, choosing `password`.
+    pub async fn accept_invitation(&self, email: &str, password: &str) -> Resp {
+        let token = self.invitation_token(email).await;
+        self.post(
+            "/v1/invitations/accept",
+            None,
+            json!({ "token": token, "password": password }),
+        )
+        .await
     }
 
     /// A signed-in user with `roles`.

@@ -650,6 +650,8 @@ fn production_env(app: &TestApp) -> Vec<(&'static str, String)> {
             keys.join("master.key").display().to_string(),
         ),
         ("KASHO_MFA_REQUIRED_ROLES", String::new()),
+        // Emailed links must be https in production (issue 13 item 17).
+        ("KASHO_PUBLIC_URL", "https://kasho.test".into()),
     ]
 }
 

@@ -10,10 +10,15 @@ async fn managers_create_list_and_manage_users(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let r = app
-        .post("/v1/users", Some(&t.manager_token), json!({ "email": "Cashier@Acme.test", "password": PASSWORD, "roles": ["CASHIER", "AGENT"] }))
+        .post(
+            "/v1/users",
+            Some(&t.manager_token),
+            json!({ "email": "Cashier@Acme.test", "roles": ["CASHIER", "AGENT"] }),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     assert_eq!(r.body["object"], "user");
+    assert_eq!(r.body["status"], "invited");
     assert_eq!(
         r.body["email"], "cashier@acme.test",
         "emails are normalised"
@@ -27,7 +32,7 @@ async fn managers_create_list_and_manage_users(app: &TestApp) {
         .post(
             "/v1/users",
             Some(&t.manager_token),
-            json!({ "email": "cashier@acme.test", "password": PASSWORD, "roles": ["CASHIER"] }),
+            json!({ "email": "cashier@acme.test", "roles": ["CASHIER"] }),
         )
         .await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
@@ -42,7 +47,7 @@ async fn managers_create_list_and_manage_users(app: &TestApp) {
             .post(
                 "/v1/users",
                 Some(&t.manager_token),
-                json!({ "email": "x@acme.test", "password": PASSWORD, "roles": roles }),
+                json!({ "email": "x@acme.test", "roles": roles }),
             )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}");
@@ -61,6 +66,8 @@ async fn managers_create_list_and_manage_users(app: &TestApp) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.body["roles"], json!(["AUDITOR"]));
+    let accepted = app.accept_invitation("cashier@acme.test", PASSWORD).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
     // The new role applies on the user's next request.
     let token = app.token(Some("acme"), "cashier@acme.test").await;
     assert_eq!(
@@ -153,7 +160,7 @@ async fn nobody_grants_a_permission_they_lack(app: &TestApp) {
         .post(
             "/v1/users",
             Some(&auditor),
-            json!({ "email": "z@acme.test", "password": PASSWORD, "roles": ["MANAGER"] }),
+            json!({ "email": "z@acme.test", "roles": ["MANAGER"] }),
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);

@@ -80,22 +80,41 @@ impl From<TokenView> for ApiTokenView {
     }
 }
 
-/// A token with its new secret, shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+/// A token with its new secret and signing secret, shown this once.
+#[derive(Serialize, ToSchema)]
 pub struct IssuedApiTokenView {
     #[serde(flatten)]
     pub token: ApiTokenView,
     /// `kasho_…`: use as `Authorization: Bearer <secret>`. Kasho keeps only a keyed hash;
     /// it cannot be shown again.
     pub secret: String,
+    /// `kasho_sig_…`: the HMAC key of signed requests made with this secret (docs/API.md,
+    /// Request signing); never sent on a request. Kasho keeps it sealed; it cannot be shown
+    /// again.
+    pub signing_secret: String,
     /// After a rotation: until when the previous secret keeps working.
     pub previous_secret_valid_until: Option<String>,
+}
+
+impl std::fmt::Debug for IssuedApiTokenView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedApiTokenView")
+            .field("token", &self.token)
+            .field("secret", &"[REDACTED]")
+            .field("signing_secret", &"[REDACTED]")
+            .field(
+                "previous_secret_valid_until",
+                &self.previous_secret_valid_until,
+            )
+            .finish()
+    }
 }
 
 impl From<Issued> for IssuedApiTokenView {
     fn from(i: Issued) -> Self {
         Self {
             secret: i.secret.expose_secret().to_owned(),
+            signing_secret: i.signing_secret.expose_secret().to_owned(),
             previous_secret_valid_until: i.previous_valid_until.map(|t| t.to_rfc3339()),
             token: i.token.into(),
         }

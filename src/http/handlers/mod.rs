@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod compliance;
 pub mod customers;
+pub mod invitations;
 pub mod kyc;
 pub mod ledger;
 pub mod me;

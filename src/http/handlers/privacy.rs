@@ -151,8 +151,11 @@ pub struct ErasureView {
     pub erased_at: String,
     /// The customer's accounts closed by the erasure.
     pub accounts_closed: Vec<String>,
-    /// The linked user, now disabled, signed out and pseudonymised.
+    /// The linked user, now disabled, signed out and pseudonymised (a customer-only login).
     pub user_disabled: Option<String>,
+    /// The linked user when it is also staff: unlinked, its CUSTOMER role removed (its other
+    /// roles, email and password stay; its sessions end).
+    pub user_unlinked: Option<String>,
     /// Data key versions whose key material was destroyed.
     pub keys_destroyed: u64,
     /// Blind-index rows deleted.
@@ -211,8 +214,10 @@ pub async fn export(
 /// Erase a customer by crypto-shredding: refused (422 `erasure_blocked`, nothing changed)
 /// while any of its accounts holds a balance, pending debits or credits, or an active hold;
 /// otherwise closes its accounts, deletes its blind indexes, destroys its data key and
-/// pseudonymises its login. Ledger entries stay under the pseudonymous ids. A second request
-/// answers 409 `customer_erased`.
+/// pseudonymises its login. A login that is also staff is only unlinked and loses its CUSTOMER
+/// role, and only a caller who may manage that user can erase (403
+/// `linked_user_not_manageable` otherwise). Ledger entries stay under the pseudonymous ids. A
+/// second request answers 409 `customer_erased`.
 #[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = ErasureRequest, responses(
     (status = 200, body = ErasureView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -243,6 +248,7 @@ pub async fn erase(
             erased_at: r.erased_at.to_rfc3339(),
             accounts_closed: r.accounts_closed,
             user_disabled: r.user_disabled,
+            user_unlinked: r.user_unlinked,
             keys_destroyed: r.keys_destroyed,
             lookups_deleted: r.lookups_deleted,
         }),

@@ -196,6 +196,18 @@ pub struct SecurityPolicyBody {
     /// Omitted: none. CORS is not authorisation: every request still needs its credential.
     #[serde(default)]
     pub cors_allowed_origins: Vec<String>,
+    /// Pairs of roles no user may hold together (segregation of duties), each two different
+    /// tenant roles; at most 15. Always includes `["MANAGER", "COMPLIANCE_OFFICER"]`, which
+    /// cannot be removed. Omitted: only that pair.
+    #[serde(default = "default_forbidden_role_pairs")]
+    pub forbidden_role_pairs: Vec<Vec<String>>,
+}
+
+fn default_forbidden_role_pairs() -> Vec<Vec<String>> {
+    crate::domain::authz::ALWAYS_FORBIDDEN_PAIRS
+        .iter()
+        .map(|(a, b)| vec![a.as_str().to_owned(), b.as_str().to_owned()])
+        .collect()
 }
 
 impl From<SecurityPolicy> for SecurityPolicyBody {
@@ -222,6 +234,11 @@ impl From<SecurityPolicy> for SecurityPolicyBody {
                 .cors_allowed_origins
                 .iter()
                 .map(ToString::to_string)
+                .collect(),
+            forbidden_role_pairs: p
+                .forbidden_role_pairs
+                .iter()
+                .map(|pair| pair.iter().map(|r| r.as_str().to_owned()).collect())
                 .collect(),
         }
     }
@@ -268,6 +285,24 @@ impl SecurityPolicyBody {
                 origins.push(origin);
             }
         }
+        let mut pairs = Vec::new();
+        for (i, pair) in self.forbidden_role_pairs.iter().enumerate() {
+            let param = || Some(format!("forbidden_role_pairs[{i}]"));
+            let roles = pair
+                .iter()
+                .map(|r| crate::domain::authz::Role::parse(r))
+                .collect::<Option<Vec<_>>>();
+            match roles.as_deref() {
+                Some([a, b]) => pairs.push([*a, *b]),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "parameter_invalid",
+                        param(),
+                        "each pair is two role names, e.g. [\"CASHIER\", \"AUDITOR\"]",
+                    ));
+                }
+            }
+        }
         Ok(SecurityPolicy {
             password_min_length: self.password_min_length,
             password_max_length: self.password_max_length,
@@ -283,6 +318,7 @@ impl SecurityPolicyBody {
             staff_login_ip_allowlist: self.staff_login_ip_allowlist,
             require_signed_requests: self.require_signed_requests,
             cors_allowed_origins: origins,
+            forbidden_role_pairs: pairs,
         })
     }
 }

@@ -15,10 +15,15 @@ use crate::ids::UserId;
 use crate::service::users::{self, CreateUser};
 use crate::service::{Principal, RequestMeta};
 
-/// Create a user in the caller's tenant. The roles may not carry a permission the caller lacks.
+/// Invite a user into the caller's tenant: it answers 201 with the user in status `invited`
+/// and emails a link (valid 72 hours) with which the person chooses their own password. The
+/// roles may not carry a permission the caller lacks, nor hold a forbidden pair (422
+/// `forbidden_role_pair`); inviting a staff role (anything but CUSTOMER) needs step-up, so API
+/// tokens cannot do it.
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateUserRequest, responses(
     (status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody),
+    (status = 403, description = "Not permitted, or step-up required", body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody),
+    (status = 422, description = "A forbidden pair of roles", body = ErrorBody),
 ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -28,7 +33,6 @@ pub async fn create(
 ) -> ApiResult<Recorded<Json<UserView>>> {
     let input = CreateUser {
         email: body.email,
-        password: body.password,
         roles: body.roles,
     };
     let user = users::create(&state.core, &meta, &principal, input).await?;
@@ -116,5 +120,21 @@ pub async fn set_roles(
     ApiJson(body): ApiJson<SetRolesRequest>,
 ) -> ApiResult<Recorded<Json<UserView>>> {
     let u = users::set_roles(&state.core, &meta, &principal, &id, &body.roles).await?;
+    Ok(Recorded(StatusCode::OK, Json(u.into())))
+}
+
+/// Send an invited user a new invitation link (72 hours); its earlier links stop working.
+/// Only for a user still `invited` (409 `user_not_invited` otherwise); needs step-up when the
+/// user holds a staff role.
+#[utoipa::path(post, path = "/v1/users/{id}/reinvite", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+    (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+pub async fn reinvite(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Recorded<Json<UserView>>> {
+    let u = crate::service::invitations::reinvite(&state.core, &meta, &principal, &id).await?;
     Ok(Recorded(StatusCode::OK, Json(u.into())))
 }
