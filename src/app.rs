@@ -170,6 +170,7 @@ pub async fn build_core_with_checks(
         kyc: crate::service::kyc::KycGate::default(),
         checks,
         alert_webhook,
+        verifications: Default::default(),
         store,
         storage: crate::service::health::StorageHealth::default(),
     }))

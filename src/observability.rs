@@ -14,6 +14,7 @@
 //! | `kasho_security_alerts_total` | `severity` |
 //! | `kasho_alert_deliveries_total` | `outcome` (`delivered`, `retry`, `failed`) |
 //! | `kasho_db_pool_connections`, `kasho_db_pool_idle` (gauges) | — |
+//! | `kasho_credential_verifications_total` | `kind` (`password`, `totp`, `recovery_code`) |
 
 use std::sync::OnceLock;
 
@@ -29,6 +30,7 @@ pub const SECURITY_ALERTS: &str = "kasho_security_alerts_total";
 pub const ALERT_DELIVERIES: &str = "kasho_alert_deliveries_total";
 pub const DB_POOL_CONNECTIONS: &str = "kasho_db_pool_connections";
 pub const DB_POOL_IDLE: &str = "kasho_db_pool_idle";
+pub const CREDENTIAL_VERIFICATIONS: &str = "kasho_credential_verifications_total";
 
 /// Latency buckets in seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -76,6 +78,11 @@ fn describe() {
     metrics::describe_counter!(
         ALERT_DELIVERIES,
         "alert webhook delivery attempts by outcome"
+    );
+    metrics::describe_counter!(
+        CREDENTIAL_VERIFICATIONS,
+        "passwords and second-factor codes actually checked against an account, by kind \
+         (a guess refused by the lockout or its delay is never checked)"
     );
     metrics::describe_gauge!(DB_POOL_CONNECTIONS, "open database pool connections");
     metrics::describe_gauge!(DB_POOL_IDLE, "idle database pool connections");
@@ -145,4 +152,53 @@ pub fn transfer(outcome: &'static str) {
 pub fn db_pool(connections: u32, idle: u32) {
     metrics::gauge!(DB_POOL_CONNECTIONS).set(f64::from(connections));
     metrics::gauge!(DB_POOL_IDLE).set(f64::from(idle));
+}
+
+/// What kind of credential a verification checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Password,
+    Totp,
+    RecoveryCode,
+}
+
+impl CredentialKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Password => "password",
+            CredentialKind::Totp => "totp",
+            CredentialKind::RecoveryCode => "recovery_code",
+        }
+    }
+}
+
+/// The credential checks one core made (the process-wide series sums every core; a test
+/// builds several cores in one process and reads its own here).
+#[derive(Debug, Default)]
+pub struct Verifications {
+    password: std::sync::atomic::AtomicU64,
+    totp: std::sync::atomic::AtomicU64,
+    recovery_code: std::sync::atomic::AtomicU64,
+}
+
+impl Verifications {
+    fn cell(&self, kind: CredentialKind) -> &std::sync::atomic::AtomicU64 {
+        match kind {
+            CredentialKind::Password => &self.password,
+            CredentialKind::Totp => &self.totp,
+            CredentialKind::RecoveryCode => &self.recovery_code,
+        }
+    }
+
+    /// One credential is being checked (called by the checks themselves, never by callers).
+    pub fn record(&self, kind: CredentialKind) {
+        self.cell(kind)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(CREDENTIAL_VERIFICATIONS, "kind" => kind.as_str()).increment(1);
+    }
+
+    /// How many credentials of `kind` this core has checked.
+    pub fn count(&self, kind: CredentialKind) -> u64 {
+        self.cell(kind).load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

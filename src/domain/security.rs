@@ -371,6 +371,21 @@ pub fn allowed(list: &[Cidr], ip: Option<&IpAddr>) -> bool {
     list.is_empty() || ip.is_some_and(|ip| list.iter().any(|c| c.contains(ip)))
 }
 
+/// Seconds to wait after the `guesses`-th credential guess of a run before the next one may be
+/// checked: none after the first two, then 1, 2, 4, … up to 30. Storage applies it in the same
+/// atomic step that counts the guess (`store::security`), so a burst cannot outrun it.
+pub fn progressive_delay_seconds(guesses: i64) -> i64 {
+    if guesses < 3 {
+        0
+    } else {
+        let exp = u32::try_from(guesses - 3).unwrap_or(u32::MAX).min(5);
+        (1i64 << exp).min(30)
+    }
+}
+
+/// The guess count from which [`progressive_delay_seconds`] no longer grows.
+pub const PROGRESSIVE_DELAY_SATURATES_AT: i64 = 8;
+
 /// The bounds a tenant's policy must stay within.
 pub mod bounds {
     /// NIST 800-63B: at least 8; the default is 12.
@@ -586,6 +601,16 @@ impl SecurityPolicy {
         roles.iter().any(|r| self.mfa_required_roles.contains(r))
     }
 
+    /// Whether a caller holding `roles` may act from `ip` (the client address as
+    /// `trusted_proxies` resolves it): with `staff_login_ip_allowlist`, every role but CUSTOMER
+    /// must come from `allowed_ips`, at sign-in, on every request and at refresh alike. A
+    /// customer, or a policy without the switch, is not confined.
+    pub fn admits_address(&self, roles: &[Role], ip: Option<&IpAddr>) -> bool {
+        !self.staff_login_ip_allowlist
+            || !roles.iter().any(|r| *r != Role::Customer)
+            || allowed(&self.allowed_ips, ip)
+    }
+
     /// Whether moving `amount` of `currency` needs a recent authentication.
     pub fn transfer_needs_step_up(&self, currency: &str, amount: i64) -> bool {
         self.step_up_transfer_threshold
@@ -776,5 +801,41 @@ mod tests {
         }
         assert!(SecurityEvent::at_least(Severity::High).contains(&SecurityEvent::AccountLocked));
         assert!(!SecurityEvent::at_least(Severity::High).contains(&SecurityEvent::LoginFailed));
+    }
+
+    #[test]
+    fn delays_grow_then_cap() {
+        let d: Vec<i64> = (0..12).map(progressive_delay_seconds).collect();
+        assert_eq!(d, vec![0, 0, 0, 1, 2, 4, 8, 16, 30, 30, 30, 30]);
+        let last = PROGRESSIVE_DELAY_SATURATES_AT;
+        assert!(progressive_delay_seconds(last - 1) < progressive_delay_seconds(last));
+        assert_eq!(
+            progressive_delay_seconds(last),
+            progressive_delay_seconds(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn the_staff_allow_list_confines_every_role_but_customer() {
+        let mut p = SecurityPolicy {
+            allowed_ips: vec![cidr("198.51.100.0/24")],
+            ..Default::default()
+        };
+        let inside = ip("198.51.100.9");
+        let outside = ip("203.0.113.7");
+        // Without the switch the list is for API tokens only.
+        assert!(p.admits_address(&[Role::Cashier], Some(&outside)));
+        p.staff_login_ip_allowlist = true;
+        assert!(p.admits_address(&[Role::Cashier], Some(&inside)));
+        assert!(!p.admits_address(&[Role::Cashier], Some(&outside)));
+        assert!(
+            !p.admits_address(&[Role::Cashier], None),
+            "no address: not admitted"
+        );
+        assert!(!p.admits_address(&[Role::Customer, Role::Auditor], Some(&outside)));
+        assert!(p.admits_address(&[Role::Customer], Some(&outside)));
+        // An empty list admits everyone (the switch alone confines nobody).
+        p.allowed_ips.clear();
+        assert!(p.admits_address(&[Role::Manager], Some(&outside)));
     }
 }

@@ -10,7 +10,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AuditBuilder, Core, Credential, Principal, RequestMeta, security};
+use super::{AuditBuilder, Core, Credential, Principal, RequestMeta, guesses, security};
 use crate::clock::Timestamp;
 use crate::crypto::jwt::{AccessClaims, TokenError};
 use crate::crypto::{random_token, sha256_hex};
@@ -50,6 +50,9 @@ pub struct LoginInput {
     pub tenant: Option<String>,
     pub email: String,
     pub password: SecretString,
+    /// The connection presented a client certificate the configured client CA verified
+    /// (needed by a platform sign-in with `platform_admin_client_cert`).
+    pub client_certificate: bool,
 }
 
 /// Errors that carry their own audit record already written.
@@ -73,7 +76,29 @@ pub async fn login(
     input: LoginInput,
 ) -> Result<LoginResult, Audited> {
     let audit = AuditBuilder::new(core, meta, None);
-    let now = core.clock.now();
+
+    // A platform sign-in (no tenant named) needs the verified client certificate before
+    // anything is looked up or counted: without it nobody may guess at platform accounts, nor
+    // lock them. (The authorisation middleware refuses it earlier; this is the rule itself.)
+    if input.tenant.is_none()
+        && core.settings.platform_admin_client_cert
+        && !input.client_certificate
+    {
+        let ev = security::event(
+            &audit,
+            None,
+            SecurityEvent::AuthorizationRefused,
+            "auth.login",
+            None,
+            Outcome::Denied,
+            Some("client_certificate_required"),
+        );
+        security::record(core, ev).await;
+        return Err(Audited(AppError::Forbidden {
+            code: "client_certificate_required",
+            message: "platform administration requires a TLS client certificate issued by the configured client CA".into(),
+        }));
+    }
 
     // Resolve who this could be without revealing anything: every path verifies one hash.
     let tenant = match &input.tenant {
@@ -103,16 +128,22 @@ pub async fn login(
         )
     };
 
-    // Locks and delays are keyed by the email typed (known or not) and by the address.
-    let account_key = security::account_key(tenant_id.as_ref(), &input.email);
-    let mut keys = vec![account_key.clone()];
-    if let Some(ip) = &meta.ip {
-        keys.push(security::ip_key(ip));
+    // The guess is counted before the password is checked: under the email typed in its scope
+    // (known or not) and under the address. A tenant that does not exist is no scope: such a
+    // guess counts against the address alone, never against an account of another scope.
+    let mut slots = Vec::with_capacity(2);
+    if tenant_known {
+        let key = security::account_key(tenant_id.as_ref(), &input.email);
+        slots.push(guesses::account_slot(key, &policy));
     }
-    if let Err(e) = security::check_throttle(core, &keys, now).await {
-        security::record(core, fail(e.code(), None)).await;
-        return Err(Audited(e));
-    }
+    slots.extend(guesses::address_slot(core, meta));
+    let guess = match guesses::reserve(core, meta, tenant_id.as_ref(), slots).await {
+        Ok(g) => g,
+        Err(e) => {
+            security::record(core, fail(e.code(), None)).await;
+            return Err(Audited(e));
+        }
+    };
 
     let user = match (tenant_known, Email::parse(&input.email)) {
         (true, Ok(email)) => core
@@ -122,68 +153,68 @@ pub async fn login(
             .map_err(|e| Audited(e.into()))?,
         _ => None,
     };
-    let password_ok = core
-        .hasher
-        .verify(
-            &input.password,
-            user.as_ref().map(|u| u.password_hash.as_str()),
-        )
-        .await;
+    let password_ok = super::passwords::verify(
+        core,
+        &input.password,
+        user.as_ref().map(|u| u.password_hash.as_str()),
+    )
+    .await;
 
     let user = match user {
         Some(u) if password_ok => u,
         other => {
             // The reason is for auditors only; the caller always sees `invalid_credentials`,
-            // after the same work: one failure counted under each key, one audit record.
+            // after the same work: the guess stays counted, one audit record.
             let (reason, target) = match (&other, tenant_known) {
                 (_, false) => ("unknown_tenant", None),
                 (None, true) => ("unknown_account", None),
                 (Some(u), true) => ("wrong_password", Some(u.id.as_str())),
             };
-            security::count_failure(
-                core,
-                meta,
-                tenant_id.as_ref(),
-                &account_key,
-                &policy,
-                fail(reason, target),
-            )
-            .await
-            .map_err(Audited)?;
-            security::count_ip_failure(core, meta, tenant_id.as_ref())
-                .await
-                .map_err(Audited)?;
+            guess.failed(core, meta, fail(reason, target)).await;
             return Err(Audited(AppError::InvalidCredentials));
         }
     };
+    // The password was right: a refusal from here on is not a failed guess.
+    let user_id = user.id.as_str();
+    let refuse = |guess: guesses::Guess, reason: &'static str, err: AppError| async move {
+        if let Err(e) = guess.refund(core).await {
+            return Audited(e);
+        }
+        security::record(core, fail(reason, Some(user_id))).await;
+        Audited(err)
+    };
     if user.status != "active" {
-        security::record(core, fail("account_disabled", Some(&user.id))).await;
-        return Err(Audited(AppError::AccountUnavailable {
-            code: "account_disabled",
-            message: "this account is disabled".into(),
-        }));
+        return Err(refuse(
+            guess,
+            "account_disabled",
+            AppError::AccountUnavailable {
+                code: "account_disabled",
+                message: "this account is disabled".into(),
+            },
+        )
+        .await);
     }
     if tenant.as_ref().is_some_and(|t| t.status != "active") {
-        security::record(core, fail("tenant_suspended", Some(&user.id))).await;
-        return Err(Audited(AppError::AccountUnavailable {
-            code: "tenant_suspended",
-            message: "this tenant is suspended".into(),
-        }));
+        return Err(refuse(
+            guess,
+            "tenant_suspended",
+            AppError::AccountUnavailable {
+                code: "tenant_suspended",
+                message: "this tenant is suspended".into(),
+            },
+        )
+        .await);
     }
     // A platform login must be a platform admin, a tenant login a tenant user: the store's
     // scoping already guarantees it; this guards against a corrupted row.
     let roles = roles_from_storage(&user.roles);
     if roles.is_empty() || roles.iter().any(|r| r.is_platform()) != tenant_id.is_none() {
-        security::record(core, fail("invalid_roles", Some(&user.id))).await;
-        return Err(Audited(AppError::InvalidCredentials));
+        return Err(refuse(guess, "invalid_roles", AppError::InvalidCredentials).await);
     }
-    // Staff sign-ins may be confined to the tenant's allow-list.
-    let is_staff = roles.iter().any(|r| *r != Role::Customer);
+    // Staff may be confined to the tenant's allow-list (here, on every request and at refresh).
     let ip = meta.ip.as_deref().and_then(|i| i.parse().ok());
-    if policy.staff_login_ip_allowlist
-        && is_staff
-        && !crate::domain::security::allowed(&policy.allowed_ips, ip.as_ref())
-    {
+    if !policy.admits_address(&roles, ip.as_ref()) {
+        guess.refund(core).await.map_err(Audited)?;
         let ev = security::event(
             &audit,
             tenant_id.as_ref(),
@@ -200,15 +231,14 @@ pub async fn login(
         }));
     }
     // With MFA the run of failures ends only once the second factor is proven too (wrong
-    // codes count under the same key, so a known password must not reset them).
+    // codes count under the same key, so a known password must not reset them): the password
+    // gives its guess back, and the code will take one.
     if user.mfa_enabled != 0 {
+        guess.refund(core).await.map_err(Audited)?;
         return super::mfa::begin_challenge(core, meta, &user, tenant_id.as_ref()).await;
     }
     // The password was right: the run of failures ends.
-    core.store
-        .clear_login_throttle(&account_key, &[])
-        .await
-        .map_err(|e| Audited(e.into()))?;
+    guess.succeeded(core).await.map_err(Audited)?;
     let pair = issue_session(core, meta, &user, tenant_id.as_ref(), &policy, "password")
         .await
         .map_err(Audited)?;
@@ -289,6 +319,26 @@ pub async fn refresh(
             "the refresh token is invalid or expired",
         ))
     };
+
+    // The allow-list is checked before the token is spent: a refusal leaves it to its owner
+    // (spending it here would make the owner's next refresh look like a replay).
+    if let Some(sid) = core
+        .store
+        .refresh_token_session(&hash)
+        .await
+        .map_err(|e| Audited(e.into()))?
+        .and_then(|s| SessionId::parse(&s))
+        && let Some(view) = core
+            .store
+            .get_session(&sid)
+            .await
+            .map_err(|e| Audited(e.into()))?
+    {
+        let policy = security::policy_from(core, view.policy.as_deref());
+        refuse_unadmitted_address(core, meta, &view, &policy, &roles_from_storage(&view.roles))
+            .await
+            .map_err(Audited)?;
+    }
 
     let (session_id, token_expires) = match core
         .store
@@ -393,7 +443,7 @@ pub async fn refresh(
         .map_err(|e| Audited(e.into()))?;
     // A refresh is use of the session (the idle timeout restarts).
     core.store
-        .touch_session(&sid, now, 0)
+        .touch_session(&sid, now, 0, meta.ip.as_deref())
         .await
         .map_err(|e| Audited(e.into()))?;
 
@@ -493,18 +543,28 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
     // authenticated request behind the ledger writer (SQLite single transfers fell from about
     // 5,100/s to 800/s; docs/PERFORMANCE.md). The statement keeps its own condition for
     // concurrent requests.
+    let roles = roles_from_storage(&view.roles);
+    // Staff confined to the tenant's allow-list are confined on every request, not only at
+    // sign-in: a token taken from an allowed address is refused from any other.
+    refuse_unadmitted_address(core, meta, &view, &policy, &roles).await?;
+    // A new address is written at once (the allow-list judges sessions by their last one).
     let touched_recently = view.last_used_at.is_some_and(|t| {
         Timestamp::from_micros(t).plus_seconds(SESSION_TOUCH_INTERVAL_SECONDS) > now
     });
-    if !touched_recently
+    let moved = meta.ip.is_some() && meta.ip != view.last_ip;
+    if (!touched_recently || moved)
         && let Err(e) = core
             .store
-            .touch_session(&sid, now, SESSION_TOUCH_INTERVAL_SECONDS)
+            .touch_session(
+                &sid,
+                now,
+                SESSION_TOUCH_INTERVAL_SECONDS,
+                meta.ip.as_deref(),
+            )
             .await
     {
         tracing::warn!(error = %e, "could not record session activity");
     }
-    let roles = roles_from_storage(&view.roles);
     Ok(Principal {
         user_id: UserId::from_trusted(view.user_id),
         tenant_id: view.tenant_id.map(TenantId::from_trusted),
@@ -516,6 +576,41 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
             view.authenticated_at.unwrap_or(view.created_at),
         )),
         roles,
+    })
+}
+
+/// Refuses (403 `ip_not_allowed`, an `ip_refused` security event) a session used from an
+/// address its tenant's staff allow-list does not admit, for the roles the list covers.
+async fn refuse_unadmitted_address(
+    core: &Core,
+    meta: &RequestMeta,
+    view: &SessionView,
+    policy: &crate::domain::security::SecurityPolicy,
+    roles: &[Role],
+) -> AppResult<()> {
+    let ip = meta.ip.as_deref().and_then(|i| i.parse().ok());
+    if policy.admits_address(roles, ip.as_ref()) {
+        return Ok(());
+    }
+    let tenant = view.tenant_id.clone().map(TenantId::from_trusted);
+    let ev = crate::domain::audit::NewAuditEvent {
+        actor_type: crate::domain::audit::ActorType::User,
+        actor_id: Some(view.user_id.clone()),
+        ..security::event(
+            &AuditBuilder::new(core, meta, None),
+            tenant.as_ref(),
+            SecurityEvent::IpRefused,
+            "security.ip_refused",
+            Some(("session", view.session_id.as_str())),
+            Outcome::Denied,
+            Some("staff_allow_list"),
+        )
+    };
+    security::record(core, ev).await;
+    Err(AppError::Forbidden {
+        code: "ip_not_allowed",
+        message: "this session may not be used from this address (the tenant's staff allow-list)"
+            .into(),
     })
 }
 

@@ -8,9 +8,10 @@
 //!   than the last one the user had accepted (a conditional UPDATE), so a code never works
 //!   twice, even in two concurrent requests. Recovery codes are spent the same way.
 //! - A sign-in with a correct password for a user with MFA gets an opaque challenge token
-//!   (256 bits, stored hashed, 5 minutes, single use, dead after 5 wrong codes);
-//!   `POST /v1/auth/mfa` finishes it. Wrong codes count towards the account's lockout like
-//!   wrong passwords, and are security events.
+//!   (256 bits, stored hashed, 5 minutes, single use, dead after 5 codes tried);
+//!   `POST /v1/auth/mfa` finishes it. Each code is counted against the challenge and the
+//!   account's lockout BEFORE it is checked (`service::guesses`), like a password; wrong codes
+//!   are security events.
 
 use aws_lc_rs::hmac;
 use base64::Engine;
@@ -25,6 +26,7 @@ use crate::domain::audit::Outcome;
 use crate::domain::security::SecurityEvent;
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
+use crate::observability::CredentialKind;
 use crate::service::keys::KeyOwner;
 use crate::store::keys::{EncryptedColumn, MFA_TOTP_PENDING_SECRET, MFA_TOTP_SECRET};
 use crate::store::mfa::{MfaChallengeRecord, TotpConfirmation};
@@ -242,7 +244,9 @@ impl Factor {
 }
 
 /// Checks a TOTP or recovery code of a user with active MFA and spends it; `None` when it is
-/// wrong, replayed, spent, or the user has no active second factor.
+/// wrong, replayed, spent, or the user has no active second factor. The only place a code
+/// guess is checked (each check counts in `kasho_credential_verifications_total`); callers
+/// count the guess first (`service::guesses`).
 async fn check_code(
     core: &Core,
     tenant: Option<&TenantId>,
@@ -262,6 +266,7 @@ async fn check_code(
             return Ok(None);
         };
         let secret = open_secret(core, tenant, MFA_TOTP_SECRET, user, stored).await?;
+        core.verifications.record(CredentialKind::Totp);
         let Some(step) = matching_step(&secret, &code, now) else {
             return Ok(None);
         };
@@ -274,6 +279,7 @@ async fn check_code(
             .then_some(Factor::Totp));
     }
     if code.len() == RECOVERY_CODE_BYTES * 8 / 5 {
+        core.verifications.record(CredentialKind::RecoveryCode);
         let hash = recovery_hash(user, &code);
         return Ok(core
             .store
@@ -401,39 +407,67 @@ pub async fn complete_login(
             Some(reason),
         )
     };
-    if let Err(e) = security::check_throttle(core, std::slice::from_ref(&key), now).await {
-        security::record(core, failed(e.code())).await;
-        return Err(Audited(e));
+    // The code is counted before it is checked: against the challenge (its own cap, one
+    // conditional update) and against the account's run, so concurrent codes cannot outrun
+    // either.
+    if !core
+        .store
+        .count_mfa_attempt(&hash, now, CHALLENGE_MAX_FAILURES)
+        .await
+        .map_err(|e| Audited(e.into()))?
+    {
+        security::record(core, failed("mfa_token_exhausted")).await;
+        return Err(invalid());
     }
+    let guess = match super::guesses::reserve(
+        core,
+        meta,
+        tenant,
+        vec![super::guesses::account_slot(key, &policy)],
+    )
+    .await
+    {
+        Ok(g) => g,
+        Err(e) => {
+            security::record(core, failed(e.code())).await;
+            return Err(Audited(e));
+        }
+    };
 
     let factor = check_code(core, tenant, &user_id, code)
         .await
         .map_err(Audited)?;
     let Some(factor) = factor else {
-        core.store
-            .fail_mfa_challenge(&hash)
-            .await
-            .map_err(|e| Audited(e.into()))?;
-        security::count_failure(core, meta, tenant, &key, &policy, failed("wrong_code"))
-            .await
-            .map_err(Audited)?;
+        guess.failed(core, meta, failed("wrong_code")).await;
         return Err(Audited(AppError::InvalidMfaCode));
     };
+    // The code was right: a refusal from here on is not a failed guess.
+    let refuse = |guess: super::guesses::Guess, reason: &'static str, err: Audited| async move {
+        if let Err(e) = guess.refund(core).await {
+            return Audited(e);
+        }
+        security::record(core, failed(reason)).await;
+        err
+    };
+    // This attempt was counted on the challenge already: it may be the last one allowed.
     if !core
         .store
-        .consume_mfa_challenge(&hash, now, CHALLENGE_MAX_FAILURES)
+        .consume_mfa_challenge(&hash, now, CHALLENGE_MAX_FAILURES + 1)
         .await
         .map_err(|e| Audited(e.into()))?
     {
-        security::record(core, failed("mfa_token_raced")).await;
-        return Err(invalid());
+        return Err(refuse(guess, "mfa_token_raced", invalid()).await);
     }
     if user.status != "active" {
-        security::record(core, failed("account_disabled")).await;
-        return Err(Audited(AppError::AccountUnavailable {
-            code: "account_disabled",
-            message: "this account is disabled".into(),
-        }));
+        return Err(refuse(
+            guess,
+            "account_disabled",
+            Audited(AppError::AccountUnavailable {
+                code: "account_disabled",
+                message: "this account is disabled".into(),
+            }),
+        )
+        .await);
     }
     if let Some(t) = tenant {
         let active = core
@@ -443,18 +477,19 @@ pub async fn complete_login(
             .map_err(|e| Audited(e.into()))?
             .is_some_and(|t| t.status == "active");
         if !active {
-            security::record(core, failed("tenant_suspended")).await;
-            return Err(Audited(AppError::AccountUnavailable {
-                code: "tenant_suspended",
-                message: "this tenant is suspended".into(),
-            }));
+            return Err(refuse(
+                guess,
+                "tenant_suspended",
+                Audited(AppError::AccountUnavailable {
+                    code: "tenant_suspended",
+                    message: "this tenant is suspended".into(),
+                }),
+            )
+            .await);
         }
     }
     // Every factor is proven: the run of failures ends.
-    core.store
-        .clear_login_throttle(&key, &[])
-        .await
-        .map_err(|e| Audited(e.into()))?;
+    guess.succeeded(core).await.map_err(Audited)?;
     super::auth::issue_session(core, meta, &user, tenant, &policy, factor.login_method())
         .await
         .map_err(Audited)

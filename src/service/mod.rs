@@ -10,6 +10,7 @@ pub mod auth;
 pub mod break_glass;
 pub mod customers;
 pub mod duties;
+pub mod guesses;
 pub mod health;
 pub mod intrusion;
 pub mod invitations;
@@ -102,6 +103,8 @@ pub struct Core {
     pub limits: ratelimit::RateLimiter,
     /// The alert webhook client (`None`: alerts are only logged).
     pub alert_webhook: Option<alerts::WebhookClient>,
+    /// Passwords and codes this core checked (`kasho_credential_verifications_total`).
+    pub verifications: crate::observability::Verifications,
     /// Whether storage has been failing writes (`/readyz`).
     pub storage: health::StorageHealth,
 }

@@ -234,6 +234,7 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
         .map_err(|e| passwords::for_param(e, "new_password"))?;
 
     let account_key = security::account_key(Some(&tenant), &user.email);
+    let mut guess = None;
     if user.mfa_enabled != 0 {
         let Some(code) = input.code.as_deref().filter(|c| !c.trim().is_empty()) else {
             return Err(AppError::Invalid {
@@ -243,17 +244,24 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
                     .into(),
             });
         };
-        // Wrong codes count towards the account's lock like wrong passwords.
-        security::check_throttle(core, std::slice::from_ref(&account_key), now).await?;
+        // Codes count towards the account's lock like passwords, before they are checked.
+        let g = super::guesses::reserve(
+            core,
+            meta,
+            Some(&tenant),
+            vec![super::guesses::account_slot(account_key.clone(), &policy)],
+        )
+        .await?;
         if !super::mfa::verify_second_factor(core, meta, Some(&tenant), &user_id, code).await? {
             let ev = failed(Some(&tenant), "wrong_mfa_code", Some(&user.id));
-            security::count_failure(core, meta, Some(&tenant), &account_key, &policy, ev).await?;
+            g.failed(core, meta, ev).await;
             return Err(AppError::Invalid {
                 code: "mfa_code_invalid",
                 param: Some("code".into()),
                 message: "the MFA code is wrong or was already used".into(),
             });
         }
+        guess = Some(g);
     }
 
     let done = audit.event(
@@ -275,10 +283,13 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
     .await?;
     if !changed {
         // Spent by a concurrent confirmation (or expired) between the check and the change.
+        if let Some(g) = guess {
+            g.refund(core).await?;
+        }
         security::record(core, failed(Some(&tenant), "already_used", Some(&user.id))).await;
         return Err(invalid_token());
     }
     // Whoever locked the account out by guessing, its owner is back in.
-    core.store.clear_login_throttle(&account_key, &[]).await?;
+    super::guesses::clear(core, &account_key, &[]).await?;
     Ok(())
 }

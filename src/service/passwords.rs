@@ -120,6 +120,16 @@ pub async fn check_new_password_with(
     Ok(policy)
 }
 
+/// Checks a password guess against a stored hash (the dummy hash when there is no such
+/// account, at the same cost), counting the check in `kasho_credential_verifications_total`.
+/// The guess must have been counted first (`service::guesses::reserve`): this is the only
+/// place a password guess is checked.
+pub async fn verify(core: &Core, password: &SecretString, stored: Option<&str>) -> bool {
+    core.verifications
+        .record(crate::observability::CredentialKind::Password);
+    core.hasher.verify(password, stored).await
+}
+
 /// Hashes and stores a new password for an existing user (its old hash joins the history) and
 /// revokes the user's sessions but `keep_session` and every API token of the user, with
 /// `audit`, in one transaction.
@@ -229,14 +239,16 @@ pub async fn change(
         .await?
         .ok_or(AppError::NotFound("user"))?;
     let key = security::account_key(tenant, &user.email);
-    security::check_throttle(core, std::slice::from_ref(&key), core.clock.now()).await?;
+    let current_policy = security::policy(core, tenant).await?;
+    let guess = super::guesses::reserve(
+        core,
+        meta,
+        tenant,
+        vec![super::guesses::account_slot(key, &current_policy)],
+    )
+    .await?;
     let audit = AuditBuilder::new(core, meta, Some(actor));
-    if !core
-        .hasher
-        .verify(current_password, Some(&user.password_hash))
-        .await
-    {
-        let policy = security::policy(core, tenant).await?;
+    if !verify(core, current_password, Some(&user.password_hash)).await {
         let ev = security::event(
             &audit,
             tenant,
@@ -246,13 +258,14 @@ pub async fn change(
             Outcome::Failure,
             Some("wrong_current_password"),
         );
-        security::count_failure(core, meta, tenant, &key, &policy, ev).await?;
+        guess.failed(core, meta, ev).await;
         return Err(AppError::Invalid {
             code: "current_password_incorrect",
             param: Some("current_password".into()),
             message: "the current password is not correct".into(),
         });
     }
+    guess.succeeded(core).await?;
     let subject = Subject {
         tenant,
         email: &user.email,

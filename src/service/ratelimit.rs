@@ -718,6 +718,36 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Runs `script` in the shared Redis over `keys` (each under this limiter's key prefix)
+    /// with `args`, for counters that must be shared by every instance (credential guesses,
+    /// `service::guesses`). `None` without Redis, or while it is unavailable: the caller falls
+    /// back to its own shared store, never to this process alone.
+    pub(crate) async fn run_script(
+        &self,
+        now: Timestamp,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[i64],
+    ) -> (Option<Vec<i64>>, Option<Transition>) {
+        let Some(r) = &self.redis else {
+            return (None, None);
+        };
+        let now_ms = now.as_micros().div_euclid(1000);
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(format!("{}{k}", r.prefix));
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        r.run(now_ms, |mut conn| async move {
+            invocation.invoke_async::<Vec<i64>>(&mut conn).await
+        })
+        .await
+    }
+}
+
 /// Builds the decision from whether the tokens were taken and the buckets' contents after.
 fn decide(buckets: &[Bucket], ok: bool, levels: &[i64]) -> Decision {
     let quotas: Vec<Quota> = buckets

@@ -2,10 +2,11 @@
 //! step-up (recent authentication) for sensitive actions, sign-in throttling and lockout, and
 //! the sessions a user can see and end.
 //!
-//! Throttling is keyed by what the caller typed, never by whether an account exists: failures
+//! Throttling is keyed by what the caller typed, never by whether an account exists: guesses
 //! are counted under `acct:<sha256(tenant, email)>` for known and unknown emails alike, so a
 //! lock, a delay or a refusal looks the same either way. A second key, `ip:<address>`, counts
-//! failures from one address across accounts (password spraying).
+//! sign-in guesses from one address across accounts (password spraying). Guesses are counted
+//! before they are checked, by `service::guesses`.
 
 use secrecy::SecretString;
 
@@ -17,7 +18,7 @@ use crate::domain::security::{SecurityEvent, SecurityPolicy};
 use crate::error::{AppError, AppResult};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::Page;
-use crate::store::security::{FailureRule, SecurityEventFilter, SessionRecord, ThrottleRecord};
+use crate::store::security::{SecurityEventFilter, SessionRecord};
 
 /// The policy of `tenant` (the platform's, from configuration, for `None`).
 pub async fn policy(core: &Core, tenant: Option<&TenantId>) -> AppResult<SecurityPolicy> {
@@ -47,6 +48,16 @@ pub async fn set_policy(
         message: e.message,
     })?;
     require_step_up(core, meta, actor).await?;
+    // The allow-list applies to every request: a list that left out the caller's own address
+    // would lock the caller out with its first answer.
+    let own_ip = meta.ip.as_deref().and_then(|i| i.parse().ok());
+    if !policy.admits_address(&actor.roles, own_ip.as_ref()) {
+        return Err(AppError::Invalid {
+            code: "allow_list_excludes_caller",
+            param: Some("allowed_ips".into()),
+            message: "the staff allow-list must admit the address you are calling from".into(),
+        });
+    }
     let json = serde_json::to_string(&policy).map_err(AppError::internal)?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "security.policy.update",
@@ -63,7 +74,55 @@ pub async fn set_policy(
             &[ev],
         )
         .await?;
+    end_sessions_outside_allow_list(core, meta, actor, tenant, &policy).await?;
     Ok(policy)
+}
+
+/// Ends the tenant's sessions that `policy`'s staff allow-list no longer admits, judged by the
+/// address each was last used from (after the policy is saved: a session used meanwhile is
+/// judged by the new list on its own request). Each ending is audited.
+async fn end_sessions_outside_allow_list(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    tenant: &TenantId,
+    policy: &SecurityPolicy,
+) -> AppResult<u64> {
+    if !policy.staff_login_ip_allowlist || policy.allowed_ips.is_empty() {
+        return Ok(0);
+    }
+    let now = core.clock.now();
+    let outside: Vec<String> = core
+        .store
+        .live_session_addresses(tenant, now)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            let ip = s.last_ip.as_deref().and_then(|i| i.parse().ok());
+            let roles = crate::domain::authz::roles_from_storage(&s.roles);
+            !policy.admits_address(&roles, ip.as_ref())
+        })
+        .map(|s| s.id)
+        .collect();
+    if outside.is_empty() {
+        return Ok(0);
+    }
+    let audit = AuditBuilder::new(core, meta, Some(actor));
+    let events: Vec<NewAuditEvent> = outside
+        .iter()
+        .map(|id| {
+            audit.own(
+                "session.revoke",
+                Some(("session", id.as_str())),
+                Outcome::Success,
+                Some("ip_not_allowed"),
+            )
+        })
+        .collect();
+    Ok(core
+        .store
+        .revoke_tenant_sessions(tenant, &outside, "ip_not_allowed", now, &events)
+        .await?)
 }
 
 /// A security event record (outcome `denied` for refusals, `failure` for failed proofs).
@@ -161,12 +220,16 @@ pub async fn step_up(
         .ok_or(AppError::InvalidCredentials)?;
     let key = account_key(tenant, &user.email);
     let audit = AuditBuilder::new(core, meta, Some(actor));
-    check_throttle(core, std::slice::from_ref(&key), now).await?;
+    // Counted before anything is checked; the password and, with MFA, the code are one guess.
+    let guess = super::guesses::reserve(
+        core,
+        meta,
+        tenant,
+        vec![super::guesses::account_slot(key, &policy)],
+    )
+    .await?;
 
-    let password_ok = core
-        .hasher
-        .verify(password, Some(&user.password_hash))
-        .await;
+    let password_ok = super::passwords::verify(core, password, Some(&user.password_hash)).await;
     let second_ok = if !password_ok {
         false
     } else if user.mfa_enabled != 0 {
@@ -175,6 +238,7 @@ pub async fn step_up(
                 super::mfa::verify_second_factor(core, meta, tenant, &actor.user_id, c).await?
             }
             None => {
+                guess.refund(core).await?;
                 return Err(AppError::Invalid {
                     code: "mfa_code_required",
                     param: Some("code".into()),
@@ -201,9 +265,10 @@ pub async fn step_up(
             Outcome::Failure,
             Some(reason),
         );
-        count_failure(core, meta, tenant, &key, &policy, ev).await?;
+        guess.failed(core, meta, ev).await;
         return Err(AppError::InvalidCredentials);
     }
+    guess.succeeded(core).await?;
     let ev = audit.own(
         "auth.step_up",
         Some(("session", session.as_str())),
@@ -243,131 +308,7 @@ pub fn ip_key(ip: &str) -> String {
     format!("ip:{ip}")
 }
 
-/// Seconds to wait after `failures` consecutive failures: none for the first two, then 1, 2,
-/// 4, … up to 30.
-pub fn progressive_delay_seconds(failures: i64) -> i64 {
-    if failures < 3 {
-        0
-    } else {
-        let exp = u32::try_from(failures - 3).unwrap_or(u32::MAX).min(5);
-        (1i64 << exp).min(30)
-    }
-}
-
-/// Refuses an attempt under any of `keys` that is locked or still inside its progressive delay.
-/// Both answers are the same whether or not the account exists.
-pub async fn check_throttle(core: &Core, keys: &[String], now: Timestamp) -> AppResult<()> {
-    for row in core.store.login_throttle(keys).await? {
-        if let Some(until) = row.locked_until.filter(|u| *u > now.as_micros()) {
-            let secs = now.seconds_until(Timestamp::from_micros(until)).max(1);
-            return Err(if row.key.starts_with("ip:") {
-                AppError::TooManyAttempts {
-                    code: "too_many_attempts",
-                    message: "too many failed sign-ins from this address; try again later".into(),
-                    retry_after_seconds: secs,
-                }
-            } else {
-                AppError::TooManyAttempts {
-                    code: "account_locked",
-                    message: "too many failed sign-ins: sign-in is locked for a while; try again later or ask a manager to unlock it".into(),
-                    retry_after_seconds: secs,
-                }
-            });
-        }
-        if row.key.starts_with("acct:") {
-            let delay = progressive_delay_seconds(row.failures);
-            let ready = Timestamp::from_micros(row.last_failed_at).plus_seconds(delay);
-            if ready > now {
-                return Err(AppError::TooManyAttempts {
-                    code: "too_many_attempts",
-                    message: "too many failed sign-ins; wait before trying again".into(),
-                    retry_after_seconds: now.seconds_until(ready).max(1),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Counts a failed proof under the account key (with `failure`, its audit record) and, for
-/// sign-ins, under the caller's address; records `account_locked` when the count locks it.
-pub async fn count_failure(
-    core: &Core,
-    meta: &RequestMeta,
-    tenant: Option<&TenantId>,
-    key: &str,
-    policy: &SecurityPolicy,
-    failure: NewAuditEvent,
-) -> AppResult<ThrottleRecord> {
-    let now = core.clock.now();
-    let rule = FailureRule {
-        // Consecutive failures: the run ends with a success (or a day of quiet).
-        window_seconds: 86_400,
-        threshold: i64::from(policy.lockout_threshold),
-        lock_seconds: i64::from(policy.lockout_minutes) * 60,
-    };
-    let target = failure.target_type.clone().zip(failure.target_id.clone());
-    let (row, locked) = core
-        .store
-        .record_login_failure(key, tenant, rule, now, &[failure])
-        .await?;
-    if locked {
-        let audit = AuditBuilder::new(core, meta, None);
-        record(
-            core,
-            event(
-                &audit,
-                tenant,
-                SecurityEvent::AccountLocked,
-                "security.account_locked",
-                target.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
-                Outcome::Denied,
-                Some("failure_threshold"),
-            ),
-        )
-        .await;
-    }
-    Ok(row)
-}
-
-/// Counts a failed sign-in under the caller's address; records `login_throttled` when the
-/// address reaches its budget.
-pub async fn count_ip_failure(
-    core: &Core,
-    meta: &RequestMeta,
-    tenant: Option<&TenantId>,
-) -> AppResult<()> {
-    let Some(ip) = meta.ip.as_deref() else {
-        return Ok(());
-    };
-    let (_, locked) = core
-        .store
-        .record_login_failure(
-            &ip_key(ip),
-            tenant,
-            core.settings.login_ip_rule,
-            core.clock.now(),
-            &[],
-        )
-        .await?;
-    if locked {
-        let audit = AuditBuilder::new(core, meta, None);
-        record(
-            core,
-            event(
-                &audit,
-                tenant,
-                SecurityEvent::LoginThrottled,
-                "security.login_throttled",
-                None,
-                Outcome::Denied,
-                Some("address_failure_budget"),
-            ),
-        )
-        .await;
-    }
-    Ok(())
-}
+pub use crate::domain::security::progressive_delay_seconds;
 
 /// Lifts a lock (and forgets the failures) of a user of the caller's tenant.
 pub async fn unlock_user(
@@ -395,10 +336,7 @@ pub async fn unlock_user(
         Outcome::Success,
         None,
     );
-    Ok(core
-        .store
-        .clear_login_throttle(&account_key(Some(tenant), &user.email), &[ev])
-        .await?)
+    super::guesses::clear(core, &account_key(Some(tenant), &user.email), &[ev]).await
 }
 
 /// Whether a user's sign-in is locked now, and until when.
@@ -520,12 +458,6 @@ pub async fn list_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delays_grow_then_cap() {
-        let d: Vec<i64> = (0..12).map(progressive_delay_seconds).collect();
-        assert_eq!(d, vec![0, 0, 0, 1, 2, 4, 8, 16, 30, 30, 30, 30]);
-    }
 
     #[test]
     fn account_keys_do_not_depend_on_case_and_differ_by_tenant() {

@@ -155,15 +155,24 @@ pub trait MfaStore: Send + Sync {
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
     async fn mfa_challenge(&self, token_hash: &str) -> StoreResult<Option<MfaChallengeRecord>>;
-    /// Spends a challenge that is unused, unexpired and below `max_failures` wrong codes.
+    /// Spends a challenge that is unused, unexpired and has had fewer than `max_failures` codes
+    /// counted (the caller passes one more than the cap: its own code was counted first).
     async fn consume_mfa_challenge(
         &self,
         token_hash: &str,
         now: Timestamp,
         max_failures: i64,
     ) -> StoreResult<bool>;
-    /// Counts a wrong code against a challenge.
-    async fn fail_mfa_challenge(&self, token_hash: &str) -> StoreResult<()>;
+    /// Counts a code against a challenge BEFORE it is checked (one conditional update): `false`
+    /// when the challenge is spent, expired or has had `max_attempts` codes already, and then
+    /// the code must not be checked. Of any number of concurrent callers at most
+    /// `max_attempts` get `true`.
+    async fn count_mfa_attempt(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+        max_attempts: i64,
+    ) -> StoreResult<bool>;
 }
 
 macro_rules! impl_mfa_store {
@@ -470,16 +479,25 @@ macro_rules! impl_mfa_store {
                 Ok(n == 1)
             }
 
-            async fn fail_mfa_challenge(&self, token_hash: &str) -> $crate::store::StoreResult<()> {
+            async fn count_mfa_attempt(
+                &self,
+                token_hash: &str,
+                now: $crate::clock::Timestamp,
+                max_attempts: i64,
+            ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "UPDATE mfa_challenges SET failures = failures + 1 WHERE token_hash = $1",
+                let n = sqlx::query(
+                    "UPDATE mfa_challenges SET failures = failures + 1 WHERE token_hash = $1 \
+                     AND used_at IS NULL AND expires_at > $2 AND failures < $3",
                 )
                 .bind(token_hash)
+                .bind(now.as_micros())
+                .bind(max_attempts)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
                 tx.commit().await?;
-                Ok(())
+                Ok(n == 1)
             }
         }
     };

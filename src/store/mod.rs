@@ -264,6 +264,8 @@ pub struct SessionView {
     pub mfa_enabled: i64,
     /// The tenant's stored security policy, if any (JSON).
     pub policy: Option<String>,
+    /// The address the session was last used from (its sign-in address until then).
+    pub last_ip: Option<String>,
 }
 
 /// What presenting a refresh token did.

@@ -33,8 +33,11 @@ pub struct ThrottleRecord {
     pub tenant_id: Option<String>,
     pub failures: i64,
     pub window_started_at: i64,
+    /// When the last guess was counted (the column predates counting before the check).
     pub last_failed_at: i64,
     pub locked_until: Option<i64>,
+    /// No guess is checked before this time (the progressive delay).
+    pub next_attempt_at: Option<i64>,
 }
 
 /// How a failure is counted under a key.
@@ -45,6 +48,84 @@ pub struct FailureRule {
     /// The count at which the key locks (and the count restarts).
     pub threshold: i64,
     pub lock_seconds: i64,
+}
+
+/// One key a credential guess is counted under, and how.
+#[derive(Debug, Clone)]
+pub struct GuessSlot {
+    pub key: String,
+    /// The threshold is the number of guesses a run may take; the one that takes the last
+    /// locks the key for `lock_seconds` (a right guess gives its count back, and the lock).
+    pub rule: FailureRule,
+    /// Apply the progressive delay (`domain::security::progressive_delay_seconds`) after each
+    /// guess: account keys do, address keys do not.
+    pub progressive: bool,
+}
+
+/// What counting one guess did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuessReservation {
+    /// Counted under every slot. `locked[i]`: this guess took slot i's last one and locked it.
+    Admitted { locked: Vec<bool> },
+    /// Counted nowhere, so nothing may be checked: `key` is locked, inside its delay, or out of
+    /// guesses (its row as it stands).
+    Refused(ThrottleRecord),
+}
+
+/// A live session of a tenant, with what the staff allow-list needs to judge it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionAddress {
+    pub id: String,
+    pub user_id: String,
+    /// The user's roles (comma-separated, as stored).
+    pub roles: String,
+    /// The address it was last used from (the sign-in address until it is used).
+    pub last_ip: Option<String>,
+}
+
+/// The SQL that counts one guess under one key (see [`SecurityStore::reserve_guess`]): a single
+/// conditional upsert, so the decision and the count are one atomic step on both backends.
+/// Parameters: $1 key, $2 tenant, $3 now, $4 start of the window (now - window), $5 threshold,
+/// $6 lock end, $7 progressive (1/0), $8 lock of a first guess (threshold 1), $9 delay end of
+/// a first guess. A row comes back only when the guess was counted.
+static RESERVE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use crate::domain::security::{PROGRESSIVE_DELAY_SATURATES_AT, progressive_delay_seconds};
+    const LOCKED: &str =
+        "(login_throttle.locked_until IS NOT NULL AND login_throttle.locked_until > $3)";
+    const WAITING: &str =
+        "(login_throttle.next_attempt_at IS NOT NULL AND login_throttle.next_attempt_at > $3)";
+    // Only read when not locked: a lock that ended, or a window that passed, starts a new run.
+    const RESTART: &str =
+        "(login_throttle.locked_until IS NOT NULL OR login_throttle.window_started_at < $4)";
+    let n = format!("(CASE WHEN {RESTART} THEN 1 ELSE login_throttle.failures + 1 END)");
+    let mut delay = format!("(CASE {n}");
+    for g in 0..PROGRESSIVE_DELAY_SATURATES_AT {
+        delay.push_str(&format!(
+            " WHEN {g} THEN {}",
+            progressive_delay_seconds(g) * 1_000_000
+        ));
+    }
+    delay.push_str(&format!(
+        " ELSE {} END)",
+        progressive_delay_seconds(PROGRESSIVE_DELAY_SATURATES_AT) * 1_000_000
+    ));
+    format!(
+        "INSERT INTO login_throttle (key, tenant_id, failures, window_started_at, last_failed_at, \
+         locked_until, next_attempt_at) VALUES ($1, $2, 1, $3, $3, $8, $9) \
+         ON CONFLICT (key) DO UPDATE SET \
+           failures = {n}, \
+           window_started_at = CASE WHEN {RESTART} THEN $3 ELSE login_throttle.window_started_at END, \
+           last_failed_at = $3, \
+           locked_until = CASE WHEN {n} >= $5 THEN $6 ELSE NULL END, \
+           next_attempt_at = CASE WHEN $7 = 1 THEN $3 + {delay} ELSE NULL END \
+         WHERE NOT {LOCKED} AND NOT {WAITING} AND ({RESTART} OR login_throttle.failures < $5) \
+         RETURNING locked_until"
+    )
+});
+
+/// The reservation statement (for the store implementations).
+pub(crate) fn reserve_sql() -> &'static str {
+    RESERVE_SQL.as_str()
 }
 
 /// Filters of `GET /v1/security-events`.
@@ -133,14 +214,35 @@ pub trait SecurityStore: Send + Sync {
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<u64>;
-    /// Records use of a session, at most once per `min_interval_seconds` (a conditional
-    /// update, so busy sessions do not write on every request).
+    /// Records use of a session from `ip`, at most once per `min_interval_seconds` unless the
+    /// address changed (a conditional update, so busy sessions do not write on every request).
     async fn touch_session(
         &self,
         id: &SessionId,
         now: Timestamp,
         min_interval_seconds: i64,
+        ip: Option<&str>,
     ) -> StoreResult<()>;
+    /// The tenant's live sessions (not revoked, not expired) with their users' roles and last
+    /// addresses.
+    async fn live_session_addresses(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<SessionAddress>>;
+    /// Revokes the tenant's live sessions among `ids`, with `audit`, in one transaction.
+    /// Returns how many were revoked.
+    async fn revoke_tenant_sessions(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+        reason: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<u64>;
+    /// The session a refresh token belongs to, without spending it (the caller checks what
+    /// the session may do before the token is spent).
+    async fn refresh_token_session(&self, token_hash: &str) -> StoreResult<Option<String>>;
     /// Records a fresh authentication of a live session (step-up).
     async fn set_session_authenticated(
         &self,
@@ -151,17 +253,22 @@ pub trait SecurityStore: Send + Sync {
 
     /// The throttle rows of `keys` that exist.
     async fn login_throttle(&self, keys: &[String]) -> StoreResult<Vec<ThrottleRecord>>;
-    /// Counts one failure under `key` atomically. When the count reaches the rule's
-    /// threshold the key is locked for the rule's period and the count restarts. Returns the
-    /// row after the change and whether this failure locked it.
-    async fn record_login_failure(
+    /// Counts one credential guess under every slot BEFORE it is checked, in one transaction:
+    /// under each key (in key order) one conditional upsert counts it unless the key is locked,
+    /// inside its progressive delay, or has no guess left in its run; the guess that takes the
+    /// last one locks the key at once. If any key refuses, nothing is counted anywhere. Of any
+    /// number of concurrent callers, on any number of instances, at most `threshold` per run
+    /// are admitted.
+    async fn reserve_guess(
         &self,
-        key: &str,
         tenant: Option<&TenantId>,
-        rule: FailureRule,
+        slots: &[GuessSlot],
         now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<(ThrottleRecord, bool)>;
+    ) -> StoreResult<GuessReservation>;
+    /// Settles an admitted, right guess in one transaction: the runs of `clear` end (their rows
+    /// go), and under each of `refund` the guess is given back: one fewer counted, no delay,
+    /// and no lock if the count is below the threshold again.
+    async fn settle_guess(&self, clear: &[String], refund: &[GuessSlot]) -> StoreResult<()>;
     /// Forgets the failures under `key` (a successful sign-in, or a manager's unlock).
     /// Returns whether there were any.
     async fn clear_login_throttle(&self, key: &str, audit: &[NewAuditEvent]) -> StoreResult<bool>;
@@ -359,20 +466,79 @@ macro_rules! impl_security_store {
                 id: &$crate::ids::SessionId,
                 now: $crate::clock::Timestamp,
                 min_interval_seconds: i64,
+                ip: Option<&str>,
             ) -> $crate::store::StoreResult<()> {
                 let stale = now.plus_seconds(-min_interval_seconds).as_micros();
                 // One conditional statement, outside any lock-taking transaction: a busy
-                // session writes at most once per interval.
+                // session writes at most once per interval, or when its address changes.
                 sqlx::query(
-                    "UPDATE sessions SET last_used_at = $2 WHERE id = $1 \
-                     AND (last_used_at IS NULL OR last_used_at < $3)",
+                    "UPDATE sessions SET last_used_at = $2, last_ip = COALESCE($4, last_ip) \
+                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3 \
+                     OR COALESCE(last_ip, ip, '') <> COALESCE($4, last_ip, ip, ''))",
                 )
                 .bind(id.as_str())
                 .bind(now.as_micros())
                 .bind(stale)
+                .bind(ip)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn live_session_addresses(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                now: $crate::clock::Timestamp,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::security::SessionAddress>> {
+                Ok(sqlx::query_as(
+                    "SELECT s.id, s.user_id, u.roles, COALESCE(s.last_ip, s.ip) AS last_ip \
+                     FROM sessions s JOIN users u ON u.id = s.user_id \
+                     WHERE s.tenant_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
+                )
+                .bind(tenant.as_str())
+                .bind(now.as_micros())
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_tenant_sessions(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                ids: &[String],
+                reason: &str,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let mut n = 0;
+                for id in ids {
+                    n += sqlx::query(
+                        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                         WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(tenant.as_str())
+                    .bind(id)
+                    .bind(now.as_micros())
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                self.append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn refresh_token_session(
+                &self,
+                token_hash: &str,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(|r| r.0))
             }
 
             async fn set_session_authenticated(
@@ -414,48 +580,118 @@ macro_rules! impl_security_store {
                 Ok(qb.build_query_as().fetch_all(&self.pool).await?)
             }
 
-            async fn record_login_failure(
+            async fn reserve_guess(
                 &self,
-                key: &str,
                 tenant: Option<&$crate::ids::TenantId>,
-                rule: $crate::store::security::FailureRule,
+                slots: &[$crate::store::security::GuessSlot],
                 now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<($crate::store::security::ThrottleRecord, bool)> {
+            ) -> $crate::store::StoreResult<$crate::store::security::GuessReservation> {
+                use $crate::domain::security::progressive_delay_seconds;
+                // Keys in one order, so two reservations sharing keys never wait on each other
+                // in a cycle (PostgreSQL row locks).
+                let mut order: Vec<usize> = (0..slots.len()).collect();
+                order.sort_by(|a, b| slots[*a].key.cmp(&slots[*b].key));
+                let mut locked = vec![false; slots.len()];
                 let mut tx = self.begin_write().await?;
-                let window_start = now.plus_seconds(-rule.window_seconds).as_micros();
-                let row: $crate::store::security::ThrottleRecord = sqlx::query_as(
-                    "INSERT INTO login_throttle (key, tenant_id, failures, window_started_at, last_failed_at, locked_until) \
-                     VALUES ($1, $2, 1, $3, $3, NULL) \
-                     ON CONFLICT (key) DO UPDATE SET \
-                       failures = CASE WHEN login_throttle.window_started_at < $4 THEN 1 ELSE login_throttle.failures + 1 END, \
-                       window_started_at = CASE WHEN login_throttle.window_started_at < $4 THEN $3 ELSE login_throttle.window_started_at END, \
-                       last_failed_at = $3 \
-                     RETURNING *",
-                )
-                .bind(key)
-                .bind(tenant.map(|t| t.as_str()))
-                .bind(now.as_micros())
-                .bind(window_start)
-                .fetch_one(&mut *tx)
-                .await?;
-                let locks = row.failures >= rule.threshold;
-                let row = if locks {
-                    sqlx::query_as(
-                        "UPDATE login_throttle SET failures = 0, window_started_at = $2, locked_until = $3 \
-                         WHERE key = $1 RETURNING *",
-                    )
-                    .bind(key)
-                    .bind(now.as_micros())
-                    .bind(now.plus_seconds(rule.lock_seconds).as_micros())
-                    .fetch_one(&mut *tx)
-                    .await?
-                } else {
-                    row
-                };
-                self.append_audit_tx(&mut tx, audit).await?;
+                for i in order {
+                    let s = &slots[i];
+                    let lock_until = now.plus_seconds(s.rule.lock_seconds).as_micros();
+                    let first_delay = if s.progressive {
+                        Some(now.plus_seconds(progressive_delay_seconds(1)).as_micros())
+                    } else {
+                        None
+                    };
+                    let row: Option<(Option<i64>,)> =
+                        sqlx::query_as($crate::store::security::reserve_sql())
+                            .bind(&s.key)
+                            .bind(tenant.map(|t| t.as_str()))
+                            .bind(now.as_micros())
+                            .bind(now.plus_seconds(-s.rule.window_seconds).as_micros())
+                            .bind(s.rule.threshold)
+                            .bind(lock_until)
+                            .bind(i64::from(s.progressive))
+                            .bind((s.rule.threshold <= 1).then_some(lock_until))
+                            .bind(first_delay)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match row {
+                        Some((l,)) => locked[i] = l.is_some(),
+                        None => {
+                            let row: $crate::store::security::ThrottleRecord =
+                                sqlx::query_as("SELECT * FROM login_throttle WHERE key = $1")
+                                    .bind(&s.key)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                            tx.rollback().await?;
+                            let live = |t: Option<i64>| t.filter(|t| *t > now.as_micros());
+                            if live(row.locked_until).is_none()
+                                && live(row.next_attempt_at).is_none()
+                            {
+                                // Out of guesses but not locked: the threshold was lowered
+                                // below the count. Lock now, so the run ends like any other.
+                                sqlx::query(
+                                    "UPDATE login_throttle SET locked_until = $2 WHERE key = $1 \
+                                     AND (locked_until IS NULL OR locked_until <= $3)",
+                                )
+                                .bind(&s.key)
+                                .bind(lock_until)
+                                .bind(now.as_micros())
+                                .execute(&self.pool)
+                                .await?;
+                                return Ok($crate::store::security::GuessReservation::Refused(
+                                    $crate::store::security::ThrottleRecord {
+                                        locked_until: Some(lock_until),
+                                        ..row
+                                    },
+                                ));
+                            }
+                            return Ok($crate::store::security::GuessReservation::Refused(row));
+                        }
+                    }
+                }
                 tx.commit().await?;
-                Ok((row, locks))
+                Ok($crate::store::security::GuessReservation::Admitted { locked })
+            }
+
+            async fn settle_guess(
+                &self,
+                clear: &[String],
+                refund: &[$crate::store::security::GuessSlot],
+            ) -> $crate::store::StoreResult<()> {
+                if clear.is_empty() && refund.is_empty() {
+                    return Ok(());
+                }
+                // Keys in one order (see `reserve_guess`).
+                let mut work: Vec<(&str, Option<i64>)> = clear
+                    .iter()
+                    .map(|k| (k.as_str(), None))
+                    .chain(refund.iter().map(|s| (s.key.as_str(), Some(s.rule.threshold))))
+                    .collect();
+                work.sort_by(|a, b| a.0.cmp(b.0));
+                let mut tx = self.begin_write().await?;
+                for (key, refund_below) in work {
+                    match refund_below {
+                        None => {
+                            sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+                                .bind(key)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Some(threshold) => {
+                            sqlx::query(
+                                "UPDATE login_throttle SET failures = failures - 1, next_attempt_at = NULL, \
+                                 locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
+                                 WHERE key = $1 AND failures > 0",
+                            )
+                            .bind(key)
+                            .bind(threshold)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn clear_login_throttle(

@@ -549,7 +549,8 @@ macro_rules! impl_store {
                 Ok(sqlx::query_as(
                     "SELECT s.id AS session_id, s.tenant_id, s.user_id, u.roles, u.status AS user_status, \
                             t.status AS tenant_status, t.access_token_ttl_seconds, s.expires_at, s.revoked_at, \
-                            s.created_at, s.last_used_at, s.authenticated_at, u.mfa_enabled, ts.policy \
+                            s.created_at, s.last_used_at, s.authenticated_at, u.mfa_enabled, ts.policy, \
+                            COALESCE(s.last_ip, s.ip) AS last_ip \
                      FROM sessions s JOIN users u ON u.id = s.user_id \
                      LEFT JOIN tenants t ON t.id = s.tenant_id \
                      LEFT JOIN tenant_security ts ON ts.tenant_id = s.tenant_id \

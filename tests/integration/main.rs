@@ -47,5 +47,6 @@ mod secret_hygiene;
 mod security;
 mod storage_faults;
 mod tenants;
+mod throttle;
 mod tls;
 mod users;

@@ -48,6 +48,7 @@ async fn debug_never_shows_a_secret(app: &TestApp) {
             tenant: Some(t.slug.clone()),
             email: email.clone(),
             password: SecretString::from(PASSWORD),
+            client_certificate: false,
         },
     )
     .await

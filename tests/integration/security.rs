@@ -509,23 +509,42 @@ async fn staff_sign_in_can_be_confined_to_the_allow_list(app: &TestApp) {
     let t = app.tenant(&admin, "acme").await;
     let (_, customer) = app.user(&t, &["CUSTOMER"]).await;
     let (_, cashier) = app.user(&t, &["CASHIER"]).await;
+    // The manager works from 203.0.113.7 (the list applies to its own requests too, so it
+    // must admit them); the second instance's client is 203.0.113.8.
     let r = put_policy(
         app,
         &t.manager_token,
-        json!({ "allowed_ips": ["198.51.100.0/24"], "staff_login_ip_allowlist": true }),
+        json!({ "allowed_ips": ["203.0.113.7/32"], "staff_login_ip_allowlist": true }),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    // The test client is 203.0.113.7: staff are refused, customers are not.
-    let r = app.login(Some("acme"), &cashier, PASSWORD).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
-    assert_eq!(r.code(), "ip_not_allowed");
-    assert!(r.body.get("access_token").is_none());
-    let r = app.login(Some("acme"), &customer, PASSWORD).await;
-    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let other = app.second_instance().await;
+    let login = |email: &str| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/auth/login")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({ "tenant": "acme", "email": email, "password": PASSWORD }).to_string(),
+            ))
+            .unwrap();
+        tower::ServiceExt::oneshot(other.clone(), req)
+    };
+    // From 203.0.113.8: staff are refused, customers are not.
+    let r = login(&cashier).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "ip_not_allowed", "{body}");
+    assert!(body.get("access_token").is_none());
+    let r = login(&customer).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let refused = events(app, &t.manager_token, "&type=ip_refused").await;
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["audit_event"]["ip"], "203.0.113.7");
+    assert_eq!(refused[0]["audit_event"]["ip"], "203.0.113.8");
 }
 
 async fn security_events_are_typed_filtered_and_chained(app: &TestApp) {

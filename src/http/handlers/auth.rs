@@ -33,8 +33,9 @@ fn tokens(pair: TokenPair) -> TokenResponse {
 }
 
 /// Sign in with email and password. Unknown tenants, unknown emails and wrong passwords all
-/// answer 401 `invalid_credentials`, at the same cost; repeated failures are delayed and then
-/// locked (429, the same whether or not the account exists). A user with MFA gets
+/// answer 401 `invalid_credentials`, at the same cost; every attempt is counted before the
+/// password is checked, and repeated failures are delayed and then locked (429, the same
+/// whether or not the account exists). A user with MFA gets
 /// `{"mfa_required": true, "mfa_token": …}` instead of tokens.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
     (status = 200, body = LoginResponse),
@@ -44,12 +45,14 @@ fn tokens(pair: TokenPair) -> TokenResponse {
 pub async fn login(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
+    client_certificate: Option<axum::Extension<crate::tls::ClientCertificate>>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Recorded<Json<LoginResponse>>> {
     let input = LoginInput {
         tenant: body.tenant,
         email: body.email,
         password: body.password,
+        client_certificate: client_certificate.is_some(),
     };
     match auth::login(&state.core, &meta, input).await {
         Ok(LoginResult::Tokens(pair)) => Ok(Recorded(
@@ -72,9 +75,12 @@ pub async fn login(
 }
 
 /// Exchange a refresh token for a new pair. Each refresh token works once; presenting a spent
-/// one answers 401 `refresh_token_reused` and ends the whole session.
+/// one answers 401 `refresh_token_reused` and ends the whole session. Staff confined to the
+/// tenant's allow-list are refused (403 `ip_not_allowed`) from elsewhere, without spending the
+/// token.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
     (status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, description = "Address not allowed for this session", body = ErrorBody),
 ))]
 pub async fn refresh(
     State(state): State<Arc<AppState>>,
