@@ -148,10 +148,13 @@ pub enum Permission {
     /// Create, list, rotate and revoke API tokens (`Own`: one's own; `All`: list and revoke
     /// every token of the tenant).
     ApiTokensManage,
+    /// Read staff-only notes (the sealed free text attached to freezes, restrictions and KYC
+    /// decisions); each read is audited.
+    StaffNotesRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 29] = [
+    pub const ALL: [Permission; 30] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -181,6 +184,7 @@ impl Permission {
         Permission::SecurityRead,
         Permission::SecurityConfigure,
         Permission::ApiTokensManage,
+        Permission::StaffNotesRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -214,6 +218,7 @@ impl Permission {
             Permission::SecurityRead => "security:read",
             Permission::SecurityConfigure => "security:configure",
             Permission::ApiTokensManage => "api_tokens:manage",
+            Permission::StaffNotesRead => "staff_notes:read",
         }
     }
 }
@@ -321,6 +326,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRestrict, All),
             (P::SecurityRead, All),
             (P::ApiTokensManage, Own),
+            (P::StaffNotesRead, All),
         ],
     ),
     (

@@ -97,6 +97,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     MFA_TOTP_SECRET,
     MFA_TOTP_PENDING_SECRET,
     MAIL_OUTBOX_MESSAGE,
+    STAFF_NOTE,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -154,6 +155,15 @@ pub const MFA_TOTP_PENDING_SECRET: EncryptedColumn = EncryptedColumn {
 pub const MAIL_OUTBOX_MESSAGE: EncryptedColumn = EncryptedColumn {
     table: "mail_outbox",
     column: "message",
+    row: "id",
+};
+
+/// A staff-only note, sealed under the tenant's data key (AAD row = the note id). Under the
+/// tenant's key, not the customer's: notes about suspicions are records the tenant must keep
+/// (AML) even when the customer's personal data is erased.
+pub const STAFF_NOTE: EncryptedColumn = EncryptedColumn {
+    table: "staff_notes",
+    column: "note",
     row: "id",
 };
 

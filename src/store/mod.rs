@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kyc;
 pub mod mail;
 pub mod mfa;
+pub mod notes;
 pub mod outbox;
 pub mod postgres;
 pub mod posting;
@@ -612,6 +613,7 @@ pub trait Store:
     + mail::MailStore
     + api_tokens::ApiTokenStore
     + alerts::AlertStore
+    + notes::NotesStore
     + Send
     + Sync
     + 'static
@@ -754,7 +756,8 @@ pub trait Store:
         customer: Option<&str>,
         page: &Page,
     ) -> StoreResult<Vec<AccountRecord>>;
-    /// Sets the status; `closed` only applies at zero balance with nothing pending.
+    /// Sets the status; `closed` only applies at zero balance with nothing pending. The staff
+    /// note, if any, is written in the same transaction.
     async fn set_account_status(
         &self,
         tenant: &TenantId,
@@ -762,6 +765,7 @@ pub trait Store:
         status: &'static str,
         now: Timestamp,
         audit: &[NewAuditEvent],
+        note: Option<&notes::NewStaffNote>,
     ) -> StoreResult<Option<AccountRecord>>;
     /// Sets the overdraft limit if the current balance stays within it.
     async fn set_overdraft(
@@ -899,7 +903,8 @@ pub trait Store:
         tenant: &TenantId,
         id: &str,
     ) -> StoreResult<Option<CustomerPrivacyRecord>>;
-    /// Sets or lifts the restriction of processing of an active (not erased) customer.
+    /// Sets or lifts the restriction of processing of an active (not erased) customer, with
+    /// the staff note, if any, in the same transaction.
     async fn set_processing_restricted(
         &self,
         tenant: &TenantId,
@@ -907,6 +912,7 @@ pub trait Store:
         restricted: bool,
         now: Timestamp,
         audit: &[NewAuditEvent],
+        note: Option<&notes::NewStaffNote>,
     ) -> StoreResult<Option<CustomerPrivacyRecord>>;
     /// The first of `accounts` whose customer's processing is restricted, if any (one indexed
     /// look-up: accounts by id, joined to their customers).

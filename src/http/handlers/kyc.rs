@@ -112,15 +112,23 @@ pub struct SubmitRequest {
 pub struct ApproveRequest {
     /// The tier granted (1 to 3).
     pub tier: i64,
-    /// An optional note kept with the decision (1-500 characters).
+    /// Free text for staff, 1 to 2000 characters: sealed, readable with `staff_notes:read`
+    /// only, never shown to the customer.
     pub note: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRequest {
-    /// Why (1-500 characters), kept with the decision.
+    /// The staff's reason code: `document_unreadable`, `document_expired`,
+    /// `document_not_accepted`, `details_mismatch`, `selfie_mismatch`, `incomplete_submission`,
+    /// `suspected_fraud`, `sanctions_match`, `high_risk` or `other`. The customer is shown a
+    /// customer-facing code derived from it (`unable_to_verify` for fraud, sanctions, risk and
+    /// other).
     pub reason: String,
+    /// Free text for staff, 1 to 2000 characters: sealed, readable with `staff_notes:read`
+    /// only, never shown to the customer.
+    pub note: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -136,14 +144,26 @@ pub struct DocumentView {
     pub created_at: String,
 }
 
+/// A decision. A customer reading its own submissions gets `decision`, `tier_after`,
+/// `decided_at` and `customer_reason_code` only (the other fields are `null`).
 #[derive(Serialize, ToSchema)]
 pub struct DecisionView {
     /// `approved` or `rejected`.
     pub decision: String,
     pub tier_after: i64,
-    /// The approval's note or the rejection's reason.
-    pub reason: Option<String>,
-    pub decided_by: String,
+    /// A rejection's customer-facing code: `document_unreadable`, `document_expired`,
+    /// `document_not_accepted`, `details_mismatch`, `selfie_mismatch`, `documents_missing` or
+    /// `unable_to_verify` (`null` for approvals and for decisions made before codes existed).
+    pub customer_reason_code: Option<String>,
+    /// Staff only: the staff's reason code (`approved` for an approval).
+    pub reason_code: Option<String>,
+    /// Staff only: the decision's staff note (`GET /v1/staff-notes/{id}`, `staff_notes:read`).
+    pub note_id: Option<String>,
+    /// Staff holding `staff_notes:read` only: the free-text reason of a decision made before
+    /// reasons became codes.
+    pub legacy_reason: Option<String>,
+    /// Staff only: who decided.
+    pub decided_by: Option<String>,
     pub decided_at: String,
 }
 
@@ -157,7 +177,8 @@ pub struct SubmissionBody {
     pub tier_at_submission: i64,
     /// `submitted`, `approved` or `rejected`.
     pub status: String,
-    pub submitted_by: String,
+    /// Who submitted; `null` for a customer reading a submission staff made for it.
+    pub submitted_by: Option<String>,
     pub submitted_at: String,
     /// Absent while the submission awaits a decision.
     pub decision: Option<DecisionView>,
@@ -168,16 +189,16 @@ pub struct SubmissionBody {
 impl From<SubmissionView> for SubmissionBody {
     fn from(v: SubmissionView) -> Self {
         let s = v.submission;
-        let decision = match (s.decided_by, s.decided_at) {
-            (Some(by), Some(at)) => Some(DecisionView {
-                decision: s.status.clone(),
-                tier_after: s.tier_after.unwrap_or(s.tier_at_submission),
-                reason: s.reason,
-                decided_by: by,
-                decided_at: kyc::at(at),
-            }),
-            _ => None,
-        };
+        let decision = v.decision.map(|d| DecisionView {
+            decision: d.decision,
+            tier_after: d.tier_after,
+            customer_reason_code: d.customer_reason_code,
+            reason_code: d.reason_code,
+            note_id: d.note_id,
+            legacy_reason: d.legacy_reason,
+            decided_by: d.decided_by,
+            decided_at: kyc::at(d.decided_at),
+        });
         Self {
             object: "kyc_submission",
             id: s.id,
@@ -185,7 +206,7 @@ impl From<SubmissionView> for SubmissionBody {
             requested_tier: s.requested_tier,
             tier_at_submission: s.tier_at_submission,
             status: s.status,
-            submitted_by: s.submitted_by,
+            submitted_by: v.submitted_by,
             submitted_at: kyc::at(s.submitted_at),
             decision,
             documents: v
@@ -365,7 +386,8 @@ pub async fn approve(
     Ok(Recorded(StatusCode::OK, Json(s.into())))
 }
 
-/// Reject a submission with a reason; the customer keeps its tier (COMPLIANCE_OFFICER; once).
+/// Reject a submission with a reason code and an optional staff-only note; the customer keeps
+/// its tier and is shown a customer-facing code only (COMPLIANCE_OFFICER; once).
 #[utoipa::path(post, path = "/v1/kyc/submissions/{id}/reject", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = RejectRequest, responses(
     (status = 200, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
@@ -383,6 +405,7 @@ pub async fn reject(
         &id,
         Decision::Reject {
             reason: body.reason,
+            note: body.note,
         },
     )
     .await?;
