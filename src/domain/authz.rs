@@ -369,10 +369,12 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
 
 /// Permissions a role may hand out (by granting a role that carries them) without holding
 /// them itself: segregation of duties. A MANAGER appoints COMPLIANCE_OFFICERs but cannot
-/// decide verifications or download identity documents; the appointment is audited
-/// (`user.create`, `user.roles.update`) and no one can change their own roles.
-pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] =
-    &[(Role::Manager, &[P::KycDecide, P::KycDocumentsRead])];
+/// decide verifications, download identity documents or read staff notes; the appointment is
+/// audited (`user.create`, `user.roles.update`) and no one can change their own roles.
+pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] = &[(
+    Role::Manager,
+    &[P::KycDecide, P::KycDocumentsRead, P::StaffNotesRead],
+)];
 
 /// What the table grants one role.
 pub fn grants(role: Role) -> &'static [(Permission, Scope)] {

@@ -40,5 +40,6 @@ mod privacy;
 mod retention;
 mod security;
 mod tenants;
+mod tipping_off;
 mod tls;
 mod users;
