@@ -10,6 +10,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+mod stream_json;
 mod timeout;
 pub mod views;
 

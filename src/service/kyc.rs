@@ -66,10 +66,12 @@ struct Pending {
     released_in: i64,
 }
 
-/// The KYC state of a process: the limits cache and the in-flight reservations.
+/// The KYC state of a process: the limits cache, the in-flight reservations and the document
+/// uploads in progress.
 #[derive(Default)]
 pub struct KycGate {
     limits: RwLock<HashMap<String, (Instant, Arc<TenantLimits>)>>,
+    uploads: UploadGate,
     pending: Arc<Mutex<HashMap<String, Pending>>>,
     /// Per account: (month start, the lowest entry sequence number of that month). Entries are
     /// append-only and numbered in order, so the floor stays right for the whole month.
@@ -164,6 +166,101 @@ fn release_ref(m: &mut HashMap<String, Pending>, account: &str) {
             m.remove(account);
         }
     }
+}
+
+/// Most document uploads one credential (a session or an API token) may have in progress; the
+/// next answers 429 `too_many_uploads` before its body is read.
+pub const MAX_UPLOADS_PER_CREDENTIAL: usize = 2;
+
+/// Most uploads whose body a process reads and decodes at once, whatever the credentials; the
+/// others wait, with their body unread, until one finishes (or the request's time limit).
+/// With [`MAX_UPLOADS_PER_CREDENTIAL`] this bounds the memory uploads take: a maximum-size
+/// submission costs about 40 MiB while it is parsed, sealed and written (see
+/// `http::stream_json` and docs/SECURITY.md).
+pub const MAX_UPLOADS_IN_PROCESS: usize = 4;
+
+/// Document uploads in progress: per credential, and the process-wide reading permits.
+pub struct UploadGate {
+    per_credential: Arc<Mutex<HashMap<String, usize>>>,
+    reading: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for UploadGate {
+    fn default() -> Self {
+        Self {
+            per_credential: Arc::default(),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS_IN_PROCESS)),
+        }
+    }
+}
+
+/// An upload's place among its credential's; released when dropped.
+pub struct UploadSlot {
+    per_credential: Arc<Mutex<HashMap<String, usize>>>,
+    reading: Arc<tokio::sync::Semaphore>,
+    key: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl UploadSlot {
+    /// Waits for one of the process's reading permits (held until the slot is dropped).
+    pub async fn admitted(&mut self) -> AppResult<()> {
+        if self.permit.is_none() {
+            let permit = self
+                .reading
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(AppError::internal)?;
+            self.permit = Some(permit);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.per_credential.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Takes one of the caller's credential's upload slots, or refuses with 429
+/// `too_many_uploads` (with `Retry-After`) when it already has
+/// [`MAX_UPLOADS_PER_CREDENTIAL`] in progress.
+pub fn begin_upload(core: &Core, actor: &Principal) -> AppResult<UploadSlot> {
+    let key = match &actor.credential {
+        super::Credential::Session(s) => format!("ses:{s}"),
+        super::Credential::ApiToken(t) => format!("tok:{t}"),
+    };
+    let gate = &core.kyc.uploads;
+    let mut m = gate
+        .per_credential
+        .lock()
+        .map_err(|_| AppError::internal("upload gate poisoned"))?;
+    let n = m.entry(key.clone()).or_insert(0);
+    if *n >= MAX_UPLOADS_PER_CREDENTIAL {
+        return Err(AppError::TooManyAttempts {
+            code: "too_many_uploads",
+            message: format!(
+                "this credential already has {MAX_UPLOADS_PER_CREDENTIAL} document uploads in progress; retry when one has finished"
+            ),
+            retry_after_seconds: 1,
+        });
+    }
+    *n += 1;
+    Ok(UploadSlot {
+        per_credential: gate.per_credential.clone(),
+        reading: gate.reading.clone(),
+        key,
+        permit: None,
+    })
 }
 
 /// Amounts a movement has reserved; released when dropped (after the movement is settled).
@@ -565,11 +662,96 @@ pub async fn put_limits(
 
 // ---------------------------------------------------------------- verification
 
-/// A document as uploaded: declared type and content type, base64 content.
+/// A document's content as the wire delivered it: decoded from base64 while the body was
+/// parsed (the base64 text itself is never kept), or why it could not be.
+pub enum UploadedContent {
+    Decoded(zeroize::Zeroizing<Vec<u8>>),
+    /// Longer than [`MAX_DOCUMENT_BYTES`] of base64 can be: not decoded at all.
+    TooLarge,
+    NotBase64,
+}
+
+impl std::fmt::Debug for UploadedContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decoded(b) => write!(f, "Decoded({} bytes)", b.len()),
+            Self::TooLarge => f.write_str("TooLarge"),
+            Self::NotBase64 => f.write_str("NotBase64"),
+        }
+    }
+}
+
+impl UploadedContent {
+    /// Decodes standard base64, refusing (without decoding) anything longer than a
+    /// [`MAX_DOCUMENT_BYTES`] document's encoding.
+    pub fn from_base64(text: &str) -> Self {
+        if text.len() > MAX_DOCUMENT_BYTES.div_ceil(3) * 4 {
+            return Self::TooLarge;
+        }
+        match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+            Ok(bytes) => Self::Decoded(zeroize::Zeroizing::new(bytes)),
+            Err(_) => Self::NotBase64,
+        }
+    }
+}
+
+/// A document as uploaded: declared type and content type, and its content.
+#[derive(Debug)]
 pub struct DocumentInput {
     pub document_type: String,
     pub content_type: String,
-    pub content_base64: String,
+    pub content: UploadedContent,
+}
+
+/// The cheap refusals of a submission, checked before its body is read: the customer must be
+/// visible to the caller (404), not erased (422 `customer_erased`), not restricted (422
+/// `processing_restricted`: verification is processing), and without a submission awaiting a
+/// decision (409 `kyc_submission_open`). The caller's permission was checked by the route.
+/// The insert checks erasure and the open submission again (a race between the two ends in
+/// the same answers).
+pub async fn check_submission_allowed(
+    core: &Core,
+    actor: &Principal,
+    customer_id: &str,
+) -> AppResult<crate::store::kyc::KycCustomer> {
+    let tenant = actor.tenant()?;
+    let customer = visible_customer(core, actor, customer_id, Permission::KycSubmit).await?;
+    if customer.status != "active" {
+        return Err(erased());
+    }
+    if core
+        .store
+        .customer_privacy(tenant, &customer.id)
+        .await?
+        .is_some_and(|c| c.processing_restricted != 0)
+    {
+        return Err(AppError::Unprocessable {
+            code: "processing_restricted",
+            message: "processing is restricted for this customer: no verification may be submitted"
+                .into(),
+        });
+    }
+    let page = Page {
+        limit: 1,
+        starting_after: None,
+    };
+    if !core
+        .store
+        .list_kyc_submissions(tenant, Some(&customer.id), Some("submitted"), &page)
+        .await?
+        .is_empty()
+    {
+        return Err(open_submission());
+    }
+    Ok(customer)
+}
+
+fn open_submission() -> AppError {
+    AppError::Conflict {
+        code: "kyc_submission_open",
+        param: None,
+        message: "the customer already has a submission awaiting a decision".into(),
+    }
 }
 
 /// A submission with its documents (metadata only), as its reader may see it: the record's
@@ -731,23 +913,20 @@ fn erased() -> AppError {
     }
 }
 
-/// Submits identity documents for a higher tier. Each document's declared content type must
-/// match its bytes (PDF, PNG, JPEG) and be at most 5 MiB; the content is sealed under the
-/// customer's data key. The submission, each document and their audit records are written in
-/// one transaction.
+/// Submits identity documents for a higher tier, for a `customer` that passed
+/// [`check_submission_allowed`]. Each document's declared content type must match its bytes
+/// (PDF, PNG, JPEG) and be at most 5 MiB; every document is checked before any is sealed. Each
+/// is then sealed under the customer's data key, its plaintext dropped as soon as it is sealed.
+/// The submission, each document and their audit records are written in one transaction.
 pub async fn submit(
     core: &Core,
     meta: &RequestMeta,
     actor: &Principal,
-    customer_id: &str,
+    customer: crate::store::kyc::KycCustomer,
     requested_tier: i64,
     documents: Vec<DocumentInput>,
 ) -> AppResult<SubmissionView> {
     let tenant = actor.tenant()?;
-    let customer = visible_customer(core, actor, customer_id, Permission::KycSubmit).await?;
-    if customer.status != "active" {
-        return Err(erased());
-    }
     let tier = Tier::parse(requested_tier).map_err(|m| AppError::invalid("requested_tier", m))?;
     if tier.get() <= customer.kyc_tier {
         return Err(AppError::invalid(
@@ -771,15 +950,15 @@ pub async fn submit(
         let declared = ContentType::parse(&d.content_type)
             .map_err(|m| AppError::invalid(format!("documents[{i}].content_type"), m))?;
         let param = format!("documents[{i}].content");
-        // Refuse an oversized document before decoding it.
-        if d.content_base64.len() > MAX_DOCUMENT_BYTES.div_ceil(3) * 4 {
-            return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
-        }
-        let bytes = zeroize::Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(d.content_base64.as_bytes())
-                .map_err(|_| AppError::invalid(&param, "must be standard base64"))?,
-        );
+        let bytes = match d.content {
+            UploadedContent::Decoded(b) => b,
+            UploadedContent::TooLarge => {
+                return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
+            }
+            UploadedContent::NotBase64 => {
+                return Err(AppError::invalid(param, "must be standard base64"));
+            }
+        };
         if bytes.is_empty() {
             return Err(AppError::invalid(param, "the document is empty"));
         }
@@ -822,11 +1001,12 @@ pub async fn submit(
     let owner = KeyOwner::Customer(customer.id.clone());
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let mut docs = Vec::with_capacity(parsed.len());
-    for (doc_type, content_type, bytes) in &parsed {
+    // Consumed one by one: each plaintext is dropped (and zeroed) once sealed.
+    for (doc_type, content_type, bytes) in parsed {
         let doc_id = KycDocumentId::generate();
         let content = core
             .keyring
-            .seal(tenant, &owner, col, doc_id.as_str(), bytes)
+            .seal(tenant, &owner, col, doc_id.as_str(), &bytes)
             .await?;
         events.push(audit.own(
             "kyc.document.upload",
@@ -839,7 +1019,7 @@ pub async fn submit(
             document_type: doc_type.as_str(),
             content_type: content_type.as_str(),
             size_bytes: i64::try_from(bytes.len()).map_err(AppError::internal)?,
-            sha256: crate::crypto::sha256_hex(bytes),
+            sha256: crate::crypto::sha256_hex(&bytes),
             content,
         });
     }
@@ -855,15 +1035,10 @@ pub async fn submit(
     match core.store.create_kyc_submission(&s, &docs, &events).await {
         Ok(true) => {}
         Ok(false) => return Err(erased()),
-        Err(StoreError::Conflict { .. }) => {
-            return Err(AppError::Conflict {
-                code: "kyc_submission_open",
-                param: None,
-                message: "the customer already has a submission awaiting a decision".into(),
-            });
-        }
+        Err(StoreError::Conflict { .. }) => return Err(open_submission()),
         Err(e) => return Err(e.into()),
     }
+    drop(docs);
     let reader = Reader::of(core, actor, Permission::KycSubmit, &customer.id).await?;
     submission_view(core, tenant, id.as_str(), &reader).await
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,10 +15,14 @@ use super::Recorded;
 use crate::domain::kyc::TierLimits;
 use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
+use crate::http::extract::require_json;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::stream_json;
 use crate::http::views::{List, page};
 use crate::ids::KycSubmissionId;
-use crate::service::kyc::{self, CurrencyLimits, Decision, DocumentInput, SubmissionView};
+use crate::service::kyc::{
+    self, CurrencyLimits, Decision, DocumentInput, SubmissionView, UploadedContent,
+};
 use crate::service::{Principal, RequestMeta};
 use crate::store::kyc::KycLimitRecord;
 
@@ -295,35 +300,85 @@ pub async fn put_limits(
     Ok(Recorded(StatusCode::OK, Json(c.into())))
 }
 
+/// What the submission handler parses while the body arrives: [`SubmitRequest`], except that
+/// each document's content is decoded from base64 as it is read and the text is not kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamedSubmission {
+    requested_tier: i64,
+    documents: Vec<StreamedDocument>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamedDocument {
+    document_type: String,
+    content_type: String,
+    content: StreamedContent,
+}
+
+struct StreamedContent(UploadedContent);
+
+impl<'de> Deserialize<'de> for StreamedContent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Base64;
+        impl serde::de::Visitor<'_> for Base64 {
+            type Value = StreamedContent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            // The parser lends its own buffer: the base64 text is decoded without a copy.
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StreamedContent, E> {
+                Ok(StreamedContent(UploadedContent::from_base64(v)))
+            }
+        }
+        d.deserialize_str(Base64)
+    }
+}
+
 /// Submit identity documents for a higher tier (the customer itself, or staff on its behalf).
+/// The cheap refusals come before the body is read: the caller's permission (the route), its
+/// credential's uploads in progress (429 `too_many_uploads` beyond 2), the customer (404, 422
+/// `customer_erased` or `processing_restricted`, 409 `kyc_submission_open`). The body is then
+/// parsed while it arrives, each document decoded as it is read, with at most 4 uploads read
+/// at once per process (the others wait, unread).
 #[utoipa::path(post, path = "/v1/customers/{id}/kyc/submissions", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = SubmitRequest, responses(
-    (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
 ))]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
     principal: Principal,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<SubmitRequest>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Recorded<Json<SubmissionBody>>> {
-    let docs = body
+    require_json(&headers)?;
+    let core = &state.core;
+    let mut slot = kyc::begin_upload(core, &principal)?;
+    let customer = kyc::check_submission_allowed(core, &principal, &id).await?;
+    slot.admitted().await?;
+    let parsed: StreamedSubmission =
+        stream_json::read_json(body, crate::domain::kyc::SUBMISSION_BODY_LIMIT).await?;
+    let docs = parsed
         .documents
         .into_iter()
         .map(|d| DocumentInput {
             document_type: d.document_type,
             content_type: d.content_type,
-            content_base64: d.content,
+            content: d.content.0,
         })
         .collect();
     let s = kyc::submit(
-        &state.core,
+        core,
         &meta,
         &principal,
-        &id,
-        body.requested_tier,
+        customer,
+        parsed.requested_tier,
         docs,
     )
     .await?;
+    drop(slot);
     Ok(Recorded(StatusCode::CREATED, Json(s.into())))
 }
 
