@@ -6,11 +6,11 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 mod handlers;
+mod large_json;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
-mod stream_json;
 mod timeout;
 pub mod views;
 

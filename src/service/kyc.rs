@@ -172,11 +172,11 @@ fn release_ref(m: &mut HashMap<String, Pending>, account: &str) {
 /// next answers 429 `too_many_uploads` before its body is read.
 pub const MAX_UPLOADS_PER_CREDENTIAL: usize = 2;
 
-/// Most uploads whose body a process reads and decodes at once, whatever the credentials; the
-/// others wait, with their body unread, until one finishes (or the request's time limit).
-/// With [`MAX_UPLOADS_PER_CREDENTIAL`] this bounds the memory uploads take: a maximum-size
-/// submission costs about 40 MiB while it is parsed, sealed and written (see
-/// `http::stream_json` and docs/SECURITY.md).
+/// Most uploads whose body a process reads, decodes, seals and writes at once, whatever the
+/// credentials; the others wait, with their body unread, until one finishes (or the request's
+/// time limit). A maximum-size submission (about 27 MiB of base64) costs about 50 MiB while it
+/// is in progress (see `http::large_json` and docs/SECURITY.md), so uploads never take much
+/// more than 100 MiB of a process however many arrive.
 pub const MAX_UPLOADS_IN_PROCESS: usize = 4;
 
 /// Document uploads in progress: per credential, and the process-wide reading permits.
@@ -1032,13 +1032,12 @@ pub async fn submit(
         submitted_by: actor.user_id.to_string(),
         submitted_at: now.as_micros(),
     };
-    match core.store.create_kyc_submission(&s, &docs, &events).await {
+    match core.store.create_kyc_submission(&s, docs, &events).await {
         Ok(true) => {}
         Ok(false) => return Err(erased()),
         Err(StoreError::Conflict { .. }) => return Err(open_submission()),
         Err(e) => return Err(e.into()),
     }
-    drop(docs);
     let reader = Reader::of(core, actor, Permission::KycSubmit, &customer.id).await?;
     submission_view(core, tenant, id.as_str(), &reader).await
 }

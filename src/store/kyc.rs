@@ -186,11 +186,12 @@ pub trait KycStore: Send + Sync {
     ) -> StoreResult<(i64, i64)>;
     /// Inserts a submission and its documents, with the audit records, if the customer is
     /// still active (`Ok(false)` otherwise, nothing written). `Conflict` if the customer
-    /// already has an open submission.
+    /// already has an open submission. The documents are taken by value: each one's ciphertext
+    /// is handed to the driver without a copy and freed once it is written.
     async fn create_kyc_submission(
         &self,
         s: &NewKycSubmission,
-        docs: &[NewKycDocument],
+        docs: Vec<NewKycDocument>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
     async fn get_kyc_submission(
@@ -365,10 +366,10 @@ macro_rules! impl_kyc_store {
             async fn create_kyc_submission(
                 &self,
                 s: &$crate::store::kyc::NewKycSubmission,
-                docs: &[$crate::store::kyc::NewKycDocument],
+                docs: Vec<$crate::store::kyc::NewKycDocument>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_document_write().await?;
                 let n = sqlx::query(
                     "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
                      status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
@@ -401,7 +402,7 @@ macro_rules! impl_kyc_store {
                     .bind(d.content_type)
                     .bind(d.size_bytes)
                     .bind(&d.sha256)
-                    .bind(&d.content)
+                    .bind(d.content)
                     .bind(s.submitted_at)
                     .execute(&mut *tx)
                     .await?;

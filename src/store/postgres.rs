@@ -60,6 +60,12 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// A write transaction for KYC documents: on PostgreSQL, an ordinary one (the server keeps
+    /// the pages; only the statement's buffer passes through this process).
+    async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        self.begin_write().await
+    }
+
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
         super::sqlite::run(&MIGRATOR, &self.pool).await
     }

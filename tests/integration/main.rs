@@ -27,6 +27,7 @@ mod encryption;
 mod hygiene;
 mod instances;
 mod kyc;
+mod kyc_uploads;
 mod ledger;
 mod ledger_model;
 mod limits;

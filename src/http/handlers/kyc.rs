@@ -17,7 +17,7 @@ use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::require_json;
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::stream_json;
+use crate::http::large_json;
 use crate::http::views::{List, page};
 use crate::ids::KycSubmissionId;
 use crate::service::kyc::{
@@ -300,8 +300,9 @@ pub async fn put_limits(
     Ok(Recorded(StatusCode::OK, Json(c.into())))
 }
 
-/// What the submission handler parses while the body arrives: [`SubmitRequest`], except that
-/// each document's content is decoded from base64 as it is read and the text is not kept.
+/// What the submission handler parses: [`SubmitRequest`], except that each document's content
+/// is decoded from base64 as it is parsed, straight from the body's buffer (the text is never
+/// copied into a `String`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StreamedSubmission {
@@ -327,7 +328,7 @@ impl<'de> Deserialize<'de> for StreamedContent {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            // The parser lends its own buffer: the base64 text is decoded without a copy.
+            // The text is borrowed from the body's buffer: decoded without a copy.
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StreamedContent, E> {
                 Ok(StreamedContent(UploadedContent::from_base64(v)))
             }
@@ -339,9 +340,9 @@ impl<'de> Deserialize<'de> for StreamedContent {
 /// Submit identity documents for a higher tier (the customer itself, or staff on its behalf).
 /// The cheap refusals come before the body is read: the caller's permission (the route), its
 /// credential's uploads in progress (429 `too_many_uploads` beyond 2), the customer (404, 422
-/// `customer_erased` or `processing_restricted`, 409 `kyc_submission_open`). The body is then
-/// parsed while it arrives, each document decoded as it is read, with at most 4 uploads read
-/// at once per process (the others wait, unread).
+/// `customer_erased` or `processing_restricted`, 409 `kyc_submission_open`). Then, with at most
+/// `MAX_UPLOADS_IN_PROCESS` uploads read at once per process (the others wait, unread), the
+/// body is read into one buffer and parsed in place, each document decoded as it is parsed.
 #[utoipa::path(post, path = "/v1/customers/{id}/kyc/submissions", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = SubmitRequest, responses(
     (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
 ))]
@@ -359,7 +360,7 @@ pub async fn submit(
     let customer = kyc::check_submission_allowed(core, &principal, &id).await?;
     slot.admitted().await?;
     let parsed: StreamedSubmission =
-        stream_json::read_json(body, crate::domain::kyc::SUBMISSION_BODY_LIMIT).await?;
+        large_json::read_json(&headers, body, crate::domain::kyc::SUBMISSION_BODY_LIMIT).await?;
     let docs = parsed
         .documents
         .into_iter()
