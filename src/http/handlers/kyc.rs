@@ -305,32 +305,32 @@ pub async fn put_limits(
 /// copied into a `String`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamedSubmission {
+struct ParsedSubmission {
     requested_tier: i64,
-    documents: Vec<StreamedDocument>,
+    documents: Vec<ParsedDocument>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamedDocument {
+struct ParsedDocument {
     document_type: String,
     content_type: String,
-    content: StreamedContent,
+    content: DecodedContent,
 }
 
-struct StreamedContent(UploadedContent);
+struct DecodedContent(UploadedContent);
 
-impl<'de> Deserialize<'de> for StreamedContent {
+impl<'de> Deserialize<'de> for DecodedContent {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Base64;
         impl serde::de::Visitor<'_> for Base64 {
-            type Value = StreamedContent;
+            type Value = DecodedContent;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
             // The text is borrowed from the body's buffer: decoded without a copy.
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StreamedContent, E> {
-                Ok(StreamedContent(UploadedContent::from_base64(v)))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DecodedContent, E> {
+                Ok(DecodedContent(UploadedContent::from_base64(v)))
             }
         }
         d.deserialize_str(Base64)
@@ -359,7 +359,7 @@ pub async fn submit(
     let mut slot = kyc::begin_upload(core, &principal)?;
     let customer = kyc::check_submission_allowed(core, &principal, &id).await?;
     slot.admitted().await?;
-    let parsed: StreamedSubmission =
+    let parsed: ParsedSubmission =
         large_json::read_json(&headers, body, crate::domain::kyc::SUBMISSION_BODY_LIMIT).await?;
     let docs = parsed
         .documents
