@@ -367,6 +367,20 @@ async fn twelve_parallel_maximum_size_uploads_raise_memory_by_less_than_200_mb(a
     let (status, answer) = upload(addr, open, &desk, &body, 1024).await;
     assert_eq!(status, 409, "{answer}");
     assert!(answer.contains("kyc_submission_open"), "{answer}");
+    // A client that asks first (`Expect: 100-continue`) gets the refusal, not `100 Continue`.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/customers/{open}/kyc/submissions HTTP/1.1\r\nHost: kasho\r\nConnection: close\r\nAuthorization: Bearer {desk}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 409"), "{text}");
 }
 
 backend_tests!(
