@@ -116,6 +116,11 @@ prefixed_id!(
     "brk"
 );
 prefixed_id!(
+    /// A staff-only note attached to a staff action (sealed; see `service::staff_notes`).
+    StaffNoteId,
+    "stn"
+);
+prefixed_id!(
     /// A security alert delivered to the alert webhook (its `Kasho-Event-Id`, for the
     /// receiver's de-duplication).
     SecurityAlertId,

@@ -71,22 +71,29 @@ impl KeyBytes {
             .map_err(|_| CryptoError::Malformed)
     }
 
-    /// AES-256-GCM with a fresh random nonce: `nonce | ciphertext | tag`.
+    /// AES-256-GCM with a fresh random nonce: `nonce | ciphertext | tag`. Encrypts in place in
+    /// the one buffer it returns (a large document is not copied twice).
     pub fn seal_raw(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let nonce_bytes = random_bytes::<NONCE_LEN>().map_err(|_| CryptoError::Random)?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+        let key = self.aead()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&nonce_bytes);
-        let mut in_out = plaintext.to_vec();
-        self.aead()?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(aad),
-                &mut in_out,
-            )
-            .map_err(|_| CryptoError::Unauthentic)?;
-        out.extend_from_slice(&in_out);
-        in_out.iter_mut().for_each(|b| *b = 0);
-        Ok(out)
+        out.extend_from_slice(plaintext);
+        match key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        ) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(out)
+            }
+            Err(_) => {
+                // The buffer still holds the plaintext.
+                out.iter_mut().for_each(|b| *b = 0);
+                Err(CryptoError::Unauthentic)
+            }
+        }
     }
 
     pub fn open_raw(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
@@ -179,12 +186,11 @@ impl DataKey {
         let sealed = self
             .key
             .seal_raw(&ctx.aad(&self.id, self.version), plaintext)?;
-        Ok(format!(
-            "{CIPHERTEXT_TAG}.{}.{}.{}",
-            self.id,
-            self.version,
-            URL_SAFE_NO_PAD.encode(sealed)
-        ))
+        // Encoded straight into the result (no intermediate copy of a large value).
+        let mut text = format!("{CIPHERTEXT_TAG}.{}.{}.", self.id, self.version);
+        text.reserve(sealed.len().div_ceil(3) * 4);
+        URL_SAFE_NO_PAD.encode_string(&sealed, &mut text);
+        Ok(text)
     }
 
     /// Opens a ciphertext this key version sealed for `ctx`.

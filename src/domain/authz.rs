@@ -156,10 +156,13 @@ pub enum Permission {
     /// Create, list, rotate and revoke API tokens (`Own`: one's own; `All`: list and revoke
     /// every token of the tenant).
     ApiTokensManage,
+    /// Read staff-only notes (the sealed free text attached to freezes, restrictions and KYC
+    /// decisions); each read is audited.
+    StaffNotesRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 30] = [
+    pub const ALL: [Permission; 31] = [
         Permission::TenantsWrite,
         Permission::TenantsRead,
         Permission::UsersWrite,
@@ -190,6 +193,7 @@ impl Permission {
         Permission::SecurityRead,
         Permission::SecurityConfigure,
         Permission::ApiTokensManage,
+        Permission::StaffNotesRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -224,6 +228,7 @@ impl Permission {
             Permission::SecurityRead => "security:read",
             Permission::SecurityConfigure => "security:configure",
             Permission::ApiTokensManage => "api_tokens:manage",
+            Permission::StaffNotesRead => "staff_notes:read",
         }
     }
 }
@@ -332,6 +337,7 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
             (P::CustomersRestrict, All),
             (P::SecurityRead, All),
             (P::ApiTokensManage, Own),
+            (P::StaffNotesRead, All),
         ],
     ),
     (
@@ -375,10 +381,12 @@ pub const ROLE_PERMISSIONS: &[(Role, &[(Permission, Scope)])] = &[
 
 /// Permissions a role may hand out (by granting a role that carries them) without holding
 /// them itself: segregation of duties. A MANAGER appoints COMPLIANCE_OFFICERs but cannot
-/// decide verifications or download identity documents; the appointment is audited
-/// (`user.create`, `user.roles.update`) and no one can change their own roles.
-pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] =
-    &[(Role::Manager, &[P::KycDecide, P::KycDocumentsRead])];
+/// decide verifications, download identity documents or read staff notes; the appointment is
+/// audited (`user.create`, `user.roles.update`) and no one can change their own roles.
+pub const GRANT_WITHOUT_HOLDING: &[(Role, &[Permission])] = &[(
+    Role::Manager,
+    &[P::KycDecide, P::KycDocumentsRead, P::StaffNotesRead],
+)];
 
 /// Pairs of roles no user may hold together, whatever a tenant's policy says: whoever
 /// administers users (and so could create a second identity) never also decides

@@ -430,7 +430,7 @@ pub const REGISTRY: &[ProcessingRecord] = &[
         legal_basis: &[LegalBasis::LegalObligation],
         retention: Retention::YearsAfterRelationship(5),
         encrypted_at_rest: true,
-        protection: "document files and decision reasons sealed with AES-256-GCM under the customer's own data key (destroyed on erasure); type, size, digest, tier and decision times in clear; downloads by COMPLIANCE_OFFICERs only, each audited",
+        protection: "document files (and the free-text reasons of decisions made before reasons became codes) sealed with AES-256-GCM under the customer's own data key (destroyed on erasure); type, size, digest, tier, decision codes and times in clear; downloads by COMPLIANCE_OFFICERs only, each audited",
         recipients: &[TENANT_STAFF, DB_OPERATOR],
         storage: &[
             "kyc_submissions",
@@ -438,6 +438,23 @@ pub const REGISTRY: &[ProcessingRecord] = &[
             "kyc_decisions",
             "customers",
         ],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "staff_notes",
+        description: "Staff-only notes attached to account freezes, unfreezes and closures, restrictions of processing and KYC decisions",
+        data_subjects: &["customers"],
+        categories: &[
+            "free text staff wrote about a customer's account, restriction or verification",
+            "the action's reason code, who wrote it and when",
+        ],
+        purpose: "record why a compliance action was taken (AML record keeping) without ever telling the customer (tipping off)",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::YearsAfterRelationship(5),
+        encrypted_at_rest: true,
+        protection: "AES-256-GCM under the tenant's data key (kept when the customer is erased: AML records); readable with staff_notes:read (COMPLIANCE_OFFICER) only, each read audited; never in the audit chain or in anything a customer reads",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["staff_notes"],
         held: true,
     },
 ];

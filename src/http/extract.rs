@@ -18,58 +18,82 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request_error",
-                "unsupported_media_type",
-                "request bodies must be JSON with Content-Type: application/json",
-            ));
-        }
+        require_json(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request_error",
-                    "request_too_large",
-                    "the request body is larger than the limit",
-                )
+                too_large()
             } else {
-                ApiError::invalid("invalid_body", None, "the request body could not be read")
+                unreadable()
             }
         })?;
         // Every request body is an object; serde would take an array for a struct, field by
         // position, and name the fault `[0]`.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::invalid(
-                "parameter_invalid",
-                None,
-                "the request body must be a JSON object",
-            ));
+            return Err(not_an_object());
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
-                _ => ApiError::invalid(
-                    "invalid_json",
-                    None,
-                    format!("the body is not valid JSON: {inner}"),
-                ),
-            }
-        })?;
-        de.end().map_err(|_| {
-            ApiError::invalid("invalid_json", None, "unexpected data after the JSON value")
-        })?;
+        let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+        de.end().map_err(|_| trailing_data())?;
         Ok(ApiJson(value))
+    }
+}
+
+/// 415 unless the request says its body is JSON.
+pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+        "request bodies must be JSON with Content-Type: application/json",
+    ))
+}
+
+/// 413 `request_too_large`.
+pub(crate) fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+        "the request body is larger than the limit",
+    )
+}
+
+/// 400 `invalid_body`: the body could not be read (the client went away mid-body).
+pub(crate) fn unreadable() -> ApiError {
+    ApiError::invalid("invalid_body", None, "the request body could not be read")
+}
+
+pub(crate) fn not_an_object() -> ApiError {
+    ApiError::invalid(
+        "parameter_invalid",
+        None,
+        "the request body must be a JSON object",
+    )
+}
+
+pub(crate) fn trailing_data() -> ApiError {
+    ApiError::invalid("invalid_json", None, "unexpected data after the JSON value")
+}
+
+/// A body that did not deserialise: the field at fault, or why it is not JSON.
+pub(crate) fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+        _ => ApiError::invalid(
+            "invalid_json",
+            None,
+            format!("the body is not valid JSON: {inner}"),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 mod handlers;
+mod large_json;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::handlers::{
     api_tokens, audit, auth, compliance, customers, invitations, kyc, ledger, me, meta, mfa,
-    password_reset, privacy, security, tenants, users,
+    password_reset, privacy, security, staff_notes, tenants, users,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use super::handlers::{
         kyc::get_limits, kyc::put_limits, kyc::submit, kyc::customer_kyc, kyc::list_submissions,
         kyc::approve, kyc::reject, kyc::download,
         compliance::processing_records,
+        staff_notes::list, staff_notes::get,
         privacy::export, privacy::erase, privacy::restrict, privacy::unrestrict,
         security::step_up, security::list_sessions, security::revoke_session,
         security::revoke_other_sessions, security::get_policy, security::put_policy,
@@ -50,7 +51,7 @@ use super::handlers::{
         (name = "ledger", description = "Accounts and money movements"),
         (name = "meta", description = "Health and public keys"),
         (name = "kyc", description = "KYC tiers, limits and verification"),
-        (name = "compliance", description = "Records of processing and retention"),
+        (name = "compliance", description = "Records of processing and retention; staff-only notes"),
         (name = "privacy", description = "Data-subject rights: export, erasure, restriction"),
         (name = "sessions", description = "The caller's sessions"),
         (name = "security", description = "Security policy and security events"),
@@ -136,6 +137,7 @@ const CURSOR_PREFIXES: &[(&str, &str)] = &[
     ("/v1/transfers", "trf"),
     ("/v1/kyc/submissions", "kyc"),
     ("/v1/me/sessions", "ses"),
+    ("/v1/staff-notes", "stn"),
 ];
 
 fn error_response(description: &str) -> serde_json::Value {
@@ -240,6 +242,9 @@ fn apply_contract(doc: &mut serde_json::Value) {
                             .map(|e| e.as_str())
                             .collect();
                         schema.insert("enum".into(), serde_json::json!(types));
+                    }
+                    "target_id" if path == "/v1/staff-notes" => {
+                        schema.insert("pattern".into(), "^(acc|cus|kyc)_[0-9a-f]{32}$".into());
                     }
                     "status" if path == "/v1/kyc/submissions" => {
                         schema.insert(
@@ -453,6 +458,48 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         "scopes",
         json!({"minItems": 1, "items": {"type": "string", "enum": scopes}}),
     ));
+    // Staff reasons are codes from fixed lists; notes are bounded free text (tipping off).
+    {
+        use crate::domain::reasons::{
+            CloseReason, FreezeReason, KycRejection, MAX_NOTE_CHARS, ReasonCode, UnfreezeReason,
+        };
+        v.push((
+            "FreezeRequest",
+            "reason",
+            json!({"enum": FreezeReason::codes()}),
+        ));
+        v.push((
+            "UnfreezeRequest",
+            "reason",
+            json!({"enum": UnfreezeReason::codes()}),
+        ));
+        v.push((
+            "CloseRequest",
+            "reason",
+            json!({"enum": CloseReason::codes()}),
+        ));
+        v.push((
+            "RejectRequest",
+            "reason",
+            json!({"enum": KycRejection::codes()}),
+        ));
+        // Not blank; no control characters but tab, line feed and carriage return.
+        let note = json!({
+            "minLength": 1,
+            "maxLength": MAX_NOTE_CHARS,
+            "pattern": "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$",
+        });
+        for schema in [
+            "FreezeRequest",
+            "UnfreezeRequest",
+            "CloseRequest",
+            "RejectRequest",
+            "ApproveRequest",
+            "RestrictionRequest",
+        ] {
+            v.push((schema, "note", note.clone()));
+        }
+    }
     v
 }
 

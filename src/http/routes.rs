@@ -8,7 +8,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use super::AppState;
 use super::handlers::{
     api_tokens, audit, auth, compliance, customers, invitations, kyc, ledger, me, meta, mfa,
-    password_reset, privacy, security, tenants, users,
+    password_reset, privacy, security, staff_notes, tenants, users,
 };
 use crate::domain::authz::Permission;
 
@@ -586,6 +586,21 @@ pub(super) fn all() -> Vec<Route> {
             perm(P::ComplianceRead),
             "compliance.processing_records.read",
             compliance::processing_records,
+        ),
+        // Staff-only notes (tipping off): sealed, read by COMPLIANCE_OFFICERs, each read audited.
+        route(
+            Method::GET,
+            "/v1/staff-notes",
+            perm(P::StaffNotesRead),
+            "staff_note.list",
+            staff_notes::list,
+        ),
+        route(
+            Method::GET,
+            "/v1/staff-notes/{id}",
+            perm(P::StaffNotesRead),
+            "staff_note.read",
+            staff_notes::get,
         ),
         // Data-subject rights.
         route(

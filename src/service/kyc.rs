@@ -66,10 +66,12 @@ struct Pending {
     released_in: i64,
 }
 
-/// The KYC state of a process: the limits cache and the in-flight reservations.
+/// The KYC state of a process: the limits cache, the in-flight reservations and the document
+/// uploads in progress.
 #[derive(Default)]
 pub struct KycGate {
     limits: RwLock<HashMap<String, (Instant, Arc<TenantLimits>)>>,
+    uploads: UploadGate,
     pending: Arc<Mutex<HashMap<String, Pending>>>,
     /// Per account: (month start, the lowest entry sequence number of that month). Entries are
     /// append-only and numbered in order, so the floor stays right for the whole month.
@@ -164,6 +166,101 @@ fn release_ref(m: &mut HashMap<String, Pending>, account: &str) {
             m.remove(account);
         }
     }
+}
+
+/// Most document uploads one credential (a session or an API token) may have in progress; the
+/// next answers 429 `too_many_uploads` before its body is read.
+pub const MAX_UPLOADS_PER_CREDENTIAL: usize = 2;
+
+/// Most uploads whose body a process reads, decodes, seals and writes at once, whatever the
+/// credentials; the others wait, with their body unread, until one finishes (or the request's
+/// time limit). A maximum-size submission (about 27 MiB of base64) costs about 50 MiB while it
+/// is in progress (see `http::large_json` and docs/SECURITY.md), so uploads never take much
+/// more than 100 MiB of a process however many arrive.
+pub const MAX_UPLOADS_IN_PROCESS: usize = 4;
+
+/// Document uploads in progress: per credential, and the process-wide reading permits.
+pub struct UploadGate {
+    per_credential: Arc<Mutex<HashMap<String, usize>>>,
+    reading: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for UploadGate {
+    fn default() -> Self {
+        Self {
+            per_credential: Arc::default(),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS_IN_PROCESS)),
+        }
+    }
+}
+
+/// An upload's place among its credential's; released when dropped.
+pub struct UploadSlot {
+    per_credential: Arc<Mutex<HashMap<String, usize>>>,
+    reading: Arc<tokio::sync::Semaphore>,
+    key: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl UploadSlot {
+    /// Waits for one of the process's reading permits (held until the slot is dropped).
+    pub async fn admitted(&mut self) -> AppResult<()> {
+        if self.permit.is_none() {
+            let permit = self
+                .reading
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(AppError::internal)?;
+            self.permit = Some(permit);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.per_credential.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Takes one of the caller's credential's upload slots, or refuses with 429
+/// `too_many_uploads` (with `Retry-After`) when it already has
+/// [`MAX_UPLOADS_PER_CREDENTIAL`] in progress.
+pub fn begin_upload(core: &Core, actor: &Principal) -> AppResult<UploadSlot> {
+    let key = match &actor.credential {
+        super::Credential::Session(s) => format!("ses:{s}"),
+        super::Credential::ApiToken(t) => format!("tok:{t}"),
+    };
+    let gate = &core.kyc.uploads;
+    let mut m = gate
+        .per_credential
+        .lock()
+        .map_err(|_| AppError::internal("upload gate poisoned"))?;
+    let n = m.entry(key.clone()).or_insert(0);
+    if *n >= MAX_UPLOADS_PER_CREDENTIAL {
+        return Err(AppError::TooManyAttempts {
+            code: "too_many_uploads",
+            message: format!(
+                "this credential already has {MAX_UPLOADS_PER_CREDENTIAL} document uploads in progress; retry when one has finished"
+            ),
+            retry_after_seconds: 1,
+        });
+    }
+    *n += 1;
+    Ok(UploadSlot {
+        per_credential: gate.per_credential.clone(),
+        reading: gate.reading.clone(),
+        key,
+        permit: None,
+    })
 }
 
 /// Amounts a movement has reserved; released when dropped (after the movement is settled).
@@ -565,18 +662,216 @@ pub async fn put_limits(
 
 // ---------------------------------------------------------------- verification
 
-/// A document as uploaded: declared type and content type, base64 content.
+/// A document's content as the wire delivered it: decoded from base64 while the body was
+/// parsed (the base64 text itself is never kept), or why it could not be.
+pub enum UploadedContent {
+    Decoded(zeroize::Zeroizing<Vec<u8>>),
+    /// Longer than [`MAX_DOCUMENT_BYTES`] of base64 can be: not decoded at all.
+    TooLarge,
+    NotBase64,
+}
+
+impl std::fmt::Debug for UploadedContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decoded(b) => write!(f, "Decoded({} bytes)", b.len()),
+            Self::TooLarge => f.write_str("TooLarge"),
+            Self::NotBase64 => f.write_str("NotBase64"),
+        }
+    }
+}
+
+impl UploadedContent {
+    /// Decodes standard base64, refusing (without decoding) anything longer than a
+    /// [`MAX_DOCUMENT_BYTES`] document's encoding.
+    pub fn from_base64(text: &str) -> Self {
+        if text.len() > MAX_DOCUMENT_BYTES.div_ceil(3) * 4 {
+            return Self::TooLarge;
+        }
+        match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+            Ok(bytes) => Self::Decoded(zeroize::Zeroizing::new(bytes)),
+            Err(_) => Self::NotBase64,
+        }
+    }
+}
+
+/// A document as uploaded: declared type and content type, and its content.
+#[derive(Debug)]
 pub struct DocumentInput {
     pub document_type: String,
     pub content_type: String,
-    pub content_base64: String,
+    pub content: UploadedContent,
 }
 
-/// A submission with its documents (metadata only).
+/// The cheap refusals of a submission, checked before its body is read: the customer must be
+/// visible to the caller (404), not erased (422 `customer_erased`), not restricted (422
+/// `processing_restricted`: verification is processing), and without a submission awaiting a
+/// decision (409 `kyc_submission_open`). The caller's permission was checked by the route.
+/// The insert checks erasure and the open submission again (a race between the two ends in
+/// the same answers).
+pub async fn check_submission_allowed(
+    core: &Core,
+    actor: &Principal,
+    customer_id: &str,
+) -> AppResult<crate::store::kyc::KycCustomer> {
+    let tenant = actor.tenant()?;
+    let customer = visible_customer(core, actor, customer_id, Permission::KycSubmit).await?;
+    if customer.status != "active" {
+        return Err(erased());
+    }
+    if core
+        .store
+        .customer_privacy(tenant, &customer.id)
+        .await?
+        .is_some_and(|c| c.processing_restricted != 0)
+    {
+        return Err(AppError::Unprocessable {
+            code: "processing_restricted",
+            message: "processing is restricted for this customer: no verification may be submitted"
+                .into(),
+        });
+    }
+    let page = Page {
+        limit: 1,
+        starting_after: None,
+    };
+    if !core
+        .store
+        .list_kyc_submissions(tenant, Some(&customer.id), Some("submitted"), &page)
+        .await?
+        .is_empty()
+    {
+        return Err(open_submission());
+    }
+    Ok(customer)
+}
+
+fn open_submission() -> AppError {
+    AppError::Conflict {
+        code: "kyc_submission_open",
+        param: None,
+        message: "the customer already has a submission awaiting a decision".into(),
+    }
+}
+
+/// A submission with its documents (metadata only), as its reader may see it: the record's
+/// staff-only fields (decider, reason codes, note, legacy reason) are moved into `decision`,
+/// or dropped, by [`disclose`]; render `submitted_by` and `decision` from here, not from the
+/// record.
 #[derive(Debug)]
 pub struct SubmissionView {
     pub submission: KycSubmissionRecord,
+    /// Who submitted: `None` for a customer reader when it was not the customer's own user.
+    pub submitted_by: Option<String>,
+    pub decision: Option<DecisionFacts>,
     pub documents: Vec<KycDocumentMeta>,
+}
+
+/// A decision as its reader may see it. A customer gets the decision, the tier, the time and
+/// the customer-facing code only; the rest is `None` for it.
+#[derive(Debug)]
+pub struct DecisionFacts {
+    /// `approved` or `rejected`.
+    pub decision: String,
+    pub tier_after: i64,
+    pub decided_at: i64,
+    /// A rejection's customer-facing code.
+    pub customer_reason_code: Option<String>,
+    /// Staff only: the staff's code, the note's id, the decider.
+    pub reason_code: Option<String>,
+    pub note_id: Option<String>,
+    pub decided_by: Option<String>,
+    /// Staff holding `staff_notes:read` only: the free-text reason of a decision made before
+    /// reasons became codes.
+    pub legacy_reason: Option<String>,
+}
+
+/// Who reads a submission.
+#[derive(Debug, Clone)]
+enum Reader {
+    /// The customer itself (its own user id, when it has a login).
+    Customer { own_user: Option<String> },
+    /// Staff; `notes` when it holds `staff_notes:read`.
+    Staff { notes: bool },
+}
+
+impl Reader {
+    /// The reader `actor` is for `customer`'s submissions under `perm`.
+    async fn of(
+        core: &Core,
+        actor: &Principal,
+        perm: Permission,
+        customer: &str,
+    ) -> AppResult<Reader> {
+        if super::staff_notes::customer_facing(core, actor, perm, customer).await? {
+            return Ok(Reader::Customer {
+                own_user: Some(actor.user_id.to_string()),
+            });
+        }
+        Ok(Reader::Staff {
+            notes: actor
+                .permissions
+                .scope(Permission::StaffNotesRead)
+                .is_some(),
+        })
+    }
+}
+
+/// `s` with its documents, as `reader` may see it.
+async fn disclose(
+    core: &Core,
+    tenant: &TenantId,
+    mut s: KycSubmissionRecord,
+    documents: Vec<KycDocumentMeta>,
+    reader: &Reader,
+) -> AppResult<SubmissionView> {
+    let legacy = s.reason.take();
+    let reason_code = s.reason_code.take();
+    let note_id = s.note_id.take();
+    let decided_by = s.decided_by.take();
+    let customer_code = s.customer_code.take();
+    let decision = match (decided_by.is_some(), s.decided_at) {
+        (true, Some(at)) => Some(DecisionFacts {
+            decision: s.status.clone(),
+            tier_after: s.tier_after.unwrap_or(s.tier_at_submission),
+            decided_at: at,
+            customer_reason_code: customer_code,
+            reason_code: None,
+            note_id: None,
+            decided_by: None,
+            legacy_reason: None,
+        }),
+        _ => None,
+    };
+    let (submitted_by, decision) = match reader {
+        Reader::Customer { own_user } => {
+            let by = crate::domain::disclosure::customer_actor(
+                Some(s.submitted_by.clone()),
+                own_user.as_deref(),
+            );
+            (by, decision)
+        }
+        Reader::Staff { notes } => {
+            let legacy_reason = match (notes, legacy) {
+                (true, Some(stored)) => open_legacy_reason(core, tenant, &s.id, &stored).await?,
+                _ => None,
+            };
+            let decision = decision.map(|d| DecisionFacts {
+                reason_code,
+                note_id,
+                decided_by,
+                legacy_reason,
+                ..d
+            });
+            (Some(s.submitted_by.clone()), decision)
+        }
+    };
+    Ok(SubmissionView {
+        submission: s,
+        submitted_by,
+        decision,
+        documents,
+    })
 }
 
 /// A customer's KYC: current tier and every submission with its decision, newest first.
@@ -618,23 +913,20 @@ fn erased() -> AppError {
     }
 }
 
-/// Submits identity documents for a higher tier. Each document's declared content type must
-/// match its bytes (PDF, PNG, JPEG) and be at most 5 MiB; the content is sealed under the
-/// customer's data key. The submission, each document and their audit records are written in
-/// one transaction.
+/// Submits identity documents for a higher tier, for a `customer` that passed
+/// [`check_submission_allowed`]. Each document's declared content type must match its bytes
+/// (PDF, PNG, JPEG) and be at most 5 MiB; every document is checked before any is sealed. Each
+/// is then sealed under the customer's data key, its plaintext dropped as soon as it is sealed.
+/// The submission, each document and their audit records are written in one transaction.
 pub async fn submit(
     core: &Core,
     meta: &RequestMeta,
     actor: &Principal,
-    customer_id: &str,
+    customer: crate::store::kyc::KycCustomer,
     requested_tier: i64,
     documents: Vec<DocumentInput>,
 ) -> AppResult<SubmissionView> {
     let tenant = actor.tenant()?;
-    let customer = visible_customer(core, actor, customer_id, Permission::KycSubmit).await?;
-    if customer.status != "active" {
-        return Err(erased());
-    }
     let tier = Tier::parse(requested_tier).map_err(|m| AppError::invalid("requested_tier", m))?;
     if tier.get() <= customer.kyc_tier {
         return Err(AppError::invalid(
@@ -658,15 +950,15 @@ pub async fn submit(
         let declared = ContentType::parse(&d.content_type)
             .map_err(|m| AppError::invalid(format!("documents[{i}].content_type"), m))?;
         let param = format!("documents[{i}].content");
-        // Refuse an oversized document before decoding it.
-        if d.content_base64.len() > MAX_DOCUMENT_BYTES.div_ceil(3) * 4 {
-            return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
-        }
-        let bytes = zeroize::Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(d.content_base64.as_bytes())
-                .map_err(|_| AppError::invalid(&param, "must be standard base64"))?,
-        );
+        let bytes = match d.content {
+            UploadedContent::Decoded(b) => b,
+            UploadedContent::TooLarge => {
+                return Err(AppError::invalid(param, "a document may be at most 5 MiB"));
+            }
+            UploadedContent::NotBase64 => {
+                return Err(AppError::invalid(param, "must be standard base64"));
+            }
+        };
         if bytes.is_empty() {
             return Err(AppError::invalid(param, "the document is empty"));
         }
@@ -709,11 +1001,12 @@ pub async fn submit(
     let owner = KeyOwner::Customer(customer.id.clone());
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let mut docs = Vec::with_capacity(parsed.len());
-    for (doc_type, content_type, bytes) in &parsed {
+    // Consumed one by one: each plaintext is dropped (and zeroed) once sealed.
+    for (doc_type, content_type, bytes) in parsed {
         let doc_id = KycDocumentId::generate();
         let content = core
             .keyring
-            .seal(tenant, &owner, col, doc_id.as_str(), bytes)
+            .seal(tenant, &owner, col, doc_id.as_str(), &bytes)
             .await?;
         events.push(audit.own(
             "kyc.document.upload",
@@ -726,7 +1019,7 @@ pub async fn submit(
             document_type: doc_type.as_str(),
             content_type: content_type.as_str(),
             size_bytes: i64::try_from(bytes.len()).map_err(AppError::internal)?,
-            sha256: crate::crypto::sha256_hex(bytes),
+            sha256: crate::crypto::sha256_hex(&bytes),
             content,
         });
     }
@@ -739,63 +1032,61 @@ pub async fn submit(
         submitted_by: actor.user_id.to_string(),
         submitted_at: now.as_micros(),
     };
-    match core.store.create_kyc_submission(&s, &docs, &events).await {
+    match core.store.create_kyc_submission(&s, docs, &events).await {
         Ok(true) => {}
         Ok(false) => return Err(erased()),
-        Err(StoreError::Conflict { .. }) => {
-            return Err(AppError::Conflict {
-                code: "kyc_submission_open",
-                param: None,
-                message: "the customer already has a submission awaiting a decision".into(),
-            });
-        }
+        Err(StoreError::Conflict { .. }) => return Err(open_submission()),
         Err(e) => return Err(e.into()),
     }
-    submission_view(core, tenant, id.as_str()).await
+    let reader = Reader::of(core, actor, Permission::KycSubmit, &customer.id).await?;
+    submission_view(core, tenant, id.as_str(), &reader).await
 }
 
-/// Opens a decision's sealed reason in place. Once the customer's key is destroyed (erasure)
-/// the reason reads as absent; the decision itself is kept.
-async fn open_reason(core: &Core, tenant: &TenantId, s: &mut KycSubmissionRecord) -> AppResult<()> {
-    let Some(stored) = s.reason.take() else {
-        return Ok(());
-    };
+/// Opens the sealed free-text reason of a decision made before reasons became codes. Once the
+/// customer's key is destroyed (erasure) it reads as absent; the decision itself is kept.
+async fn open_legacy_reason(
+    core: &Core,
+    tenant: &TenantId,
+    submission: &str,
+    stored: &str,
+) -> AppResult<Option<String>> {
     let col = crate::store::keys::KYC_DECISION_REASON;
-    let ctx = col.at(tenant.as_str(), &s.id);
-    match core.keyring.open_text(&ctx, &stored).await {
-        Ok(text) => s.reason = Some(text.to_string()),
-        Err(e) if e.code() == "key_destroyed" => s.reason = None,
-        Err(e) => return Err(e),
+    let ctx = col.at(tenant.as_str(), submission);
+    match core.keyring.open_text(&ctx, stored).await {
+        Ok(text) => Ok(Some(text.to_string())),
+        Err(e) if e.code() == "key_destroyed" => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
-async fn submission_view(core: &Core, tenant: &TenantId, id: &str) -> AppResult<SubmissionView> {
-    let mut submission = core
+async fn submission_view(
+    core: &Core,
+    tenant: &TenantId,
+    id: &str,
+    reader: &Reader,
+) -> AppResult<SubmissionView> {
+    let submission = core
         .store
         .get_kyc_submission(tenant, id)
         .await?
         .ok_or(AppError::NotFound("kyc submission"))?;
-    open_reason(core, tenant, &mut submission).await?;
     let documents = core
         .store
         .list_kyc_documents(tenant, Some(id), None)
         .await?;
-    Ok(SubmissionView {
-        submission,
-        documents,
-    })
+    disclose(core, tenant, submission, documents, reader).await
 }
 
 /// A customer's tier and full verification history (documents by metadata only).
 pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerKyc> {
     let tenant = actor.tenant()?;
     let customer = visible_customer(core, actor, id, Permission::KycRead).await?;
-    kyc_history(core, tenant, customer).await
+    let reader = Reader::of(core, actor, Permission::KycRead, &customer.id).await?;
+    kyc_history(core, tenant, customer, &reader).await
 }
 
-/// A customer's KYC history, for a caller already authorised to see it (the route's KYC read,
-/// or a data-subject export).
+/// A customer's KYC history for its data-subject export: as the customer sees it, whoever
+/// asked for the export (it is the customer's copy).
 pub async fn customer_kyc_for_export(
     core: &Core,
     tenant: &crate::ids::TenantId,
@@ -806,13 +1097,17 @@ pub async fn customer_kyc_for_export(
         .kyc_customer(tenant, id)
         .await?
         .ok_or(AppError::NotFound("customer"))?;
-    kyc_history(core, tenant, customer).await
+    let reader = Reader::Customer {
+        own_user: customer.user_id.clone(),
+    };
+    kyc_history(core, tenant, customer, &reader).await
 }
 
 async fn kyc_history(
     core: &Core,
     tenant: &crate::ids::TenantId,
     customer: crate::store::kyc::KycCustomer,
+    reader: &Reader,
 ) -> AppResult<CustomerKyc> {
     let mut submissions = Vec::new();
     let mut after: Option<String> = None;
@@ -826,10 +1121,7 @@ async fn kyc_history(
             .list_kyc_submissions(tenant, Some(&customer.id), None, &page)
             .await?;
         let more = rows.len() > 100;
-        for mut r in rows.into_iter().take(100) {
-            open_reason(core, tenant, &mut r).await?;
-            submissions.push(r);
-        }
+        submissions.extend(rows.into_iter().take(100));
         if !more {
             break;
         }
@@ -839,18 +1131,13 @@ async fn kyc_history(
         .store
         .list_kyc_documents(tenant, None, Some(&customer.id))
         .await?;
-    let history = submissions
-        .into_iter()
-        .map(|s| {
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                documents.drain(..).partition(|d| d.submission_id == s.id);
-            documents = rest;
-            SubmissionView {
-                submission: s,
-                documents: mine,
-            }
-        })
-        .collect();
+    let mut history = Vec::with_capacity(submissions.len());
+    for s in submissions {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            documents.drain(..).partition(|d| d.submission_id == s.id);
+        documents = rest;
+        history.push(disclose(core, tenant, s, mine, reader).await?);
+    }
     Ok(CustomerKyc {
         customer_id: customer.id,
         tier: customer.kyc_tier,
@@ -890,17 +1177,36 @@ pub async fn list_submissions(
         .list_kyc_submissions(tenant, owner.as_deref(), status, page)
         .await?;
     let listed = Listed::from_rows(rows, page);
+    // A staff member's own customer record reads as the customer's (see `staff_notes`).
+    let own_customer = match &owner {
+        Some(o) => Some(o.clone()),
+        None => core
+            .store
+            .customer_for_user(tenant, &actor.user_id)
+            .await?
+            .map(|c| c.id),
+    };
+    let staff = Reader::Staff {
+        notes: actor
+            .permissions
+            .scope(Permission::StaffNotesRead)
+            .is_some(),
+    };
+    let customer = Reader::Customer {
+        own_user: Some(actor.user_id.to_string()),
+    };
     let mut data = Vec::with_capacity(listed.data.len());
-    for mut s in listed.data {
-        open_reason(core, tenant, &mut s).await?;
+    for s in listed.data {
         let documents = core
             .store
             .list_kyc_documents(tenant, Some(&s.id), None)
             .await?;
-        data.push(SubmissionView {
-            submission: s,
-            documents,
-        });
+        let reader = if own_customer.as_deref() == Some(s.customer_id.as_str()) {
+            &customer
+        } else {
+            &staff
+        };
+        data.push(disclose(core, tenant, s, documents, reader).await?);
     }
     Ok(Listed {
         data,
@@ -908,25 +1214,25 @@ pub async fn list_submissions(
     })
 }
 
-/// An approval (with the tier it grants) or a rejection (with its reason).
+/// An approval (with the tier it grants) or a rejection (with its reason code), each with an
+/// optional staff-only note.
 pub enum Decision {
-    Approve { tier: i64, note: Option<String> },
-    Reject { reason: String },
-}
-
-fn check_text(param: &str, v: &str) -> AppResult<()> {
-    if v.trim().is_empty() || v.chars().count() > 500 || v.chars().any(char::is_control) {
-        return Err(AppError::invalid(
-            param,
-            "must be 1 to 500 characters without control characters",
-        ));
-    }
-    Ok(())
+    Approve {
+        tier: i64,
+        note: Option<String>,
+    },
+    Reject {
+        reason: String,
+        note: Option<String>,
+    },
 }
 
 /// Decides a submission once. The decider may not be the one who submitted it, nor the
 /// customer it is about, nor someone the submitter invited or granted roles within the last
-/// 30 days (`service::duties`).
+/// 30 days (`service::duties`). A rejection's reason is a code (`domain::reasons::KycRejection`);
+/// the customer is shown its customer-facing code only. A note is sealed under the tenant's key,
+/// staff-only, and written in the decision's transaction; the audit record carries the codes
+/// and the note's id.
 pub async fn decide(
     core: &Core,
     meta: &RequestMeta,
@@ -934,13 +1240,14 @@ pub async fn decide(
     id: &str,
     decision: Decision,
 ) -> AppResult<SubmissionView> {
+    use crate::domain::reasons::{KYC_APPROVAL_CODE, KycRejection, ReasonCode, audit_reason};
     let tenant = actor.tenant()?;
     let submission = match KycSubmissionId::parse(id) {
         Some(_) => core.store.get_kyc_submission(tenant, id).await?,
         None => None,
     }
     .ok_or(AppError::NotFound("kyc submission"))?;
-    let (status, tier, reason, action, audit_reason) = match decision {
+    let (status, tier, code, customer_code, note, action, audit_code) = match decision {
         Decision::Approve { tier, note } => {
             let tier = Tier::parse(tier).map_err(|m| AppError::invalid("tier", m))?;
             if tier.get() == 0 {
@@ -949,28 +1256,30 @@ pub async fn decide(
                     "an approval grants a tier from 1 to 3; reject to keep the current tier",
                 ));
             }
-            if let Some(n) = &note {
-                check_text("note", n)?;
-            }
             (
                 "approved",
                 Some(tier.get()),
+                KYC_APPROVAL_CODE,
+                None,
                 note,
                 "kyc.submission.approve",
                 format!("tier={}", tier.get()),
             )
         }
-        Decision::Reject { reason } => {
-            check_text("reason", &reason)?;
+        Decision::Reject { reason, note } => {
+            let code = KycRejection::parse(&reason).map_err(|m| AppError::invalid("reason", m))?;
             (
                 "rejected",
                 None,
-                Some(reason),
+                code.as_str(),
+                Some(code.customer_code().as_str()),
+                note,
                 "kyc.submission.reject",
-                "rejected".to_owned(),
+                code.as_str().to_owned(),
             )
         }
     };
+    let note = super::staff_notes::parse_note(note.as_deref())?;
     let own = core.store.customer_for_user(tenant, &actor.user_id).await?;
     if submission.submitted_by == actor.user_id.as_str()
         || own.is_some_and(|c| c.id == submission.customer_id)
@@ -986,39 +1295,45 @@ pub async fn decide(
     // Segregation of duties: not someone the submitter recently invited or granted roles.
     super::duties::check_decider(core, meta, actor, &submission.id, &submission.submitted_by)
         .await?;
+    let sealed = super::staff_notes::seal(
+        core,
+        actor,
+        ("kyc_submission", &submission.id),
+        action,
+        code,
+        note.as_ref(),
+    )
+    .await?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         action,
         Some(("kyc_submission", &submission.id)),
         Outcome::Success,
-        Some(&audit_reason),
+        Some(&audit_reason(
+            &audit_code,
+            sealed.as_ref().map(|n| n.id.as_str()),
+        )),
     );
-    // Free text about a person: sealed under the customer's key, so erasure shreds it too.
-    let col = crate::store::keys::KYC_DECISION_REASON;
-    let reason = match reason {
-        Some(r) => Some(
-            core.keyring
-                .seal(
-                    tenant,
-                    &KeyOwner::Customer(submission.customer_id.clone()),
-                    col,
-                    &submission.id,
-                    r.as_bytes(),
-                )
-                .await?,
-        ),
-        None => None,
-    };
     let d = NewKycDecision {
         submission_id: submission.id.clone(),
         tenant_id: tenant.clone(),
         decision: status,
         tier,
-        reason,
+        reason_code: code,
+        customer_code,
+        note: sealed,
         decided_by: actor.user_id.to_string(),
         decided_at: core.clock.now().as_micros(),
     };
     match core.store.decide_kyc_submission(&d, &[ev]).await? {
-        DecideOutcome::Decided => submission_view(core, tenant, &submission.id).await,
+        DecideOutcome::Decided => {
+            let reader = Reader::Staff {
+                notes: actor
+                    .permissions
+                    .scope(Permission::StaffNotesRead)
+                    .is_some(),
+            };
+            submission_view(core, tenant, &submission.id, &reader).await
+        }
         DecideOutcome::AlreadyDecided => Err(already_decided()),
         DecideOutcome::CustomerUnavailable => Err(erased()),
     }

@@ -473,8 +473,10 @@ pub async fn list_entries(
     Ok(Listed::from_rows(rows, page))
 }
 
-/// Freeze (`frozen`), unfreeze (`active`) or close (`closed`) an account. A reason is required
-/// to freeze or unfreeze and is kept in the audit record.
+/// Freeze (`frozen`), unfreeze (`active`) or close (`closed`) an account. A reason code is
+/// required to freeze (`FreezeReason`) or unfreeze (`UnfreezeReason`) and optional to close
+/// (`CloseReason`; required with a note). The audit record carries the code and the note's id;
+/// the note itself is sealed, staff-only, and written in the same transaction.
 pub async fn set_status(
     core: &Core,
     meta: &RequestMeta,
@@ -482,26 +484,52 @@ pub async fn set_status(
     id: &str,
     status: &'static str,
     reason: Option<String>,
+    note: Option<String>,
 ) -> AppResult<AccountRecord> {
+    use crate::domain::reasons::{CloseReason, FreezeReason, ReasonCode, UnfreezeReason};
     let perm = if status == "closed" {
         Permission::AccountsConfigure
     } else {
         Permission::AccountsFreeze
     };
     let account = visible_account(core, actor, id, perm).await?;
-    let reason = match (status, reason) {
-        ("closed", r) => r,
-        (_, Some(r))
-            if !r.trim().is_empty()
-                && r.chars().count() <= 500
-                && !r.chars().any(char::is_control) =>
-        {
-            Some(r)
-        }
-        _ => {
+    fn code<T: ReasonCode>(raw: Option<&str>) -> AppResult<Option<&'static str>> {
+        raw.map(|r| {
+            T::parse(r)
+                .map(T::as_str)
+                .map_err(|m| AppError::invalid("reason", m))
+        })
+        .transpose()
+    }
+    let raw = reason.as_deref();
+    let code = match status {
+        "frozen" => code::<FreezeReason>(raw)?,
+        "active" => code::<UnfreezeReason>(raw)?,
+        _ => code::<CloseReason>(raw)?,
+    };
+    let note = super::staff_notes::parse_note(note.as_deref())?;
+    let code = match (code, status, &note) {
+        (Some(c), _, _) => Some(c),
+        (None, "closed", None) => None,
+        (None, "frozen", _) => {
             return Err(AppError::invalid(
                 "reason",
-                "a reason of 1 to 500 characters is required",
+                format!("required: one of {}", FreezeReason::codes().join(", ")),
+            ));
+        }
+        (None, "active", _) => {
+            return Err(AppError::invalid(
+                "reason",
+                format!("required: one of {}", UnfreezeReason::codes().join(", ")),
+            ));
+        }
+        (None, _, _) => {
+            return Err(AppError::invalid(
+                "reason",
+                format!(
+                    "required with a note: one of {}",
+                    CloseReason::codes().join(", ")
+                ),
             ));
         }
     };
@@ -516,16 +544,39 @@ pub async fn set_status(
         "active" => "account.unfreeze",
         _ => "account.close",
     };
+    let sealed = match code {
+        Some(c) => {
+            super::staff_notes::seal(
+                core,
+                actor,
+                ("account", &account.id),
+                action,
+                c,
+                note.as_ref(),
+            )
+            .await?
+        }
+        None => None,
+    };
+    let audit_reason = code
+        .map(|c| crate::domain::reasons::audit_reason(c, sealed.as_ref().map(|n| n.id.as_str())));
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         action,
         Some(("account", &account.id)),
         Outcome::Success,
-        reason.as_deref(),
+        audit_reason.as_deref(),
     );
     let tenant = actor.tenant()?;
     match core
         .store
-        .set_account_status(tenant, &account.id, status, core.clock.now(), &[ev])
+        .set_account_status(
+            tenant,
+            &account.id,
+            status,
+            core.clock.now(),
+            &[ev],
+            sealed.as_ref(),
+        )
         .await?
     {
         Some(a) => Ok(a),
@@ -1135,6 +1186,11 @@ pub async fn get_transfer(
     if mine.is_empty() {
         return Err(AppError::NotFound("transfer"));
     }
+    // A customer sees no staff ids (tipping off): only its own, when it made the transfer.
+    t.transfer.created_by = crate::domain::disclosure::customer_actor(
+        t.transfer.created_by.take(),
+        Some(actor.user_id.as_str()),
+    );
     Ok((t, Some(mine)))
 }
 
@@ -1145,6 +1201,7 @@ pub async fn list_transfers(
     page: &Page,
 ) -> AppResult<Listed<PostedTransfer>> {
     filter.customer_id = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let own_scope = filter.customer_id.is_some();
     let tenant = actor.tenant()?;
     let mut rows = Vec::new();
     for t in core.store.list_transfers(tenant, &filter, page).await? {
@@ -1161,6 +1218,13 @@ pub async fn list_transfers(
             details: None,
         };
         open_details(core, &mut p).await?;
+        if own_scope {
+            // A customer sees no staff ids (tipping off).
+            p.transfer.created_by = crate::domain::disclosure::customer_actor(
+                p.transfer.created_by.take(),
+                Some(actor.user_id.as_str()),
+            );
+        }
         rows.push(p);
     }
     Ok(Listed::from_rows(rows, page))

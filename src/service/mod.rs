@@ -25,6 +25,7 @@ pub mod privacy;
 pub mod ratelimit;
 pub mod retention;
 pub mod security;
+pub mod staff_notes;
 pub mod tenants;
 pub mod users;
 

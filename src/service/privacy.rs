@@ -4,7 +4,9 @@
 //! - **Export** gathers the customer record and its opened personal data, its accounts, holds,
 //!   transfers (details opened) and the audit records about it, paging through everything; a
 //!   section larger than [`MAX_EXPORT_ITEMS`] is cut and named in `truncated`. The export is
-//!   itself audited (`customer.export`) before anything is returned.
+//!   itself audited (`customer.export`) before anything is returned. It is the customer's copy,
+//!   whoever asks for it: no staff notes, no staff ids, no compliance actions
+//!   (`domain::disclosure`; tipping off).
 //! - **Erasure** is one store transaction (`Store::erase_customer`): refused while any account
 //!   holds money or has something pending; otherwise the accounts close, the blind indexes go,
 //!   every version of the customer's data key loses its key material, the personal data and
@@ -25,6 +27,7 @@ use super::{AuditBuilder, Core, Principal, RequestMeta};
 use crate::clock::Timestamp;
 use crate::domain::audit::{AuditRecord, Outcome, chain_for};
 use crate::domain::authz::{Permission, Scope, roles_from_storage};
+use crate::domain::disclosure::{customer_actor, customer_audit_view};
 use crate::error::{AppError, AppResult};
 use crate::ids::{CustomerId, TenantId, UserId};
 use crate::store::{
@@ -254,6 +257,9 @@ pub async fn export(
                 continue;
             };
             super::ledger::open_details(core, &mut p).await?;
+            // Staff ids are not the customer's to see (tipping off).
+            p.transfer.created_by =
+                customer_actor(p.transfer.created_by.take(), customer.user_id.as_deref());
             transfers.push(p);
         }
         if !more {
@@ -278,6 +284,12 @@ pub async fn export(
             .await?;
         let Some(last) = batch.last() else { break };
         after_seq = last.seq;
+        // The customer's copy: no compliance actions, no staff ids (see `domain::disclosure`).
+        // Records in the chain are filtered here, never rewritten.
+        let batch: Vec<AuditRecord> = batch
+            .into_iter()
+            .filter_map(|r| customer_audit_view(r, customer.user_id.as_deref()))
+            .collect();
         let room = MAX_EXPORT_ITEMS - audit_events.len();
         if batch.len() > room {
             audit_events.extend(batch.into_iter().take(room));
@@ -450,6 +462,8 @@ fn check_may_manage(actor: &Principal, linked: &LinkedUser) -> AppResult<()> {
 
 /// Sets (`restricted`) or lifts the restriction of processing of customer `id` (Art. 18).
 /// Idempotent: restricting a restricted customer answers its state again (and is audited).
+/// An optional staff-only note is sealed and written with it; the audit record carries the
+/// reason code and the note's id only.
 pub async fn set_restriction(
     core: &Core,
     meta: &RequestMeta,
@@ -457,6 +471,7 @@ pub async fn set_restriction(
     id: &str,
     restricted: bool,
     reason: &str,
+    note: Option<&str>,
 ) -> AppResult<CustomerPrivacyRecord> {
     let reason = reason_code(
         reason,
@@ -466,19 +481,33 @@ pub async fn set_restriction(
             UNRESTRICTION_REASONS
         },
     )?;
+    let note = super::staff_notes::parse_note(note)?;
     let customer = reachable_customer(core, actor, id, Permission::CustomersRestrict).await?;
     if customer.status == "erased" {
         return Err(erased());
     }
+    let action = if restricted {
+        "customer.restrict"
+    } else {
+        "customer.unrestrict"
+    };
+    let sealed = super::staff_notes::seal(
+        core,
+        actor,
+        ("customer", &customer.id),
+        action,
+        reason,
+        note.as_ref(),
+    )
+    .await?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
-        if restricted {
-            "customer.restrict"
-        } else {
-            "customer.unrestrict"
-        },
+        action,
         Some(("customer", &customer.id)),
         Outcome::Success,
-        Some(reason),
+        Some(&crate::domain::reasons::audit_reason(
+            reason,
+            sealed.as_ref().map(|n| n.id.as_str()),
+        )),
     );
     core.store
         .set_processing_restricted(
@@ -487,6 +516,7 @@ pub async fn set_restriction(
             restricted,
             core.clock.now(),
             &[ev],
+            sealed.as_ref(),
         )
         .await?
         // Erased meanwhile.

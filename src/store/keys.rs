@@ -98,6 +98,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     MFA_TOTP_PENDING_SECRET,
     MAIL_OUTBOX_MESSAGE,
     API_TOKEN_SIGNING_SECRET,
+    STAFF_NOTE,
 ];
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
@@ -165,6 +166,15 @@ pub const API_TOKEN_SIGNING_SECRET: EncryptedColumn = EncryptedColumn {
     table: "api_token_secrets",
     column: "signing_secret",
     row: "secret_hash",
+};
+
+/// A staff-only note, sealed under the tenant's data key (AAD row = the note id). Under the
+/// tenant's key, not the customer's: notes about suspicions are records the tenant must keep
+/// (AML) even when the customer's personal data is erased.
+pub const STAFF_NOTE: EncryptedColumn = EncryptedColumn {
+    table: "staff_notes",
+    column: "note",
+    row: "id",
 };
 
 /// One stored ciphertext (or legacy plaintext) found by a rotation scan.

@@ -37,8 +37,16 @@ pub struct KycSubmissionRecord {
     pub submitted_by: String,
     pub submitted_at: i64,
     pub tier_after: Option<i64>,
-    /// The approval's note or the rejection's reason.
+    /// Decisions made before staff reasons became codes (migration 0016): the free-text note
+    /// or reason, sealed under the customer's data key. `None` for later decisions.
     pub reason: Option<String>,
+    /// The staff's reason code (a rejection's [`crate::domain::reasons::KycRejection`], or
+    /// `approved`); `None` for decisions made before codes existed.
+    pub reason_code: Option<String>,
+    /// The code the customer is shown for a rejection.
+    pub customer_code: Option<String>,
+    /// The decision's staff-only note, if it has one.
+    pub note_id: Option<String>,
     pub decided_by: Option<String>,
     pub decided_at: Option<i64>,
 }
@@ -104,7 +112,11 @@ pub struct NewKycDecision {
     pub decision: &'static str,
     /// The tier an approval sets (ignored for a rejection, which keeps the tier).
     pub tier: Option<i64>,
-    pub reason: Option<String>,
+    /// The staff's reason code and, for a rejection, the customer-facing one.
+    pub reason_code: &'static str,
+    pub customer_code: Option<&'static str>,
+    /// The staff note, written in the decision's transaction.
+    pub note: Option<super::notes::NewStaffNote>,
     pub decided_by: String,
     pub decided_at: i64,
 }
@@ -174,11 +186,12 @@ pub trait KycStore: Send + Sync {
     ) -> StoreResult<(i64, i64)>;
     /// Inserts a submission and its documents, with the audit records, if the customer is
     /// still active (`Ok(false)` otherwise, nothing written). `Conflict` if the customer
-    /// already has an open submission.
+    /// already has an open submission. The documents are taken by value: each one's ciphertext
+    /// is handed to the driver without a copy and freed once it is written.
     async fn create_kyc_submission(
         &self,
         s: &NewKycSubmission,
-        docs: &[NewKycDocument],
+        docs: Vec<NewKycDocument>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
     async fn get_kyc_submission(
@@ -217,7 +230,8 @@ pub trait KycStore: Send + Sync {
 }
 
 const SUBMISSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.customer_id, s.requested_tier, s.tier_at_submission, \
-     s.status, s.submitted_by, s.submitted_at, d.tier_after, d.reason, d.decided_by, d.decided_at \
+     s.status, s.submitted_by, s.submitted_at, d.tier_after, d.reason, d.reason_code, d.customer_code, d.note_id, \
+     d.decided_by, d.decided_at \
      FROM kyc_submissions s LEFT JOIN kyc_decisions d ON d.submission_id = s.id";
 
 /// The SELECT of a submission with its decision (shared by both backends).
@@ -352,10 +366,10 @@ macro_rules! impl_kyc_store {
             async fn create_kyc_submission(
                 &self,
                 s: &$crate::store::kyc::NewKycSubmission,
-                docs: &[$crate::store::kyc::NewKycDocument],
+                docs: Vec<$crate::store::kyc::NewKycDocument>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_document_write().await?;
                 let n = sqlx::query(
                     "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
                      status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
@@ -388,7 +402,7 @@ macro_rules! impl_kyc_store {
                     .bind(d.content_type)
                     .bind(d.size_bytes)
                     .bind(&d.sha256)
-                    .bind(&d.content)
+                    .bind(d.content)
                     .bind(s.submitted_at)
                     .execute(&mut *tx)
                     .await?;
@@ -502,7 +516,8 @@ macro_rules! impl_kyc_store {
                 let after = d.tier.unwrap_or(before);
                 sqlx::query(
                     "INSERT INTO kyc_decisions (submission_id, tenant_id, customer_id, decision, tier_before, \
-                     tier_after, reason, decided_by, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     tier_after, reason_code, customer_code, note_id, decided_by, decided_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&d.submission_id)
                 .bind(d.tenant_id.as_str())
@@ -510,11 +525,16 @@ macro_rules! impl_kyc_store {
                 .bind(d.decision)
                 .bind(before)
                 .bind(after)
-                .bind(&d.reason)
+                .bind(d.reason_code)
+                .bind(d.customer_code)
+                .bind(d.note.as_ref().map(|n| n.id.as_str()))
                 .bind(&d.decided_by)
                 .bind(d.decided_at)
                 .execute(&mut *tx)
                 .await?;
+                if let Some(n) = &d.note {
+                    Self::insert_staff_note_tx(&mut tx, n).await?;
+                }
                 if after != before {
                     sqlx::query("UPDATE customers SET kyc_tier = $3 WHERE tenant_id = $1 AND id = $2")
                         .bind(d.tenant_id.as_str())

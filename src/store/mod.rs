@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kyc;
 pub mod mail;
 pub mod mfa;
+pub mod notes;
 pub mod outbox;
 pub mod postgres;
 pub mod posting;
@@ -744,6 +745,7 @@ pub trait Store:
     + api_tokens::ApiTokenStore
     + alerts::AlertStore
     + identity::IdentityStore
+    + notes::NotesStore
     + Send
     + Sync
     + 'static
@@ -897,7 +899,8 @@ pub trait Store:
         include_system: bool,
         page: &Page,
     ) -> StoreResult<Vec<AccountRecord>>;
-    /// Sets the status; `closed` only applies at zero balance with nothing pending.
+    /// Sets the status; `closed` only applies at zero balance with nothing pending. The staff
+    /// note, if any, is written in the same transaction.
     async fn set_account_status(
         &self,
         tenant: &TenantId,
@@ -905,6 +908,7 @@ pub trait Store:
         status: &'static str,
         now: Timestamp,
         audit: &[NewAuditEvent],
+        note: Option<&notes::NewStaffNote>,
     ) -> StoreResult<Option<AccountRecord>>;
     /// Sets the overdraft limit if the current balance stays within it.
     async fn set_overdraft(
@@ -1052,7 +1056,8 @@ pub trait Store:
         tenant: &TenantId,
         id: &str,
     ) -> StoreResult<Option<CustomerPrivacyRecord>>;
-    /// Sets or lifts the restriction of processing of an active (not erased) customer.
+    /// Sets or lifts the restriction of processing of an active (not erased) customer, with
+    /// the staff note, if any, in the same transaction.
     async fn set_processing_restricted(
         &self,
         tenant: &TenantId,
@@ -1060,6 +1065,7 @@ pub trait Store:
         restricted: bool,
         now: Timestamp,
         audit: &[NewAuditEvent],
+        note: Option<&notes::NewStaffNote>,
     ) -> StoreResult<Option<CustomerPrivacyRecord>>;
     /// The first of `accounts` whose customer's processing is restricted, if any (one indexed
     /// look-up: accounts by id, joined to their customers).

@@ -15,6 +15,7 @@ use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
 use super::mfa::impl_mfa_store;
+use super::notes::impl_notes_store;
 use super::outbox::impl_outbox;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
@@ -68,6 +69,12 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// A write transaction for KYC documents: on PostgreSQL, an ordinary one (the server keeps
+    /// the pages; only the statement's buffer passes through this process).
+    async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        self.begin_write().await
+    }
+
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
         super::sqlite::run(&MIGRATOR, &self.pool).await
     }
@@ -103,3 +110,4 @@ impl_mail_store!(PgStore);
 impl_api_token_store!(PgStore);
 impl_alert_store!(PgStore);
 impl_identity_store!(PgStore, " FOR UPDATE");
+impl_notes_store!(PgStore);

@@ -824,6 +824,7 @@ macro_rules! impl_store {
                 status: &'static str,
                 now: $crate::clock::Timestamp,
                 audit: &[$crate::domain::audit::NewAuditEvent],
+                note: Option<&$crate::store::notes::NewStaffNote>,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
                 let mut tx = self.begin_write().await?;
                 Self::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
@@ -842,6 +843,9 @@ macro_rules! impl_store {
                 .await?;
                 if row.is_none() {
                     return Ok(None);
+                }
+                if let Some(n) = note {
+                    Self::insert_staff_note_tx(&mut tx, n).await?;
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -1479,6 +1483,7 @@ macro_rules! impl_store {
                 restricted: bool,
                 now: $crate::clock::Timestamp,
                 audit: &[$crate::domain::audit::NewAuditEvent],
+                note: Option<&$crate::store::notes::NewStaffNote>,
             ) -> $crate::store::StoreResult<Option<$crate::store::CustomerPrivacyRecord>> {
                 let mut tx = self.begin_write().await?;
                 let row: Option<$crate::store::CustomerPrivacyRecord> = sqlx::query_as(
@@ -1494,6 +1499,9 @@ macro_rules! impl_store {
                 .await?;
                 if row.is_none() {
                     return Ok(None);
+                }
+                if let Some(n) = note {
+                    Self::insert_staff_note_tx(&mut tx, n).await?;
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;

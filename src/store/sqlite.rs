@@ -15,6 +15,7 @@ use super::keys::impl_key_store;
 use super::kyc::impl_kyc_store;
 use super::mail::impl_mail_store;
 use super::mfa::impl_mfa_store;
+use super::notes::impl_notes_store;
 use super::outbox::impl_outbox;
 use super::security::impl_security_store;
 use super::sql::{HasDb, impl_store};
@@ -31,6 +32,9 @@ pub struct SqliteStore {
     writer: Option<super::sqlite_writer::SqliteWriter>,
     /// The page cap every connection applies (see [`SqliteStore::limit_pages`]).
     page_limit: std::sync::Arc<PageLimit>,
+    /// One connection with a small page cache for writing KYC documents (see
+    /// `begin_document_write`).
+    documents: SqlitePool,
 }
 
 /// A cap on the database's size in pages, for every connection to apply before its next use.
@@ -98,6 +102,7 @@ impl SqliteStore {
         let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
         let page_limit = std::sync::Arc::new(PageLimit::default());
         let (on_connect, on_acquire) = (page_limit.clone(), page_limit.clone());
+        let documents_opts = opts.clone().pragma("cache_size", "-2048");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .after_connect(move |conn, _| {
@@ -119,6 +124,14 @@ impl SqliteStore {
             })
             .connect_with(opts)
             .await?;
+        // An in-memory database is one connection's: documents go through the main pool.
+        let documents = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(documents_opts)
+        };
         let alerts = std::sync::Arc::new(AlertHook::default());
         let writer = if in_memory {
             None
@@ -136,6 +149,7 @@ impl SqliteStore {
             alerts,
             writer,
             page_limit,
+            documents,
         })
     }
 
@@ -150,6 +164,14 @@ impl SqliteStore {
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A write transaction for KYC documents (up to about 27 MiB of ciphertext), on a connection
+    /// of its own with a 2 MiB page cache: the documents' pages would otherwise fill the 32 MiB
+    /// cache of whichever pool connection wrote them, keeping that memory and evicting the
+    /// ledger's hot pages. SQLite has one writer at a time anyway, so one connection is enough.
+    async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.documents.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     async fn run_migrations(&self) -> StoreResult<Vec<String>> {
@@ -215,3 +237,4 @@ impl_mail_store!(SqliteStore);
 impl_api_token_store!(SqliteStore);
 impl_alert_store!(SqliteStore);
 impl_identity_store!(SqliteStore, "");
+impl_notes_store!(SqliteStore);

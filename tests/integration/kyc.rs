@@ -528,7 +528,15 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
     assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
     assert_eq!(ok.body["status"], "approved");
     assert_eq!(ok.body["decision"]["tier_after"], 2);
-    assert_eq!(ok.body["decision"]["reason"], "documents verified");
+    // The note is sealed and staff-only: the decision names it, never shows it.
+    assert_eq!(ok.body["decision"]["reason_code"], "approved");
+    assert!(
+        ok.body["decision"]["note_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("stn_")
+    );
+    assert!(!ok.body.to_string().contains("documents verified"));
     // Decided once.
     let again = approve(co.clone(), 3).await;
     assert_eq!(
@@ -539,7 +547,7 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
         .post(
             &format!("/v1/kyc/submissions/{sid}/reject"),
             Some(&co),
-            json!({ "reason": "too late" }),
+            json!({ "reason": "other" }),
         )
         .await;
     assert_eq!(rej.status, StatusCode::CONFLICT, "{rej:?}");
@@ -579,7 +587,7 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
         .post(
             &format!("/v1/kyc/submissions/{sid2}/reject"),
             Some(&co),
-            json!({ "reason": "selfie does not match the passport" }),
+            json!({ "reason": "selfie_mismatch", "note": "selfie does not match the passport" }),
         )
         .await;
     assert_eq!(rej.status, StatusCode::OK, "{rej:?}");
@@ -596,10 +604,16 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
         let history = h.body["history"].as_array().unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(history[0]["id"], sid2.as_str());
-        assert_eq!(
-            history[0]["decision"]["reason"],
-            "selfie does not match the passport"
-        );
+        // Staff see the staff's code; the customer only the customer-facing one.
+        let d = &history[0]["decision"];
+        assert_eq!(d["customer_reason_code"], "selfie_mismatch");
+        let expected = if token == &ctoken {
+            Value::Null
+        } else {
+            json!("selfie_mismatch")
+        };
+        assert_eq!(d["reason_code"], expected, "{d}");
+        assert!(!h.body.to_string().contains("does not match"));
         assert_eq!(history[1]["status"], "approved");
         assert_eq!(history[1]["documents"].as_array().unwrap().len(), 2);
         assert_eq!(history[0]["documents"].as_array().unwrap().len(), 1);
@@ -633,16 +647,21 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
             .iter()
             .any(|e| e.action == "kyc.submission.approve" && e.outcome == "denied")
     );
-    // The free-text reason is sealed at rest.
+    // The free text is a staff note, sealed at rest; decisions hold codes only.
     assert_eq!(
-        app.raw_sql("UPDATE kyc_decisions SET reason = reason WHERE reason LIKE '%selfie%' OR reason LIKE '%verified%'")
+        app.raw_sql("UPDATE staff_notes SET note = note WHERE note LIKE '%selfie%' OR note LIKE '%verified%'")
             .await,
         0
     );
     assert_eq!(
-        app.raw_sql("UPDATE kyc_decisions SET reason = reason WHERE reason LIKE 'kx1.%'")
+        app.raw_sql("UPDATE staff_notes SET note = note WHERE note LIKE 'kx1.%'")
             .await,
         2
+    );
+    assert_eq!(
+        app.raw_sql("UPDATE kyc_decisions SET reason = reason WHERE reason IS NOT NULL")
+            .await,
+        0
     );
     // Decisions are append-only in storage (only the sealed reason may be re-encrypted).
     assert!(
@@ -651,6 +670,17 @@ async fn the_workflow_raises_a_tier_once_and_keeps_every_step(app: &TestApp) {
             .is_err()
     );
     assert!(app.try_raw_sql("DELETE FROM kyc_decisions").await.is_err());
+    assert!(
+        app.try_raw_sql("UPDATE kyc_decisions SET reason_code = 'other'")
+            .await
+            .is_err()
+    );
+    assert!(
+        app.try_raw_sql("UPDATE staff_notes SET reason_code = 'other'")
+            .await
+            .is_err()
+    );
+    assert!(app.try_raw_sql("DELETE FROM staff_notes").await.is_err());
     assert!(
         app.try_raw_sql(&format!(
             "UPDATE kyc_submissions SET status = 'submitted' WHERE id = '{sid}'"
@@ -975,7 +1005,7 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
         .post(
             &format!("/v1/kyc/submissions/{sid}/reject"),
             Some(&co),
-            json!({ "reason": "name on the id card differs" }),
+            json!({ "reason": "details_mismatch" }),
         )
         .await;
     assert_eq!(rej.status, StatusCode::OK, "{rej:?}");
@@ -994,11 +1024,14 @@ async fn documents_follow_key_rotation_and_are_shredded_with_the_customer_key(ap
         )
         .await;
     assert_ne!(gone.status, StatusCode::OK, "{gone:?}");
-    // The decision is kept; its sealed reason is gone with the key.
+    // The decision is kept, with its codes (no personal data in them).
     let h = app.get(&format!("/v1/customers/{cus}/kyc"), &co).await;
     assert_eq!(h.status, StatusCode::OK, "{h:?}");
     assert_eq!(h.body["history"][0]["status"], "rejected");
-    assert_eq!(h.body["history"][0]["decision"]["reason"], Value::Null);
+    assert_eq!(
+        h.body["history"][0]["decision"]["reason_code"],
+        "details_mismatch"
+    );
 }
 
 async fn captures_are_checked_at_capture_time_and_holds_are_not(app: &TestApp) {

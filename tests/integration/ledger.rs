@@ -225,7 +225,7 @@ async fn the_ledger_refuses_what_breaks_its_rules_and_changes_nothing(app: &Test
         .post(
             &format!("/v1/accounts/{a}/freeze"),
             Some(m),
-            json!({ "reason": "suspicious activity" }),
+            json!({ "reason": "suspicious_activity" }),
         )
         .await;
     assert_eq!(f.body["status"], "frozen");
@@ -234,7 +234,7 @@ async fn the_ledger_refuses_what_breaks_its_rules_and_changes_nothing(app: &Test
     app.post(
         &format!("/v1/accounts/{a}/unfreeze"),
         Some(m),
-        json!({ "reason": "cleared" }),
+        json!({ "reason": "review_completed" }),
     )
     .await;
     assert_eq!(

@@ -153,7 +153,7 @@ async fn random_operation_sequences_agree_with_the_model(app: &TestApp) {
                     .post(
                         &format!("/v1/accounts/{}/{path}", ids[a]),
                         Some(&m),
-                        json!({ "reason": "model" }),
+                        json!({ "reason": if freeze { "dispute" } else { "review_completed" } }),
                     )
                     .await;
                 model[a].frozen = freeze;

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,10 +15,14 @@ use super::Recorded;
 use crate::domain::kyc::TierLimits;
 use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
+use crate::http::extract::require_json;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::large_json;
 use crate::http::views::{List, page};
 use crate::ids::KycSubmissionId;
-use crate::service::kyc::{self, CurrencyLimits, Decision, DocumentInput, SubmissionView};
+use crate::service::kyc::{
+    self, CurrencyLimits, Decision, DocumentInput, SubmissionView, UploadedContent,
+};
 use crate::service::{Principal, RequestMeta};
 use crate::store::kyc::KycLimitRecord;
 
@@ -112,15 +117,23 @@ pub struct SubmitRequest {
 pub struct ApproveRequest {
     /// The tier granted (1 to 3).
     pub tier: i64,
-    /// An optional note kept with the decision (1-500 characters).
+    /// Free text for staff, 1 to 2000 characters: sealed, readable with `staff_notes:read`
+    /// only, never shown to the customer.
     pub note: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRequest {
-    /// Why (1-500 characters), kept with the decision.
+    /// The staff's reason code: `document_unreadable`, `document_expired`,
+    /// `document_not_accepted`, `details_mismatch`, `selfie_mismatch`, `incomplete_submission`,
+    /// `suspected_fraud`, `sanctions_match`, `high_risk` or `other`. The customer is shown a
+    /// customer-facing code derived from it (`unable_to_verify` for fraud, sanctions, risk and
+    /// other).
     pub reason: String,
+    /// Free text for staff, 1 to 2000 characters: sealed, readable with `staff_notes:read`
+    /// only, never shown to the customer.
+    pub note: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -136,14 +149,26 @@ pub struct DocumentView {
     pub created_at: String,
 }
 
+/// A decision. A customer reading its own submissions gets `decision`, `tier_after`,
+/// `decided_at` and `customer_reason_code` only (the other fields are `null`).
 #[derive(Serialize, ToSchema)]
 pub struct DecisionView {
     /// `approved` or `rejected`.
     pub decision: String,
     pub tier_after: i64,
-    /// The approval's note or the rejection's reason.
-    pub reason: Option<String>,
-    pub decided_by: String,
+    /// A rejection's customer-facing code: `document_unreadable`, `document_expired`,
+    /// `document_not_accepted`, `details_mismatch`, `selfie_mismatch`, `documents_missing` or
+    /// `unable_to_verify` (`null` for approvals and for decisions made before codes existed).
+    pub customer_reason_code: Option<String>,
+    /// Staff only: the staff's reason code (`approved` for an approval).
+    pub reason_code: Option<String>,
+    /// Staff only: the decision's staff note (`GET /v1/staff-notes/{id}`, `staff_notes:read`).
+    pub note_id: Option<String>,
+    /// Staff holding `staff_notes:read` only: the free-text reason of a decision made before
+    /// reasons became codes.
+    pub legacy_reason: Option<String>,
+    /// Staff only: who decided.
+    pub decided_by: Option<String>,
     pub decided_at: String,
 }
 
@@ -157,7 +182,8 @@ pub struct SubmissionBody {
     pub tier_at_submission: i64,
     /// `submitted`, `approved` or `rejected`.
     pub status: String,
-    pub submitted_by: String,
+    /// Who submitted; `null` for a customer reading a submission staff made for it.
+    pub submitted_by: Option<String>,
     pub submitted_at: String,
     /// Absent while the submission awaits a decision.
     pub decision: Option<DecisionView>,
@@ -168,16 +194,16 @@ pub struct SubmissionBody {
 impl From<SubmissionView> for SubmissionBody {
     fn from(v: SubmissionView) -> Self {
         let s = v.submission;
-        let decision = match (s.decided_by, s.decided_at) {
-            (Some(by), Some(at)) => Some(DecisionView {
-                decision: s.status.clone(),
-                tier_after: s.tier_after.unwrap_or(s.tier_at_submission),
-                reason: s.reason,
-                decided_by: by,
-                decided_at: kyc::at(at),
-            }),
-            _ => None,
-        };
+        let decision = v.decision.map(|d| DecisionView {
+            decision: d.decision,
+            tier_after: d.tier_after,
+            customer_reason_code: d.customer_reason_code,
+            reason_code: d.reason_code,
+            note_id: d.note_id,
+            legacy_reason: d.legacy_reason,
+            decided_by: d.decided_by,
+            decided_at: kyc::at(d.decided_at),
+        });
         Self {
             object: "kyc_submission",
             id: s.id,
@@ -185,7 +211,7 @@ impl From<SubmissionView> for SubmissionBody {
             requested_tier: s.requested_tier,
             tier_at_submission: s.tier_at_submission,
             status: s.status,
-            submitted_by: s.submitted_by,
+            submitted_by: v.submitted_by,
             submitted_at: kyc::at(s.submitted_at),
             decision,
             documents: v
@@ -274,35 +300,86 @@ pub async fn put_limits(
     Ok(Recorded(StatusCode::OK, Json(c.into())))
 }
 
+/// What the submission handler parses: [`SubmitRequest`], except that each document's content
+/// is decoded from base64 as it is parsed, straight from the body's buffer (the text is never
+/// copied into a `String`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParsedSubmission {
+    requested_tier: i64,
+    documents: Vec<ParsedDocument>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParsedDocument {
+    document_type: String,
+    content_type: String,
+    content: DecodedContent,
+}
+
+struct DecodedContent(UploadedContent);
+
+impl<'de> Deserialize<'de> for DecodedContent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Base64;
+        impl serde::de::Visitor<'_> for Base64 {
+            type Value = DecodedContent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            // The text is borrowed from the body's buffer: decoded without a copy.
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DecodedContent, E> {
+                Ok(DecodedContent(UploadedContent::from_base64(v)))
+            }
+        }
+        d.deserialize_str(Base64)
+    }
+}
+
 /// Submit identity documents for a higher tier (the customer itself, or staff on its behalf).
+/// The cheap refusals come before the body is read: the caller's permission (the route), its
+/// credential's uploads in progress (429 `too_many_uploads` beyond 2), the customer (404, 422
+/// `customer_erased` or `processing_restricted`, 409 `kyc_submission_open`). Then, with at most
+/// `MAX_UPLOADS_IN_PROCESS` uploads read at once per process (the others wait, unread), the
+/// body is read into one buffer and parsed in place, each document decoded as it is parsed.
 #[utoipa::path(post, path = "/v1/customers/{id}/kyc/submissions", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = SubmitRequest, responses(
-    (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
 ))]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
     principal: Principal,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<SubmitRequest>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Recorded<Json<SubmissionBody>>> {
-    let docs = body
+    require_json(&headers)?;
+    let core = &state.core;
+    let mut slot = kyc::begin_upload(core, &principal)?;
+    let customer = kyc::check_submission_allowed(core, &principal, &id).await?;
+    slot.admitted().await?;
+    let parsed: ParsedSubmission =
+        large_json::read_json(&headers, body, crate::domain::kyc::SUBMISSION_BODY_LIMIT).await?;
+    let docs = parsed
         .documents
         .into_iter()
         .map(|d| DocumentInput {
             document_type: d.document_type,
             content_type: d.content_type,
-            content_base64: d.content,
+            content: d.content.0,
         })
         .collect();
     let s = kyc::submit(
-        &state.core,
+        core,
         &meta,
         &principal,
-        &id,
-        body.requested_tier,
+        customer,
+        parsed.requested_tier,
         docs,
     )
     .await?;
+    drop(slot);
     Ok(Recorded(StatusCode::CREATED, Json(s.into())))
 }
 
@@ -365,7 +442,8 @@ pub async fn approve(
     Ok(Recorded(StatusCode::OK, Json(s.into())))
 }
 
-/// Reject a submission with a reason; the customer keeps its tier (COMPLIANCE_OFFICER; once).
+/// Reject a submission with a reason code and an optional staff-only note; the customer keeps
+/// its tier and is shown a customer-facing code only (COMPLIANCE_OFFICER; once).
 #[utoipa::path(post, path = "/v1/kyc/submissions/{id}/reject", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = RejectRequest, responses(
     (status = 200, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
@@ -383,6 +461,7 @@ pub async fn reject(
         &id,
         Decision::Reject {
             reason: body.reason,
+            note: body.note,
         },
     )
     .await?;

@@ -88,26 +88,48 @@ impl From<AccountRecord> for AccountView {
     }
 }
 
-/// What freezing or unfreezing an account takes, as documented: the handler reads it as a
-/// [`ReasonRequest`] and the use case requires the reason (so another tenant's account still
-/// answers 404 before the body's content is judged).
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FreezeRequest {
-    /// Why, 1 to 500 characters without control characters (kept in the audit trail).
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
-    )]
-    pub reason: String,
-}
-
+/// Why an account is frozen: a code (the audit trail keeps it) and an optional staff-only note
+/// (sealed; readable with `staff_notes:read` only, never shown to the customer).
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReasonRequest {
-    /// Why (kept in the audit trail).
+pub struct FreezeRequest {
+    /// `customer_request`, `suspected_fraud`, `suspicious_activity`, `sanctions_screening`,
+    /// `legal_order`, `kyc_review`, `account_compromised`, `deceased`, `dispute` or `other`.
+    pub reason: String,
+    /// Free text for staff, 1 to 2000 characters (line breaks allowed).
+    pub note: Option<String>,
+}
+
+/// Why a frozen account is released: a code and an optional staff-only note.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnfreezeRequest {
+    /// `review_completed`, `customer_request`, `legal_order_lifted`, `kyc_completed`,
+    /// `frozen_in_error` or `other`.
+    pub reason: String,
+    /// Free text for staff, 1 to 2000 characters (line breaks allowed).
+    pub note: Option<String>,
+}
+
+/// Why an account is closed: an optional code (required with a note) and an optional
+/// staff-only note.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {
+    /// `customer_request`, `risk_decision`, `dormant`, `deceased`, `legal_order` or `other`.
     pub reason: Option<String>,
+    /// Free text for staff, 1 to 2000 characters (line breaks allowed).
+    pub note: Option<String>,
+}
+
+/// What the freeze, unfreeze and close handlers read, every field optional: the use case
+/// requires and checks the reason (so another tenant's account still answers 404 before the
+/// body's content is judged, and a missing reason is answered with the list of codes).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub reason: Option<String>,
+    pub note: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -539,7 +561,8 @@ pub async fn list_entries(
     )))
 }
 
-/// Freeze an account: it refuses debits until unfrozen. A reason is required.
+/// Freeze an account: it refuses debits until unfrozen. A reason code is required; a note is
+/// optional, sealed and staff-only (see `GET /v1/staff-notes`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/freeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
@@ -548,14 +571,23 @@ pub async fn freeze(
     meta: RequestMeta,
     principal: Principal,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ReasonRequest>,
+    ApiJson(body): ApiJson<StatusChange>,
 ) -> ApiResult<Recorded<Json<AccountView>>> {
-    let a = ledger::set_status(&state.core, &meta, &principal, &id, "frozen", body.reason).await?;
+    let a = ledger::set_status(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        "frozen",
+        body.reason,
+        body.note,
+    )
+    .await?;
     Ok(Recorded(StatusCode::OK, Json(a.into())))
 }
 
-/// Unfreeze an account. A reason is required.
-#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
+/// Unfreeze an account. A reason code is required; a note is optional and staff-only.
+#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = UnfreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn unfreeze(
@@ -563,24 +595,43 @@ pub async fn unfreeze(
     meta: RequestMeta,
     principal: Principal,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ReasonRequest>,
+    ApiJson(body): ApiJson<StatusChange>,
 ) -> ApiResult<Recorded<Json<AccountView>>> {
-    let a = ledger::set_status(&state.core, &meta, &principal, &id, "active", body.reason).await?;
+    let a = ledger::set_status(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        "active",
+        body.reason,
+        body.note,
+    )
+    .await?;
     Ok(Recorded(StatusCode::OK, Json(a.into())))
 }
 
-/// Close an account (only at zero balance with nothing pending). Closing is final.
-#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = ReasonRequest, responses(
-    (status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+/// Close an account (only at zero balance with nothing pending). Closing is final. A reason
+/// code is optional (required with a note); a note is staff-only.
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = CloseRequest, responses(
+    (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn close(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
     principal: Principal,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ReasonRequest>,
+    ApiJson(body): ApiJson<StatusChange>,
 ) -> ApiResult<Recorded<Json<AccountView>>> {
-    let a = ledger::set_status(&state.core, &meta, &principal, &id, "closed", body.reason).await?;
+    let a = ledger::set_status(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        "closed",
+        body.reason,
+        body.note,
+    )
+    .await?;
     Ok(Recorded(StatusCode::OK, Json(a.into())))
 }
 

@@ -15,6 +15,7 @@ pub mod mfa;
 pub mod password_reset;
 pub mod privacy;
 pub mod security;
+pub mod staff_notes;
 pub mod tenants;
 pub mod users;
 

@@ -44,6 +44,9 @@ pub struct RestrictionRequest {
     /// `accuracy_verified`, `objection_resolved`, `legal_claims_concluded`,
     /// `data_subject_request` or `restricted_in_error`.
     pub reason: String,
+    /// Free text for staff, 1 to 2000 characters: sealed, readable with `staff_notes:read` only,
+    /// never shown to the customer.
+    pub note: Option<String>,
 }
 
 /// The customer record as the export shows it.
@@ -270,8 +273,16 @@ pub async fn restrict(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RestrictionRequest>,
 ) -> ApiResult<Recorded<Json<RestrictionView>>> {
-    let c =
-        privacy::set_restriction(&state.core, &meta, &principal, &id, true, &body.reason).await?;
+    let c = privacy::set_restriction(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        true,
+        &body.reason,
+        body.note.as_deref(),
+    )
+    .await?;
     Ok(Recorded(StatusCode::OK, Json(c.into())))
 }
 
@@ -287,7 +298,15 @@ pub async fn unrestrict(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RestrictionRequest>,
 ) -> ApiResult<Recorded<Json<RestrictionView>>> {
-    let c =
-        privacy::set_restriction(&state.core, &meta, &principal, &id, false, &body.reason).await?;
+    let c = privacy::set_restriction(
+        &state.core,
+        &meta,
+        &principal,
+        &id,
+        false,
+        &body.reason,
+        body.note.as_deref(),
+    )
+    .await?;
     Ok(Recorded(StatusCode::OK, Json(c.into())))
 }
