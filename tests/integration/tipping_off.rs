@@ -246,6 +246,24 @@ async fn a_freeze_note_reaches_neither_the_customer_nor_the_audit_chain(app: &Te
         )
         .await;
     assert_eq!(wrong.body["error"]["param"], "target_id", "{wrong:?}");
+
+    // Notes follow the tenant key's rotation (storage lets only the ciphertext be rewritten).
+    let sql = format!("SELECT note FROM staff_notes WHERE id = '{note_id}'");
+    let stored = || app.raw_strings(&sql);
+    let before = stored().await;
+    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
+    let r = app
+        .core
+        .keyring
+        .rotate_tenant(&tenant, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(r.reencrypted >= 2, "{r:?}");
+    assert_ne!(stored().await, before, "re-encrypted under the new version");
+    let again = app
+        .get(&format!("/v1/staff-notes/{note_id}"), &officer)
+        .await;
+    assert_eq!(again.body["note"], SAR_NOTE, "{again:?}");
 }
 
 async fn a_kyc_rejection_shows_the_customer_a_customer_facing_code_only(app: &TestApp) {
