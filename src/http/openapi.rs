@@ -138,6 +138,7 @@ const CURSOR_PREFIXES: &[(&str, &str)] = &[
     ("/v1/kyc/submissions", "kyc"),
     ("/v1/me/sessions", "ses"),
     ("/v1/staff-notes", "stn"),
+    ("/v1/tenants/{id}/break-glass", "brk"),
 ];
 
 fn error_response(description: &str) -> serde_json::Value {

@@ -232,7 +232,19 @@ fn post(
         };
         // Active holds on or towards the batch's own accounts that expire by its latest time
         // (never every tenant's: expiry work is bounded by what the batch touches).
+        // One index probe first: when no hold at all has expired (the common case), the
+        // per-account look-ups are skipped.
         let mut holds: Vec<HoldState> = Vec::new();
+        let any_expired = tx
+            .prepare_cached(
+                "SELECT 1 FROM holds WHERE status = 'active' AND expires_at <= ?1 LIMIT 1",
+            )
+            .map_err(db)?
+            .query_row(params![want.latest], |_| Ok(()))
+            .optional()
+            .map_err(db)?
+            .is_some();
+        let accounts_with_expiry: &[String] = if any_expired { &want.accounts } else { &[] };
         let mut expiring = tx
             .prepare_cached(
                 "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
@@ -241,7 +253,7 @@ fn post(
                  FROM holds WHERE status = 'active' AND expires_at <= ?1 AND credit_account_id = ?2",
             )
             .map_err(db)?;
-        for account in &want.accounts {
+        for account in accounts_with_expiry {
             let rows: Vec<HoldState> = expiring
                 .query_map(params![want.latest, account], hold_row)
                 .map_err(db)?
