@@ -306,15 +306,12 @@ pub async fn accept(core: &Core, meta: &RequestMeta, input: Accept) -> AppResult
         return Err(invalid_token());
     };
     let tenant = TenantId::from_trusted(row.tenant_id.clone());
-    let reason = if row.accepted_at.is_some() {
-        Some("already_used")
-    } else if row.invalidated_at.is_some() {
-        Some("superseded")
-    } else if Timestamp::from_micros(row.expires_at) <= now {
-        Some("expired")
-    } else {
-        None
-    };
+    let reason = super::password_reset::spent_reason(
+        row.accepted_at,
+        row.invalidated_at,
+        row.expires_at,
+        now,
+    );
     if let Some(reason) = reason {
         security::record(core, failed(Some(&tenant), reason, Some(&row.user_id))).await;
         return Err(invalid_token());

@@ -191,15 +191,7 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
         return Err(invalid_token());
     };
     let tenant = TenantId::from_trusted(row.tenant_id.clone());
-    let reason = if row.used_at.is_some() {
-        Some("already_used")
-    } else if row.invalidated_at.is_some() {
-        Some("superseded")
-    } else if Timestamp::from_micros(row.expires_at) <= now {
-        Some("expired")
-    } else {
-        None
-    };
+    let reason = spent_reason(row.used_at, row.invalidated_at, row.expires_at, now);
     if let Some(reason) = reason {
         security::record(core, failed(Some(&tenant), reason, Some(&row.user_id))).await;
         return Err(invalid_token());
@@ -292,4 +284,23 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
     // Whoever locked the account out by guessing, its owner is back in.
     super::guesses::clear(core, &account_key, &[]).await?;
     Ok(())
+}
+
+/// Why a single-use emailed token (a reset or an invitation) can no longer be used, if it
+/// cannot: used, replaced by a newer one, or expired.
+pub(crate) fn spent_reason(
+    used_at: Option<i64>,
+    invalidated_at: Option<i64>,
+    expires_at: i64,
+    now: Timestamp,
+) -> Option<&'static str> {
+    if used_at.is_some() {
+        Some("already_used")
+    } else if invalidated_at.is_some() {
+        Some("superseded")
+    } else if Timestamp::from_micros(expires_at) <= now {
+        Some("expired")
+    } else {
+        None
+    }
 }

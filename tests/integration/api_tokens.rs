@@ -9,7 +9,6 @@ use tower::ServiceExt;
 
 use crate::backend_tests;
 use crate::support::{Resp, TenantFixture, TestApp, customer_account};
-use kasho::domain::security::SecurityPolicy;
 use kasho::domain::signing;
 
 async fn create_token(app: &TestApp, token: &str, body: Value) -> Resp {
@@ -40,23 +39,6 @@ async fn signing_token(
         r.body["secret"].as_str().unwrap().to_owned(),
         r.body["signing_secret"].as_str().unwrap().to_owned(),
     )
-}
-
-async fn set_policy(app: &TestApp, t: &TenantFixture, f: impl FnOnce(&mut SecurityPolicy)) {
-    let mut p = app.core.settings.default_policy.clone();
-    f(&mut p);
-    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
-    app.core
-        .store
-        .put_security_policy(
-            &tenant,
-            &serde_json::to_string(&p).unwrap(),
-            "test",
-            app.clock_now(),
-            &[],
-        )
-        .await
-        .unwrap();
 }
 
 async fn security_events(
@@ -636,7 +618,7 @@ async fn allow_lists_and_trusted_proxies_decide_the_client_address(app: &TestApp
     );
 
     // The tenant's allow-list applies as well, on top of the token's.
-    set_policy(app, &t, |p| {
+    app.set_policy(&t, |p| {
         p.allowed_ips = vec!["192.0.2.0/24".parse().unwrap()]
     })
     .await;
@@ -651,10 +633,8 @@ async fn allow_lists_and_trusted_proxies_decide_the_client_address(app: &TestApp
             .status
             .is_success()
     );
-    set_policy(app, &t, |p| {
-        p.allowed_ips = vec!["203.0.113.7".parse().unwrap()]
-    })
-    .await;
+    app.set_policy(&t, |p| p.allowed_ips = vec!["203.0.113.7".parse().unwrap()])
+        .await;
     assert!(app.get("/v1/accounts", &ok).await.status.is_success());
 }
 
@@ -683,7 +663,8 @@ async fn signed_requests_are_verified_and_replays_refused(app: &TestApp) {
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED, "{bad:?}");
     assert_eq!(bad.code(), "signature_invalid");
 
-    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    app.set_policy(&t, |p| p.require_signed_requests = true)
+        .await;
     // Unsigned: refused.
     let r = app.get("/v1/accounts", &secret).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -852,7 +833,8 @@ async fn kasho_sign_output_verifies(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let (_, secret, key) = signing_token(app, &t, &["accounts:read", "cash:write"]).await;
-    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    app.set_policy(&t, |p| p.require_signed_requests = true)
+        .await;
     let account = customer_account(app, &t, "USD").await;
     let body = format!(r#"{{"account_id":"{account}","amount":900,"currency":"USD"}}"#);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasho"))
@@ -959,7 +941,8 @@ async fn signed_get(
 async fn requests_are_signed_with_a_signing_secret_never_the_bearer_secret(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    app.set_policy(&t, |p| p.require_signed_requests = true)
+        .await;
     let (id, secret, key) = signing_token(app, &t, &["accounts:read"]).await;
     // Its own secret: recognisable, 256 bits, not the bearer secret.
     assert!(key.starts_with("kasho_sig_"), "{key}");
@@ -1102,7 +1085,8 @@ async fn requests_are_signed_with_a_signing_secret_never_the_bearer_secret(app: 
 async fn a_plus_in_the_query_signs_as_the_server_reads_it(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    set_policy(app, &t, |p| p.require_signed_requests = true).await;
+    app.set_policy(&t, |p| p.require_signed_requests = true)
+        .await;
     let (_, secret, key) = signing_token(app, &t, &["customers:read"]).await;
     let c = app
         .post(

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use crate::backend_tests;
 use crate::support::{PASSWORD, Resp, TenantFixture, TestApp, customer_account, send_to};
-use kasho::domain::security::SecurityPolicy;
 
 async fn post_with(
     app: &TestApp,
@@ -88,23 +87,6 @@ async fn settlement_id(app: &TestApp, t: &TenantFixture) -> String {
         .find(|a| a["kind"] == "settlement" && a["currency"] == "USD")
         .map(|a| a["id"].as_str().unwrap().to_owned())
         .expect("the manager sees the settlement account")
-}
-
-async fn set_policy(app: &TestApp, t: &TenantFixture, f: impl FnOnce(&mut SecurityPolicy)) {
-    let mut p = app.core.settings.default_policy.clone();
-    f(&mut p);
-    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
-    app.core
-        .store
-        .put_security_policy(
-            &tenant,
-            &serde_json::to_string(&p).unwrap(),
-            "test",
-            app.clock_now(),
-            &[],
-        )
-        .await
-        .unwrap();
 }
 
 async fn balance(app: &TestApp, t: &TenantFixture, account: &str) -> i64 {
@@ -250,7 +232,7 @@ async fn system_accounts_take_only_deposits_and_withdrawals_whatever_the_credent
 async fn holds_and_captures_are_under_the_step_up_threshold(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
-    set_policy(app, &t, |p| {
+    app.set_policy(&t, |p| {
         p.step_up_transfer_threshold.insert("USD".into(), 1_000);
     })
     .await;

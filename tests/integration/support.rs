@@ -749,6 +749,28 @@ impl TestApp {
         (id, self.token(Some(&t.slug), &email).await)
     }
 
+    /// Stores the tenant's security policy: the defaults with `f` applied.
+    pub async fn set_policy(
+        &self,
+        t: &TenantFixture,
+        f: impl FnOnce(&mut kasho::domain::security::SecurityPolicy),
+    ) {
+        let mut p = self.core.settings.default_policy.clone();
+        f(&mut p);
+        let tenant = kasho::ids::TenantId::parse(&t.id).expect("tenant id");
+        self.core
+            .store
+            .put_security_policy(
+                &tenant,
+                &serde_json::to_string(&p).expect("policy json"),
+                "test",
+                self.clock_now(),
+                &[],
+            )
+            .await
+            .expect("store the policy");
+    }
+
     /// Audit events of a chain, straight from storage, oldest first.
     pub async fn audit_chain(&self, chain: &str) -> Vec<kasho::domain::audit::AuditRecord> {
         self.core
