@@ -1627,7 +1627,7 @@ fn production_findings(
                     wide.join(", ")
                 ),
                 "name only the networks of your own proxies or operators (for example \
-                 10.0.0.0/8 or 2001:db8:1::/48)"
+                 192.0.2.0/24 or 2001:db8:1::/48)"
                     .into(),
             ));
         }
