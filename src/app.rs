@@ -159,7 +159,8 @@ pub async fn build_core_with_checks(
             keys.master.derive("api-token-hash/v1"),
         ),
         throttle_key: crate::service::security::ThrottleKey::new(
-            keys.master.derive(crate::service::security::ThrottleKey::PURPOSE),
+            keys.master
+                .derive(crate::service::security::ThrottleKey::PURPOSE),
         ),
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(

@@ -347,10 +347,12 @@ fn sign(a: &SignArgs) -> Result<String, String> {
     // Secrets come only from the environment, a file or standard input: an argument would be
     // visible to every local user in the process list and kept in shell history.
     if a.secret.is_some() {
-        return Err("--secret is refused: a secret on the command line is visible to every \
+        return Err(
+            "--secret is refused: a secret on the command line is visible to every \
                     local user in `ps` and stays in shell history; give it with --secret-env VAR, \
                     --secret-file PATH or --secret-stdin (and rotate this one if it was real)"
-            .into());
+                .into(),
+        );
     }
     let secret = zeroize::Zeroizing::new(match (&a.secret_env, &a.secret_file, a.secret_stdin) {
         (Some(var), _, _) => {

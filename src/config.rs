@@ -716,7 +716,12 @@ impl Config {
 
     /// Stops at insecure production settings, naming every one (see [`Finding`]).
     pub fn refuse_insecure(self) -> Result<Self, ConfigError> {
-        let refused: Vec<Finding> = self.findings.iter().filter(|f| f.refused).cloned().collect();
+        let refused: Vec<Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.refused)
+            .cloned()
+            .collect();
         if refused.is_empty() {
             Ok(self)
         } else {
@@ -1121,7 +1126,8 @@ impl Config {
                 "smtp_starttls",
                 &st.1,
                 "production requires STARTTLS to the SMTP relay (mail carries reset links)".into(),
-                "set smtp_starttls = true (or unset it) and use a relay that offers STARTTLS".into(),
+                "set smtp_starttls = true (or unset it) and use a relay that offers STARTTLS"
+                    .into(),
             ));
         }
         let su = take("smtp_username", None).filter(|(v, _)| !v.is_empty());
@@ -1357,7 +1363,7 @@ impl Config {
                     && let Some(mode) = loose_mode(path)
                 {
                     findings.push(refuse(
-                        *key,
+                        key,
                         src,
                         format!(
                             "the secret's file is mode {mode:04o}: group or others may read it"
@@ -2109,8 +2115,12 @@ mod tests {
                 ("tls_cert_file", "/etc/kasho/cert.pem"),
                 ("tls_key_file", key_path.as_str()),
             ] {
-                l.set(k, v.to_owned(), Source::Env(format!("KASHO_{}", k.to_uppercase())))
-                    .unwrap_or_else(|e| unreachable!("{e}"));
+                l.set(
+                    k,
+                    v.to_owned(),
+                    Source::Env(format!("KASHO_{}", k.to_uppercase())),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
             }
             let e = Config::from_layers(&l)
                 .err()

@@ -518,7 +518,12 @@ pub const REGISTRY: &[ProcessingRecord] = &[
     ProcessingRecord {
         id: "abuse_counters",
         description: "Counters of failed sign-ins per account and per client address, and of refused money movements per credential",
-        data_subjects: &["tenant staff", "customers", "platform admins", "anonymous callers"],
+        data_subjects: &[
+            "tenant staff",
+            "customers",
+            "platform admins",
+            "anonymous callers",
+        ],
         categories: &[
             "keyed hash of tenant and email",
             "client IP address",
@@ -541,7 +546,12 @@ pub const REGISTRY: &[ProcessingRecord] = &[
     ProcessingRecord {
         id: "security_alerts",
         description: "Security alerts waiting for, or done with, delivery to the operator's webhook",
-        data_subjects: &["tenant staff", "customers", "platform admins", "anonymous callers"],
+        data_subjects: &[
+            "tenant staff",
+            "customers",
+            "platform admins",
+            "anonymous callers",
+        ],
         categories: &[
             "actor id",
             "client IP address",
@@ -557,10 +567,7 @@ pub const REGISTRY: &[ProcessingRecord] = &[
         },
         encrypted_at_rest: false,
         protection: "no emails, names or secrets in the payload; ids and address in clear",
-        recipients: &[
-            "the operator's alert webhook",
-            DB_OPERATOR,
-        ],
+        recipients: &["the operator's alert webhook", DB_OPERATOR],
         storage: &["security_alerts"],
         held: true,
     },
@@ -628,7 +635,11 @@ pub const REGISTRY: &[ProcessingRecord] = &[
         id: "break_glass_requests",
         description: "Requests by one platform admin, approved by another, to create a manager in a tenant that lost them all",
         data_subjects: &["tenant staff", "platform admins"],
-        categories: &["email address of the new manager", "requesting and approving admin ids", "times"],
+        categories: &[
+            "email address of the new manager",
+            "requesting and approving admin ids",
+            "times",
+        ],
         purpose: "recover a tenant's administration under two-person control",
         legal_basis: &[LegalBasis::LegitimateInterest],
         retention: Retention::WhileAccountExists,
@@ -643,8 +654,14 @@ pub const REGISTRY: &[ProcessingRecord] = &[
 /// Tables that hold no personal data, each with the reason: with [`REGISTRY`], they account for
 /// every table of both backends' schemas (a test keeps it so).
 pub const TABLES_WITHOUT_PERSONAL_DATA: &[(&str, &str)] = &[
-    ("tenants", "the tenant organisations: names, slugs, currencies, status"),
-    ("tenant_security", "each tenant's security policy (numbers and role names)"),
+    (
+        "tenants",
+        "the tenant organisations: names, slugs, currencies, status",
+    ),
+    (
+        "tenant_security",
+        "each tenant's security policy (numbers and role names)",
+    ),
     ("tenant_cors_origins", "web origins a tenant allows"),
     ("kyc_limits", "per-tier transaction limits of a tenant"),
     (

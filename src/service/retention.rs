@@ -102,9 +102,8 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
 pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, StoreError> {
     let policy = core.settings.retention;
     let (sessions_cutoff, idempotency_cutoff, audit_cutoff) = cutoffs(&policy, now);
-    let financial_audit_cutoff = now.plus_seconds(
-        -i64::from(crate::domain::processing::FINANCIAL_RETENTION_DAYS) * DAY,
-    );
+    let financial_audit_cutoff =
+        now.plus_seconds(-i64::from(crate::domain::processing::FINANCIAL_RETENTION_DAYS) * DAY);
     let (audit_prunes, refused_chains) = plan_audit_prunes(
         core.store.as_ref(),
         &core.sealer,

@@ -510,4 +510,5 @@ mod tests {
             ThrottleKey::new([8; 32]).account(Some(&t), "ada@example.com")
         );
         assert!(!format!("{k:?}").contains('7'));
-    }}
+    }
+}

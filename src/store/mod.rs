@@ -631,7 +631,10 @@ pub struct RetentionPlan {
 pub(crate) fn financial_actions_sql() -> String {
     crate::domain::processing::FINANCIAL_AUDIT_ACTIONS
         .iter()
-        .filter(|a| a.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'))
+        .filter(|a| {
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+        })
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(", ")

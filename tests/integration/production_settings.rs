@@ -124,7 +124,10 @@ async fn config_check_in_production_lists_every_insecure_setting(app: &TestApp) 
         !format!("{stdout}{stderr}").contains("not-for-ps-eyes"),
         "{stdout}{stderr}"
     );
-    assert!(stderr.contains("configuration refused: 6 problems"), "{stderr}");
+    assert!(
+        stderr.contains("configuration refused: 6 problems"),
+        "{stderr}"
+    );
 
     // Fixed, the same check passes (the warnings stay warnings).
     let keys = app.data_dir.path().join("keys");
@@ -324,7 +327,12 @@ async fn the_platform_admin_password_is_not_echoed_on_a_terminal(app: &TestApp) 
 
     // Piped in (the README's way), it still works.
     let mut child = kasho()
-        .args(["admin", "create-platform-admin", "--email", "pipe@platform.test"])
+        .args([
+            "admin",
+            "create-platform-admin",
+            "--email",
+            "pipe@platform.test",
+        ])
         .arg("--data-dir")
         .arg(app.data_dir.path())
         .args(["--database-url", &app.database_url])
@@ -505,7 +513,8 @@ async fn sign_in_throttle_keys_are_keyed_hashes(app: &TestApp) {
     assert_eq!(keys[0], expected);
     // A second instance over the same database counts under the same key.
     let (_, other) = app.instance_with(&[]).await;
-    let body = json!({ "tenant": "acme", "email": "VICTIM@acme.test", "password": "wrong again!!" });
+    let body =
+        json!({ "tenant": "acme", "email": "VICTIM@acme.test", "password": "wrong again!!" });
     let req = axum::http::Request::post("/v1/auth/login")
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body.to_string()))
@@ -583,7 +592,10 @@ async fn financial_records_are_kept_five_years(app: &TestApp) {
         .unwrap();
     assert!(r.refused_chains.is_empty(), "{r:?}");
     let after = financial(&app.audit_chain(&t.id).await);
-    assert_eq!(after, before, "money movements' audit records pruned: {r:?}");
+    assert_eq!(
+        after, before,
+        "money movements' audit records pruned: {r:?}"
+    );
     kasho::service::audit::verify_all(app.core.store.as_ref(), &app.core.sealer, |_| {}, |_| {})
         .await
         .unwrap();
