@@ -1358,15 +1358,21 @@ impl Config {
                 },
                 &source_of,
             );
+            // A secret's file (`KASHO_<KEY>_FILE`), or the config file when it holds a secret.
             for (key, (_, src)) in &l.values {
-                if let Source::SecretFile { path, .. } = src
+                let path = match src {
+                    Source::SecretFile { path, .. } => Some(path),
+                    Source::File(path) if key_def(key).is_some_and(|d| d.secret) => Some(path),
+                    _ => None,
+                };
+                if let Some(path) = path
                     && let Some(mode) = loose_mode(path)
                 {
                     findings.push(refuse(
                         key,
                         src,
                         format!(
-                            "the secret's file is mode {mode:04o}: group or others may read it"
+                            "the file holding the secret is mode {mode:04o}: group or others may read it"
                         ),
                         format!(
                             "chmod 600 {} and make the service's user its owner (on Kubernetes, \
@@ -2097,6 +2103,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            let set_mode = |p: &Path, mode: u32| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                    .unwrap_or_default();
+            };
             let mk = dir.path().join("mk");
             let tls_key = dir.path().join("key.pem");
             for f in [&mk, &tls_key] {
@@ -2104,6 +2114,30 @@ mod tests {
                 std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
                     .unwrap_or_default();
             }
+            // A config file holding a secret is held to the same rule.
+            let toml = dir.path().join("kasho.toml");
+            std::fs::write(
+                &toml,
+                "env = \"production\"\npublic_url = \"https://pay.example.com\"\n\
+                 jwt_signing_key = \"pem\"\nmaster_key = \"b64\"\n",
+            )
+            .unwrap_or_default();
+            set_mode(&toml, 0o640);
+            let mut l = Layers::default();
+            l.load_file(&toml).unwrap_or_else(|e| unreachable!("{e}"));
+            let e = Config::from_layers(&l)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("`jwt_signing_key` (from config file")
+                    && e.contains("`master_key` (from config file")
+                    && e.contains("mode 0640"),
+                "{e}"
+            );
+            set_mode(&toml, 0o600);
+            assert!(Config::from_layers(&l).is_ok());
+
             let mk_path = mk.display().to_string();
             let key_path = tls_key.display().to_string();
             let mut l = Layers::default();
