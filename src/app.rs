@@ -158,6 +158,10 @@ pub async fn build_core_with_checks(
         api_token_key: crate::service::api_tokens::TokenHashKey::new(
             keys.master.derive("api-token-hash/v1"),
         ),
+        throttle_key: crate::service::security::ThrottleKey::new(
+            keys.master
+                .derive(crate::service::security::ThrottleKey::PURPOSE),
+        ),
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),

@@ -99,14 +99,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SignArgs {
-    /// The signing secret (`kasho_sig_…`, issued with the token; for a token created before
-    /// signing secrets existed and not rotated since, its bearer secret `kasho_…`). Prefer
-    /// --secret-env or --secret-stdin, which keep it out of shell history.
-    #[arg(long, conflicts_with_all = ["secret_env", "secret_stdin"])]
+    /// Refused: a secret given as an argument is visible to every local user in `ps` and kept
+    /// in shell history. Use --secret-env, --secret-file or --secret-stdin.
+    #[arg(long, hide = true, value_name = "REFUSED")]
     secret: Option<String>,
-    /// Read the secret from this environment variable.
-    #[arg(long, conflicts_with = "secret_stdin")]
+    /// Read the signing secret (`kasho_sig_…`, issued with the token; for a token created
+    /// before signing secrets existed and not rotated since, its bearer secret `kasho_…`) from
+    /// this environment variable.
+    #[arg(long, conflicts_with_all = ["secret_stdin", "secret_file"])]
     secret_env: Option<String>,
+    /// Read the secret from the first line of this file (keep it mode 0600).
+    #[arg(long, conflicts_with = "secret_stdin")]
+    secret_file: Option<PathBuf>,
     /// Read the secret from the first line of standard input.
     #[arg(long)]
     secret_stdin: bool,
@@ -155,7 +159,8 @@ enum RetentionCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Create a platform admin; the password is read from standard input.
+    /// Create a platform admin; the password is read from standard input (from a terminal,
+    /// without echo; or piped in).
     CreatePlatformAdmin {
         #[arg(long)]
         email: String,
@@ -231,7 +236,14 @@ pub fn main() -> ExitCode {
     if let Command::Serve { listen: Some(l) } = &cli.command {
         flags.push(("listen", l.clone()));
     }
-    let config = match Config::load(cli.config.as_deref(), &flags) {
+    // `config check` lists every insecure setting; every other command refuses to run with one.
+    let checking = matches!(cli.command, Command::Config { .. });
+    let loaded = if checking {
+        Config::load_unchecked(cli.config.as_deref(), &flags)
+    } else {
+        Config::load(cli.config.as_deref(), &flags)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kasho: configuration error: {e}");
@@ -239,6 +251,16 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
+    if !checking {
+        for w in config.warnings() {
+            eprintln!("kasho: WARNING: insecure setting {w}");
+            tracing::warn!(
+                key = w.key,
+                env = config.env.as_str(),
+                "insecure setting: {w}"
+            );
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -322,13 +344,29 @@ fn dev_cert(out_dir: &std::path::Path, hosts: &[String], force: bool) -> Result<
 /// `kasho sign`: the canonical request and the three headers.
 fn sign(a: &SignArgs) -> Result<String, String> {
     use crate::domain::signing;
-    let secret = match (&a.secret, &a.secret_env, a.secret_stdin) {
-        (Some(s), _, _) => s.clone(),
-        (None, Some(var), _) => {
+    // Secrets come only from the environment, a file or standard input: an argument would be
+    // visible to every local user in the process list and kept in shell history.
+    if a.secret.is_some() {
+        return Err(
+            "--secret is refused: a secret on the command line is visible to every \
+                    local user in `ps` and stays in shell history; give it with --secret-env VAR, \
+                    --secret-file PATH or --secret-stdin (and rotate this one if it was real)"
+                .into(),
+        );
+    }
+    let secret = zeroize::Zeroizing::new(match (&a.secret_env, &a.secret_file, a.secret_stdin) {
+        (Some(var), _, _) => {
             std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
         }
+        (None, Some(path), _) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            );
+            text.lines().next().unwrap_or("").trim().to_owned()
+        }
         (None, None, true) => {
-            let mut line = String::new();
+            let mut line = zeroize::Zeroizing::new(String::new());
             std::io::stdin()
                 .lock()
                 .read_line(&mut line)
@@ -336,9 +374,12 @@ fn sign(a: &SignArgs) -> Result<String, String> {
             line.trim().to_owned()
         }
         (None, None, false) => {
-            return Err("give the secret with --secret, --secret-env VAR or --secret-stdin".into());
+            return Err(
+                "give the secret with --secret-env VAR, --secret-file PATH or --secret-stdin"
+                    .into(),
+            );
         }
-    };
+    });
     if !crate::service::api_tokens::is_api_token(&secret) {
         return Err(
             "the secret must be a token's signing secret (it starts with kasho_sig_)".into(),
@@ -418,16 +459,7 @@ async fn migrate(config: &Config) -> Result<(), String> {
 
 async fn create_platform_admin(config: &Config, email: &str) -> Result<(), String> {
     let email = Email::parse(email).map_err(|m| format!("--email {m}"))?;
-    if std::io::stdin().is_terminal() {
-        eprintln!("password (input is echoed; pipe it in to script this):");
-    }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-    let raw = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
-    zeroize::Zeroize::zeroize(&mut line);
+    let raw = read_password()?;
     let core = crate::app::build_core(config, Arc::new(SystemClock), true)
         .await
         .map_err(|e| e.to_string())?;
@@ -474,6 +506,31 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Reads a password from standard input: from a terminal without echo (the terminal's echo
+/// is switched off while it is typed), else the first line of what is piped in.
+fn read_password() -> Result<SecretString, String> {
+    let mut line = if std::io::stdin().is_terminal() {
+        let term = [console::Term::stderr(), console::Term::stdout()]
+            .into_iter()
+            .find(console::Term::is_term)
+            .ok_or("standard input is a terminal but there is none to prompt on; pipe the password in instead")?;
+        term.write_str("password (not shown as you type): ")
+            .map_err(|e| format!("cannot prompt for the password: {e}"))?;
+        term.read_secure_line()
+            .map_err(|e| format!("cannot read the password from the terminal: {e}"))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        line
+    };
+    let raw = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
+    zeroize::Zeroize::zeroize(&mut line);
+    Ok(raw)
 }
 
 /// `kasho admin invitation-link --tenant SLUG EMAIL`: prints a fresh link (shown once).
@@ -651,6 +708,8 @@ async fn audit_verify(config: &Config) -> Result<(), String> {
     }
 }
 
+/// `kasho config check`: every value with its source, then every problem found (all of them,
+/// not just the first); fails when `serve` would refuse to start.
 fn config_check(config: &Config) -> Result<(), String> {
     println!("environment: {}", config.env.as_str());
     for (key, value, source) in &config.report {
@@ -659,36 +718,66 @@ fn config_check(config: &Config) -> Result<(), String> {
     for note in config.retention_notes() {
         println!("note: {note}");
     }
-    // A check never writes: report missing keys instead of generating them.
-    match crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)) {
-        Ok(_) => println!("keys: JWT signing key and master key present"),
-        Err(crate::crypto::keys::KeyError::Missing { what, .. }) if config.may_generate_keys() => {
-            println!(
-                "keys: no {what} yet; `kasho serve` generates missing keys into {} (development only)",
-                config.data_dir.join("keys").display()
-            )
+    let mut refusals: Vec<String> = config
+        .findings
+        .iter()
+        .filter(|f| f.refused)
+        .map(ToString::to_string)
+        .collect();
+    for w in config.warnings() {
+        eprintln!("WARNING: {w}");
+    }
+    // A check never writes: report missing keys instead of generating them. (Production's
+    // missing keys are already among the refusals.)
+    let keys_refused = config
+        .findings
+        .iter()
+        .any(|f| f.refused && matches!(f.key, "jwt_signing_key" | "master_key"));
+    if !keys_refused {
+        match crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false)) {
+            Ok(_) => println!("keys: JWT signing key and master key present"),
+            Err(crate::crypto::keys::KeyError::Missing { what, .. })
+                if config.may_generate_keys() =>
+            {
+                println!(
+                    "keys: no {what} yet; `kasho serve` generates missing keys into {} (development only)",
+                    config.data_dir.join("keys").display()
+                )
+            }
+            Err(e) => refusals.push(e.to_string()),
         }
-        Err(e) => return Err(e.to_string()),
     }
     match config.transport_check() {
         Ok(Some(warning)) => println!("note: {warning}"),
         Ok(None) => {}
-        Err(msg) => return Err(msg),
+        Err(msg) => refusals.push(msg),
     }
     if let Some(files) = &config.tls {
-        let loaded = crate::tls::load(files).map_err(|e| e.to_string())?;
-        println!(
-            "tls: certificate and key load (certificate sha256 {}){}",
-            loaded.fingerprint,
-            if files.client_ca.is_some() {
-                "; client certificates are verified against the client CA"
-            } else {
-                ""
-            }
-        );
+        match crate::tls::load(files) {
+            Ok(loaded) => println!(
+                "tls: certificate and key load (certificate sha256 {}){}",
+                loaded.fingerprint,
+                if files.client_ca.is_some() {
+                    "; client certificates are verified against the client CA"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => refusals.push(e.to_string()),
+        }
     }
-    println!("configuration OK");
-    Ok(())
+    if refusals.is_empty() {
+        println!("configuration OK");
+        return Ok(());
+    }
+    for r in &refusals {
+        eprintln!("REFUSED: {r}");
+    }
+    Err(format!(
+        "configuration refused: {} problem{} above must be fixed before `kasho serve` starts",
+        refusals.len(),
+        if refusals.len() == 1 { "" } else { "s" }
+    ))
 }
 
 async fn retention_run(config: &Config) -> Result<(), String> {

@@ -59,6 +59,48 @@ pub enum ConfigError {
     },
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
+    /// Production refuses insecure settings: every one found, not just the first.
+    #[error("{}", refused_list(.0))]
+    Refused(Vec<Finding>),
+}
+
+fn refused_list(findings: &[Finding]) -> String {
+    let mut s = format!(
+        "production refuses {} insecure setting{}:",
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    );
+    for f in findings {
+        s.push_str("\n  - ");
+        s.push_str(&f.to_string());
+    }
+    s
+}
+
+/// An insecure setting found by validation: production refuses to start with it (`refused`), or
+/// starts and warns. `config check` lists every one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The configuration key at fault.
+    pub key: &'static str,
+    /// Where its value came from.
+    pub origin: String,
+    /// Whether production refuses to start (otherwise a warning).
+    pub refused: bool,
+    /// What is wrong.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.key)?;
+        if !self.origin.is_empty() {
+            write!(f, " (from {})", self.origin)?;
+        }
+        write!(f, ": {}; fix: {}", self.problem, self.fix)
+    }
 }
 
 /// Deployment environment.
@@ -122,12 +164,12 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "jwt_signing_key",
         secret: true,
-        help: "Ed25519 PKCS#8 PEM that signs access tokens",
+        help: "Ed25519 PKCS#8 PEM that signs access tokens (production: required, from a file of mode 0600)",
     },
     KeyDef {
         name: "master_key",
         secret: true,
-        help: "base64 of 32 random bytes; root of every derived key",
+        help: "base64 of 32 random bytes; root of every derived key (production: required, from a file of mode 0600)",
     },
     KeyDef {
         name: "jwt_issuer",
@@ -162,12 +204,12 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "mfa_required_roles",
         secret: false,
-        help: "comma-separated roles that must use MFA in tenants that did not choose (MANAGER,COMPLIANCE_OFFICER,PLATFORM_ADMIN)",
+        help: "comma-separated roles that must use MFA in tenants that did not choose (MANAGER,COMPLIANCE_OFFICER,PLATFORM_ADMIN); production refuses a list without PLATFORM_ADMIN",
     },
     KeyDef {
         name: "trusted_proxies",
         secret: false,
-        help: "comma-separated CIDRs whose X-Forwarded-For is believed (none)",
+        help: "comma-separated CIDRs whose X-Forwarded-For is believed (none); production refuses one wider than /8 (IPv4) or /16 (IPv6)",
     },
     KeyDef {
         name: "login_ip_max_failures",
@@ -332,7 +374,7 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "intrusion_exempt",
         secret: false,
-        help: "comma-separated CIDRs never banned (none)",
+        help: "comma-separated CIDRs never banned (none); production refuses one wider than /8 (IPv4) or /16 (IPv6)",
     },
     KeyDef {
         name: "argon2_memory_kib",
@@ -422,7 +464,7 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "metrics_listen",
         secret: false,
-        help: "host:port of a separate listener serving only GET /metrics, e.g. 127.0.0.1:9464 (none)",
+        help: "host:port of a separate listener serving only GET /metrics, without a token, e.g. 127.0.0.1:9464 (none); production warns when it is not loopback",
     },
     KeyDef {
         name: "metrics_token",
@@ -545,6 +587,10 @@ impl Layers {
     fn get(&self, key: &'static str) -> Option<(&str, &Source)> {
         self.values.get(key).map(|(v, s)| (v.as_str(), s))
     }
+
+    fn get_any(&self, key: &str) -> Option<(&str, &Source)> {
+        self.values.get(key).map(|(v, s)| (v.as_str(), s))
+    }
 }
 
 fn unknown(key: &str, source: &Source) -> ConfigError {
@@ -618,6 +664,9 @@ pub struct Config {
     pub metrics_token: Option<SecretString>,
     /// (key, shown value, source) of every key, for `kasho config check`.
     pub report: Vec<(&'static str, String, String)>,
+    /// Insecure settings: refusals (only in a configuration built unchecked, for
+    /// `config check`) and warnings.
+    pub findings: Vec<Finding>,
 }
 
 impl fmt::Debug for Config {
@@ -638,6 +687,15 @@ impl Config {
     /// Layers defaults, the config file (`--config`, else `KASHO_CONFIG`, else `./kasho.toml`
     /// if present), the process environment and `flags`.
     pub fn load(config_path: Option<&Path>, flags: &[(&str, String)]) -> Result<Self, ConfigError> {
+        Self::load_unchecked(config_path, flags)?.refuse_insecure()
+    }
+
+    /// [`Config::load`] without refusing insecure production settings: they are in
+    /// [`Config::findings`], for `config check` to list them all.
+    pub fn load_unchecked(
+        config_path: Option<&Path>,
+        flags: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
         let mut layers = Layers::default();
         let env_path = std::env::var_os("KASHO_CONFIG").map(PathBuf::from);
         match config_path.map(Path::to_path_buf).or(env_path) {
@@ -653,7 +711,27 @@ impl Config {
         for (k, v) in flags {
             layers.set(k, v.clone(), Source::Flag(k.replace('_', "-")))?;
         }
-        Self::from_layers(&layers)
+        Self::from_layers_unchecked(&layers)
+    }
+
+    /// Stops at insecure production settings, naming every one (see [`Finding`]).
+    pub fn refuse_insecure(self) -> Result<Self, ConfigError> {
+        let refused: Vec<Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.refused)
+            .cloned()
+            .collect();
+        if refused.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError::Refused(refused))
+        }
+    }
+
+    /// The insecure settings production starts with anyway, to be logged loudly.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| !f.refused)
     }
 
     /// Builds a configuration from explicit pairs only (tests, embedding).
@@ -665,8 +743,22 @@ impl Config {
         Self::from_layers(&layers)
     }
 
+    /// Parses and validates `l`, refusing insecure production settings.
     pub fn from_layers(l: &Layers) -> Result<Self, ConfigError> {
+        Self::from_layers_unchecked(l)?.refuse_insecure()
+    }
+
+    /// Parses and validates `l`; insecure production settings are collected in `findings`.
+    pub fn from_layers_unchecked(l: &Layers) -> Result<Self, ConfigError> {
         let mut report = Vec::new();
+        let mut findings: Vec<Finding> = Vec::new();
+        let refuse = |key: &'static str, src: &Source, problem: String, fix: String| Finding {
+            key,
+            origin: src.to_string(),
+            refused: true,
+            problem,
+            fix,
+        };
         let mut take = |key: &'static str, default: Option<String>| -> Option<(String, Source)> {
             let secret = key_def(key).is_some_and(|d| d.secret);
             let found = l
@@ -978,10 +1070,13 @@ impl Config {
             ));
         }
         if env == Environment::Production && !argon2.meets_minimum() {
-            return Err(invalid(
+            findings.push(refuse(
                 "argon2_memory_kib",
                 &m.1,
-                "production requires at least Argon2id m=19456 KiB, t=2, p=1 (OWASP)",
+                "production requires at least Argon2id m=19456 KiB, t=2, p=1 (OWASP)".into(),
+                "raise argon2_memory_kib, argon2_iterations and argon2_parallelism to at least \
+                 19456, 2 and 1 (or unset them)"
+                    .into(),
             ));
         }
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
@@ -1027,10 +1122,12 @@ impl Config {
         .unwrap_or_default();
         let smtp_starttls = boolean("smtp_starttls", &st)?;
         if env == Environment::Production && !smtp_starttls {
-            return Err(invalid(
+            findings.push(refuse(
                 "smtp_starttls",
                 &st.1,
-                "production requires STARTTLS to the SMTP relay (mail carries reset links)",
+                "production requires STARTTLS to the SMTP relay (mail carries reset links)".into(),
+                "set smtp_starttls = true (or unset it) and use a relay that offers STARTTLS"
+                    .into(),
             ));
         }
         let su = take("smtp_username", None).filter(|(v, _)| !v.is_empty());
@@ -1118,12 +1215,13 @@ impl Config {
         }
         // Emailed links carry secrets (reset tokens): in production they must be https.
         if env == Environment::Production && !public_url.starts_with("https://") {
-            return Err(invalid(
+            findings.push(refuse(
                 "public_url",
                 &pu.1,
                 format!(
                     "production requires an https:// public_url (emailed links carry secrets); `{public_url}` is not"
                 ),
+                "set KASHO_PUBLIC_URL to the https:// address clients reach Kasho at".into(),
             ));
         }
         let ma = take("mail_max_attempts", Some("8".into())).unwrap_or_default();
@@ -1243,6 +1341,63 @@ impl Config {
             }
             _ => None,
         };
+        if env == Environment::Production {
+            let source_of = |key: &str| l.get_any(key).map(|(_, s)| s.clone()).unwrap_or_default();
+            production_findings(
+                &mut findings,
+                &ProductionView {
+                    data_dir: &data_dir,
+                    jwt_configured: jwt_signing_key.is_some(),
+                    master_configured: master_key.is_some(),
+                    tls_key: tls.as_ref().map(|t| t.key.as_path()),
+                    mfa_required_roles: &mfa_required_roles,
+                    trusted_proxies: &trusted_proxies,
+                    intrusion_exempt: &limits.intrusion_exempt,
+                    metrics_listen,
+                    metrics_token: metrics_token.is_some(),
+                },
+                &source_of,
+            );
+            // A secret's file (`KASHO_<KEY>_FILE`), or the config file when it holds a secret.
+            for (key, (_, src)) in &l.values {
+                let path = match src {
+                    Source::SecretFile { path, .. } => Some(path),
+                    Source::File(path) if key_def(key).is_some_and(|d| d.secret) => Some(path),
+                    _ => None,
+                };
+                if let Some(path) = path
+                    && let Some(mode) = loose_mode(path)
+                {
+                    findings.push(refuse(
+                        key,
+                        src,
+                        format!(
+                            "the file holding the secret is mode {mode:04o}: group or others may read it"
+                        ),
+                        format!(
+                            "chmod 600 {} and make the service's user its owner (on Kubernetes, \
+                             defaultMode: 0400 on the secret volume)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        // A password on the command line is visible to every local user in `ps` and stays in
+        // shell history: warned about in every environment.
+        if matches!(db_v.1, Source::Flag(_)) && url_has_password(&db_v.0) {
+            findings.push(Finding {
+                key: "database_url",
+                origin: db_v.1.to_string(),
+                refused: false,
+                problem: "the URL on the command line holds a password, which every local user \
+                          can read in the process list (ps) and shell history keeps"
+                    .into(),
+                fix: "pass the URL in KASHO_DATABASE_URL_FILE (a file of mode 0600) or \
+                      KASHO_DATABASE_URL, not --database-url"
+                    .into(),
+            });
+        }
         Ok(Config {
             env,
             listen,
@@ -1286,6 +1441,7 @@ impl Config {
             metrics_listen,
             metrics_token,
             report,
+            findings,
         })
     }
 
@@ -1351,6 +1507,196 @@ impl Config {
     }
 }
 
+/// What the production checks look at.
+struct ProductionView<'a> {
+    data_dir: &'a Path,
+    jwt_configured: bool,
+    master_configured: bool,
+    tls_key: Option<&'a Path>,
+    mfa_required_roles: &'a [crate::domain::authz::Role],
+    trusted_proxies: &'a [crate::domain::security::Cidr],
+    intrusion_exempt: &'a [crate::domain::security::Cidr],
+    metrics_listen: Option<SocketAddr>,
+    metrics_token: bool,
+}
+
+/// The settings production refuses (or warns about) beyond what parsing already refused
+/// (issue 14 item 8).
+fn production_findings(
+    out: &mut Vec<Finding>,
+    v: &ProductionView<'_>,
+    source_of: &dyn Fn(&str) -> Source,
+) {
+    use crate::crypto::keys::{JWT_KEY_FILE, MASTER_KEY_FILE};
+    use crate::domain::security::{WIDEST_TRUSTED_V4_PREFIX, WIDEST_TRUSTED_V6_PREFIX};
+    let finding = |key: &'static str, refused: bool, problem: String, fix: String| Finding {
+        key,
+        origin: source_of(key).to_string(),
+        refused,
+        problem,
+        fix,
+    };
+    // Keys: only from configuration, never the development keys `serve` generates.
+    for (configured, key, file, env, make) in [
+        (
+            v.jwt_configured,
+            "jwt_signing_key",
+            JWT_KEY_FILE,
+            "KASHO_JWT_SIGNING_KEY_FILE",
+            "an Ed25519 PKCS#8 PEM: `openssl genpkey -algorithm ed25519`",
+        ),
+        (
+            v.master_configured,
+            "master_key",
+            MASTER_KEY_FILE,
+            "KASHO_MASTER_KEY_FILE",
+            "32 random bytes in base64: `openssl rand -base64 32`",
+        ),
+    ] {
+        if configured {
+            continue;
+        }
+        let dev = v.data_dir.join("keys").join(file);
+        let problem = if dev.exists() {
+            format!(
+                "not set, so the development key {} (generated into the data directory) \
+                 would be used",
+                dev.display()
+            )
+        } else {
+            "not set, and production never generates keys".to_owned()
+        };
+        out.push(Finding {
+            origin: String::new(),
+            ..finding(
+                key,
+                true,
+                problem,
+                format!(
+                    "set {env} to a file of mode 0600 outside the data directory holding {make} \
+                     (KASHO_{} works too)",
+                    key.to_ascii_uppercase()
+                ),
+            )
+        });
+    }
+    if let Some(path) = v.tls_key
+        && let Some(mode) = loose_mode(path)
+    {
+        out.push(finding(
+            "tls_key_file",
+            true,
+            format!(
+                "{} is mode {mode:04o}: group or others may read the TLS private key",
+                path.display()
+            ),
+            format!(
+                "chmod 600 {} and make the service's user its owner",
+                path.display()
+            ),
+        ));
+    }
+    if !v
+        .mfa_required_roles
+        .contains(&crate::domain::authz::Role::PlatformAdmin)
+    {
+        out.push(finding(
+            "mfa_required_roles",
+            true,
+            "does not name PLATFORM_ADMIN, so platform admins (who manage every tenant) could \
+             sign in with a password alone"
+                .into(),
+            "include PLATFORM_ADMIN (the default is MANAGER,COMPLIANCE_OFFICER,PLATFORM_ADMIN), \
+             or unset the key"
+                .into(),
+        ));
+    }
+    for (key, list, consequence) in [
+        (
+            "trusted_proxies",
+            v.trusted_proxies,
+            "any client in it can forge its address with X-Forwarded-For, and with it the \
+             allow-lists, rate limits, bans and audit records that rely on the address",
+        ),
+        (
+            "intrusion_exempt",
+            v.intrusion_exempt,
+            "clients in it are never banned, whatever they do",
+        ),
+    ] {
+        let wide: Vec<String> = list
+            .iter()
+            .filter(|c| c.is_too_wide())
+            .map(ToString::to_string)
+            .collect();
+        if !wide.is_empty() {
+            out.push(finding(
+                key,
+                true,
+                format!(
+                    "{} is wider than /{WIDEST_TRUSTED_V4_PREFIX} (IPv4) or \
+                     /{WIDEST_TRUSTED_V6_PREFIX} (IPv6): {consequence}",
+                    wide.join(", ")
+                ),
+                "name only the networks of your own proxies or operators (for example \
+                 192.0.2.0/24 or 2001:db8:1::/48)"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(addr) = v.metrics_listen
+        && !addr.ip().is_loopback()
+    {
+        out.push(finding(
+            "metrics_listen",
+            false,
+            format!(
+                "{addr} is not a loopback address and the metrics listener asks for no token{}: \
+                 anyone who reaches it reads the service's metrics",
+                if v.metrics_token {
+                    " (metrics_token guards the main listener only)"
+                } else {
+                    ""
+                }
+            ),
+            "bind metrics_listen to 127.0.0.1 (scrape through a local agent), or unset it and \
+             scrape GET /metrics on the main listener with metrics_token"
+                .into(),
+        ));
+    }
+}
+
+/// The permission bits of `path` when group or others have any access to it (Unix only).
+fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+            .filter(|m| m & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Whether a database URL carries a password (`user:password@` or `password=`).
+fn url_has_password(url: &str) -> bool {
+    let authority_password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(creds, _)| creds.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()));
+    let query_password = url.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix("password=").is_some_and(|v| !v.is_empty()))
+    });
+    authority_password || query_password
+}
+
 /// Shows a secret's presence, never its value; a database URL keeps everything but its password.
 fn redact(key: &str, value: &str) -> String {
     if key == "database_url" || key == "redis_url" {
@@ -1368,6 +1714,13 @@ fn redact(key: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Production with its keys configured (values are checked when the keys are loaded).
+    const PROD_KEYS: [(&str, &str); 3] = [
+        ("env", "production"),
+        ("jwt_signing_key", "pem"),
+        ("master_key", "b64"),
+    ];
 
     fn err(pairs: &[(&str, &str)]) -> String {
         Config::from_pairs(pairs)
@@ -1509,11 +1862,12 @@ mod tests {
         assert!(e.contains("outside 8192..=1048576"), "{e}");
         // Production: plain HTTP only behind a TLS proxy, which still gets HSTS.
         let prod = ("public_url", "https://pay.example.com");
-        let c = Config::from_pairs(&[("env", "production"), prod])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut p = PROD_KEYS.to_vec();
+        p.push(prod);
+        let c = Config::from_pairs(&p).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(c.transport_check().is_err());
-        let c = Config::from_pairs(&[("env", "production"), prod, ("allow_plain_http", "true")])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        p.push(("allow_plain_http", "true"));
+        let c = Config::from_pairs(&p).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(c.transport_check(), Ok(Some(_))) && c.hsts());
     }
 
@@ -1530,10 +1884,8 @@ mod tests {
             ("public_url", "http://pay.example.com"),
         ]);
         assert!(e.contains("production requires an https://"), "{e}");
-        let prod = [
-            ("env", "production"),
-            ("public_url", "https://pay.example.com/"),
-        ];
+        let mut prod = PROD_KEYS.to_vec();
+        prod.push(("public_url", "https://pay.example.com/"));
         let c = Config::from_pairs(&prod).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(c.public_url, "https://pay.example.com");
         // Development keeps plain links and plain SMTP by default.
@@ -1542,7 +1894,7 @@ mod tests {
         let t = c.smtp.as_ref().unwrap_or_else(|| unreachable!());
         assert!(!t.starttls && t.auth.is_none());
         // Production: STARTTLS on by default, and refusing it is refused.
-        let mut p = prod.to_vec();
+        let mut p = prod.clone();
         p.push(("smtp_url", "smtp://mail.example.com:587"));
         let c = Config::from_pairs(&p).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(c.smtp.as_ref().is_some_and(|t| t.starttls));
@@ -1688,6 +2040,176 @@ mod tests {
         assert!(e.contains("`metrics_listen`"), "{e}");
         let e = err(&[("redis_url", "http://user:hunter2@x/")]);
         assert!(e.contains("`redis_url`") && !e.contains("hunter2"), "{e}");
+    }
+
+    /// Every insecure production setting is refused together, each naming its key and fix
+    /// (issue 14 item 8).
+    #[test]
+    fn production_refuses_every_insecure_setting_at_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let data = dir.path().display().to_string();
+        // Development keys in the data directory, as `serve` generates them.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap_or_default();
+        std::fs::write(keys.join("jwt-signing-key.pem"), "pem").unwrap_or_default();
+        let base = [
+            ("env", "production"),
+            ("public_url", "https://pay.example.com"),
+            ("data_dir", data.as_str()),
+        ];
+        let mut bad = base.to_vec();
+        bad.extend([
+            ("mfa_required_roles", ""),
+            ("trusted_proxies", "10.0.0.0/8, 0.0.0.0/0"),
+            ("intrusion_exempt", "::/0"),
+            ("metrics_listen", "0.0.0.0:9464"),
+        ]);
+        let e = err(&bad);
+        for (key, says) in [
+            ("jwt_signing_key", "development key"),
+            ("jwt_signing_key", "KASHO_JWT_SIGNING_KEY_FILE"),
+            ("master_key", "never generates keys"),
+            ("master_key", "KASHO_MASTER_KEY_FILE"),
+            ("mfa_required_roles", "include PLATFORM_ADMIN"),
+            ("trusted_proxies", "0.0.0.0/0 is wider than /8"),
+            ("intrusion_exempt", "::/0 is wider than"),
+        ] {
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(says),
+                "{key}: {says}: {e}"
+            );
+        }
+        assert!(e.contains("refuses 5 insecure settings"), "{e}");
+        assert!(!e.contains("`metrics_listen`"), "only a warning: {e}");
+        assert!(!e.contains("10.0.0.0/8"), "a private /8 is fine: {e}");
+        // Unchecked (what `config check` reads), the warning is there too.
+        let mut l = Layers::default();
+        for (k, v) in &bad {
+            l.set(k, (*v).to_owned(), Source::Flag((*k).to_owned()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+        }
+        let c = Config::from_layers_unchecked(&l).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.findings.iter().filter(|f| f.refused).count(), 5);
+        let warned: Vec<_> = c.warnings().map(|f| f.key).collect();
+        assert_eq!(warned, ["metrics_listen"]);
+        // Development accepts all of it.
+        let mut dev = bad.clone();
+        dev[0] = ("env", "development");
+        dev[1] = ("public_url", "http://127.0.0.1:8080");
+        let c = Config::from_pairs(&dev).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(c.findings.is_empty(), "{:?}", c.findings);
+
+        // Secret files and the TLS key readable by group or others.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let set_mode = |p: &Path, mode: u32| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                    .unwrap_or_default();
+            };
+            let mk = dir.path().join("mk");
+            let tls_key = dir.path().join("key.pem");
+            for f in [&mk, &tls_key] {
+                std::fs::write(f, "x").unwrap_or_default();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
+                    .unwrap_or_default();
+            }
+            // A config file holding a secret is held to the same rule.
+            let toml = dir.path().join("kasho.toml");
+            std::fs::write(
+                &toml,
+                "env = \"production\"\npublic_url = \"https://pay.example.com\"\n\
+                 jwt_signing_key = \"pem\"\nmaster_key = \"b64\"\n",
+            )
+            .unwrap_or_default();
+            set_mode(&toml, 0o640);
+            let mut l = Layers::default();
+            l.load_file(&toml).unwrap_or_else(|e| unreachable!("{e}"));
+            let e = Config::from_layers(&l)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("`jwt_signing_key` (from config file")
+                    && e.contains("`master_key` (from config file")
+                    && e.contains("mode 0640"),
+                "{e}"
+            );
+            set_mode(&toml, 0o600);
+            assert!(Config::from_layers(&l).is_ok());
+
+            let mk_path = mk.display().to_string();
+            let key_path = tls_key.display().to_string();
+            let mut l = Layers::default();
+            for (k, v) in [
+                ("env", "production"),
+                ("public_url", "https://pay.example.com"),
+                ("jwt_signing_key", "pem"),
+                ("master_key_file", mk_path.as_str()),
+                ("tls_cert_file", "/etc/kasho/cert.pem"),
+                ("tls_key_file", key_path.as_str()),
+            ] {
+                l.set(
+                    k,
+                    v.to_owned(),
+                    Source::Env(format!("KASHO_{}", k.to_uppercase())),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            }
+            let e = Config::from_layers(&l)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("`master_key`")
+                    && e.contains("KASHO_MASTER_KEY_FILE")
+                    && e.contains("mode 0644")
+                    && e.contains(&format!("chmod 600 {mk_path}")),
+                "{e}"
+            );
+            assert!(
+                e.contains("`tls_key_file`") && e.contains(&format!("chmod 600 {key_path}")),
+                "{e}"
+            );
+            for f in [&mk, &tls_key] {
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))
+                    .unwrap_or_default();
+            }
+            assert!(Config::from_layers(&l).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_database_password_on_the_command_line_is_warned_about() {
+        let c = Config::from_pairs(&[("database_url", "postgres://kasho:hunter2@db/kasho")])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let w: Vec<String> = c.warnings().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("`database_url`")
+                && w[0].contains("KASHO_DATABASE_URL_FILE")
+                && !w[0].contains("hunter2"),
+            "{w:?}"
+        );
+        for quiet in [
+            "postgres://kasho@db/kasho",
+            "postgres://db/kasho?sslmode=require",
+            "sqlite://./kasho-data/kasho.db",
+        ] {
+            let c = Config::from_pairs(&[("database_url", quiet)])
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            assert_eq!(c.warnings().count(), 0, "{quiet}");
+        }
+        assert!(url_has_password("postgres://db/kasho?user=k&password=pw"));
+        // From the environment, the password is not on the command line.
+        let mut l = Layers::default();
+        l.load_env([(
+            "KASHO_DATABASE_URL".to_owned(),
+            "postgres://kasho:hunter2@db/kasho".to_owned(),
+        )])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = Config::from_layers(&l).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.warnings().count(), 0);
     }
 
     #[test]

@@ -102,6 +102,12 @@ pub enum Retention {
     AuditConfigured,
     /// Written to standard error; kept as long as the deployment's log collector keeps it.
     DeploymentLogs,
+    /// A period fixed in the code, in words, with what deletes the data.
+    Fixed {
+        period: &'static str,
+        days: Option<u32>,
+        enforced_by: &'static str,
+    },
 }
 
 /// A retention rule made concrete with the periods in force.
@@ -131,7 +137,7 @@ impl Retention {
                 ),
                 days: None,
                 config_key: None,
-                enforced_by: "not automated: ledger records are append-only and kept indefinitely",
+                enforced_by: "database triggers refuse deleting transfers, entries, holds, accounts and reversal legs; the retention job keeps the audit records of money movements and account changes at least 5 years (1827 days)",
             },
             Retention::WhileAccountExists => RetentionInForce {
                 period: "while the user account exists (accounts are disabled, never deleted yet)"
@@ -178,6 +184,16 @@ impl Retention {
                 days: None,
                 config_key: None,
                 enforced_by: "the deployment",
+            },
+            Retention::Fixed {
+                period,
+                days,
+                enforced_by,
+            } => RetentionInForce {
+                period: period.to_owned(),
+                days,
+                config_key: None,
+                enforced_by,
             },
         }
     }
@@ -457,6 +473,230 @@ pub const REGISTRY: &[ProcessingRecord] = &[
         storage: &["staff_notes"],
         held: true,
     },
+    ProcessingRecord {
+        id: "multi_factor_authentication",
+        description: "Second factors of sign-in: TOTP enrolments, recovery codes and the challenges between a password and its code",
+        data_subjects: &["tenant staff", "customers", "platform admins"],
+        categories: &[
+            "TOTP secret",
+            "recovery-code hashes",
+            "challenge-token hashes",
+            "IP address and user agent of a pending sign-in",
+            "failed-code counts",
+        ],
+        purpose: "authenticate users with a second factor",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegitimateInterest],
+        retention: Retention::Fixed {
+            period: "TOTP secrets and recovery codes while MFA is enabled; a challenge until it expires (minutes), then until the next challenge clean-up",
+            days: None,
+            enforced_by: "MFA reset and disable delete the enrolment and codes; expired challenges are deleted when challenges are issued",
+        },
+        encrypted_at_rest: true,
+        protection: "TOTP secrets sealed with AES-256-GCM (tenant data key, or the platform's); recovery codes and challenge tokens stored only as hashes; the challenge's IP address and user agent in clear",
+        recipients: &[DB_OPERATOR],
+        storage: &["mfa_totp", "mfa_recovery_codes", "mfa_challenges"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "password_history",
+        description: "Hashes of a user's previous passwords",
+        data_subjects: &["tenant staff", "customers", "platform admins"],
+        categories: &["previous password hashes (Argon2id)", "when each was set"],
+        purpose: "refuse the reuse of a recent password (the tenant's password_history policy)",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::Fixed {
+            period: "the newest N of a user's passwords, N being the tenant's password_history (4 by default, at most 24)",
+            days: None,
+            enforced_by: "each password change deletes the hashes beyond N",
+        },
+        encrypted_at_rest: false,
+        protection: "Argon2id hashes only, never the passwords",
+        recipients: &[DB_OPERATOR],
+        storage: &["password_history"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "abuse_counters",
+        description: "Counters of failed sign-ins per account and per client address, and of refused money movements per credential",
+        data_subjects: &[
+            "tenant staff",
+            "customers",
+            "platform admins",
+            "anonymous callers",
+        ],
+        categories: &[
+            "keyed hash of tenant and email",
+            "client IP address",
+            "failure counts, lock and delay times",
+            "credential id and refusal counts",
+        ],
+        purpose: "stop password guessing and abuse of money movements",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::Fixed {
+            period: "until a day passes without a failure and no lock is in force",
+            days: Some(1),
+            enforced_by: "retention job (login_throttle); refusal budgets are deleted when their window ends",
+        },
+        encrypted_at_rest: false,
+        protection: "accounts are keyed by HMAC-SHA256 of tenant and email under a key derived from the master key (not confirmable by guessing without it); client addresses in clear",
+        recipients: &[DB_OPERATOR],
+        storage: &["login_throttle", "refusal_budgets"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "security_alerts",
+        description: "Security alerts waiting for, or done with, delivery to the operator's webhook",
+        data_subjects: &[
+            "tenant staff",
+            "customers",
+            "platform admins",
+            "anonymous callers",
+        ],
+        categories: &[
+            "actor id",
+            "client IP address",
+            "request id",
+            "event type, action, outcome and target id",
+        ],
+        purpose: "tell the operator about security events as they happen",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::Fixed {
+            period: "until delivered or failed, then 30 days (the event itself stays in the audit log)",
+            days: Some(30),
+            enforced_by: "retention job",
+        },
+        encrypted_at_rest: false,
+        protection: "no emails, names or secrets in the payload; ids and address in clear",
+        recipients: &["the operator's alert webhook", DB_OPERATOR],
+        storage: &["security_alerts"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "outgoing_mail",
+        description: "Emails waiting for delivery (invitations, password resets, security notices) and the development mailbox",
+        data_subjects: &["tenant staff", "customers"],
+        categories: &["email address", "message text with one-time links"],
+        purpose: "deliver the emails an account needs",
+        legal_basis: &[LegalBasis::Contract],
+        retention: Retention::Fixed {
+            period: "the sealed text until sent or failed; the row 7 days after",
+            days: Some(7),
+            enforced_by: "delivery clears the text; retention job deletes the row",
+        },
+        encrypted_at_rest: true,
+        protection: "recipient and text sealed with AES-256-GCM under the tenant's data key and cleared once sent or failed",
+        recipients: &["the SMTP relay", DB_OPERATOR],
+        storage: &["mail_outbox"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "account_links",
+        description: "One-time links: password resets and invitations",
+        data_subjects: &["tenant staff", "customers"],
+        categories: &["user id", "token hash", "who issued an invitation", "times"],
+        purpose: "let a user set a password through a link sent to them",
+        legal_basis: &[LegalBasis::Contract],
+        retention: Retention::Fixed {
+            period: "reset tokens 1 day after expiry; invitations while the account exists",
+            days: Some(1),
+            enforced_by: "retention job (reset tokens)",
+        },
+        encrypted_at_rest: false,
+        protection: "tokens stored only as SHA-256 digests",
+        recipients: &[DB_OPERATOR],
+        storage: &["password_reset_tokens", "user_invitations"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "api_credentials",
+        description: "API tokens of users and integrations, their secrets and the nonces of signed requests",
+        data_subjects: &["tenant staff", "customers"],
+        categories: &[
+            "token name, scopes and allowed IP addresses",
+            "secret hashes",
+            "signing secrets",
+            "owner and revoker ids",
+            "last use",
+        ],
+        purpose: "authenticate integrations and refuse replayed requests",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegitimateInterest],
+        retention: Retention::Fixed {
+            period: "while the user account exists; nonces until they expire",
+            days: None,
+            enforced_by: "nonces are deleted once expired; tokens are revoked, not deleted",
+        },
+        encrypted_at_rest: true,
+        protection: "bearer secrets stored only as keyed hashes; signing secrets sealed with AES-256-GCM under the tenant's data key",
+        recipients: &[TENANT_STAFF, DB_OPERATOR],
+        storage: &["api_tokens", "api_token_secrets", "request_nonces"],
+        held: true,
+    },
+    ProcessingRecord {
+        id: "break_glass_requests",
+        description: "Requests by one platform admin, approved by another, to create a manager in a tenant that lost them all",
+        data_subjects: &["tenant staff", "platform admins"],
+        categories: &[
+            "email address of the new manager",
+            "requesting and approving admin ids",
+            "times",
+        ],
+        purpose: "recover a tenant's administration under two-person control",
+        legal_basis: &[LegalBasis::LegitimateInterest],
+        retention: Retention::WhileAccountExists,
+        encrypted_at_rest: false,
+        protection: "email in clear; platform admins only",
+        recipients: &["platform admins", DB_OPERATOR],
+        storage: &["break_glass_requests"],
+        held: true,
+    },
+];
+
+/// Tables that hold no personal data, each with the reason: with [`REGISTRY`], they account for
+/// every table of both backends' schemas (a test keeps it so).
+pub const TABLES_WITHOUT_PERSONAL_DATA: &[(&str, &str)] = &[
+    (
+        "tenants",
+        "the tenant organisations: names, slugs, currencies, status",
+    ),
+    (
+        "tenant_security",
+        "each tenant's security policy (numbers and role names)",
+    ),
+    ("tenant_cors_origins", "web origins a tenant allows"),
+    ("kyc_limits", "per-tier transaction limits of a tenant"),
+    (
+        "data_keys",
+        "wrapped data keys (key material, described in docs/SECURITY.md's key hierarchy)",
+    ),
+    (
+        "master_keys",
+        "wrapped master key versions (key material, described in docs/SECURITY.md's key hierarchy)",
+    ),
+    ("_sqlx_migrations", "the applied migrations"),
+];
+
+/// Financial records (ledger entries, transfers, holds, their accounts and the audit records
+/// of money movements) are kept at least this long: five years of 365 days and two leap days.
+/// Database triggers refuse deleting the ledger's rows at all; the retention job never prunes
+/// an audit record of a money movement younger than this.
+pub const FINANCIAL_RETENTION_DAYS: u32 = 5 * 365 + 2;
+
+/// The audit actions that record money movements and account changes: the audit records kept
+/// [`FINANCIAL_RETENTION_DAYS`].
+pub const FINANCIAL_AUDIT_ACTIONS: &[&str] = &[
+    "account.open",
+    "account.freeze",
+    "account.unfreeze",
+    "account.close",
+    "account.overdraft.set",
+    "deposit.create",
+    "withdrawal.create",
+    "transfer.create",
+    "transfer.batch",
+    "hold.create",
+    "hold.void",
+    "capture.create",
+    "reversal.create",
 ];
 
 #[cfg(test)]

@@ -215,7 +215,23 @@ pub struct Cidr {
     prefix: u8,
 }
 
+/// The widest IPv4 network a trust list may name (`trusted_proxies`, `intrusion_exempt`): /8.
+pub const WIDEST_TRUSTED_V4_PREFIX: u8 = 8;
+/// The widest IPv6 network a trust list may name: /16.
+pub const WIDEST_TRUSTED_V6_PREFIX: u8 = 16;
+
 impl Cidr {
+    /// Whether the network is too wide to trust: shorter than /8 (IPv4) or /16 (IPv6). No
+    /// proxy tier or operator network spans that much address space, and a range that wide
+    /// holds addresses anyone on the internet can send from (`0.0.0.0/0`, `::/0`), so
+    /// trusting it makes every client address forgeable (or every client unbannable).
+    pub fn is_too_wide(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(_) => self.prefix < WIDEST_TRUSTED_V4_PREFIX,
+            IpAddr::V6(_) => self.prefix < WIDEST_TRUSTED_V6_PREFIX,
+        }
+    }
+
     pub fn contains(&self, ip: &IpAddr) -> bool {
         // An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) is the IPv4 address it maps.
         let ip = match ip {

@@ -133,7 +133,7 @@ pub async fn login(
     // guess counts against the address alone, never against an account of another scope.
     let mut slots = Vec::with_capacity(2);
     if tenant_known {
-        let key = security::account_key(tenant_id.as_ref(), &input.email);
+        let key = security::account_key(core, tenant_id.as_ref(), &input.email);
         slots.push(guesses::account_slot(key, &policy));
     }
     slots.extend(guesses::address_slot(core, meta));

@@ -10,7 +10,7 @@
 //! however many arrive at once and on however many instances (issue 13 item 5: counting after
 //! the check let 66 of 120 concurrent guesses through a limit of 10).
 //!
-//! A guess is counted under the account's key (`acct:<sha256(tenant, email)>`, whether or not
+//! A guess is counted under the account's key (`acct:<HMAC-SHA256(throttle key, tenant, email)>`, whether or not
 //! the account exists, so a lock says nothing about existence) and, at sign-in, under the
 //! caller's address (`ip:<address>`). What happens next:
 //! - wrong: the count stays (it was taken before the check). The guess that took a key's last

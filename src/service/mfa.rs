@@ -395,7 +395,7 @@ pub async fn complete_login(
         .map_err(|e| Audited(e.into()))?
         .ok_or_else(invalid)?;
     let policy = security::policy(core, tenant).await.map_err(Audited)?;
-    let key = security::account_key(tenant, &user.email);
+    let key = security::account_key(core, tenant, &user.email);
     let failed = |reason: &str| {
         security::event(
             &audit,

@@ -100,6 +100,8 @@ pub struct Core {
     pub kyc: kyc::KycGate,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
+    /// Keys the sign-in throttle's account records (`login_throttle`, the shared limiter).
+    pub throttle_key: security::ThrottleKey,
     /// Rate-limit buckets and intrusion bans (in Redis when configured).
     pub limits: ratelimit::RateLimiter,
     /// The alert webhook client (`None`: alerts are only logged).

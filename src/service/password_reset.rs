@@ -225,7 +225,7 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
         .await
         .map_err(|e| passwords::for_param(e, "new_password"))?;
 
-    let account_key = security::account_key(Some(&tenant), &user.email);
+    let account_key = security::account_key(core, Some(&tenant), &user.email);
     let mut guess = None;
     if user.mfa_enabled != 0 {
         let Some(code) = input.code.as_deref().filter(|c| !c.trim().is_empty()) else {

@@ -238,7 +238,7 @@ pub async fn change(
         .get_user(tenant, &actor.user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
-    let key = security::account_key(tenant, &user.email);
+    let key = security::account_key(core, tenant, &user.email);
     let current_policy = security::policy(core, tenant).await?;
     let guess = super::guesses::reserve(
         core,

@@ -4,7 +4,10 @@
 //! [`run_once`] purges, in one transaction, sessions that ended more than
 //! `session_retention_days` ago with their refresh tokens, idempotency records expired more than
 //! `idempotency_retention_hours` ago, and the oldest audit records of each chain once they are
-//! older than the effective audit retention (never less than 12 months). An audit chain is
+//! older than the effective audit retention (never less than 12 months), but never past an
+//! audit record of a money movement or account change younger than five years
+//! ([`FINANCIAL_RETENTION_DAYS`](crate::domain::processing::FINANCIAL_RETENTION_DAYS)): a chain
+//! is pruned only as a prefix, so such a record also keeps everything after it. An audit chain is
 //! pruned only up to a record that verifies from the chain's current start, and its new start is
 //! a checkpoint sealed with the audit key, so `kasho audit verify` keeps detecting tampering. A
 //! run that deletes anything writes one `retention.purge` record in the platform chain with the
@@ -99,8 +102,15 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
 pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, StoreError> {
     let policy = core.settings.retention;
     let (sessions_cutoff, idempotency_cutoff, audit_cutoff) = cutoffs(&policy, now);
-    let (audit_prunes, refused_chains) =
-        plan_audit_prunes(core.store.as_ref(), &core.sealer, audit_cutoff, now).await?;
+    let financial_audit_cutoff =
+        now.plus_seconds(-i64::from(crate::domain::processing::FINANCIAL_RETENTION_DAYS) * DAY);
+    let (audit_prunes, refused_chains) = plan_audit_prunes(
+        core.store.as_ref(),
+        &core.sealer,
+        (audit_cutoff, financial_audit_cutoff),
+        now,
+    )
+    .await?;
     for (chain, error) in &refused_chains {
         tracing::error!(
             security_event = "audit_chain_unverifiable",
@@ -121,6 +131,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         mail_finished_before: mail_cutoff,
         alerts_finished_before: alerts_cutoff,
         throttle_quiet_before: now.plus_seconds(-86_400),
+        financial_audit_cutoff,
     };
     let refused = refused_chains.len();
     let record = move |counts: &PurgeCounts| -> Vec<NewAuditEvent> {
@@ -180,7 +191,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
 async fn plan_audit_prunes(
     store: &dyn Store,
     sealer: &AuditSealer,
-    cutoff: Timestamp,
+    (cutoff, financial_cutoff): (Timestamp, Timestamp),
     now: Timestamp,
 ) -> Result<(Vec<AuditPrune>, Vec<(String, ChainError)>), StoreError> {
     const BATCH: i64 = 1000;
@@ -204,7 +215,9 @@ async fn plan_audit_prunes(
             continue;
         }
         let from = current.map_or(0, |c| c.seq);
-        let up_to = store.audit_prune_point(&head.chain, from, cutoff).await?;
+        let up_to = store
+            .audit_prune_point(&head.chain, from, cutoff, financial_cutoff)
+            .await?;
         if up_to <= from {
             continue;
         }

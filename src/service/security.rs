@@ -12,7 +12,6 @@ use secrecy::SecretString;
 
 use super::{AuditBuilder, Core, Listed, Principal, RequestMeta};
 use crate::clock::Timestamp;
-use crate::crypto::sha256_hex;
 use crate::domain::audit::{AuditRecord, NewAuditEvent, Outcome};
 use crate::domain::security::{SecurityEvent, SecurityPolicy};
 use crate::error::{AppError, AppResult};
@@ -218,7 +217,7 @@ pub async fn step_up(
         .get_user(tenant, &actor.user_id)
         .await?
         .ok_or(AppError::InvalidCredentials)?;
-    let key = account_key(tenant, &user.email);
+    let key = account_key(core, tenant, &user.email);
     let audit = AuditBuilder::new(core, meta, Some(actor));
     // Counted before anything is checked; the password and, with MFA, the code are one guess.
     let guess = super::guesses::reserve(
@@ -293,14 +292,43 @@ pub async fn step_up(
 // ---------------------------------------------------------------------------------------------
 // Sign-in throttling and lockout.
 
+/// The key under which sign-in throttle records name an account: HMAC-SHA256 keyed with a key
+/// derived from the master key (`login-throttle/v1`), so whoever reads `login_throttle` (or the
+/// shared limiter's Redis) cannot confirm a guessed tenant and email by hashing them (issue 14
+/// item 11). It rotates only with the root key; rows keyed under an old key are forgotten.
+pub struct ThrottleKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl ThrottleKey {
+    /// The derivation label of the key under the master key.
+    pub const PURPOSE: &'static str = "login-throttle/v1";
+
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(zeroize::Zeroizing::new(key))
+    }
+
+    /// The throttle key of an email in a scope (whether or not such an account exists).
+    pub fn account(&self, tenant: Option<&TenantId>, email: &str) -> String {
+        let scope = tenant.map_or("", |t| t.as_str());
+        let normalised = email.trim().to_lowercase();
+        format!(
+            "acct:{}",
+            hex::encode(crate::crypto::hmac_sha256(
+                self.0.as_slice(),
+                format!("{scope}\u{0}{normalised}").as_bytes()
+            ))
+        )
+    }
+}
+
+impl std::fmt::Debug for ThrottleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThrottleKey(<redacted>)")
+    }
+}
+
 /// The throttle key of an email in a scope (whether or not such an account exists).
-pub fn account_key(tenant: Option<&TenantId>, email: &str) -> String {
-    let scope = tenant.map_or("", |t| t.as_str());
-    let normalised = email.trim().to_lowercase();
-    format!(
-        "acct:{}",
-        sha256_hex(format!("{}\u{0}{normalised}", scope).as_bytes())
-    )
+pub fn account_key(core: &Core, tenant: Option<&TenantId>, email: &str) -> String {
+    core.throttle_key.account(tenant, email)
 }
 
 /// The throttle key of a client address.
@@ -336,7 +364,7 @@ pub async fn unlock_user(
         Outcome::Success,
         None,
     );
-    super::guesses::clear(core, &account_key(Some(tenant), &user.email), &[ev]).await
+    super::guesses::clear(core, &account_key(core, Some(tenant), &user.email), &[ev]).await
 }
 
 /// Whether a user's sign-in is locked now, and until when.
@@ -348,7 +376,7 @@ pub async fn lock_state(
     let now = core.clock.now().as_micros();
     Ok(core
         .store
-        .login_throttle(&[account_key(tenant, email)])
+        .login_throttle(&[account_key(core, tenant, email)])
         .await?
         .into_iter()
         .find_map(|r| r.locked_until.filter(|u| *u > now))
@@ -460,15 +488,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn account_keys_do_not_depend_on_case_and_differ_by_tenant() {
+    fn account_keys_do_not_depend_on_case_and_differ_by_tenant_and_key() {
         let t = TenantId::generate();
+        let k = ThrottleKey::new([7; 32]);
         assert_eq!(
-            account_key(Some(&t), "Ada@Example.com "),
-            account_key(Some(&t), "ada@example.com")
+            k.account(Some(&t), "Ada@Example.com "),
+            k.account(Some(&t), "ada@example.com")
         );
         assert_ne!(
-            account_key(Some(&t), "ada@example.com"),
-            account_key(None, "ada@example.com")
+            k.account(Some(&t), "ada@example.com"),
+            k.account(None, "ada@example.com")
         );
+        // Keyed: the plain hash of tenant and email (what anyone could compute) is not it.
+        let unkeyed = format!(
+            "acct:{}",
+            crate::crypto::sha256_hex(format!("{}\u{0}ada@example.com", t.as_str()).as_bytes())
+        );
+        assert_ne!(k.account(Some(&t), "ada@example.com"), unkeyed);
+        assert_ne!(
+            k.account(Some(&t), "ada@example.com"),
+            ThrottleKey::new([8; 32]).account(Some(&t), "ada@example.com")
+        );
+        assert!(!format!("{k:?}").contains('7'));
     }
 }

@@ -620,6 +620,24 @@ pub struct RetentionPlan {
     /// Sign-in failure counters whose last failure (and any lock) ended before this go: a day
     /// of quiet resets them anyway, so deleting them changes no answer.
     pub throttle_quiet_before: Timestamp,
+    /// No audit record of a money movement or account change that occurred at or after this
+    /// is deleted (at least [`crate::domain::processing::FINANCIAL_RETENTION_DAYS`] ago): the
+    /// deletion refuses the whole run if a planned prune would.
+    pub financial_audit_cutoff: Timestamp,
+}
+
+/// `'account.open', 'account.freeze', …`: the financial audit actions as an SQL list (the
+/// constants are lower-case words and dots, so quoting them is safe).
+pub(crate) fn financial_actions_sql() -> String {
+    crate::domain::processing::FINANCIAL_AUDIT_ACTIONS
+        .iter()
+        .filter(|a| {
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+        })
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prune one audit chain's oldest records: those with `from_seq < seq <= checkpoint.seq`.
@@ -1035,12 +1053,15 @@ pub trait Store:
     /// Every chain's pruning checkpoint.
     async fn audit_checkpoints(&self) -> StoreResult<Vec<crate::domain::audit::AuditCheckpoint>>;
     /// The highest seq `p >= after_seq` such that every record of `chain` with
-    /// `after_seq < seq <= p` occurred before `before` (`after_seq` when none did).
+    /// `after_seq < seq <= p` occurred before `before`, and none of them that records a money
+    /// movement or account change ([`crate::domain::processing::FINANCIAL_AUDIT_ACTIONS`])
+    /// occurred at or after `financial_before` (`after_seq` when there is no such `p`).
     async fn audit_prune_point(
         &self,
         chain: &str,
         after_seq: i64,
         before: Timestamp,
+        financial_before: Timestamp,
     ) -> StoreResult<i64>;
     /// Deletes what `plan` names in one transaction, with the records `audit` builds from the
     /// counts. An audit prune that would delete anything else than exactly its range of records

@@ -1298,6 +1298,7 @@ macro_rules! impl_store {
                 chain: &str,
                 after_seq: i64,
                 before: $crate::clock::Timestamp,
+                financial_before: $crate::clock::Timestamp,
             ) -> $crate::store::StoreResult<i64> {
                 // The newest unpruned record older than the cutoff, found through the
                 // (chain, occurred_at) index among the old records only; then the first young
@@ -1323,7 +1324,21 @@ macro_rules! impl_store {
                 .bind(before.as_micros())
                 .fetch_one(&self.pool)
                 .await?;
-                Ok(young.map_or(candidate, |y| y - 1).max(after_seq))
+                let candidate = young.map_or(candidate, |y| y - 1).max(after_seq);
+                // Financial records stay at least five years: the prefix stops before the
+                // first one younger than that.
+                let (financial,): (Option<i64>,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 \
+                     AND occurred_at >= $4 AND action IN ({})",
+                    $crate::store::financial_actions_sql()
+                )))
+                .bind(chain)
+                .bind(after_seq)
+                .bind(candidate)
+                .bind(financial_before.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(financial.map_or(candidate, |f| f - 1).max(after_seq))
             }
 
             async fn purge_expired(
@@ -1402,13 +1417,18 @@ macro_rules! impl_store {
                             cp.chain, cp.seq
                         )));
                     }
-                    let deleted = sqlx::query(
-                        "DELETE FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 AND occurred_at < $4",
-                    )
+                    // A money movement's record younger than five years is never deleted: it is
+                    // left out here, so the count below differs and the run is refused.
+                    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 AND occurred_at < $4 \
+                         AND NOT (occurred_at >= $5 AND action IN ({}))",
+                        $crate::store::financial_actions_sql()
+                    )))
                     .bind(&cp.chain)
                     .bind(prune.from_seq)
                     .bind(cp.seq)
                     .bind(plan.audit_cutoff.as_micros())
+                    .bind(plan.financial_audit_cutoff.as_micros())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

@@ -100,6 +100,9 @@ impl SqliteStore {
         }
         let file = opts.get_filename().to_path_buf();
         let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
+        if !in_memory {
+            make_private(&file)?;
+        }
         let page_limit = std::sync::Arc::new(PageLimit::default());
         let (on_connect, on_acquire) = (page_limit.clone(), page_limit.clone());
         let documents_opts = opts.clone().pragma("cache_size", "-2048");
@@ -199,6 +202,50 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// Makes the database file and its companions (`-wal`, `-shm`, `-journal`) readable by the
+/// owner only (0600), whatever the directory they are in and the umask: the file is created
+/// 0600 before SQLite opens it, existing ones are narrowed, and SQLite creates the companions
+/// with the database file's mode. They hold password hashes and (sealed) personal data.
+fn make_private(file: &std::path::Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let err = |p: &std::path::Path, e: std::io::Error| {
+            StoreError::Database(format!("cannot make {} private: {e}", p.display()))
+        };
+        // Created here with 0600 if missing (never world-readable, not even for an instant).
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(err(file, e));
+        }
+        let mut paths = vec![file.to_path_buf()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(suffix);
+            paths.push(std::path::PathBuf::from(name));
+        }
+        for p in paths {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| err(&p, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&p, e)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// Applies `migrator`, reporting which migrations were new.

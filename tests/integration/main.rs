@@ -43,6 +43,7 @@ mod openapi;
 mod password_reset;
 mod passwords;
 mod privacy;
+mod production_settings;
 mod retention;
 mod secret_hygiene;
 mod security;

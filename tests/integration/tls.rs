@@ -649,7 +649,8 @@ fn production_env(app: &TestApp) -> Vec<(&'static str, String)> {
             "KASHO_MASTER_KEY_FILE",
             keys.join("master.key").display().to_string(),
         ),
-        ("KASHO_MFA_REQUIRED_ROLES", String::new()),
+        // Production refuses to drop platform admins' MFA (issue 14 item 8).
+        ("KASHO_MFA_REQUIRED_ROLES", "PLATFORM_ADMIN".into()),
         // Emailed links must be https in production (issue 13 item 17).
         ("KASHO_PUBLIC_URL", "https://kasho.test".into()),
     ]
