@@ -1036,6 +1036,7 @@ async fn build_movement(
         reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
         quiet_refusal: batch,
+        actor: Some(actor.actor_check()),
     };
     Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
 }
@@ -1149,6 +1150,7 @@ pub fn refusal_error(r: Refusal) -> AppError {
             param: None,
             message,
         },
+        Refusal::ActorRevoked(r) => r.into(),
         other => AppError::Unprocessable {
             code: other.code(),
             message,
@@ -1652,6 +1654,7 @@ pub async fn create_hold(
         reference: input.reference,
         created_by: principal_key.clone(),
         created_at: now,
+        actor: Some(actor.actor_check()),
     };
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "hold.create",
@@ -1745,7 +1748,13 @@ pub async fn void_hold(
         None,
     );
     core.store
-        .void_hold(actor.tenant()?, &hold.id, core.clock.now(), &[ev])
+        .void_hold(
+            actor.tenant()?,
+            &hold.id,
+            core.clock.now(),
+            Some(&actor.actor_check()),
+            &[ev],
+        )
         .await?
         .ok_or_else(|| refusal_error(Refusal::HoldNotActive))
 }

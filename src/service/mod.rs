@@ -180,6 +180,19 @@ impl Principal {
         })
     }
 
+    /// What the committing transaction re-checks of this caller: its credential, its user's
+    /// status and the roles this request was authorised with (issue 14).
+    pub fn actor_check(&self) -> crate::store::ActorCheck {
+        crate::store::ActorCheck {
+            user_id: self.user_id.to_string(),
+            credential: match &self.credential {
+                Credential::Session(s) => crate::store::ActorCredential::Session(s.to_string()),
+                Credential::ApiToken(t) => crate::store::ActorCredential::ApiToken(t.clone()),
+            },
+            roles: self.roles.clone(),
+        }
+    }
+
     /// Who the audit trail names as the actor: the user, or the API token.
     pub fn audit_actor(&self) -> (ActorType, String) {
         match &self.credential {
