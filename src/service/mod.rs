@@ -8,6 +8,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod break_glass;
+pub mod budgets;
 pub mod customers;
 pub mod duties;
 pub mod guesses;
@@ -90,8 +91,9 @@ pub struct Core {
     pub ledger: ledger::LedgerWriter,
     /// Idempotency keys being processed in this process.
     pub inflight: ledger::InFlight,
-    /// Credentials whose budget of refused movements is spent (the count is in the store).
-    pub refusals: ledger::RefusalGate,
+    /// Credentials whose budget (refused movements, searches) is spent (the count is in the
+    /// store).
+    pub budgets: budgets::BudgetGate,
     /// The pre-commit check point: every movement passes each check before it is posted.
     pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
     /// The key hierarchy: seals and opens data at rest.

@@ -971,9 +971,10 @@ pub trait Store:
     ) -> StoreResult<Option<IdempotencyRecord>>;
     /// Deletes expired idempotency keys; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
-    /// Adds `n` refused movements to a credential's count for the window starting at
-    /// `window_start` (microseconds), atomically, and returns the window's total; earlier
-    /// windows of the credential are dropped.
+    /// Adds `n` to a credential's count for the window starting at `window_start`
+    /// (microseconds), atomically, and returns the window's total; earlier windows of the
+    /// credential are dropped. Every per-credential budget counts here (`service::budgets`):
+    /// refused movements under the bare credential, searches under `search:<credential>`.
     async fn add_refusals(
         &self,
         tenant: &TenantId,
