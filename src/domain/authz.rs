@@ -762,6 +762,9 @@ mod tests {
             still_authorised(&m, Some(&live("active", "MANAGER,CUSTOMER", false))),
             Err(ActorRevoked::CredentialEnded)
         );
-        assert_eq!(still_authorised(&m, None), Err(ActorRevoked::CredentialEnded));
+        assert_eq!(
+            still_authorised(&m, None),
+            Err(ActorRevoked::CredentialEnded)
+        );
     }
 }

@@ -12,8 +12,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::audit::{NewAuditEvent, Outcome};
-use crate::domain::ledger::{AccountKind, Movement, Refusal};
 use crate::domain::authz::{ActorStanding, still_authorised};
+use crate::domain::ledger::{AccountKind, Movement, Refusal};
 use crate::store::{
     ActorCredential, EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer,
     TransferRecord,
@@ -825,7 +825,10 @@ mod tests {
             );
         }
         let mut batch = Vec::new();
-        for (i, user) in ["usr_demoted", "usr_ok", "usr_off", "usr_gone"].iter().enumerate() {
+        for (i, user) in ["usr_demoted", "usr_ok", "usr_off", "usr_gone"]
+            .iter()
+            .enumerate()
+        {
             let mut m = movement("acc_a", "acc_b", 10, i as i64);
             m.actor = Some(actor(user));
             m.idempotency = Some(NewIdempotency {

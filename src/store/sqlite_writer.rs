@@ -15,11 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::posting::{self, AccountState, HoldState, Snapshot};
-use super::{
-    ActorCredential, IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult,
-};
-use crate::domain::authz::ActorStanding;
+use super::{ActorCredential, IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult};
 use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
+use crate::domain::authz::ActorStanding;
 
 type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
 

@@ -13,7 +13,7 @@ use kasho::service::RequestMeta;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::support::{Backend, Resp, TestApp, TenantFixture, customer_account, send_to};
+use crate::support::{Backend, Resp, TenantFixture, TestApp, customer_account, send_to};
 
 // ---------------------------------------------------------------- helpers
 
@@ -53,7 +53,9 @@ fn assert_error(r: &Resp, status: StatusCode, code: &str) {
     let e = &r.body["error"];
     assert!(e["type"].is_string() && e["message"].is_string(), "{r:?}");
     assert!(
-        e["request_id"].as_str().is_some_and(|s| s.starts_with("req_")),
+        e["request_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("req_")),
         "{r:?}"
     );
 }
@@ -147,7 +149,11 @@ async fn searching_by_phone_or_national_id_needs_read_pii_and_every_search_is_au
     let searches: Vec<_> = reads
         .iter()
         .filter(|e| e.outcome == "success")
-        .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("search:")))
+        .filter(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("search:"))
+        })
         .collect();
     assert_eq!(searches.len(), 3, "{reads:?}");
     assert!(searches.iter().any(|e| {
@@ -320,7 +326,8 @@ async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(b
         )
         .await;
     assert_eq!(seed.status, StatusCode::CREATED, "{seed:?}");
-    let deposit = |to: &str, amount: i64| json!({ "account_id": to, "amount": amount, "currency": "USD" });
+    let deposit =
+        |to: &str, amount: i64| json!({ "account_id": to, "amount": amount, "currency": "USD" });
 
     // 1. A MANAGER demoted (on another instance) while its deposit is in flight.
     let (m2, m2_token) = app.user_token(&t, &["MANAGER"]).await;
@@ -339,7 +346,8 @@ async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(b
 
     // 2. A CASHIER disabled while its transfer is in flight.
     let (c1, c1_token) = app.user_token(&t, &["CASHIER"]).await;
-    let transfer = json!({ "amount": 700, "currency": "USD", "debit_account_id": a, "credit_account_id": b });
+    let transfer =
+        json!({ "amount": 700, "currency": "USD", "debit_account_id": a, "credit_account_id": b });
     let r = gap
         .around(
             &app,
@@ -466,8 +474,7 @@ async fn revoked_before_commit_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_before_commit_postgres() {
-    a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(Backend::Postgres)
-        .await;
+    a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(Backend::Postgres).await;
 }
 
 // ---------------------------------------------------------------- item 4: batches
@@ -528,9 +535,7 @@ fn movement(
     }
 }
 
-async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_commit(
-    app: &TestApp,
-) {
+async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_commit(app: &TestApp) {
     let admin = app.platform_admin().await;
     let t = app.tenant(&admin, "acme").await;
     let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
@@ -558,9 +563,7 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         auth(demoted).await,
     );
     // After the three requests were authorised: one signs out, one is demoted.
-    let r = app
-        .post("/v1/auth/logout", Some(&out), json!({}))
-        .await;
+    let r = app.post("/v1/auth/logout", Some(&out), json!({})).await;
     assert!(r.status.is_success(), "{r:?}");
     let r = app
         .send(put_roles(&demoted_id, &t.manager_token, &["AGENT"]))
@@ -586,7 +589,11 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         "{:?}",
         results[0]
     );
-    assert!(matches!(results[1], PostResult::Posted(_)), "{:?}", results[1]);
+    assert!(
+        matches!(results[1], PostResult::Posted(_)),
+        "{:?}",
+        results[1]
+    );
     assert!(
         matches!(
             results[2],
@@ -595,7 +602,11 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         "{:?}",
         results[2]
     );
-    assert!(matches!(results[3], PostResult::Posted(_)), "{:?}", results[3]);
+    assert!(
+        matches!(results[3], PostResult::Posted(_)),
+        "{:?}",
+        results[3]
+    );
     let r = app
         .get(&format!("/v1/accounts/{acc}"), &t.manager_token)
         .await;
@@ -697,8 +708,7 @@ async fn users_changing_each_other_on_two_instances_never_act_on_a_revoked_right
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    let r =
-        kasho::service::users::set_disabled(&other_core, &meta, &pb, &t.manager_id, true).await;
+    let r = kasho::service::users::set_disabled(&other_core, &meta, &pb, &t.manager_id, true).await;
     assert!(
         matches!(r, Err(kasho::error::AppError::InvalidToken(_))),
         "{r:?}"

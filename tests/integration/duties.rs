@@ -380,7 +380,9 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
         UserChange::Roles(vec![Role::Cashier, Role::Customer]),
         UserChange::Status("disabled"),
     ] {
-        let r = store.update_user(&tenant, &m1, &change, now, None, &[]).await;
+        let r = store
+            .update_user(&tenant, &m1, &change, now, None, &[])
+            .await;
         assert!(
             matches!(r, Err(StoreError::LastManager)),
             "{change:?}: {r:?}"
@@ -396,7 +398,14 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
         .await;
     assert_eq!(m3.body["status"], "invited");
     let r = store
-        .update_user(&tenant, &m1, &UserChange::Status("disabled"), now, None, &[])
+        .update_user(
+            &tenant,
+            &m1,
+            &UserChange::Status("disabled"),
+            now,
+            None,
+            &[],
+        )
         .await;
     assert!(matches!(r, Err(StoreError::LastManager)), "{r:?}");
     // Changes that keep the role, or touch others, go through.
@@ -412,7 +421,14 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
         .await
         .unwrap();
     store
-        .update_user(&tenant, &m2, &UserChange::Status("disabled"), now, None, &[])
+        .update_user(
+            &tenant,
+            &m2,
+            &UserChange::Status("disabled"),
+            now,
+            None,
+            &[],
+        )
         .await
         .unwrap();
     let me = app.login(Some("acme"), "manager@acme.test", PASSWORD).await;
