@@ -412,8 +412,9 @@ fn search_needs_read_pii(field: &str) -> bool {
 }
 
 /// Refuses a search the caller may not make: by phone or national id without
-/// `customers:read_pii` (403, audited), or past the caller's search budget when it does not
-/// hold `customers:read_pii` (429, `service::budgets`).
+/// `customers:read_pii` (403, audited; a CUSTOMER, whose searches only ever reach its own
+/// record, which it is shown in full, may), or past the caller's search budget when it does
+/// not hold `customers:read_pii` (429, `service::budgets`).
 async fn check_search(
     core: &Core,
     meta: &RequestMeta,
@@ -427,7 +428,8 @@ async fn check_search(
     if reads_pii {
         return Ok(());
     }
-    if search_needs_read_pii(field) {
+    let only_own = actor.scope(Permission::CustomersRead)? == Scope::Own;
+    if search_needs_read_pii(field) && !only_own {
         let ev = AuditBuilder::new(core, meta, Some(actor))
             .own(
                 PII_READ,
