@@ -1999,12 +1999,58 @@ macro_rules! impl_store {
                     }
                 }
 
-                // Each actor's standing, after the accounts (the order erasure locks them in),
-                // locked for share until the commit: one look-up of the user and one of the
-                // credential per distinct actor.
-                for (user, credential) in &want.actors {
-                    if let Some(s) = Self::actor_standing_tx(&mut tx, user, credential, want.latest).await? {
-                        snap.actors.insert((user.clone(), credential.clone()), s);
+                // The actors' standing, after the accounts (the order erasure locks them in),
+                // locked for share until the commit: their users first (in id order), then their
+                // sessions and API tokens, a constant number of statements whatever the batch.
+                let mut users: Vec<&str> = want.actors.iter().map(|(u, _)| u.as_str()).collect();
+                users.dedup();
+                let mut standing: std::collections::HashMap<String, (String, String)> = Default::default();
+                for chunk in posting::chunks_by_size(&users, CHUNK, $max_message, |id| text_len(id)) {
+                    let mut qb = Q::new("SELECT id, status, roles FROM users WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    qb.push(concat!(") ORDER BY id", $share));
+                    for (id, status, roles) in qb.build_query_as::<(String, String, String)>().persistent($persist).fetch_all(&mut *tx).await? {
+                        standing.insert(id, (status, roles));
+                    }
+                }
+                for (table, session) in [("sessions", true), ("api_tokens", false)] {
+                    let mut ids: Vec<&str> = want
+                        .actors
+                        .iter()
+                        .filter_map(|(_, c)| match c {
+                            $crate::store::ActorCredential::Session(id) if session => Some(id.as_str()),
+                            $crate::store::ActorCredential::ApiToken(id) if !session => Some(id.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for chunk in posting::chunks_by_size(&ids, CHUNK, $max_message, |id| text_len(id)) {
+                        let mut qb = Q::new("SELECT id, user_id, revoked_at, expires_at FROM ");
+                        qb.push(table);
+                        qb.push(" WHERE id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.to_string());
+                        }
+                        qb.push(concat!(") ORDER BY id", $share));
+                        type Live = (String, String, Option<i64>, i64);
+                        for (id, user, revoked, end) in qb.build_query_as::<Live>().persistent($persist).fetch_all(&mut *tx).await? {
+                            let Some((user_status, roles)) = standing.get(&user) else { continue };
+                            let credential = if session {
+                                $crate::store::ActorCredential::Session(id)
+                            } else {
+                                $crate::store::ActorCredential::ApiToken(id)
+                            };
+                            snap.actors.insert((user, credential), $crate::domain::authz::ActorStanding {
+                                user_status: user_status.clone(),
+                                roles: roles.clone(),
+                                credential_live: revoked.is_none() && end > want.latest,
+                            });
+                        }
                     }
                 }
 
