@@ -170,7 +170,7 @@ pub async fn build_core_with_checks(
             config.key_rotate_after_encryptions,
         )),
         inflight: crate::service::ledger::InFlight::default(),
-        refusals: crate::service::ledger::RefusalGate::default(),
+        budgets: crate::service::budgets::BudgetGate::default(),
         kyc: crate::service::kyc::KycGate::default(),
         checks,
         alert_webhook,

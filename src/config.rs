@@ -367,6 +367,11 @@ const KEYS: &[KeyDef] = &[
         help: "refused money movements one credential may cause within S seconds before its movements answer 429 for the rest of the window, N/S (1000/600)",
     },
     KeyDef {
+        name: "search_budget",
+        secret: false,
+        help: "exact-match searches of customers by personal data (email, phone, national id) one credential without customers:read_pii may make within S seconds before its searches answer 429 for the rest of the window, N/S (100/3600)",
+    },
+    KeyDef {
         name: "intrusion_ban_seconds",
         secret: false,
         help: "how long a banned client address is refused, 60..=604800 (900)",
@@ -1022,6 +1027,7 @@ impl Config {
             let password_reset = rate("rate_limit_password_reset", d.password_reset)?;
             let intrusion_error_burst = rate("intrusion_error_burst", d.intrusion_error_burst)?;
             let refusal_budget = rate("refusal_budget", d.refusal_budget)?;
+            let search_budget = rate("search_budget", d.search_budget)?;
             let bs = take(
                 "intrusion_ban_seconds",
                 Some(d.intrusion_ban_seconds.to_string()),
@@ -1048,6 +1054,7 @@ impl Config {
                 intrusion_ban_seconds,
                 intrusion_exempt,
                 refusal_budget,
+                search_budget,
             }
         };
         let m = take(

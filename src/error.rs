@@ -157,6 +157,20 @@ impl From<StoreError> for AppError {
                           be disabled; invite another MANAGER first"
                     .into(),
             },
+            StoreError::ActorRevoked(r) => r.into(),
+        }
+    }
+}
+
+impl From<crate::domain::authz::ActorRevoked> for AppError {
+    /// The ordinary answers of the authorisation middleware: what it would have said had the
+    /// request arrived after the change.
+    fn from(r: crate::domain::authz::ActorRevoked) -> Self {
+        match r {
+            crate::domain::authz::ActorRevoked::CredentialEnded => {
+                AppError::InvalidToken("the session or API token has ended; sign in again")
+            }
+            crate::domain::authz::ActorRevoked::RolesChanged => AppError::forbidden(),
         }
     }
 }

@@ -526,6 +526,62 @@ pub fn roles_from_storage(s: &str) -> Vec<Role> {
     s.split(',').filter_map(Role::parse).collect()
 }
 
+/// Why an action authorised on reads taken before its write may not commit: what the committing
+/// transaction finds of the actor (issue 14). A request is authorised on the session (or API
+/// token), the user's status and the user's roles as read when it arrived; a change committed
+/// meanwhile (a sign-out, a revocation, a disable, a role change) must win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorRevoked {
+    /// The session or API token ended, or the user is no longer active: 401.
+    CredentialEnded,
+    /// The user's roles are no longer the ones the request was authorised with: 403.
+    RolesChanged,
+}
+
+impl ActorRevoked {
+    /// The stable API code of the refusal (the ordinary 401 and 403 codes).
+    pub const fn code(self) -> &'static str {
+        match self {
+            ActorRevoked::CredentialEnded => "invalid_token",
+            ActorRevoked::RolesChanged => "forbidden",
+        }
+    }
+}
+
+/// What the committing transaction read of the actor: the user's status and roles (storage
+/// form) and whether the credential is still live (not revoked, not past its end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorStanding {
+    pub user_status: String,
+    pub roles: String,
+    pub credential_live: bool,
+}
+
+/// The rule: the action commits only if the credential is live, the user active, and the user's
+/// roles exactly the ones the request was authorised with (`None`: the user or the credential
+/// is gone).
+pub fn still_authorised(
+    authorised_roles: &[Role],
+    standing: Option<&ActorStanding>,
+) -> Result<(), ActorRevoked> {
+    let Some(s) = standing else {
+        return Err(ActorRevoked::CredentialEnded);
+    };
+    if !s.credential_live || s.user_status != "active" {
+        return Err(ActorRevoked::CredentialEnded);
+    }
+    let mut now = roles_from_storage(&s.roles);
+    let mut then = authorised_roles.to_vec();
+    now.sort();
+    now.dedup();
+    then.sort();
+    then.dedup();
+    if now != then {
+        return Err(ActorRevoked::RolesChanged);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,6 +735,36 @@ mod tests {
         assert_eq!(
             holders,
             vec![Role::Manager, Role::ComplianceOfficer, Role::Auditor]
+        );
+    }
+
+    #[test]
+    fn an_action_commits_only_for_a_live_credential_with_unchanged_roles() {
+        let live = |status: &str, roles: &str, live: bool| ActorStanding {
+            user_status: status.into(),
+            roles: roles.into(),
+            credential_live: live,
+        };
+        let m = [Role::Manager, Role::Customer];
+        assert_eq!(
+            still_authorised(&m, Some(&live("active", "CUSTOMER,MANAGER", true))),
+            Ok(())
+        );
+        assert_eq!(
+            still_authorised(&m, Some(&live("active", "MANAGER", true))),
+            Err(ActorRevoked::RolesChanged)
+        );
+        assert_eq!(
+            still_authorised(&m, Some(&live("disabled", "MANAGER,CUSTOMER", true))),
+            Err(ActorRevoked::CredentialEnded)
+        );
+        assert_eq!(
+            still_authorised(&m, Some(&live("active", "MANAGER,CUSTOMER", false))),
+            Err(ActorRevoked::CredentialEnded)
+        );
+        assert_eq!(
+            still_authorised(&m, None),
+            Err(ActorRevoked::CredentialEnded)
         );
     }
 }

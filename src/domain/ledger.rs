@@ -222,6 +222,10 @@ pub enum Refusal {
         "account {0} is a system account: only the movement kinds declared for it may touch it (deposits and withdrawals through settlement, and their reversals)"
     )]
     SystemAccount(String),
+    /// The actor's credential, status or roles changed between the request's authorisation and
+    /// the posting transaction (re-checked there): 401 or 403, as the middleware would answer.
+    #[error("the actor is no longer authorised")]
+    ActorRevoked(super::authz::ActorRevoked),
 }
 
 impl Refusal {
@@ -239,6 +243,7 @@ impl Refusal {
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
             Refusal::ProcessingRestricted(_) => "processing_restricted",
             Refusal::SystemAccount(_) => "system_account",
+            Refusal::ActorRevoked(r) => r.code(),
         }
     }
 }

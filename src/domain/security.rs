@@ -100,10 +100,13 @@ pub enum SecurityEvent {
     BreakGlassRequested,
     /// A second platform admin approved a break-glass request: a new MANAGER is invited.
     BreakGlassApproved,
+    /// A credential without `customers:read_pii` spent its budget of searches by personal
+    /// data; its searches answer 429 for the rest of the window.
+    SearchBudgetExhausted,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 24] = [
+    pub const ALL: [SecurityEvent; 25] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::AccountLocked,
         SecurityEvent::LoginThrottled,
@@ -128,6 +131,7 @@ impl SecurityEvent {
         SecurityEvent::InvitationLinkIssued,
         SecurityEvent::BreakGlassRequested,
         SecurityEvent::BreakGlassApproved,
+        SecurityEvent::SearchBudgetExhausted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -156,6 +160,7 @@ impl SecurityEvent {
             SecurityEvent::InvitationLinkIssued => "invitation_link_issued",
             SecurityEvent::BreakGlassRequested => "break_glass_requested",
             SecurityEvent::BreakGlassApproved => "break_glass_approved",
+            SecurityEvent::SearchBudgetExhausted => "search_budget_exhausted",
         }
     }
 
@@ -176,7 +181,8 @@ impl SecurityEvent {
             | SecurityEvent::ForbiddenRolePair
             | SecurityEvent::InvitationLinkIssued
             | SecurityEvent::BreakGlassRequested
-            | SecurityEvent::BreakGlassApproved => Severity::High,
+            | SecurityEvent::BreakGlassApproved
+            | SecurityEvent::SearchBudgetExhausted => Severity::High,
             SecurityEvent::MfaFailed
             | SecurityEvent::StepUpFailed
             | SecurityEvent::AuthorizationRefused

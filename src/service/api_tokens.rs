@@ -313,6 +313,7 @@ pub async fn create(
         signing_secret: sealed_signing,
         created_at: now,
         expires_at: now.plus_seconds(lifetime),
+        actor: Some(actor.actor_check()),
     };
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "api_token.create",

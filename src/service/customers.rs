@@ -404,6 +404,60 @@ fn search_key(s: SearchInput) -> AppResult<Option<(String, Zeroizing<String>)>> 
     }
 }
 
+/// Whether `field` is one only holders of `customers:read_pii` may search by: every field but
+/// the email (a phone or national id is shown masked to the last digits, so an exact-match
+/// search by the missing digits would reveal it).
+fn search_needs_read_pii(field: &str) -> bool {
+    field != EMAIL_FIELD
+}
+
+/// Refuses a search the caller may not make: by phone or national id without
+/// `customers:read_pii` (403, audited; a CUSTOMER, whose searches only ever reach its own
+/// record, which it is shown in full, may), or past the caller's search budget when it does
+/// not hold `customers:read_pii` (429, `service::budgets`).
+async fn check_search(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    field: &str,
+) -> AppResult<()> {
+    let reads_pii = actor
+        .permissions
+        .scope(Permission::CustomersReadPii)
+        .is_some();
+    if reads_pii {
+        return Ok(());
+    }
+    let only_own = actor.scope(Permission::CustomersRead)? == Scope::Own;
+    if search_needs_read_pii(field) && !only_own {
+        let ev = AuditBuilder::new(core, meta, Some(actor))
+            .own(
+                PII_READ,
+                None,
+                Outcome::Denied,
+                Some(&format!(
+                    "search:{field};{}",
+                    Permission::CustomersReadPii.as_str()
+                )),
+            )
+            .security(crate::domain::security::SecurityEvent::AuthorizationRefused);
+        super::security::record(core, ev).await;
+        return Err(AppError::Forbidden {
+            code: "forbidden",
+            message: format!(
+                "searching by {} needs `{}`",
+                if field == PHONE_FIELD {
+                    "phone"
+                } else {
+                    "national id"
+                },
+                Permission::CustomersReadPii.as_str()
+            ),
+        });
+    }
+    super::budgets::take(core, meta, super::budgets::Budget::Searches, actor).await
+}
+
 /// Customers, newest first, or those matching one exact-match criterion. A CUSTOMER only ever
 /// sees (or finds) its own record.
 pub async fn list(
@@ -416,22 +470,43 @@ pub async fn list(
 ) -> AppResult<Listed<CustomerDetails>> {
     let key = search_key(search)?;
     check_unmask(core, meta, actor, unmasked).await?;
+    if let Some((field, _)) = &key {
+        check_search(core, meta, actor, field).await?;
+    }
     let tenant = actor.tenant()?;
     let owner = owner_filter(core, actor, Permission::CustomersRead).await?;
-    let rows = match key {
+    let rows = match &key {
         None => {
             core.store
                 .list_customers(tenant, owner.as_deref(), page)
                 .await?
         }
         Some((field, value)) => {
-            let digest = core.keyring.blind_index(tenant, &field, &value).await?;
+            let digest = core.keyring.blind_index(tenant, field, value).await?;
             core.store
-                .search_customers(tenant, &field, &digest, owner.as_deref(), page)
+                .search_customers(tenant, field, &digest, owner.as_deref(), page)
                 .await?
         }
     };
     let listed = Listed::from_rows(rows, page);
+    // A search by a personal-data value is a read of personal data, whatever it found: it
+    // tells the caller whether someone with that value is a customer. Audited before the
+    // answer (the field searched and what matched, never the value).
+    if let Some((field, _)) = &key {
+        let found: Vec<&str> = listed.data.iter().map(|r| r.id.as_str()).collect();
+        let reason = format!(
+            "search:{field};matches={}{}",
+            found.len(),
+            if listed.has_more { "+" } else { "" }
+        );
+        let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+            PII_READ,
+            found.first().map(|id| ("customer", *id)),
+            Outcome::Success,
+            Some(&reason),
+        );
+        core.store.append_audit(&ev).await?;
+    }
     let data = details(core, meta, actor, listed.data, unmasked).await?;
     Ok(Listed {
         data,

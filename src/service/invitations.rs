@@ -106,6 +106,7 @@ fn new_link(
         issued_by: issued_by.map(str::to_owned),
         created_at: now,
         expires_at: now.plus_seconds(TOKEN_TTL_SECONDS),
+        actor: None,
     };
     Ok((SecretString::from(token), row))
 }
@@ -178,17 +179,20 @@ pub async fn prepare(
 }
 
 /// Mails `user` (still invited) a new link, invalidating its older ones, with `audit`.
-/// `Ok(false)`: the user is no longer invited.
+/// `Ok(false)`: the user is no longer invited. With `actor`, the issuing user is re-checked in
+/// the transaction that stores the link.
 pub async fn send(
     core: &Core,
     tenant: &TenantId,
     user: &UserRecord,
     issuer: Issuer,
     issued_by: Option<&str>,
+    actor: Option<&Principal>,
     audit: &[NewAuditEvent],
 ) -> AppResult<bool> {
     let id = UserId::from_trusted(user.id.clone());
-    let (token, invitation) = new_link(core, tenant, &id, issuer, issued_by)?;
+    let (token, mut invitation) = new_link(core, tenant, &id, issuer, issued_by)?;
+    invitation.actor = actor.map(Principal::actor_check);
     let name = tenant_name(core, tenant).await?;
     let roles = roles_from_storage(&user.roles);
     let message = message(core, tenant, &name, &user.email, &roles, &token).await?;
@@ -246,6 +250,7 @@ pub async fn reinvite(
         &user,
         Issuer::User,
         Some(actor.user_id.as_str()),
+        Some(actor),
         &[ev],
     )
     .await?

@@ -119,95 +119,16 @@ impl LedgerWriter {
     }
 }
 
-/// The refusal budget's state in this process: credentials (by tenant and budget key) that
-/// spent their budget of refused movements, and until when (microseconds). The count itself
-/// lives in the database, shared by every instance; this only spares the hot path a read.
-#[derive(Default)]
-pub struct RefusalGate(Mutex<std::collections::HashMap<String, i64>>);
-
-impl RefusalGate {
-    fn blocked_until(&self, key: &str, now: i64) -> Option<i64> {
-        let mut map = self.0.lock().ok()?;
-        match map.get(key).copied() {
-            Some(until) if until > now => Some(until),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn block(&self, key: String, until: i64) {
-        if let Ok(mut map) = self.0.lock() {
-            map.retain(|_, u| *u > until - 86_400_000_000);
-            map.insert(key, until);
-        }
-    }
-}
-
-/// Whose refusal budget a request spends: the user's for sessions (signing in again does not
-/// refill it), the token's own for an API token.
-fn budget_key(actor: &Principal) -> AppResult<String> {
-    Ok(format!("{}/{}", actor.tenant()?, actor.idempotency_scope()))
-}
-
 /// 429 `refusal_budget_exhausted` while the caller's budget of refused movements is spent.
 fn refuse_if_over_budget(core: &Core, actor: &Principal) -> AppResult<()> {
-    let now = core.clock.now().as_micros();
-    if let Some(until) = core.refusals.blocked_until(&budget_key(actor)?, now) {
-        return Err(AppError::TooManyAttempts {
-            code: "refusal_budget_exhausted",
-            message:
-                "too many refused money movements from this credential; retry after the window ends"
-                    .into(),
-            retry_after_seconds: (until - now + 999_999) / 1_000_000,
-        });
-    }
-    Ok(())
+    super::budgets::refuse_if_spent(core, super::budgets::Budget::Refusals, actor)
 }
 
-/// Counts `n` refused movements against the caller's budget (shared by every instance through
-/// the database); the request that spends it raises a security event, and the credential's
-/// movements answer 429 for the rest of the window.
+/// Counts `n` refused movements against the caller's budget (`service::budgets`): the request
+/// that spends it raises a security event, and the credential's movements answer 429 for the
+/// rest of the window.
 async fn count_refusals(core: &Core, meta: &RequestMeta, actor: &Principal, n: i64) {
-    let (Ok(tenant), Ok(key)) = (actor.tenant(), budget_key(actor)) else {
-        return;
-    };
-    let rate = core.settings.limits.refusal_budget;
-    let period = i64::from(rate.period_seconds) * 1_000_000;
-    let now = core.clock.now().as_micros();
-    let window = now - now.rem_euclid(period);
-    let total = match core
-        .store
-        .add_refusals(tenant, &actor.idempotency_scope(), window, n)
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "the refusal budget could not be counted");
-            return;
-        }
-    };
-    let limit = i64::from(rate.tokens);
-    if total >= limit {
-        core.refusals.block(key, window + period);
-        if total - n < limit {
-            let audit = AuditBuilder::new(core, meta, Some(actor));
-            let ev = audit
-                .own(
-                    "security.refusal_budget_exhausted",
-                    None,
-                    Outcome::Denied,
-                    Some(&format!(
-                        "{total} refused movements in {} s",
-                        rate.period_seconds
-                    )),
-                )
-                .security(crate::domain::security::SecurityEvent::RefusalBudgetExhausted);
-            super::security::record(core, ev).await;
-        }
-    }
+    super::budgets::spend(core, meta, super::budgets::Budget::Refusals, actor, n).await;
 }
 
 /// Idempotency keys of requests being processed in this process (for 409 while in flight).
@@ -1036,6 +957,7 @@ async fn build_movement(
         reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
         quiet_refusal: batch,
+        actor: Some(actor.actor_check()),
     };
     Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
 }
@@ -1149,6 +1071,7 @@ pub fn refusal_error(r: Refusal) -> AppError {
             param: None,
             message,
         },
+        Refusal::ActorRevoked(r) => r.into(),
         other => AppError::Unprocessable {
             code: other.code(),
             message,
@@ -1652,6 +1575,7 @@ pub async fn create_hold(
         reference: input.reference,
         created_by: principal_key.clone(),
         created_at: now,
+        actor: Some(actor.actor_check()),
     };
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "hold.create",
@@ -1745,7 +1669,13 @@ pub async fn void_hold(
         None,
     );
     core.store
-        .void_hold(actor.tenant()?, &hold.id, core.clock.now(), &[ev])
+        .void_hold(
+            actor.tenant()?,
+            &hold.id,
+            core.clock.now(),
+            Some(&actor.actor_check()),
+            &[ev],
+        )
         .await?
         .ok_or_else(|| refusal_error(Refusal::HoldNotActive))
 }

@@ -763,7 +763,13 @@ pub async fn disable(core: &Core, meta: &RequestMeta, actor: &Principal) -> AppR
     );
     if !core
         .store
-        .disable_mfa(tenant, &actor.user_id, core.clock.now(), &[ev])
+        .disable_mfa(
+            tenant,
+            &actor.user_id,
+            core.clock.now(),
+            Some(&actor.actor_check()),
+            &[ev],
+        )
         .await?
     {
         return Err(not_enabled());

@@ -8,6 +8,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod break_glass;
+pub mod budgets;
 pub mod customers;
 pub mod duties;
 pub mod guesses;
@@ -90,8 +91,9 @@ pub struct Core {
     pub ledger: ledger::LedgerWriter,
     /// Idempotency keys being processed in this process.
     pub inflight: ledger::InFlight,
-    /// Credentials whose budget of refused movements is spent (the count is in the store).
-    pub refusals: ledger::RefusalGate,
+    /// Credentials whose budget (refused movements, searches) is spent (the count is in the
+    /// store).
+    pub budgets: budgets::BudgetGate,
     /// The pre-commit check point: every movement passes each check before it is posted.
     pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
     /// The key hierarchy: seals and opens data at rest.
@@ -180,6 +182,19 @@ impl Principal {
                 "this action needs a user signed in with a password; API tokens cannot perform it"
                     .into(),
         })
+    }
+
+    /// What the committing transaction re-checks of this caller: its credential, its user's
+    /// status and the roles this request was authorised with (issue 14).
+    pub fn actor_check(&self) -> crate::store::ActorCheck {
+        crate::store::ActorCheck {
+            user_id: self.user_id.to_string(),
+            credential: match &self.credential {
+                Credential::Session(s) => crate::store::ActorCredential::Session(s.to_string()),
+                Credential::ApiToken(t) => crate::store::ActorCredential::ApiToken(t.clone()),
+            },
+            roles: self.roles.clone(),
+        }
     }
 
     /// Who the audit trail names as the actor: the user, or the API token.

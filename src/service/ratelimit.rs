@@ -148,6 +148,10 @@ pub struct LimitSettings {
     /// Refused money movements one credential may cause per window (then 429 until the
     /// window ends): bounds what a client can write to the audit chain by failing.
     pub refusal_budget: Rate,
+    /// Exact-match searches by personal data one credential without `customers:read_pii` may
+    /// make per window (then 429 until the window ends): a caller shown masked values cannot
+    /// recover them by trying values.
+    pub search_budget: Rate,
 }
 
 impl Default for LimitSettings {
@@ -164,6 +168,7 @@ impl Default for LimitSettings {
             intrusion_ban_seconds: 900,
             intrusion_exempt: Vec::new(),
             refusal_budget: Rate::new(1000, 600),
+            search_budget: Rate::new(100, 3600),
         }
     }
 }

@@ -134,6 +134,7 @@ pub async fn create(
         &stored,
         Issuer::PlatformAdmin,
         Some(actor.user_id.as_str()),
+        None,
         &[],
     )
     .await;

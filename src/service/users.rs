@@ -72,7 +72,7 @@ pub async fn create(
     {
         return Err(taken());
     }
-    let invite = invitations::prepare(
+    let mut invite = invitations::prepare(
         core,
         tenant,
         email,
@@ -81,6 +81,7 @@ pub async fn create(
         Some(actor.user_id.as_str()),
     )
     .await?;
+    invite.invitation.actor = Some(actor.actor_check());
     let id = invite.user.id.clone();
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "user.create",
@@ -202,7 +203,14 @@ async fn change(
         None,
     );
     core.store
-        .update_user(tenant, id, &change, core.clock.now(), &[ev])
+        .update_user(
+            tenant,
+            id,
+            &change,
+            core.clock.now(),
+            Some(&actor.actor_check()),
+            &[ev],
+        )
         .await?
         .ok_or(AppError::NotFound("user"))
 }
@@ -245,7 +253,13 @@ pub async fn reset_mfa(
         .security(crate::domain::security::SecurityEvent::MfaReset);
     if !core
         .store
-        .disable_mfa(Some(tenant), &id, now, std::slice::from_ref(&ev))
+        .disable_mfa(
+            Some(tenant),
+            &id,
+            now,
+            Some(&actor.actor_check()),
+            std::slice::from_ref(&ev),
+        )
         .await?
     {
         return Err(AppError::Conflict {

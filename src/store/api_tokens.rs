@@ -24,6 +24,8 @@ pub struct NewApiToken {
     pub signing_secret: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// Its creator as the request was authorised, re-checked in the creating transaction.
+    pub actor: Option<crate::store::ActorCheck>,
 }
 
 impl std::fmt::Debug for NewApiToken {
@@ -173,6 +175,7 @@ macro_rules! impl_api_token_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
+                Self::authorise_change_tx(&mut tx, Some(&t.tenant_id), t.actor.as_ref(), t.created_at.as_micros()).await?;
                 sqlx::query(
                     "INSERT INTO api_tokens (id, tenant_id, user_id, name, scopes, allowed_ips, \
                      created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

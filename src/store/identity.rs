@@ -25,6 +25,9 @@ pub struct NewInvitation {
     pub issued_by: Option<String>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The user who issues it, as the request was authorised: re-checked in the transaction
+    /// that stores the link (`None`: the platform, the console or break-glass).
+    pub actor: Option<crate::store::ActorCheck>,
 }
 
 /// A user created by an invitation (stored with status `invited`, its `password_hash` one
@@ -262,6 +265,8 @@ macro_rules! impl_identity_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
+                let i = &invite.invitation;
+                Self::authorise_change_tx(&mut tx, Some(&i.tenant_id), i.actor.as_ref(), i.created_at.as_micros()).await?;
                 Self::insert_invite_tx(&mut tx, invite).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -340,6 +345,13 @@ macro_rules! impl_identity_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
+                Self::authorise_change_tx(
+                    &mut tx,
+                    Some(&invitation.tenant_id),
+                    invitation.actor.as_ref(),
+                    invitation.created_at.as_micros(),
+                )
+                .await?;
                 let invited: Option<(String,)> = sqlx::query_as(concat!(
                     "SELECT id FROM users WHERE tenant_id = $1 AND id = $2 AND status = 'invited'",
                     $lock

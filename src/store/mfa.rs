@@ -140,11 +140,14 @@ pub trait MfaStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Removes the user's second factor, recovery codes and open challenges and clears
     /// `users.mfa_enabled`. `false` if MFA was not active.
+    /// With `actor`, the acting user is re-checked first in the same transaction
+    /// (`authorise_change_tx`).
     async fn disable_mfa(
         &self,
         tenant: Option<&TenantId>,
         user: &UserId,
         now: Timestamp,
+        actor: Option<&crate::store::ActorCheck>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<bool>;
 
@@ -377,10 +380,12 @@ macro_rules! impl_mfa_store {
                 tenant: Option<&$crate::ids::TenantId>,
                 user: &$crate::ids::UserId,
                 now: $crate::clock::Timestamp,
+                actor: Option<&$crate::store::ActorCheck>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let scope = tenant.map_or("", |t| t.as_str());
                 let mut tx = self.begin_write().await?;
+                Self::authorise_change_tx(&mut tx, tenant, actor, now.as_micros()).await?;
                 let n = sqlx::query(
                     "DELETE FROM mfa_totp WHERE user_id = $1 AND secret IS NOT NULL \
                      AND COALESCE(tenant_id, '') = $2",

@@ -52,6 +52,28 @@ pub enum StoreError {
     /// change's own transaction); nothing was changed.
     #[error("the tenant's last active manager cannot lose the role or be disabled")]
     LastManager,
+    /// The actor's credential, status or roles changed after the request was authorised
+    /// (re-checked inside the change's own transaction); nothing was changed.
+    #[error("the actor is no longer authorised: {0:?}")]
+    ActorRevoked(crate::domain::authz::ActorRevoked),
+}
+
+/// Who acts, as the request was authorised: re-checked inside the committing transaction
+/// (`still_authorised`), so a sign-out, revocation, disable or role change committed after the
+/// request's authorisation but before its write is never followed by the write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActorCheck {
+    pub user_id: String,
+    pub credential: ActorCredential,
+    /// The roles the request was authorised with.
+    pub roles: Vec<Role>,
+}
+
+/// The credential a request was authorised with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorCredential {
+    Session(String),
+    ApiToken(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -480,6 +502,8 @@ pub struct NewHold {
     pub reference: Option<String>,
     pub created_by: String,
     pub created_at: Timestamp,
+    /// Who places it, re-checked in the hold's transaction.
+    pub actor: Option<ActorCheck>,
 }
 
 /// A stored idempotent response.
@@ -570,6 +594,8 @@ pub struct NewMovement {
     /// A refusal of this movement writes no audit record of its own: it is part of a batch,
     /// whose refusals are audited as one record with counts per code.
     pub quiet_refusal: bool,
+    /// Who moves the money, re-checked in the posting transaction (`None`: no principal).
+    pub actor: Option<ActorCheck>,
 }
 
 /// A reversal's link to its original: per account, what that leg received in the original (the
@@ -823,12 +849,16 @@ pub trait Store:
     /// take the MANAGER role from, or disable, the tenant's last active MANAGER: checked inside
     /// the transaction with the tenant's row locked, so two managers demoting each other at
     /// once cannot both succeed.
+    /// With `actor`, the acting user's credential, status and roles are re-checked first in the
+    /// same transaction, the tenant's row locked, so two users changing each other at once are
+    /// serialised and the second sees the first's change ([`StoreError::ActorRevoked`]).
     async fn update_user(
         &self,
         tenant: &TenantId,
         id: &UserId,
         change: &UserChange,
         now: Timestamp,
+        actor: Option<&ActorCheck>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<Option<UserRecord>>;
 
@@ -959,9 +989,10 @@ pub trait Store:
     ) -> StoreResult<Option<IdempotencyRecord>>;
     /// Deletes expired idempotency keys; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
-    /// Adds `n` refused movements to a credential's count for the window starting at
-    /// `window_start` (microseconds), atomically, and returns the window's total; earlier
-    /// windows of the credential are dropped.
+    /// Adds `n` to a credential's count for the window starting at `window_start`
+    /// (microseconds), atomically, and returns the window's total; earlier windows of the
+    /// credential are dropped. Every per-credential budget counts here (`service::budgets`):
+    /// refused movements under the bare credential, searches under `search:<credential>`.
     async fn add_refusals(
         &self,
         tenant: &TenantId,
@@ -1002,6 +1033,7 @@ pub trait Store:
         tenant: &TenantId,
         id: &str,
         now: Timestamp,
+        actor: Option<&ActorCheck>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<Option<HoldRecord>>;
     async fn get_hold(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<HoldRecord>>;

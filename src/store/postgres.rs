@@ -100,7 +100,14 @@ impl PgStore {
 
 // Rows read to be written by the batch writer are locked until commit.
 // Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
-impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
+impl_store!(
+    PgStore,
+    "postgres",
+    " FOR UPDATE",
+    " FOR SHARE",
+    12_000,
+    true
+);
 impl_key_store!(PgStore);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);

@@ -12,9 +12,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::audit::{NewAuditEvent, Outcome};
+use crate::domain::authz::{ActorStanding, still_authorised};
 use crate::domain::ledger::{AccountKind, Movement, Refusal};
 use crate::store::{
-    EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer, TransferRecord,
+    ActorCredential, EntryRecord, IdempotencyRecord, NewMovement, PostResult, PostedTransfer,
+    TransferRecord,
 };
 
 /// An account as loaded for posting.
@@ -72,6 +74,9 @@ pub struct Snapshot {
     /// Live idempotency keys (committed and not expired) by (tenant, principal, key), with
     /// their stored answers.
     pub keys: HashMap<(String, String, String), IdempotencyRecord>,
+    /// The standing of every actor of the batch (user, credential), read in the posting
+    /// transaction (locked on PostgreSQL); a missing one is gone.
+    pub actors: HashMap<(String, ActorCredential), ActorStanding>,
 }
 
 /// A hold whose status the batch changed.
@@ -440,6 +445,30 @@ pub fn plan(snap: Snapshot, batch: &[NewMovement]) -> Plan {
     };
     let mut out = Plan::default();
     for m in batch {
+        // The actor first: a movement whose actor lost the right to it since its request was
+        // authorised writes nothing (no key either: the answer is about the credential, not
+        // the request), and its refusal is an authorisation refusal.
+        if let Some(a) = &m.actor {
+            let standing = engine
+                .snap
+                .actors
+                .get(&(a.user_id.clone(), a.credential.clone()));
+            if let Err(r) = still_authorised(&a.roles, standing) {
+                if !m.quiet_refusal {
+                    out.audit.push(NewAuditEvent {
+                        outcome: Outcome::Denied,
+                        reason: Some(r.code().to_owned()),
+                        security_event: Some(
+                            crate::domain::security::SecurityEvent::AuthorizationRefused,
+                        ),
+                        ..m.audit.clone()
+                    });
+                }
+                out.results
+                    .push(PostResult::Refused(Refusal::ActorRevoked(r)));
+                continue;
+            }
+        }
         let slot = m.idempotency.as_ref().map(|k| {
             (
                 m.tenant_id.to_string(),
@@ -577,6 +606,8 @@ pub struct Wanted {
     pub keys: Vec<(String, String, String)>,
     /// The latest movement time in the batch: active holds expiring by then are loaded too.
     pub latest: i64,
+    /// The distinct actors (user, credential): one look-up each.
+    pub actors: Vec<(String, ActorCredential)>,
 }
 
 /// Every account a batch must load: its legs' accounts and both accounts of every hold it may
@@ -598,8 +629,14 @@ pub fn wanted(batch: &[NewMovement]) -> Wanted {
     let mut reversals = Vec::new();
     let mut references = Vec::new();
     let mut keys = Vec::new();
+    let mut actors = Vec::new();
     let mut latest = i64::MIN;
     for m in batch {
+        actors.extend(
+            m.actor
+                .iter()
+                .map(|a| (a.user_id.clone(), a.credential.clone())),
+        );
         accounts.extend(m.debits.iter().map(|(a, _)| a.clone()));
         accounts.extend(m.credits.iter().map(|(a, _)| a.clone()));
         holds.extend(m.capture_hold.iter().cloned());
@@ -621,7 +658,10 @@ pub fn wanted(batch: &[NewMovement]) -> Wanted {
     references.dedup();
     keys.sort();
     keys.dedup();
+    actors.sort();
+    actors.dedup();
     Wanted {
+        actors,
         accounts,
         holds,
         reversals,
@@ -699,6 +739,7 @@ mod tests {
             reverses: None,
             capture_hold: None,
             quiet_refusal: false,
+            actor: None,
         }
     }
 
@@ -757,6 +798,69 @@ mod tests {
             PostResult::Refused(Refusal::AccountClosed(_))
         ));
         assert!(p.accounts.is_empty() && p.entries().is_empty() && p.transfers().is_empty());
+    }
+
+    #[test]
+    fn a_revoked_actors_movements_are_refused_and_the_rest_of_the_batch_posts() {
+        use crate::domain::authz::{ActorRevoked, Role};
+        use crate::store::ActorCheck;
+        let actor = |user: &str| ActorCheck {
+            user_id: user.into(),
+            credential: ActorCredential::Session(format!("ses_{user}")),
+            roles: vec![Role::Manager],
+        };
+        let mut snap = snapshot(&[account("acc_a", 100), account("acc_b", 0)]);
+        for (user, status, roles) in [
+            ("usr_ok", "active", "MANAGER"),
+            ("usr_demoted", "active", "AUDITOR"),
+            ("usr_off", "disabled", "MANAGER"),
+        ] {
+            snap.actors.insert(
+                (user.into(), ActorCredential::Session(format!("ses_{user}"))),
+                ActorStanding {
+                    user_status: status.into(),
+                    roles: roles.into(),
+                    credential_live: true,
+                },
+            );
+        }
+        let mut batch = Vec::new();
+        for (i, user) in ["usr_demoted", "usr_ok", "usr_off", "usr_gone"]
+            .iter()
+            .enumerate()
+        {
+            let mut m = movement("acc_a", "acc_b", 10, i as i64);
+            m.actor = Some(actor(user));
+            m.idempotency = Some(NewIdempotency {
+                principal_id: (*user).into(),
+                key: format!("k{i}"),
+                request_hash: "h".into(),
+                expires_at: Timestamp::from_micros(100),
+                seal: None,
+            });
+            batch.push(m);
+        }
+        let p = plan(snap, &batch);
+        assert!(matches!(
+            p.results[0],
+            PostResult::Refused(Refusal::ActorRevoked(ActorRevoked::RolesChanged))
+        ));
+        assert!(matches!(p.results[1], PostResult::Posted(_)));
+        for r in &p.results[2..] {
+            assert!(matches!(
+                r,
+                PostResult::Refused(Refusal::ActorRevoked(ActorRevoked::CredentialEnded))
+            ));
+        }
+        // Only the authorised movement wrote anything: its transfer and its key.
+        assert_eq!(p.transfers().len(), 1);
+        assert_eq!(p.keys.len(), 1);
+        assert!(
+            p.audit
+                .iter()
+                .filter(|e| e.outcome == Outcome::Denied)
+                .all(|e| e.security_event.is_some())
+        );
     }
 
     #[test]

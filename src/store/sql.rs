@@ -108,8 +108,89 @@ pub(super) fn opt_len(s: Option<&str>) -> usize {
 }
 
 macro_rules! impl_store {
-    ($store:ty, $backend:literal, $lock:literal, $max_message:expr, $persist:literal) => {
+    ($store:ty, $backend:literal, $lock:literal, $share:literal, $max_message:expr, $persist:literal) => {
         impl $store {
+            /// The standing of an actor (user and credential) as this transaction reads it: on
+            /// PostgreSQL the user's row and then the credential's are locked for share until
+            /// the commit, so a disable, role change, sign-out or revocation (each an UPDATE of
+            /// one of them) either committed before and is seen, or waits for this commit.
+            /// The user row first, then the credential's, as every change of both takes them.
+            async fn actor_standing_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                user: &str,
+                credential: &$crate::store::ActorCredential,
+                now: i64,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::authz::ActorStanding>> {
+                let row: Option<(String, String)> =
+                    sqlx::query_as(concat!("SELECT status, roles FROM users WHERE id = $1", $share))
+                        .bind(user)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let Some((user_status, roles)) = row else {
+                    return Ok(None);
+                };
+                let (q, id) = match credential {
+                    $crate::store::ActorCredential::Session(id) => (
+                        sqlx::query_as(concat!(
+                            "SELECT revoked_at, expires_at FROM sessions WHERE id = $1 AND user_id = $2",
+                            $share
+                        )),
+                        id,
+                    ),
+                    $crate::store::ActorCredential::ApiToken(id) => (
+                        sqlx::query_as(concat!(
+                            "SELECT revoked_at, expires_at FROM api_tokens WHERE id = $1 AND user_id = $2",
+                            $share
+                        )),
+                        id,
+                    ),
+                };
+                let live: Option<(Option<i64>, i64)> =
+                    q.bind(id).bind(user).fetch_optional(&mut **tx).await?;
+                Ok(Some($crate::domain::authz::ActorStanding {
+                    user_status,
+                    roles,
+                    credential_live: live.is_some_and(|(revoked, end)| revoked.is_none() && end > now),
+                }))
+            }
+
+            /// The first step of every change of access (users' status and roles, second
+            /// factors, API tokens, invitations): the tenant's row is locked, so these changes
+            /// are serialised per tenant (two users changing each other at once, on two
+            /// instances, cannot deadlock and the second sees the first's change), then the
+            /// actor is re-checked ([`check_actor_tx`](Self::check_actor_tx)).
+            async fn authorise_change_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: Option<&$crate::ids::TenantId>,
+                actor: Option<&$crate::store::ActorCheck>,
+                now: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let Some(actor) = actor else {
+                    return Ok(());
+                };
+                if let Some(tenant) = tenant {
+                    sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
+                        .bind(tenant.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Self::check_actor_tx(tx, actor, now).await
+            }
+
+            /// Refuses ([`StoreError::ActorRevoked`](crate::store::StoreError::ActorRevoked))
+            /// unless the actor may still act: its credential live, its user active, its roles
+            /// those the request was authorised with (`domain::authz::still_authorised`).
+            async fn check_actor_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                actor: &$crate::store::ActorCheck,
+                now: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let standing =
+                    Self::actor_standing_tx(tx, &actor.user_id, &actor.credential, now).await?;
+                $crate::domain::authz::still_authorised(&actor.roles, standing.as_ref())
+                    .map_err($crate::store::StoreError::ActorRevoked)
+            }
+
             /// Inserts a customer's blind-index rows inside `tx`.
             async fn insert_lookups_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
@@ -456,9 +537,11 @@ macro_rules! impl_store {
                 id: &$crate::ids::UserId,
                 change: &$crate::store::UserChange,
                 now: $crate::clock::Timestamp,
+                actor: Option<&$crate::store::ActorCheck>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::UserRecord>> {
                 let mut tx = self.begin_write().await?;
+                Self::authorise_change_tx(&mut tx, Some(tenant), actor, now.as_micros()).await?;
                 let may_remove_manager = match change {
                     $crate::store::UserChange::Status(status) => *status != "active",
                     $crate::store::UserChange::Roles(roles) => {
@@ -1077,6 +1160,14 @@ macro_rules! impl_store {
                         return Ok(Err(why));
                     }
                 }
+                // The actor, after the accounts (the posting transaction's order): a hold placed
+                // by someone whose right ended meanwhile reserves nothing.
+                if let Some(actor) = &h.actor {
+                    let standing = Self::actor_standing_tx(&mut tx, &actor.user_id, &actor.credential, now).await?;
+                    if let Err(r) = $crate::domain::authz::still_authorised(&actor.roles, standing.as_ref()) {
+                        return Ok(Err($crate::domain::ledger::Refusal::ActorRevoked(r)));
+                    }
+                }
                 let record: $crate::store::HoldRecord = sqlx::query_as(
                     "INSERT INTO holds (id, tenant_id, account_id, credit_account_id, currency, amount, status, expires_at, reference, created_by, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $10) RETURNING *",
@@ -1131,6 +1222,7 @@ macro_rules! impl_store {
                 tenant: &$crate::ids::TenantId,
                 id: &str,
                 now: $crate::clock::Timestamp,
+                actor: Option<&$crate::store::ActorCheck>,
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::HoldRecord>> {
                 let mut tx = self.begin_write().await?;
@@ -1145,6 +1237,10 @@ macro_rules! impl_store {
                 .await?;
                 let Some(row) = row else { return Ok(None) };
                 Self::release_hold_tx(&mut tx, tenant.as_str(), &row.account_id, row.credit_account_id.as_deref(), row.amount).await?;
+                // The actor after the accounts, as the posting transaction takes them.
+                if let Some(actor) = actor {
+                    Self::check_actor_tx(&mut tx, actor, now.as_micros()).await?;
+                }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(Some(row))
@@ -1919,6 +2015,61 @@ macro_rules! impl_store {
                             snap.keys.insert((t, p, k), $crate::store::IdempotencyRecord { request_hash, response_status, response_body });
                         } else {
                             expired_keys.push((t, p, k));
+                        }
+                    }
+                }
+
+                // The actors' standing, after the accounts (the order erasure locks them in),
+                // locked for share until the commit: their users first (in id order), then their
+                // sessions and API tokens, a constant number of statements whatever the batch.
+                let mut users: Vec<&str> = want.actors.iter().map(|(u, _)| u.as_str()).collect();
+                users.dedup();
+                let mut standing: std::collections::HashMap<String, (String, String)> = Default::default();
+                for chunk in posting::chunks_by_size(&users, CHUNK, $max_message, |id| text_len(id)) {
+                    let mut qb = Q::new("SELECT id, status, roles FROM users WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    qb.push(concat!(") ORDER BY id", $share));
+                    for (id, status, roles) in qb.build_query_as::<(String, String, String)>().persistent($persist).fetch_all(&mut *tx).await? {
+                        standing.insert(id, (status, roles));
+                    }
+                }
+                for (table, session) in [("sessions", true), ("api_tokens", false)] {
+                    let mut ids: Vec<&str> = want
+                        .actors
+                        .iter()
+                        .filter_map(|(_, c)| match c {
+                            $crate::store::ActorCredential::Session(id) if session => Some(id.as_str()),
+                            $crate::store::ActorCredential::ApiToken(id) if !session => Some(id.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for chunk in posting::chunks_by_size(&ids, CHUNK, $max_message, |id| text_len(id)) {
+                        let mut qb = Q::new("SELECT id, user_id, revoked_at, expires_at FROM ");
+                        qb.push(table);
+                        qb.push(" WHERE id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.to_string());
+                        }
+                        qb.push(concat!(") ORDER BY id", $share));
+                        type Live = (String, String, Option<i64>, i64);
+                        for (id, user, revoked, end) in qb.build_query_as::<Live>().persistent($persist).fetch_all(&mut *tx).await? {
+                            let Some((user_status, roles)) = standing.get(&user) else { continue };
+                            let credential = if session {
+                                $crate::store::ActorCredential::Session(id)
+                            } else {
+                                $crate::store::ActorCredential::ApiToken(id)
+                            };
+                            snap.actors.insert((user, credential), $crate::domain::authz::ActorStanding {
+                                user_status: user_status.clone(),
+                                roles: roles.clone(),
+                                credential_live: revoked.is_none() && end > want.latest,
+                            });
                         }
                     }
                 }

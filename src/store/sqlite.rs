@@ -274,7 +274,7 @@ where
 
 // SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
 // No socket in between: statements may be as large as the parameter limit allows.
-impl_store!(SqliteStore, "sqlite", "", usize::MAX, false);
+impl_store!(SqliteStore, "sqlite", "", "", usize::MAX, false);
 impl_key_store!(SqliteStore);
 impl_kyc_store!(SqliteStore);
 impl_security_store!(SqliteStore);

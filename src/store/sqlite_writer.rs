@@ -15,8 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::posting::{self, AccountState, HoldState, Snapshot};
-use super::{IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult};
+use super::{ActorCredential, IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult};
 use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
+use crate::domain::authz::ActorStanding;
 
 type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
 
@@ -363,6 +364,40 @@ fn post(
                 }
                 Some(_) => expired_keys.push((t.clone(), p.clone(), k.clone())),
                 None => {}
+            }
+        }
+        // Each actor's standing, read under the write lock this transaction holds: a sign-out,
+        // revocation, disable or role change committed before it is seen; one committed after
+        // it comes after this batch. One primary-key look-up per distinct actor.
+        let mut session = tx
+            .prepare_cached(
+                "SELECT u.status, u.roles, s.revoked_at IS NULL AND s.expires_at > ?3 \
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1 AND u.id = ?2",
+            )
+            .map_err(db)?;
+        let mut token = tx
+            .prepare_cached(
+                "SELECT u.status, u.roles, t.revoked_at IS NULL AND t.expires_at > ?3 \
+                 FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1 AND u.id = ?2",
+            )
+            .map_err(db)?;
+        for (user, credential) in &want.actors {
+            let (stmt, id) = match credential {
+                ActorCredential::Session(id) => (&mut session, id),
+                ActorCredential::ApiToken(id) => (&mut token, id),
+            };
+            let standing = stmt
+                .query_row(params![id, user, want.latest], |r| {
+                    Ok(ActorStanding {
+                        user_status: r.get(0)?,
+                        roles: r.get(1)?,
+                        credential_live: r.get::<_, i64>(2)? != 0,
+                    })
+                })
+                .optional()
+                .map_err(db)?;
+            if let Some(s) = standing {
+                snap.actors.insert((user.clone(), credential.clone()), s);
             }
         }
     }

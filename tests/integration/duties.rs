@@ -369,6 +369,7 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
             &m2,
             &UserChange::Roles(vec![Role::Auditor]),
             now,
+            None,
             &[],
         )
         .await
@@ -379,7 +380,9 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
         UserChange::Roles(vec![Role::Cashier, Role::Customer]),
         UserChange::Status("disabled"),
     ] {
-        let r = store.update_user(&tenant, &m1, &change, now, &[]).await;
+        let r = store
+            .update_user(&tenant, &m1, &change, now, None, &[])
+            .await;
         assert!(
             matches!(r, Err(StoreError::LastManager)),
             "{change:?}: {r:?}"
@@ -395,7 +398,14 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
         .await;
     assert_eq!(m3.body["status"], "invited");
     let r = store
-        .update_user(&tenant, &m1, &UserChange::Status("disabled"), now, &[])
+        .update_user(
+            &tenant,
+            &m1,
+            &UserChange::Status("disabled"),
+            now,
+            None,
+            &[],
+        )
         .await;
     assert!(matches!(r, Err(StoreError::LastManager)), "{r:?}");
     // Changes that keep the role, or touch others, go through.
@@ -405,12 +415,20 @@ async fn the_last_active_manager_keeps_the_role(app: &TestApp) {
             &m1,
             &UserChange::Roles(vec![Role::Manager, Role::Customer]),
             now,
+            None,
             &[],
         )
         .await
         .unwrap();
     store
-        .update_user(&tenant, &m2, &UserChange::Status("disabled"), now, &[])
+        .update_user(
+            &tenant,
+            &m2,
+            &UserChange::Status("disabled"),
+            now,
+            None,
+            &[],
+        )
         .await
         .unwrap();
     let me = app.login(Some("acme"), "manager@acme.test", PASSWORD).await;

@@ -19,6 +19,7 @@ mod audit;
 mod auth;
 mod authz;
 mod cli;
+mod commit_checks;
 mod conventions;
 mod cors;
 mod crash;
