@@ -636,6 +636,22 @@ impl Keyring {
         Err(internal("could not obtain the tenant's index key"))
     }
 
+    /// The blind index of `normalised` for `field` in `tenant` under its newest live index
+    /// version.
+    pub async fn blind_index(
+        &self,
+        tenant: &TenantId,
+        field: &str,
+        normalised: &str,
+    ) -> AppResult<String> {
+        self.index_keys(tenant)
+            .await?
+            .digests(field, normalised)
+            .pop()
+            .map(|(_, d)| d)
+            .ok_or_else(|| internal("no index key"))
+    }
+
     /// Starts (or resumes) an index key rotation: a new index version becomes active and the
     /// current one `spent`, both live (written and searched) until every customer is
     /// re-indexed under the new one ([`crate::service::customers::reindex`]), which then retires
