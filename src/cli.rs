@@ -416,10 +416,9 @@ fn init_tracing(config: &Config) {
 async fn migrate(config: &Config) -> Result<(), String> {
     // The keys are proven against the database before a migration runs.
     let now = crate::clock::Clock::now(&SystemClock).as_micros();
-    let (keys, store) =
-        crate::app::open_database(config, crate::app::Opening::ReadOnly, true, now)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (keys, store) = crate::app::open_database(config, crate::app::Opening::ReadOnly, true, now)
+        .await
+        .map_err(|e| e.to_string())?;
     let applied = store.migrate().await.map_err(|e| e.to_string())?;
     crate::service::key_proof::record(
         store.as_ref(),

@@ -385,7 +385,11 @@ pub async fn create(
         // Recomputed if an index rotation changed the live index versions meanwhile.
         (c.lookups, c.index_versions) = lookups(&core.keyring, tenant, profile.as_ref()).await?;
         attempts += 1;
-        match core.store.create_customer(&c, std::slice::from_ref(&ev)).await {
+        match core
+            .store
+            .create_customer(&c, std::slice::from_ref(&ev))
+            .await
+        {
             Ok(()) => break,
             Err(StoreError::IndexKeyChanged) if attempts < INDEX_ATTEMPTS => {}
             Err(StoreError::Conflict { .. }) => {

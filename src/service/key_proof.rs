@@ -169,7 +169,9 @@ async fn prove_audit_seal(store: &dyn Store, sealer: &AuditSealer) -> Result<(),
     if head.seq < 1 {
         return Ok(());
     }
-    let records = store.audit_chain_after(&head.chain, head.seq - 1, 1).await?;
+    let records = store
+        .audit_chain_after(&head.chain, head.seq - 1, 1)
+        .await?;
     // A head whose record is missing is for `kasho audit verify` to report (truncation).
     let Some(record) = records.first().filter(|r| r.seq == head.seq) else {
         return Ok(());
@@ -234,6 +236,9 @@ mod tests {
         ));
         // The check value is not the root id, and neither reveals the key.
         assert_ne!(a.check_value(), a.root_id());
-        assert!(!a.check_value().contains(&hex::encode(a.derive("root-check/v1"))));
+        assert!(
+            !a.check_value()
+                .contains(&hex::encode(a.derive("root-check/v1")))
+        );
     }
 }

@@ -7,7 +7,10 @@
 //!   after which [`Keyring::reencrypt`] moves its ciphertexts to it in batches and retires the
 //!   old version;
 //! - [`Keyring::run_pending`] finishes whatever is unfinished (an interrupted command, an
-//!   automatic rotation), and is what the server runs in the background.
+//!   automatic rotation), and is what the server runs in the background;
+//! - [`Keyring::start_index_rotation`] and [`Keyring::finish_index_rotation`] bracket an
+//!   explicit blind-index key rotation (`crate::service::customers::rotate_index` re-indexes in
+//!   between). Index keys have no encryption budget and never rotate by themselves.
 //!
 //! Every step is a compare-and-swap on one row, so it can be interrupted at any point and
 //! resumed, and runs safely beside a serving instance (or several): old versions stay readable

@@ -101,7 +101,11 @@ impl PgStore {
 // Rows read to be written by the batch writer are locked until commit.
 // Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
 impl_store!(PgStore, "postgres", " FOR UPDATE", 12_000, true);
-impl_key_store!(PgStore, " FOR SHARE", "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1");
+impl_key_store!(
+    PgStore,
+    " FOR SHARE",
+    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
 impl_mfa_store!(PgStore);

@@ -201,7 +201,12 @@ async fn a_database_from_before_the_check_is_proven_by_its_master_key_and_audit_
     assert!(err.contains("audit chain"), "{err}");
     // The right key records the check at its first start.
     let (_core, _router) = app.instance_with(&[]).await;
-    assert_eq!(app.raw_strings("SELECT jwt_kid FROM root_key_check").await.len(), 1);
+    assert_eq!(
+        app.raw_strings("SELECT jwt_kid FROM root_key_check")
+            .await
+            .len(),
+        1
+    );
 }
 
 async fn development_never_generates_keys_for_a_database_that_has_them(app: &TestApp) {
@@ -236,7 +241,11 @@ async fn development_never_generates_keys_for_a_database_that_has_them(app: &Tes
     assert!(err.contains("refusing to generate keys"), "{err}");
     assert!(
         !elsewhere.path().join("keys").join("master.key").exists()
-            && !elsewhere.path().join("keys").join("jwt-signing-key.pem").exists(),
+            && !elsewhere
+                .path()
+                .join("keys")
+                .join("jwt-signing-key.pem")
+                .exists(),
         "no key was generated"
     );
     // A JWT key other than the database's is refused as well (tokens would not verify across
@@ -283,7 +292,10 @@ async fn rotate_master_with_a_wrong_key_changes_nothing(app: &TestApp) {
     // The old key still works: new personal data is sealed, old is read.
     let id = customer_with_email(app, &t, "bea@example.com").await;
     let r = app
-        .get(&format!("/v1/customers/{id}?unmasked=true"), &t.manager_token)
+        .get(
+            &format!("/v1/customers/{id}?unmasked=true"),
+            &t.manager_token,
+        )
         .await;
     assert_eq!(r.body["email"], "bea@example.com", "{r:?}");
     let (ok, out) = kasho(app, &["keys", "rotate-master"], &[]);
@@ -370,7 +382,11 @@ async fn a_data_key_wrapped_under_a_retiring_master_never_lets_it_retire(app: &T
         .encryption_key(&tenant, &KeyOwner::Customer("cus_late".into()), 1)
         .await
         .unwrap();
-    assert_eq!(reopened.key.expose(), late.key.expose(), "the late key still opens");
+    assert_eq!(
+        reopened.key.expose(),
+        late.key.expose(),
+        "the late key still opens"
+    );
     let d = app
         .post(
             "/v1/deposits",
@@ -402,7 +418,11 @@ async fn restarts_with_a_tiny_budget_never_change_the_index_key(backend: Backend
             t.id
         ))
         .await;
-    assert_eq!(index, vec!["1:active:0"], "the index key is no encryption key");
+    assert_eq!(
+        index,
+        vec!["1:active:0"],
+        "the index key is no encryption key"
+    );
     // Meanwhile the tenant's encryption key did run through its budget, and `keys status`
     // shows every version, spent ones included.
     for i in 0..4 {
@@ -475,18 +495,25 @@ async fn an_index_rotation_keeps_search_working_on_every_instance(app: &TestApp)
     let (ok, out) = kasho(app, &["keys", "rotate-index", "--tenant", "acme"], &[]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("resumed rotation to index key version 2") && out.contains("retired versions: [1]"),
+        out.contains("resumed rotation to index key version 2")
+            && out.contains("retired versions: [1]"),
         "{out}"
     );
     // Every instance finds every customer right away, by the new version only.
     for (i, id) in ids.iter().enumerate() {
         let email = format!("c{i}@example.com");
         let r = send_to(&second, search_request(&email, &t.manager_token)).await;
-        assert_eq!(found(&r), vec![id.clone()], "{email} on the second instance");
+        assert_eq!(
+            found(&r),
+            vec![id.clone()],
+            "{email} on the second instance"
+        );
         let r = app.send(search_request(&email, &t.manager_token)).await;
         assert_eq!(found(&r), vec![id.clone()], "{email} on the first instance");
     }
-    let r = app.send(search_request("mid@example.com", &t.manager_token)).await;
+    let r = app
+        .send(search_request("mid@example.com", &t.manager_token))
+        .await;
     assert_eq!(found(&r), vec![mid]);
     let versions = app
         .raw_strings(&format!(
@@ -514,7 +541,9 @@ async fn an_index_rotation_keeps_search_working_on_every_instance(app: &TestApp)
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-    let r = app.send(search_request("late@example.com", &t.manager_token)).await;
+    let r = app
+        .send(search_request("late@example.com", &t.manager_token))
+        .await;
     assert_eq!(found(&r).len(), 1);
 }
 
