@@ -36,6 +36,8 @@ pub enum Opening {
     Record,
     /// Read only (`kasho audit verify`, `kasho keys status`).
     ReadOnly,
+    /// `kasho keys adopt-jwt-key`: the root key is proven, the JWT key is the one to adopt.
+    AdoptJwtKey,
 }
 
 /// Loads the key material and opens the database, proving the keys against it before anything
@@ -80,13 +82,20 @@ pub async fn open_database(
     )
     .await?;
     let kid = crate::crypto::jwt::key_id(keys.jwt.public_key());
-    key_proof::prove(store.as_ref(), &keys.master, &kid, &sealer).await?;
+    let adopting = opening == Opening::AdoptJwtKey;
+    key_proof::prove(
+        store.as_ref(),
+        &keys.master,
+        (!adopting).then_some(kid.as_str()),
+        &sealer,
+    )
+    .await?;
     if opening == Opening::Migrate {
         for m in store.migrate().await? {
             tracing::info!(migration = %m, backend = store.backend(), "applied migration");
         }
     }
-    if opening != Opening::ReadOnly {
+    if matches!(opening, Opening::Migrate | Opening::Record) {
         key_proof::record(store.as_ref(), &keys.master, &kid, now_micros).await?;
     }
     Ok((keys, store))

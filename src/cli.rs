@@ -568,6 +568,7 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
 async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
     let opening = match command {
         KeysCommand::Status => crate::app::Opening::ReadOnly,
+        KeysCommand::AdoptJwtKey => crate::app::Opening::AdoptJwtKey,
         _ => crate::app::Opening::Record,
     };
     let (store, keyring, keys) = open_keyring(config, opening).await?;

@@ -82,11 +82,12 @@ pub fn expected_check(master: &MasterKey, jwt_kid: &str, now_micros: i64) -> Roo
     }
 }
 
-/// Whether the check row `stored` was written by these keys.
+/// Whether the check row `stored` was written by these keys (`jwt_kid`: `None` when the JWT
+/// key is being adopted, so only the root key is proven).
 pub fn compare(
     stored: &RootKeyCheck,
     master: &MasterKey,
-    jwt_kid: &str,
+    jwt_kid: Option<&str>,
 ) -> Result<(), KeyProofError> {
     let configured = master.root_id();
     if stored.root_id != configured {
@@ -103,10 +104,12 @@ pub fn compare(
             root_id: stored.root_id.clone(),
         });
     }
-    if stored.jwt_kid != jwt_kid {
+    if let Some(kid) = jwt_kid
+        && stored.jwt_kid != kid
+    {
         return Err(KeyProofError::WrongJwt {
             expected: stored.jwt_kid.clone(),
-            configured: jwt_kid.to_owned(),
+            configured: kid.to_owned(),
         });
     }
     Ok(())
@@ -120,7 +123,7 @@ pub fn compare(
 pub async fn prove(
     store: &dyn Store,
     master: &MasterKey,
-    jwt_kid: &str,
+    jwt_kid: Option<&str>,
     sealer: &AuditSealer,
 ) -> Result<(), KeyProofError> {
     match store.root_key_check().await? {
@@ -205,7 +208,7 @@ pub async fn record(
                 .await?
         }
     };
-    compare(&stored, master, jwt_kid)
+    compare(&stored, master, Some(jwt_kid))
 }
 
 #[cfg(test)]
@@ -217,13 +220,14 @@ mod tests {
         let a = MasterKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
         let b = MasterKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
         let stored = expected_check(&a, "kid-a", 0);
-        assert!(compare(&stored, &a, "kid-a").is_ok());
+        assert!(compare(&stored, &a, Some("kid-a")).is_ok());
+        assert!(compare(&stored, &a, None).is_ok());
         assert!(matches!(
-            compare(&stored, &b, "kid-a"),
+            compare(&stored, &b, Some("kid-a")),
             Err(KeyProofError::WrongRoot { .. })
         ));
         assert!(matches!(
-            compare(&stored, &a, "kid-b"),
+            compare(&stored, &a, Some("kid-b")),
             Err(KeyProofError::WrongJwt { .. })
         ));
         let forged = RootKeyCheck {
@@ -231,7 +235,7 @@ mod tests {
             ..stored
         };
         assert!(matches!(
-            compare(&forged, &a, "kid-a"),
+            compare(&forged, &a, Some("kid-a")),
             Err(KeyProofError::CheckValue { .. })
         ));
         // The check value is not the root id, and neither reveals the key.

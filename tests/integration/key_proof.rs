@@ -264,6 +264,24 @@ async fn development_never_generates_keys_for_a_database_that_has_them(app: &Tes
         .unwrap_or_default();
     assert!(err.contains("wrong JWT signing key"), "{err}");
     assert_eq!(footprint(app).await, before, "nothing was written");
+    // Replaced on purpose: the operator adopts it, and it starts.
+    let (ok, out) = kasho(
+        app,
+        &["keys", "adopt-jwt-key"],
+        &[("KASHO_JWT_SIGNING_KEY", &other_pem)],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        kasho::app::build_core(&cfg, app.core.clock.clone(), true)
+            .await
+            .is_ok()
+    );
+    assert!(
+        app.audit_chain("platform")
+            .await
+            .iter()
+            .any(|e| e.action == "key.jwt.adopt")
+    );
 }
 
 async fn rotate_master_with_a_wrong_key_changes_nothing(app: &TestApp) {
