@@ -18,14 +18,92 @@ use crate::service::{Core, Settings};
 pub enum StartError {
     #[error(transparent)]
     Keys(#[from] crate::crypto::keys::KeyError),
+    /// The configured keys are not the ones the database was initialised with.
+    #[error(transparent)]
+    KeyProof(#[from] crate::service::key_proof::KeyProofError),
     #[error("cannot open the database: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Other(String),
 }
 
+/// What [`open_database`] does besides proving the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Apply pending migrations (after the proof), and record the root key check if missing.
+    Migrate,
+    /// Record the root key check if the database has none (a command that writes).
+    Record,
+    /// Read only (`kasho audit verify`, `kasho keys status`).
+    ReadOnly,
+    /// `kasho keys adopt-jwt-key`: the root key is proven, the JWT key is the one to adopt.
+    AdoptJwtKey,
+}
+
+/// Loads the key material and opens the database, proving the keys against it before anything
+/// is migrated or written: every command that opens the database goes through here. In
+/// development, missing keys are generated only for a database that holds none.
+pub async fn open_database(
+    config: &Config,
+    opening: Opening,
+    may_generate: bool,
+    now_micros: i64,
+) -> Result<(KeyMaterial, Arc<dyn crate::store::Store>), StartError> {
+    use crate::crypto::keys::KeyError;
+    use crate::service::key_proof;
+    let keys = match KeyMaterial::load(&key_sources(config, false)) {
+        Ok(keys) => keys,
+        Err(KeyError::Missing { what, .. }) if may_generate && config.may_generate_keys() => {
+            // Generating is only for a database that holds nothing sealed by a root key.
+            let probe = open_store(config).await?;
+            if probe.holds_keys().await? {
+                let root = probe
+                    .root_key_check()
+                    .await?
+                    .map(|c| format!(" (root id {})", c.root_id))
+                    .unwrap_or_default();
+                return Err(key_proof::KeyProofError::WouldGenerate {
+                    what,
+                    dir: config.data_dir.join("keys").display().to_string(),
+                    root,
+                }
+                .into());
+            }
+            drop(probe);
+            load_keys(config)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let sealer = audit_sealer(&keys);
+    let store = crate::store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+        sealer.clone(),
+    )
+    .await?;
+    let kid = crate::crypto::jwt::key_id(keys.jwt.public_key());
+    let adopting = opening == Opening::AdoptJwtKey;
+    key_proof::prove(
+        store.as_ref(),
+        &keys.master,
+        (!adopting).then_some(kid.as_str()),
+        &sealer,
+    )
+    .await?;
+    if opening == Opening::Migrate {
+        for m in store.migrate().await? {
+            tracing::info!(migration = %m, backend = store.backend(), "applied migration");
+        }
+    }
+    if matches!(opening, Opening::Migrate | Opening::Record) {
+        key_proof::record(store.as_ref(), &keys.master, &kid, now_micros).await?;
+    }
+    Ok((keys, store))
+}
+
 /// Loads (or, in development, generates) the key material, warning about generated files.
-pub fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
+/// Only [`open_database`] calls it, once it knows the database holds no keys.
+fn load_keys(config: &Config) -> Result<KeyMaterial, StartError> {
     let keys = KeyMaterial::load(&key_sources(config, config.may_generate_keys()))?;
     for path in &keys.generated {
         tracing::warn!(
@@ -90,19 +168,18 @@ pub async fn build_core_with_checks(
             "password hashing is below the OWASP minimum (m=19456 KiB, t=2, p=1); acceptable for tests only"
         );
     }
-    let keys = load_keys(config)?;
-    let sealer = audit_sealer(&keys);
-    let store = crate::store::connect(
-        config.database_url.expose_secret(),
-        config.database_max_connections,
-        sealer.clone(),
+    let (keys, store) = open_database(
+        config,
+        if migrate {
+            Opening::Migrate
+        } else {
+            Opening::Record
+        },
+        true,
+        clock.now().as_micros(),
     )
     .await?;
-    if migrate {
-        for m in store.migrate().await? {
-            tracing::info!(migration = %m, backend = store.backend(), "applied migration");
-        }
-    }
+    let sealer = audit_sealer(&keys);
     crate::observability::install();
     store.set_alert_routing(crate::store::alerts::AlertRouting {
         min_severity: config.alerts.min_severity,

@@ -149,6 +149,17 @@ enum KeysCommand {
         /// The tenant's slug.
         slug: String,
     },
+    /// Give a tenant a new blind-index (search) key: every customer is re-indexed under it
+    /// before the old version is retired, and searches keep finding everyone meanwhile on every
+    /// instance (resumes an interrupted rotation).
+    RotateIndex {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Make the configured JWT signing key the one this database expects (after replacing the
+    /// key on purpose; access tokens signed by the old key stop working).
+    AdoptJwtKey,
 }
 
 #[derive(Subcommand)]
@@ -444,10 +455,20 @@ fn init_tracing(config: &Config) {
 }
 
 async fn migrate(config: &Config) -> Result<(), String> {
-    let store = crate::app::open_store(config)
+    // The keys are proven against the database before a migration runs.
+    let now = crate::clock::Clock::now(&SystemClock).as_micros();
+    let (keys, store) = crate::app::open_database(config, crate::app::Opening::ReadOnly, true, now)
         .await
         .map_err(|e| e.to_string())?;
     let applied = store.migrate().await.map_err(|e| e.to_string())?;
+    crate::service::key_proof::record(
+        store.as_ref(),
+        &keys.master,
+        &crate::crypto::jwt::key_id(keys.jwt.public_key()),
+        now,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if applied.is_empty() {
         println!("database is up to date ({})", store.backend());
     }
@@ -559,33 +580,35 @@ async fn invitation_link(config: &Config, tenant: &str, email: &str) -> Result<(
     Ok(())
 }
 
-/// A keyring over the configured database. Never generates keys: a missing master key must
-/// not silently become a new one.
+/// A keyring over the configured database, its keys proven against it first. Never generates
+/// keys: a missing master key must not silently become a new one.
 async fn open_keyring(
     config: &Config,
+    opening: crate::app::Opening,
 ) -> Result<
     (
         std::sync::Arc<dyn crate::store::Store>,
         crate::service::keys::Keyring,
+        crate::crypto::keys::KeyMaterial,
     ),
     String,
 > {
-    let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
-        .map_err(|e| format!("the key commands need the configured master key: {e}"))?;
-    let store = crate::store::connect(
-        secrecy::ExposeSecret::expose_secret(&config.database_url),
-        config.database_max_connections,
-        crate::app::audit_sealer(&keys),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let now = crate::clock::Clock::now(&SystemClock).as_micros();
+    let (keys, store) = crate::app::open_database(config, opening, false, now)
+        .await
+        .map_err(|e| match e {
+            crate::app::StartError::Keys(e) => {
+                format!("the key commands need the configured master key: {e}")
+            }
+            other => other.to_string(),
+        })?;
     let keyring = crate::service::keys::Keyring::new(
         store.clone(),
         std::sync::Arc::new(crate::clock::SystemClock),
         &keys.master,
         config.key_rotate_after_encryptions,
     );
-    Ok((store, keyring))
+    Ok((store, keyring, keys))
 }
 
 fn progress_bar(what: &str) -> indicatif::ProgressBar {
@@ -600,23 +623,115 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
 }
 
 async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
-    let (store, keyring) = open_keyring(config).await?;
+    let opening = match command {
+        KeysCommand::Status => crate::app::Opening::ReadOnly,
+        KeysCommand::AdoptJwtKey => crate::app::Opening::AdoptJwtKey,
+        _ => crate::app::Opening::Record,
+    };
+    let (store, keyring, keys) = open_keyring(config, opening).await?;
     match command {
         KeysCommand::Status => {
             for k in store.master_keys().await.map_err(|e| e.to_string())? {
                 println!(
-                    "master key v{}: {} (root {})",
-                    k.version, k.status, k.root_id
+                    "master key v{}: {} (root {}){}",
+                    k.version,
+                    k.status,
+                    k.root_id,
+                    if k.wrapped.is_none() {
+                        ", material purged"
+                    } else {
+                        ""
+                    }
                 );
             }
-            for status in ["active", "retiring", "retired", "destroyed"] {
-                let n = store
-                    .data_keys_with_status(status, i64::MAX)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .len();
-                println!("data keys {status}: {n}");
+            // Every data key version, whatever its state (spent included), then the totals.
+            let all = store.all_data_keys().await.map_err(|e| e.to_string())?;
+            let mut totals = std::collections::BTreeMap::<&str, usize>::new();
+            for k in &all {
+                *totals.entry(k.status.as_str()).or_default() += 1;
+                let kind = k.owner.split(':').next().unwrap_or(&k.owner);
+                println!(
+                    "data key {} v{} (tenant {}, {}): {}; wrapped by master key v{}; {} encryptions",
+                    k.id,
+                    k.version,
+                    k.tenant_id,
+                    if kind == "customer" { &k.owner } else { kind },
+                    k.status,
+                    k.kek_version,
+                    k.encryptions
+                );
             }
+            for status in ["active", "spent", "retiring", "retired", "destroyed"] {
+                println!(
+                    "data keys {status}: {}",
+                    totals.get(status).copied().unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::AdoptJwtKey => {
+            let kid = crate::crypto::jwt::key_id(keys.jwt.public_key());
+            let ev = NewAuditEvent {
+                tenant_id: None,
+                occurred_at: crate::clock::Clock::now(&SystemClock),
+                actor_type: ActorType::System,
+                actor_id: None,
+                action: "key.jwt.adopt".into(),
+                target_type: Some("key".into()),
+                target_id: Some(format!("jwt:{kid}")),
+                outcome: Outcome::Success,
+                reason: Some("cli".into()),
+                ip: None,
+                request_id: None,
+                security_event: None,
+            };
+            let changed = store
+                .adopt_jwt_kid(&kid, &[ev])
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                if changed {
+                    format!(
+                        "the database now expects JWT signing key {kid}; tokens signed by the old key no longer verify"
+                    )
+                } else {
+                    format!("the database already expects JWT signing key {kid}")
+                }
+            );
+            Ok(())
+        }
+        KeysCommand::RotateIndex { tenant } => {
+            let record = store
+                .get_tenant_by_slug(&tenant)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no tenant with slug `{tenant}`"))?;
+            let id = crate::ids::TenantId::from_trusted(record.id);
+            let bar = progress_bar("re-indexing customers");
+            let r = crate::service::customers::rotate_index(
+                store.as_ref(),
+                &keyring,
+                &id,
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            println!(
+                "tenant {tenant}: {} index key version {}; {} customers re-indexed; retired versions: {:?}",
+                if r.resumed {
+                    "resumed rotation to"
+                } else {
+                    "rotated to"
+                },
+                r.version,
+                r.reindexed,
+                r.retired
+            );
             Ok(())
         }
         KeysCommand::RotateMaster => {
@@ -640,6 +755,12 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                 r.rewrapped,
                 r.retired
             );
+            if !r.still_retiring.is_empty() {
+                println!(
+                    "not retired yet: {:?} (a data key was created under it meanwhile; run the command again, or let `kasho serve` finish it)",
+                    r.still_retiring
+                );
+            }
             Ok(())
         }
         KeysCommand::RotateTenant { slug } => {
@@ -668,19 +789,19 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
 }
 
 async fn audit_verify(config: &Config) -> Result<(), String> {
-    // Never generate keys here: a missing master key must not look like a tampered log.
-    let keys = crate::crypto::keys::KeyMaterial::load(&crate::app::key_sources(config, false))
-        .map_err(|e| {
-            format!("cannot verify the audit log without the master key that sealed it: {e}")
-        })?;
+    // Never generate keys here: a missing master key must not look like a tampered log. A wrong
+    // one is named as such by the proof, before any chain is walked.
+    let now = crate::clock::Clock::now(&SystemClock).as_micros();
+    let (keys, store) =
+        crate::app::open_database(config, crate::app::Opening::ReadOnly, false, now)
+            .await
+            .map_err(|e| match e {
+                crate::app::StartError::Keys(e) => format!(
+                    "cannot verify the audit log without the master key that sealed it: {e}"
+                ),
+                other => other.to_string(),
+            })?;
     let sealer = crate::app::audit_sealer(&keys);
-    let store = crate::store::connect(
-        secrecy::ExposeSecret::expose_secret(&config.database_url),
-        config.database_max_connections,
-        sealer.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

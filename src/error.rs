@@ -157,6 +157,11 @@ impl From<StoreError> for AppError {
                           be disabled; invite another MANAGER first"
                     .into(),
             },
+            StoreError::IndexKeyChanged => AppError::Conflict {
+                code: "index_key_changed",
+                param: None,
+                message: "the tenant's search index key was being rotated meanwhile; retry".into(),
+            },
             StoreError::ActorRevoked(r) => r.into(),
         }
     }

@@ -142,7 +142,27 @@ impl MasterKey {
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
         hmac_sha256(self.0.as_slice(), format!("kasho/{purpose}").as_bytes())
     }
+
+    /// The root key's public fingerprint (64 bits of an HMAC under the key that wraps master
+    /// key versions), recorded with each master key version and in `root_key_check`.
+    pub fn root_id(&self) -> String {
+        let wrap = self.derive(KEK_WRAP_PURPOSE);
+        hex::encode(&hmac_sha256(&wrap, b"kasho/root-id")[..8])
+    }
+
+    /// The keyed check value recorded in the database at its first start: 256 bits only this
+    /// root key reproduces (an HMAC under a key derived for this purpose alone), so a start with
+    /// another root key is refused before it writes anything.
+    pub fn check_value(&self) -> String {
+        hex::encode(hmac_sha256(
+            &self.derive("root-check/v1"),
+            b"kasho/root-check",
+        ))
+    }
 }
+
+/// The purpose of the key derived from the root key that wraps master key versions.
+pub const KEK_WRAP_PURPOSE: &str = "kek-wrap/v1";
 
 /// Keys as loaded or generated at start-up.
 #[derive(Debug)]

@@ -672,6 +672,10 @@ pub const TABLES_WITHOUT_PERSONAL_DATA: &[(&str, &str)] = &[
         "master_keys",
         "wrapped master key versions (key material, described in docs/SECURITY.md's key hierarchy)",
     ),
+    (
+        "root_key_check",
+        "the root key's id, a keyed check value and the JWT key's id (proof of the keys at start)",
+    ),
     ("_sqlx_migrations", "the applied migrations"),
 ];
 

@@ -26,7 +26,7 @@ use crate::domain::personal::{
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
 use crate::ids::{CustomerId, TenantId, UserId};
-use crate::service::keys::KeyOwner;
+use crate::service::keys::{IndexRotation, KeyOwner, Keyring};
 use crate::store::keys::CUSTOMER_PII;
 use crate::store::{
     CustomerLookup, CustomerRecord, NewCustomer, Page, Rectification, RectifyOutcome, StoreError,
@@ -142,19 +142,104 @@ async fn open(core: &Core, record: &CustomerRecord) -> AppResult<Option<Customer
     })
 }
 
-/// The blind-index rows of a profile.
+/// The blind-index rows of a profile, one per searchable value under each live index key
+/// version, and those versions (which the write checks are still the live ones at commit).
 async fn lookups(
-    core: &Core,
+    keyring: &Keyring,
     tenant: &TenantId,
     profile: Option<&CustomerProfile>,
-) -> AppResult<Vec<CustomerLookup>> {
+) -> AppResult<(Vec<CustomerLookup>, Vec<i64>)> {
+    let Some(profile) = profile else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let keys = keyring.index_keys(tenant).await?;
     let mut rows = Vec::new();
-    for (field, value) in profile.map(CustomerProfile::lookups).unwrap_or_default() {
+    for (field, value) in profile.lookups() {
         let value = Zeroizing::new(value);
-        let digest = core.keyring.blind_index(tenant, &field, &value).await?;
-        rows.push(CustomerLookup { field, digest });
+        for (index_version, digest) in keys.digests(&field, &value) {
+            rows.push(CustomerLookup {
+                field: field.clone(),
+                digest,
+                index_version,
+            });
+        }
     }
-    Ok(rows)
+    Ok((rows, keys.versions()))
+}
+
+/// Attempts at a customer write whose blind-index rows meet an index rotation.
+const INDEX_ATTEMPTS: usize = 4;
+
+/// Customers re-indexed per batch of an index rotation.
+const REINDEX_BATCH: i64 = 100;
+
+/// `kasho keys rotate-index`: a new index key version for `tenant`; every customer holding
+/// personal data is re-indexed (its blind-index rows computed under every live version, in one
+/// transaction that compare-and-swaps on its sealed profile), then the old versions are retired
+/// in a transaction that first re-checks that no customer is left behind. Searches match every
+/// live version throughout, so customers are found before, during and after, on every
+/// instance. Resumable: run again after an interruption.
+pub async fn rotate_index(
+    store: &dyn crate::store::Store,
+    keyring: &Keyring,
+    tenant: &TenantId,
+    progress: crate::service::keys::Progress<'_>,
+) -> AppResult<IndexRotation> {
+    let (version, resumed) = keyring.start_index_rotation(tenant).await?;
+    let mut reindexed = 0u64;
+    // A customer written meanwhile by an instance that had not yet seen the new version is
+    // found by the recount and re-indexed in the next round (bounded; run again otherwise).
+    for _ in 0..8 {
+        let mut after: Option<String> = None;
+        loop {
+            let batch = store
+                .customers_to_reindex(tenant.as_str(), version, after.as_deref(), REINDEX_BATCH)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id.clone());
+            for c in &batch {
+                let bytes = keyring
+                    .open(&context(tenant.as_str(), &c.id), &c.pii)
+                    .await?;
+                let profile: CustomerProfile = serde_json::from_slice(&bytes).map_err(|_| {
+                    AppError::internal(format!(
+                        "customers.pii row {}: the opened value is not a profile",
+                        c.id
+                    ))
+                })?;
+                let (rows, versions) = lookups(keyring, tenant, Some(&profile)).await?;
+                match store
+                    .reindex_customer(tenant.as_str(), &c.id, &c.pii, &rows, &versions)
+                    .await
+                {
+                    Ok(true) => {
+                        reindexed += 1;
+                        progress(reindexed, reindexed.max(1));
+                    }
+                    // Rectified (or erased) meanwhile: its writer indexed it; the recount
+                    // decides.
+                    Ok(false) | Err(StoreError::IndexKeyChanged) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if let Some(retired) = keyring
+            .finish_index_rotation(tenant, version, reindexed)
+            .await?
+        {
+            return Ok(IndexRotation {
+                version,
+                resumed,
+                reindexed,
+                retired,
+            });
+        }
+    }
+    Err(AppError::Conflict {
+        code: "index_rotation_unfinished",
+        param: None,
+        message: "customers kept changing during the index rotation; run it again".into(),
+    })
 }
 
 // ---------------------------------------------------------------- revealing
@@ -277,17 +362,17 @@ pub async fn create(
         Some(p) => Some(seal(core, tenant, id.as_str(), p).await?),
         None => None,
     };
-    let lookups = lookups(core, tenant, profile.as_ref()).await?;
     let fields = CustomerProfile::changed_fields(None, profile.as_ref());
     let reason = (!fields.is_empty()).then(|| format!("personal data: {}", fields.join(",")));
-    let c = NewCustomer {
+    let mut c = NewCustomer {
         id: id.clone(),
         tenant_id: tenant.clone(),
         user_id: user,
         external_ref: input.external_ref,
         created_at: core.clock.now(),
         pii,
-        lookups,
+        lookups: Vec::new(),
+        index_versions: Vec::new(),
     };
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "customer.create",
@@ -295,16 +380,27 @@ pub async fn create(
         Outcome::Success,
         reason.as_deref(),
     );
-    match core.store.create_customer(&c, &[ev]).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict { .. }) => {
-            return Err(AppError::Conflict {
-                code: "customer_exists",
-                param: Some("user_id".into()),
-                message: "this user is already linked to a customer".into(),
-            });
+    let mut attempts = 0;
+    loop {
+        // Recomputed if an index rotation changed the live index versions meanwhile.
+        (c.lookups, c.index_versions) = lookups(&core.keyring, tenant, profile.as_ref()).await?;
+        attempts += 1;
+        match core
+            .store
+            .create_customer(&c, std::slice::from_ref(&ev))
+            .await
+        {
+            Ok(()) => break,
+            Err(StoreError::IndexKeyChanged) if attempts < INDEX_ATTEMPTS => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AppError::Conflict {
+                    code: "customer_exists",
+                    param: Some("user_id".into()),
+                    message: "this user is already linked to a customer".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
     let record = core
         .store
@@ -482,9 +578,18 @@ pub async fn list(
                 .await?
         }
         Some((field, value)) => {
-            let digest = core.keyring.blind_index(tenant, field, value).await?;
+            // The live index versions are read from the database on every search, so every
+            // instance follows an index rotation at once; a digest under each is matched.
+            let digests: Vec<String> = core
+                .keyring
+                .index_keys(tenant)
+                .await?
+                .digests(field, value)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
             core.store
-                .search_customers(tenant, field, &digest, owner.as_deref(), page)
+                .search_customers(tenant, field, &digests, owner.as_deref(), page)
                 .await?
         }
     };
@@ -571,12 +676,14 @@ pub async fn rectify(
             Some(p) => Some(seal(core, tenant, id, p).await?),
             None => None,
         };
+        let (rows, index_versions) = lookups(&core.keyring, tenant, next.as_ref()).await?;
         let change = Rectification {
             tenant_id: tenant.clone(),
             id: id.to_owned(),
             expected_pii: record.pii.clone(),
             pii,
-            lookups: lookups(core, tenant, next.as_ref()).await?,
+            lookups: rows,
+            index_versions,
             now: core.clock.now(),
         };
         let reason = format!("fields: {}", changed.join(","));
@@ -586,7 +693,12 @@ pub async fn rectify(
             Outcome::Success,
             Some(&reason),
         );
-        match core.store.rectify_customer(&change, &[ev]).await? {
+        let outcome = match core.store.rectify_customer(&change, &[ev]).await {
+            // An index rotation changed the live versions: recompute and retry.
+            Err(StoreError::IndexKeyChanged) => RectifyOutcome::Stale,
+            other => other?,
+        };
+        match outcome {
             RectifyOutcome::Updated(record) => {
                 return Ok(CustomerDetails {
                     record: *record,

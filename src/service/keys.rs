@@ -7,7 +7,10 @@
 //!   after which [`Keyring::reencrypt`] moves its ciphertexts to it in batches and retires the
 //!   old version;
 //! - [`Keyring::run_pending`] finishes whatever is unfinished (an interrupted command, an
-//!   automatic rotation), and is what the server runs in the background.
+//!   automatic rotation), and is what the server runs in the background;
+//! - [`Keyring::start_index_rotation`] and [`Keyring::finish_index_rotation`] bracket an
+//!   explicit blind-index key rotation (`crate::service::customers::rotate_index` re-indexes in
+//!   between). Index keys have no encryption budget and never rotate by themselves.
 //!
 //! Every step is a compare-and-swap on one row, so it can be interrupted at any point and
 //! resumed, and runs safely beside a serving instance (or several): old versions stay readable
@@ -51,7 +54,8 @@ const BATCH: i64 = 100;
 pub enum KeyOwner {
     /// The tenant's own data (transfer details, stored answers).
     Tenant,
-    /// The tenant's blind-index key (HMAC only; never rotated, so look-ups keep working).
+    /// The tenant's blind-index key (HMAC only: no encryption budget; rotated only by an
+    /// explicit index rotation, which re-indexes every customer before the old version goes).
     Index,
     /// One customer's personal data; destroyed on erasure.
     Customer(String),
@@ -119,6 +123,38 @@ pub struct MasterRotation {
     pub resumed: bool,
     pub rewrapped: u64,
     pub retired: Vec<i64>,
+    /// Versions left `retiring` because a data key was still wrapped under them when retirement
+    /// re-checked (run the rotation again, or let the server's background pass finish).
+    pub still_retiring: Vec<i64>,
+}
+
+/// What an index key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRotation {
+    pub version: i64,
+    pub resumed: bool,
+    pub reindexed: u64,
+    pub retired: Vec<i64>,
+}
+
+/// A tenant's live blind-index key versions, oldest first (one; two while an index rotation
+/// runs). Writes store a digest under each, searches match any.
+#[derive(Debug, Clone)]
+pub struct IndexKeys(Vec<Arc<DataKey>>);
+
+impl IndexKeys {
+    /// The versions, oldest first (what a customer write checks is still live at commit).
+    pub fn versions(&self) -> Vec<i64> {
+        self.0.iter().map(|k| k.version).collect()
+    }
+
+    /// `(version, digest)` of `normalised` for `field` under each live version.
+    pub fn digests(&self, field: &str, normalised: &str) -> Vec<(i64, String)> {
+        self.0
+            .iter()
+            .map(|k| (k.version, blind_index(&k.key, field, normalised)))
+            .collect()
+    }
 }
 
 /// What a tenant key rotation did.
@@ -149,8 +185,8 @@ impl Keyring {
             version: 1,
             key: KeyBytes::from_array(root.derive("platform-data/v1")),
         };
-        let root = KeyBytes::from_array(root.derive("kek-wrap/v1"));
-        let root_id = hex::encode(&root.mac(b"kasho/root-id")[..8]);
+        let root_id = root.root_id();
+        let root = KeyBytes::from_array(root.derive(crate::crypto::keys::KEK_WRAP_PURPOSE));
         Self {
             store,
             clock,
@@ -396,6 +432,10 @@ impl Keyring {
         owner: &KeyOwner,
         n: i64,
     ) -> AppResult<Arc<DataKey>> {
+        if *owner == KeyOwner::Index {
+            // Index keys compute HMACs only: they have no encryption budget to reserve from.
+            return Err(internal("the index key seals nothing"));
+        }
         let slot = (tenant.to_string(), owner.as_storage());
         if let Some(k) = self.take_cached(&slot, n, true) {
             return Ok(k);
@@ -576,29 +616,92 @@ impl Keyring {
             .map_err(|_| internal("decrypted value is not UTF-8"))
     }
 
-    /// The blind index of `normalised` for `field` in `tenant`.
+    /// The tenant's live index keys, read from the database on every call (one indexed query;
+    /// the unwrapped keys are cached), so that every instance follows an index rotation at
+    /// once. Index keys only compute HMACs: they reserve no encryptions and are never rotated
+    /// automatically, only by [`Keyring::start_index_rotation`]. Creates version 1 on first use.
+    pub async fn index_keys(&self, tenant: &TenantId) -> AppResult<IndexKeys> {
+        let owner = KeyOwner::Index.as_storage();
+        for _ in 0..8 {
+            let live = self.store.index_keys(tenant.as_str()).await?;
+            if live.is_empty() {
+                if let Some(k) = self.new_version(tenant.as_str(), &owner, None, 0).await? {
+                    return Ok(IndexKeys(vec![k]));
+                }
+                continue;
+            }
+            let mut keys = Vec::with_capacity(live.len());
+            for r in &live {
+                keys.push(self.open_dek(r).await?);
+            }
+            return Ok(IndexKeys(keys));
+        }
+        Err(internal("could not obtain the tenant's index key"))
+    }
+
+    /// The blind index of `normalised` for `field` in `tenant` under its newest live index
+    /// version.
     pub async fn blind_index(
         &self,
         tenant: &TenantId,
         field: &str,
         normalised: &str,
     ) -> AppResult<String> {
-        // The index key only computes HMACs: it reserves nothing and is never rotated.
-        let key = self.index_key(tenant).await?;
-        Ok(blind_index(&key.key, field, normalised))
+        self.index_keys(tenant)
+            .await?
+            .digests(field, normalised)
+            .pop()
+            .map(|(_, d)| d)
+            .ok_or_else(|| internal("no index key"))
     }
 
-    async fn index_key(&self, tenant: &TenantId) -> AppResult<Arc<DataKey>> {
-        let slot = (tenant.to_string(), KeyOwner::Index.as_storage());
-        if let Some(k) = self
-            .active
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&slot).map(|a| a.key.clone()))
-        {
-            return Ok(k);
+    /// Starts (or resumes) an index key rotation: a new index version becomes active and the
+    /// current one `spent`, both live (written and searched) until every customer is
+    /// re-indexed under the new one ([`crate::service::customers::reindex`]), which then retires
+    /// the old versions with [`Keyring::finish_index_rotation`]. Returns the new version and
+    /// whether an unfinished rotation was resumed.
+    pub async fn start_index_rotation(&self, tenant: &TenantId) -> AppResult<(i64, bool)> {
+        let owner = KeyOwner::Index.as_storage();
+        let live = self.store.index_keys(tenant.as_str()).await?;
+        match live.as_slice() {
+            [] => {
+                let keys = self.index_keys(tenant).await?;
+                Ok((keys.versions().last().copied().unwrap_or(1), false))
+            }
+            [.., newest] if live.len() > 1 => Ok((newest.version, true)),
+            [.., newest] => match self
+                .new_version(tenant.as_str(), &owner, Some((newest, "spent")), 0)
+                .await?
+            {
+                Some(k) => Ok((k.version, false)),
+                None => Err(AppError::Conflict {
+                    code: "index_rotation_running",
+                    param: None,
+                    message: "another process rotated this tenant's index key meanwhile; run again"
+                        .into(),
+                }),
+            },
         }
-        self.encryption_key(tenant, &KeyOwner::Index, 0).await
+    }
+
+    /// Retires the index versions below `newest` if no customer is left to re-index under it
+    /// (checked in the retiring transaction); `None` if one is.
+    pub async fn finish_index_rotation(
+        &self,
+        tenant: &TenantId,
+        newest: i64,
+        reindexed: u64,
+    ) -> AppResult<Option<Vec<i64>>> {
+        let ev = self.audit(
+            Some(tenant.as_str()),
+            "key.index.retire",
+            &format!("index:{newest}"),
+            format!("{reindexed} customers re-indexed under index key version {newest}"),
+        );
+        Ok(self
+            .store
+            .retire_index_versions(tenant.as_str(), newest, self.clock.now(), &[ev])
+            .await?)
     }
 
     /// Forgets cached keys of `owner` (after their destruction).
@@ -622,6 +725,15 @@ impl Keyring {
     /// versions. Resumes an unfinished rotation instead of starting another.
     pub async fn rotate_master(&self, progress: Progress<'_>) -> AppResult<MasterRotation> {
         let keys = self.store.master_keys().await?;
+        // Before anything changes: this root key must open the active version (and every
+        // retiring one whose data keys are still to be rewrapped). A wrong root key stops here,
+        // leaving the key hierarchy as it was.
+        for k in keys
+            .iter()
+            .filter(|k| k.status == "active" || (k.status == "retiring" && k.wrapped.is_some()))
+        {
+            self.open_kek(k)?;
+        }
         let resumed = keys.iter().any(|k| k.status == "retiring");
         let version = if resumed || keys.is_empty() {
             self.active_kek().await?.0
@@ -650,14 +762,36 @@ impl Keyring {
             self.cache_kek(version, kek);
             version
         };
-        let rewrapped = self.rewrap_all(version, progress).await?;
-        let retired = self.retire_masters().await?;
+        let mut rewrapped = self.rewrap_all(version, progress).await?;
+        let mut retired = self.retire_masters().await?;
+        // A version still wrapping a data key (one created under it while the rewrap ran) is
+        // not retired: rewrap again, a few times, then leave it `retiring` for the next run.
+        for _ in 0..3 {
+            if self.retiring_masters().await?.is_empty() {
+                break;
+            }
+            rewrapped += self.rewrap_all(version, progress).await?;
+            retired.extend(self.retire_masters().await?);
+        }
+        let still_retiring = self.retiring_masters().await?;
         Ok(MasterRotation {
             version,
             resumed,
             rewrapped,
             retired,
+            still_retiring,
         })
+    }
+
+    async fn retiring_masters(&self) -> AppResult<Vec<i64>> {
+        Ok(self
+            .store
+            .master_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.status == "retiring")
+            .map(|k| k.version)
+            .collect())
     }
 
     async fn rewrap_all(&self, version: i64, progress: Progress<'_>) -> AppResult<u64> {

@@ -15,6 +15,7 @@ pub mod guesses;
 pub mod health;
 pub mod intrusion;
 pub mod invitations;
+pub mod key_proof;
 pub mod keys;
 pub mod kyc;
 pub mod ledger;

@@ -65,6 +65,35 @@ impl std::fmt::Debug for DataKeyRecord {
     }
 }
 
+/// What a database was initialised with (the `root_key_check` row): public fingerprints only.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RootKeyCheck {
+    /// [`crate::crypto::keys::MasterKey::root_id`] of the root key.
+    pub root_id: String,
+    /// [`crate::crypto::keys::MasterKey::check_value`] of the root key.
+    pub check_value: String,
+    /// The `kid` of the JWT signing key ([`crate::crypto::jwt::key_id`]).
+    pub jwt_kid: String,
+    pub created_at: i64,
+}
+
+/// A customer whose blind-index rows were computed under an older index version than the one
+/// a rotation is moving to.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Unindexed {
+    pub id: String,
+    /// The sealed profile, for the compare-and-swap of the re-indexing write.
+    pub pii: String,
+}
+
+impl std::fmt::Debug for Unindexed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unindexed")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A column that holds ciphertexts, as rotation and the at-rest tests see it. `row` is the SQL
 /// expression giving the AAD row of a value (the same one the code seals it with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,10 +317,90 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// How many values of `col` start with `prefix` (anywhere).
     async fn count_encrypted(&self, col: EncryptedColumn, prefix: &str) -> StoreResult<i64>;
+
+    // ------------------------------------------------------------ the root key proof
+
+    /// Whether the schema has `table` (a database not migrated yet has none of them).
+    async fn table_exists(&self, table: &str) -> StoreResult<bool>;
+    /// The `root_key_check` row, if the table exists and the row was written.
+    async fn root_key_check(&self) -> StoreResult<Option<RootKeyCheck>>;
+    /// Writes the `root_key_check` row unless one exists; returns the row now stored (another
+    /// process's, if it won the race).
+    async fn record_root_key_check(&self, check: &RootKeyCheck) -> StoreResult<RootKeyCheck>;
+    /// Replaces the recorded JWT key id (`kasho keys adopt-jwt-key`), with its audit record.
+    async fn adopt_jwt_kid(&self, kid: &str, audit: &[NewAuditEvent]) -> StoreResult<bool>;
+    /// Whether the database holds anything sealed by a root key: a check row, a master key
+    /// version or an audit record. Tolerates a database without tables (nothing held).
+    async fn holds_keys(&self) -> StoreResult<bool>;
+
+    // ------------------------------------------------------------ blind-index keys
+
+    /// The tenant's live index key versions (`active`, and `spent` ones not yet retired by an
+    /// index rotation), oldest first. Searches match the digests of every one of them.
+    async fn index_keys(&self, tenant: &str) -> StoreResult<Vec<DataKeyRecord>>;
+    /// Customers of `tenant` holding personal data whose blind-index rows were computed under a
+    /// version below `version`, in id order after `after`.
+    async fn customers_to_reindex(
+        &self,
+        tenant: &str,
+        version: i64,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<Unindexed>>;
+    /// Retires every live index version of `tenant` below `newest`, in one transaction that
+    /// first locks the live versions (so no customer write is in flight) and then finds no
+    /// customer left below `newest`; deletes the blind-index rows of older versions. `None` if
+    /// a customer still needs re-indexing (nothing changed), else the retired versions.
+    async fn retire_index_versions(
+        &self,
+        tenant: &str,
+        newest: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<Vec<i64>>>;
+    /// Every data key version (all statuses), for `kasho keys status`.
+    async fn all_data_keys(&self) -> StoreResult<Vec<DataKeyRecord>>;
+    /// Replaces a customer's blind-index rows with `lookups` (computed under `versions`, the
+    /// live index versions, which must still be the live ones) if its sealed profile is still
+    /// `pii`, and records the newest version as its `lookup_version`. `Ok(false)` if the
+    /// customer changed or was erased meanwhile.
+    async fn reindex_customer(
+        &self,
+        tenant: &str,
+        id: &str,
+        pii: &str,
+        lookups: &[crate::store::CustomerLookup],
+        versions: &[i64],
+    ) -> StoreResult<bool>;
 }
 
 macro_rules! impl_key_store {
-    ($store:ty) => {
+    ($store:ty, $share:literal, $table_exists:literal) => {
+        impl $store {
+            /// Inside a customer write: whether the tenant's live index versions are still
+            /// exactly `versions` (the ones the write computed its blind-index rows under),
+            /// holding a share lock on them until the write commits so that an index rotation
+            /// cannot retire one meanwhile (PostgreSQL; SQLite's writer lock serialises anyway).
+            async fn index_versions_hold_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                versions: &[i64],
+            ) -> $crate::store::StoreResult<bool> {
+                if versions.is_empty() {
+                    return Ok(true);
+                }
+                let live: Vec<(i64,)> = sqlx::query_as(concat!(
+                    "SELECT version FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
+                     AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version",
+                    $share
+                ))
+                .bind(tenant)
+                .fetch_all(&mut **tx)
+                .await?;
+                Ok(live.iter().map(|(v,)| *v).eq(versions.iter().copied()))
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::keys::KeyStore for $store {
             async fn master_keys(&self) -> $crate::store::StoreResult<Vec<$crate::store::keys::MasterKeyRecord>> {
@@ -334,6 +443,13 @@ macro_rules! impl_key_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
+                // Under the row's lock, and in the same statement as the check: nothing may be
+                // wrapped under the version (inserts under a non-active version are refused, see
+                // `insert_data_key`).
+                sqlx::query("UPDATE master_keys SET status = status WHERE version = $1")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
                 let n = sqlx::query(
                     "UPDATE master_keys SET status = 'retired', retired_at = $2 \
                      WHERE version = $1 AND status = 'retiring' \
@@ -376,6 +492,22 @@ macro_rules! impl_key_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
+                // A data key is only ever wrapped under the active master key version: one whose
+                // wrapping began before a rotation made that version `retiring` is refused (the
+                // caller retries under the new version), so a rotation's rewrap can never miss it
+                // and the old version is never retired while it still wraps a key. The share lock
+                // makes a concurrent rotation wait for this insert (PostgreSQL).
+                let kek: Option<(String,)> = sqlx::query_as(concat!(
+                    "SELECT status FROM master_keys WHERE version = $1",
+                    $share
+                ))
+                .bind(k.kek_version)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if kek.is_none_or(|(status,)| status != "active") {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
                 if let Some(status) = replace {
                     let n = sqlx::query(
                         "UPDATE data_keys SET status = $3 WHERE id = $1 AND version = $2 AND status = 'active'",
@@ -600,6 +732,198 @@ macro_rules! impl_key_store {
                 );
                 let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(prefix).fetch_one(&self.pool).await?;
                 Ok(n)
+            }
+
+            async fn table_exists(&self, table: &str) -> $crate::store::StoreResult<bool> {
+                let (n,): (i64,) = sqlx::query_as($table_exists).bind(table).fetch_one(&self.pool).await?;
+                Ok(n > 0)
+            }
+
+            async fn root_key_check(&self) -> $crate::store::StoreResult<Option<$crate::store::keys::RootKeyCheck>> {
+                if !self.table_exists("root_key_check").await? {
+                    return Ok(None);
+                }
+                Ok(sqlx::query_as("SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn record_root_key_check(
+                &self,
+                c: &$crate::store::keys::RootKeyCheck,
+            ) -> $crate::store::StoreResult<$crate::store::keys::RootKeyCheck> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO root_key_check (id, root_id, check_value, jwt_kid, created_at) VALUES (1, $1, $2, $3, $4) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&c.root_id)
+                .bind(&c.check_value)
+                .bind(&c.jwt_kid)
+                .bind(c.created_at)
+                .execute(&mut *tx)
+                .await?;
+                let stored: $crate::store::keys::RootKeyCheck =
+                    sqlx::query_as("SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn adopt_jwt_kid(&self, kid: &str, audit: &[$crate::domain::audit::NewAuditEvent]) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE root_key_check SET jwt_kid = $1 WHERE id = 1 AND jwt_kid <> $1")
+                    .bind(kid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > 0 {
+                    self.append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn holds_keys(&self) -> $crate::store::StoreResult<bool> {
+                if self.root_key_check().await?.is_some() {
+                    return Ok(true);
+                }
+                for table in ["master_keys", "audit_events"] {
+                    if self.table_exists(table).await? {
+                        let sql = format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT 1) AS t");
+                        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await?;
+                        if n > 0 {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+
+            async fn index_keys(&self, tenant: &str) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
+                     AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version",
+                )
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn customers_to_reindex(
+                &self,
+                tenant: &str,
+                version: i64,
+                after: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::keys::Unindexed>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, pii FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2 \
+                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+                )
+                .bind(tenant)
+                .bind(version)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn retire_index_versions(
+                &self,
+                tenant: &str,
+                newest: i64,
+                now: $crate::clock::Timestamp,
+                audit: &[$crate::domain::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<Option<Vec<i64>>> {
+                let mut tx = self.begin_write().await?;
+                // Customer writes hold a share lock on these rows until they commit: taking the
+                // update lock waits for them, and the check below (a new statement) sees them.
+                sqlx::query(
+                    "UPDATE data_keys SET status = status WHERE tenant_id = $1 AND owner = 'index' \
+                     AND status IN ('active', 'spent')",
+                )
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+                let (behind,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2",
+                )
+                .bind(tenant)
+                .bind(newest)
+                .fetch_one(&mut *tx)
+                .await?;
+                if behind > 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let retired: Vec<(i64,)> = sqlx::query_as(
+                    "UPDATE data_keys SET status = 'retired', retired_at = $3 WHERE tenant_id = $1 AND owner = 'index' \
+                     AND status IN ('active', 'spent') AND version < $2 RETURNING version",
+                )
+                .bind(tenant)
+                .bind(newest)
+                .bind(now.as_micros())
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM customer_lookup WHERE tenant_id = $1 AND (index_version IS NULL OR index_version < $2)",
+                )
+                .bind(tenant)
+                .bind(newest)
+                .execute(&mut *tx)
+                .await?;
+                if !retired.is_empty() {
+                    self.append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                let mut versions: Vec<i64> = retired.into_iter().map(|(v,)| v).collect();
+                versions.sort_unstable();
+                Ok(Some(versions))
+            }
+
+            async fn reindex_customer(
+                &self,
+                tenant: &str,
+                id: &str,
+                pii: &str,
+                lookups: &[$crate::store::CustomerLookup],
+                versions: &[i64],
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                if !Self::index_versions_hold_tx(&mut tx, tenant, versions).await? {
+                    tx.rollback().await?;
+                    return Err($crate::store::StoreError::IndexKeyChanged);
+                }
+                let n = sqlx::query(
+                    "UPDATE customers SET lookup_version = $4 WHERE tenant_id = $1 AND id = $2 AND pii = $3 AND status = 'active'",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(pii)
+                .bind(versions.last().copied().unwrap_or(0))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                sqlx::query("DELETE FROM customer_lookup WHERE tenant_id = $1 AND customer_id = $2")
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_lookups_tx(&mut tx, tenant, id, lookups).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn all_data_keys(&self) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM data_keys ORDER BY tenant_id, owner, id, version")
+                    .fetch_all(&self.pool)
+                    .await?)
             }
         }
     };

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// change's own transaction); nothing was changed.
     #[error("the tenant's last active manager cannot lose the role or be disabled")]
     LastManager,
+    /// The tenant's blind-index key versions changed (an index rotation) between computing a
+    /// customer's blind-index rows and writing them; nothing was changed, recompute and retry.
+    #[error("the tenant's blind-index key changed meanwhile")]
+    IndexKeyChanged,
     /// The actor's credential, status or roles changed after the request was authorised
     /// (re-checked inside the change's own transaction); nothing was changed.
     #[error("the actor is no longer authorised: {0:?}")]
@@ -359,6 +363,8 @@ pub struct CustomerRecord {
 pub struct CustomerLookup {
     pub field: String,
     pub digest: String,
+    /// The index key version the digest was computed under.
+    pub index_version: i64,
 }
 
 /// A rectification of a customer's personal data: the new ciphertext and blind-index rows,
@@ -371,6 +377,9 @@ pub struct Rectification {
     pub expected_pii: Option<String>,
     pub pii: Option<String>,
     pub lookups: Vec<CustomerLookup>,
+    /// The tenant's live index versions the lookups were computed under (oldest first); the
+    /// write is refused with [`StoreError::IndexKeyChanged`] if they changed meanwhile.
+    pub index_versions: Vec<i64>,
     pub now: Timestamp,
 }
 
@@ -455,6 +464,8 @@ pub struct NewCustomer {
     pub pii: Option<String>,
     /// Its blind-index rows, inserted in the same transaction.
     pub lookups: Vec<CustomerLookup>,
+    /// The live index versions the lookups were computed under (see [`Rectification`]).
+    pub index_versions: Vec<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -913,13 +924,13 @@ pub trait Store:
         only: Option<&str>,
         page: &Page,
     ) -> StoreResult<Vec<CustomerRecord>>;
-    /// Customers with a blind-index row `(field, digest)`, newest first; `only` restricts to one
-    /// customer (ownership scope).
+    /// Customers with a blind-index row `(field, digest)` for any of `digests` (one per live
+    /// index key version), newest first; `only` restricts to one customer (ownership scope).
     async fn search_customers(
         &self,
         tenant: &TenantId,
         field: &str,
-        digest: &str,
+        digests: &[String],
         only: Option<&str>,
         page: &Page,
     ) -> StoreResult<Vec<CustomerRecord>>;

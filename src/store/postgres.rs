@@ -108,7 +108,11 @@ impl_store!(
     12_000,
     true
 );
-impl_key_store!(PgStore);
+impl_key_store!(
+    PgStore,
+    " FOR SHARE",
+    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+);
 impl_kyc_store!(PgStore);
 impl_security_store!(PgStore);
 impl_mfa_store!(PgStore);

@@ -200,13 +200,14 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<()> {
                 for l in lookups {
                     sqlx::query(
-                        "INSERT INTO customer_lookup (tenant_id, field, digest, customer_id) VALUES ($1, $2, $3, $4) \
+                        "INSERT INTO customer_lookup (tenant_id, field, digest, customer_id, index_version) VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(tenant)
                     .bind(&l.field)
                     .bind(&l.digest)
                     .bind(customer)
+                    .bind(l.index_version)
                     .execute(&mut **tx)
                     .await?;
                 }
@@ -718,13 +719,18 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("INSERT INTO customers (id, tenant_id, user_id, external_ref, created_at, pii, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $5)")
+                if !Self::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
+                    tx.rollback().await?;
+                    return Err($crate::store::StoreError::IndexKeyChanged);
+                }
+                sqlx::query("INSERT INTO customers (id, tenant_id, user_id, external_ref, created_at, pii, updated_at, lookup_version) VALUES ($1, $2, $3, $4, $5, $6, $5, $7)")
                     .bind(c.id.as_str())
                     .bind(c.tenant_id.as_str())
                     .bind(c.user_id.as_ref().map(|u| u.as_str()))
                     .bind(&c.external_ref)
                     .bind(c.created_at.as_micros())
                     .bind(&c.pii)
+                    .bind(c.index_versions.last().copied().unwrap_or(0))
                     .execute(&mut *tx)
                     .await?;
                 Self::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), c.id.as_str(), &c.lookups).await?;
@@ -771,25 +777,35 @@ macro_rules! impl_store {
                 &self,
                 tenant: &$crate::ids::TenantId,
                 field: &str,
-                digest: &str,
+                digests: &[String],
                 only: Option<&str>,
                 page: &$crate::store::Page,
             ) -> $crate::store::StoreResult<Vec<$crate::store::CustomerRecord>> {
-                Ok(sqlx::query_as(
+                if digests.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One placeholder per live index version (one, or two during an index rotation).
+                let list = (0..digests.len())
+                    .map(|i| format!("${}", i + 6))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
                     "SELECT c.* FROM customers c WHERE c.tenant_id = $1 \
                      AND EXISTS (SELECT 1 FROM customer_lookup l WHERE l.tenant_id = $1 AND l.field = $2 \
-                                 AND l.digest = $3 AND l.customer_id = c.id) \
-                     AND ($4 IS NULL OR c.id = $4) AND ($5 IS NULL OR c.id < $5) \
-                     ORDER BY c.id DESC LIMIT $6",
-                )
-                .bind(tenant.as_str())
-                .bind(field)
-                .bind(digest)
-                .bind(only)
-                .bind(page.starting_after.as_deref())
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
-                .await?)
+                                 AND l.digest IN ({list}) AND l.customer_id = c.id) \
+                     AND ($3 IS NULL OR c.id = $3) AND ($4 IS NULL OR c.id < $4) \
+                     ORDER BY c.id DESC LIMIT $5"
+                );
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .bind(field)
+                    .bind(only)
+                    .bind(page.starting_after.as_deref())
+                    .bind(i64::from(page.limit) + 1);
+                for d in digests {
+                    q = q.bind(d);
+                }
+                Ok(q.fetch_all(&self.pool).await?)
             }
 
             async fn rectify_customer(
@@ -799,10 +815,14 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<$crate::store::RectifyOutcome> {
                 use $crate::store::RectifyOutcome;
                 let mut tx = self.begin_write().await?;
+                if !Self::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
+                    tx.rollback().await?;
+                    return Err($crate::store::StoreError::IndexKeyChanged);
+                }
                 // Compare-and-swap on the ciphertext read: a concurrent rectification or a
                 // re-encryption in between makes this one stale instead of lost.
                 let n = sqlx::query(
-                    "UPDATE customers SET pii = $3, updated_at = $4 \
+                    "UPDATE customers SET pii = $3, updated_at = $4, lookup_version = $6 \
                      WHERE tenant_id = $1 AND id = $2 AND status = 'active' AND COALESCE(pii, '') = $5",
                 )
                 .bind(c.tenant_id.as_str())
@@ -810,6 +830,7 @@ macro_rules! impl_store {
                 .bind(&c.pii)
                 .bind(c.now.as_micros())
                 .bind(c.expected_pii.as_deref().unwrap_or(""))
+                .bind(c.index_versions.last().copied().unwrap_or(0))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -275,7 +275,11 @@ where
 // SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
 // No socket in between: statements may be as large as the parameter limit allows.
 impl_store!(SqliteStore, "sqlite", "", "", usize::MAX, false);
-impl_key_store!(SqliteStore);
+impl_key_store!(
+    SqliteStore,
+    "",
+    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
+);
 impl_kyc_store!(SqliteStore);
 impl_security_store!(SqliteStore);
 impl_mfa_store!(SqliteStore);

@@ -31,6 +31,7 @@ mod encryption;
 mod hygiene;
 mod instances;
 mod invitations;
+mod key_proof;
 mod kyc;
 mod kyc_uploads;
 mod ledger;
