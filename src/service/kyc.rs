@@ -1077,10 +1077,15 @@ async fn submission_view(
     disclose(core, tenant, submission, documents, reader).await
 }
 
-/// A customer's tier and full verification history (documents by metadata only).
+/// A customer's tier and full verification history (documents by metadata only). An erased
+/// customer's KYC no longer exists: 404, on every instance from the erasure's commit (the
+/// status is read from the database on every request, like a session).
 pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerKyc> {
     let tenant = actor.tenant()?;
     let customer = visible_customer(core, actor, id, Permission::KycRead).await?;
+    if customer.status == "erased" {
+        return Err(AppError::NotFound("customer kyc"));
+    }
     let reader = Reader::of(core, actor, Permission::KycRead, &customer.id).await?;
     kyc_history(core, tenant, customer, &reader).await
 }
@@ -1299,6 +1304,7 @@ pub async fn decide(
         core,
         actor,
         ("kyc_submission", &submission.id),
+        Some(&submission.customer_id),
         action,
         code,
         note.as_ref(),
@@ -1367,15 +1373,9 @@ pub async fn download(
         None => None,
     }
     .ok_or(AppError::NotFound("kyc document"))?;
-    // An erased customer's documents never open, even on an instance that still holds the
-    // customer's key in memory.
-    let customer = core
-        .store
-        .kyc_customer(tenant, &doc.meta.customer_id)
-        .await?;
-    if customer.is_none_or(|c| c.status == "erased") {
-        return Err(erased());
-    }
+    // An erased customer's documents no longer exist (the store reads only customers that are
+    // not erased, and the customer's key is checked against its row on every use): 404 on
+    // every instance from the erasure's commit.
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let content = core
         .keyring
