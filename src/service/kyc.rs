@@ -1004,10 +1004,15 @@ pub async fn submit(
     // Consumed one by one: each plaintext is dropped (and zeroed) once sealed.
     for (doc_type, content_type, bytes) in parsed {
         let doc_id = KycDocumentId::generate();
-        let content = core
+        // Erased meanwhile (its key destroyed): the same answer as the store's own check.
+        let content = match core
             .keyring
             .seal(tenant, &owner, col, doc_id.as_str(), &bytes)
-            .await?;
+            .await
+        {
+            Err(e) if e.code() == "key_destroyed" => return Err(erased()),
+            other => other?,
+        };
         events.push(audit.own(
             "kyc.document.upload",
             Some(("kyc_document", doc_id.as_str())),
