@@ -578,7 +578,11 @@ pub async fn session_device_facts(
         (&meta.user_agent, crate::store::keys::SESSION_USER_AGENT),
     ]) {
         if let Some(v) = value {
-            *slot = Some(core.keyring.seal(t, &owner, col, session, v.as_bytes()).await?);
+            *slot = Some(
+                core.keyring
+                    .seal(t, &owner, col, session, v.as_bytes())
+                    .await?,
+            );
         }
     }
     let [ip, user_agent] = sealed;

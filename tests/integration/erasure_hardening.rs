@@ -132,8 +132,14 @@ async fn an_erased_customer_leaves_no_identifier_at_rest_or_in_the_mailbox(app: 
     let token = login.body["access_token"].as_str().unwrap().to_owned();
     // The customer sees its own session's device facts; they are sealed at rest.
     let sessions = app.get("/v1/me/sessions", &token).await;
-    assert_eq!(sessions.body["data"][0]["user_agent"], USER_AGENT, "{sessions:?}");
-    assert_eq!(sessions.body["data"][0]["ip"], "203.0.113.7", "{sessions:?}");
+    assert_eq!(
+        sessions.body["data"][0]["user_agent"], USER_AGENT,
+        "{sessions:?}"
+    );
+    assert_eq!(
+        sessions.body["data"][0]["ip"], "203.0.113.7",
+        "{sessions:?}"
+    );
     assert!(
         !contains(&at_rest(app).await, USER_AGENT),
         "the session's user agent is readable at rest"
@@ -160,7 +166,12 @@ async fn an_erased_customer_leaves_no_identifier_at_rest_or_in_the_mailbox(app: 
     // (SQLite zeroes what it deletes or overwrites, and the WAL is copied back and emptied).
     let bytes = at_rest(app).await;
     assert!(contains(&bytes, &cus), "the check itself works");
-    for canary in [EXTERNAL_REF, login_email.as_str(), PROFILE_EMAIL, USER_AGENT] {
+    for canary in [
+        EXTERNAL_REF,
+        login_email.as_str(),
+        PROFILE_EMAIL,
+        USER_AGENT,
+    ] {
         assert!(!contains(&bytes, canary), "`{canary}` is readable at rest");
     }
     // The mailbox keeps no message to it.
