@@ -10,7 +10,9 @@
 //! or the last attempt marks the message failed. The sealed text is cleared once the message is
 //! sent or failed; `last_error` keeps only the SMTP stage and reply code, never an address or
 //! the server's text. `kasho serve` runs [`deliver_due`] every few seconds. An erasure removes
-//! the mailbox files addressed to the erased customer ([`remove_mailbox_files`]).
+//! the mailbox files addressed to the erased customer ([`remove_mailbox_files`]), and a message
+//! whose recipient no longer has a login in its tenant (an erased customer's, queued before the
+//! erasure) is marked failed instead of delivered.
 //!
 //! The SMTP client is a small RFC 5321 one (EHLO, MAIL, RCPT, DATA with dot-stuffing, QUIT)
 //! with STARTTLS (RFC 3207; required in production, the relay's certificate verified against
@@ -283,6 +285,22 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> Delivery {
         Ok(s) => s,
         Err(_) => return give_up("the sealed message is malformed".into()),
     };
+    // Every message goes to a login of its tenant (an invitation, a reset link). One whose
+    // login has gone since it was queued (an erased customer's, whose address was replaced) is
+    // not sent, nor written to the mailbox: the erasure removed its files, and nothing may
+    // write a new one.
+    if let Ok(to) = crate::domain::values::Email::parse(&sealed.to) {
+        match core.store.find_user_by_email(Some(&tenant), &to).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return give_up("the recipient's login no longer exists".into()),
+            Err(_) => {
+                return Delivery::Retry {
+                    next_attempt_at: core.clock.now().plus_seconds(backoff_seconds(msg.attempts)),
+                    error: "recipient check: storage unavailable".into(),
+                };
+            }
+        }
+    }
     let result = match &settings.smtp {
         Some(target) => send_smtp(target, &settings.from, &sealed.to, &sealed.data)
             .await

@@ -159,8 +159,19 @@ async fn an_erased_customer_leaves_no_identifier_at_rest_or_in_the_mailbox(app: 
         "premise: the reset reached the mailbox"
     );
 
+    // A second reset is still queued when the erasure commits: it never reaches the mailbox.
+    let queued = app
+        .post(
+            "/v1/auth/password-reset",
+            None,
+            json!({ "tenant": t.slug, "email": login_email }),
+        )
+        .await;
+    assert!(queued.status.is_success(), "{queued:?}");
+
     let e = erase(app, &t, &cus).await;
     assert_eq!(e.status, StatusCode::OK, "{e:?}");
+    kasho::service::mail::deliver_due(&app.core).await.unwrap();
 
     // Nothing at rest names the customer any more: not the reference, not its login's email
     // (SQLite zeroes what it deletes or overwrites, and the WAL is copied back and emptied).
