@@ -169,6 +169,17 @@ async fn an_erased_customer_leaves_no_identifier_at_rest_or_in_the_mailbox(app: 
         .await;
     assert!(queued.status.is_success(), "{queued:?}");
 
+    // The profile's blind index (a keyed hash of the email, stored as hex) is at rest until the
+    // erasure deletes it.
+    let tenant = kasho::ids::TenantId::parse(&t.id).unwrap();
+    let digest = app
+        .core
+        .keyring
+        .blind_index(&tenant, "email", PROFILE_EMAIL)
+        .await
+        .unwrap();
+    assert!(contains(&at_rest(app).await, &digest), "premise: indexed");
+
     let e = erase(app, &t, &cus).await;
     assert_eq!(e.status, StatusCode::OK, "{e:?}");
     kasho::service::mail::deliver_due(&app.core).await.unwrap();
@@ -182,6 +193,7 @@ async fn an_erased_customer_leaves_no_identifier_at_rest_or_in_the_mailbox(app: 
         login_email.as_str(),
         PROFILE_EMAIL,
         USER_AGENT,
+        digest.as_str(),
     ] {
         assert!(!contains(&bytes, canary), "`{canary}` is readable at rest");
     }
