@@ -1037,14 +1037,47 @@ pub async fn submit(
         submitted_by: actor.user_id.to_string(),
         submitted_at: now.as_micros(),
     };
+    // The answer is what was written, not a read after the commit: an erasure committed just
+    // after would hide it from every read (it committed first, so it was durable: 201).
+    let metas: Vec<KycDocumentMeta> = docs
+        .iter()
+        .map(|d| KycDocumentMeta {
+            id: d.id.clone(),
+            tenant_id: tenant.to_string(),
+            submission_id: s.id.clone(),
+            customer_id: s.customer_id.clone(),
+            document_type: d.document_type.to_owned(),
+            content_type: d.content_type.to_owned(),
+            size_bytes: d.size_bytes,
+            sha256: d.sha256.clone(),
+            created_at: s.submitted_at,
+        })
+        .collect();
     match core.store.create_kyc_submission(&s, docs, &events).await {
         Ok(true) => {}
         Ok(false) => return Err(erased()),
         Err(StoreError::Conflict { .. }) => return Err(open_submission()),
         Err(e) => return Err(e.into()),
     }
+    let record = KycSubmissionRecord {
+        id: s.id,
+        tenant_id: tenant.to_string(),
+        customer_id: s.customer_id,
+        requested_tier: s.requested_tier,
+        tier_at_submission: s.tier_at_submission,
+        status: "submitted".into(),
+        submitted_by: s.submitted_by,
+        submitted_at: s.submitted_at,
+        tier_after: None,
+        reason: None,
+        reason_code: None,
+        customer_code: None,
+        note_id: None,
+        decided_by: None,
+        decided_at: None,
+    };
     let reader = Reader::of(core, actor, Permission::KycSubmit, &customer.id).await?;
-    submission_view(core, tenant, id.as_str(), &reader).await
+    disclose(core, tenant, record, metas, &reader).await
 }
 
 /// Opens the sealed free-text reason of a decision made before reasons became codes. Once the
