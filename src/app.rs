@@ -289,6 +289,18 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not check users for forbidden pairs of roles"),
     }
+    // Identifiers stored in clear before they were sealed (customers' external references):
+    // sealed under each customer's key, so an erasure shreds them (issue 14).
+    match crate::service::privacy::seal_legacy_identifiers(&core).await {
+        Ok(n) if n > 0 => tracing::info!(
+            sealed = n,
+            "customers' external references sealed under their own keys"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not seal legacy external references; retried at the next start")
+        }
+    }
     let app = crate::http::router(core.clone(), config.max_body_bytes);
     spawn_retention(core.clone(), &config);
     spawn_mail_delivery(core.clone());

@@ -151,6 +151,10 @@ impl From<StoreError> for AppError {
             },
             StoreError::Database(msg) => AppError::Internal(msg),
             StoreError::Unavailable(msg) => AppError::StorageUnavailable(msg),
+            StoreError::CustomerErased => AppError::Unprocessable {
+                code: "customer_erased",
+                message: "this customer has been erased".into(),
+            },
             StoreError::LastManager => AppError::Unprocessable {
                 code: "last_manager",
                 message: "this is the tenant's last active MANAGER: it cannot lose the role or \

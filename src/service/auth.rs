@@ -263,14 +263,25 @@ pub async fn issue_session(
         .min(core.settings.refresh_token_ttl_seconds);
     let session_expires = now.plus_seconds(lifetime);
     let (refresh, refresh_row) = new_refresh(&session_id, tenant_id, now, session_expires)?;
+    let user_id = UserId::from_trusted(user.id.clone());
+    // A customer's device facts are sealed under its key (issue 14).
+    let (ip, user_agent) = super::privacy::session_device_facts(
+        core,
+        meta,
+        tenant_id,
+        &user_id,
+        &roles,
+        session_id.as_str(),
+    )
+    .await?;
     let session = NewSession {
         id: session_id.clone(),
         tenant_id: tenant_id.cloned(),
-        user_id: UserId::from_trusted(user.id.clone()),
+        user_id,
         created_at: now,
         expires_at: session_expires,
-        ip: meta.ip.clone(),
-        user_agent: meta.user_agent.clone(),
+        ip,
+        user_agent,
     };
     let ev = audit.event(
         tenant_id,
@@ -551,7 +562,11 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
     let touched_recently = view.last_used_at.is_some_and(|t| {
         Timestamp::from_micros(t).plus_seconds(SESSION_TOUCH_INTERVAL_SECONDS) > now
     });
-    let moved = meta.ip.is_some() && meta.ip != view.last_ip;
+    // A customer's address is compared and written as a keyed hash (issue 14).
+    let tenant = view.tenant_id.clone().map(TenantId::from_trusted);
+    let address =
+        super::privacy::session_address(core, tenant.as_ref(), &roles, meta.ip.as_deref()).await?;
+    let moved = address.is_some() && address != view.last_ip;
     if (!touched_recently || moved)
         && let Err(e) = core
             .store
@@ -559,7 +574,7 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
                 &sid,
                 now,
                 SESSION_TOUCH_INTERVAL_SECONDS,
-                meta.ip.as_deref(),
+                address.as_deref(),
             )
             .await
     {

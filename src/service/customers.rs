@@ -2,8 +2,8 @@
 //! search through blind indexes, and rectification.
 //!
 //! A customer's [`CustomerProfile`] is one JSON value sealed under the customer's own data key
-//! (`customers.pii`, AAD row = the customer id), so erasing the customer's key erases it
-//! everywhere. Its email, phone and national identifiers are also stored as blind indexes in
+//! (`customers.pii`, AAD row = the customer id), and so is its external reference
+//! (`customers.external_ref`), so erasing the customer's key erases both everywhere. Its email, phone and national identifiers are also stored as blind indexes in
 //! `customer_lookup` (HMAC under the tenant's per-field index key), which is how
 //! `GET /v1/customers?email=…` finds a customer without decrypting anyone.
 //!
@@ -27,7 +27,7 @@ use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
 use crate::ids::{CustomerId, TenantId, UserId};
 use crate::service::keys::{IndexRotation, KeyOwner, Keyring};
-use crate::store::keys::CUSTOMER_PII;
+use crate::store::keys::{CUSTOMER_EXTERNAL_REF, CUSTOMER_PII};
 use crate::store::{
     CustomerLookup, CustomerRecord, NewCustomer, Page, Rectification, RectifyOutcome, StoreError,
 };
@@ -119,13 +119,62 @@ async fn seal(
         .await
 }
 
-/// Opens a record's personal data. It must be a ciphertext sealed for this very row: one copied
-/// from another customer's row (or anything else) fails, as an internal error that names only
-/// the row.
-async fn open(core: &Core, record: &CustomerRecord) -> AppResult<Option<CustomerProfile>> {
+/// Seals a customer's external reference under its own data key (it can name the person in
+/// the integrator's systems: erasure must shred it like the profile).
+pub(super) async fn seal_external_ref(
+    core: &Core,
+    tenant: &TenantId,
+    id: &str,
+    external_ref: &str,
+) -> AppResult<String> {
+    core.keyring
+        .seal(
+            tenant,
+            &KeyOwner::Customer(id.to_owned()),
+            CUSTOMER_EXTERNAL_REF,
+            id,
+            external_ref.as_bytes(),
+        )
+        .await
+}
+
+/// The stored external reference opened (a value written before it was sealed reads as it
+/// is); `None` for an erased customer or one whose key is destroyed.
+pub(super) async fn open_external_ref(
+    core: &Core,
+    tenant: &str,
+    id: &str,
+    stored: Option<&str>,
+) -> AppResult<Option<String>> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    match core
+        .keyring
+        .open_text(&CUSTOMER_EXTERNAL_REF.at(tenant, id), stored)
+        .await
+    {
+        Ok(text) => Ok(Some(text.to_string())),
+        Err(e) if e.code() == "key_destroyed" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens a record's personal data, and its external reference in place. It must be a
+/// ciphertext sealed for this very row: one copied from another customer's row (or anything
+/// else) fails, as an internal error that names only the row.
+async fn open(core: &Core, record: &mut CustomerRecord) -> AppResult<Option<CustomerProfile>> {
     if record.status == "erased" {
+        record.external_ref = None;
         return Ok(None);
     }
+    record.external_ref = open_external_ref(
+        core,
+        &record.tenant_id,
+        &record.id,
+        record.external_ref.as_deref(),
+    )
+    .await?;
     let Some(stored) = &record.pii else {
         return Ok(None);
     };
@@ -291,8 +340,8 @@ async fn details(
     let audit = AuditBuilder::new(core, meta, Some(actor));
     let mut out = Vec::with_capacity(records.len());
     let mut reads = Vec::new();
-    for record in records {
-        let profile = open(core, &record).await?;
+    for mut record in records {
+        let profile = open(core, &mut record).await?;
         let own = is_own(actor, &record);
         let revealed = profile.is_some() && (own || (unmasked && may_unmask));
         if revealed {
@@ -362,13 +411,17 @@ pub async fn create(
         Some(p) => Some(seal(core, tenant, id.as_str(), p).await?),
         None => None,
     };
+    let external_ref = match &input.external_ref {
+        Some(r) => Some(seal_external_ref(core, tenant, id.as_str(), r).await?),
+        None => None,
+    };
     let fields = CustomerProfile::changed_fields(None, profile.as_ref());
     let reason = (!fields.is_empty()).then(|| format!("personal data: {}", fields.join(",")));
     let mut c = NewCustomer {
         id: id.clone(),
         tenant_id: tenant.clone(),
         user_id: user,
-        external_ref: input.external_ref,
+        external_ref,
         created_at: core.clock.now(),
         pii,
         lookups: Vec::new(),
@@ -402,11 +455,12 @@ pub async fn create(
             Err(e) => return Err(e.into()),
         }
     }
-    let record = core
+    let mut record = core
         .store
         .get_customer(tenant, id.as_str())
         .await?
         .ok_or(AppError::NotFound("customer"))?;
+    record.external_ref = input.external_ref;
     // The answer is masked like any read: the full values are one audited read away.
     Ok(CustomerDetails {
         record,
@@ -644,7 +698,7 @@ pub async fn rectify(
         return Err(AppError::NotFound("customer"));
     }
     for _ in 0..RECTIFY_ATTEMPTS {
-        let record = core
+        let mut record = core
             .store
             .get_customer(tenant, id)
             .await?
@@ -652,7 +706,7 @@ pub async fn rectify(
         if record.status == "erased" {
             return Err(customer_erased());
         }
-        let current = open(core, &record).await?;
+        let current = open(core, &mut record).await?;
         let next = changes
             .apply(current.as_ref(), core.clock.now())
             .map_err(field_error)?;
@@ -699,7 +753,14 @@ pub async fn rectify(
             other => other?,
         };
         match outcome {
-            RectifyOutcome::Updated(record) => {
+            RectifyOutcome::Updated(mut record) => {
+                record.external_ref = open_external_ref(
+                    core,
+                    &record.tenant_id,
+                    &record.id,
+                    record.external_ref.as_deref(),
+                )
+                .await?;
                 return Ok(CustomerDetails {
                     record: *record,
                     profile: next,

@@ -72,7 +72,9 @@ impl KeyOwner {
 }
 
 /// An unwrapped data key version and when its row was last read.
-type CachedKey = (Arc<DataKey>, crate::clock::Timestamp);
+/// An unwrapped data key version, when its row was last read, and whether it is a data
+/// subject's (a customer's) key.
+type CachedKey = (Arc<DataKey>, crate::clock::Timestamp, bool);
 
 /// An active key version with encryptions reserved for this process.
 struct Active {
@@ -99,8 +101,9 @@ pub struct Keyring {
     rotate_after: i64,
     keks: RwLock<HashMap<i64, KeyBytes>>,
     /// Unwrapped data key versions and when their row was last read: after
-    /// [`ACTIVE_TTL_SECONDS`] the row is read again, so a key destroyed by another instance (an
-    /// erasure) stops opening here within that time.
+    /// [`ACTIVE_TTL_SECONDS`] the row is read again. A customer's key (destroyed by an erasure,
+    /// possibly on another instance) has its row read on every opening, so it stops opening
+    /// everywhere as soon as the erasure commits; the cache only saves the unwrapping.
     deks: RwLock<HashMap<(String, i64), CachedKey>>,
     active: Mutex<HashMap<(String, String), Active>>,
     /// One refill at a time: when a block runs out under load, one task reserves the next
@@ -323,18 +326,22 @@ impl Keyring {
     // ------------------------------------------------------------ data keys
 
     /// A cached data key version whose row was read within the TTL.
-    fn cached_dek(&self, id: &str, version: i64) -> Option<Arc<DataKey>> {
+    fn cached_dek(&self, id: &str, version: i64) -> Option<(Arc<DataKey>, bool)> {
         let now = self.clock.now();
         let m = self.deks.read().ok()?;
-        let (k, at) = m.get(&(id.to_owned(), version))?;
-        (at.plus_seconds(ACTIVE_TTL_SECONDS) > now).then(|| k.clone())
+        let (k, at, subject) = m.get(&(id.to_owned(), version))?;
+        (at.plus_seconds(ACTIVE_TTL_SECONDS) > now).then(|| (k.clone(), *subject))
     }
 
-    fn cache_dek(&self, dek: &Arc<DataKey>) {
+    fn cache_dek(&self, dek: &Arc<DataKey>, owner: &str) {
         if let Ok(mut m) = self.deks.write() {
             m.insert(
                 (dek.id.clone(), dek.version),
-                (dek.clone(), self.clock.now()),
+                (
+                    dek.clone(),
+                    self.clock.now(),
+                    owner.starts_with("customer:"),
+                ),
             );
         }
     }
@@ -351,7 +358,7 @@ impl Keyring {
                 message: "the data key for this record no longer exists".into(),
             });
         };
-        if let Some(k) = self.cached_dek(&r.id, r.version) {
+        if let Some((k, _)) = self.cached_dek(&r.id, r.version) {
             return Ok(k);
         }
         let kek = self.kek(r.kek_version).await?;
@@ -366,7 +373,7 @@ impl Keyring {
             version: r.version,
             key,
         });
-        self.cache_dek(&dek);
+        self.cache_dek(&dek, &r.owner);
         Ok(dek)
     }
 
@@ -419,7 +426,7 @@ impl Keyring {
             Err(e) => return Err(e.into()),
         }
         let dek = Arc::new(DataKey { id, version, key });
-        self.cache_dek(&dek);
+        self.cache_dek(&dek, owner);
         Ok(Some(dek))
     }
 
@@ -587,8 +594,12 @@ impl Keyring {
         let header = Header::parse(ciphertext).map_err(internal)?;
         let cached = self.cached_dek(header.key_id, header.version);
         let key = match cached {
-            Some(k) => k,
-            None => {
+            // A data subject's key is checked against its row on every use (one primary-key
+            // read, as a session is on every request): an erasure committed by any instance
+            // stops it opening here at once. `open_dek` reuses the unwrapped key while the row
+            // still holds it.
+            Some((k, false)) => k,
+            _ => {
                 let r = self
                     .store
                     .data_key(header.key_id, header.version)

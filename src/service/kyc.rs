@@ -1004,10 +1004,15 @@ pub async fn submit(
     // Consumed one by one: each plaintext is dropped (and zeroed) once sealed.
     for (doc_type, content_type, bytes) in parsed {
         let doc_id = KycDocumentId::generate();
-        let content = core
+        // Erased meanwhile (its key destroyed): the same answer as the store's own check.
+        let content = match core
             .keyring
             .seal(tenant, &owner, col, doc_id.as_str(), &bytes)
-            .await?;
+            .await
+        {
+            Err(e) if e.code() == "key_destroyed" => return Err(erased()),
+            other => other?,
+        };
         events.push(audit.own(
             "kyc.document.upload",
             Some(("kyc_document", doc_id.as_str())),
@@ -1032,14 +1037,47 @@ pub async fn submit(
         submitted_by: actor.user_id.to_string(),
         submitted_at: now.as_micros(),
     };
+    // The answer is what was written, not a read after the commit: an erasure committed just
+    // after would hide it from every read (it committed first, so it was durable: 201).
+    let metas: Vec<KycDocumentMeta> = docs
+        .iter()
+        .map(|d| KycDocumentMeta {
+            id: d.id.clone(),
+            tenant_id: tenant.to_string(),
+            submission_id: s.id.clone(),
+            customer_id: s.customer_id.clone(),
+            document_type: d.document_type.to_owned(),
+            content_type: d.content_type.to_owned(),
+            size_bytes: d.size_bytes,
+            sha256: d.sha256.clone(),
+            created_at: s.submitted_at,
+        })
+        .collect();
     match core.store.create_kyc_submission(&s, docs, &events).await {
         Ok(true) => {}
         Ok(false) => return Err(erased()),
         Err(StoreError::Conflict { .. }) => return Err(open_submission()),
         Err(e) => return Err(e.into()),
     }
+    let record = KycSubmissionRecord {
+        id: s.id,
+        tenant_id: tenant.to_string(),
+        customer_id: s.customer_id,
+        requested_tier: s.requested_tier,
+        tier_at_submission: s.tier_at_submission,
+        status: "submitted".into(),
+        submitted_by: s.submitted_by,
+        submitted_at: s.submitted_at,
+        tier_after: None,
+        reason: None,
+        reason_code: None,
+        customer_code: None,
+        note_id: None,
+        decided_by: None,
+        decided_at: None,
+    };
     let reader = Reader::of(core, actor, Permission::KycSubmit, &customer.id).await?;
-    submission_view(core, tenant, id.as_str(), &reader).await
+    disclose(core, tenant, record, metas, &reader).await
 }
 
 /// Opens the sealed free-text reason of a decision made before reasons became codes. Once the
@@ -1077,10 +1115,15 @@ async fn submission_view(
     disclose(core, tenant, submission, documents, reader).await
 }
 
-/// A customer's tier and full verification history (documents by metadata only).
+/// A customer's tier and full verification history (documents by metadata only). An erased
+/// customer's KYC no longer exists: 404, on every instance from the erasure's commit (the
+/// status is read from the database on every request, like a session).
 pub async fn customer_kyc(core: &Core, actor: &Principal, id: &str) -> AppResult<CustomerKyc> {
     let tenant = actor.tenant()?;
     let customer = visible_customer(core, actor, id, Permission::KycRead).await?;
+    if customer.status == "erased" {
+        return Err(AppError::NotFound("customer kyc"));
+    }
     let reader = Reader::of(core, actor, Permission::KycRead, &customer.id).await?;
     kyc_history(core, tenant, customer, &reader).await
 }
@@ -1299,6 +1342,7 @@ pub async fn decide(
         core,
         actor,
         ("kyc_submission", &submission.id),
+        Some(&submission.customer_id),
         action,
         code,
         note.as_ref(),
@@ -1367,15 +1411,9 @@ pub async fn download(
         None => None,
     }
     .ok_or(AppError::NotFound("kyc document"))?;
-    // An erased customer's documents never open, even on an instance that still holds the
-    // customer's key in memory.
-    let customer = core
-        .store
-        .kyc_customer(tenant, &doc.meta.customer_id)
-        .await?;
-    if customer.is_none_or(|c| c.status == "erased") {
-        return Err(erased());
-    }
+    // An erased customer's documents no longer exist (the store reads only customers that are
+    // not erased, and the customer's key is checked against its row on every use): 404 on
+    // every instance from the erasure's commit.
     let col = crate::store::keys::KYC_DOCUMENT_CONTENT;
     let content = core
         .keyring

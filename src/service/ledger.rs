@@ -471,6 +471,9 @@ pub async fn set_status(
                 core,
                 actor,
                 ("account", &account.id),
+                // An account's freeze or closure note is an AML record the tenant keeps after
+                // an erasure: under the tenant's key (docs/SECURITY.md, Tipping off).
+                None,
                 action,
                 c,
                 note.as_ref(),

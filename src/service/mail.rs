@@ -9,7 +9,10 @@
 //! 2 min, … capped at 1 h) up to `mail_max_attempts`; a permanent refusal (an SMTP 5xx reply)
 //! or the last attempt marks the message failed. The sealed text is cleared once the message is
 //! sent or failed; `last_error` keeps only the SMTP stage and reply code, never an address or
-//! the server's text. `kasho serve` runs [`deliver_due`] every few seconds.
+//! the server's text. `kasho serve` runs [`deliver_due`] every few seconds. An erasure removes
+//! the mailbox files addressed to the erased customer ([`remove_mailbox_files`]), and a message
+//! whose recipient no longer has a login in its tenant (an erased customer's, queued before the
+//! erasure) is marked failed instead of delivered.
 //!
 //! The SMTP client is a small RFC 5321 one (EHLO, MAIL, RCPT, DATA with dot-stuffing, QUIT)
 //! with STARTTLS (RFC 3207; required in production, the relay's certificate verified against
@@ -282,6 +285,22 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> Delivery {
         Ok(s) => s,
         Err(_) => return give_up("the sealed message is malformed".into()),
     };
+    // Every message goes to a login of its tenant (an invitation, a reset link). One whose
+    // login has gone since it was queued (an erased customer's, whose address was replaced) is
+    // not sent, nor written to the mailbox: the erasure removed its files, and nothing may
+    // write a new one.
+    if let Ok(to) = crate::domain::values::Email::parse(&sealed.to) {
+        match core.store.find_user_by_email(Some(&tenant), &to).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return give_up("the recipient's login no longer exists".into()),
+            Err(_) => {
+                return Delivery::Retry {
+                    next_attempt_at: core.clock.now().plus_seconds(backoff_seconds(msg.attempts)),
+                    error: "recipient check: storage unavailable".into(),
+                };
+            }
+        }
+    }
     let result = match &settings.smtp {
         Some(target) => send_smtp(target, &settings.from, &sealed.to, &sealed.data)
             .await
@@ -304,6 +323,58 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> Delivery {
             }
         }
     }
+}
+
+/// Removes the development mailbox's messages addressed to any of `addresses` (lower-cased):
+/// what an erasure calls once it has committed, so no `.eml` file keeps an erased customer's
+/// address or links. Only the `To:` header of each file is compared; a file that cannot be
+/// read is left (and logged). Does nothing when mail goes to SMTP (nothing is kept here then).
+pub async fn remove_mailbox_files(core: &Core, addresses: &[String]) {
+    if addresses.is_empty() {
+        return;
+    }
+    let dir = core.settings.mail.mailbox_dir.clone();
+    let wanted: Vec<String> = addresses.iter().map(|a| format!("<{a}>")).collect();
+    let removed = tokio::task::spawn_blocking(move || remove_addressed(&dir, &wanted)).await;
+    match removed {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::info!(removed = n, "mailbox files of an erased customer removed")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.kind(), "could not clean the mailbox after an erasure")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not clean the mailbox after an erasure"),
+    }
+}
+
+fn remove_addressed(dir: &std::path::Path, wanted: &[String]) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        // The header block ends at the first empty line.
+        let to = text
+            .split("\r\n")
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix("To: "))
+            .map(str::to_ascii_lowercase);
+        if to.is_some_and(|t| wanted.iter().any(|w| t.trim() == w)) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes `<dir>/<id>.eml` (mode 0600 in a 0700 directory), atomically by renaming.

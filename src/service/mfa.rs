@@ -314,6 +314,18 @@ pub async fn begin_challenge(
 ) -> Result<LoginResult, Audited> {
     let now = core.clock.now();
     let token = random_token().map_err(|e| Audited(AppError::internal(e)))?;
+    // A customer's device facts are its personal data: its challenge keeps none (nothing reads
+    // them; the session the code opens keeps them sealed under the customer's key, issue 14).
+    let roles = crate::domain::authz::roles_from_storage(&user.roles);
+    let customer = !roles.is_empty()
+        && roles
+            .iter()
+            .all(|r| *r == crate::domain::authz::Role::Customer);
+    let (ip, user_agent) = if customer {
+        (None, None)
+    } else {
+        (meta.ip.clone(), meta.user_agent.clone())
+    };
     let record = MfaChallengeRecord {
         token_hash: sha256_hex(token.as_bytes()),
         user_id: user.id.clone(),
@@ -322,8 +334,8 @@ pub async fn begin_challenge(
         expires_at: now.plus_seconds(CHALLENGE_TTL_SECONDS).as_micros(),
         used_at: None,
         failures: 0,
-        ip: meta.ip.clone(),
-        user_agent: meta.user_agent.clone(),
+        ip,
+        user_agent,
     };
     let audit = AuditBuilder::new(core, meta, None);
     let ev = crate::domain::audit::NewAuditEvent {

@@ -12,6 +12,10 @@
 //!   every version of the customer's data key loses its key material, the personal data and
 //!   external reference are cleared and the linked login is pseudonymised, disabled and signed
 //!   out. Ledger rows stay, under the customer's and accounts' random ids (the pseudonyms).
+//!   Staff notes about the customer lose their text, and the development mailbox's files
+//!   addressed to the customer (or its login) are removed once the erasure has committed.
+//!   Erasure and every creation for the customer serialise on the customer's row
+//!   (`lock_customer_tx` in the store), so nothing is created for an erased customer.
 //!   When the linked login holds a staff role too (staff who bank with their employer), the
 //!   erasure only unlinks it and takes away its CUSTOMER role; whoever erases must be able to
 //!   manage that user directly (`users:write`, and every permission of its roles), or the
@@ -165,9 +169,16 @@ pub async fn export(
     actor: &Principal,
     id: &str,
 ) -> AppResult<CustomerExport> {
-    let customer = reachable_customer(core, actor, id, Permission::CustomersExport).await?;
+    let mut customer = reachable_customer(core, actor, id, Permission::CustomersExport).await?;
     let tenant = actor.tenant()?;
     let mut truncated = Vec::new();
+    customer.external_ref = super::customers::open_external_ref(
+        core,
+        tenant.as_str(),
+        &customer.id,
+        customer.external_ref.as_deref(),
+    )
+    .await?;
 
     let profile = match customer.pii.as_deref() {
         None => None,
@@ -360,17 +371,27 @@ pub async fn erase(
     )];
     // What happens to the linked login is decided on its roles as read here; the store erases
     // only if they are still these.
-    let linked = match &customer.user_id {
-        Some(u) => core
-            .store
-            .get_user(Some(tenant), &UserId::from_trusted(u.clone()))
-            .await?
-            .map(|u| LinkedUser {
-                id: u.id,
-                roles: u.roles,
-            }),
+    let linked_user = match &customer.user_id {
+        Some(u) => {
+            core.store
+                .get_user(Some(tenant), &UserId::from_trusted(u.clone()))
+                .await?
+        }
         None => None,
     };
+    // The addresses whose development mailbox files go with the erasure: the profile's email
+    // and the linked login's (unless it is a staff login, which stays).
+    let mut addresses = profile_email(core, tenant, &customer).await;
+    let linked = linked_user.map(|u| {
+        let l = LinkedUser {
+            id: u.id,
+            roles: u.roles,
+        };
+        if !l.is_staff() {
+            addresses.push(u.email.to_ascii_lowercase());
+        }
+        l
+    });
     if let Some(l) = &linked {
         if l.is_staff() {
             check_may_manage(actor, l)?;
@@ -403,6 +424,7 @@ pub async fn erase(
             lookups_deleted,
         } => {
             core.keyring.forget(tenant, &owner);
+            super::mail::remove_mailbox_files(core, &addresses).await;
             Ok(ErasureReport {
                 customer_id: customer.id,
                 erased_at: now,
@@ -437,6 +459,184 @@ pub async fn erase(
                       erased, try again"
                 .into(),
         }),
+    }
+}
+
+/// The email of `customer`'s profile, lower-cased, if it has one that still opens.
+async fn profile_email(
+    core: &Core,
+    tenant: &TenantId,
+    customer: &CustomerPrivacyRecord,
+) -> Vec<String> {
+    let Some(stored) = customer.pii.as_deref() else {
+        return Vec::new();
+    };
+    let ctx = crate::store::keys::CUSTOMER_PII.at(tenant.as_str(), &customer.id);
+    let Ok(text) = core.keyring.open_text(&ctx, stored).await else {
+        return Vec::new();
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("email").and_then(|e| e.as_str()).map(str::to_owned))
+        .map(|e| vec![e.to_ascii_lowercase()])
+        .unwrap_or_default()
+}
+
+/// Seals, under each customer's own data key, the identifiers stored in clear before issue 14
+/// (customers' external references). Runs at every start (`kasho serve`); a value rewritten
+/// meanwhile is left as it is (compare-and-swap). Returns how many values it sealed.
+pub async fn seal_legacy_identifiers(core: &Core) -> AppResult<u64> {
+    let col = crate::store::keys::CUSTOMER_EXTERNAL_REF;
+    let mut sealed = 0u64;
+    let mut after_tenant: Option<String> = None;
+    loop {
+        let page = Page {
+            limit: PAGE,
+            starting_after: after_tenant.clone(),
+        };
+        let tenants = core.store.list_tenants(&page).await?;
+        let more = tenants.len() > PAGE as usize;
+        for t in tenants.into_iter().take(PAGE as usize) {
+            after_tenant = Some(t.id.clone());
+            let tenant = TenantId::from_trusted(t.id.clone());
+            let mut after: Option<String> = None;
+            loop {
+                let batch = core
+                    .store
+                    .encrypted_values(col, tenant.as_str(), None, after.as_deref(), 100)
+                    .await?;
+                let Some(last) = batch.last() else { break };
+                after = Some(last.row_key.clone());
+                for v in &batch {
+                    let ciphertext = match super::customers::seal_external_ref(
+                        core, &tenant, &v.row_key, &v.stored,
+                    )
+                    .await
+                    {
+                        Ok(c) => c,
+                        // An erased customer keeps no reference: nothing to seal.
+                        Err(e) if e.code() == "key_destroyed" => continue,
+                        Err(e) => return Err(e),
+                    };
+                    if core
+                        .store
+                        .replace_encrypted(col, tenant.as_str(), &v.row_key, &v.stored, &ciphertext)
+                        .await?
+                    {
+                        sealed += 1;
+                    }
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(sealed)
+}
+
+// ---------------------------------------------------------------- a customer's sessions
+
+/// The customer whose data subject a session of `user` belongs to: a login holding only the
+/// CUSTOMER role and linked to a customer record. Its sessions' device facts are the
+/// customer's personal data: sealed under its key, or kept as a keyed hash.
+async fn session_subject(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    user: &UserId,
+    roles: &[crate::domain::authz::Role],
+) -> AppResult<Option<String>> {
+    let customer_only = !roles.is_empty()
+        && roles
+            .iter()
+            .all(|r| *r == crate::domain::authz::Role::Customer);
+    match tenant {
+        Some(t) if customer_only => Ok(core.store.customer_for_user(t, user).await?.map(|c| c.id)),
+        _ => Ok(None),
+    }
+}
+
+/// The sign-in address and user agent to store for a new session `session` of `user`: sealed
+/// under the customer's key for a customer's login (so an erasure shreds them in every copy of
+/// the database), as they are for staff.
+pub async fn session_device_facts(
+    core: &Core,
+    meta: &RequestMeta,
+    tenant: Option<&TenantId>,
+    user: &UserId,
+    roles: &[crate::domain::authz::Role],
+    session: &str,
+) -> AppResult<(Option<String>, Option<String>)> {
+    let (Some(t), Some(customer)) = (tenant, session_subject(core, tenant, user, roles).await?)
+    else {
+        return Ok((meta.ip.clone(), meta.user_agent.clone()));
+    };
+    let owner = KeyOwner::Customer(customer);
+    let mut sealed = [None, None];
+    for (slot, (value, col)) in sealed.iter_mut().zip([
+        (&meta.ip, crate::store::keys::SESSION_IP),
+        (&meta.user_agent, crate::store::keys::SESSION_USER_AGENT),
+    ]) {
+        if let Some(v) = value {
+            *slot = Some(
+                core.keyring
+                    .seal(t, &owner, col, session, v.as_bytes())
+                    .await?,
+            );
+        }
+    }
+    let [ip, user_agent] = sealed;
+    Ok((ip, user_agent))
+}
+
+/// The form in which a request's address is compared with, and written as, a session's last
+/// address: for a session of a login holding only the CUSTOMER role, a keyed hash under the
+/// tenant's index key (`h1.` and hex; no clear address of a customer is stored); as it is
+/// otherwise (the staff allow-list needs the address itself).
+pub async fn session_address(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    roles: &[crate::domain::authz::Role],
+    ip: Option<&str>,
+) -> AppResult<Option<String>> {
+    let customer_only = !roles.is_empty()
+        && roles
+            .iter()
+            .all(|r| *r == crate::domain::authz::Role::Customer);
+    match (tenant, ip) {
+        (Some(t), Some(ip)) if customer_only => Ok(Some(format!(
+            "h1.{}",
+            core.keyring.blind_index(t, "session_ip", ip).await?
+        ))),
+        _ => Ok(ip.map(str::to_owned)),
+    }
+}
+
+/// Opens a session's stored address or user agent for its owner's list: a sealed value under
+/// its customer's key (absent once the key is destroyed), a keyed hash as absent, a clear value
+/// as it is.
+pub async fn open_session_fact(
+    core: &Core,
+    tenant: Option<&str>,
+    session: &str,
+    col: crate::store::keys::EncryptedColumn,
+    stored: Option<String>,
+) -> AppResult<Option<String>> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    if stored.starts_with("h1.") {
+        return Ok(None);
+    }
+    let Some(t) = tenant else {
+        return Ok(Some(stored));
+    };
+    match core.keyring.open_text(&col.at(t, session), &stored).await {
+        Ok(text) => Ok(Some(text.to_string())),
+        Err(e @ AppError::StorageUnavailable(_)) => Err(e),
+        // The key destroyed (an erasure), or a staff session's clear user agent that merely
+        // looks like a ciphertext: nothing to show.
+        Err(_) => Ok(None),
     }
 }
 
@@ -495,6 +695,7 @@ pub async fn set_restriction(
         core,
         actor,
         ("customer", &customer.id),
+        Some(&customer.id),
         action,
         reason,
         note.as_ref(),

@@ -402,7 +402,28 @@ pub async fn list_sessions(
             page,
         )
         .await?;
-    Ok(Listed::from_rows(rows, page))
+    let mut listed = Listed::from_rows(rows, page);
+    // A customer's sessions keep their device facts sealed under its key (issue 14).
+    for s in &mut listed.data {
+        let tenant = s.tenant_id.clone();
+        s.ip = super::privacy::open_session_fact(
+            core,
+            tenant.as_deref(),
+            &s.id,
+            crate::store::keys::SESSION_IP,
+            s.ip.take(),
+        )
+        .await?;
+        s.user_agent = super::privacy::open_session_fact(
+            core,
+            tenant.as_deref(),
+            &s.id,
+            crate::store::keys::SESSION_USER_AGENT,
+            s.user_agent.take(),
+        )
+        .await?;
+    }
+    Ok(listed)
 }
 
 /// Ends one of the caller's sessions (its own current one included).

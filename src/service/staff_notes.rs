@@ -1,9 +1,11 @@
 //! Staff-only notes and what a customer may be shown (tipping off).
 //!
 //! A staff action that carries a reason takes a code from a fixed list
-//! (`domain::reasons`) and, optionally, a note: free text sealed here under the tenant's data
-//! key and written in the action's own transaction. The audit chain records the code and the
-//! note's id, never its text. A note is read back only through [`get`] and [`list`], by a
+//! (`domain::reasons`) and, optionally, a note: free text sealed here (under the customer's data
+//! key when it is about the customer or its KYC submission, so erasure shreds it; under the
+//! tenant's for an account's freeze or closure, an AML record the tenant keeps) and written in
+//! the action's own transaction. The audit chain records the code and the note's id, never its
+//! text. A note is read back only through [`get`] and [`list`], by a
 //! caller holding `staff_notes:read` (the route table checks it), and every read is audited.
 //!
 //! [`customer_facing`] decides whether a read is the customer's own view: under the `Own`
@@ -31,11 +33,14 @@ pub fn parse_note(raw: Option<&str>) -> AppResult<Option<StaffNote>> {
 }
 
 /// Seals `note` for `action` on `target` (`(type, id)`) by `actor`: the row its action's
-/// transaction inserts. `None` when there is no note.
+/// transaction inserts. `None` when there is no note. A note about a data subject (`subject`:
+/// the customer id) is sealed under that customer's data key, so erasing the customer shreds it
+/// in every copy of the database; other notes under the tenant's key.
 pub async fn seal(
     core: &Core,
     actor: &Principal,
     target: (&'static str, &str),
+    subject: Option<&str>,
     action: &'static str,
     reason_code: &'static str,
     note: Option<&StaffNote>,
@@ -45,11 +50,12 @@ pub async fn seal(
     };
     let tenant = actor.tenant()?;
     let id = StaffNoteId::generate();
+    let owner = subject.map_or(KeyOwner::Tenant, |c| KeyOwner::Customer(c.to_owned()));
     let sealed = core
         .keyring
         .seal(
             tenant,
-            &KeyOwner::Tenant,
+            &owner,
             STAFF_NOTE,
             id.as_str(),
             note.expose().as_bytes(),
@@ -82,12 +88,25 @@ impl std::fmt::Debug for OpenedNote {
     }
 }
 
-async fn open(core: &Core, tenant: &TenantId, record: StaffNoteRecord) -> AppResult<OpenedNote> {
-    let text = core
+/// Opens a note; `None` when its customer was erased (its key destroyed): such a note no longer
+/// exists for any reader.
+async fn open(
+    core: &Core,
+    tenant: &TenantId,
+    record: StaffNoteRecord,
+) -> AppResult<Option<OpenedNote>> {
+    if record.note.is_empty() {
+        return Ok(None);
+    }
+    match core
         .keyring
         .open_text(&STAFF_NOTE.at(tenant.as_str(), &record.id), &record.note)
-        .await?;
-    Ok(OpenedNote { record, text })
+        .await
+    {
+        Ok(text) => Ok(Some(OpenedNote { record, text })),
+        Err(e) if e.code() == "key_destroyed" => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// One note, opened. The read is audited (`staff_note.read`) before anything is returned.
@@ -103,7 +122,9 @@ pub async fn get(
         None => None,
     }
     .ok_or(AppError::NotFound("staff note"))?;
-    let note = open(core, tenant, record).await?;
+    let note = open(core, tenant, record)
+        .await?
+        .ok_or(AppError::NotFound("staff note"))?;
     let ev = AuditBuilder::new(core, meta, Some(actor)).own(
         "staff_note.read",
         Some(("staff_note", &note.record.id)),
@@ -128,7 +149,9 @@ pub async fn list(
     let listed = Listed::from_rows(rows, page);
     let mut data = Vec::with_capacity(listed.data.len());
     for r in listed.data {
-        data.push(open(core, tenant, r).await?);
+        if let Some(n) = open(core, tenant, r).await? {
+            data.push(n);
+        }
     }
     if let Some(first) = data.first() {
         let ev = AuditBuilder::new(core, meta, Some(actor)).own(

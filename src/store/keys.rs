@@ -121,6 +121,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     TRANSFER_DETAILS,
     IDEMPOTENCY_RESPONSES,
     CUSTOMER_PII,
+    CUSTOMER_EXTERNAL_REF,
     KYC_DOCUMENT_CONTENT,
     KYC_DECISION_REASON,
     MFA_TOTP_SECRET,
@@ -128,7 +129,24 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     MAIL_OUTBOX_MESSAGE,
     API_TOKEN_SIGNING_SECRET,
     STAFF_NOTE,
+    SESSION_IP,
+    SESSION_USER_AGENT,
 ];
+
+/// The sign-in address of a customer's session, sealed under the customer's data key (AAD row =
+/// the session id); staff sessions keep it in clear (the staff allow-list reads it).
+pub const SESSION_IP: EncryptedColumn = EncryptedColumn {
+    table: "sessions",
+    column: "ip",
+    row: "id",
+};
+
+/// The user agent of a customer's session, sealed like [`SESSION_IP`].
+pub const SESSION_USER_AGENT: EncryptedColumn = EncryptedColumn {
+    table: "sessions",
+    column: "user_agent",
+    row: "id",
+};
 
 pub const TRANSFER_DETAILS: EncryptedColumn = EncryptedColumn {
     table: "transfers",
@@ -145,6 +163,16 @@ pub const IDEMPOTENCY_RESPONSES: EncryptedColumn = EncryptedColumn {
 pub const CUSTOMER_PII: EncryptedColumn = EncryptedColumn {
     table: "customers",
     column: "pii",
+    row: "id",
+};
+
+/// A customer's external reference (the integrator's own id for it, which can name the person
+/// in the integrator's systems), sealed under the customer's data key (AAD row = the customer
+/// id) so that erasure shreds it in every copy of the database. Values written before issue 14
+/// are sealed at start-up (`service::privacy::seal_legacy_identifiers`).
+pub const CUSTOMER_EXTERNAL_REF: EncryptedColumn = EncryptedColumn {
+    table: "customers",
+    column: "external_ref",
     row: "id",
 };
 

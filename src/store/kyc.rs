@@ -3,6 +3,10 @@
 //! one-time decisions, plus the two reads the ledger's KYC check needs (an account's owner and
 //! tier, and its outgoing totals). Implemented for both backends by [`impl_kyc_store!`] from
 //! the same SQL, like the rest of the store.
+//!
+//! Erasure: a submission, its documents and its decision are created only under the
+//! customer's row lock (`lock_customer_tx`, the lock the erasure takes), and every read here
+//! sees only customers that are not erased.
 
 use async_trait::async_trait;
 
@@ -229,10 +233,14 @@ pub trait KycStore: Send + Sync {
     ) -> StoreResult<DecideOutcome>;
 }
 
+/// Every read of submissions and documents sees only those of customers that are not erased:
+/// an erasure committed on any instance hides them from every instance's next read.
 const SUBMISSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.customer_id, s.requested_tier, s.tier_at_submission, \
      s.status, s.submitted_by, s.submitted_at, d.tier_after, d.reason, d.reason_code, d.customer_code, d.note_id, \
      d.decided_by, d.decided_at \
-     FROM kyc_submissions s LEFT JOIN kyc_decisions d ON d.submission_id = s.id";
+     FROM kyc_submissions s \
+     JOIN customers c ON c.tenant_id = s.tenant_id AND c.id = s.customer_id AND c.status = 'active' \
+     LEFT JOIN kyc_decisions d ON d.submission_id = s.id";
 
 /// The SELECT of a submission with its decision (shared by both backends).
 pub(super) fn submission_select() -> &'static str {
@@ -370,6 +378,15 @@ macro_rules! impl_kyc_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_document_write().await?;
+                // Serialised with the erasure on the customer's row (see `lock_customer_tx`).
+                match Self::lock_customer_tx(&mut tx, s.tenant_id.as_str(), &s.customer_id).await {
+                    Ok(_) => {}
+                    Err($crate::store::StoreError::CustomerErased) => {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                }
                 let n = sqlx::query(
                     "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
                      status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
@@ -460,7 +477,9 @@ macro_rules! impl_kyc_store {
                 Ok(sqlx::query_as(
                     "SELECT id, tenant_id, submission_id, customer_id, document_type, content_type, size_bytes, \
                      sha256, created_at FROM kyc_documents WHERE tenant_id = $1 \
-                     AND ($2 IS NULL OR submission_id = $2) AND ($3 IS NULL OR customer_id = $3) ORDER BY id",
+                     AND ($2 IS NULL OR submission_id = $2) AND ($3 IS NULL OR customer_id = $3) \
+                     AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
+                                 AND c.id = kyc_documents.customer_id AND c.status = 'active') ORDER BY id",
                 )
                 .bind(tenant.as_str())
                 .bind(submission)
@@ -474,7 +493,11 @@ macro_rules! impl_kyc_store {
                 tenant: &$crate::ids::TenantId,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycDocumentRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM kyc_documents WHERE tenant_id = $1 AND id = $2")
+                Ok(sqlx::query_as(
+                    "SELECT * FROM kyc_documents WHERE tenant_id = $1 AND id = $2 \
+                     AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
+                                 AND c.id = kyc_documents.customer_id AND c.status = 'active')",
+                )
                     .bind(tenant.as_str())
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -502,16 +525,14 @@ macro_rules! impl_kyc_store {
                     tx.rollback().await?;
                     return Ok(DecideOutcome::AlreadyDecided);
                 };
-                let current: Option<(i64,)> = sqlx::query_as(
-                    "SELECT kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2 AND status = 'active'",
-                )
-                .bind(d.tenant_id.as_str())
-                .bind(&customer)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((before,)) = current else {
-                    tx.rollback().await?;
-                    return Ok(DecideOutcome::CustomerUnavailable);
+                // Under the customer's row lock, like the erasure (see `lock_customer_tx`).
+                let before = match Self::lock_customer_tx(&mut tx, d.tenant_id.as_str(), &customer).await {
+                    Ok(tier) => tier,
+                    Err($crate::store::StoreError::CustomerErased) => {
+                        tx.rollback().await?;
+                        return Ok(DecideOutcome::CustomerUnavailable);
+                    }
+                    Err(e) => return Err(e),
                 };
                 let after = d.tier.unwrap_or(before);
                 sqlx::query(

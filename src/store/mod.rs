@@ -52,6 +52,11 @@ pub enum StoreError {
     /// change's own transaction); nothing was changed.
     #[error("the tenant's last active manager cannot lose the role or be disabled")]
     LastManager,
+    /// The customer something was to be created for is erased (or gone), as read under its
+    /// row's lock inside the creating transaction (see `lock_customer_tx`); nothing was
+    /// written. The API answers 422 `customer_erased`.
+    #[error("the customer has been erased")]
+    CustomerErased,
     /// The tenant's blind-index key versions changed (an index rotation) between computing a
     /// customer's blind-index rows and writing them; nothing was changed, recompute and retry.
     #[error("the tenant's blind-index key changed meanwhile")]

@@ -1,5 +1,7 @@
 //! Storage of staff-only notes: free text a staff member attached to an action (a freeze, a
-//! restriction, a KYC decision), sealed under the tenant's data key before it gets here. A note
+//! restriction, a KYC decision), sealed before it gets here (under the customer's data key when
+//! the note is about the customer or its KYC submission, else the tenant's). A note emptied by
+//! an erasure (`note = ''`) is never read back. A note
 //! is inserted in the transaction of its action ([`impl_notes_store!`] gives every backend an
 //! `insert_staff_note_tx` the action's store method calls), and only read back by id or by the
 //! thing it is about. Implemented for both backends from the same SQL.
@@ -81,7 +83,9 @@ macro_rules! impl_notes_store {
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::notes::StaffNoteRecord>> {
                 Ok(
-                    sqlx::query_as("SELECT * FROM staff_notes WHERE tenant_id = $1 AND id = $2")
+                    sqlx::query_as(
+                        "SELECT * FROM staff_notes WHERE tenant_id = $1 AND id = $2 AND note <> ''",
+                    )
                         .bind(tenant.as_str())
                         .bind(id)
                         .fetch_optional(&self.pool)
@@ -96,7 +100,7 @@ macro_rules! impl_notes_store {
                 page: &$crate::store::Page,
             ) -> $crate::store::StoreResult<Vec<$crate::store::notes::StaffNoteRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT * FROM staff_notes WHERE tenant_id = $1 AND target_id = $2 \
+                    "SELECT * FROM staff_notes WHERE tenant_id = $1 AND target_id = $2 AND note <> '' \
                      AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
                 )
                 .bind(tenant.as_str())

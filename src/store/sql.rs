@@ -191,6 +191,32 @@ macro_rules! impl_store {
                     .map_err($crate::store::StoreError::ActorRevoked)
             }
 
+            /// Locks customer `id`'s row inside `tx` and answers its KYC tier, or
+            /// `StoreError::CustomerErased` when it is erased or missing. Every transaction that
+            /// creates something for a customer (an account, a KYC submission and its documents,
+            /// a KYC decision) calls this first, and the erasure takes the same lock first: the
+            /// two serialise on the row, on either backend and whatever the instance, so nothing
+            /// is ever created for an erased customer (a read taken before the transaction is
+            /// never trusted for this). On SQLite, `BEGIN IMMEDIATE` already serialises writers.
+            pub(super) async fn lock_customer_tx(
+                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
+                tenant: &str,
+                id: &str,
+            ) -> $crate::store::StoreResult<i64> {
+                let row: Option<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT status, kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2",
+                    $lock
+                ))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                match row {
+                    Some((status, tier)) if status == "active" => Ok(tier),
+                    _ => Err($crate::store::StoreError::CustomerErased),
+                }
+            }
+
             /// Inserts a customer's blind-index rows inside `tx`.
             async fn insert_lookups_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
@@ -871,6 +897,9 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
+                if let Some(customer) = &a.customer_id {
+                    Self::lock_customer_tx(&mut tx, a.tenant_id.as_str(), customer.as_str()).await?;
+                }
                 Self::insert_account_tx(&mut tx, a).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -1684,16 +1713,10 @@ macro_rules! impl_store {
                 let t = tenant.as_str();
                 let now = now.as_micros();
                 let mut tx = self.begin_write().await?;
-                // The accounts first, locked in id order like the ledger writer locks them, so
-                // no movement can slip in between the checks and the closing.
-                let accounts: Vec<(String,)> = sqlx::query_as(concat!(
-                    "SELECT id FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id",
-                    $lock
-                ))
-                .bind(t)
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+                // The customer's row first: every transaction that creates something for the
+                // customer (an account, a KYC submission, a decision) locks it first too
+                // (`lock_customer_tx`), so each either committed before (and is seen below) or
+                // waits and then finds the customer erased.
                 let customer: Option<(String, Option<String>)> = sqlx::query_as(concat!(
                     "SELECT status, user_id FROM customers WHERE tenant_id = $1 AND id = $2",
                     $lock
@@ -1708,6 +1731,17 @@ macro_rules! impl_store {
                 if status == "erased" {
                     return Ok(ErasureOutcome::AlreadyErased);
                 }
+                // Then the accounts, locked in id order like the ledger writer locks them, so
+                // no movement can slip in between the checks and the closing (the ledger writer
+                // never locks a customer row, so the order cannot deadlock with it).
+                let accounts: Vec<(String,)> = sqlx::query_as(concat!(
+                    "SELECT id FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id",
+                    $lock
+                ))
+                .bind(t)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
                 // The linked user must be as the caller planned from (who may affect it was
                 // decided on its roles), read under the lock.
                 let user_now: Option<(String,)> = match &user_id {
@@ -1817,6 +1851,20 @@ macro_rules! impl_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                // Staff notes about the customer and its KYC submissions: those sealed under
+                // its key are shredded with it, and older ones sealed under the tenant's key
+                // lose their text here. An empty note reads as gone (404) on every instance;
+                // the rows stay (the audit chain names their ids). Notes about its accounts
+                // (freezes, closures) are AML records the tenant keeps.
+                sqlx::query(
+                    "UPDATE staff_notes SET note = '' WHERE tenant_id = $1 AND note <> '' AND ( \
+                        target_id = $2 \
+                        OR target_id IN (SELECT k.id FROM kyc_submissions k WHERE k.tenant_id = $1 AND k.customer_id = $2))",
+                )
+                .bind(t)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
                 if let Some(l) = staff {
                     // Staff who bank with their employer: the login is theirs as an employee.
                     // It is unlinked and loses only its CUSTOMER role (its sessions end, as on
@@ -1861,12 +1909,20 @@ macro_rules! impl_store {
                     .await?;
                     sqlx::query(
                         "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $3), \
-                         revoked_reason = COALESCE(revoked_reason, 'customer_erased'), ip = NULL, user_agent = NULL \
-                         WHERE tenant_id = $1 AND user_id = $2",
+                         revoked_reason = COALESCE(revoked_reason, 'customer_erased'), ip = NULL, user_agent = NULL, \
+                         last_ip = NULL WHERE tenant_id = $1 AND user_id = $2",
                     )
                     .bind(t)
                     .bind(user)
                     .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    // The device facts of its sign-in challenges go the same way.
+                    sqlx::query(
+                        "UPDATE mfa_challenges SET ip = NULL, user_agent = NULL WHERE user_id = $1 \
+                         AND (ip IS NOT NULL OR user_agent IS NOT NULL)",
+                    )
+                    .bind(user)
                     .execute(&mut *tx)
                     .await?;
                     // Stored answers of its requests (sealed, but they may carry details).

@@ -1,6 +1,7 @@
 //! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL` (a 2xx means the
 //! change is on disk), foreign keys on, and write transactions opened with `BEGIN IMMEDIATE` so
-//! concurrent writers queue on the lock instead of failing mid-transaction.
+//! concurrent writers queue on the lock instead of failing mid-transaction, and `secure_delete`
+//! on every connection (deleted content is zeroed, see docs/SECURITY.md).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -89,7 +90,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             // 32 MiB of page cache per connection: the ledger's hot pages (accounts, index
             // interiors) stay in memory instead of being read back through the OS.
-            .pragma("cache_size", "-32768");
+            .pragma("cache_size", "-32768")
+            // Deleted and overwritten content is zeroed in the file, not left in free space:
+            // an erasure's old values (the linked login's email, session addresses) do not
+            // survive in the database file or, after a checkpoint, in the WAL. Per connection:
+            // every pool connection gets it here, the ledger writer's in `sqlite_writer::open`.
+            .pragma("secure_delete", "ON");
         if let Some(dir) = opts.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {

@@ -186,10 +186,11 @@ fn recoverable(c: &mut Connection, error: &StoreError) -> bool {
 
 fn open(path: &std::path::Path, background_checkpoints: bool) -> StoreResult<Connection> {
     let c = Connection::open(path).map_err(db)?;
-    // The same durability as the pool's connections: a commit returns once it is on disk.
+    // The same durability as the pool's connections (a commit returns once it is on disk), and
+    // the same `secure_delete` (content it frees is zeroed).
     c.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -32768;",
+         PRAGMA cache_size = -32768; PRAGMA secure_delete = ON;",
     )
     .map_err(db)?;
     c.busy_timeout(std::time::Duration::from_secs(10))

@@ -28,6 +28,7 @@ mod docs;
 mod duties;
 mod edges;
 mod encryption;
+mod erasure_hardening;
 mod hygiene;
 mod instances;
 mod invitations;
