@@ -580,8 +580,14 @@ macro_rules! impl_store {
                 }
                 let row: Option<$crate::store::UserRecord> = match change {
                     $crate::store::UserChange::Status(status) => {
+                        // Enabling a user that never accepted its invitation (it has one and
+                        // never set a password) puts it back to `invited`, not `active`: only
+                        // accepting a link gives it a password and activates it.
                         sqlx::query_as(
-                            "UPDATE users SET status = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2 RETURNING *",
+                            "UPDATE users SET status = CASE WHEN $3 = 'active' AND password_changed_at IS NULL \
+                             AND EXISTS (SELECT 1 FROM user_invitations i WHERE i.user_id = users.id) \
+                             THEN 'invited' ELSE $3 END, updated_at = $4 \
+                             WHERE tenant_id = $1 AND id = $2 RETURNING *",
                         )
                         .bind(tenant.as_str())
                         .bind(id.as_str())

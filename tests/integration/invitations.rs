@@ -444,6 +444,72 @@ async fn the_console_issues_a_fresh_link_when_mail_cannot_reach_someone(app: &Te
     );
 }
 
+/// A user disabled before accepting its invitation and enabled again is `invited` again, not
+/// `active`: it has no password of its own until it accepts a link.
+async fn enabling_a_user_who_never_accepted_keeps_it_invited(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let r = invite(app, &t, "dora@acme.test", &["CASHIER"]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let off = app
+        .post(
+            &format!("/v1/users/{id}/disable"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::OK, "{off:?}");
+    assert_eq!(off.body["status"], "disabled");
+    let on = app
+        .post(
+            &format!("/v1/users/{id}/enable"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(on.status, StatusCode::OK, "{on:?}");
+    assert_eq!(on.body["status"], "invited", "{on:?}");
+    assert_eq!(status_of(app, "dora@acme.test").await, "invited");
+    // A fresh link still makes it active with a password of its own.
+    let again = app
+        .post(
+            &format!("/v1/users/{id}/reinvite"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert!(again.status.is_success(), "{again:?}");
+    let mails = mailbox(app).await;
+    let token = token_in(
+        mails
+            .iter()
+            .rev()
+            .find(|m| m.contains("To: <dora@acme.test>"))
+            .expect("the new invitation"),
+    );
+    let ok = accept(app, &token, CHOSEN).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(status_of(app, "dora@acme.test").await, "active");
+    // A user who had accepted comes back `active` after a disable and enable.
+    let off = app
+        .post(
+            &format!("/v1/users/{id}/disable"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::OK, "{off:?}");
+    let on = app
+        .post(
+            &format!("/v1/users/{id}/enable"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(on.body["status"], "active", "{on:?}");
+}
+
 backend_tests!(
     a_user_is_invited_and_chooses_its_own_password,
     links_last_72_hours_and_a_new_invitation_replaces_the_old,
@@ -451,4 +517,5 @@ backend_tests!(
     inviting_staff_needs_step_up_and_api_tokens_cannot,
     concurrent_acceptances_spend_a_link_once,
     the_console_issues_a_fresh_link_when_mail_cannot_reach_someone,
+    enabling_a_user_who_never_accepted_keeps_it_invited,
 );
