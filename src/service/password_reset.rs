@@ -99,9 +99,11 @@ pub async fn request(core: &Core, meta: &RequestMeta, input: ResetRequest) -> Ap
                 core,
                 t,
                 // A customer's login: under its own key, which its erasure destroys.
-                &user.as_ref().map_or(crate::service::keys::KeyOwner::Tenant, |u| {
-                    super::users::mail_owner(&u.id, &roles_from_storage(&u.roles))
-                }),
+                &user
+                    .as_ref()
+                    .map_or(crate::service::keys::KeyOwner::Tenant, |u| {
+                        super::users::mail_owner(&u.id, &roles_from_storage(&u.roles))
+                    }),
                 "password_reset",
                 email.as_str(),
                 "Reset your Kasho password",

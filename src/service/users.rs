@@ -9,13 +9,13 @@
 use super::duties::check_role_pairs;
 use super::invitations::{self, Issuer};
 use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, security};
+use crate::crypto::envelope::is_ciphertext;
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{
     Permission, PermissionSet, Role, Scope, parse_tenant_roles, roles_from_storage,
 };
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
-use crate::crypto::envelope::is_ciphertext;
 use crate::ids::{TenantId, UserId};
 use crate::service::keys::KeyOwner;
 use crate::store::keys::USER_EMAIL;
@@ -229,8 +229,7 @@ async fn seal_if_customer_login(core: &Core, user: UserRecord) -> AppResult<User
     let Some(tenant) = user.tenant_id.as_deref().and_then(TenantId::parse) else {
         return Ok(user);
     };
-    if !is_customer_login(&roles_from_storage(&user.roles)) || is_ciphertext(&user.stored_email)
-    {
+    if !is_customer_login(&roles_from_storage(&user.roles)) || is_ciphertext(&user.stored_email) {
         return Ok(user);
     }
     let hash = email_hash(core, Some(&tenant), &user.stored_email);
