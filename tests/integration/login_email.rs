@@ -369,9 +369,68 @@ async fn a_staff_login_given_only_the_customer_role_has_its_email_sealed(app: &T
     );
 }
 
+async fn reinvitation_and_the_console_link_find_a_customer_login_by_its_hash(app: &TestApp) {
+    let admin = app.platform_admin().await;
+    let t = app.tenant(&admin, "acme").await;
+    let r = invite_customer(app, &t, EMAIL).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let first = app.invitation_token(EMAIL).await;
+    // A new link by mail: sealed under the login's own key while it waits in the outbox.
+    let again = app
+        .post(
+            &format!("/v1/users/{id}/reinvite"),
+            Some(&t.manager_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert_eq!(again.body["email"], EMAIL, "{again:?}");
+    let keys = app
+        .raw_strings(&format!(
+            "SELECT id FROM data_keys WHERE owner = 'login:{id}'"
+        ))
+        .await;
+    let queued = app
+        .raw_strings("SELECT message FROM mail_outbox WHERE message IS NOT NULL")
+        .await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert!(
+        queued[0].starts_with(&format!("kx1.{}.", keys[0])),
+        "sealed under the login's key"
+    );
+    nowhere_at_rest(app, EMAIL, "reinvited").await;
+    let second = app.invitation_token(EMAIL).await;
+    assert_ne!(first, second);
+    // The console finds the login by its address too (`kasho admin invitation-link`).
+    let link = kasho::service::invitations::console_link(&app.core, "acme", EMAIL)
+        .await
+        .unwrap();
+    assert_eq!(link.user_id, id);
+    let token = secrecy::ExposeSecret::expose_secret(&link.link)
+        .rsplit("#token=")
+        .next()
+        .unwrap()
+        .to_owned();
+    let ok = app
+        .post(
+            "/v1/invitations/accept",
+            None,
+            json!({ "token": token, "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(
+        app.login(Some("acme"), EMAIL, PASSWORD).await.status,
+        StatusCode::OK
+    );
+    nowhere_at_rest(app, EMAIL, "accepted").await;
+}
+
 backend_tests!(
     a_customer_login_email_is_never_stored_in_clear_and_erasure_shreds_it,
     one_email_is_one_login_per_tenant_and_may_repeat_across_tenants,
     logins_stored_before_the_change_are_hashed_and_sealed_at_start,
     a_staff_login_given_only_the_customer_role_has_its_email_sealed,
+    reinvitation_and_the_console_link_find_a_customer_login_by_its_hash,
 );
