@@ -157,7 +157,11 @@ async fn main() {
     let user = NewUser {
         id: UserId::generate(),
         tenant_id: None,
-        email: Email::parse("bench@platform.test").unwrap(),
+        email_hash: kasho::service::users::email_hash(&core, None, "bench@platform.test"),
+        email: Email::parse("bench@platform.test")
+            .unwrap()
+            .as_str()
+            .to_owned(),
         password_hash: core.hasher.hash(&PASSWORD.into()).await.unwrap(),
         roles: vec![Role::PlatformAdmin],
         created_at: kasho::clock::Clock::now(&SystemClock),

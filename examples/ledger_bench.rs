@@ -574,7 +574,8 @@ impl Embedded {
         let user = NewUser {
             id: UserId::generate(),
             tenant_id: None,
-            email: Email::parse(&admin_email)?,
+            email_hash: kasho::service::users::email_hash(&core, None, &admin_email),
+            email: Email::parse(&admin_email)?.as_str().to_owned(),
             password_hash: core
                 .hasher
                 .hash(&admin_password.as_str().into())

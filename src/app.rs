@@ -239,6 +239,10 @@ pub async fn build_core_with_checks(
             keys.master
                 .derive(crate::service::security::ThrottleKey::PURPOSE),
         ),
+        login_email_key: crate::service::security::LoginEmailKey::new(
+            keys.master
+                .derive(crate::service::security::LoginEmailKey::PURPOSE),
+        ),
         ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),
@@ -299,6 +303,18 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, "could not seal legacy external references; retried at the next start")
+        }
+    }
+    // Logins written before `users.email_hash` (migration 0022): hashed for lookup, and a
+    // customer's login's email sealed under the login's own key (issue 14 item 5).
+    match crate::service::users::seal_login_emails(&core).await {
+        Ok(n) if n > 0 => tracing::info!(
+            converted = n,
+            "logins' emails hashed for lookup; customers' logins' emails sealed under their own keys"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not convert logins' emails; retried at the next start")
         }
     }
     let app = crate::http::router(core.clone(), config.max_body_bytes);

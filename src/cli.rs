@@ -498,7 +498,8 @@ async fn create_platform_admin(config: &Config, email: &str) -> Result<(), Strin
     let user = NewUser {
         id: id.clone(),
         tenant_id: None,
-        email,
+        email_hash: crate::service::users::email_hash(&core, None, email.as_str()),
+        email: email.as_str().to_owned(),
         password_hash: core.hasher.hash(&raw).await.map_err(|e| e.to_string())?,
         roles: vec![Role::PlatformAdmin],
         created_at: now,

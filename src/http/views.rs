@@ -297,7 +297,7 @@ impl From<UserRecord> for UserView {
                 .collect(),
             id: u.id,
             tenant_id: u.tenant_id,
-            email: u.email,
+            email: u.stored_email,
             status: u.status,
             created_at: ts(u.created_at),
             updated_at: ts(u.updated_at),

@@ -146,11 +146,9 @@ pub async fn login(
     };
 
     let user = match (tenant_known, Email::parse(&input.email)) {
-        (true, Ok(email)) => core
-            .store
-            .find_user_by_email(tenant_id.as_ref(), &email)
+        (true, Ok(email)) => super::users::find_by_email(core, tenant_id.as_ref(), &email)
             .await
-            .map_err(|e| Audited(e.into()))?,
+            .map_err(Audited)?,
         _ => None,
     };
     let password_ok = super::passwords::verify(

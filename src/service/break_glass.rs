@@ -113,9 +113,7 @@ pub async fn request(
         )
         .await);
     }
-    if core
-        .store
-        .find_user_by_email(Some(&tenant), &email)
+    if super::users::find_by_email(core, Some(&tenant), &email)
         .await?
         .is_some()
     {

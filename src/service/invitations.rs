@@ -111,11 +111,13 @@ fn new_link(
     Ok((SecretString::from(token), row))
 }
 
-/// The email carrying `token`'s link to `to`, sealed for the tenant's outbox.
+/// The email carrying `token`'s link to `to` (login `user`), sealed for the tenant's outbox
+/// (under the login's own key for a customer's login).
 async fn message(
     core: &Core,
     tenant: &TenantId,
     tenant_name: &str,
+    user: &UserId,
     to: &str,
     roles: &[Role],
     token: &SecretString,
@@ -124,6 +126,7 @@ async fn message(
     mail::outbox_message(
         core,
         tenant,
+        &super::users::mail_owner(user.as_str(), roles),
         "invitation",
         to,
         &format!("You are invited to {tenant_name} on Kasho"),
@@ -162,11 +165,14 @@ pub async fn prepare(
     let id = UserId::generate();
     let (token, invitation) = new_link(core, tenant, &id, issuer, issued_by)?;
     let name = tenant_name(core, tenant).await?;
-    let message = message(core, tenant, &name, email.as_str(), &roles, &token).await?;
+    let message = message(core, tenant, &name, &id, email.as_str(), &roles, &token).await?;
+    let (stored, email_hash) =
+        super::users::stored_email(core, Some(tenant), &id, &email, &roles).await?;
     let user = NewUser {
         id,
         tenant_id: Some(tenant.clone()),
-        email,
+        email: stored,
+        email_hash,
         password_hash: unknown_password_hash(core).await?,
         roles,
         created_at: core.clock.now(),
@@ -195,7 +201,8 @@ pub async fn send(
     invitation.actor = actor.map(Principal::actor_check);
     let name = tenant_name(core, tenant).await?;
     let roles = roles_from_storage(&user.roles);
-    let message = message(core, tenant, &name, &user.email, &roles, &token).await?;
+    let to = super::users::email_of(core, user).await?;
+    let message = message(core, tenant, &name, &id, &to, &roles, &token).await?;
     Ok(core
         .store
         .reissue_invitation(&invitation, Some(&message), audit)
@@ -257,10 +264,12 @@ pub async fn reinvite(
     {
         return Err(not_invited());
     }
-    core.store
+    let user = core
+        .store
         .get_user(Some(tenant), &UserId::from_trusted(user.id))
         .await?
-        .ok_or(AppError::NotFound("user"))
+        .ok_or(AppError::NotFound("user"))?;
+    super::users::opened(core, user).await
 }
 
 pub struct Accept {
@@ -340,9 +349,10 @@ pub async fn accept(core: &Core, meta: &RequestMeta, input: Accept) -> AppResult
         }
     };
     // The password first: a refused one leaves the link usable.
+    let email = super::users::email_of(core, &user).await?;
     let subject = passwords::Subject {
         tenant: Some(&tenant),
-        email: &user.email,
+        email: &email,
         user: None,
     };
     passwords::check_new_password(core, &subject, &input.password).await?;
@@ -379,6 +389,7 @@ pub async fn accept(core: &Core, meta: &RequestMeta, input: Accept) -> AppResult
         .get_user(Some(&tenant), &user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
+    let user = super::users::opened(core, user).await?;
     Ok(Accepted {
         user,
         tenant_slug: tenant_record.slug,
@@ -404,9 +415,7 @@ pub async fn console_link(core: &Core, slug: &str, email: &str) -> AppResult<Con
         .ok_or(AppError::NotFound("tenant"))?;
     let tenant_id = TenantId::from_trusted(tenant.id);
     let email = Email::parse(email).map_err(|m| AppError::invalid("email", m))?;
-    let user = core
-        .store
-        .find_user_by_email(Some(&tenant_id), &email)
+    let user = super::users::find_by_email(core, Some(&tenant_id), &email)
         .await?
         .ok_or(AppError::NotFound("user"))?;
     if user.status != "invited" {

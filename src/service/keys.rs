@@ -59,6 +59,10 @@ pub enum KeyOwner {
     Index,
     /// One customer's personal data; destroyed on erasure.
     Customer(String),
+    /// A customer's login (`login:<user id>`): seals its email (and the mail addressed to it)
+    /// from the login's creation, before it is linked to a customer; destroyed with the
+    /// customer's key when the customer is erased.
+    Login(String),
 }
 
 impl KeyOwner {
@@ -67,6 +71,7 @@ impl KeyOwner {
             KeyOwner::Tenant => "tenant".into(),
             KeyOwner::Index => "index".into(),
             KeyOwner::Customer(id) => format!("customer:{id}"),
+            KeyOwner::Login(id) => format!("login:{id}"),
         }
     }
 }
@@ -340,7 +345,7 @@ impl Keyring {
                 (
                     dek.clone(),
                     self.clock.now(),
-                    owner.starts_with("customer:"),
+                    owner.starts_with("customer:") || owner.starts_with("login:"),
                 ),
             );
         }
@@ -721,7 +726,7 @@ impl Keyring {
         if let Ok(mut m) = self.active.lock() {
             m.remove(&slot);
         }
-        if let KeyOwner::Customer(_) = owner
+        if let KeyOwner::Customer(_) | KeyOwner::Login(_) = owner
             && let Ok(mut m) = self.deks.write()
         {
             // Key ids are unique per owner, but the cache is keyed by id: drop every version
@@ -1112,6 +1117,9 @@ fn owner_from_storage(s: &str) -> KeyOwner {
     match s {
         "tenant" => KeyOwner::Tenant,
         "index" => KeyOwner::Index,
-        other => KeyOwner::Customer(other.strip_prefix("customer:").unwrap_or(other).to_owned()),
+        other => match other.strip_prefix("login:") {
+            Some(id) => KeyOwner::Login(id.to_owned()),
+            None => KeyOwner::Customer(other.strip_prefix("customer:").unwrap_or(other).to_owned()),
+        },
     }
 }

@@ -146,6 +146,7 @@ struct Sealed {
 pub async fn outbox_message(
     core: &Core,
     tenant: &TenantId,
+    owner: &KeyOwner,
     kind: &'static str,
     to: &str,
     subject: &str,
@@ -161,7 +162,7 @@ pub async fn outbox_message(
     .map_err(AppError::internal)?;
     let message = core
         .keyring
-        .seal(tenant, &KeyOwner::Tenant, MAIL_OUTBOX_MESSAGE, &id, &sealed)
+        .seal(tenant, owner, MAIL_OUTBOX_MESSAGE, &id, &sealed)
         .await?;
     Ok(NewOutboxMessage {
         id,
@@ -290,7 +291,7 @@ async fn attempt(core: &Core, msg: &OutboxRecord) -> Delivery {
     // not sent, nor written to the mailbox: the erasure removed its files, and nothing may
     // write a new one.
     if let Ok(to) = crate::domain::values::Email::parse(&sealed.to) {
-        match core.store.find_user_by_email(Some(&tenant), &to).await {
+        match super::users::find_by_email(core, Some(&tenant), &to).await {
             Ok(Some(_)) => {}
             Ok(None) => return give_up("the recipient's login no longer exists".into()),
             Err(_) => {

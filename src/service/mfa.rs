@@ -407,7 +407,8 @@ pub async fn complete_login(
         .map_err(|e| Audited(e.into()))?
         .ok_or_else(invalid)?;
     let policy = security::policy(core, tenant).await.map_err(Audited)?;
-    let key = security::account_key(core, tenant, &user.email);
+    let email = super::users::email_of(core, &user).await.map_err(Audited)?;
+    let key = security::account_key(core, tenant, &email);
     let failed = |reason: &str| {
         security::event(
             &audit,
@@ -583,7 +584,8 @@ pub async fn start_enrolment(
     };
     let raw = Zeroizing::new(random_bytes::<SECRET_BYTES>().map_err(AppError::internal)?);
     let secret = Zeroizing::new(base32(raw.as_slice()));
-    let uri = Zeroizing::new(otpauth_uri(&issuer, &user.email, &secret));
+    let email = Zeroizing::new(super::users::email_of(core, &user).await?);
+    let uri = Zeroizing::new(otpauth_uri(&issuer, &email, &secret));
     let qr = qr_svg_data_uri(&uri)?;
     let sealed = seal_secret(
         core,

@@ -105,6 +105,8 @@ pub struct Core {
     pub api_token_key: api_tokens::TokenHashKey,
     /// Keys the sign-in throttle's account records (`login_throttle`, the shared limiter).
     pub throttle_key: security::ThrottleKey,
+    /// Keys `users.email_hash` (lookup and uniqueness of logins' emails).
+    pub login_email_key: security::LoginEmailKey,
     /// Rate-limit buckets and intrusion bans (in Redis when configured).
     pub limits: ratelimit::RateLimiter,
     /// The alert webhook client (`None`: alerts are only logged).

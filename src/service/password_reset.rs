@@ -19,6 +19,7 @@ use super::{AuditBuilder, Core, RequestMeta, mail, passwords, security};
 use crate::clock::Timestamp;
 use crate::crypto::{random_token, sha256_hex};
 use crate::domain::audit::Outcome;
+use crate::domain::authz::roles_from_storage;
 use crate::domain::security::SecurityEvent;
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
@@ -83,7 +84,7 @@ pub async fn request(core: &Core, meta: &RequestMeta, input: ResetRequest) -> Ap
         .as_ref()
         .map(|t| TenantId::from_trusted(t.id.clone()));
     let user = match &tenant_id {
-        Some(t) => core.store.find_user_by_email(Some(t), &email).await?,
+        Some(t) => super::users::find_by_email(core, Some(t), &email).await?,
         None => None,
     };
 
@@ -97,6 +98,12 @@ pub async fn request(core: &Core, meta: &RequestMeta, input: ResetRequest) -> Ap
             mail::outbox_message(
                 core,
                 t,
+                // A customer's login: under its own key, which its erasure destroys.
+                &user
+                    .as_ref()
+                    .map_or(crate::service::keys::KeyOwner::Tenant, |u| {
+                        super::users::mail_owner(&u.id, &roles_from_storage(&u.roles))
+                    }),
                 "password_reset",
                 email.as_str(),
                 "Reset your Kasho password",
@@ -216,16 +223,17 @@ pub async fn confirm(core: &Core, meta: &RequestMeta, input: ResetConfirm) -> Ap
     };
 
     // The new password first: a refused one leaves the token (and any MFA code) unspent.
+    let email = super::users::email_of(core, &user).await?;
     let subject = passwords::Subject {
         tenant: Some(&tenant),
-        email: &user.email,
+        email: &email,
         user: Some(&user),
     };
     let policy = passwords::check_new_password(core, &subject, &input.new_password)
         .await
         .map_err(|e| passwords::for_param(e, "new_password"))?;
 
-    let account_key = security::account_key(core, Some(&tenant), &user.email);
+    let account_key = security::account_key(core, Some(&tenant), &email);
     let mut guess = None;
     if user.mfa_enabled != 0 {
         let Some(code) = input.code.as_deref().filter(|c| !c.trim().is_empty()) else {

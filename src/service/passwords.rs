@@ -238,7 +238,8 @@ pub async fn change(
         .get_user(tenant, &actor.user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
-    let key = security::account_key(core, tenant, &user.email);
+    let email = super::users::email_of(core, &user).await?;
+    let key = security::account_key(core, tenant, &email);
     let current_policy = security::policy(core, tenant).await?;
     let guess = super::guesses::reserve(
         core,
@@ -268,7 +269,7 @@ pub async fn change(
     guess.succeeded(core).await?;
     let subject = Subject {
         tenant,
-        email: &user.email,
+        email: &email,
         user: Some(&user),
     };
     let policy = check_new_password(core, &subject, new_password)

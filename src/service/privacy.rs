@@ -382,16 +382,20 @@ pub async fn erase(
     // The addresses whose development mailbox files go with the erasure: the profile's email
     // and the linked login's (unless it is a staff login, which stays).
     let mut addresses = profile_email(core, tenant, &customer).await;
-    let linked = linked_user.map(|u| {
+    let mut linked = None;
+    if let Some(u) = linked_user {
         let l = LinkedUser {
-            id: u.id,
-            roles: u.roles,
+            id: u.id.clone(),
+            roles: u.roles.clone(),
         };
-        if !l.is_staff() {
-            addresses.push(u.email.to_ascii_lowercase());
+        // Opened before its key goes; one that cannot be opened leaves only its files.
+        if !l.is_staff()
+            && let Ok(email) = super::users::email_of(core, &u).await
+        {
+            addresses.push(email.to_ascii_lowercase());
         }
-        l
-    });
+        linked = Some(l);
+    }
     if let Some(l) = &linked {
         if l.is_staff() {
             check_may_manage(actor, l)?;
@@ -424,6 +428,10 @@ pub async fn erase(
             lookups_deleted,
         } => {
             core.keyring.forget(tenant, &owner);
+            if let Some(u) = &user_id {
+                core.keyring
+                    .forget(tenant, &super::users::login_owner(u.as_str()));
+            }
             super::mail::remove_mailbox_files(core, &addresses).await;
             Ok(ErasureReport {
                 customer_id: customer.id,

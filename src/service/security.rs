@@ -217,7 +217,8 @@ pub async fn step_up(
         .get_user(tenant, &actor.user_id)
         .await?
         .ok_or(AppError::InvalidCredentials)?;
-    let key = account_key(core, tenant, &user.email);
+    let email = super::users::email_of(core, &user).await?;
+    let key = account_key(core, tenant, &email);
     let audit = AuditBuilder::new(core, meta, Some(actor));
     // Counted before anything is checked; the password and, with MFA, the code are one guess.
     let guess = super::guesses::reserve(
@@ -326,6 +327,42 @@ impl std::fmt::Debug for ThrottleKey {
     }
 }
 
+/// The key under which a login's email is looked up and kept unique in its tenant
+/// (`users.email_hash`): HMAC-SHA256 keyed with a key derived from the master key
+/// (`login-email/v1`) over the tenant id and the normalised email. A customer's login keeps
+/// nothing else readable without its own data key (the email itself is sealed under
+/// `login:<user id>`, which the customer's erasure destroys), so whoever reads `users` cannot
+/// confirm a guessed address by hashing it. It rotates only with the root key.
+pub struct LoginEmailKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl LoginEmailKey {
+    /// The derivation label of the key under the master key.
+    pub const PURPOSE: &'static str = "login-email/v1";
+
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(zeroize::Zeroizing::new(key))
+    }
+
+    /// The lookup hash of an email in a scope (`le1.<hex>`).
+    pub fn hash(&self, tenant: Option<&TenantId>, email: &str) -> String {
+        let scope = tenant.map_or("", |t| t.as_str());
+        let normalised = email.trim().to_lowercase();
+        format!(
+            "le1.{}",
+            hex::encode(crate::crypto::hmac_sha256(
+                self.0.as_slice(),
+                format!("{scope}\u{0}{normalised}").as_bytes()
+            ))
+        )
+    }
+}
+
+impl std::fmt::Debug for LoginEmailKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginEmailKey(<redacted>)")
+    }
+}
+
 /// The throttle key of an email in a scope (whether or not such an account exists).
 pub fn account_key(core: &Core, tenant: Option<&TenantId>, email: &str) -> String {
     core.throttle_key.account(tenant, email)
@@ -364,7 +401,8 @@ pub async fn unlock_user(
         Outcome::Success,
         None,
     );
-    super::guesses::clear(core, &account_key(core, Some(tenant), &user.email), &[ev]).await
+    let email = super::users::email_of(core, &user).await?;
+    super::guesses::clear(core, &account_key(core, Some(tenant), &email), &[ev]).await
 }
 
 /// Whether a user's sign-in is locked now, and until when.

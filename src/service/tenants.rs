@@ -80,7 +80,8 @@ pub async fn create(
     let manager = NewUser {
         id: manager_id.clone(),
         tenant_id: Some(tenant_id.clone()),
-        email,
+        email_hash: super::users::email_hash(core, Some(&tenant_id), email.as_str()),
+        email: email.as_str().to_owned(),
         password_hash: invitations::unknown_password_hash(core).await?,
         roles: vec![Role::Manager],
         created_at: now,

@@ -9,13 +9,16 @@
 use super::duties::check_role_pairs;
 use super::invitations::{self, Issuer};
 use super::{AuditBuilder, Core, Listed, Principal, RequestMeta, security};
+use crate::crypto::envelope::is_ciphertext;
 use crate::domain::audit::Outcome;
 use crate::domain::authz::{
     Permission, PermissionSet, Role, Scope, parse_tenant_roles, roles_from_storage,
 };
 use crate::domain::values::Email;
 use crate::error::{AppError, AppResult};
-use crate::ids::UserId;
+use crate::ids::{TenantId, UserId};
+use crate::service::keys::KeyOwner;
+use crate::store::keys::USER_EMAIL;
 use crate::store::{Page, StoreError, UserChange, UserRecord};
 
 pub struct CreateUser {
@@ -64,12 +67,7 @@ pub async fn create(
         param: Some("email".into()),
         message: "a user with this email already exists in this tenant".into(),
     };
-    if core
-        .store
-        .find_user_by_email(Some(tenant), &email)
-        .await?
-        .is_some()
-    {
+    if find_by_email(core, Some(tenant), &email).await?.is_some() {
         return Err(taken());
     }
     let mut invite = invitations::prepare(
@@ -94,10 +92,12 @@ pub async fn create(
         Err(StoreError::Conflict { .. }) => return Err(taken()),
         Err(e) => return Err(e.into()),
     }
-    core.store
+    let user = core
+        .store
         .get_user(Some(tenant), &id)
         .await?
-        .ok_or(AppError::NotFound("user"))
+        .ok_or(AppError::NotFound("user"))?;
+    opened(core, user).await
 }
 
 /// Parses a user id from a path and applies the ownership scope: under `Own`, anyone but the
@@ -112,10 +112,12 @@ fn target(actor: &Principal, id: &str, perm: Permission) -> AppResult<UserId> {
 
 pub async fn get(core: &Core, actor: &Principal, id: &str) -> AppResult<UserRecord> {
     let id = target(actor, id, Permission::UsersRead)?;
-    core.store
+    let user = core
+        .store
         .get_user(Some(actor.tenant()?), &id)
         .await?
-        .ok_or(AppError::NotFound("user"))
+        .ok_or(AppError::NotFound("user"))?;
+    opened(core, user).await
 }
 
 pub async fn list(core: &Core, actor: &Principal, page: &Page) -> AppResult<Listed<UserRecord>> {
@@ -123,7 +125,10 @@ pub async fn list(core: &Core, actor: &Principal, page: &Page) -> AppResult<List
         Scope::Own => Some(&actor.user_id),
         Scope::All => None,
     };
-    let rows = core.store.list_users(actor.tenant()?, only, page).await?;
+    let mut rows = Vec::new();
+    for u in core.store.list_users(actor.tenant()?, only, page).await? {
+        rows.push(opened(core, u).await?);
+    }
     Ok(Listed::from_rows(rows, page))
 }
 
@@ -202,7 +207,8 @@ async fn change(
         Outcome::Success,
         None,
     );
-    core.store
+    let user = core
+        .store
         .update_user(
             tenant,
             id,
@@ -212,7 +218,38 @@ async fn change(
             &[ev],
         )
         .await?
-        .ok_or(AppError::NotFound("user"))
+        .ok_or(AppError::NotFound("user"))?;
+    let user = seal_if_customer_login(core, user).await?;
+    opened(core, user).await
+}
+
+/// A staff login whose roles became only CUSTOMER is a customer's login from now on: its
+/// clear email is sealed under its own key (compare-and-swap: a concurrent change wins).
+async fn seal_if_customer_login(core: &Core, user: UserRecord) -> AppResult<UserRecord> {
+    let Some(tenant) = user.tenant_id.as_deref().and_then(TenantId::parse) else {
+        return Ok(user);
+    };
+    if !is_customer_login(&roles_from_storage(&user.roles)) || is_ciphertext(&user.stored_email) {
+        return Ok(user);
+    }
+    let hash = email_hash(core, Some(&tenant), &user.stored_email);
+    let sealed = core
+        .keyring
+        .seal(
+            &tenant,
+            &login_owner(&user.id),
+            USER_EMAIL,
+            &user.id,
+            user.stored_email.as_bytes(),
+        )
+        .await?;
+    core.store
+        .set_user_email(&user.id, &user.stored_email, &sealed, &hash)
+        .await?;
+    Ok(UserRecord {
+        stored_email: sealed,
+        ..user
+    })
 }
 
 /// Resets another user's second factor (a user manager, with step-up): their authenticator and
@@ -276,5 +313,140 @@ pub async fn reset_mfa(
     core.store
         .revoke_user_sessions(Some(tenant), &id, None, None, "mfa_reset", now, &[])
         .await?;
+    opened(core, user).await
+}
+
+// ------------------------------------------------------------------ logins' emails at rest
+
+/// Whether a login with `roles` is a customer's (holds only the CUSTOMER role, as an erasure
+/// judges it): its email is sealed under its own key; a staff login keeps it in clear.
+pub fn is_customer_login(roles: &[Role]) -> bool {
+    !roles.is_empty() && roles.iter().all(|r| *r == Role::Customer)
+}
+
+/// The data key that seals what names the customer login `id`: its email and the mail
+/// addressed to it. Destroyed by the customer's erasure.
+pub fn login_owner(id: &str) -> KeyOwner {
+    KeyOwner::Login(id.to_owned())
+}
+
+/// The key that seals mail to a login with `roles`: its own for a customer's login, the
+/// tenant's otherwise.
+pub fn mail_owner(id: &str, roles: &[Role]) -> KeyOwner {
+    if is_customer_login(roles) {
+        login_owner(id)
+    } else {
+        KeyOwner::Tenant
+    }
+}
+
+/// The keyed hash by which a login is looked up and kept unique (`users.email_hash`).
+pub fn email_hash(core: &Core, tenant: Option<&TenantId>, email: &str) -> String {
+    core.login_email_key.hash(tenant, email)
+}
+
+/// What `users.email` stores for a new login `id`: the address sealed under the login's own
+/// key for a customer's login (a tenant's), in clear otherwise; and its lookup hash.
+pub async fn stored_email(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+    email: &Email,
+    roles: &[Role],
+) -> AppResult<(String, String)> {
+    let hash = email_hash(core, tenant, email.as_str());
+    let stored = match tenant {
+        Some(t) if is_customer_login(roles) => {
+            core.keyring
+                .seal(
+                    t,
+                    &login_owner(id.as_str()),
+                    USER_EMAIL,
+                    id.as_str(),
+                    email.as_str().as_bytes(),
+                )
+                .await?
+        }
+        _ => email.as_str().to_owned(),
+    };
+    Ok((stored, hash))
+}
+
+/// A login's email address: opened when it is sealed (a customer's login).
+pub async fn email_of(core: &Core, user: &UserRecord) -> AppResult<String> {
+    if !is_ciphertext(&user.stored_email) {
+        return Ok(user.stored_email.clone());
+    }
+    let tenant = user.tenant_id.as_deref().unwrap_or("");
+    let opened = core
+        .keyring
+        .open_text(&USER_EMAIL.at(tenant, &user.id), &user.stored_email)
+        .await?;
+    Ok(opened.as_str().to_owned())
+}
+
+/// `user` with its email opened, for an answer that shows it to someone allowed to see it.
+pub async fn opened(core: &Core, mut user: UserRecord) -> AppResult<UserRecord> {
+    user.stored_email = email_of(core, &user).await?;
     Ok(user)
+}
+
+/// The login of `email` in a scope, looked up by its keyed hash (its email still sealed).
+pub async fn find_by_email(
+    core: &Core,
+    tenant: Option<&TenantId>,
+    email: &Email,
+) -> AppResult<Option<UserRecord>> {
+    Ok(core
+        .store
+        .find_user_by_email(tenant, &email_hash(core, tenant, email.as_str()), email)
+        .await?)
+}
+
+/// Hashes the emails of logins written before `users.email_hash` existed, sealing a customer
+/// login's under its own key on the way (compare-and-swap per row). Runs at every start
+/// (`kasho serve`). Returns how many logins it converted.
+pub async fn seal_login_emails(core: &Core) -> AppResult<u64> {
+    let mut done = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let batch = core
+            .store
+            .users_without_email_hash(after.as_deref(), 100)
+            .await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.id.clone());
+        for u in &batch {
+            if is_ciphertext(&u.stored_email) {
+                continue;
+            }
+            let tenant = u.tenant_id.as_deref().and_then(TenantId::parse);
+            let hash = email_hash(core, tenant.as_ref(), &u.stored_email);
+            let roles = roles_from_storage(&u.roles);
+            // An erased login (`erased+<id>@invalid`, no password) only gets its hash.
+            let erased = u.password_hash == "!erased";
+            let stored = match &tenant {
+                Some(t) if is_customer_login(&roles) && !erased => {
+                    core.keyring
+                        .seal(
+                            t,
+                            &login_owner(&u.id),
+                            USER_EMAIL,
+                            &u.id,
+                            u.stored_email.as_bytes(),
+                        )
+                        .await?
+                }
+                _ => u.stored_email.clone(),
+            };
+            if core
+                .store
+                .set_user_email(&u.id, &u.stored_email, &stored, &hash)
+                .await?
+            {
+                done += 1;
+            }
+        }
+    }
+    Ok(done)
 }

@@ -203,8 +203,8 @@ macro_rules! impl_identity_store {
                 u: &$crate::store::NewUser,
             ) -> $crate::store::StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'invited', $6, $6)",
+                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at, email_hash) \
+                     VALUES ($1, $2, $3, $4, $5, 'invited', $6, $6, $7)",
                 )
                 .bind(u.id.as_str())
                 .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
@@ -212,6 +212,7 @@ macro_rules! impl_identity_store {
                 .bind(&u.password_hash)
                 .bind($crate::domain::authz::roles_to_storage(&u.roles))
                 .bind(u.created_at.as_micros())
+                .bind(&u.email_hash)
                 .execute(&mut **tx)
                 .await?;
                 Ok(())

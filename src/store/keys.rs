@@ -131,7 +131,17 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     STAFF_NOTE,
     SESSION_IP,
     SESSION_USER_AGENT,
+    USER_EMAIL,
 ];
+
+/// A customer's login email, sealed under the login's own data key (`login:<user id>`, AAD row
+/// = the user id), destroyed by the customer's erasure; staff logins keep it in clear. Looked
+/// up and kept unique by `users.email_hash` (a keyed hash), never by this value.
+pub const USER_EMAIL: EncryptedColumn = EncryptedColumn {
+    table: "users",
+    column: "email",
+    row: "id",
+};
 
 /// The sign-in address of a customer's session, sealed under the customer's data key (AAD row =
 /// the session id); staff sessions keep it in clear (the staff allow-list reads it).

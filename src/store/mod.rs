@@ -189,7 +189,10 @@ pub struct TenantRecord {
 pub struct UserRecord {
     pub id: String,
     pub tenant_id: Option<String>,
-    pub email: String,
+    /// `users.email` as stored: sealed for a customer's login. Read the address through
+    /// `service::users::email_of` (or a record `service::users::opened` returned).
+    #[sqlx(rename = "email")]
+    pub stored_email: String,
     pub password_hash: String,
     /// Comma-separated role names.
     pub roles: String,
@@ -228,7 +231,12 @@ pub struct NewTenant {
 pub struct NewUser {
     pub id: UserId,
     pub tenant_id: Option<TenantId>,
-    pub email: Email,
+    /// What `users.email` holds: the address in clear for a staff login, sealed under the
+    /// login's own data key for a customer's (`service::users::stored_email`).
+    pub email: String,
+    /// The keyed hash of the email (`users.email_hash`), by which the login is looked up and
+    /// kept unique in its tenant.
+    pub email_hash: String,
     pub password_hash: String,
     pub roles: Vec<Role>,
     pub created_at: Timestamp,
@@ -849,11 +857,28 @@ pub trait Store:
         tenant: Option<&TenantId>,
         id: &UserId,
     ) -> StoreResult<Option<UserRecord>>;
+    /// The login whose `email_hash` is `hash` (a row the start-up pass has not hashed yet is
+    /// matched on its clear `email`).
     async fn find_user_by_email(
         &self,
         tenant: Option<&TenantId>,
+        hash: &str,
         email: &Email,
     ) -> StoreResult<Option<UserRecord>>;
+    /// Logins without an `email_hash` yet (written before it existed), by id.
+    async fn users_without_email_hash(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<UserRecord>>;
+    /// Sets a login's stored email and hash if its email is still `old` (compare-and-swap).
+    async fn set_user_email(
+        &self,
+        id: &str,
+        old: &str,
+        email: &str,
+        hash: &str,
+    ) -> StoreResult<bool>;
     /// `only`: restrict to one user (ownership scope).
     async fn list_users(
         &self,

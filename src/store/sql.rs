@@ -379,8 +379,8 @@ macro_rules! impl_store {
                 u: &$crate::store::NewUser,
             ) -> $crate::store::StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)",
+                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at, email_hash) \
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7)",
                 )
                 .bind(u.id.as_str())
                 .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
@@ -388,6 +388,7 @@ macro_rules! impl_store {
                 .bind(&u.password_hash)
                 .bind($crate::domain::authz::roles_to_storage(&u.roles))
                 .bind(u.created_at.as_micros())
+                .bind(&u.email_hash)
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -529,15 +530,55 @@ macro_rules! impl_store {
             async fn find_user_by_email(
                 &self,
                 tenant: Option<&$crate::ids::TenantId>,
+                hash: &str,
                 email: &$crate::domain::values::Email,
             ) -> $crate::store::StoreResult<Option<$crate::store::UserRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT * FROM users WHERE COALESCE(tenant_id, '') = $1 AND email = $2",
+                    "SELECT * FROM users WHERE COALESCE(tenant_id, '') = $1 \
+                     AND (email_hash = $2 OR (email_hash IS NULL AND email = $3)) \
+                     ORDER BY email_hash IS NULL LIMIT 1",
                 )
                 .bind(tenant.map_or("", |t| t.as_str()))
+                .bind(hash)
                 .bind(email.as_str())
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn users_without_email_hash(
+                &self,
+                after: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::UserRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM users WHERE email_hash IS NULL AND ($1 IS NULL OR id > $1) \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn set_user_email(
+                &self,
+                id: &str,
+                old: &str,
+                email: &str,
+                hash: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("UPDATE users SET email = $3, email_hash = $4 WHERE id = $1 AND email = $2")
+                    .bind(id)
+                    .bind(old)
+                    .bind(email)
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                tx.commit().await?;
+                Ok(done)
             }
 
             async fn list_users(
@@ -1902,9 +1943,20 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 } else if let Some(user) = &user_id {
-                    // The login keeps its id (the audit trail names it) and nothing else.
+                    // The login keeps its id (the audit trail names it) and nothing else: its
+                    // email was sealed under its own key, destroyed here with the customer's
+                    // (in every copy of the database), and its lookup hash goes.
                     sqlx::query(
-                        "UPDATE users SET status = 'disabled', email = $3, password_hash = '!erased', updated_at = $4 \
+                        "UPDATE data_keys SET status = 'destroyed', wrapped = NULL, retired_at = COALESCE(retired_at, $3) \
+                         WHERE tenant_id = $1 AND owner = $2",
+                    )
+                    .bind(t)
+                    .bind(format!("login:{user}"))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE users SET status = 'disabled', email = $3, email_hash = NULL, password_hash = '!erased', updated_at = $4 \
                          WHERE tenant_id = $1 AND id = $2",
                     )
                     .bind(t)

@@ -705,7 +705,17 @@ async fn unknown_email_and_wrong_password_answer_alike_in_content_and_time(app: 
         let user = NewUser {
             id: UserId::generate(),
             tenant_id: Some(tenant.clone()),
-            email: Email::parse(&format!("known{i}@victim.test")).unwrap(),
+            email_hash: kasho::service::users::email_hash(
+                &prod.core,
+                Some(&tenant),
+                Email::parse(&format!("known{i}@victim.test"))
+                    .unwrap()
+                    .as_str(),
+            ),
+            email: Email::parse(&format!("known{i}@victim.test"))
+                .unwrap()
+                .as_str()
+                .to_owned(),
             password_hash: hash.clone(),
             roles: vec![Role::Cashier],
             created_at: prod.core.clock.now(),

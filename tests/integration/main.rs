@@ -38,6 +38,7 @@ mod kyc_uploads;
 mod ledger;
 mod ledger_model;
 mod limits;
+mod login_email;
 mod logs;
 mod mfa;
 mod money_rules;

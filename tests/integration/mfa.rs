@@ -523,7 +523,17 @@ async fn the_totp_secret_is_encrypted_at_rest(app: &TestApp) {
             &kasho::store::NewUser {
                 id: kasho::ids::UserId::generate(),
                 tenant_id: None,
-                email: kasho::domain::values::Email::parse(admin_email).unwrap(),
+                email_hash: kasho::service::users::email_hash(
+                    &app.core,
+                    None,
+                    kasho::domain::values::Email::parse(admin_email)
+                        .unwrap()
+                        .as_str(),
+                ),
+                email: kasho::domain::values::Email::parse(admin_email)
+                    .unwrap()
+                    .as_str()
+                    .to_owned(),
                 password_hash: hash,
                 roles: vec![kasho::domain::authz::Role::PlatformAdmin],
                 created_at: app.clock_now(),

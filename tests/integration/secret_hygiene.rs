@@ -89,7 +89,17 @@ async fn debug_never_shows_a_secret(app: &TestApp) {
     let user = kasho::store::NewUser {
         id: kasho::ids::UserId::generate(),
         tenant_id: None,
-        email: kasho::domain::values::Email::parse("new.user@acme.test").unwrap(),
+        email_hash: kasho::service::users::email_hash(
+            &app.core,
+            None,
+            kasho::domain::values::Email::parse("new.user@acme.test")
+                .unwrap()
+                .as_str(),
+        ),
+        email: kasho::domain::values::Email::parse("new.user@acme.test")
+            .unwrap()
+            .as_str()
+            .to_owned(),
         password_hash: hash.clone(),
         roles: vec![kasho::domain::authz::Role::Cashier],
         created_at: app.clock_now(),

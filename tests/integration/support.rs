@@ -610,7 +610,8 @@ impl TestApp {
         let user = NewUser {
             id: UserId::generate(),
             tenant_id: None,
-            email: Email::parse(&email).expect("email"),
+            email_hash: kasho::service::users::email_hash(&self.core, None, &email),
+            email: Email::parse(&email).expect("email").as_str().to_owned(),
             password_hash: hash,
             roles: vec![Role::PlatformAdmin],
             created_at: self.core.clock.now(),

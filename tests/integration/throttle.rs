@@ -408,7 +408,17 @@ async fn platform_admin(app: &TestApp) -> String {
     let user = kasho::store::NewUser {
         id: kasho::ids::UserId::generate(),
         tenant_id: None,
-        email: kasho::domain::values::Email::parse(&email).unwrap(),
+        email_hash: kasho::service::users::email_hash(
+            &app.core,
+            None,
+            kasho::domain::values::Email::parse(&email)
+                .unwrap()
+                .as_str(),
+        ),
+        email: kasho::domain::values::Email::parse(&email)
+            .unwrap()
+            .as_str()
+            .to_owned(),
         password_hash: app.core.hasher.hash(&PASSWORD.into()).await.unwrap(),
         roles: vec![kasho::domain::authz::Role::PlatformAdmin],
         created_at: app.core.clock.now(),

@@ -39,7 +39,7 @@ pub async fn accept(
                 object: "invitation_acceptance",
                 user_id: a.user.id,
                 tenant: a.tenant_slug,
-                email: a.user.email,
+                email: a.user.stored_email,
                 status: a.user.status,
             }),
         )),
