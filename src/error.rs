@@ -180,6 +180,10 @@ impl From<crate::domain::authz::ActorRevoked> for AppError {
                 AppError::InvalidToken("the session or API token has ended; sign in again")
             }
             crate::domain::authz::ActorRevoked::RolesChanged => AppError::forbidden(),
+            crate::domain::authz::ActorRevoked::TenantSuspended => AppError::AccountUnavailable {
+                code: "tenant_suspended",
+                message: "this tenant is suspended".into(),
+            },
         }
     }
 }

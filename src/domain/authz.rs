@@ -536,6 +536,8 @@ pub enum ActorRevoked {
     CredentialEnded,
     /// The user's roles are no longer the ones the request was authorised with: 403.
     RolesChanged,
+    /// The actor's tenant was suspended: 403 `tenant_suspended`, as at sign-in.
+    TenantSuspended,
 }
 
 impl ActorRevoked {
@@ -544,17 +546,20 @@ impl ActorRevoked {
         match self {
             ActorRevoked::CredentialEnded => "invalid_token",
             ActorRevoked::RolesChanged => "forbidden",
+            ActorRevoked::TenantSuspended => "tenant_suspended",
         }
     }
 }
 
 /// What the committing transaction read of the actor: the user's status and roles (storage
-/// form) and whether the credential is still live (not revoked, not past its end).
+/// form), whether the credential is still live (not revoked, not past its end) and whether the
+/// actor's tenant is active (a platform admin's: always).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActorStanding {
     pub user_status: String,
     pub roles: String,
     pub credential_live: bool,
+    pub tenant_active: bool,
 }
 
 /// The rule: the action commits only if the credential is live, the user active, and the user's
@@ -569,6 +574,9 @@ pub fn still_authorised(
     };
     if !s.credential_live || s.user_status != "active" {
         return Err(ActorRevoked::CredentialEnded);
+    }
+    if !s.tenant_active {
+        return Err(ActorRevoked::TenantSuspended);
     }
     let mut now = roles_from_storage(&s.roles);
     let mut then = authorised_roles.to_vec();
@@ -744,6 +752,7 @@ mod tests {
             user_status: status.into(),
             roles: roles.into(),
             credential_live: live,
+            tenant_active: true,
         };
         let m = [Role::Manager, Role::Customer];
         assert_eq!(
@@ -765,6 +774,14 @@ mod tests {
         assert_eq!(
             still_authorised(&m, None),
             Err(ActorRevoked::CredentialEnded)
+        );
+        let suspended = ActorStanding {
+            tenant_active: false,
+            ..live("active", "MANAGER,CUSTOMER", true)
+        };
+        assert_eq!(
+            still_authorised(&m, Some(&suspended)),
+            Err(ActorRevoked::TenantSuspended)
         );
     }
 }

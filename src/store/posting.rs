@@ -821,6 +821,7 @@ mod tests {
                     user_status: status.into(),
                     roles: roles.into(),
                     credential_live: true,
+                    tenant_active: true,
                 },
             );
         }

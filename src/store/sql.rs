@@ -132,25 +132,33 @@ macro_rules! impl_store {
                 let (q, id) = match credential {
                     $crate::store::ActorCredential::Session(id) => (
                         sqlx::query_as(concat!(
-                            "SELECT revoked_at, expires_at FROM sessions WHERE id = $1 AND user_id = $2",
+                            "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = sessions.tenant_id), 'active') \
+                             FROM sessions WHERE id = $1 AND user_id = $2",
                             $share
                         )),
                         id,
                     ),
                     $crate::store::ActorCredential::ApiToken(id) => (
                         sqlx::query_as(concat!(
-                            "SELECT revoked_at, expires_at FROM api_tokens WHERE id = $1 AND user_id = $2",
+                            "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = api_tokens.tenant_id), 'active') \
+                             FROM api_tokens WHERE id = $1 AND user_id = $2",
                             $share
                         )),
                         id,
                     ),
                 };
-                let live: Option<(Option<i64>, i64)> =
+                // The tenant's status is read by this later statement, after the user's row is
+                // locked: a suspension (which locks its users' rows) either committed before
+                // and is seen, or waits for this transaction.
+                let live: Option<(Option<i64>, i64, String)> =
                     q.bind(id).bind(user).fetch_optional(&mut **tx).await?;
                 Ok(Some($crate::domain::authz::ActorStanding {
                     user_status,
                     roles,
-                    credential_live: live.is_some_and(|(revoked, end)| revoked.is_none() && end > now),
+                    credential_live: live
+                        .as_ref()
+                        .is_some_and(|(revoked, end, _)| revoked.is_none() && *end > now),
+                    tenant_active: live.is_none_or(|(_, _, tenant)| tenant == "active"),
                 }))
             }
 
@@ -487,6 +495,13 @@ macro_rules! impl_store {
                     return Ok(None);
                 }
                 if status == "suspended" {
+                    // The tenant's users' rows, locked: a movement or change of access in flight
+                    // (which holds its actor's row for share until it commits) finishes first,
+                    // and one that starts now waits and then reads the tenant suspended.
+                    sqlx::query(concat!("SELECT id FROM users WHERE tenant_id = $1 ORDER BY id", $lock))
+                        .bind(id.as_str())
+                        .fetch_all(&mut *tx)
+                        .await?;
                     sqlx::query(
                         "UPDATE sessions SET revoked_at = $2, revoked_reason = 'tenant_suspended' \
                          WHERE tenant_id = $1 AND revoked_at IS NULL",
@@ -2184,16 +2199,18 @@ macro_rules! impl_store {
                     ids.sort_unstable();
                     ids.dedup();
                     for chunk in posting::chunks_by_size(&ids, CHUNK, $max_message, |id| text_len(id)) {
-                        let mut qb = Q::new("SELECT id, user_id, revoked_at, expires_at FROM ");
+                        // The tenant's status is read here, after the users' rows are locked (a
+                        // suspension locks them too): see `actor_standing_tx`.
+                        let mut qb = Q::new("SELECT id, user_id, revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = c.tenant_id), 'active') FROM ");
                         qb.push(table);
-                        qb.push(" WHERE id IN (");
+                        qb.push(" c WHERE id IN (");
                         let mut sep = qb.separated(", ");
                         for id in chunk {
                             sep.push_bind(id.to_string());
                         }
                         qb.push(concat!(") ORDER BY id", $share));
-                        type Live = (String, String, Option<i64>, i64);
-                        for (id, user, revoked, end) in qb.build_query_as::<Live>().persistent($persist).fetch_all(&mut *tx).await? {
+                        type Live = (String, String, Option<i64>, i64, String);
+                        for (id, user, revoked, end, tenant_status) in qb.build_query_as::<Live>().persistent($persist).fetch_all(&mut *tx).await? {
                             let Some((user_status, roles)) = standing.get(&user) else { continue };
                             let credential = if session {
                                 $crate::store::ActorCredential::Session(id)
@@ -2204,6 +2221,7 @@ macro_rules! impl_store {
                                 user_status: user_status.clone(),
                                 roles: roles.clone(),
                                 credential_live: revoked.is_none() && end > want.latest,
+                                tenant_active: tenant_status == "active",
                             });
                         }
                     }

@@ -372,13 +372,15 @@ fn post(
         // it comes after this batch. One primary-key look-up per distinct actor.
         let mut session = tx
             .prepare_cached(
-                "SELECT u.status, u.roles, s.revoked_at IS NULL AND s.expires_at > ?3 \
+                "SELECT u.status, u.roles, s.revoked_at IS NULL AND s.expires_at > ?3, \
+                 COALESCE((SELECT t.status FROM tenants t WHERE t.id = s.tenant_id), 'active') = 'active' \
                  FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1 AND u.id = ?2",
             )
             .map_err(db)?;
         let mut token = tx
             .prepare_cached(
-                "SELECT u.status, u.roles, t.revoked_at IS NULL AND t.expires_at > ?3 \
+                "SELECT u.status, u.roles, t.revoked_at IS NULL AND t.expires_at > ?3, \
+                 COALESCE((SELECT n.status FROM tenants n WHERE n.id = t.tenant_id), 'active') = 'active' \
                  FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1 AND u.id = ?2",
             )
             .map_err(db)?;
@@ -393,6 +395,7 @@ fn post(
                         user_status: r.get(0)?,
                         roles: r.get(1)?,
                         credential_live: r.get::<_, i64>(2)? != 0,
+                        tenant_active: r.get::<_, i64>(3)? != 0,
                     })
                 })
                 .optional()

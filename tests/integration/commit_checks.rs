@@ -464,6 +464,48 @@ async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(b
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+
+    // 5. The tenant suspended (by a platform admin, on another instance) while an API token's
+    //    deposit is in flight: 403 `tenant_suspended`, as sign-in answers; nothing posted.
+    //    (Suspension ends sessions, so only a token could still be in flight.)
+    let (c5, c5_token) = app.user_token(&t, &["CASHIER"]).await;
+    let tok = app
+        .post(
+            "/v1/api-tokens",
+            Some(&c5_token),
+            json!({ "name": "till-5", "scopes": ["cash:write"], "expires_in": "30d" }),
+        )
+        .await;
+    assert_eq!(tok.status, StatusCode::CREATED, "{tok:?}");
+    let secret = tok.body["secret"].as_str().unwrap().to_owned();
+    let r = gap
+        .around(
+            &app,
+            &c5,
+            post_with_key("/v1/deposits", &secret, "gap-6", &deposit(&b, 300)),
+            async {
+                let r = send_to(
+                    &other,
+                    TestApp::post_request(
+                        &format!("/v1/tenants/{}/suspend", t.id),
+                        Some(&admin),
+                        &json!({}),
+                    ),
+                )
+                .await;
+                assert_eq!(r.status, StatusCode::OK, "{r:?}");
+            },
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "tenant_suspended");
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT id FROM transfers WHERE created_by = '{c5}'")
+        )
+        .await,
+        0
+    );
     app.cleanup().await;
 }
 
