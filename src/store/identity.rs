@@ -192,30 +192,9 @@ macro_rules! impl_identity_store {
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 invite: &$crate::store::identity::NewInvite,
             ) -> $crate::store::StoreResult<()> {
-                Self::insert_invited_user_tx(tx, &invite.user).await?;
+                Self::insert_user_tx(tx, &invite.user, "invited").await?;
                 Self::insert_invitation_tx(tx, &invite.invitation).await?;
                 Self::insert_mail_tx(tx, &invite.message).await
-            }
-
-            /// Inserts a user with status `invited` inside `tx`.
-            async fn insert_invited_user_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                u: &$crate::store::NewUser,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at, email_hash) \
-                     VALUES ($1, $2, $3, $4, $5, 'invited', $6, $6, $7)",
-                )
-                .bind(u.id.as_str())
-                .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
-                .bind(u.email.as_str())
-                .bind(&u.password_hash)
-                .bind($crate::domain::authz::roles_to_storage(&u.roles))
-                .bind(u.created_at.as_micros())
-                .bind(&u.email_hash)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
             }
 
             async fn insert_invitation_tx(

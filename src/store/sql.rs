@@ -382,13 +382,16 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Inserts a user inside `tx` with `status`: `active` (its password already set, as a
+            /// platform admin's) or `invited` (no password of its own until it accepts a link).
             async fn insert_user_tx(
                 tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
                 u: &$crate::store::NewUser,
+                status: &'static str,
             ) -> $crate::store::StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at, email_hash) \
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7)",
+                     VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $7)",
                 )
                 .bind(u.id.as_str())
                 .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
@@ -397,6 +400,7 @@ macro_rules! impl_store {
                 .bind($crate::domain::authz::roles_to_storage(&u.roles))
                 .bind(u.created_at.as_micros())
                 .bind(&u.email_hash)
+                .bind(status)
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -442,7 +446,7 @@ macro_rules! impl_store {
                 .bind(t.created_at.as_micros())
                 .execute(&mut *tx)
                 .await?;
-                Self::insert_invited_user_tx(&mut tx, manager).await?;
+                Self::insert_user_tx(&mut tx, manager, "invited").await?;
                 for a in system_accounts {
                     Self::insert_account_tx(&mut tx, a).await?;
                 }
@@ -522,7 +526,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                Self::insert_user_tx(&mut tx, u).await?;
+                Self::insert_user_tx(&mut tx, u, "active").await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())

@@ -310,6 +310,20 @@ impl Gap {
     }
 }
 
+/// A new CASHIER of `t` and the secret of an API token (`cash:write`) it created.
+async fn cashier_with_till_token(app: &TestApp, t: &TenantFixture, name: &str) -> (String, String) {
+    let (id, token) = app.user_token(t, &["CASHIER"]).await;
+    let tok = app
+        .post(
+            "/v1/api-tokens",
+            Some(&token),
+            json!({ "name": name, "scopes": ["cash:write"], "expires_in": "30d" }),
+        )
+        .await;
+    assert_eq!(tok.status, StatusCode::CREATED, "{tok:?}");
+    (id, tok.body["secret"].as_str().unwrap().to_owned())
+}
+
 async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(backend: Backend) {
     let gap = Arc::new(Gap::default());
     let app = TestApp::with_checks(backend, vec![gap.clone()]).await;
@@ -391,16 +405,7 @@ async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(b
 
     // 4. An API token whose creator lost the role that let it deposit: 403, as the middleware
     //    would answer the next request (a role change ends sessions, not tokens).
-    let (c3, c3_token) = app.user_token(&t, &["CASHIER"]).await;
-    let tok = app
-        .post(
-            "/v1/api-tokens",
-            Some(&c3_token),
-            json!({ "name": "till", "scopes": ["cash:write"], "expires_in": "30d" }),
-        )
-        .await;
-    assert_eq!(tok.status, StatusCode::CREATED, "{tok:?}");
-    let secret = tok.body["secret"].as_str().unwrap().to_owned();
+    let (c3, secret) = cashier_with_till_token(&app, &t, "till").await;
     let r = gap
         .around(
             &app,
@@ -468,16 +473,7 @@ async fn a_movement_whose_actor_lost_the_right_before_the_commit_moves_nothing(b
     // 5. The tenant suspended (by a platform admin, on another instance) while an API token's
     //    deposit is in flight: 403 `tenant_suspended`, as sign-in answers; nothing posted.
     //    (Suspension ends sessions, so only a token could still be in flight.)
-    let (c5, c5_token) = app.user_token(&t, &["CASHIER"]).await;
-    let tok = app
-        .post(
-            "/v1/api-tokens",
-            Some(&c5_token),
-            json!({ "name": "till-5", "scopes": ["cash:write"], "expires_in": "30d" }),
-        )
-        .await;
-    assert_eq!(tok.status, StatusCode::CREATED, "{tok:?}");
-    let secret = tok.body["secret"].as_str().unwrap().to_owned();
+    let (c5, secret) = cashier_with_till_token(&app, &t, "till-5").await;
     let r = gap
         .around(
             &app,

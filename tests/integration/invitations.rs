@@ -444,6 +444,16 @@ async fn the_console_issues_a_fresh_link_when_mail_cannot_reach_someone(app: &Te
     );
 }
 
+/// `POST /v1/users/{id}/{action}` as the tenant's manager.
+async fn user_action(app: &TestApp, t: &TenantFixture, id: &str, action: &str) -> Resp {
+    app.post(
+        &format!("/v1/users/{id}/{action}"),
+        Some(&t.manager_token),
+        json!({}),
+    )
+    .await
+}
+
 /// A user disabled before accepting its invitation and enabled again is `invited` again, not
 /// `active`: it has no password of its own until it accepts a link.
 async fn enabling_a_user_who_never_accepted_keeps_it_invited(app: &TestApp) {
@@ -452,33 +462,15 @@ async fn enabling_a_user_who_never_accepted_keeps_it_invited(app: &TestApp) {
     let r = invite(app, &t, "dora@acme.test", &["CASHIER"]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let id = r.body["id"].as_str().unwrap().to_owned();
-    let off = app
-        .post(
-            &format!("/v1/users/{id}/disable"),
-            Some(&t.manager_token),
-            json!({}),
-        )
-        .await;
+    let off = user_action(app, &t, &id, "disable").await;
     assert_eq!(off.status, StatusCode::OK, "{off:?}");
     assert_eq!(off.body["status"], "disabled");
-    let on = app
-        .post(
-            &format!("/v1/users/{id}/enable"),
-            Some(&t.manager_token),
-            json!({}),
-        )
-        .await;
+    let on = user_action(app, &t, &id, "enable").await;
     assert_eq!(on.status, StatusCode::OK, "{on:?}");
     assert_eq!(on.body["status"], "invited", "{on:?}");
     assert_eq!(status_of(app, "dora@acme.test").await, "invited");
     // A fresh link still makes it active with a password of its own.
-    let again = app
-        .post(
-            &format!("/v1/users/{id}/reinvite"),
-            Some(&t.manager_token),
-            json!({}),
-        )
-        .await;
+    let again = user_action(app, &t, &id, "reinvite").await;
     assert!(again.status.is_success(), "{again:?}");
     let mails = mailbox(app).await;
     let token = token_in(
@@ -492,21 +484,9 @@ async fn enabling_a_user_who_never_accepted_keeps_it_invited(app: &TestApp) {
     assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
     assert_eq!(status_of(app, "dora@acme.test").await, "active");
     // A user who had accepted comes back `active` after a disable and enable.
-    let off = app
-        .post(
-            &format!("/v1/users/{id}/disable"),
-            Some(&t.manager_token),
-            json!({}),
-        )
-        .await;
+    let off = user_action(app, &t, &id, "disable").await;
     assert_eq!(off.status, StatusCode::OK, "{off:?}");
-    let on = app
-        .post(
-            &format!("/v1/users/{id}/enable"),
-            Some(&t.manager_token),
-            json!({}),
-        )
-        .await;
+    let on = user_action(app, &t, &id, "enable").await;
     assert_eq!(on.body["status"], "active", "{on:?}");
 }
 

@@ -65,6 +65,15 @@ fn kasho(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     )
 }
 
+/// Why the server refused to start with `cfg` (empty if it started).
+async fn start_error(app: &TestApp, cfg: &Config) -> String {
+    kasho::app::build_core(cfg, app.core.clock.clone(), true)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 /// Everything a start could have written: audit records, key rows, the check row, migrations.
 async fn footprint(app: &TestApp) -> Vec<String> {
     let mut all = Vec::new();
@@ -130,11 +139,7 @@ async fn a_database_opened_with_another_root_key_refuses_before_writing(app: &Te
         &[("master_key", &wrong), ("jwt_signing_key", &pem)],
     );
     // The server's start and the CLI's commands open the database through the same function.
-    let err = kasho::app::build_core(&cfg, app.core.clock.clone(), true)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_error(app, &cfg).await;
     assert!(err.contains("wrong master key"), "{err}");
     let err = kasho::app::open_database(&cfg, kasho::app::Opening::Migrate, false, 0)
         .await
@@ -178,11 +183,7 @@ async fn a_database_from_before_the_check_is_proven_by_its_master_key_and_audit_
         &dir,
         &[("master_key", &wrong), ("jwt_signing_key", &pem)],
     );
-    let err = kasho::app::build_core(&cfg, app.core.clock.clone(), true)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_error(app, &cfg).await;
     assert!(err.contains("wrong master key"), "{err}");
     assert!(
         app.raw_strings("SELECT root_id FROM root_key_check")
@@ -217,11 +218,7 @@ async fn development_never_generates_keys_for_a_database_that_has_them(app: &Tes
     let elsewhere = tempfile::tempdir().unwrap();
     let dir = elsewhere.path().display().to_string();
     let cfg = config(app, &dir, &[]);
-    let err = kasho::app::build_core(&cfg, app.core.clock.clone(), true)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_error(app, &cfg).await;
     assert!(err.contains("refusing to generate keys"), "{err}");
     // Only the JWT key missing is refused too: a new one would sign tokens no other instance
     // accepts.
@@ -233,11 +230,7 @@ async fn development_never_generates_keys_for_a_database_that_has_them(app: &Tes
             &std::fs::read_to_string(app.data_dir.path().join("keys").join("master.key")).unwrap(),
         )],
     );
-    let err = kasho::app::build_core(&with_master, app.core.clock.clone(), true)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_error(app, &with_master).await;
     assert!(err.contains("refusing to generate keys"), "{err}");
     assert!(
         !elsewhere.path().join("keys").join("master.key").exists()
@@ -257,11 +250,7 @@ async fn development_never_generates_keys_for_a_database_that_has_them(app: &Tes
         &app.data_dir.path().display().to_string(),
         &[("jwt_signing_key", &other_pem)],
     );
-    let err = kasho::app::build_core(&cfg, app.core.clock.clone(), true)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_error(app, &cfg).await;
     assert!(err.contains("wrong JWT signing key"), "{err}");
     assert_eq!(footprint(app).await, before, "nothing was written");
     // Replaced on purpose: the operator adopts it, and it starts.
