@@ -590,6 +590,24 @@ pub fn still_authorised(
     Ok(())
 }
 
+/// Who acts, as the request was authorised: re-checked inside the committing transaction
+/// (`still_authorised`), so a sign-out, revocation, disable or role change committed after the
+/// request's authorisation but before its write is never followed by the write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActorCheck {
+    pub user_id: String,
+    pub credential: ActorCredential,
+    /// The roles the request was authorised with.
+    pub roles: Vec<Role>,
+}
+
+/// The credential a request was authorised with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorCredential {
+    Session(String),
+    ApiToken(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

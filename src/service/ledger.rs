@@ -17,19 +17,23 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckDecision, MovementView, Refusal, TransferDetails, TransferKind,
+    AccountKind, Amount, CheckDecision, MovementView, OUTCOME_PREFIX, Refusal, StoredOutcome,
+    TransferDetails, TransferKind,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
 use crate::store::{
-    AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewIdempotency, NewMovement, Page,
-    PostResult, PostedTransfer, RenderOutcome, Store, StoreError, TransferFilter,
+    AccountRecord, CustomerRecord, EntryRecord, NewAccount, NewIdempotency, Page, PostResult,
+    PostedTransfer, Store, StoreError, TransferCommand, TransferFilter,
 };
 
 /// Most movements posted in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Job = (NewMovement, oneshot::Sender<Result<PostResult, StoreError>>);
+type Job = (
+    TransferCommand,
+    oneshot::Sender<Result<PostResult, StoreError>>,
+);
 
 /// The single writer of money movements in this process.
 #[derive(Clone)]
@@ -44,7 +48,7 @@ impl LedgerWriter {
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-                let (batch, replies): (Vec<NewMovement>, Vec<_>) = jobs.drain(..).unzip();
+                let (batch, replies): (Vec<TransferCommand>, Vec<_>) = jobs.drain(..).unzip();
                 let started = std::time::Instant::now();
                 let r = store.post_movements(&batch).await;
                 tracing::debug!(
@@ -96,7 +100,7 @@ impl LedgerWriter {
         Self { queue }
     }
 
-    async fn post(&self, m: NewMovement) -> AppResult<PostResult> {
+    async fn post(&self, m: TransferCommand) -> AppResult<PostResult> {
         let rx = self.enqueue(m).await?;
         rx.await
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
@@ -108,7 +112,7 @@ impl LedgerWriter {
     /// Queues a movement; the receiver yields its result once its batch has committed.
     async fn enqueue(
         &self,
-        m: NewMovement,
+        m: TransferCommand,
     ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
         let (tx, rx) = oneshot::channel();
         self.queue
@@ -212,14 +216,47 @@ impl From<StoreError> for MoveError {
     }
 }
 
-/// What a money-moving request produced.
+/// What a money-moving request produced. The HTTP layer renders each (once).
 pub enum MovementOutcome {
     Posted(Box<PostedTransfer>),
-    /// The stored response of an earlier request with the same key.
-    Replayed {
+    /// A retry of a request that posted: the transfer it posted, read back (transfers and their
+    /// entries are append-only, so it shows the balances right after the movement).
+    Replayed(Box<PostedTransfer>),
+    /// A retry of a request the ledger refused: the same refusal.
+    ReplayedRefusal(Refusal),
+    /// A retry answered from a body rendered and stored by a version before stored outcomes.
+    ReplayedBody {
         status: u16,
         body: String,
     },
+}
+
+/// A stored answer, read back for a replay.
+enum StoredAnswer {
+    Transfer(Box<PostedTransfer>),
+    Hold(Box<crate::store::HoldRecord>),
+    Refused(Refusal),
+    /// An older version's rendered body.
+    Body {
+        status: u16,
+        body: String,
+    },
+}
+
+impl StoredAnswer {
+    /// The answer to a retried money movement.
+    fn into_movement(self) -> AppResult<MovementOutcome> {
+        match self {
+            StoredAnswer::Transfer(p) => Ok(MovementOutcome::Replayed(p)),
+            StoredAnswer::Refused(r) => Ok(MovementOutcome::ReplayedRefusal(r)),
+            StoredAnswer::Body { status, body } => {
+                Ok(MovementOutcome::ReplayedBody { status, body })
+            }
+            StoredAnswer::Hold(_) => Err(AppError::internal(
+                "a movement's idempotency key names a hold",
+            )),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- ownership
@@ -578,7 +615,7 @@ enum Prepared<'a> {
     /// The movement, its idempotency key's in-flight claim and its KYC reservation: both are
     /// held until the movement is settled.
     Ready(
-        Box<NewMovement>,
+        Box<TransferCommand>,
         Option<InFlightGuard<'a>>,
         Option<super::kyc::Reservation>,
     ),
@@ -590,46 +627,13 @@ pub async fn move_money(
     actor: &Principal,
     input: TransferInput,
     idempotency: Option<IdempotencyKey>,
-    render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     refuse_if_over_budget(core, actor)?;
-    let outcome = move_one(core, meta, actor, input, idempotency, render).await;
-    match outcome {
-        Err(e) => {
-            count_refusals(core, meta, actor, 1).await;
-            Err(e)
-        }
-        Ok(MovementOutcome::Replayed { status, body }) if (200..300).contains(&status) => {
-            Ok(rendered_for_replayer(core, actor, status, body, render).await)
-        }
-        other => other,
+    let outcome = move_one(core, meta, actor, input, idempotency).await;
+    if outcome.is_err() {
+        count_refusals(core, meta, actor, 1).await;
     }
-}
-
-/// A replayed success, rendered for the credential replaying it (its read rights today), not
-/// as stored for whoever posted it: the transfer is read back and rendered again. Falls back
-/// to the stored body only if it names no transfer this tenant holds.
-async fn rendered_for_replayer(
-    core: &Core,
-    actor: &Principal,
-    status: u16,
-    body: String,
-    render: RenderOutcome,
-) -> MovementOutcome {
-    let id = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["id"].as_str().map(str::to_owned));
-    let (Some(id), Ok(tenant)) = (id, actor.tenant()) else {
-        return MovementOutcome::Replayed { status, body };
-    };
-    let Ok(Some(mut p)) = core.store.get_transfer(tenant, &id).await else {
-        return MovementOutcome::Replayed { status, body };
-    };
-    if open_details(core, &mut p).await.is_err() {
-        return MovementOutcome::Replayed { status, body };
-    }
-    let (_, body) = render(&Ok(p));
-    MovementOutcome::Replayed { status, body }
+    outcome
 }
 
 async fn move_one(
@@ -638,19 +642,8 @@ async fn move_one(
     actor: &Principal,
     input: TransferInput,
     idempotency: Option<IdempotencyKey>,
-    render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
-    match prepare(
-        core,
-        meta,
-        actor,
-        input,
-        idempotency.as_ref(),
-        render,
-        false,
-    )
-    .await?
-    {
+    match prepare(core, meta, actor, input, idempotency.as_ref(), false).await? {
         Prepared::Replay(o) => {
             crate::observability::transfer("replayed");
             Ok(o)
@@ -682,7 +675,6 @@ async fn prepare<'a>(
     actor: &Principal,
     input: TransferInput,
     idempotency: Option<&IdempotencyKey>,
-    render: RenderOutcome,
     batch: bool,
 ) -> Result<Prepared<'a>, MoveError> {
     let tenant = actor.tenant()?.clone();
@@ -691,7 +683,7 @@ async fn prepare<'a>(
         None => None,
         Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
     };
-    match build_movement(core, meta, actor, input, idempotency, render, batch).await {
+    match build_movement(core, meta, actor, input, idempotency, batch).await {
         Ok(Prepared::Ready(m, _, kyc)) => Ok(Prepared::Ready(m, guard, kyc)),
         Ok(replayed) => Ok(replayed),
         Err(e) => {
@@ -712,7 +704,6 @@ async fn build_movement(
     actor: &Principal,
     input: TransferInput,
     idempotency: Option<&IdempotencyKey>,
-    render: RenderOutcome,
     batch: bool,
 ) -> Result<Prepared<'static>, MoveError> {
     let tenant = actor.tenant()?.clone();
@@ -907,19 +898,13 @@ async fn build_movement(
             audited: true,
         });
     }
-    // Details and the stored answer are sealed here, before the writer: it never sees a key
-    // it has to fetch, and nothing reaches storage in the clear.
-    let seal_key = if input.details.is_empty() && idempotency.is_none() {
+    // Details are sealed here, before the writer: it never sees a key it has to fetch, and
+    // nothing reaches storage in the clear. (The idempotency key stores the outcome's facts,
+    // which carry no personal data.)
+    let seal_key = if input.details.is_empty() {
         None
     } else {
-        Some(
-            reply_key(
-                core,
-                &tenant,
-                i64::from(!input.details.is_empty()) + i64::from(idempotency.is_some()),
-            )
-            .await?,
-        )
+        Some(reply_key(core, &tenant, 1).await?)
     };
     let details = match (&seal_key, input.details.is_empty()) {
         (Some(key), false) => {
@@ -934,7 +919,7 @@ async fn build_movement(
         }
         _ => None,
     };
-    let movement = NewMovement {
+    let movement = TransferCommand {
         id,
         tenant_id: tenant.clone(),
         kind: input.kind,
@@ -954,9 +939,7 @@ async fn build_movement(
             key: k.key.clone(),
             request_hash: k.request_hash.clone(),
             expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
-            seal: seal_key.clone(),
         }),
-        render,
         reverses: input.reverses.map(|r| r.link),
         capture_hold: input.capture_hold,
         quiet_refusal: batch,
@@ -985,7 +968,9 @@ async fn settle(
             audited: true,
         }),
         PostResult::DuplicateKey(stored) => match idempotency {
-            Some(k) => Ok(stored_answer(core, tenant, principal, stored, k).await?),
+            Some(k) => Ok(stored_answer(core, tenant, principal, stored, k)
+                .await?
+                .into_movement()?),
             None => Err(AppError::internal("duplicate key without a key").into()),
         },
     }
@@ -997,6 +982,19 @@ async fn replay(
     principal: &str,
     k: &IdempotencyKey,
 ) -> AppResult<Option<MovementOutcome>> {
+    match stored(core, tenant, principal, k).await? {
+        Some(a) => a.into_movement().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The live stored answer to `k`, if any.
+async fn stored(
+    core: &Core,
+    tenant: &TenantId,
+    principal: &str,
+    k: &IdempotencyKey,
+) -> AppResult<Option<StoredAnswer>> {
     let Some(stored) = core
         .store
         .get_idempotency(tenant, principal, &k.key, core.clock.now())
@@ -1010,29 +1008,94 @@ async fn replay(
 }
 
 /// The stored answer to a key, if the request is the same one; 422 if the key was used with a
-/// different request.
+/// different request. A stored outcome is resolved here: the transfer or hold it names is read
+/// back (a hold as it was created), a refusal is returned as it was.
 async fn stored_answer(
     core: &Core,
     tenant: &TenantId,
     principal: &str,
     stored: crate::store::IdempotencyRecord,
     k: &IdempotencyKey,
-) -> AppResult<MovementOutcome> {
+) -> AppResult<StoredAnswer> {
     if !crate::crypto::constant_time_eq(stored.request_hash.as_bytes(), k.request_hash.as_bytes()) {
         return Err(AppError::Unprocessable {
             code: "idempotency_key_reused",
             message: "this idempotency key was used with a different request".into(),
         });
     }
-    // The stored answer is sealed under the tenant's data key (it may carry transfer details).
-    let row = format!("{principal}/{}", k.key);
-    let col = crate::store::keys::IDEMPOTENCY_RESPONSES;
-    let ctx = col.at(tenant.as_str(), &row);
-    let body = core.keyring.open_text(&ctx, &stored.response_body).await?;
-    Ok(MovementOutcome::Replayed {
-        status: u16::try_from(stored.response_status).unwrap_or(500),
-        body: body.to_string(),
-    })
+    // Bodies rendered by older versions were sealed under the tenant's data key (they could
+    // carry transfer details); `keys encrypt-legacy` may have sealed stored outcomes too.
+    let body = if crate::crypto::envelope::is_ciphertext(&stored.response_body) {
+        let row = format!("{principal}/{}", k.key);
+        let col = crate::store::keys::IDEMPOTENCY_RESPONSES;
+        let ctx = col.at(tenant.as_str(), &row);
+        core.keyring
+            .open_text(&ctx, &stored.response_body)
+            .await?
+            .to_string()
+    } else {
+        stored.response_body
+    };
+    let outcome = match StoredOutcome::decode(&body) {
+        Some(o) => o,
+        None if body.starts_with(OUTCOME_PREFIX) => {
+            return Err(AppError::internal(
+                "a stored outcome this version cannot read",
+            ));
+        }
+        None => return legacy_answer(core, tenant, &stored.response_status, body).await,
+    };
+    match outcome {
+        StoredOutcome::Transfer(id) => {
+            let mut p =
+                core.store.get_transfer(tenant, &id).await?.ok_or_else(|| {
+                    AppError::internal("the transfer of a stored answer is missing")
+                })?;
+            open_details(core, &mut p).await?;
+            Ok(StoredAnswer::Transfer(Box::new(p)))
+        }
+        StoredOutcome::Hold(id) => {
+            let h = core
+                .store
+                .get_hold(tenant, &id)
+                .await?
+                .ok_or_else(|| AppError::internal("the hold of a stored answer is missing"))?;
+            Ok(StoredAnswer::Hold(Box::new(as_created(h))))
+        }
+        StoredOutcome::Refused(r) => Ok(StoredAnswer::Refused(r)),
+    }
+}
+
+/// A body rendered and stored by an older version: a success naming a transfer is read back
+/// (and rendered for the replaying credential, as then); anything else is answered as stored.
+async fn legacy_answer(
+    core: &Core,
+    tenant: &TenantId,
+    status: &i64,
+    body: String,
+) -> AppResult<StoredAnswer> {
+    let status = u16::try_from(*status).unwrap_or(500);
+    if (200..300).contains(&status) {
+        let id = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        if let Some(id) = id.filter(|id| TransferId::parse(id).is_some())
+            && let Some(mut p) = core.store.get_transfer(tenant, &id).await?
+            && open_details(core, &mut p).await.is_ok()
+        {
+            return Ok(StoredAnswer::Transfer(Box::new(p)));
+        }
+    }
+    Ok(StoredAnswer::Body { status, body })
+}
+
+/// A hold as its creation answered it: active, nothing captured (its creation facts never
+/// change; its status does).
+fn as_created(mut h: crate::store::HoldRecord) -> crate::store::HoldRecord {
+    h.status = "active".into();
+    h.captured_transfer_id = None;
+    h.updated_at = h.created_at;
+    h
 }
 
 /// A tenant data key for sealing a stored answer (and the details), `n` encryptions reserved.
@@ -1172,7 +1235,6 @@ pub async fn move_money_batch(
     actor: &Principal,
     inputs: Vec<(TransferInput, Option<IdempotencyKey>)>,
     atomic: bool,
-    render: RenderOutcome,
 ) -> Result<(bool, Vec<BatchItem>), MoveError> {
     if inputs.is_empty() || inputs.len() > MAX_BATCH_TRANSFERS {
         return Err(AppError::invalid(
@@ -1182,7 +1244,7 @@ pub async fn move_money_batch(
         .into());
     }
     refuse_if_over_budget(core, actor)?;
-    let result = post_batch(core, meta, actor, inputs, atomic, render).await;
+    let result = post_batch(core, meta, actor, inputs, atomic).await;
     // Every refusal of the batch, as one audit record with counts per refusal code (a batch of
     // a thousand refusals adds one row to the chain, not a thousand), counted against the
     // credential's refusal budget.
@@ -1225,13 +1287,12 @@ async fn post_batch(
     actor: &Principal,
     inputs: Vec<(TransferInput, Option<IdempotencyKey>)>,
     atomic: bool,
-    render: RenderOutcome,
 ) -> Result<(bool, Vec<BatchItem>), MoveError> {
     let tenant = &actor.tenant()?.clone();
     let mut prepared = Vec::with_capacity(inputs.len());
     let mut keys = Vec::with_capacity(inputs.len());
     for (input, key) in inputs {
-        let p = prepare(core, meta, actor, input, key.as_ref(), render, true).await;
+        let p = prepare(core, meta, actor, input, key.as_ref(), true).await;
         if atomic && let Err(e) = p {
             // One invalid transfer fails an atomic batch before anything is posted.
             return Err(e);
@@ -1344,7 +1405,6 @@ pub async fn reverse(
     id: &str,
     what: ReverseInput,
     idempotency: Option<IdempotencyKey>,
-    render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     let tenant = actor.tenant()?;
     // A retry of a reversal that went through replays it, before "nothing is left" applies.
@@ -1476,7 +1536,7 @@ pub async fn reverse(
         }),
         capture_hold: None,
     };
-    move_money(core, meta, actor, input, idempotency, render).await
+    move_money(core, meta, actor, input, idempotency).await
 }
 
 /// Limits of a hold's lifetime.
@@ -1494,10 +1554,29 @@ pub struct HoldInput {
     pub reference: Option<String>,
 }
 
-/// What creating a hold answered: the hold, or the stored answer of an earlier identical request.
+/// What creating a hold answered: the hold, or (a retry) the hold as its creation answered it.
 pub enum HoldOutcome {
     Created(Box<crate::store::HoldRecord>),
-    Replayed { status: u16, body: String },
+    Replayed(Box<crate::store::HoldRecord>),
+    /// A retry answered from a body rendered and stored by a version before stored outcomes.
+    ReplayedBody {
+        status: u16,
+        body: String,
+    },
+}
+
+impl StoredAnswer {
+    /// The answer to a retried hold.
+    fn into_hold(self) -> AppResult<HoldOutcome> {
+        match self {
+            StoredAnswer::Hold(h) => Ok(HoldOutcome::Replayed(h)),
+            StoredAnswer::Body { status, body } => Ok(HoldOutcome::ReplayedBody { status, body }),
+            StoredAnswer::Refused(r) => Err(refusal_error(r)),
+            StoredAnswer::Transfer(_) => Err(AppError::internal(
+                "a hold's idempotency key names a transfer",
+            )),
+        }
+    }
 }
 
 /// Reserves part of an account's available balance until its expiry. With an idempotency key,
@@ -1508,7 +1587,6 @@ pub async fn create_hold(
     actor: &Principal,
     input: HoldInput,
     idempotency: Option<IdempotencyKey>,
-    render: fn(&crate::store::HoldRecord) -> (u16, String),
 ) -> AppResult<HoldOutcome> {
     let tenant = actor.tenant()?;
     refuse_if_over_budget(core, actor)?;
@@ -1517,10 +1595,8 @@ pub async fn create_hold(
     let _guard = match &idempotency {
         None => None,
         Some(k) => {
-            if let Some(MovementOutcome::Replayed { status, body }) =
-                replay(core, tenant, &key_scope, k).await?
-            {
-                return Ok(HoldOutcome::Replayed { status, body });
+            if let Some(a) = stored(core, tenant, &key_scope, k).await? {
+                return a.into_hold();
             }
             Some(core.inflight.claim_key(tenant, &key_scope, k)?)
         }
@@ -1586,19 +1662,11 @@ pub async fn create_hold(
         Outcome::Success,
         None,
     );
-    let seal_key = match &idempotency {
-        Some(_) => Some(reply_key(core, tenant, 1).await?),
-        None => None,
-    };
-    let key = idempotency.as_ref().map(|k| crate::store::HoldKey {
-        key: NewIdempotency {
-            principal_id: key_scope.clone(),
-            key: k.key.clone(),
-            request_hash: k.request_hash.clone(),
-            expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
-            seal: seal_key.clone(),
-        },
-        render,
+    let key = idempotency.as_ref().map(|k| NewIdempotency {
+        principal_id: key_scope.clone(),
+        key: k.key.clone(),
+        request_hash: k.request_hash.clone(),
+        expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
     });
     match core.store.create_hold(&hold, key.as_ref(), &[ev]).await {
         Ok(Ok(h)) => Ok(HoldOutcome::Created(Box::new(h))),
@@ -1608,11 +1676,9 @@ pub async fn create_hold(
         }
         // Another instance committed this key first: answer what it answered.
         Err(StoreError::Conflict { .. }) if idempotency.is_some() => match idempotency.as_ref() {
-            Some(k) => match replay(core, tenant, &key_scope, k).await? {
-                Some(MovementOutcome::Replayed { status, body }) => {
-                    Ok(HoldOutcome::Replayed { status, body })
-                }
-                _ => Err(AppError::internal(
+            Some(k) => match stored(core, tenant, &key_scope, k).await? {
+                Some(a) => a.into_hold(),
+                None => Err(AppError::internal(
                     "idempotency key vanished after a conflict",
                 )),
             },
@@ -1693,7 +1759,6 @@ pub async fn capture_hold(
     credit_account_id: Option<String>,
     amount: Option<i64>,
     idempotency: Option<IdempotencyKey>,
-    render: RenderOutcome,
 ) -> Result<MovementOutcome, MoveError> {
     let hold = get_hold(core, actor, id).await?;
     let amount = amount.unwrap_or(hold.amount);
@@ -1734,7 +1799,7 @@ pub async fn capture_hold(
         reverses: None,
         capture_hold: Some(hold.id.clone()),
     };
-    move_money(core, meta, actor, input, idempotency, render).await
+    move_money(core, meta, actor, input, idempotency).await
 }
 
 /// Holds past expiry stop counting against the available balance (and as pending credits) at

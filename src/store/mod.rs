@@ -14,6 +14,7 @@ pub mod api_tokens;
 pub mod identity;
 pub mod keys;
 pub mod kyc;
+mod ledger_rows;
 pub mod mail;
 pub mod mfa;
 pub mod notes;
@@ -32,6 +33,12 @@ use async_trait::async_trait;
 use crate::clock::Timestamp;
 use crate::domain::audit::{AuditRecord, AuditSealer, NewAuditEvent};
 use crate::domain::authz::Role;
+pub use crate::domain::authz::{ActorCheck, ActorCredential};
+pub use crate::domain::ledger::engine::OUTCOME_STATUS;
+pub use crate::domain::ledger::{
+    EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
+    TransferCommand, TransferRecord,
+};
 use crate::domain::values::Email;
 use crate::ids::{SessionId, TenantId, UserId};
 
@@ -65,24 +72,6 @@ pub enum StoreError {
     /// (re-checked inside the change's own transaction); nothing was changed.
     #[error("the actor is no longer authorised: {0:?}")]
     ActorRevoked(crate::domain::authz::ActorRevoked),
-}
-
-/// Who acts, as the request was authorised: re-checked inside the committing transaction
-/// (`still_authorised`), so a sign-out, revocation, disable or role change committed after the
-/// request's authorisation but before its write is never followed by the write.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ActorCheck {
-    pub user_id: String,
-    pub credential: ActorCredential,
-    /// The roles the request was authorised with.
-    pub roles: Vec<Role>,
-}
-
-/// The credential a request was authorised with.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ActorCredential {
-    Session(String),
-    ApiToken(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -430,42 +419,6 @@ impl AccountRecord {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TransferRecord {
-    pub id: String,
-    pub tenant_id: String,
-    pub kind: String,
-    pub currency: String,
-    pub amount: i64,
-    pub debit_account_id: String,
-    pub reference: Option<String>,
-    /// The transfer's details (description, metadata, counterparty) sealed under the tenant's
-    /// data key; see `service::ledger::TransferDetails`.
-    pub details: Option<String>,
-    pub reverses_id: Option<String>,
-    pub created_by: Option<String>,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct EntryRecord {
-    pub id: String,
-    pub tenant_id: String,
-    pub transfer_id: String,
-    pub account_id: String,
-    /// `debit` or `credit`.
-    pub direction: String,
-    pub amount: i64,
-    pub balance_after: i64,
-    pub account_seq: i64,
-    pub created_at: i64,
-    /// The kind of a system account (`settlement`, …) when the leg is on one; `None` for a
-    /// customer account. Not a column: read joined with the account, so views can hide system
-    /// ids from callers without `accounts:read_system`.
-    #[sqlx(default)]
-    pub system: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct NewCustomer {
     pub id: crate::ids::CustomerId,
@@ -528,117 +481,6 @@ pub struct NewHold {
     pub created_at: Timestamp,
     /// Who places it, re-checked in the hold's transaction.
     pub actor: Option<ActorCheck>,
-}
-
-/// A stored idempotent response.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct IdempotencyRecord {
-    pub request_hash: String,
-    pub response_status: i64,
-    pub response_body: String,
-}
-
-/// The idempotency key to record with a movement, in the same transaction.
-#[derive(Debug, Clone)]
-pub struct NewIdempotency {
-    pub principal_id: String,
-    pub key: String,
-    pub request_hash: String,
-    pub expires_at: Timestamp,
-    /// The tenant data key the stored answer is sealed under (it may carry transfer details).
-    pub seal: Option<std::sync::Arc<crate::crypto::envelope::DataKey>>,
-}
-
-/// What a stored answer holds when it could not be sealed (the random generator failed): a
-/// replay of it fails loudly rather than the answer being kept in the clear.
-pub const UNSEALABLE_BODY: &str = "kx1.unsealable.0.";
-
-impl NewIdempotency {
-    /// The answer as it is stored: sealed for its row when a key is given.
-    pub fn stored_body(&self, tenant: &str, body: String) -> String {
-        let Some(key) = &self.seal else { return body };
-        let row = format!("{}/{}", self.principal_id, self.key);
-        let ctx = keys::IDEMPOTENCY_RESPONSES.at(tenant, &row);
-        key.seal(&ctx, body.as_bytes())
-            .unwrap_or_else(|_| UNSEALABLE_BODY.to_owned())
-    }
-}
-
-/// The idempotency key to record with a new hold, and how to render the hold for a replay.
-#[derive(Debug, Clone)]
-pub struct HoldKey {
-    pub key: NewIdempotency,
-    pub render: fn(&HoldRecord) -> (u16, String),
-}
-
-/// A transfer as posted, with the balances it left.
-#[derive(Debug, Clone)]
-pub struct PostedTransfer {
-    pub transfer: TransferRecord,
-    pub entries: Vec<EntryRecord>,
-    /// The details in the clear, in memory only: set by the writer from the movement, or by
-    /// the service after opening `transfer.details`.
-    pub details: Option<Box<crate::domain::ledger::TransferDetails>>,
-}
-
-/// Renders a movement's outcome as the (status, body) an idempotent replay must return. Called
-/// inside the posting transaction so the key and the money movement commit together.
-pub type RenderOutcome =
-    fn(&Result<PostedTransfer, crate::domain::ledger::Refusal>) -> (u16, String);
-
-/// One money movement for the ledger writer.
-#[derive(Debug, Clone)]
-pub struct NewMovement {
-    pub id: crate::ids::TransferId,
-    pub tenant_id: TenantId,
-    pub kind: crate::domain::ledger::TransferKind,
-    pub currency: String,
-    /// The transfer's total.
-    pub amount: i64,
-    /// The debit legs: one for every kind but the reversal of a transfer with several credit
-    /// legs, which debits each of them back.
-    pub debits: Vec<(String, i64)>,
-    /// When set, the debit account must belong to this customer (ownership).
-    pub debit_owner: Option<String>,
-    pub credits: Vec<(String, i64)>,
-    pub reference: Option<String>,
-    /// The details, already sealed under the tenant's data key for this transfer's row.
-    pub details: Option<String>,
-    /// The same details in the clear, for rendering the answer; never stored.
-    pub details_clear: Option<Box<crate::domain::ledger::TransferDetails>>,
-    pub created_by: String,
-    pub created_at: Timestamp,
-    pub audit: NewAuditEvent,
-    pub idempotency: Option<NewIdempotency>,
-    pub render: RenderOutcome,
-    /// Set for a reversal: what it reverses, and how much each debited leg may take back.
-    pub reverses: Option<Reverses>,
-    /// Set for a hold capture: the hold released by this movement.
-    pub capture_hold: Option<String>,
-    /// A refusal of this movement writes no audit record of its own: it is part of a batch,
-    /// whose refusals are audited as one record with counts per code.
-    pub quiet_refusal: bool,
-    /// Who moves the money, re-checked in the posting transaction (`None`: no principal).
-    pub actor: Option<ActorCheck>,
-}
-
-/// A reversal's link to its original: per account, what that leg received in the original (the
-/// most it can ever give back across all reversals).
-#[derive(Debug, Clone)]
-pub struct Reverses {
-    pub original: String,
-    /// The original's kind: which system accounts the reversal may touch follows from it.
-    pub original_kind: crate::domain::ledger::TransferKind,
-    pub ceilings: Vec<(String, i64)>,
-}
-
-/// What posting one movement did.
-#[derive(Debug, Clone)]
-pub enum PostResult {
-    Posted(PostedTransfer),
-    Refused(crate::domain::ledger::Refusal),
-    /// Another request with the same idempotency key committed first: its stored answer.
-    DuplicateKey(IdempotencyRecord),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1013,13 +855,13 @@ pub trait Store:
     /// Posts each movement atomically (all of it or nothing of it) inside one transaction: one
     /// commit for the whole batch. A refused movement changes nothing but its idempotency record
     /// and its audit record.
-    async fn post_movements(&self, batch: &[NewMovement]) -> StoreResult<Vec<PostResult>>;
+    async fn post_movements(&self, batch: &[TransferCommand]) -> StoreResult<Vec<PostResult>>;
     /// Posts every movement or none: if any is refused, the whole transaction rolls back (a
     /// movement whose key is already taken is a retry and answers with its stored response).
     /// Returns whether it committed, with each movement's result.
     async fn post_movements_atomic(
         &self,
-        batch: &[NewMovement],
+        batch: &[TransferCommand],
     ) -> StoreResult<(bool, Vec<PostResult>)>;
     async fn get_idempotency(
         &self,
@@ -1065,7 +907,7 @@ pub trait Store:
     async fn create_hold(
         &self,
         hold: &NewHold,
-        idempotency: Option<&HoldKey>,
+        idempotency: Option<&NewIdempotency>,
         audit: &[NewAuditEvent],
     ) -> StoreResult<Result<HoldRecord, crate::domain::ledger::Refusal>>;
     /// Releases an active, unexpired hold.

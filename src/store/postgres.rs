@@ -8,6 +8,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+mod writer;
+
 use super::alerts::{AlertHook, impl_alert_store};
 use super::api_tokens::impl_api_token_store;
 use super::identity::impl_identity_store;
@@ -86,7 +88,7 @@ impl PgStore {
     /// Movements are posted with the shared load–plan–write over the pool.
     async fn post_backend(
         &self,
-        batch: &[super::NewMovement],
+        batch: &[super::TransferCommand],
         atomic: bool,
     ) -> StoreResult<(bool, Vec<super::PostResult>)> {
         self.post_batch(batch, atomic).await

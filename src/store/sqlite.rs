@@ -28,9 +28,8 @@ pub struct SqliteStore {
     sealer: AuditSealer,
     /// Which security events become alerts (set once by the core).
     alerts: std::sync::Arc<AlertHook>,
-    /// The ledger writer thread (absent for an in-memory database, which a second connection
-    /// could not see).
-    writer: Option<super::sqlite_writer::SqliteWriter>,
+    /// The ledger writer thread: the one place money is posted on this backend.
+    writer: super::sqlite_writer::SqliteWriter,
     /// The page cap every connection applies (see [`SqliteStore::limit_pages`]).
     page_limit: std::sync::Arc<PageLimit>,
     /// One connection with a small page cache for writing KYC documents (see
@@ -105,10 +104,16 @@ impl SqliteStore {
             })?;
         }
         let file = opts.get_filename().to_path_buf();
-        let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
-        if !in_memory {
-            make_private(&file)?;
+        // The ledger writer thread opens the database through a connection of its own, which an
+        // in-memory database would not share: the embedded database is always a file.
+        if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Database(
+                "the embedded database must be a file (an in-memory database cannot be shared \
+                 with the ledger writer)"
+                    .into(),
+            ));
         }
+        make_private(&file)?;
         let page_limit = std::sync::Arc::new(PageLimit::default());
         let (on_connect, on_acquire) = (page_limit.clone(), page_limit.clone());
         let documents_opts = opts.clone().pragma("cache_size", "-2048");
@@ -133,25 +138,16 @@ impl SqliteStore {
             })
             .connect_with(opts)
             .await?;
-        // An in-memory database is one connection's: documents go through the main pool.
-        let documents = if in_memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_lazy_with(documents_opts)
-        };
+        let documents = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(documents_opts);
         let alerts = std::sync::Arc::new(AlertHook::default());
-        let writer = if in_memory {
-            None
-        } else {
-            Some(super::sqlite_writer::SqliteWriter::start(
-                file,
-                sealer.clone(),
-                alerts.clone(),
-                page_limit.clone(),
-            )?)
-        };
+        let writer = super::sqlite_writer::SqliteWriter::start(
+            file,
+            sealer.clone(),
+            alerts.clone(),
+            page_limit.clone(),
+        )?;
         Ok(Self {
             pool,
             sealer,
@@ -191,17 +187,13 @@ impl SqliteStore {
         &MIGRATOR
     }
 
-    /// Movements are posted on the writer thread (one synchronous transaction per batch), or
-    /// over the pool for an in-memory database.
+    /// Movements are posted on the writer thread (one synchronous transaction per batch).
     async fn post_backend(
         &self,
-        batch: &[super::NewMovement],
+        batch: &[super::TransferCommand],
         atomic: bool,
     ) -> StoreResult<(bool, Vec<super::PostResult>)> {
-        match &self.writer {
-            Some(w) => w.post(batch, atomic).await,
-            None => self.post_batch(batch, atomic).await,
-        }
+        self.writer.post(batch, atomic).await
     }
 
     /// The pool, for tests and tools that inspect the database directly.

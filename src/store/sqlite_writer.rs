@@ -6,7 +6,7 @@
 //! dozen thread hand-offs, each waiting for a core on a busy machine. Here the whole batch runs
 //! on one thread with cached prepared statements, one row at a time (a row costs microseconds
 //! when no thread boundary is crossed). The rules are the same code as everywhere else:
-//! [`posting::plan`] over a snapshot read under the database write lock, and audit records
+//! [`engine::plan`] over a snapshot read under the database write lock, and audit records
 //! sealed by the same [`next_record`](super::sql::next_record).
 
 use std::sync::mpsc;
@@ -14,15 +14,18 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::posting::{self, AccountState, HoldState, Snapshot};
-use super::{ActorCredential, IdempotencyRecord, NewMovement, PostResult, StoreError, StoreResult};
+use super::posting;
+use super::{
+    ActorCredential, IdempotencyRecord, PostResult, StoreError, StoreResult, TransferCommand,
+};
 use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
 use crate::domain::authz::ActorStanding;
+use crate::domain::ledger::engine::{self, AccountState, HoldState, Snapshot};
 
 type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
 
 struct Job {
-    batch: Vec<NewMovement>,
+    batch: Vec<TransferCommand>,
     atomic: bool,
     reply: Reply,
 }
@@ -106,7 +109,7 @@ impl SqliteWriter {
     /// Posts `batch` in one transaction on the writer thread.
     pub(super) async fn post(
         &self,
-        batch: &[NewMovement],
+        batch: &[TransferCommand],
         atomic: bool,
     ) -> StoreResult<(bool, Vec<PostResult>)> {
         let (reply, rx) = oneshot::channel();
@@ -209,7 +212,7 @@ fn post(
     c: &mut Connection,
     sealer: &AuditSealer,
     alerts: &super::alerts::AlertHook,
-    batch: &[NewMovement],
+    batch: &[TransferCommand],
     atomic: bool,
 ) -> StoreResult<(bool, Vec<PostResult>)> {
     let started = std::time::Instant::now();
@@ -217,7 +220,7 @@ fn post(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(db)?;
     let began = started.elapsed();
-    let want = posting::wanted(batch);
+    let want = engine::wanted(batch);
     let mut snap = Snapshot::default();
     let mut expired_keys = Vec::new();
     {
@@ -281,7 +284,7 @@ fn post(
                 holds.push(h);
             }
         }
-        let account_ids = posting::accounts_to_load(&want, &holds);
+        let account_ids = engine::accounts_to_load(&want, &holds);
         snap.holds = holds.into_iter().map(|h| (h.id.clone(), h)).collect();
 
         let mut account = tx
@@ -406,7 +409,7 @@ fn post(
         }
     }
     let loaded = started.elapsed();
-    let plan = posting::plan(snap, batch);
+    let plan = engine::plan(snap, batch);
     let planned = started.elapsed();
     if atomic && !plan.none_refused() {
         tx.rollback().map_err(db)?;
@@ -526,7 +529,7 @@ fn post(
                 k.principal_id,
                 k.key,
                 k.request_hash,
-                i64::from(k.status),
+                super::OUTCOME_STATUS,
                 k.body,
                 k.created_at,
                 k.expires_at

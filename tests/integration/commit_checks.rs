@@ -517,15 +517,6 @@ async fn revoked_before_commit_postgres() {
 
 // ---------------------------------------------------------------- item 4: batches
 
-fn render(
-    r: &Result<kasho::store::PostedTransfer, kasho::domain::ledger::Refusal>,
-) -> (u16, String) {
-    match r {
-        Ok(_) => (201, "{}".into()),
-        Err(e) => (422, e.code().into()),
-    }
-}
-
 /// A deposit by `actor` as the ledger writer receives it.
 fn movement(
     tenant: &kasho::ids::TenantId,
@@ -534,9 +525,9 @@ fn movement(
     amount: i64,
     actor: &kasho::service::Principal,
     now: kasho::clock::Timestamp,
-) -> kasho::store::NewMovement {
+) -> kasho::store::TransferCommand {
     let id = kasho::ids::TransferId::generate();
-    kasho::store::NewMovement {
+    kasho::store::TransferCommand {
         id: id.clone(),
         tenant_id: tenant.clone(),
         kind: kasho::domain::ledger::TransferKind::Deposit,
@@ -565,7 +556,6 @@ fn movement(
             security_event: None,
         },
         idempotency: None,
-        render,
         reverses: None,
         capture_hold: None,
         quiet_refusal: false,

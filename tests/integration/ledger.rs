@@ -321,6 +321,46 @@ async fn idempotency_keys_make_retries_safe(app: &TestApp) {
     let retry = app.send(send("order-2", 5_000)).await;
     assert_eq!(retry.code(), "insufficient_funds");
     assert_eq!(retry.headers.get("idempotency-replayed").unwrap(), "true");
+    assert_eq!(
+        retry.body["error"]["message"],
+        poor.body["error"]["message"]
+    );
+
+    // The key keeps the outcome's facts, not a rendered body; a replay long after still shows
+    // the balances right after the movement, as the first answer did.
+    let late = app.send(send("order-1", 100)).await;
+    assert_eq!(
+        late.body, first.body,
+        "the first answer, after later movements"
+    );
+    let stored = app
+        .raw_strings("SELECT response_body FROM idempotency_keys WHERE idem_key = 'order-1'")
+        .await;
+    assert_eq!(
+        stored,
+        vec![format!(
+            r#"o1:{{"transfer":"{}"}}"#,
+            first.body["id"].as_str().unwrap()
+        )]
+    );
+
+    // Keys written by an older version hold a rendered body: a success is read back, anything
+    // else is answered as it was stored.
+    app.raw_sql(&format!(
+        r#"UPDATE idempotency_keys SET response_status = 201, response_body = '{{"id":"{}"}}' WHERE idem_key = 'order-1'"#,
+        first.body["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(app.send(send("order-1", 100)).await.body, first.body);
+    app.raw_sql(
+        r#"UPDATE idempotency_keys SET response_status = 422, response_body = '{"error":{"code":"old_refusal"}}' WHERE idem_key = 'order-2'"#,
+    )
+    .await;
+    let old = app.send(send("order-2", 5_000)).await;
+    assert_eq!(
+        (old.status, old.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "old_refusal")
+    );
 
     // Concurrent retries of one key post once.
     let reqs: Vec<_> = (0..8).map(|_| app.send(send("order-3", 10))).collect();
@@ -938,6 +978,13 @@ async fn holds_take_idempotency_keys_and_show_pending_credits(app: &TestApp) {
     assert_eq!(
         account(a.clone(), m.clone()).await["available_balance"],
         750
+    );
+    // A retry of the hold's creation still answers what its creation said.
+    let late = app.send(hold("hold-1", 300, 600)).await;
+    assert_eq!(late.headers.get("idempotency-replayed").unwrap(), "true");
+    assert_eq!(
+        late.body, first.body,
+        "the hold as created, though it is captured since"
     );
 
     // Expiry releases both sides at once, and the writer releases them for good.

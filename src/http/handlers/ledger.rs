@@ -28,7 +28,7 @@ use crate::http::views::{List, ListQuery, page, time_param};
 use crate::ids::{AccountId, TransferId};
 use crate::service::ledger::{self, IdempotencyKey, MovementOutcome, TransferInput};
 use crate::service::{Principal, RequestMeta};
-use crate::store::{AccountRecord, EntryRecord, PostedTransfer, RenderOutcome, TransferFilter};
+use crate::store::{AccountRecord, EntryRecord, PostedTransfer, TransferFilter};
 
 fn ts(micros: i64) -> String {
     Timestamp::from_micros(micros).to_rfc3339()
@@ -360,44 +360,28 @@ fn render_error(r: &Refusal) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// How a posted transfer is shown to a caller: its legs and the resulting balances it may see.
+type RenderTransfer = fn(&PostedTransfer) -> String;
+
 /// Staff with `accounts:read_system` see every leg and resulting balance.
-fn render_all_system(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
-    match r {
-        Ok(p) => (
-            201,
-            serde_json::to_string(&transfer_view(p, true, |_| true)).unwrap_or_default(),
-        ),
-        Err(e) => render_error(e),
-    }
+fn render_all_system(p: &PostedTransfer) -> String {
+    serde_json::to_string(&transfer_view(p, true, |_| true)).unwrap_or_default()
 }
 
 /// Other staff see every customer leg's resulting balance; system legs show only their kind.
-fn render_all(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
-    match r {
-        Ok(p) => (
-            201,
-            serde_json::to_string(&transfer_view(p, false, |_| true)).unwrap_or_default(),
-        ),
-        Err(e) => render_error(e),
-    }
+fn render_all(p: &PostedTransfer) -> String {
+    serde_json::to_string(&transfer_view(p, false, |_| true)).unwrap_or_default()
 }
 
 /// A customer sees only its own (debit) account's resulting balance.
-fn render_debit_only(r: &Result<PostedTransfer, Refusal>) -> (u16, String) {
-    match r {
-        Ok(p) => {
-            let debit = p.transfer.debit_account_id.clone();
-            (
-                201,
-                serde_json::to_string(&transfer_view(p, false, |a| a == debit)).unwrap_or_default(),
-            )
-        }
-        Err(e) => render_error(e),
-    }
+fn render_debit_only(p: &PostedTransfer) -> String {
+    let debit = p.transfer.debit_account_id.clone();
+    serde_json::to_string(&transfer_view(p, false, |a| a == debit)).unwrap_or_default()
 }
 
-/// How a movement's answer is rendered for `principal` (and stored for its replays).
-fn render_for(principal: &Principal) -> RenderOutcome {
+/// How a movement's answer is rendered for `principal` (a replay is rendered for the
+/// credential replaying it, with its read rights of today).
+fn render_for(principal: &Principal) -> RenderTransfer {
     match principal.scope(Permission::TransfersRead) {
         Ok(Scope::All) if ledger::sees_system(principal) => render_all_system,
         Ok(Scope::All) => render_all,
@@ -432,15 +416,17 @@ fn idempotency(
     )?))
 }
 
-fn respond(outcome: MovementOutcome, render: RenderOutcome) -> Response {
-    let (status, body, replayed) = match outcome {
-        MovementOutcome::Posted(p) => {
-            let (s, b) = render(&Ok(*p));
-            (s, b, false)
+/// The one place a movement's answer is rendered: a new posting, or a retry's stored outcome.
+fn respond(outcome: MovementOutcome, render: RenderTransfer) -> Response {
+    match outcome {
+        MovementOutcome::Posted(p) => json_response(201, render(&p), false),
+        MovementOutcome::Replayed(p) => json_response(201, render(&p), true),
+        MovementOutcome::ReplayedRefusal(r) => {
+            let (status, body) = render_error(&r);
+            json_response(status, body, true)
         }
-        MovementOutcome::Replayed { status, body } => (status, body, true),
-    };
-    json_response(status, body, replayed)
+        MovementOutcome::ReplayedBody { status, body } => json_response(status, body, true),
+    }
 }
 
 /// A JSON answer already rendered (or stored for an idempotent replay); audited by the service.
@@ -470,7 +456,7 @@ async fn run_movement(
     key: Option<IdempotencyKey>,
 ) -> ApiResult<Response> {
     let render = render_for(principal);
-    match ledger::move_money(&state.core, meta, principal, input, key, render).await {
+    match ledger::move_money(&state.core, meta, principal, input, key).await {
         Ok(outcome) => Ok(respond(outcome, render)),
         Err(e) => Err(e.into()),
     }
@@ -863,7 +849,6 @@ pub async fn reverse(
                 .map(|l| l.iter().map(|l| (l.account_id.clone(), l.amount)).collect()),
         },
         key,
-        render_for(&principal),
     )
     .await
     {
@@ -930,11 +915,8 @@ impl From<crate::store::HoldRecord> for HoldView {
     }
 }
 
-fn render_hold(h: &crate::store::HoldRecord) -> (u16, String) {
-    (
-        201,
-        serde_json::to_string(&HoldView::from(h.clone())).unwrap_or_default(),
-    )
+fn render_hold(h: crate::store::HoldRecord) -> String {
+    serde_json::to_string(&HoldView::from(h)).unwrap_or_default()
 }
 
 /// Reserve part of an account's available balance until the hold expires, is captured or voided.
@@ -959,14 +941,11 @@ pub async fn create_hold(
         expires_in_seconds: body.expires_in_seconds,
         reference: body.reference,
     };
-    let outcome =
-        ledger::create_hold(&state.core, &meta, &principal, input, key, render_hold).await?;
+    let outcome = ledger::create_hold(&state.core, &meta, &principal, input, key).await?;
     Ok(match outcome {
-        ledger::HoldOutcome::Created(h) => {
-            let (status, body) = render_hold(&h);
-            json_response(status, body, false)
-        }
-        ledger::HoldOutcome::Replayed { status, body } => json_response(status, body, true),
+        ledger::HoldOutcome::Created(h) => json_response(201, render_hold(*h), false),
+        ledger::HoldOutcome::Replayed(h) => json_response(201, render_hold(*h), true),
+        ledger::HoldOutcome::ReplayedBody { status, body } => json_response(status, body, true),
     })
 }
 
@@ -1006,7 +985,6 @@ pub async fn capture_hold(
         body.credit_account_id,
         body.amount,
         key,
-        render_for(&principal),
     )
     .await
     {
@@ -1155,9 +1133,7 @@ pub async fn create_batch(
     }
     let render = render_for(&principal);
     let (committed, items) =
-        match ledger::move_money_batch(&state.core, &meta, &principal, inputs, body.atomic, render)
-            .await
-        {
+        match ledger::move_money_batch(&state.core, &meta, &principal, inputs, body.atomic).await {
             Ok(r) => r,
             Err(e) => {
                 let api = ApiError::from(e.error);
@@ -1167,11 +1143,14 @@ pub async fn create_batch(
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let (status, transfer, error) = match item {
-            Ok(MovementOutcome::Posted(p)) => {
-                let (s, b) = render(&Ok(*p));
-                (s, serde_json::from_str(&b).ok(), None)
+            Ok(MovementOutcome::Posted(p) | MovementOutcome::Replayed(p)) => {
+                (201, serde_json::from_str(&render(&p)).ok(), None)
             }
-            Ok(MovementOutcome::Replayed { status, body }) => {
+            Ok(MovementOutcome::ReplayedRefusal(r)) => {
+                let (s, v) = error_value(ApiError::from(ledger::refusal_error(r)));
+                (s, None, Some(v))
+            }
+            Ok(MovementOutcome::ReplayedBody { status, body }) => {
                 let v: Option<Value> = serde_json::from_str(&body).ok();
                 if status < 300 {
                     (status, v, None)

@@ -9,6 +9,14 @@ use std::fmt;
 
 use super::currency::Currency;
 
+mod command;
+pub mod engine;
+
+pub use command::{
+    EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
+    TransferCommand, TransferRecord,
+};
+
 /// The largest single amount accepted, in minor units (10^15: ten trillion of a 2-decimal
 /// currency). Keeps every sum far from i64 overflow.
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
@@ -248,6 +256,124 @@ impl Refusal {
     }
 }
 
+/// The codes of pre-commit checks whose refusals may be stored with an idempotency key (a
+/// check's code is a `&'static str`; a stored one is matched back against this list).
+pub const CHECK_CODES: &[&str] = &["held_for_review", "kyc_limit_exceeded"];
+
+/// What an idempotent request's first answer was, as stored with its key: the small facts the
+/// HTTP layer renders again on a replay, never a rendered body. A posted transfer is re-read
+/// (transfers and their entries are append-only, so the replay shows the balances right after
+/// the movement, as the first answer did); a refusal keeps its typed reason, so a replay
+/// answers the same code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredOutcome {
+    Transfer(String),
+    Hold(String),
+    Refused(Refusal),
+}
+
+/// The stored form's prefix (a rendered body of an older version never starts with it).
+pub const OUTCOME_PREFIX: &str = "o1:";
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transfer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account_currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl StoredOutcome {
+    /// The stored text: the prefix and a compact JSON object.
+    pub fn encode(&self) -> String {
+        let mut w = OutcomeWire::default();
+        match self {
+            StoredOutcome::Transfer(id) => w.transfer = Some(id.clone()),
+            StoredOutcome::Hold(id) => w.hold = Some(id.clone()),
+            StoredOutcome::Refused(r) => {
+                w.refused = Some(r.code().to_owned());
+                match r {
+                    Refusal::AccountNotFound(a)
+                    | Refusal::InsufficientFunds(a)
+                    | Refusal::AccountFrozen(a)
+                    | Refusal::AccountClosed(a)
+                    | Refusal::ProcessingRestricted(a)
+                    | Refusal::SystemAccount(a) => w.account = Some(a.clone()),
+                    Refusal::CurrencyMismatch {
+                        account,
+                        account_currency,
+                        currency,
+                    } => {
+                        w.account = Some(account.clone());
+                        w.account_currency = Some(account_currency.clone());
+                        w.currency = Some(currency.clone());
+                    }
+                    Refusal::DuplicateReference(r) => w.reference = Some(r.clone()),
+                    Refusal::CheckRefused { message, .. } => w.message = Some(message.clone()),
+                    Refusal::ReversalExceedsOriginal
+                    | Refusal::HoldNotActive
+                    | Refusal::CaptureExceedsHold
+                    | Refusal::ActorRevoked(_) => {}
+                }
+            }
+        }
+        // Serialising a struct of strings cannot fail.
+        format!(
+            "{OUTCOME_PREFIX}{}",
+            serde_json::to_string(&w).unwrap_or_default()
+        )
+    }
+
+    /// Reads a stored outcome back; `None` when `s` is not one (an older rendered body) or
+    /// names a reason this version does not know.
+    pub fn decode(s: &str) -> Option<StoredOutcome> {
+        let w: OutcomeWire = serde_json::from_str(s.strip_prefix(OUTCOME_PREFIX)?).ok()?;
+        if let Some(id) = w.transfer {
+            return Some(StoredOutcome::Transfer(id));
+        }
+        if let Some(id) = w.hold {
+            return Some(StoredOutcome::Hold(id));
+        }
+        let code = w.refused?;
+        let account = || w.account.clone();
+        let r = match code.as_str() {
+            "account_not_found" => Refusal::AccountNotFound(account()?),
+            "insufficient_funds" => Refusal::InsufficientFunds(account()?),
+            "account_frozen" => Refusal::AccountFrozen(account()?),
+            "account_closed" => Refusal::AccountClosed(account()?),
+            "processing_restricted" => Refusal::ProcessingRestricted(account()?),
+            "system_account" => Refusal::SystemAccount(account()?),
+            "currency_mismatch" => Refusal::CurrencyMismatch {
+                account: account()?,
+                account_currency: w.account_currency?,
+                currency: w.currency?,
+            },
+            "reference_taken" => Refusal::DuplicateReference(w.reference?),
+            "reversal_exceeds_original" => Refusal::ReversalExceedsOriginal,
+            "hold_not_active" => Refusal::HoldNotActive,
+            "capture_exceeds_hold" => Refusal::CaptureExceedsHold,
+            other => Refusal::CheckRefused {
+                code: CHECK_CODES.iter().find(|c| **c == other)?,
+                message: w.message?,
+            },
+        };
+        Some(StoredOutcome::Refused(r))
+    }
+}
+
 /// The free-text and structured details of a transfer: a description, the integrator's metadata
 /// and the counterparty outside the platform. They may carry personal data, so they are sealed at
 /// rest under the tenant's data key and never printed.
@@ -396,5 +522,47 @@ mod tests {
         assert_eq!(Amount::parse(1).map(Amount::get), Ok(1));
         // Even the settlement floor minus the largest amount stays representable.
         assert!((-SETTLEMENT_OVERDRAFT).checked_sub(MAX_AMOUNT).is_some());
+    }
+
+    #[test]
+    fn stored_outcomes_read_back_as_written() {
+        let all = [
+            StoredOutcome::Transfer("trf_1".into()),
+            StoredOutcome::Hold("hld_1".into()),
+            StoredOutcome::Refused(Refusal::AccountNotFound("acc_1".into())),
+            StoredOutcome::Refused(Refusal::InsufficientFunds("acc_1".into())),
+            StoredOutcome::Refused(Refusal::AccountFrozen("acc_1".into())),
+            StoredOutcome::Refused(Refusal::AccountClosed("acc_1".into())),
+            StoredOutcome::Refused(Refusal::ProcessingRestricted("acc_1".into())),
+            StoredOutcome::Refused(Refusal::SystemAccount("acc_1".into())),
+            StoredOutcome::Refused(Refusal::CurrencyMismatch {
+                account: "acc_1".into(),
+                account_currency: "EUR".into(),
+                currency: "USD".into(),
+            }),
+            StoredOutcome::Refused(Refusal::DuplicateReference("inv-1".into())),
+            StoredOutcome::Refused(Refusal::ReversalExceedsOriginal),
+            StoredOutcome::Refused(Refusal::HoldNotActive),
+            StoredOutcome::Refused(Refusal::CaptureExceedsHold),
+            StoredOutcome::Refused(Refusal::CheckRefused {
+                code: "kyc_limit_exceeded",
+                message: "over the limit".into(),
+            }),
+        ];
+        for o in all {
+            let stored = o.encode();
+            assert!(
+                stored.starts_with(OUTCOME_PREFIX) && stored.len() < 120,
+                "{stored}"
+            );
+            assert_eq!(StoredOutcome::decode(&stored), Some(o));
+        }
+        // An older rendered body, a foreign check code and garbage are not outcomes.
+        assert_eq!(StoredOutcome::decode(r#"{"id":"trf_1"}"#), None);
+        assert_eq!(
+            StoredOutcome::decode(r#"o1:{"refused":"made_up","message":"x"}"#),
+            None
+        );
+        assert_eq!(StoredOutcome::decode("o1:{"), None);
     }
 }

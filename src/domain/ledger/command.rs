@@ -1,0 +1,127 @@
+//! The ledger's movement types: the command the core applies, and the records it produces.
+//! Plain data: no I/O, no HTTP, no SQL (the store maps rows to these types).
+
+use crate::clock::Timestamp;
+use crate::domain::audit::NewAuditEvent;
+use crate::domain::authz::ActorCheck;
+use crate::ids::TenantId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub currency: String,
+    pub amount: i64,
+    pub debit_account_id: String,
+    pub reference: Option<String>,
+    /// The transfer's details (description, metadata, counterparty) sealed under the tenant's
+    /// data key; see `service::ledger::TransferDetails`.
+    pub details: Option<String>,
+    pub reverses_id: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub transfer_id: String,
+    pub account_id: String,
+    /// `debit` or `credit`.
+    pub direction: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub account_seq: i64,
+    pub created_at: i64,
+    /// The kind of a system account (`settlement`, …) when the leg is on one; `None` for a
+    /// customer account. Not a column: read joined with the account, so views can hide system
+    /// ids from callers without `accounts:read_system`.
+    pub system: Option<String>,
+}
+
+/// A stored idempotent response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub response_status: i64,
+    pub response_body: String,
+}
+
+/// The idempotency key to record with a movement, in the same transaction. The key's row keeps
+/// the outcome's facts (`domain::ledger::StoredOutcome`: the transfer or hold it created, or the
+/// typed refusal), never a rendered answer: they carry no personal data, so they are stored as
+/// they are, and a replay renders them again.
+#[derive(Debug, Clone)]
+pub struct NewIdempotency {
+    pub principal_id: String,
+    pub key: String,
+    pub request_hash: String,
+    pub expires_at: Timestamp,
+}
+
+/// A transfer as posted, with the balances it left.
+#[derive(Debug, Clone)]
+pub struct PostedTransfer {
+    pub transfer: TransferRecord,
+    pub entries: Vec<EntryRecord>,
+    /// The details in the clear, in memory only: set by the writer from the movement, or by
+    /// the service after opening `transfer.details`.
+    pub details: Option<Box<super::TransferDetails>>,
+}
+
+/// One money movement, as the ledger core applies it: built once from a request (a transfer,
+/// a deposit or withdrawal, a batch item, a capture or a reversal) and posted by the writer.
+#[derive(Debug, Clone)]
+pub struct TransferCommand {
+    pub id: crate::ids::TransferId,
+    pub tenant_id: TenantId,
+    pub kind: super::TransferKind,
+    pub currency: String,
+    /// The transfer's total.
+    pub amount: i64,
+    /// The debit legs: one for every kind but the reversal of a transfer with several credit
+    /// legs, which debits each of them back.
+    pub debits: Vec<(String, i64)>,
+    /// When set, the debit account must belong to this customer (ownership).
+    pub debit_owner: Option<String>,
+    pub credits: Vec<(String, i64)>,
+    pub reference: Option<String>,
+    /// The details, already sealed under the tenant's data key for this transfer's row.
+    pub details: Option<String>,
+    /// The same details in the clear, for rendering the answer; never stored.
+    pub details_clear: Option<Box<super::TransferDetails>>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub audit: NewAuditEvent,
+    pub idempotency: Option<NewIdempotency>,
+    /// Set for a reversal: what it reverses, and how much each debited leg may take back.
+    pub reverses: Option<Reverses>,
+    /// Set for a hold capture: the hold released by this movement.
+    pub capture_hold: Option<String>,
+    /// A refusal of this movement writes no audit record of its own: it is part of a batch,
+    /// whose refusals are audited as one record with counts per code.
+    pub quiet_refusal: bool,
+    /// Who moves the money, re-checked in the posting transaction (`None`: no principal).
+    pub actor: Option<ActorCheck>,
+}
+
+/// A reversal's link to its original: per account, what that leg received in the original (the
+/// most it can ever give back across all reversals).
+#[derive(Debug, Clone)]
+pub struct Reverses {
+    pub original: String,
+    /// The original's kind: which system accounts the reversal may touch follows from it.
+    pub original_kind: super::TransferKind,
+    pub ceilings: Vec<(String, i64)>,
+}
+
+/// What posting one movement did.
+#[derive(Debug, Clone)]
+pub enum PostResult {
+    Posted(PostedTransfer),
+    Refused(super::Refusal),
+    /// Another request with the same idempotency key committed first: its stored answer.
+    DuplicateKey(IdempotencyRecord),
+}
