@@ -17,8 +17,8 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckDecision, MovementView, OUTCOME_PREFIX, Refusal, StoredOutcome,
-    TransferDetails, TransferKind,
+    AccountKind, Amount, CheckDecision, CheckedTransfer, InvalidTransfer, MovementView,
+    OUTCOME_PREFIX, Refusal, StoredOutcome, TransferDetails, TransferKind, TransferRequest,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
@@ -30,12 +30,22 @@ use crate::store::{
 /// Most movements posted in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Job = (
-    TransferCommand,
-    oneshot::Sender<Result<PostResult, StoreError>>,
-);
+/// What the queue carries: one movement, or an atomic batch (posted alone, all or nothing).
+enum Job {
+    One(
+        Box<TransferCommand>,
+        oneshot::Sender<Result<PostResult, StoreError>>,
+    ),
+    Atomic(
+        Vec<TransferCommand>,
+        oneshot::Sender<Result<(bool, Vec<PostResult>), StoreError>>,
+    ),
+}
 
-/// The single writer of money movements in this process.
+/// The single writer of money movements in this process: one group-commit queue in front of
+/// the store's [`LedgerPort`](crate::store::LedgerPort). Movements waiting in the queue are
+/// posted together in one transaction (one commit's fsync shared by everything that arrived
+/// meanwhile); an atomic batch is posted in a transaction of its own, in queue order.
 #[derive(Clone)]
 pub struct LedgerWriter {
     queue: mpsc::Sender<Job>,
@@ -48,53 +58,24 @@ impl LedgerWriter {
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-                let (batch, replies): (Vec<TransferCommand>, Vec<_>) = jobs.drain(..).unzip();
-                let started = std::time::Instant::now();
-                let r = store.post_movements(&batch).await;
-                tracing::debug!(
-                    size = batch.len(),
-                    elapsed_us = started.elapsed().as_micros(),
-                    "ledger batch committed"
-                );
-                match r {
-                    Ok(results) => {
-                        for (reply, r) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(r));
+                let mut ones: Vec<TransferCommand> = Vec::new();
+                let mut replies = Vec::new();
+                for job in jobs.drain(..) {
+                    match job {
+                        Job::One(m, reply) => {
+                            ones.push(*m);
+                            replies.push(reply);
                         }
-                    }
-                    // Storage cannot write (a full disk, a lost connection): every movement of
-                    // the batch gets that answer (503), none is retried here. Retrying would
-                    // fail the same way, and a commit whose answer was lost with its connection
-                    // may have gone through: only the client's retry, with its idempotency key,
-                    // can tell.
-                    Err(StoreError::Unavailable(e)) => {
-                        crate::warn_limited!(e, "ledger batch failed: storage unavailable");
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
-                        }
-                    }
-                    // The batch rolled back as a whole (e.g. a deadlock or a key taken by
-                    // another instance): retry each movement alone so one failure does not fail
-                    // its neighbours.
-                    Err(batch_err) => {
-                        crate::warn_limited!(
-                            batch_err,
-                            size = batch.len(),
-                            "ledger batch failed; retrying one by one"
-                        );
-                        for (m, reply) in batch.iter().zip(replies) {
-                            let r = store
-                                .post_movements(std::slice::from_ref(m))
-                                .await
-                                .and_then(|mut v| {
-                                    v.pop().ok_or_else(|| {
-                                        StoreError::Database("empty result".to_owned())
-                                    })
-                                });
-                            let _ = reply.send(r);
+                        Job::Atomic(batch, reply) => {
+                            // Whatever queued before it commits first.
+                            let (before, waiting) =
+                                (std::mem::take(&mut ones), std::mem::take(&mut replies));
+                            post_ones(store.as_ref(), before, waiting).await;
+                            let _ = reply.send(store.ledger().post(&batch, true).await);
                         }
                     }
                 }
+                post_ones(store.as_ref(), ones, replies).await;
             }
         });
         Self { queue }
@@ -106,9 +87,7 @@ impl LedgerWriter {
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
             .map_err(AppError::from)
     }
-}
 
-impl LedgerWriter {
     /// Queues a movement; the receiver yields its result once its batch has committed.
     async fn enqueue(
         &self,
@@ -116,10 +95,77 @@ impl LedgerWriter {
     ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((m, tx))
+            .send(Job::One(Box::new(m), tx))
             .await
             .map_err(|_| AppError::internal("the ledger writer has stopped"))?;
         Ok(rx)
+    }
+
+    /// Posts `batch` all or nothing, through the queue; returns whether it committed.
+    async fn post_atomic(&self, batch: Vec<TransferCommand>) -> AppResult<(bool, Vec<PostResult>)> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Job::Atomic(batch, tx))
+            .await
+            .map_err(|_| AppError::internal("the ledger writer has stopped"))?;
+        rx.await
+            .map_err(|_| AppError::internal("the ledger writer dropped a batch"))?
+            .map_err(AppError::from)
+    }
+}
+
+/// Posts the queued single movements in one transaction and answers each.
+async fn post_ones(
+    store: &dyn Store,
+    batch: Vec<TransferCommand>,
+    replies: Vec<oneshot::Sender<Result<PostResult, StoreError>>>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let r = store.ledger().post(&batch, false).await;
+    tracing::debug!(
+        size = batch.len(),
+        elapsed_us = started.elapsed().as_micros(),
+        "ledger batch committed"
+    );
+    match r {
+        Ok((_, results)) => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        // Storage cannot write (a full disk, a lost connection): every movement of the batch
+        // gets that answer (503), none is retried here. Retrying would fail the same way, and a
+        // commit whose answer was lost with its connection may have gone through: only the
+        // client's retry, with its idempotency key, can tell.
+        Err(StoreError::Unavailable(e)) => {
+            crate::warn_limited!(e, "ledger batch failed: storage unavailable");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+            }
+        }
+        // The batch rolled back as a whole (e.g. a deadlock or a key taken by another
+        // instance): retry each movement alone so one failure does not fail its neighbours.
+        Err(batch_err) => {
+            crate::warn_limited!(
+                batch_err,
+                size = batch.len(),
+                "ledger batch failed; retrying one by one"
+            );
+            for (m, reply) in batch.iter().zip(replies) {
+                let r = store
+                    .ledger()
+                    .post(std::slice::from_ref(m), false)
+                    .await
+                    .and_then(|(_, mut v)| {
+                        v.pop()
+                            .ok_or_else(|| StoreError::Database("empty result".to_owned()))
+                    });
+                let _ = reply.send(r);
+            }
+        }
     }
 }
 
@@ -599,14 +645,14 @@ pub struct TransferInput {
     /// For reversals: the original and the legs given back.
     pub reverses: Option<ReversalLegs>,
     /// For captures: the hold being captured.
-    pub capture_hold: Option<String>,
+    pub capture_hold: Option<crate::ids::HoldId>,
 }
 
 /// What a reversal gives back: per account, the amount it debits, and what each leg of the
 /// original received (the ceiling across all reversals).
 pub struct ReversalLegs {
     pub link: crate::store::Reverses,
-    pub debits: Vec<(String, i64)>,
+    pub debits: Vec<(AccountId, Amount)>,
 }
 
 /// A movement ready for the writer, or the stored answer of an earlier identical request.
@@ -709,12 +755,72 @@ async fn build_movement(
     let tenant = actor.tenant()?.clone();
     let principal_key = actor.user_id.to_string();
     let key_scope = actor.idempotency_scope();
-    let currency =
-        Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
-    let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+    // Every value is parsed and every shape rule applied once (`CheckedTransfer`); a
+    // reversal's legs come typed from the original's records.
+    let kind = input.kind;
+    let (currency, amount, debits, credits, debit_owner, reference, details) = match kind {
+        TransferKind::Reversal => {
+            let currency = Currency::parse(&input.currency)
+                .map_err(|m| AppError::invalid("currency", m))?;
+            let amount =
+                Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+            let debits = input
+                .reverses
+                .as_ref()
+                .map(|r| r.debits.clone())
+                .unwrap_or_default();
+            let credits = vec![(AccountId::from_trusted(input.debit_account_id), amount)];
+            (currency, amount, debits, credits, None, None, input.details)
+        }
+        _ => {
+            let t = CheckedTransfer::try_from(TransferRequest {
+                kind,
+                currency: input.currency,
+                amount: input.amount,
+                debit_account_id: input.debit_account_id,
+                credits: input.credits,
+                reference: input.reference,
+                details: input.details,
+            })
+            .map_err(invalid_transfer)?;
+            let (debits, credits, owner) = match kind {
+                TransferKind::Transfer => {
+                    let owner = match actor.scope(Permission::TransfersCreate)? {
+                        Scope::All => None,
+                        Scope::Own => Some(own_customer(core, actor).await?.map_or_else(
+                            || CustomerId::from_trusted("cus_none".to_owned()),
+                            |c| CustomerId::from_trusted(c.id),
+                        )),
+                    };
+                    (vec![(t.debit, t.amount)], t.credits, owner)
+                }
+                TransferKind::Deposit | TransferKind::Withdrawal => {
+                    let settlement = core
+                        .store
+                        .system_account(&tenant, AccountKind::Settlement.as_str(), t.currency.code())
+                        .await?
+                        .ok_or_else(|| {
+                            AppError::invalid(
+                                "currency",
+                                format!("this tenant does not hold {}", t.currency),
+                            )
+                        })?;
+                    let settlement = AccountId::from_trusted(settlement.id);
+                    if kind == TransferKind::Deposit {
+                        (vec![(settlement, t.amount)], vec![(t.debit, t.amount)], None)
+                    } else {
+                        (vec![(t.debit, t.amount)], vec![(settlement, t.amount)], None)
+                    }
+                }
+                // A capture debits the held account and credits what the hold was for.
+                _ => (vec![(t.debit, t.amount)], t.credits, None),
+            };
+            (t.currency, t.amount, debits, credits, owner, t.reference, t.details)
+        }
+    };
     // Money leaving an account above the tenant's threshold needs a recent authentication.
     if matches!(
-        input.kind,
+        kind,
         TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
     ) && actor
         .policy
@@ -722,98 +828,6 @@ async fn build_movement(
     {
         super::security::require_step_up(core, meta, actor).await?;
     }
-    if let Some(r) = &input.reference
-        && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control))
-    {
-        return Err(AppError::invalid(
-            "reference",
-            "must be 1 to 128 characters without control characters",
-        )
-        .into());
-    }
-    input
-        .details
-        .validate()
-        .map_err(|(param, message)| AppError::invalid(param, message))?;
-    let (debits, credits, debit_owner) = match input.kind {
-        TransferKind::Reversal => {
-            let debits = input
-                .reverses
-                .as_ref()
-                .map(|r| r.debits.clone())
-                .unwrap_or_default();
-            (debits, input.credits.clone(), None)
-        }
-        TransferKind::Capture => (
-            vec![(input.debit_account_id.clone(), amount.get())],
-            input.credits.clone(),
-            None,
-        ),
-        TransferKind::Transfer => {
-            if input.credits.is_empty() || input.credits.len() > 100 {
-                return Err(AppError::invalid(
-                    "credits",
-                    "between 1 and 100 credit legs are required",
-                )
-                .into());
-            }
-            let mut total: i64 = 0;
-            for (i, (acc, amt)) in input.credits.iter().enumerate() {
-                Amount::parse(*amt)
-                    .map_err(|m| AppError::invalid(format!("credits[{i}].amount"), m))?;
-                if *acc == input.debit_account_id {
-                    return Err(AppError::invalid(
-                        format!("credits[{i}].account_id"),
-                        "a transfer cannot credit its debit account",
-                    )
-                    .into());
-                }
-                total = total.saturating_add(*amt);
-            }
-            if total != amount.get() {
-                return Err(AppError::invalid(
-                    "credits",
-                    format!("the credit legs sum to {total}, not the amount {amount}"),
-                )
-                .into());
-            }
-            let owner = match actor.scope(Permission::TransfersCreate)? {
-                Scope::All => None,
-                Scope::Own => Some(
-                    own_customer(core, actor)
-                        .await?
-                        .map_or_else(|| "cus_none".to_owned(), |c| c.id),
-                ),
-            };
-            (
-                vec![(input.debit_account_id.clone(), amount.get())],
-                input.credits.clone(),
-                owner,
-            )
-        }
-        TransferKind::Deposit | TransferKind::Withdrawal => {
-            let settlement = core
-                .store
-                .system_account(&tenant, AccountKind::Settlement.as_str(), currency.code())
-                .await?
-                .ok_or_else(|| {
-                    AppError::invalid("currency", format!("this tenant does not hold {currency}"))
-                })?;
-            if input.kind == TransferKind::Deposit {
-                (
-                    vec![(settlement.id, amount.get())],
-                    vec![(input.debit_account_id.clone(), amount.get())],
-                    None,
-                )
-            } else {
-                (
-                    vec![(input.debit_account_id.clone(), amount.get())],
-                    vec![(settlement.id, amount.get())],
-                    None,
-                )
-            }
-        }
-    };
 
     // Restriction of processing (GDPR Art. 18: no new movement may touch a restricted
     // customer's account; a reversal is a correction and stays allowed) is checked by the
@@ -822,7 +836,7 @@ async fn build_movement(
     // The pre-commit check point (KYC limits and monitoring rules plug in here).
     let view = MovementView {
         tenant_id: tenant.as_str(),
-        kind: input.kind,
+        kind,
         currency,
         amount,
         debit_account_id: debits.first().map_or("", |(a, _)| a.as_str()),
@@ -851,14 +865,17 @@ async fn build_movement(
     // reads totals). What it reserves is held until the movement is settled.
     let mut kyc_reservation = None;
     if refusal.is_none() {
+        let legs = |legs: &[(AccountId, Amount)]| -> Vec<(String, i64)> {
+            legs.iter().map(|(a, n)| (a.to_string(), n.get())).collect()
+        };
         match super::kyc::check_movement(
             core,
             &tenant,
-            input.kind,
+            kind,
             currency,
             amount.get(),
-            &debits,
-            &credits,
+            &legs(&debits),
+            &legs(&credits),
         )
         .await?
         {
@@ -869,7 +886,7 @@ async fn build_movement(
     let id = TransferId::generate();
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, Some(actor)).own(
-        &format!("{}.create", input.kind.as_str()),
+        &format!("{}.create", kind.as_str()),
         Some(("transfer", id.as_str())),
         Outcome::Success,
         None,
@@ -901,16 +918,16 @@ async fn build_movement(
     // Details are sealed here, before the writer: it never sees a key it has to fetch, and
     // nothing reaches storage in the clear. (The idempotency key stores the outcome's facts,
     // which carry no personal data.)
-    let seal_key = if input.details.is_empty() {
+    let seal_key = if details.is_empty() {
         None
     } else {
         Some(reply_key(core, &tenant, 1).await?)
     };
-    let details = match (&seal_key, input.details.is_empty()) {
+    let sealed_details = match (&seal_key, details.is_empty()) {
         (Some(key), false) => {
             let col = crate::store::keys::TRANSFER_DETAILS;
             let json = zeroize::Zeroizing::new(
-                serde_json::to_vec(&input.details).map_err(AppError::internal)?,
+                serde_json::to_vec(&details).map_err(AppError::internal)?,
             );
             let sealed = key
                 .seal(&col.at(tenant.as_str(), id.as_str()), &json)
@@ -922,15 +939,15 @@ async fn build_movement(
     let movement = TransferCommand {
         id,
         tenant_id: tenant.clone(),
-        kind: input.kind,
-        currency: currency.code().to_owned(),
-        amount: amount.get(),
+        kind,
+        currency,
+        amount,
         debits,
         debit_owner,
         credits,
-        reference: input.reference,
-        details,
-        details_clear: (!input.details.is_empty()).then(|| Box::new(input.details)),
+        reference,
+        details: sealed_details,
+        details_clear: (!details.is_empty()).then(|| Box::new(details)),
         created_by: principal_key.clone(),
         created_at: now,
         audit,
@@ -1128,6 +1145,15 @@ pub(crate) async fn open_details(core: &Core, p: &mut PostedTransfer) -> AppResu
     Ok(())
 }
 
+/// The API error for a request that cannot become a movement.
+fn invalid_transfer(e: InvalidTransfer) -> AppError {
+    match e {
+        InvalidTransfer::Param { param, message } => AppError::invalid(param, message),
+        // Answered exactly as the ledger answers an account it does not hold.
+        InvalidTransfer::UnknownAccount(id) => refusal_error(Refusal::AccountNotFound(id)),
+    }
+}
+
 /// The API error for a ledger refusal.
 pub fn refusal_error(r: Refusal) -> AppError {
     let message = r.to_string();
@@ -1317,7 +1343,7 @@ async fn post_batch(
                 Err(e) => items.push(Some(Err(e))),
             }
         }
-        let (committed, results) = core.store.post_movements_atomic(&movements).await?;
+        let (committed, results) = core.ledger.post_atomic(movements).await?;
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
                 (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
@@ -1517,22 +1543,35 @@ pub async fn reverse(
         }
     };
     let amount: i64 = debits.iter().map(|(_, n)| n).sum();
+    // The reversal is built from the original's records: its legs name the original's accounts.
+    let typed = |legs: Vec<(String, i64)>| -> AppResult<Vec<(AccountId, Amount)>> {
+        legs.into_iter()
+            .map(|(a, n)| {
+                let n = Amount::parse(n).map_err(|m| AppError::invalid("amount", m))?;
+                Ok((AccountId::from_trusted(a), n))
+            })
+            .collect()
+    };
+    let debit_legs = typed(debits)?;
     let input = TransferInput {
         kind: TransferKind::Reversal,
         currency: t.currency.clone(),
         amount,
-        debit_account_id: debits.first().map(|(a, _)| a.clone()).unwrap_or_default(),
-        credits: vec![(t.debit_account_id.clone(), amount)],
+        debit_account_id: t.debit_account_id.clone(),
+        credits: Vec::new(),
         reference: None,
         details: TransferDetails::described(format!("reversal of {}", t.id)),
         reverses: Some(ReversalLegs {
             link: crate::store::Reverses {
-                original: t.id.clone(),
+                original: TransferId::from_trusted(t.id.clone()),
                 // An unknown stored kind reverses as a plain transfer (touches no system account).
                 original_kind: TransferKind::parse(&t.kind).unwrap_or(TransferKind::Transfer),
-                ceilings,
+                ceilings: ceilings
+                    .into_iter()
+                    .map(|(a, n)| (AccountId::from_trusted(a), n))
+                    .collect(),
             },
-            debits,
+            debits: debit_legs,
         }),
         capture_hold: None,
     };
@@ -1797,7 +1836,7 @@ pub async fn capture_hold(
         reference: None,
         details: TransferDetails::described(format!("capture of {}", hold.id)),
         reverses: None,
-        capture_hold: Some(hold.id.clone()),
+        capture_hold: Some(crate::ids::HoldId::from_trusted(hold.id.clone())),
     };
     move_money(core, meta, actor, input, idempotency).await
 }

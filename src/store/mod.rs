@@ -645,6 +645,26 @@ pub enum ErasureOutcome {
 }
 
 /// Everything Kasho persists.
+/// The one port money is posted through, with exactly one implementation per backend: the
+/// SQLite writer thread (`sqlite_writer`, rusqlite) and the PostgreSQL writer
+/// (`postgres::writer`, sqlx). Each loads what a batch touches under lock, has the ledger core
+/// plan it (`domain::ledger::engine`) and writes the plan, in one transaction. Nothing else in
+/// Kasho posts; the service's group-commit queue (`service::ledger::LedgerWriter`) is its one
+/// caller.
+#[async_trait]
+pub trait LedgerPort: Send + Sync {
+    /// Posts `batch` in one transaction, in order. Each movement is applied all or nothing; a
+    /// refused one changes nothing but its idempotency record and its audit record. With
+    /// `atomic`, every movement posts or none does: if any is refused the transaction rolls
+    /// back (a movement whose key is already taken is a retry and answers with its stored
+    /// outcome). Returns whether it committed, with each movement's result.
+    async fn post(
+        &self,
+        batch: &[TransferCommand],
+        atomic: bool,
+    ) -> StoreResult<(bool, Vec<PostResult>)>;
+}
+
 #[async_trait]
 pub trait Store:
     keys::KeyStore
@@ -852,17 +872,8 @@ pub trait Store:
     ) -> StoreResult<Option<AccountRecord>>;
 
     // Money movements.
-    /// Posts each movement atomically (all of it or nothing of it) inside one transaction: one
-    /// commit for the whole batch. A refused movement changes nothing but its idempotency record
-    /// and its audit record.
-    async fn post_movements(&self, batch: &[TransferCommand]) -> StoreResult<Vec<PostResult>>;
-    /// Posts every movement or none: if any is refused, the whole transaction rolls back (a
-    /// movement whose key is already taken is a retry and answers with its stored response).
-    /// Returns whether it committed, with each movement's result.
-    async fn post_movements_atomic(
-        &self,
-        batch: &[TransferCommand],
-    ) -> StoreResult<(bool, Vec<PostResult>)>;
+    /// The one port money is posted through (see [`LedgerPort`]).
+    fn ledger(&self) -> &dyn LedgerPort;
     async fn get_idempotency(
         &self,
         tenant: &TenantId,

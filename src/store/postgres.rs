@@ -86,12 +86,8 @@ impl PgStore {
     }
 
     /// Movements are posted with the shared load–plan–write over the pool.
-    async fn post_backend(
-        &self,
-        batch: &[super::TransferCommand],
-        atomic: bool,
-    ) -> StoreResult<(bool, Vec<super::PostResult>)> {
-        self.post_batch(batch, atomic).await
+    fn ledger_port(&self) -> &dyn super::LedgerPort {
+        self
     }
 
     /// The pool, for tests and tools that inspect the database directly.

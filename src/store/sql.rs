@@ -1,7 +1,7 @@
 //! The SQL shared by both backends. `impl_store!` expands the same method bodies for SQLite and
 //! PostgreSQL: every statement uses `$n` placeholders and column types (TEXT, BIGINT) that mean
 //! the same on both. Each backend type provides `pool`, `sealer`, `begin_write()`,
-//! `post_backend()` and `run_migrations()`.
+//! `ledger_port()` and `run_migrations()`.
 
 use crate::domain::audit::{AuditRecord, AuditSealer, NewAuditEvent};
 use crate::ids::AuditEventId;
@@ -1080,18 +1080,8 @@ macro_rules! impl_store {
                 Ok(row)
             }
 
-            async fn post_movements(
-                &self,
-                batch: &[$crate::store::TransferCommand],
-            ) -> $crate::store::StoreResult<Vec<$crate::store::PostResult>> {
-                Ok(self.post_backend(batch, false).await?.1)
-            }
-
-            async fn post_movements_atomic(
-                &self,
-                batch: &[$crate::store::TransferCommand],
-            ) -> $crate::store::StoreResult<(bool, Vec<$crate::store::PostResult>)> {
-                self.post_backend(batch, true).await
+            fn ledger(&self) -> &dyn $crate::store::LedgerPort {
+                self.ledger_port()
             }
 
             async fn get_idempotency(

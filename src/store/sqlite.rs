@@ -188,12 +188,8 @@ impl SqliteStore {
     }
 
     /// Movements are posted on the writer thread (one synchronous transaction per batch).
-    async fn post_backend(
-        &self,
-        batch: &[super::TransferCommand],
-        atomic: bool,
-    ) -> StoreResult<(bool, Vec<super::PostResult>)> {
-        self.writer.post(batch, atomic).await
+    fn ledger_port(&self) -> &dyn super::LedgerPort {
+        &self.writer
     }
 
     /// The pool, for tests and tools that inspect the database directly.

@@ -106,8 +106,12 @@ impl SqliteWriter {
         })
     }
 
+}
+
+#[async_trait::async_trait]
+impl super::LedgerPort for SqliteWriter {
     /// Posts `batch` in one transaction on the writer thread.
-    pub(super) async fn post(
+    async fn post(
         &self,
         batch: &[TransferCommand],
         atomic: bool,

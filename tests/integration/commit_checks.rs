@@ -531,11 +531,17 @@ fn movement(
         id: id.clone(),
         tenant_id: tenant.clone(),
         kind: kasho::domain::ledger::TransferKind::Deposit,
-        currency: "USD".into(),
-        amount,
-        debits: vec![(settlement.to_owned(), amount)],
+        currency: kasho::domain::currency::Currency::parse("USD").unwrap(),
+        amount: kasho::domain::ledger::Amount::parse(amount).unwrap(),
+        debits: vec![(
+            kasho::ids::AccountId::from_trusted(settlement.to_owned()),
+            kasho::domain::ledger::Amount::parse(amount).unwrap(),
+        )],
         debit_owner: None,
-        credits: vec![(to.to_owned(), amount)],
+        credits: vec![(
+            kasho::ids::AccountId::from_trusted(to.to_owned()),
+            kasho::domain::ledger::Amount::parse(amount).unwrap(),
+        )],
         reference: None,
         details: None,
         details_clear: None,
@@ -605,7 +611,7 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         movement(&tenant, &settlement, &acc, 400, &demoted_p, now),
         movement(&tenant, &settlement, &acc, 800, &kept, now),
     ];
-    let results = app.core.store.post_movements(&batch).await.unwrap();
+    let (_, results) = app.core.store.ledger().post(&batch, false).await.unwrap();
     use kasho::domain::authz::ActorRevoked;
     use kasho::domain::ledger::Refusal;
     use kasho::store::PostResult;

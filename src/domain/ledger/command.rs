@@ -4,7 +4,9 @@
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
 use crate::domain::authz::ActorCheck;
-use crate::ids::TenantId;
+use super::Amount;
+use crate::domain::currency::Currency;
+use crate::ids::{AccountId, CustomerId, HoldId, TenantId, TransferId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRecord {
@@ -78,15 +80,15 @@ pub struct TransferCommand {
     pub id: crate::ids::TransferId,
     pub tenant_id: TenantId,
     pub kind: super::TransferKind,
-    pub currency: String,
+    pub currency: Currency,
     /// The transfer's total.
-    pub amount: i64,
+    pub amount: Amount,
     /// The debit legs: one for every kind but the reversal of a transfer with several credit
     /// legs, which debits each of them back.
-    pub debits: Vec<(String, i64)>,
+    pub debits: Vec<(AccountId, Amount)>,
     /// When set, the debit account must belong to this customer (ownership).
-    pub debit_owner: Option<String>,
-    pub credits: Vec<(String, i64)>,
+    pub debit_owner: Option<CustomerId>,
+    pub credits: Vec<(AccountId, Amount)>,
     pub reference: Option<String>,
     /// The details, already sealed under the tenant's data key for this transfer's row.
     pub details: Option<String>,
@@ -99,7 +101,7 @@ pub struct TransferCommand {
     /// Set for a reversal: what it reverses, and how much each debited leg may take back.
     pub reverses: Option<Reverses>,
     /// Set for a hold capture: the hold released by this movement.
-    pub capture_hold: Option<String>,
+    pub capture_hold: Option<HoldId>,
     /// A refusal of this movement writes no audit record of its own: it is part of a batch,
     /// whose refusals are audited as one record with counts per code.
     pub quiet_refusal: bool,
@@ -111,10 +113,10 @@ pub struct TransferCommand {
 /// most it can ever give back across all reversals).
 #[derive(Debug, Clone)]
 pub struct Reverses {
-    pub original: String,
+    pub original: TransferId,
     /// The original's kind: which system accounts the reversal may touch follows from it.
     pub original_kind: super::TransferKind,
-    pub ceilings: Vec<(String, i64)>,
+    pub ceilings: Vec<(AccountId, i64)>,
 }
 
 /// What posting one movement did.

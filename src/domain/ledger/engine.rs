@@ -271,10 +271,10 @@ impl Engine {
                 let done = self
                     .snap
                     .reversed
-                    .get(&(rev.original.clone(), account.clone()))
+                    .get(&(rev.original.to_string(), account.to_string()))
                     .copied()
                     .unwrap_or(0);
-                if done + amount > ceiling {
+                if done + amount.get() > ceiling {
                     return Err(Refusal::ReversalExceedsOriginal);
                 }
             }
@@ -286,11 +286,11 @@ impl Engine {
             let hold = self
                 .snap
                 .holds
-                .get(hold_id)
+                .get(hold_id.as_str())
                 .filter(|h| h.tenant_id == tenant && h.status == "active" && h.expires_at > now)
                 .cloned()
                 .ok_or(Refusal::HoldNotActive)?;
-            if m.amount > hold.amount {
+            if m.amount.get() > hold.amount {
                 return Err(Refusal::CaptureExceedsHold);
             }
             // Capturing releases the whole hold (the rest of it is freed), then debits.
@@ -312,46 +312,41 @@ impl Engine {
             capture = Some(hold);
         }
         let mut legs = Vec::with_capacity(m.debits.len() + m.credits.len());
+        let currency = m.currency.code();
+        let owner = m.debit_owner.as_ref().map(crate::ids::CustomerId::as_str);
         for (id, amount) in &m.debits {
+            let (id, amount) = (id.as_str(), amount.get());
             let current = work.get(id).or_else(|| self.snap.accounts.get(id));
-            if let Some(r) = refuse_account(
-                current,
-                id,
-                tenant,
-                &m.currency,
-                m.debit_owner.as_deref(),
-                true,
-                movement,
-            ) {
+            if let Some(r) = refuse_account(current, id, tenant, currency, owner, true, movement) {
                 return Err(r);
             }
             let mut a = current
                 .cloned()
-                .ok_or_else(|| Refusal::AccountNotFound(id.clone()))?;
-            if !a.can_debit(*amount) {
-                return Err(Refusal::InsufficientFunds(id.clone()));
+                .ok_or_else(|| Refusal::AccountNotFound(id.to_owned()))?;
+            if !a.can_debit(amount) {
+                return Err(Refusal::InsufficientFunds(id.to_owned()));
             }
             a.posted -= amount;
             a.entry_count += 1;
-            legs.push((id.clone(), "debit", *amount, a.posted, a.entry_count));
-            work.insert(id.clone(), a);
+            legs.push((id.to_owned(), "debit", amount, a.posted, a.entry_count));
+            work.insert(id.to_owned(), a);
         }
         for (id, amount) in &m.credits {
+            let (id, amount) = (id.as_str(), amount.get());
             let current = work.get(id).or_else(|| self.snap.accounts.get(id));
-            if let Some(r) = refuse_account(current, id, tenant, &m.currency, None, false, movement)
-            {
+            if let Some(r) = refuse_account(current, id, tenant, currency, None, false, movement) {
                 return Err(r);
             }
             let mut a = current
                 .cloned()
-                .ok_or_else(|| Refusal::AccountNotFound(id.clone()))?;
+                .ok_or_else(|| Refusal::AccountNotFound(id.to_owned()))?;
             a.posted = a
                 .posted
-                .checked_add(*amount)
-                .ok_or_else(|| Refusal::InsufficientFunds(id.clone()))?;
+                .checked_add(amount)
+                .ok_or_else(|| Refusal::InsufficientFunds(id.to_owned()))?;
             a.entry_count += 1;
-            legs.push((id.clone(), "credit", *amount, a.posted, a.entry_count));
-            work.insert(id.clone(), a);
+            legs.push((id.to_owned(), "credit", amount, a.posted, a.entry_count));
+            work.insert(id.to_owned(), a);
         }
 
         // Every check passed: commit the movement to the snapshot.
@@ -363,12 +358,16 @@ impl Engine {
             id: m.id.to_string(),
             tenant_id: tenant.to_owned(),
             kind: m.kind.as_str().to_owned(),
-            currency: m.currency.clone(),
-            amount: m.amount,
-            debit_account_id: m.debits.first().map(|(a, _)| a.clone()).unwrap_or_default(),
+            currency: m.currency.code().to_owned(),
+            amount: m.amount.get(),
+            debit_account_id: m
+                .debits
+                .first()
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default(),
             reference: m.reference.clone(),
             details: m.details.clone(),
-            reverses_id: m.reverses.as_ref().map(|r| r.original.clone()),
+            reverses_id: m.reverses.as_ref().map(|r| r.original.to_string()),
             created_by: Some(m.created_by.clone()),
             created_at: now,
         };
@@ -388,8 +387,8 @@ impl Engine {
         }
         if let Some(rev) = &m.reverses {
             for (account, amount) in &m.debits {
-                let k = (rev.original.clone(), account.clone());
-                *self.snap.reversed.entry(k.clone()).or_insert(0) += amount;
+                let k = (rev.original.to_string(), account.to_string());
+                *self.snap.reversed.entry(k.clone()).or_insert(0) += amount.get();
                 self.changed_reversed.insert(k);
             }
         }
@@ -596,10 +595,10 @@ pub fn wanted(batch: &[TransferCommand]) -> Wanted {
                 .iter()
                 .map(|a| (a.user_id.clone(), a.credential.clone())),
         );
-        accounts.extend(m.debits.iter().map(|(a, _)| a.clone()));
-        accounts.extend(m.credits.iter().map(|(a, _)| a.clone()));
-        holds.extend(m.capture_hold.iter().cloned());
-        reversals.extend(m.reverses.iter().map(|r| r.original.clone()));
+        accounts.extend(m.debits.iter().map(|(a, _)| a.to_string()));
+        accounts.extend(m.credits.iter().map(|(a, _)| a.to_string()));
+        holds.extend(m.capture_hold.iter().map(ToString::to_string));
+        reversals.extend(m.reverses.iter().map(|r| r.original.to_string()));
         let tenant = m.tenant_id.to_string();
         references.extend(m.reference.iter().map(|r| (tenant.clone(), r.clone())));
         keys.extend(
@@ -662,11 +661,11 @@ mod tests {
             id: TransferId::generate(),
             tenant_id: tenant.clone(),
             kind: TransferKind::Transfer,
-            currency: "USD".into(),
-            amount,
-            debits: vec![(from.into(), amount)],
+            currency: usd(),
+            amount: amt(amount),
+            debits: legs(&[(from, amount)]),
             debit_owner: None,
-            credits: vec![(to.into(), amount)],
+            credits: legs(&[(to, amount)]),
             reference: None,
             details: None,
             details_clear: None,
@@ -692,6 +691,22 @@ mod tests {
             quiet_refusal: false,
             actor: None,
         }
+    }
+
+    fn acc(id: &str) -> crate::ids::AccountId {
+        crate::ids::AccountId::from_trusted(id.to_owned())
+    }
+
+    fn amt(n: i64) -> crate::domain::ledger::Amount {
+        crate::domain::ledger::Amount::parse(n).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn usd() -> crate::domain::currency::Currency {
+        crate::domain::currency::Currency::parse("USD").unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn legs(ls: &[(&str, i64)]) -> Vec<(crate::ids::AccountId, crate::domain::ledger::Amount)> {
+        ls.iter().map(|(a, n)| (acc(a), amt(*n))).collect()
     }
 
     fn snapshot(accounts: &[AccountState]) -> Snapshot {
@@ -731,7 +746,7 @@ mod tests {
         frozen.status = "closed".into();
         let snap = snapshot(&[account("acc_a", 100), account("acc_b", 0), frozen]);
         let mut m = movement("acc_a", "acc_b", 50, 1);
-        m.credits = vec![("acc_b".into(), 25), ("acc_c".into(), 25)];
+        m.credits = legs(&[("acc_b", 25), ("acc_c", 25)]);
         let p = plan(snap, &[m]);
         assert!(matches!(
             p.results[0],
@@ -887,11 +902,11 @@ mod tests {
         ]);
         let mut r = movement("acc_b", "acc_a", 80, 1);
         r.kind = TransferKind::Reversal;
-        r.debits = vec![("acc_b".into(), 40), ("acc_c".into(), 40)];
+        r.debits = legs(&[("acc_b", 40), ("acc_c", 40)]);
         r.reverses = Some(Reverses {
-            original: "trf_o".into(),
+            original: TransferId::from_trusted("trf_o".into()),
             original_kind: TransferKind::Transfer,
-            ceilings: vec![("acc_b".into(), 50), ("acc_c".into(), 30)],
+            ceilings: vec![(acc("acc_b"), 50), (acc("acc_c"), 30)],
         });
         let p = plan(snap, &[r]);
         assert!(matches!(
@@ -929,8 +944,8 @@ mod tests {
         let mut fees = account("acc_f", 100);
         fees.kind = "fees".into();
         let p = plan(
-            snapshot(&[fees, account("acc_c", 0)]),
-            &[movement("acc_c", "acc_f", 0, 1)],
+            snapshot(&[fees, account("acc_c", 10)]),
+            &[movement("acc_c", "acc_f", 1, 1)],
         );
         assert!(matches!(
             p.results[0],
@@ -970,11 +985,11 @@ mod tests {
             }
         }
         let movement = Movement::of(m.kind, None);
-        let legs: Vec<(&String, i64, bool)> = m
+        let legs: Vec<(&str, i64, bool)> = m
             .debits
             .iter()
-            .map(|(a, n)| (a, *n, true))
-            .chain(m.credits.iter().map(|(a, n)| (a, *n, false)))
+            .map(|(a, n)| (a.as_str(), n.get(), true))
+            .chain(m.credits.iter().map(|(a, n)| (a.as_str(), n.get(), false)))
             .collect();
         // Leg by leg, debits first, as a client reads the refusal: the account's standing,
         // then (for a debit) its funds.
@@ -987,7 +1002,7 @@ mod tests {
             if !kind.is_some_and(|k| movement.may_touch(k)) {
                 return Some("system_account");
             }
-            if a.currency != m.currency {
+            if a.currency != m.currency.code() {
                 return Some("currency_mismatch");
             }
             if a.status == "closed" {
@@ -1052,7 +1067,10 @@ mod tests {
                 }
                 let total: i64 = credits.iter().map(|(_, n)| n).sum();
                 let mut m = movement(&from, &credits[0].0, total, i64::try_from(t).unwrap_or(0));
-                m.credits = credits;
+                m.credits = credits
+                    .iter()
+                    .map(|(a, n)| (acc(a), amt(*n)))
+                    .collect();
                 m.kind = *g.pick(&[
                     TransferKind::Transfer,
                     TransferKind::Transfer,

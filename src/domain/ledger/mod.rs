@@ -11,7 +11,11 @@ use super::currency::Currency;
 
 mod command;
 pub mod engine;
+mod request;
 
+pub use request::{
+    CheckedTransfer, InvalidTransfer, MAX_CREDIT_LEGS, MAX_REFERENCE_CHARS, TransferRequest,
+};
 pub use command::{
     EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
     TransferCommand, TransferRecord,

@@ -12,11 +12,12 @@ use super::PgStore;
 /// The largest parameter payload of one statement (see the module documentation).
 const MAX_MESSAGE: usize = 12_000;
 
-impl PgStore {
+#[async_trait::async_trait]
+impl crate::store::LedgerPort for PgStore {
     /// Posts `batch` in one transaction: the rows it touches are loaded and locked, the ledger
     /// core plans it, and the plan is written with multi-row statements, then committed. With
     /// `atomic`, nothing is written if any movement is refused.
-    pub(super) async fn post_batch(
+    async fn post(
         &self,
         batch: &[crate::store::TransferCommand],
         atomic: bool,
