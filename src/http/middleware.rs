@@ -20,7 +20,7 @@ use crate::domain::security::{Cidr, SecurityEvent};
 use crate::domain::signing;
 use crate::error::AppError;
 use crate::ids::RequestId;
-use crate::service::{AuditBuilder, RequestMeta, api_tokens, auth, security};
+use crate::service::{AuditBuilder, RequestMeta, api_tokens, audit, auth, security};
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -393,7 +393,7 @@ pub async fn authorize(
                 "state-changing request succeeded without an audit record from its use case"
             );
         }
-        auth::record(core, &ev).await;
+        audit::record(core, &ev).await;
     }
     resp
 }
