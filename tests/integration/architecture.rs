@@ -1,6 +1,6 @@
 //! The architecture, checked against the code: every import in `src/` points down the layer
-//! table (the same table as docs/ARCHITECTURE.md's "Layers"), and `src/http/` has no import
-//! cycle.
+//! table (the same table as docs/ARCHITECTURE.md's "Layers"), `src/http/` has no import cycle,
+//! and the module map in docs/ARCHITECTURE.md names every file of `src/`.
 //!
 //! The checker reads the source text, not the compiler's view: `use` declarations (grouped
 //! trees included), `crate::…`/`super::…`/`self::…` paths anywhere in code, paths through a
@@ -746,5 +746,73 @@ fn the_cycle_check_finds_a_cycle_through_the_parent_module() {
             "src/http/handlers/users.rs → src/http/mod.rs → src/http/routes.rs → \
              src/http/handlers/users.rs (3 files in the cycle)"
         ]
+    );
+}
+
+fn architecture_md() -> String {
+    std::fs::read_to_string(manifest_dir().join("docs/ARCHITECTURE.md"))
+        .expect("docs/ARCHITECTURE.md")
+}
+
+#[test]
+fn the_module_map_names_every_file_of_src() {
+    let doc = architecture_md();
+    let map = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Module map"))
+        .expect("docs/ARCHITECTURE.md has a \"## Module map\" section");
+    let missing: Vec<String> = src_files()
+        .into_iter()
+        .filter(|f| !map.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/ARCHITECTURE.md's module map does not name these files of src/ (as `src/…`):\n{}",
+        missing.join("\n")
+    );
+}
+
+/// The "Layers" table of docs/ARCHITECTURE.md is the table this test enforces: rows
+/// `` | `layer` | … | `a`, `b` | `` (the last cell lists what the layer may import, or `—`).
+#[test]
+fn the_layer_table_in_the_docs_is_the_one_enforced() {
+    let doc = architecture_md();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Layers"))
+        .expect("docs/ARCHITECTURE.md has a \"## Layers\" section");
+    let documented: BTreeMap<String, BTreeSet<String>> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            let layer = cells[0].trim_matches('`').to_owned();
+            let may = cells
+                .last()
+                .expect("cells")
+                .split(',')
+                .map(|s| s.trim().trim_matches('`').to_owned())
+                .filter(|s| !s.is_empty() && s != "—")
+                .collect();
+            (layer, may)
+        })
+        .collect();
+    let enforced: BTreeMap<String, BTreeSet<String>> = LAYERS
+        .iter()
+        .map(|(l, may)| {
+            (
+                (*l).to_owned(),
+                may.iter().map(|s| (*s).to_owned()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        documented, enforced,
+        "docs/ARCHITECTURE.md \"Layers\" vs LAYERS in this test"
     );
 }
