@@ -3,7 +3,10 @@
 //! By default it starts a Kasho server in-process on 127.0.0.1 (SQLite in a temporary directory,
 //! or a fresh PostgreSQL schema) and creates a platform admin in its store. With `--url` it
 //! targets an already running Kasho server instead and signs in as an existing platform admin
-//! (`--admin-email`, password from the environment variable `KASHO_BENCH_ADMIN_PASSWORD`).
+//! (`--admin-email`, password from the environment variable `KASHO_BENCH_ADMIN_PASSWORD`). A
+//! platform admin must use MFA: the benchmark enrols it in TOTP on its first sign-in and keeps
+//! the secret in `--admin-totp-file` (mode 0600), from which later runs compute their codes; the
+//! tenant's MANAGER it creates is enrolled the same way when the tenant's policy requires it.
 //! Either way it then creates a tenant (its MANAGER invited, the invitation read from the
 //! server's development mailbox and accepted: nobody sets another person's password) and N
 //! funded accounts through the API and drives
@@ -15,7 +18,7 @@
 //!     cargo run --release --example ledger_bench -- --backend sqlite --clients 64 --seconds 10
 //!     cargo run --release --example ledger_bench -- --backend postgres --profile zipf --json out.json
 //!     KASHO_BENCH_ADMIN_PASSWORD=… cargo run --release --example ledger_bench -- \
-//!         --url http://127.0.0.1:8080 --admin-email admin@example.com
+//!         --url http://127.0.0.1:8080 --admin-email admin@example.com --admin-totp-file admin.totp
 //!
 //! With `KASHO_BENCH_REDIS_URL` (e.g. redis://127.0.0.1:6379) the in-process server keeps its
 //! rate-limit buckets in that Redis, as several instances sharing them do.
@@ -59,11 +62,15 @@ Usage:
   ledger_bench [--backend sqlite|postgres] [--pg URL] [OPTIONS]
       start a Kasho server in-process (SQLite in a temporary directory, or a fresh schema in the
       PostgreSQL database at --pg) and benchmark it
-  KASHO_BENCH_ADMIN_PASSWORD=... ledger_bench --url http://HOST:PORT --admin-email EMAIL [OPTIONS]
+  KASHO_BENCH_ADMIN_PASSWORD=... ledger_bench --url http://HOST:PORT --admin-email EMAIL
+                                             --admin-totp-file FILE [OPTIONS]
       benchmark an already running Kasho server, signing in as an existing platform admin
       (create one with `kasho admin create-platform-admin --email EMAIL`, password on stdin);
-      the password is read from KASHO_BENCH_ADMIN_PASSWORD, never from a flag. Each run creates
-      a new tenant (bench-<random>) on that server and leaves it there.
+      the password is read from KASHO_BENCH_ADMIN_PASSWORD, never from a flag. Platform admins
+      must use MFA: an admin not yet enrolled is enrolled in TOTP and its secret written to FILE
+      (mode 0600); an enrolled one signs in with a code computed from the secret in FILE. Each
+      run creates a new tenant (bench-<random>) on that server and leaves it there; its MANAGER
+      enrols in TOTP too when the tenant's policy says so.
 
 Options:
   --backend sqlite|postgres  embedded server's database (sqlite)
@@ -71,6 +78,8 @@ Options:
                              (postgres://postgres@127.0.0.1:5432/test)
   --url http://HOST:PORT     target an external server instead of starting one
   --admin-email EMAIL        platform admin to sign in as (required with --url)
+  --admin-totp-file FILE     with --url: the admin's TOTP secret (base32), written when the
+                             benchmark enrols the admin, read when it is enrolled already
   --mailbox DIR              with --url: the server's development mailbox, where the tenant
                              manager's invitation lands (kasho-data/mailbox; the server must run
                              without smtp_url, on this machine)
@@ -94,6 +103,8 @@ enum Mode {
         url: String,
         admin_email: String,
         mailbox: std::path::PathBuf,
+        /// Where the admin's TOTP secret is kept between runs.
+        admin_totp_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -124,6 +135,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         "--pg",
         "--url",
         "--admin-email",
+        "--admin-totp-file",
         "--mailbox",
         "--clients",
         "--seconds",
@@ -179,6 +191,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 url: url.trim_end_matches('/').to_owned(),
                 admin_email,
                 mailbox: get("--mailbox", "kasho-data/mailbox").into(),
+                admin_totp_file: values.get("--admin-totp-file").map(Into::into),
             }
         }
         None => {
@@ -191,6 +204,12 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             if values.contains_key("--mailbox") {
                 return Err(
                     "--mailbox is only used with --url (the embedded server's mailbox is its own)"
+                        .into(),
+                );
+            }
+            if values.contains_key("--admin-totp-file") {
+                return Err(
+                    "--admin-totp-file is only used with --url (the embedded admin needs no MFA)"
                         .into(),
                 );
             }
@@ -405,11 +424,15 @@ impl Conn {
     }
 
     /// Signs in (to a tenant, or as a platform user without one) and returns the access token.
+    /// A user with MFA answers the challenge with a code of `mfa`; a user whose role must use
+    /// MFA and who has not enrolled yet is enrolled in TOTP first (the secret and recovery
+    /// codes go to `mfa`), as a person would at a first sign-in.
     async fn login(
         &mut self,
         tenant: Option<&str>,
         email: &str,
         password: &str,
+        mfa: &mut SecondFactor,
     ) -> Result<String, String> {
         let mut body = json!({ "email": email, "password": password });
         if let Some(t) = tenant {
@@ -419,11 +442,220 @@ impl Conn {
             .call("POST", "/v1/auth/login", None, Some(&body), 200)
             .await
             .map_err(|e| format!("cannot sign in as {email}: {e}"))?;
-        reply["access_token"]
+        if reply["mfa_required"] == json!(true) {
+            let challenge = reply["mfa_token"]
+                .as_str()
+                .ok_or_else(|| format!("login as {email}: no mfa_token in {reply}"))?;
+            return self.second_step(email, challenge, mfa).await;
+        }
+        let token = reply["access_token"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("login as {email}: no access_token in {reply}"))
+            .ok_or_else(|| format!("login as {email}: no access_token in {reply}"))?;
+        let me = self.call("GET", "/v1/me", Some(&token), None, 200).await?;
+        if me["mfa_enrolment_required"] == json!(true) {
+            self.enrol(email, &token, mfa).await?;
+        }
+        Ok(token)
     }
+
+    /// Answers a sign-in's MFA challenge: a TOTP code, or a recovery code when this run already
+    /// used the current step's code. A code refused because another run took its step is
+    /// retried once with the next step's.
+    async fn second_step(
+        &mut self,
+        email: &str,
+        challenge: &str,
+        mfa: &mut SecondFactor,
+    ) -> Result<String, String> {
+        let mut retried = false;
+        loop {
+            let code = mfa.code(email).await?;
+            let (status, reply) = self
+                .send(
+                    "POST",
+                    "/v1/auth/mfa",
+                    None,
+                    None,
+                    Some(&json!({ "mfa_token": challenge, "code": code })),
+                )
+                .await
+                .map_err(|e| format!("POST /v1/auth/mfa: {e}"))?;
+            if status == 200 {
+                return reply["access_token"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("MFA sign-in as {email}: no access_token in {reply}"));
+            }
+            if status != 401 || retried {
+                return Err(format!(
+                    "cannot sign in as {email}: POST /v1/auth/mfa: expected HTTP 200, got {status}: {reply}"
+                ));
+            }
+            retried = true;
+            // The server may close the connection after a refused code: start a new one.
+            self.io = None;
+        }
+    }
+
+    /// Enrols the signed-in user in TOTP MFA and confirms it with a code.
+    async fn enrol(
+        &mut self,
+        email: &str,
+        token: &str,
+        mfa: &mut SecondFactor,
+    ) -> Result<(), String> {
+        if let Some(path) = &mfa.keep {
+            // Fail before enrolling rather than enrol a secret nobody can use again.
+            if !path
+                .parent()
+                .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+            {
+                return Err(format!(
+                    "--admin-totp-file {}: its folder does not exist",
+                    path.display()
+                ));
+            }
+        } else if mfa.must_keep {
+            return Err(format!(
+                "{email} must enrol in MFA: give --admin-totp-file FILE, where the benchmark \
+                 keeps its TOTP secret for later runs"
+            ));
+        }
+        let started = self
+            .call(
+                "POST",
+                "/v1/me/mfa/totp",
+                Some(token),
+                Some(&json!({})),
+                201,
+            )
+            .await?;
+        let secret = started["secret"]
+            .as_str()
+            .ok_or_else(|| format!("POST /v1/me/mfa/totp: no secret in {started}"))?
+            .to_owned();
+        mfa.set_secret(&secret)?;
+        // Kept before it is confirmed: an active factor whose secret is lost would lock the
+        // benchmark out of this admin.
+        if let Some(path) = &mfa.keep {
+            write_secret(path, &secret)?;
+        }
+        let code = mfa.code(email).await?;
+        let confirmed = self
+            .call(
+                "POST",
+                "/v1/me/mfa/totp/confirm",
+                Some(token),
+                Some(&json!({ "code": code })),
+                200,
+            )
+            .await?;
+        mfa.recovery = confirmed["recovery_codes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        if let Some(path) = &mfa.keep {
+            eprintln!(
+                "{email} enrolled in TOTP MFA; its secret is in {} for later runs",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A user's TOTP second factor as the benchmark knows it.
+#[derive(Default)]
+struct SecondFactor {
+    /// The secret's key bytes (decoded from base32).
+    key: Option<Vec<u8>>,
+    /// The last TOTP step this run used: the server accepts each step's code once.
+    last_step: i64,
+    /// Unused recovery codes from this run's enrolment.
+    recovery: Vec<String>,
+    /// Where an enrolment writes the secret (the platform admin's, with `--admin-totp-file`).
+    keep: Option<std::path::PathBuf>,
+    /// Enrolling without `keep` would lose the secret (the platform admin of `--url`).
+    must_keep: bool,
+}
+
+impl SecondFactor {
+    /// The platform admin's factor in `--url` mode: the secret in `file`, if it holds one.
+    fn from_file(file: Option<&std::path::Path>) -> Result<SecondFactor, String> {
+        let mut f = SecondFactor {
+            keep: file.map(std::path::Path::to_path_buf),
+            must_keep: true,
+            ..SecondFactor::default()
+        };
+        if let Some(path) = file
+            && path.exists()
+        {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--admin-totp-file {}: {e}", path.display()))?;
+            f.set_secret(text.trim())
+                .map_err(|e| format!("--admin-totp-file {}: {e}", path.display()))?;
+        }
+        Ok(f)
+    }
+
+    fn set_secret(&mut self, base32: &str) -> Result<(), String> {
+        self.key = Some(base32_decode(base32).ok_or("the TOTP secret is not base32")?);
+        Ok(())
+    }
+
+    /// A code not used before by this run: the current step's TOTP code, else a recovery code,
+    /// else the next step's code once it begins.
+    async fn code(&mut self, email: &str) -> Result<String, String> {
+        let Some(key) = self.key.clone() else {
+            return Err(format!(
+                "{email} signs in with MFA: give its TOTP secret (base32) in --admin-totp-file"
+            ));
+        };
+        loop {
+            let step = kasho::service::mfa::step_at(kasho::clock::Clock::now(&SystemClock));
+            if step > self.last_step {
+                self.last_step = step;
+                return Ok(kasho::service::mfa::totp_code(&key, step));
+            }
+            if let Some(code) = self.recovery.pop() {
+                return Ok(code);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// RFC 4648 base32 without padding, as Kasho shows TOTP secrets.
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buf, mut bits, mut out) = (0u64, 0u32, Vec::new());
+    for c in s.trim_end_matches('=').bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c.to_ascii_uppercase())? as u64;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Writes a TOTP secret to `path`, readable by its owner only.
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("--admin-totp-file {}: {e}", path.display()))?;
+    writeln!(f, "{secret}").map_err(|e| format!("--admin-totp-file {}: {e}", path.display()))
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for load generation.
@@ -744,7 +976,7 @@ async fn main() -> ExitCode {
         }
     };
 
-    let (embedded, target, admin_email, admin_password, mailbox) = match &opts.mode {
+    let (embedded, target, admin_email, admin_password, mailbox, admin_mfa) = match &opts.mode {
         Mode::Embedded { backend, pg_admin } => match Embedded::start(backend, pg_admin).await {
             Ok(e) => {
                 let (t, m, p, b) = (
@@ -753,7 +985,7 @@ async fn main() -> ExitCode {
                     e.admin_password.clone(),
                     e.mailbox.clone(),
                 );
-                (Some(e), t, m, p, b)
+                (Some(e), t, m, p, b, SecondFactor::default())
             }
             Err(msg) => {
                 eprintln!("ledger_bench: cannot start the embedded server: {msg}");
@@ -764,6 +996,7 @@ async fn main() -> ExitCode {
             url,
             admin_email,
             mailbox,
+            admin_totp_file,
         } => {
             let password = match std::env::var(PASSWORD_ENV) {
                 Ok(p) if !p.is_empty() => p,
@@ -775,8 +1008,22 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let admin_mfa = match SecondFactor::from_file(admin_totp_file.as_deref()) {
+                Ok(f) => f,
+                Err(msg) => {
+                    eprintln!("ledger_bench: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
             match Target::from_url(url).await {
-                Ok(t) => (None, t, admin_email.clone(), password, mailbox.clone()),
+                Ok(t) => (
+                    None,
+                    t,
+                    admin_email.clone(),
+                    password,
+                    mailbox.clone(),
+                    admin_mfa,
+                ),
                 Err(msg) => {
                     eprintln!("ledger_bench: {msg}");
                     return ExitCode::from(2);
@@ -785,7 +1032,13 @@ async fn main() -> ExitCode {
         }
     };
 
-    let result = run(&opts, &target, &admin_email, &admin_password, &mailbox).await;
+    let result = run(
+        &opts,
+        &target,
+        (&admin_email, &admin_password, admin_mfa),
+        &mailbox,
+    )
+    .await;
     if let Some(e) = embedded {
         e.cleanup().await;
     }
@@ -804,8 +1057,7 @@ async fn main() -> ExitCode {
 async fn run(
     opts: &Options,
     target: &Target,
-    admin_email: &str,
-    admin_password: &str,
+    (admin_email, admin_password, mut admin_mfa): (&str, &str, SecondFactor),
     mailbox: &std::path::Path,
 ) -> Result<bool, String> {
     let Options {
@@ -822,13 +1074,17 @@ async fn run(
     let mut c = Conn::open(target)
         .await
         .map_err(|e| format!("cannot connect to {mode} ({}): {e}", target.addr))?;
-    let admin = c.login(None, admin_email, admin_password).await?;
+    let admin = c
+        .login(None, admin_email, admin_password, &mut admin_mfa)
+        .await?;
     // A fresh tenant each run, so an external server can be benchmarked again and again.
     let slug = format!("bench-{}", random_hex(6)?);
     // The manager's own address per run: its invitation is found in the mailbox by it.
     let manager_email = format!("m@{slug}.test");
     let manager_email = manager_email.as_str();
     let manager_password = random_hex(16)?;
+    // Enrolled at its first sign-in when the tenant's policy requires MFA of managers.
+    let mut manager_mfa = SecondFactor::default();
     let tenant = c
         .call(
             "POST",
@@ -857,7 +1113,12 @@ async fn run(
     )
     .await?;
     let token = c
-        .login(Some(&slug), manager_email, &manager_password)
+        .login(
+            Some(&slug),
+            manager_email,
+            &manager_password,
+            &mut manager_mfa,
+        )
         .await?;
     let t0 = Instant::now();
     let mut accounts = Vec::with_capacity(n_accounts);
@@ -1009,7 +1270,12 @@ async fn run(
         .await
         .map_err(|e| format!("cannot connect to {mode} ({}): {e}", target.addr))?;
     let token = c
-        .login(Some(&slug), manager_email, &manager_password)
+        .login(
+            Some(&slug),
+            manager_email,
+            &manager_password,
+            &mut manager_mfa,
+        )
         .await?;
     let inv = check_invariants(&mut c, &token, &accounts).await?;
     let (balanced, floor_ok) = (inv.balanced(), inv.within_floor());

@@ -14,6 +14,10 @@ use zeroize::Zeroizing;
 
 use crate::crypto::password::HashParams;
 
+pub mod alerts;
+pub mod mail;
+pub mod ratelimit;
+
 /// Where a configuration value came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Source {
@@ -629,7 +633,7 @@ pub struct Config {
     pub login_ip_max_failures: i64,
     pub login_ip_window_seconds: i64,
     /// The SMTP relay; `None`: mail goes to `<data_dir>/mailbox/`.
-    pub smtp: Option<crate::service::mail::SmtpTarget>,
+    pub smtp: Option<mail::SmtpTarget>,
     pub mail_from: String,
     /// Base URL of emailed links, without a trailing slash.
     pub public_url: String,
@@ -648,9 +652,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub header_read_timeout_seconds: u32,
     /// Where rate-limit buckets and bans are shared (`None`: in process).
-    pub redis: Option<crate::service::ratelimit::RedisSettings>,
+    pub redis: Option<ratelimit::RedisSettings>,
     /// Rate limits and intrusion-ban settings.
-    pub limits: crate::service::ratelimit::LimitSettings,
+    pub limits: ratelimit::LimitSettings,
     pub argon2: HashParams,
     pub max_concurrent_hashes: usize,
     pub max_body_bytes: usize,
@@ -662,7 +666,7 @@ pub struct Config {
     /// Retention periods of the classes the retention job purges.
     pub retention: crate::domain::processing::RetentionPolicy,
     /// Security alerts: threshold, webhook, signing secrets.
-    pub alerts: crate::service::alerts::AlertSettings,
+    pub alerts: alerts::AlertSettings,
     /// A separate listener serving only `GET /metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// The bearer token of `GET /metrics` on the main listener.
@@ -683,6 +687,10 @@ impl fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// A data key version is rotated once this many encryptions have been reserved under it: far
+/// below the 2^32 random-nonce bound of AES-GCM (NIST SP 800-38D).
+pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
 
 /// Access-token lifetime bounds (seconds), also used for per-tenant overrides.
 pub const ACCESS_TTL_BOUNDS: (i64, i64) = (300, 86_400);
@@ -885,7 +893,7 @@ impl Config {
         let idempotency_ttl_seconds = int("idempotency_ttl_seconds", &it, 86_400, 30 * 86_400)?;
         let kr = take(
             "key_rotate_after_encryptions",
-            Some(crate::service::keys::DEFAULT_ROTATE_AFTER.to_string()),
+            Some(DEFAULT_ROTATE_AFTER.to_string()),
         )
         .unwrap_or_default();
         let key_rotate_after_encryptions =
@@ -1004,7 +1012,7 @@ impl Config {
                 if redis::Client::open(url).is_err() {
                     return Err(invalid("redis_url", &src, "not a valid redis:// URL"));
                 }
-                Some(crate::service::ratelimit::RedisSettings {
+                Some(ratelimit::RedisSettings {
                     url: SecretString::from(url.to_owned()),
                     key_prefix: redis_prefix.0.clone(),
                 })
@@ -1012,7 +1020,7 @@ impl Config {
             _ => None,
         };
         let limits = {
-            use crate::service::ratelimit::{LimitSettings, Rate};
+            use ratelimit::{LimitSettings, Rate};
             let d = LimitSettings::default();
             let mut rate = |key: &'static str, default: Rate| -> Result<Rate, ConfigError> {
                 let v = take(key, Some(default.to_string())).unwrap_or_default();
@@ -1115,8 +1123,7 @@ impl Config {
         }
         let smtp = match take("smtp_url", None) {
             Some((v, src)) if !v.trim().is_empty() => Some((
-                crate::service::mail::SmtpTarget::parse(v.trim())
-                    .map_err(|e| invalid("smtp_url", &src, e))?,
+                mail::SmtpTarget::parse(v.trim()).map_err(|e| invalid("smtp_url", &src, e))?,
                 src,
             )),
             _ => None,
@@ -1155,7 +1162,7 @@ impl Config {
                         "SMTP AUTH needs smtp_starttls = true: credentials are never sent in clear",
                     ));
                 }
-                Some(crate::service::mail::SmtpAuth {
+                Some(mail::SmtpAuth {
                     username: user,
                     password: SecretString::from(password),
                 })
@@ -1200,7 +1207,7 @@ impl Config {
             None => None,
         };
         let mf = take("mail_from", Some("kasho@localhost".into())).unwrap_or_default();
-        if !crate::service::mail::valid_from(&mf.0) {
+        if !mail::valid_from(&mf.0) {
             return Err(invalid(
                 "mail_from",
                 &mf.1,
@@ -1259,7 +1266,7 @@ impl Config {
         };
 
         let alerts = {
-            use crate::service::alerts::{AlertSettings, MIN_SECRET_BYTES, WebhookTarget};
+            use alerts::{AlertSettings, MIN_SECRET_BYTES, WebhookTarget};
             let webhook = match take("alert_webhook_url", None) {
                 Some((v, src)) if !v.trim().is_empty() => Some(
                     WebhookTarget::parse(&v).map_err(|e| invalid("alert_webhook_url", &src, e))?,

@@ -8,9 +8,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::access::RouteDef;
 use super::error::ApiError;
-use super::routes::RouteDef;
+use super::state::AppState;
 use crate::domain::audit::Outcome;
 use crate::domain::security::SecurityEvent;
 use crate::service::{AuditBuilder, Principal, RequestMeta, security};

@@ -20,8 +20,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 use crate::domain::security::{CorsOrigin, SecurityPolicy};
 use crate::service::Principal;
 

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::middleware::{AuditRecorded, current_request_id};
+use super::context::{AuditRecorded, current_request_id};
 use crate::error::AppError;
 
 /// `Retry-After` of a 503 `storage_unavailable`: soon enough that a client notices recovery

@@ -11,9 +11,9 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::context::{client_ip, request_meta};
 use super::error::ApiError;
-use super::middleware::{client_ip, request_meta};
+use super::state::AppState;
 use crate::service::intrusion::{self, BanReason};
 use crate::service::ratelimit::{self, Bucket, Class, Quota};
 use crate::service::{Credential, Principal, RequestMeta};

@@ -1,39 +1,25 @@
 //! Request-wide layers: the request id, security headers, access logging, and the one
 //! authorisation mechanism every API route goes through.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::connect_info::MockConnectInfo;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::AppState;
+use super::access::{Access, RouteDef};
+use super::context::{AuditRecorded, REQUEST_ID, request_meta};
 use super::error::{ApiError, ErrorCode};
-use super::routes::Access;
+use super::state::AppState;
 use crate::domain::audit::Outcome;
-use crate::domain::security::{Cidr, SecurityEvent};
+use crate::domain::security::SecurityEvent;
 use crate::domain::signing;
 use crate::error::AppError;
 use crate::ids::RequestId;
-use crate::service::{AuditBuilder, RequestMeta, api_tokens, auth, security};
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being served on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
-
-/// Marks a response whose audit record was written by the use case itself.
-#[derive(Debug, Clone, Copy)]
-pub struct AuditRecorded;
+use crate::service::{AuditBuilder, RequestMeta, api_tokens, audit, auth, security};
 
 /// Gives every request a fresh `req_…` id (never trusting the client's), echoes it in
 /// `X-Request-Id`, and logs one line per request.
@@ -131,62 +117,6 @@ pub async fn security_headers(State(hsts): State<Hsts>, req: Request, next: Next
     resp
 }
 
-/// The request facts the audit trail records. The client address is the peer's, unless the
-/// peer is a configured trusted proxy: then it is the right-most `X-Forwarded-For` address that
-/// is not itself a trusted proxy. Audit, throttling, rate limits and allow-lists all see this
-/// one address.
-pub(crate) fn request_meta(req: &Request, trusted_proxies: &[Cidr]) -> RequestMeta {
-    RequestMeta {
-        request_id: current_request_id(),
-        ip: client_ip(req, trusted_proxies).map(|ip| ip.to_string()),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
-    }
-}
-
-/// The client address of a request (see [`request_meta`]).
-pub(crate) fn client_ip(req: &Request, trusted_proxies: &[Cidr]) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr)
-        .or_else(|| {
-            req.extensions()
-                .get::<MockConnectInfo<SocketAddr>>()
-                .map(|m| m.0)
-        })
-        .map(|addr| client_address(addr.ip(), req.headers(), trusted_proxies))
-}
-
-/// The client behind `peer`: `X-Forwarded-For` is read only when the peer is a trusted proxy,
-/// from the right (the entries the proxies appended), skipping trusted proxies; an unparsable
-/// entry stops the walk (everything left of it is the client's own claim).
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[Cidr]) -> IpAddr {
-    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|c| c.contains(ip));
-    if !trusted(&peer) {
-        return peer;
-    }
-    let mut client = peer;
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-            break;
-        };
-        client = ip;
-        if !trusted(&ip) {
-            break;
-        }
-    }
-    client
-}
-
 /// The access token from `Authorization: Bearer …` or FinCode's `X-Auth-Token`.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
@@ -206,7 +136,7 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 async fn api_token_request(
     state: &AppState,
     meta: &RequestMeta,
-    def: &super::routes::RouteDef,
+    def: &RouteDef,
     secret: &str,
     req: Request,
 ) -> Result<(crate::service::Principal, Request), Response> {
@@ -393,7 +323,7 @@ pub async fn authorize(
                 "state-changing request succeeded without an audit record from its use case"
             );
         }
-        auth::record(core, &ev).await;
+        audit::record(core, &ev).await;
     }
     resp
 }
@@ -535,72 +465,4 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
         .or_else(|| err.downcast_ref::<&str>().copied())
         .unwrap_or("(non-string panic payload)");
     ApiError::from(AppError::Internal(format!("panic: {detail}"))).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> IpAddr {
-        s.parse().unwrap_or_else(|e| unreachable!("{e}"))
-    }
-
-    fn xff(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(
-                "x-forwarded-for",
-                HeaderValue::from_str(v).unwrap_or_else(|e| unreachable!("{e}")),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies_and_read_from_the_right() {
-        let proxies: Vec<Cidr> = vec![
-            "10.0.0.0/8".parse().unwrap_or_else(|e| unreachable!("{e}")),
-            "2001:db8::/32"
-                .parse()
-                .unwrap_or_else(|e| unreachable!("{e}")),
-        ];
-        let h = xff(&["198.51.100.1, 203.0.113.5, 10.1.1.1"]);
-        // An untrusted peer: the header is ignored.
-        assert_eq!(
-            client_address(addr("192.0.2.9"), &h, &proxies),
-            addr("192.0.2.9")
-        );
-        // A trusted peer: the right-most address that is not a proxy; what the client wrote on
-        // the left (198.51.100.1) is never believed.
-        assert_eq!(
-            client_address(addr("10.0.0.2"), &h, &proxies),
-            addr("203.0.113.5")
-        );
-        // Several header lines are one list, in order.
-        let h = xff(&["198.51.100.1", "203.0.113.5, 10.1.1.1"]);
-        assert_eq!(
-            client_address(addr("2001:db8::1"), &h, &proxies),
-            addr("203.0.113.5")
-        );
-        // No header, or only proxies: the left-most proxy reached.
-        assert_eq!(
-            client_address(addr("10.0.0.2"), &HeaderMap::new(), &proxies),
-            addr("10.0.0.2")
-        );
-        assert_eq!(
-            client_address(addr("10.0.0.2"), &xff(&["10.3.3.3"]), &proxies),
-            addr("10.3.3.3")
-        );
-        // Garbage stops the walk at the last good hop.
-        assert_eq!(
-            client_address(
-                addr("10.0.0.2"),
-                &xff(&["203.0.113.5, junk, 10.1.1.1"]),
-                &proxies
-            ),
-            addr("10.1.1.1")
-        );
-        // No proxies configured: always the peer.
-        assert_eq!(client_address(addr("10.0.0.2"), &h, &[]), addr("10.0.0.2"));
-    }
 }

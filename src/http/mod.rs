@@ -1,7 +1,9 @@
 //! The REST API. Handlers translate HTTP into service calls and results into JSON; rules live
 //! in `service` and `domain`. See docs/API.md for the conventions.
 
+pub mod access;
 mod client_cert;
+pub mod context;
 pub mod cors;
 pub mod error;
 pub mod extract;
@@ -11,40 +13,21 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod state;
 mod storage;
 mod timeout;
 pub mod views;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::Method;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::service::Core;
-use routes::RouteDef;
-
-/// Shared state of the HTTP layer.
-pub struct AppState {
-    pub core: Arc<Core>,
-    /// The server-wide body limit (the middleware reads signed requests' bodies itself).
-    pub max_body_bytes: usize,
-    routes: HashMap<(Method, &'static str), RouteDef>,
-}
-
-impl AppState {
-    /// The table row of a matched route.
-    pub fn route(&self, method: &Method, path: &str) -> Option<&RouteDef> {
-        self.routes
-            .iter()
-            .find(|((m, p), _)| m == method && *p == path)
-            .map(|(_, d)| d)
-    }
-}
+use state::AppState;
 
 /// The separate metrics listener's application (`metrics_listen`): only `GET /metrics`, no
 /// authentication (bind it to a private address).

@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::AppState;
 use super::error::ErrorCode;
+use super::state::AppState;
 
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);

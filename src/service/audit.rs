@@ -1,11 +1,21 @@
-//! Reading the audit log and verifying its hash chains.
+//! Writing audit records outside a business transaction ([`record`]), reading the audit log
+//! and verifying its hash chains.
 
 use super::{Core, Listed, Principal};
 use crate::domain::audit::{
-    AuditCheckpoint, AuditRecord, AuditSealer, ChainError, ChainVerifier, chain_for,
+    AuditCheckpoint, AuditRecord, AuditSealer, ChainError, ChainVerifier, NewAuditEvent, chain_for,
 };
 use crate::error::AppResult;
 use crate::store::{AuditFilter, ChainHead, Page, Store, StoreError};
+
+/// Writes an audit record outside any business transaction (failures and refusals). A failure
+/// to write is logged loudly; it must not turn a refusal into a success.
+pub async fn record(core: &Core, ev: &NewAuditEvent) {
+    if let Err(e) = core.store.append_audit(ev).await {
+        // While storage is down every refusal fails to be recorded alike: limited.
+        crate::error_limited!(e, action = %ev.action, "failed to write audit record");
+    }
+}
 
 /// The caller's chain (its tenant's, or the platform's for platform admins), newest first.
 pub async fn list(

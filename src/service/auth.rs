@@ -360,7 +360,7 @@ pub async fn refresh(
             expires_at,
         } => (session_id, expires_at),
         ConsumeOutcome::Unknown => {
-            record(
+            super::audit::record(
                 core,
                 &audit.event(
                     None,
@@ -418,7 +418,7 @@ pub async fn refresh(
         Some(v) => session_problem(v, &security::policy_from(core, v.policy.as_deref()), now),
     };
     let Some(view) = view.filter(|_| reason.is_none()) else {
-        record(
+        super::audit::record(
             core,
             &audit.event(
                 tenant_id.as_ref(),
@@ -692,13 +692,4 @@ fn sign_access(
         jti: TokenId::generate().to_string(),
     };
     core.tokens.sign(&claims).map_err(AppError::internal)
-}
-
-/// Writes an audit record outside any business transaction (failures and refusals). A failure
-/// to write is logged loudly; it must not turn a refusal into a success.
-pub async fn record(core: &Core, ev: &crate::domain::audit::NewAuditEvent) {
-    if let Err(e) = core.store.append_audit(ev).await {
-        // While storage is down every refusal fails to be recorded alike: limited.
-        crate::error_limited!(e, action = %ev.action, "failed to write audit record");
-    }
 }

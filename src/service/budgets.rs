@@ -14,10 +14,10 @@
 use std::sync::Mutex;
 
 use super::{AuditBuilder, Core, Principal, RequestMeta};
+use crate::config::ratelimit::Rate;
 use crate::domain::audit::Outcome;
 use crate::domain::security::SecurityEvent;
 use crate::error::{AppError, AppResult};
-use crate::service::ratelimit::Rate;
 
 /// A kind of budgeted request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -318,7 +318,7 @@ async fn check_unmask(
             Outcome::Denied,
             Some(Permission::CustomersReadPii.as_str()),
         );
-        super::auth::record(core, &ev).await;
+        super::audit::record(core, &ev).await;
         return Err(AppError::forbidden());
     }
     Ok(())

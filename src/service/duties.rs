@@ -171,7 +171,7 @@ pub async fn flag_forbidden_pairs(core: &Core) -> AppResult<Vec<FlaggedUser>> {
                 Some(&reason),
             )
         };
-        super::auth::record(core, &ev).await;
+        super::audit::record(core, &ev).await;
     }
     Ok(flagged)
 }

@@ -32,10 +32,6 @@ use crate::ids::TenantId;
 use crate::store::keys::{DataKeyRecord, ENCRYPTED_COLUMNS, EncryptedColumn, MasterKeyRecord};
 use crate::store::{Store, StoreError};
 
-/// A data key version is rotated once this many encryptions have been reserved under it: far
-/// below the 2^32 random-nonce bound of AES-GCM (NIST SP 800-38D).
-pub const DEFAULT_ROTATE_AFTER: i64 = 1 << 30;
-
 /// The key id platform-key ciphertexts carry (`kx1.platform.1.…`); no data key has it.
 pub const PLATFORM_KEY_ID: &str = "platform";
 

@@ -900,7 +900,7 @@ async fn build_movement(
         }
         // A batch audits its refusals together (one record with counts per code).
         if !batch {
-            super::auth::record(
+            super::audit::record(
                 core,
                 &crate::domain::audit::NewAuditEvent {
                     outcome: Outcome::Failure,
@@ -1292,7 +1292,7 @@ pub async fn move_money_batch(
             .map(|(c, n)| format!("{c}={n}"))
             .collect::<Vec<_>>()
             .join(",");
-        super::auth::record(
+        super::audit::record(
             core,
             &AuditBuilder::new(core, meta, Some(actor)).own(
                 "transfer.batch",

@@ -69,9 +69,9 @@ pub struct Settings {
     /// client certificate the configured client CA verified.
     pub platform_admin_client_cert: bool,
     /// Rate limits and intrusion bans.
-    pub limits: ratelimit::LimitSettings,
+    pub limits: crate::config::ratelimit::LimitSettings,
     /// Security alerts: severity threshold, webhook and its signing secrets.
-    pub alerts: alerts::AlertSettings,
+    pub alerts: crate::config::alerts::AlertSettings,
     /// The bearer token `GET /metrics` on the main listener requires; `None`: not served there.
     pub metrics_token: Option<secrecy::SecretString>,
     /// A request unanswered after this long is cut off (408 or 503, see `http::timeout`).

@@ -449,7 +449,7 @@ pub async fn erase(
             let mut ev = events.swap_remove(0);
             ev.outcome = Outcome::Failure;
             ev.reason = Some(ERASURE_BLOCKED.to_owned());
-            super::auth::record(core, &ev).await;
+            super::audit::record(core, &ev).await;
             Err(AppError::Unprocessable {
                 code: ERASURE_BLOCKED,
                 message: format!(

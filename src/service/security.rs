@@ -151,7 +151,7 @@ pub async fn record(core: &Core, ev: NewAuditEvent) {
             "security event"
         );
     }
-    super::auth::record(core, &ev).await;
+    super::audit::record(core, &ev).await;
 }
 
 /// Refuses a sensitive action unless the caller's session proved its password (or second

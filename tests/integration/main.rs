@@ -14,6 +14,7 @@ mod support;
 mod access_rules;
 mod alerts;
 mod api_tokens;
+mod architecture;
 mod attacks;
 mod audit;
 mod auth;

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 
 use crate::backend_tests;
 use crate::support::{PASSWORD, TenantFixture, TestApp};
-use kasho::service::mail::{self, SmtpAuth, SmtpTarget};
+use kasho::config::mail::{SmtpAuth, SmtpTarget};
+use kasho::service::mail;
 
 const NEW_PASSWORD: &str = "seven orchard kites drift 2026";
 

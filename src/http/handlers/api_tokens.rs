@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::state::AppState;
 use crate::http::views::{List, ListQuery, page};
 use crate::service::api_tokens::{self, CreateInput, Issued, TokenView};
 use crate::service::{Principal, RequestMeta};

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 
-use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
+use crate::http::state::AppState;
 use crate::http::views::{AuditEventView, AuditQuery, List, page, time_param};
 use crate::ids::AuditEventId;
 use crate::service::{Principal, audit};

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 use crate::http::views::{
     LoginRequest, LoginResponse, MeView, MfaChallengeView, PermissionView, RefreshRequest,
     TokenResponse,

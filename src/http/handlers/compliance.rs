@@ -8,8 +8,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::processing::{AUDIT_MINIMUM_RETENTION_DAYS, ProcessingRecord, RetentionPolicy};
-use crate::http::AppState;
 use crate::http::error::ErrorBody;
+use crate::http::state::AppState;
 use crate::service::retention;
 
 /// The Art. 6(1) basis of a processing activity.

@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 use crate::http::views::{AcceptInvitationRequest, InvitationAcceptedView};
 use crate::service::RequestMeta;
 use crate::service::invitations::{self, Accept};

@@ -13,11 +13,11 @@ use utoipa::ToSchema;
 
 use super::Recorded;
 use crate::domain::kyc::TierLimits;
-use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::require_json;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::large_json;
+use crate::http::state::AppState;
 use crate::http::views::{List, page};
 use crate::ids::KycSubmissionId;
 use crate::service::kyc::{

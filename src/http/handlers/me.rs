@@ -9,9 +9,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 use crate::service::{Principal, RequestMeta, passwords};
 
 #[derive(Deserialize, ToSchema)]

@@ -22,7 +22,7 @@ pub mod users;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::middleware::AuditRecorded;
+use super::context::AuditRecorded;
 
 /// A successful state change whose audit record the use case wrote in its own transaction.
 pub struct Recorded<T>(pub StatusCode, pub T);

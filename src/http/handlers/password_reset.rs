@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 use crate::service::RequestMeta;
 use crate::service::password_reset::{self, ResetConfirm, ResetRequest};
 

@@ -13,9 +13,9 @@ use utoipa::ToSchema;
 
 use super::Recorded;
 use crate::domain::security::{SecurityEvent, SecurityPolicy, Severity};
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::state::AppState;
 use crate::http::views::{AuditEventView, List, ListQuery, page, time_param, ts};
 use crate::ids::{AuditEventId, SessionId};
 use crate::service::{Principal, RequestMeta, security};

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::clock::Timestamp;
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
+use crate::http::state::AppState;
 use crate::http::views::{List, page};
 use crate::ids::{AccountId, CustomerId, KycSubmissionId, StaffNoteId};
 use crate::service::staff_notes::{self, OpenedNote};

@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::Recorded;
-use crate::http::AppState;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::state::AppState;
 use crate::http::views::{
     BreakGlassRequestBody, BreakGlassView, CreateTenantRequest, List, ListQuery, TenantView, page,
 };
