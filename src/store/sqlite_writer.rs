@@ -105,7 +105,6 @@ impl SqliteWriter {
             _alive: alive,
         })
     }
-
 }
 
 #[async_trait::async_trait]

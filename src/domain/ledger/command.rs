@@ -1,10 +1,10 @@
 //! The ledger's movement types: the command the core applies, and the records it produces.
 //! Plain data: no I/O, no HTTP, no SQL (the store maps rows to these types).
 
+use super::Amount;
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
 use crate::domain::authz::ActorCheck;
-use super::Amount;
 use crate::domain::currency::Currency;
 use crate::ids::{AccountId, CustomerId, HoldId, TenantId, TransferId};
 

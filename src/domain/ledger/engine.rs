@@ -1067,10 +1067,7 @@ mod tests {
                 }
                 let total: i64 = credits.iter().map(|(_, n)| n).sum();
                 let mut m = movement(&from, &credits[0].0, total, i64::try_from(t).unwrap_or(0));
-                m.credits = credits
-                    .iter()
-                    .map(|(a, n)| (acc(a), amt(*n)))
-                    .collect();
+                m.credits = credits.iter().map(|(a, n)| (acc(a), amt(*n))).collect();
                 m.kind = *g.pick(&[
                     TransferKind::Transfer,
                     TransferKind::Transfer,

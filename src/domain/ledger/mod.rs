@@ -13,12 +13,12 @@ mod command;
 pub mod engine;
 mod request;
 
-pub use request::{
-    CheckedTransfer, InvalidTransfer, MAX_CREDIT_LEGS, MAX_REFERENCE_CHARS, TransferRequest,
-};
 pub use command::{
     EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
     TransferCommand, TransferRecord,
+};
+pub use request::{
+    CheckedTransfer, InvalidTransfer, MAX_CREDIT_LEGS, MAX_REFERENCE_CHARS, TransferRequest,
 };
 
 /// The largest single amount accepted, in minor units (10^15: ten trillion of a 2-decimal

@@ -75,9 +75,7 @@ impl TryFrom<TransferRequest> for CheckedTransfer {
         {
             return Err(InvalidTransfer::param(
                 "reference",
-                format!(
-                    "must be 1 to {MAX_REFERENCE_CHARS} characters without control characters"
-                ),
+                format!("must be 1 to {MAX_REFERENCE_CHARS} characters without control characters"),
             ));
         }
         r.details
@@ -187,7 +185,9 @@ mod tests {
             param_of(request(vec![(acc(1), 100)], 100)).as_deref(),
             Some("credits[0].account_id")
         );
-        let legs = (0..=MAX_CREDIT_LEGS).map(|_| (acc(2), 1)).collect::<Vec<_>>();
+        let legs = (0..=MAX_CREDIT_LEGS)
+            .map(|_| (acc(2), 1))
+            .collect::<Vec<_>>();
         let n = i64::try_from(legs.len()).unwrap_or(0);
         assert_eq!(param_of(request(legs, n)).as_deref(), Some("credits"));
         let mut r = request(vec![(acc(2), 1)], 1);

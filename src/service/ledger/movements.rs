@@ -1,0 +1,460 @@
+//! Single movements: a request checked once into a `TransferCommand`, queued, settled; reading
+//! transfers back.
+
+use super::*;
+
+// ---------------------------------------------------------------- movements
+
+/// A transfer request, already parsed from the wire.
+pub struct TransferInput {
+    pub kind: TransferKind,
+    pub currency: String,
+    pub amount: i64,
+    /// For `Transfer`: the debit account. Deposits and withdrawals name the customer account.
+    pub debit_account_id: String,
+    pub credits: Vec<(String, i64)>,
+    pub reference: Option<String>,
+    /// Description, metadata, counterparty: sealed at rest.
+    pub details: TransferDetails,
+    /// For reversals: the original and the legs given back.
+    pub reverses: Option<ReversalLegs>,
+    /// For captures: the hold being captured.
+    pub capture_hold: Option<crate::ids::HoldId>,
+}
+
+/// What a reversal gives back: per account, the amount it debits, and what each leg of the
+/// original received (the ceiling across all reversals).
+pub struct ReversalLegs {
+    pub link: crate::store::Reverses,
+    pub debits: Vec<(AccountId, Amount)>,
+}
+
+/// A movement ready for the writer, or the stored answer of an earlier identical request.
+pub(super) enum Prepared<'a> {
+    Replay(MovementOutcome),
+    /// The movement, its idempotency key's in-flight claim and its KYC reservation: both are
+    /// held until the movement is settled.
+    Ready(
+        Box<TransferCommand>,
+        Option<InFlightGuard<'a>>,
+        Option<crate::service::kyc::Reservation>,
+    ),
+}
+
+pub async fn move_money(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<IdempotencyKey>,
+) -> Result<MovementOutcome, MoveError> {
+    refuse_if_over_budget(core, actor)?;
+    let outcome = move_one(core, meta, actor, input, idempotency).await;
+    if outcome.is_err() {
+        count_refusals(core, meta, actor, 1).await;
+    }
+    outcome
+}
+
+pub(super) async fn move_one(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<IdempotencyKey>,
+) -> Result<MovementOutcome, MoveError> {
+    match prepare(core, meta, actor, input, idempotency.as_ref(), false).await? {
+        Prepared::Replay(o) => {
+            crate::observability::transfer("replayed");
+            Ok(o)
+        }
+        Prepared::Ready(m, _guard, _kyc) => {
+            let r = core.ledger.post(*m).await?;
+            settle(
+                core,
+                actor.tenant()?,
+                &actor.idempotency_scope(),
+                idempotency.as_ref(),
+                r,
+            )
+            .await
+        }
+    }
+}
+
+/// Validates a movement and builds it for the writer, claiming its idempotency key in this
+/// process; posts nothing.
+///
+/// A retry is not looked up here: the writer reads the key under lock in the posting
+/// transaction anyway and answers a duplicate with the stored response, which saves a read on
+/// every new request. Only when the request would fail before reaching the writer is the key
+/// looked up first, so a retry still gets the first answer whatever has changed since.
+pub(super) async fn prepare<'a>(
+    core: &'a Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<&IdempotencyKey>,
+    batch: bool,
+) -> Result<Prepared<'a>, MoveError> {
+    let tenant = actor.tenant()?.clone();
+    let principal_key = actor.idempotency_scope();
+    let guard = match idempotency {
+        None => None,
+        Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
+    };
+    match build_movement(core, meta, actor, input, idempotency, batch).await {
+        Ok(Prepared::Ready(m, _, kyc)) => Ok(Prepared::Ready(m, guard, kyc)),
+        Ok(replayed) => Ok(replayed),
+        Err(e) => {
+            if let Some(k) = idempotency
+                && let Some(stored) = replay(core, &tenant, &principal_key, k).await?
+            {
+                return Ok(Prepared::Replay(stored));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The movement for the writer, or why it cannot be posted.
+pub(super) async fn build_movement(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<&IdempotencyKey>,
+    batch: bool,
+) -> Result<Prepared<'static>, MoveError> {
+    let tenant = actor.tenant()?.clone();
+    let principal_key = actor.user_id.to_string();
+    let key_scope = actor.idempotency_scope();
+    // Every value is parsed and every shape rule applied once (`CheckedTransfer`); a
+    // reversal's legs come typed from the original's records.
+    let kind = input.kind;
+    let (currency, amount, debits, credits, debit_owner, reference, details) = match kind {
+        TransferKind::Reversal => {
+            let currency =
+                Currency::parse(&input.currency).map_err(|m| AppError::invalid("currency", m))?;
+            let amount = Amount::parse(input.amount).map_err(|m| AppError::invalid("amount", m))?;
+            let debits = input
+                .reverses
+                .as_ref()
+                .map(|r| r.debits.clone())
+                .unwrap_or_default();
+            let credits = vec![(AccountId::from_trusted(input.debit_account_id), amount)];
+            (currency, amount, debits, credits, None, None, input.details)
+        }
+        _ => {
+            let t = CheckedTransfer::try_from(TransferRequest {
+                kind,
+                currency: input.currency,
+                amount: input.amount,
+                debit_account_id: input.debit_account_id,
+                credits: input.credits,
+                reference: input.reference,
+                details: input.details,
+            })
+            .map_err(invalid_transfer)?;
+            let (debits, credits, owner) = match kind {
+                TransferKind::Transfer => {
+                    let owner = match actor.scope(Permission::TransfersCreate)? {
+                        Scope::All => None,
+                        Scope::Own => Some(own_customer(core, actor).await?.map_or_else(
+                            || CustomerId::from_trusted("cus_none".to_owned()),
+                            |c| CustomerId::from_trusted(c.id),
+                        )),
+                    };
+                    (vec![(t.debit, t.amount)], t.credits, owner)
+                }
+                TransferKind::Deposit | TransferKind::Withdrawal => {
+                    let settlement = core
+                        .store
+                        .system_account(
+                            &tenant,
+                            AccountKind::Settlement.as_str(),
+                            t.currency.code(),
+                        )
+                        .await?
+                        .ok_or_else(|| {
+                            AppError::invalid(
+                                "currency",
+                                format!("this tenant does not hold {}", t.currency),
+                            )
+                        })?;
+                    let settlement = AccountId::from_trusted(settlement.id);
+                    if kind == TransferKind::Deposit {
+                        (
+                            vec![(settlement, t.amount)],
+                            vec![(t.debit, t.amount)],
+                            None,
+                        )
+                    } else {
+                        (
+                            vec![(t.debit, t.amount)],
+                            vec![(settlement, t.amount)],
+                            None,
+                        )
+                    }
+                }
+                // A capture debits the held account and credits what the hold was for.
+                _ => (vec![(t.debit, t.amount)], t.credits, None),
+            };
+            (
+                t.currency,
+                t.amount,
+                debits,
+                credits,
+                owner,
+                t.reference,
+                t.details,
+            )
+        }
+    };
+    // Money leaving an account above the tenant's threshold needs a recent authentication.
+    if matches!(
+        kind,
+        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
+    ) && actor
+        .policy
+        .transfer_needs_step_up(currency.code(), amount.get())
+    {
+        crate::service::security::require_step_up(core, meta, actor).await?;
+    }
+
+    // Restriction of processing (GDPR Art. 18: no new movement may touch a restricted
+    // customer's account; a reversal is a correction and stays allowed) is checked by the
+    // posting engine on the accounts it loads under lock: exact, and no extra query.
+
+    // The pre-commit check point (KYC limits and monitoring rules plug in here).
+    let view = MovementView {
+        tenant_id: tenant.as_str(),
+        kind,
+        currency,
+        amount,
+        debit_account_id: debits.first().map_or("", |(a, _)| a.as_str()),
+        credit_account_ids: credits.iter().map(|(a, _)| a.as_str()).collect(),
+        initiator: &principal_key,
+    };
+    let mut refusal = None;
+    for check in &core.checks {
+        match check.check(&view) {
+            CheckDecision::Allow => {}
+            CheckDecision::Refuse { code, message } => {
+                refusal = Some(Refusal::CheckRefused { code, message });
+                break;
+            }
+            CheckDecision::Review { reason } => {
+                refusal = Some(Refusal::CheckRefused {
+                    code: "held_for_review",
+                    message: format!("held for review by {}: {reason}", check.name()),
+                });
+                break;
+            }
+        }
+    }
+    let mut refusal = refusal.map(refusal_error);
+    // The KYC check: tier limits of the customer accounts debited and credited (async: it
+    // reads totals). What it reserves is held until the movement is settled.
+    let mut kyc_reservation = None;
+    if refusal.is_none() {
+        let legs = |legs: &[(AccountId, Amount)]| -> Vec<(String, i64)> {
+            legs.iter().map(|(a, n)| (a.to_string(), n.get())).collect()
+        };
+        match crate::service::kyc::check_movement(
+            core,
+            &tenant,
+            kind,
+            currency,
+            amount.get(),
+            &legs(&debits),
+            &legs(&credits),
+        )
+        .await?
+        {
+            crate::service::kyc::KycDecision::Allow(r) => kyc_reservation = r,
+            crate::service::kyc::KycDecision::Refuse(e) => refusal = Some(e),
+        }
+    }
+    let id = TransferId::generate();
+    let now = core.clock.now();
+    let audit = AuditBuilder::new(core, meta, Some(actor)).own(
+        &format!("{}.create", kind.as_str()),
+        Some(("transfer", id.as_str())),
+        Outcome::Success,
+        None,
+    );
+    if let Some(error) = refusal {
+        // A retry of a request that went through answers as it did, not with today's check.
+        if let Some(k) = idempotency
+            && let Some(stored) = replay(core, &tenant, &key_scope, k).await?
+        {
+            return Ok(Prepared::Replay(stored));
+        }
+        // A batch audits its refusals together (one record with counts per code).
+        if !batch {
+            crate::service::audit::record(
+                core,
+                &crate::domain::audit::NewAuditEvent {
+                    outcome: Outcome::Failure,
+                    reason: Some(error.code().to_owned()),
+                    ..audit
+                },
+            )
+            .await;
+        }
+        return Err(MoveError {
+            error,
+            audited: true,
+        });
+    }
+    // Details are sealed here, before the writer: it never sees a key it has to fetch, and
+    // nothing reaches storage in the clear. (The idempotency key stores the outcome's facts,
+    // which carry no personal data.)
+    let seal_key = if details.is_empty() {
+        None
+    } else {
+        Some(reply_key(core, &tenant, 1).await?)
+    };
+    let sealed_details = match (&seal_key, details.is_empty()) {
+        (Some(key), false) => {
+            let col = crate::store::keys::TRANSFER_DETAILS;
+            let json =
+                zeroize::Zeroizing::new(serde_json::to_vec(&details).map_err(AppError::internal)?);
+            let sealed = key
+                .seal(&col.at(tenant.as_str(), id.as_str()), &json)
+                .map_err(AppError::internal)?;
+            Some(sealed)
+        }
+        _ => None,
+    };
+    let movement = TransferCommand {
+        id,
+        tenant_id: tenant.clone(),
+        kind,
+        currency,
+        amount,
+        debits,
+        debit_owner,
+        credits,
+        reference,
+        details: sealed_details,
+        details_clear: (!details.is_empty()).then(|| Box::new(details)),
+        created_by: principal_key.clone(),
+        created_at: now,
+        audit,
+        idempotency: idempotency.map(|k| NewIdempotency {
+            principal_id: key_scope.clone(),
+            key: k.key.clone(),
+            request_hash: k.request_hash.clone(),
+            expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+        }),
+        reverses: input.reverses.map(|r| r.link),
+        capture_hold: input.capture_hold,
+        quiet_refusal: batch,
+        actor: Some(actor.actor_check()),
+    };
+    Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
+}
+
+/// Turns the writer's result into the request's outcome.
+pub(super) async fn settle(
+    core: &Core,
+    tenant: &TenantId,
+    principal: &str,
+    idempotency: Option<&IdempotencyKey>,
+    result: PostResult,
+) -> Result<MovementOutcome, MoveError> {
+    crate::observability::transfer(match &result {
+        PostResult::Posted(_) => "posted",
+        PostResult::Refused(_) => "refused",
+        PostResult::DuplicateKey(_) => "replayed",
+    });
+    match result {
+        PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
+        PostResult::Refused(r) => Err(MoveError {
+            error: refusal_error(r),
+            audited: true,
+        }),
+        PostResult::DuplicateKey(stored) => match idempotency {
+            Some(k) => Ok(stored_answer(core, tenant, principal, stored, k)
+                .await?
+                .into_movement()?),
+            None => Err(AppError::internal("duplicate key without a key").into()),
+        },
+    }
+}
+
+/// A transfer and the accounts whose resulting balances the caller may see (`None`: all).
+/// Under the `Own` scope a transfer is visible only if one of the caller's accounts is a leg.
+pub async fn get_transfer(
+    core: &Core,
+    actor: &Principal,
+    id: &str,
+) -> AppResult<(PostedTransfer, Option<HashSet<String>>)> {
+    let owner = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let tenant = actor.tenant()?;
+    let t = match TransferId::parse(id) {
+        Some(_) => core.store.get_transfer(tenant, id).await?,
+        None => None,
+    }
+    .ok_or(AppError::NotFound("transfer"))?;
+    let mut t = t;
+    open_details(core, &mut t).await?;
+    let Some(owner) = owner else {
+        return Ok((t, None));
+    };
+    let mut mine = HashSet::new();
+    for e in &t.entries {
+        if let Some(a) = core.store.get_account(tenant, &e.account_id).await?
+            && a.customer_id.as_deref() == Some(owner.as_str())
+        {
+            mine.insert(a.id);
+        }
+    }
+    if mine.is_empty() {
+        return Err(AppError::NotFound("transfer"));
+    }
+    // A customer sees no staff ids (tipping off): only its own, when it made the transfer.
+    t.transfer.created_by = crate::domain::disclosure::customer_actor(
+        t.transfer.created_by.take(),
+        Some(actor.user_id.as_str()),
+    );
+    Ok((t, Some(mine)))
+}
+
+pub async fn list_transfers(
+    core: &Core,
+    actor: &Principal,
+    mut filter: TransferFilter,
+    page: &Page,
+) -> AppResult<Listed<PostedTransfer>> {
+    filter.customer_id = owner_filter(core, actor, Permission::TransfersRead).await?;
+    let own_scope = filter.customer_id.is_some();
+    let tenant = actor.tenant()?;
+    let mut rows = Vec::new();
+    for t in core.store.list_transfers(tenant, &filter, page).await? {
+        // The legs (at most 101 entries each) so a list shows who was credited.
+        let entries = core
+            .store
+            .get_transfer(tenant, &t.id)
+            .await?
+            .map(|p| p.entries)
+            .unwrap_or_default();
+        let mut p = PostedTransfer {
+            transfer: t,
+            entries,
+            details: None,
+        };
+        open_details(core, &mut p).await?;
+        if own_scope {
+            // A customer sees no staff ids (tipping off).
+            p.transfer.created_by = crate::domain::disclosure::customer_actor(
+                p.transfer.created_by.take(),
+                Some(actor.user_id.as_str()),
+            );
+        }
+        rows.push(p);
+    }
+    Ok(Listed::from_rows(rows, page))
+}
