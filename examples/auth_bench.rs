@@ -40,12 +40,45 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// CPU time (user + system, in clock ticks of 10 ms) of this process and of the local
+/// PostgreSQL server's processes, from `/proc` (zero where it cannot be read).
+fn cpu_ticks() -> (u64, u64) {
+    fn ticks(stat: &str) -> Option<(String, u64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let user: u64 = fields.get(11)?.parse().ok()?;
+        let system: u64 = fields.get(12)?.parse().ok()?;
+        Some((comm, user + system))
+    }
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or(0, |(_, t)| t);
+    let mut postgres = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some((comm, t)) = std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| ticks(&s))
+                && comm == "postgres"
+            {
+                postgres += t;
+            }
+        }
+    }
+    (own, postgres)
+}
+
 async fn run<F, Fut>(label: &str, total: usize, concurrency: usize, f: F)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let f = Arc::new(f);
+    let cpu_before = cpu_ticks();
     let started = Instant::now();
     let mut handles = Vec::new();
     for w in 0..concurrency {
@@ -66,12 +99,17 @@ where
         all.extend(h.await.unwrap());
     }
     let elapsed = started.elapsed();
+    let cpu_after = cpu_ticks();
     all.sort();
+    // Clock ticks are 10 ms; per request in µs.
+    let per_request = |ticks: u64| ticks as f64 * 10_000.0 / total as f64;
     println!(
-        "{label:<44} {total:>6} req  conc {concurrency:>3}  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        "{label:<44} {total:>6} req  conc {concurrency:>3}  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU/req {:>6.1} µs kasho + {:>6.1} µs postgres",
         total as f64 / elapsed.as_secs_f64(),
         percentile(&all, 0.50).as_secs_f64() * 1e3,
         percentile(&all, 0.99).as_secs_f64() * 1e3,
+        per_request(cpu_after.0 - cpu_before.0),
+        per_request(cpu_after.1.saturating_sub(cpu_before.1)),
     );
 }
 
