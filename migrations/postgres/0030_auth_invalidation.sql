@@ -100,3 +100,12 @@ BEGIN
 END $$;
 CREATE TRIGGER api_token_secrets_auth_changed AFTER UPDATE OR DELETE ON api_token_secrets
     FOR EACH ROW EXECUTE FUNCTION kasho_auth_api_token_secret_changed();
+
+-- SQLite's invalidation signal is a generation counter in this table (polled, since SQLite has
+-- no notifications). PostgreSQL notifies instead and never writes it; it exists so both
+-- backends have the same tables (the records of processing list tables, not backends).
+CREATE TABLE auth_generation (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    n   BIGINT NOT NULL
+);
+INSERT INTO auth_generation (id, n) VALUES (1, 0);

@@ -6,7 +6,9 @@
 //!   issues a new one in the same session. Presenting a spent token revokes the whole session
 //!   (every token descended from that login) and records a security event.
 //! - Every access token names its session (`sid`); each request checks the session is live, so
-//!   logout and revocation take effect at once, on every instance.
+//!   logout and revocation take effect at once on this instance and within a second on every
+//!   other (the session cache, `service::session_cache`, remembers a live session for a few
+//!   seconds at most and is told of every change).
 
 use secrecy::{ExposeSecret, SecretString};
 
