@@ -256,6 +256,7 @@ pub async fn build_core_with_checks(
         checks,
         alert_webhook,
         verifications: Default::default(),
+        session_cache: crate::service::session_cache::SessionCache::start(&store),
         store,
         storage: crate::service::health::StorageHealth::default(),
     }))

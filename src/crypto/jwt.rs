@@ -145,15 +145,24 @@ impl TokenKeys {
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
             .map_err(|_| TokenError::Invalid)?;
         let claims = data.claims;
+        claims.valid_at(now)?;
+        Ok(claims)
+    }
+}
 
+impl AccessClaims {
+    /// The time-dependent part of [`TokenKeys::verify`]: not yet valid (`nbf`, `iat` beyond the
+    /// leeway) or expired. A verified token's claims remembered by the session cache are
+    /// checked again with this on every use.
+    pub fn valid_at(&self, now: Timestamp) -> Result<(), TokenError> {
         let now_s = now.unix_seconds();
-        if claims.nbf > now_s + LEEWAY_SECONDS || claims.iat > now_s + LEEWAY_SECONDS {
+        if self.nbf > now_s + LEEWAY_SECONDS || self.iat > now_s + LEEWAY_SECONDS {
             return Err(TokenError::Invalid);
         }
-        if claims.exp <= now_s - LEEWAY_SECONDS {
+        if self.exp <= now_s - LEEWAY_SECONDS {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 

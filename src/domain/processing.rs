@@ -677,6 +677,10 @@ pub const TABLES_WITHOUT_PERSONAL_DATA: &[(&str, &str)] = &[
         "the root key's id, a keyed check value and the JWT key's id (proof of the keys at start)",
     ),
     ("_sqlx_migrations", "the applied migrations"),
+    (
+        "auth_generation",
+        "one counter bumped by every change to credentials (the SQLite session cache's signal)",
+    ),
 ];
 
 /// Financial records (ledger entries, transfers, holds, their accounts and the audit records

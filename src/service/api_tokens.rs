@@ -32,7 +32,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::service::keys::KeyOwner;
 use crate::store::Page;
-use crate::store::api_tokens::{ApiTokenRecord, NewApiToken};
+use crate::store::api_tokens::{ApiTokenAuthView, ApiTokenRecord, NewApiToken};
 use crate::store::keys::API_TOKEN_SIGNING_SECRET;
 
 /// The prefix of every API-token secret (secret scanners look for it).
@@ -383,8 +383,11 @@ pub async fn revoke(core: &Core, meta: &RequestMeta, actor: &Principal, id: &str
     );
     let (_, by) = actor.audit_actor();
     if !core
-        .store
-        .revoke_api_token(tenant, &token.id, &by, core.clock.now(), &[ev])
+        .session_cache
+        .after(
+            core.store
+                .revoke_api_token(tenant, &token.id, &by, core.clock.now(), &[ev]),
+        )
         .await?
     {
         return Err(AppError::NotFound("api_token"));
@@ -432,8 +435,8 @@ pub async fn rotate(
         None,
     );
     if !core
-        .store
-        .rotate_api_token(
+        .session_cache
+        .after(core.store.rotate_api_token(
             tenant,
             &token.id,
             &secret_hash,
@@ -441,7 +444,7 @@ pub async fn rotate(
             until,
             now,
             &[ev],
-        )
+        ))
         .await?
     {
         return Err(AppError::NotFound("api_token"));
@@ -498,21 +501,29 @@ pub async fn authenticate(
 ) -> AppResult<Authenticated> {
     let now = core.clock.now();
     let hash = core.api_token_key.hash(presented);
-    let found = core.store.api_token_by_secret(&hash).await?;
-    let problem = match &found {
-        None => Some("unknown_token"),
-        Some(v) if !crate::crypto::constant_time_eq(v.secret_hash.as_bytes(), hash.as_bytes()) => {
-            Some("unknown_token")
+    let ip: Option<std::net::IpAddr> = meta.ip.as_deref().and_then(|s| s.parse().ok());
+    // A secret checked recently is admitted from the cache when its cached view admits this
+    // request; anything it would refuse is decided on a fresh read (issue 15).
+    let cache = &core.session_cache;
+    let hit = cache.api_token(&hash).filter(|e| {
+        token_problem(Some(&e.view), &hash, now).is_none()
+            && allowed(&cidrs_from_storage(&e.view.allowed_ips), ip.as_ref())
+            && allowed(&e.policy.allowed_ips, ip.as_ref())
+    });
+    let ticket = cache.ticket();
+    let (found, cached_policy) = match hit {
+        Some(e) => {
+            cache.count(true);
+            (Some(e.view.as_ref().clone()), Some(e.policy))
         }
-        Some(v) if v.revoked_at.is_some() => Some("token_revoked"),
-        Some(v) if v.expires_at <= now.as_micros() => Some("token_expired"),
-        Some(v) if v.valid_until.is_some_and(|u| u <= now.as_micros()) => {
-            Some("secret_rotated_out")
+        None => {
+            cache.forget_api_token(&hash);
+            cache.count(false);
+            (core.store.api_token_by_secret(&hash).await?, None)
         }
-        Some(v) if v.user_status != "active" => Some("user_disabled"),
-        Some(v) if v.tenant_status != "active" => Some("tenant_suspended"),
-        Some(_) => None,
     };
+    let from_cache = cached_policy.is_some();
+    let problem = token_problem(found.as_ref(), &hash, now);
     if let Some(reason) = problem {
         let audit = AuditBuilder::new(core, meta, None);
         let tenant = found
@@ -549,7 +560,8 @@ pub async fn authenticate(
     };
     let roles: Vec<Role> = roles_from_storage(&v.roles);
     let tenant = TenantId::from_trusted(v.tenant_id.clone());
-    let policy = security::policy_from(core, v.policy.as_deref());
+    let policy = cached_policy
+        .unwrap_or_else(|| std::sync::Arc::new(security::policy_from(core, v.policy.as_deref())));
     let principal = Principal {
         user_id: UserId::from_trusted(v.user_id.clone()),
         tenant_id: Some(tenant.clone()),
@@ -561,11 +573,10 @@ pub async fn authenticate(
         // token either (the middleware allows such a principal nothing but enrolment routes,
         // which need a session).
         mfa_enrolment_required: policy.mfa_required_for(&roles) && v.mfa_enabled == 0,
-        policy: std::sync::Arc::new(policy.clone()),
+        policy: policy.clone(),
     };
 
     // Allow-lists: the token's and the tenant's, both when set.
-    let ip: Option<std::net::IpAddr> = meta.ip.as_deref().and_then(|s| s.parse().ok());
     let token_ok = allowed(&cidrs_from_storage(&v.allowed_ips), ip.as_ref());
     let tenant_ok = allowed(&policy.allowed_ips, ip.as_ref());
     if !token_ok || !tenant_ok {
@@ -595,12 +606,18 @@ pub async fn authenticate(
 
     if v.last_used_at
         .is_none_or(|t| Timestamp::from_micros(t).plus_seconds(TOUCH_INTERVAL_SECONDS) <= now)
-        && let Err(e) = core
+    {
+        // The remembered `last_used_at` is now older than the row's: read again next time.
+        cache.forget_api_token(&hash);
+        if let Err(e) = core
             .store
             .touch_api_token(&v.id, now, TOUCH_INTERVAL_SECONDS)
             .await
-    {
-        tracing::warn!(error = %e, "could not record API token use");
+        {
+            tracing::warn!(error = %e, "could not record API token use");
+        }
+    } else if !from_cache {
+        cache.put_api_token(ticket, hash.clone(), v.clone(), policy.clone());
     }
     let signing_key = match v.signing_secret {
         Some(sealed) => SigningKey::Sealed {
@@ -614,6 +631,28 @@ pub async fn authenticate(
         require_signed: policy.require_signed_requests,
         signing_key,
     })
+}
+
+/// Why a presented secret's view may not be used now, if it may not.
+fn token_problem(
+    found: Option<&ApiTokenAuthView>,
+    hash: &str,
+    now: Timestamp,
+) -> Option<&'static str> {
+    match found {
+        None => Some("unknown_token"),
+        Some(v) if !crate::crypto::constant_time_eq(v.secret_hash.as_bytes(), hash.as_bytes()) => {
+            Some("unknown_token")
+        }
+        Some(v) if v.revoked_at.is_some() => Some("token_revoked"),
+        Some(v) if v.expires_at <= now.as_micros() => Some("token_expired"),
+        Some(v) if v.valid_until.is_some_and(|u| u <= now.as_micros()) => {
+            Some("secret_rotated_out")
+        }
+        Some(v) if v.user_status != "active" => Some("user_disabled"),
+        Some(v) if v.tenant_status != "active" => Some("tenant_suspended"),
+        Some(_) => None,
+    }
 }
 
 /// The signature headers of a request, as sent.

@@ -6,7 +6,9 @@
 //!   issues a new one in the same session. Presenting a spent token revokes the whole session
 //!   (every token descended from that login) and records a security event.
 //! - Every access token names its session (`sid`); each request checks the session is live, so
-//!   logout and revocation take effect at once, on every instance.
+//!   logout and revocation take effect at once on this instance and within a second on every
+//!   other (the session cache, `service::session_cache`, remembers a live session for a few
+//!   seconds at most and is told of every change).
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -394,10 +396,12 @@ pub async fn refresh(
                 tenant_id = tenant.as_ref().map(|t| t.to_string()),
                 "a spent refresh token was presented again; the session is revoked"
             );
-            core.store
+            let revoked = core
+                .store
                 .revoke_session(&sid, "refresh_token_reused", now, &[ev])
-                .await
-                .map_err(|e| Audited(e.into()))?;
+                .await;
+            core.session_cache.forget_all();
+            revoked.map_err(|e| Audited(e.into()))?;
             return Err(Audited(AppError::RefreshTokenReused));
         }
     };
@@ -481,9 +485,12 @@ pub async fn logout(core: &Core, meta: &RequestMeta, principal: &Principal) -> A
         Outcome::Success,
         None,
     );
-    core.store
+    let revoked = core
+        .store
         .revoke_session(session, "logout", core.clock.now(), &[ev])
-        .await?;
+        .await;
+    core.session_cache.forget_all();
+    revoked?;
     Ok(())
 }
 
@@ -494,7 +501,10 @@ pub async fn logout(core: &Core, meta: &RequestMeta, principal: &Principal) -> A
 pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppResult<Principal> {
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, None);
-    let claims = match core.tokens.verify(token, now) {
+    let claims = match core
+        .session_cache
+        .claims(token, now, || core.tokens.verify(token, now))
+    {
         Ok(c) => c,
         Err(e) => {
             let (err, reason) = match e {
@@ -519,6 +529,24 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
     };
     let sid = SessionId::parse(&claims.sid)
         .ok_or(AppError::InvalidToken("the access token is invalid"))?;
+    // A session checked recently is admitted from the cache when its cached view admits this
+    // request; anything it would refuse is decided below on a fresh read (issue 15).
+    if let Some(entry) = core.session_cache.session(sid.as_str()) {
+        let v = &entry.view;
+        let roles = roles_from_storage(&v.roles);
+        let ip = meta.ip.as_deref().and_then(|i| i.parse().ok());
+        if v.user_id == claims.sub
+            && v.tenant_id == claims.tid
+            && session_problem(v, &entry.policy, now).is_none()
+            && entry.policy.admits_address(&roles, ip.as_ref())
+        {
+            core.session_cache.count(true);
+            return admit(core, meta, sid, &entry.view, entry.policy, roles, now, None).await;
+        }
+        core.session_cache.forget_session(sid.as_str());
+    }
+    core.session_cache.count(false);
+    let ticket = core.session_cache.ticket();
     let view = core.store.get_session(&sid).await?;
     let policy = security::policy_from(core, view.as_ref().and_then(|v| v.policy.as_deref()));
     let problem = match &view {
@@ -546,16 +574,42 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
             "the session has ended; sign in again",
         ));
     };
-    // Activity restarts the idle timeout. It is written at most once a minute per session, and
-    // the decision is taken here on the row just read: even a statement that changes nothing
-    // takes SQLite's database-wide write lock, so a conditional UPDATE per request queued every
-    // authenticated request behind the ledger writer (SQLite single transfers fell from about
-    // 5,100/s to 800/s; docs/PERFORMANCE.md). The statement keeps its own condition for
-    // concurrent requests.
     let roles = roles_from_storage(&view.roles);
     // Staff confined to the tenant's allow-list are confined on every request, not only at
     // sign-in: a token taken from an allowed address is refused from any other.
     refuse_unadmitted_address(core, meta, &view, &policy, &roles).await?;
+    admit(
+        core,
+        meta,
+        sid,
+        &view,
+        std::sync::Arc::new(policy),
+        roles,
+        now,
+        Some(ticket),
+    )
+    .await
+}
+
+/// The principal of an admitted session, after recording its activity. With `ticket` (the
+/// view was just read), the view is remembered unless this request wrote the session.
+#[allow(clippy::too_many_arguments)]
+async fn admit(
+    core: &Core,
+    meta: &RequestMeta,
+    sid: SessionId,
+    view: &SessionView,
+    policy: std::sync::Arc<crate::domain::security::SecurityPolicy>,
+    roles: Vec<Role>,
+    now: Timestamp,
+    ticket: Option<crate::service::session_cache::Ticket>,
+) -> AppResult<Principal> {
+    // Activity restarts the idle timeout. It is written at most once a minute per session, and
+    // the decision is taken here on the row just read (or remembered): even a statement that
+    // changes nothing takes SQLite's database-wide write lock, so a conditional UPDATE per
+    // request queued every authenticated request behind the ledger writer (SQLite single
+    // transfers fell from about 5,100/s to 800/s; docs/PERFORMANCE.md). The statement keeps
+    // its own condition for concurrent requests.
     // A new address is written at once (the allow-list judges sessions by their last one).
     let touched_recently = view.last_used_at.is_some_and(|t| {
         Timestamp::from_micros(t).plus_seconds(SESSION_TOUCH_INTERVAL_SECONDS) > now
@@ -565,8 +619,10 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
     let address =
         super::privacy::session_address(core, tenant.as_ref(), &roles, meta.ip.as_deref()).await?;
     let moved = address.is_some() && address != view.last_ip;
-    if (!touched_recently || moved)
-        && let Err(e) = core
+    if !touched_recently || moved {
+        // The remembered `last_used_at` and address are now older than the row's: read again.
+        core.session_cache.forget_session(sid.as_str());
+        if let Err(e) = core
             .store
             .touch_session(
                 &sid,
@@ -575,16 +631,20 @@ pub async fn authenticate(core: &Core, meta: &RequestMeta, token: &str) -> AppRe
                 address.as_deref(),
             )
             .await
-    {
-        tracing::warn!(error = %e, "could not record session activity");
+        {
+            tracing::warn!(error = %e, "could not record session activity");
+        }
+    } else if let Some(ticket) = ticket {
+        core.session_cache
+            .put_session(ticket, view.clone(), policy.clone());
     }
     Ok(Principal {
-        user_id: UserId::from_trusted(view.user_id),
-        tenant_id: view.tenant_id.map(TenantId::from_trusted),
+        user_id: UserId::from_trusted(view.user_id.clone()),
+        tenant_id: view.tenant_id.clone().map(TenantId::from_trusted),
         credential: Credential::Session(sid),
         permissions: PermissionSet::for_roles(&roles),
         mfa_enrolment_required: policy.mfa_required_for(&roles) && view.mfa_enabled == 0,
-        policy: std::sync::Arc::new(policy),
+        policy,
         authenticated_at: Some(Timestamp::from_micros(
             view.authenticated_at.unwrap_or(view.created_at),
         )),

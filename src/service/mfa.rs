@@ -690,8 +690,8 @@ pub async fn confirm_enrolment(
         None,
     );
     let confirmed = core
-        .store
-        .confirm_totp(
+        .session_cache
+        .after(core.store.confirm_totp(
             &TotpConfirmation {
                 tenant,
                 user: &actor.user_id,
@@ -702,7 +702,7 @@ pub async fn confirm_enrolment(
                 now,
             },
             &[ev],
-        )
+        ))
         .await?;
     if !confirmed {
         return Err(AppError::Conflict {
@@ -713,8 +713,8 @@ pub async fn confirm_enrolment(
     }
     // A new factor ends every other session of the user: whoever else held one (a stolen
     // token) must now pass the new factor.
-    core.store
-        .revoke_user_sessions(
+    core.session_cache
+        .after(core.store.revoke_user_sessions(
             tenant,
             &actor.user_id,
             None,
@@ -722,7 +722,7 @@ pub async fn confirm_enrolment(
             "mfa_enrolled",
             now,
             &[],
-        )
+        ))
         .await?;
     Ok(RecoveryCodes(shown))
 }
@@ -776,14 +776,14 @@ pub async fn disable(core: &Core, meta: &RequestMeta, actor: &Principal) -> AppR
         None,
     );
     if !core
-        .store
-        .disable_mfa(
+        .session_cache
+        .after(core.store.disable_mfa(
             tenant,
             &actor.user_id,
             core.clock.now(),
             Some(&actor.actor_check()),
             &[ev],
-        )
+        ))
         .await?
     {
         return Err(not_enabled());

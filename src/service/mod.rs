@@ -27,6 +27,7 @@ pub mod privacy;
 pub mod ratelimit;
 pub mod retention;
 pub mod security;
+pub mod session_cache;
 pub mod staff_notes;
 pub mod tenants;
 pub mod users;
@@ -115,6 +116,9 @@ pub struct Core {
     pub verifications: crate::observability::Verifications,
     /// Whether storage has been failing writes (`/readyz`).
     pub storage: health::StorageHealth,
+    /// Verified tokens, sessions and API tokens seen recently, with cross-instance
+    /// invalidation (issue 15).
+    pub session_cache: Arc<session_cache::SessionCache>,
 }
 
 /// The credential a request was made with.

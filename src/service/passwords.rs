@@ -216,7 +216,10 @@ async fn store_password(
         now: core.clock.now(),
         spend_reset_token,
     };
-    Ok(core.store.set_user_password(&change, audit).await?)
+    Ok(core
+        .session_cache
+        .after(core.store.set_user_password(&change, audit))
+        .await?)
 }
 
 /// `POST /v1/me/password`: the signed-in user changes their password. Needs a session (not an

@@ -416,8 +416,11 @@ pub async fn erase(
     }
     let now = core.clock.now();
     let outcome = core
-        .store
-        .erase_customer(tenant, &customer.id, linked.as_ref(), now, &events)
+        .session_cache
+        .after(
+            core.store
+                .erase_customer(tenant, &customer.id, linked.as_ref(), now, &events),
+        )
         .await?;
     match outcome {
         ErasureOutcome::Erased {

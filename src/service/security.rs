@@ -64,14 +64,14 @@ pub async fn set_policy(
         Outcome::Success,
         None,
     );
-    core.store
-        .put_security_policy(
+    core.session_cache
+        .after(core.store.put_security_policy(
             tenant,
             &json,
             actor.user_id.as_str(),
             core.clock.now(),
             &[ev],
-        )
+        ))
         .await?;
     end_sessions_outside_allow_list(core, meta, actor, tenant, &policy).await?;
     Ok(policy)
@@ -119,8 +119,11 @@ async fn end_sessions_outside_allow_list(
         })
         .collect();
     Ok(core
-        .store
-        .revoke_tenant_sessions(tenant, &outside, "ip_not_allowed", now, &events)
+        .session_cache
+        .after(
+            core.store
+                .revoke_tenant_sessions(tenant, &outside, "ip_not_allowed", now, &events),
+        )
         .await?)
 }
 
@@ -276,8 +279,8 @@ pub async fn step_up(
         None,
     );
     if !core
-        .store
-        .set_session_authenticated(&session, now, &[ev])
+        .session_cache
+        .after(core.store.set_session_authenticated(&session, now, &[ev]))
         .await?
     {
         return Err(AppError::InvalidToken(
@@ -480,8 +483,8 @@ pub async fn revoke_session(
         None,
     );
     let n = core
-        .store
-        .revoke_user_sessions(
+        .session_cache
+        .after(core.store.revoke_user_sessions(
             actor.tenant_id.as_ref(),
             &actor.user_id,
             Some(&id),
@@ -489,7 +492,7 @@ pub async fn revoke_session(
             "revoked_by_user",
             core.clock.now(),
             &[ev],
-        )
+        ))
         .await?;
     if n == 0 {
         return Err(AppError::NotFound("session"));
@@ -511,8 +514,8 @@ pub async fn revoke_other_sessions(
         None,
     );
     Ok(core
-        .store
-        .revoke_user_sessions(
+        .session_cache
+        .after(core.store.revoke_user_sessions(
             actor.tenant_id.as_ref(),
             &actor.user_id,
             None,
@@ -520,7 +523,7 @@ pub async fn revoke_other_sessions(
             "revoked_by_user",
             core.clock.now(),
             &[ev],
-        )
+        ))
         .await?)
 }
 

@@ -199,8 +199,11 @@ pub async fn set_suspended(
             None,
         ),
     ];
-    core.store
-        .set_tenant_status(&id, status, core.clock.now(), &events)
+    core.session_cache
+        .after(
+            core.store
+                .set_tenant_status(&id, status, core.clock.now(), &events),
+        )
         .await?
         .ok_or(AppError::NotFound("tenant"))
 }

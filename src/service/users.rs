@@ -208,15 +208,15 @@ async fn change(
         None,
     );
     let user = core
-        .store
-        .update_user(
+        .session_cache
+        .after(core.store.update_user(
             tenant,
             id,
             &change,
             core.clock.now(),
             Some(&actor.actor_check()),
             &[ev],
-        )
+        ))
         .await?
         .ok_or(AppError::NotFound("user"))?;
     let user = seal_if_customer_login(core, user).await?;
@@ -289,14 +289,14 @@ pub async fn reset_mfa(
         )
         .security(crate::domain::security::SecurityEvent::MfaReset);
     if !core
-        .store
-        .disable_mfa(
+        .session_cache
+        .after(core.store.disable_mfa(
             Some(tenant),
             &id,
             now,
             Some(&actor.actor_check()),
             std::slice::from_ref(&ev),
-        )
+        ))
         .await?
     {
         return Err(AppError::Conflict {
@@ -310,8 +310,16 @@ pub async fn reset_mfa(
         tenant_id = %tenant,
         "security event"
     );
-    core.store
-        .revoke_user_sessions(Some(tenant), &id, None, None, "mfa_reset", now, &[])
+    core.session_cache
+        .after(core.store.revoke_user_sessions(
+            Some(tenant),
+            &id,
+            None,
+            None,
+            "mfa_reset",
+            now,
+            &[],
+        ))
         .await?;
     opened(core, user).await
 }

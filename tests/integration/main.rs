@@ -52,6 +52,7 @@ mod production_settings;
 mod retention;
 mod secret_hygiene;
 mod security;
+mod session_cache;
 mod storage_faults;
 mod tenants;
 mod throttle;

@@ -392,6 +392,15 @@ impl TestApp {
 
     /// Like [`raw_sql`](Self::raw_sql) but reports a refused statement instead of failing.
     pub async fn try_raw_sql(&self, sql: &str) -> Result<u64, String> {
+        let r = self.raw_statement(sql).await;
+        // A write behind the service's back reaches this instance's session cache through the
+        // invalidation channel within milliseconds (issue 15); tests that use the credential
+        // on the next line need it at once.
+        self.core.session_cache.forget_all();
+        r
+    }
+
+    async fn raw_statement(&self, sql: &str) -> Result<u64, String> {
         match self.backend {
             Backend::Sqlite => {
                 let pool = sqlx::SqlitePool::connect(&self.database_url)
@@ -770,6 +779,8 @@ impl TestApp {
             )
             .await
             .expect("store the policy");
+        // As `try_raw_sql`: the store was written directly, not through the service.
+        self.core.session_cache.forget_all();
     }
 
     /// Audit events of a chain, straight from storage, oldest first.
