@@ -9,8 +9,12 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+mod actors;
 pub mod alerts;
 pub mod api_tokens;
+mod audit;
+pub mod backend;
+mod customers;
 pub mod identity;
 pub mod keys;
 pub mod kyc;
@@ -24,6 +28,7 @@ pub mod security;
 mod sql;
 pub mod sqlite;
 mod sqlite_writer;
+mod users;
 
 use std::sync::Arc;
 

@@ -3,408 +3,12 @@
 //! the same on both. Each backend type provides `pool`, `sealer`, `begin_write()`,
 //! `post_backend()` and `run_migrations()`.
 
-use crate::domain::audit::{AuditRecord, AuditSealer, NewAuditEvent};
-use crate::ids::AuditEventId;
-
-/// An audit row as selected.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct AuditRow {
-    pub id: String,
-    pub chain: String,
-    pub seq: i64,
-    pub tenant_id: Option<String>,
-    pub occurred_at: i64,
-    pub actor_type: String,
-    pub actor_id: Option<String>,
-    pub action: String,
-    pub target_type: Option<String>,
-    pub target_id: Option<String>,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub ip: Option<String>,
-    pub request_id: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-    pub security_event: Option<String>,
-}
-
-impl From<AuditRow> for AuditRecord {
-    fn from(r: AuditRow) -> Self {
-        AuditRecord {
-            id: r.id,
-            chain: r.chain,
-            seq: r.seq,
-            tenant_id: r.tenant_id,
-            occurred_at: r.occurred_at,
-            actor_type: r.actor_type,
-            actor_id: r.actor_id,
-            action: r.action,
-            target_type: r.target_type,
-            target_id: r.target_id,
-            outcome: r.outcome,
-            reason: r.reason,
-            ip: r.ip,
-            request_id: r.request_id,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-            security_event: r.security_event,
-        }
-    }
-}
-
-/// Builds the next record of a chain from its head and seals it.
-pub(super) fn next_record(
-    sealer: &AuditSealer,
-    ev: &NewAuditEvent,
-    (prev_seq, prev_hash): (i64, String),
-) -> AuditRecord {
-    let mut r = AuditRecord {
-        id: AuditEventId::generate().to_string(),
-        chain: ev.chain(),
-        seq: prev_seq + 1,
-        tenant_id: ev.tenant_id.as_ref().map(|t| t.to_string()),
-        occurred_at: ev.occurred_at.as_micros(),
-        actor_type: ev.actor_type.as_str().to_owned(),
-        actor_id: ev.actor_id.clone(),
-        action: ev.action.clone(),
-        target_type: ev.target_type.clone(),
-        target_id: ev.target_id.clone(),
-        outcome: ev.outcome.as_str().to_owned(),
-        reason: ev.reason.clone(),
-        ip: ev.ip.clone(),
-        request_id: ev.request_id.clone(),
-        prev_hash,
-        hash: String::new(),
-        security_event: ev.security_event.map(|e| e.as_str().to_owned()),
-    };
-    r.hash = sealer.seal(&r);
-    r
-}
-
-/// Splits `events` into runs of consecutive events of one chain: each run moves its chain's head
-/// once.
-pub(super) fn chain_runs(events: &[NewAuditEvent]) -> Vec<(String, &[NewAuditEvent])> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    while start < events.len() {
-        let chain = events[start].chain();
-        let mut end = start + 1;
-        while end < events.len() && events[end].chain() == chain {
-            end += 1;
-        }
-        runs.push((chain, &events[start..end]));
-        start = end;
-    }
-    runs
-}
-
-/// Estimated encoded size of a bound text value.
-pub(super) fn text_len(s: &str) -> usize {
-    s.len() + 8
-}
-
-pub(super) fn opt_len(s: Option<&str>) -> usize {
-    s.map_or(4, text_len)
-}
+// The audit helpers the ledger's SQL below (and the SQLite ledger writer) still name here.
+pub(super) use super::audit::{AuditRow, chain_runs, next_record, opt_len, text_len};
 
 macro_rules! impl_store {
     ($store:ty, $backend:literal, $lock:literal, $share:literal, $max_message:expr, $persist:literal) => {
         impl $store {
-            /// The standing of an actor (user and credential) as this transaction reads it: on
-            /// PostgreSQL the user's row and then the credential's are locked for share until
-            /// the commit, so a disable, role change, sign-out or revocation (each an UPDATE of
-            /// one of them) either committed before and is seen, or waits for this commit.
-            /// The user row first, then the credential's, as every change of both takes them.
-            async fn actor_standing_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                user: &str,
-                credential: &$crate::store::ActorCredential,
-                now: i64,
-            ) -> $crate::store::StoreResult<Option<$crate::domain::authz::ActorStanding>> {
-                let row: Option<(String, String)> =
-                    sqlx::query_as(concat!("SELECT status, roles FROM users WHERE id = $1", $share))
-                        .bind(user)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                let Some((user_status, roles)) = row else {
-                    return Ok(None);
-                };
-                let (q, id) = match credential {
-                    $crate::store::ActorCredential::Session(id) => (
-                        sqlx::query_as(concat!(
-                            "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = sessions.tenant_id), 'active') \
-                             FROM sessions WHERE id = $1 AND user_id = $2",
-                            $share
-                        )),
-                        id,
-                    ),
-                    $crate::store::ActorCredential::ApiToken(id) => (
-                        sqlx::query_as(concat!(
-                            "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = api_tokens.tenant_id), 'active') \
-                             FROM api_tokens WHERE id = $1 AND user_id = $2",
-                            $share
-                        )),
-                        id,
-                    ),
-                };
-                // The tenant's status is read by this later statement, after the user's row is
-                // locked: a suspension (which locks its users' rows) either committed before
-                // and is seen, or waits for this transaction.
-                let live: Option<(Option<i64>, i64, String)> =
-                    q.bind(id).bind(user).fetch_optional(&mut **tx).await?;
-                Ok(Some($crate::domain::authz::ActorStanding {
-                    user_status,
-                    roles,
-                    credential_live: live
-                        .as_ref()
-                        .is_some_and(|(revoked, end, _)| revoked.is_none() && *end > now),
-                    tenant_active: live.is_none_or(|(_, _, tenant)| tenant == "active"),
-                }))
-            }
-
-            /// The first step of every change of access (users' status and roles, second
-            /// factors, API tokens, invitations): the tenant's row is locked, so these changes
-            /// are serialised per tenant (two users changing each other at once, on two
-            /// instances, cannot deadlock and the second sees the first's change), then the
-            /// actor is re-checked ([`check_actor_tx`](Self::check_actor_tx)).
-            async fn authorise_change_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: Option<&$crate::ids::TenantId>,
-                actor: Option<&$crate::store::ActorCheck>,
-                now: i64,
-            ) -> $crate::store::StoreResult<()> {
-                let Some(actor) = actor else {
-                    return Ok(());
-                };
-                if let Some(tenant) = tenant {
-                    sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
-                        .bind(tenant.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Self::check_actor_tx(tx, actor, now).await
-            }
-
-            /// Refuses ([`StoreError::ActorRevoked`](crate::store::StoreError::ActorRevoked))
-            /// unless the actor may still act: its credential live, its user active, its roles
-            /// those the request was authorised with (`domain::authz::still_authorised`).
-            async fn check_actor_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                actor: &$crate::store::ActorCheck,
-                now: i64,
-            ) -> $crate::store::StoreResult<()> {
-                let standing =
-                    Self::actor_standing_tx(tx, &actor.user_id, &actor.credential, now).await?;
-                $crate::domain::authz::still_authorised(&actor.roles, standing.as_ref())
-                    .map_err($crate::store::StoreError::ActorRevoked)
-            }
-
-            /// Locks customer `id`'s row inside `tx` and answers its KYC tier, or
-            /// `StoreError::CustomerErased` when it is erased or missing. Every transaction that
-            /// creates something for a customer (an account, a KYC submission and its documents,
-            /// a KYC decision) calls this first, and the erasure takes the same lock first: the
-            /// two serialise on the row, on either backend and whatever the instance, so nothing
-            /// is ever created for an erased customer (a read taken before the transaction is
-            /// never trusted for this). On SQLite, `BEGIN IMMEDIATE` already serialises writers.
-            pub(super) async fn lock_customer_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                id: &str,
-            ) -> $crate::store::StoreResult<i64> {
-                let row: Option<(String, i64)> = sqlx::query_as(concat!(
-                    "SELECT status, kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2",
-                    $lock
-                ))
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?;
-                match row {
-                    Some((status, tier)) if status == "active" => Ok(tier),
-                    _ => Err($crate::store::StoreError::CustomerErased),
-                }
-            }
-
-            /// Inserts a customer's blind-index rows inside `tx`.
-            async fn insert_lookups_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                customer: &str,
-                lookups: &[$crate::store::CustomerLookup],
-            ) -> $crate::store::StoreResult<()> {
-                for l in lookups {
-                    sqlx::query(
-                        "INSERT INTO customer_lookup (tenant_id, field, digest, customer_id, index_version) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(tenant)
-                    .bind(&l.field)
-                    .bind(&l.digest)
-                    .bind(customer)
-                    .bind(l.index_version)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(())
-            }
-
-            /// Appends `events` inside `tx`. The head row is bumped with an UPDATE first, which
-            /// takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent writers to
-            /// one chain serialise and the chain never forks.
-            async fn append_audit_tx(
-                &self,
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                events: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<()> {
-                // Events of one chain are appended as a run: the head is moved once by the
-                // whole run and the records go in with multi-row INSERTs, so a batch of
-                // movements costs a handful of statements, not four per record.
-                for (chain, run) in $crate::store::sql::chain_runs(events) {
-                    let n = i64::try_from(run.len()).unwrap_or(i64::MAX);
-                    sqlx::query(
-                        "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
-                    )
-                    .bind(&chain)
-                    .bind($crate::domain::audit::GENESIS_HASH)
-                    .execute(&mut **tx)
-                    .await?;
-                    let mut head: (i64, String) = sqlx::query_as(
-                        "UPDATE audit_heads SET seq = seq + $2 WHERE chain = $1 RETURNING seq - $2, hash",
-                    )
-                    .bind(&chain)
-                    .bind(n)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    let mut records = Vec::with_capacity(run.len());
-                    for ev in run {
-                        let record = $crate::store::sql::next_record(&self.sealer, ev, head.clone());
-                        head = (record.seq, record.hash.clone());
-                        records.push(record);
-                    }
-                    sqlx::query("UPDATE audit_heads SET hash = $2 WHERE chain = $1")
-                        .bind(&chain)
-                        .bind(&head.1)
-                        .execute(&mut **tx)
-                        .await?;
-                    // 16 columns x 50 rows stays under every backend's bind-parameter limit.
-                    let size = |r: &$crate::domain::audit::AuditRecord| {
-                        use $crate::store::sql::{opt_len, text_len};
-                        text_len(&r.id) + text_len(&r.chain) + opt_len(r.tenant_id.as_deref()) + text_len(&r.actor_type)
-                            + opt_len(r.actor_id.as_deref()) + text_len(&r.action) + opt_len(r.target_type.as_deref())
-                            + opt_len(r.target_id.as_deref()) + text_len(&r.outcome) + opt_len(r.reason.as_deref())
-                            + opt_len(r.ip.as_deref()) + opt_len(r.request_id.as_deref()) + text_len(&r.prev_hash)
-                            + text_len(&r.hash) + 32
-                    };
-                    for chunk in $crate::store::posting::chunks_by_size(&records, 50, $max_message, size) {
-                        let mut qb = sqlx::QueryBuilder::<$crate::store::sql::Db<$store>>::new(
-                            "INSERT INTO audit_events (id, chain, seq, tenant_id, occurred_at, actor_type, actor_id, action, target_type, target_id, outcome, reason, ip, request_id, prev_hash, hash, security_event) ",
-                        );
-                        qb.push_values(chunk, |mut b, r| {
-                            b.push_bind(r.id.clone())
-                                .push_bind(r.chain.clone())
-                                .push_bind(r.seq)
-                                .push_bind(r.tenant_id.clone())
-                                .push_bind(r.occurred_at)
-                                .push_bind(r.actor_type.clone())
-                                .push_bind(r.actor_id.clone())
-                                .push_bind(r.action.clone())
-                                .push_bind(r.target_type.clone())
-                                .push_bind(r.target_id.clone())
-                                .push_bind(r.outcome.clone())
-                                .push_bind(r.reason.clone())
-                                .push_bind(r.ip.clone())
-                                .push_bind(r.request_id.clone())
-                                .push_bind(r.prev_hash.clone())
-                                .push_bind(r.hash.clone())
-                                .push_bind(r.security_event.clone());
-                        });
-                        qb.build().persistent($persist).execute(&mut **tx).await?;
-                    }
-                    // The alert hook: every security event passes here, in its transaction.
-                    for alert in records
-                        .iter()
-                        .filter_map(|r| $crate::store::alerts::on_record(&self.alerts, r))
-                    {
-                        sqlx::query(
-                            "INSERT INTO security_alerts (id, audit_event_id, tenant_id, event_type, severity, \
-                             payload, status, attempts, next_attempt_at, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
-                        )
-                        .bind(alert.id)
-                        .bind(alert.audit_event_id)
-                        .bind(alert.tenant_id)
-                        .bind(alert.event_type)
-                        .bind(alert.severity)
-                        .bind(alert.payload)
-                        .bind(alert.created_at)
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                }
-                Ok(())
-            }
-
-            /// Refuses (rolling back) a change that would leave `tenant` without an active
-            /// MANAGER, when `id` is one: the tenant's row is locked first by a no-op update
-            /// (a lock that, on PostgreSQL, does not wait for the key-share locks every insert
-            /// referencing the tenant takes), so of two such changes the second sees the first.
-            async fn keep_a_manager_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &$crate::ids::TenantId,
-                id: &$crate::ids::UserId,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
-                    .bind(tenant.as_str())
-                    .execute(&mut **tx)
-                    .await?;
-                let (others,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND id <> $2 \
-                     AND status = 'active' AND (',' || roles || ',') LIKE '%,MANAGER,%'",
-                )
-                .bind(tenant.as_str())
-                .bind(id.as_str())
-                .fetch_one(&mut **tx)
-                .await?;
-                if others > 0 {
-                    return Ok(());
-                }
-                let target: Option<(i32,)> = sqlx::query_as(
-                    "SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2 \
-                     AND status = 'active' AND (',' || roles || ',') LIKE '%,MANAGER,%'",
-                )
-                .bind(tenant.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?;
-                if target.is_some() {
-                    return Err($crate::store::StoreError::LastManager);
-                }
-                Ok(())
-            }
-
-            /// Inserts a user inside `tx` with `status`: `active` (its password already set, as a
-            /// platform admin's) or `invited` (no password of its own until it accepts a link).
-            async fn insert_user_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                u: &$crate::store::NewUser,
-                status: &'static str,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO users (id, tenant_id, email, password_hash, roles, status, created_at, updated_at, email_hash) \
-                     VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $7)",
-                )
-                .bind(u.id.as_str())
-                .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
-                .bind(u.email.as_str())
-                .bind(&u.password_hash)
-                .bind($crate::domain::authz::roles_to_storage(&u.roles))
-                .bind(u.created_at.as_micros())
-                .bind(&u.email_hash)
-                .bind(status)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
         }
 
         #[async_trait::async_trait]
@@ -446,7 +50,7 @@ macro_rules! impl_store {
                 .bind(t.created_at.as_micros())
                 .execute(&mut *tx)
                 .await?;
-                Self::insert_user_tx(&mut tx, manager, "invited").await?;
+                $crate::store::users::insert_user_tx(&mut tx, manager, "invited").await?;
                 for a in system_accounts {
                     Self::insert_account_tx(&mut tx, a).await?;
                 }
@@ -526,7 +130,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                Self::insert_user_tx(&mut tx, u, "active").await?;
+                $crate::store::users::insert_user_tx(&mut tx, u, "active").await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -636,7 +240,7 @@ macro_rules! impl_store {
                     }
                 };
                 if may_remove_manager {
-                    Self::keep_a_manager_tx(&mut tx, tenant, id).await?;
+                    $crate::store::users::keep_a_manager_tx(&mut tx, tenant, id).await?;
                 }
                 let row: Option<$crate::store::UserRecord> = match change {
                     $crate::store::UserChange::Status(status) => {
@@ -811,7 +415,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                if !Self::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
+                if !$crate::store::keys::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
                     tx.rollback().await?;
                     return Err($crate::store::StoreError::IndexKeyChanged);
                 }
@@ -825,7 +429,7 @@ macro_rules! impl_store {
                     .bind(c.index_versions.last().copied().unwrap_or(0))
                     .execute(&mut *tx)
                     .await?;
-                Self::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), c.id.as_str(), &c.lookups).await?;
+                $crate::store::customers::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), c.id.as_str(), &c.lookups).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -907,7 +511,7 @@ macro_rules! impl_store {
             ) -> $crate::store::StoreResult<$crate::store::RectifyOutcome> {
                 use $crate::store::RectifyOutcome;
                 let mut tx = self.begin_write().await?;
-                if !Self::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
+                if !$crate::store::keys::index_versions_hold_tx(&mut tx, c.tenant_id.as_str(), &c.index_versions).await? {
                     tx.rollback().await?;
                     return Err($crate::store::StoreError::IndexKeyChanged);
                 }
@@ -945,7 +549,7 @@ macro_rules! impl_store {
                     .bind(&c.id)
                     .execute(&mut *tx)
                     .await?;
-                Self::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), &c.id, &c.lookups).await?;
+                $crate::store::customers::insert_lookups_tx(&mut tx, c.tenant_id.as_str(), &c.id, &c.lookups).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 let record: $crate::store::CustomerRecord =
                     sqlx::query_as("SELECT * FROM customers WHERE tenant_id = $1 AND id = $2")
@@ -1044,7 +648,7 @@ macro_rules! impl_store {
                     return Ok(None);
                 }
                 if let Some(n) = note {
-                    Self::insert_staff_note_tx(&mut tx, n).await?;
+                    $crate::store::notes::insert_staff_note_tx(&mut tx, n).await?;
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -1733,7 +1337,7 @@ macro_rules! impl_store {
                     return Ok(None);
                 }
                 if let Some(n) = note {
-                    Self::insert_staff_note_tx(&mut tx, n).await?;
+                    $crate::store::notes::insert_staff_note_tx(&mut tx, n).await?;
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
