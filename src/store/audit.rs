@@ -2,12 +2,14 @@
 //! records to their hash chains inside the change's own transaction ([`append_tx`], which also
 //! passes each record to the alert hook), and the seal of the next record of a chain.
 
+use async_trait::async_trait;
 use sqlx::Transaction;
 
 use super::StoreResult;
 use super::alerts::{AlertHook, on_record};
-use super::backend::Backend;
+use super::backend::{Backend, Paged, SqlStore};
 use super::posting::chunks_by_size;
+use super::{AuditFilter, ChainHead, Page};
 use crate::domain::audit::{AuditRecord, AuditSealer, GENESIS_HASH, NewAuditEvent};
 use crate::ids::AuditEventId;
 
@@ -221,4 +223,98 @@ pub(super) async fn append_tx<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<()>;
+    /// Appends several records in one transaction (e.g. one per customer of an unmasked list).
+    async fn append_audits(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
+    /// One chain's records, newest first.
+    async fn list_audit(
+        &self,
+        chain: &str,
+        filter: &AuditFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<AuditRecord>>;
+    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>>;
+    /// Up to `limit` records of `chain` with `seq > after_seq`, in order. Reads rows as stored,
+    /// ordered by `seq` only, so verification sees gaps and reorderings.
+    async fn audit_chain_after(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRecord>>;
+}
+
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> AuditStore for S {
+    async fn append_audit(&self, ev: &NewAuditEvent) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        self.append_audit_tx(&mut tx, std::slice::from_ref(ev))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audits(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        self.append_audit_tx(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        chain: &str,
+        f: &AuditFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<crate::domain::audit::AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT * FROM audit_events WHERE chain = $1 \
+             AND ($2 IS NULL OR actor_id = $2) AND ($3 IS NULL OR action = $3) \
+             AND ($4 IS NULL OR occurred_at >= $4) AND ($5 IS NULL OR occurred_at < $5) \
+             AND ($6 IS NULL OR seq < (SELECT c.seq FROM audit_events c WHERE c.chain = $1 AND c.id = $6)) \
+             ORDER BY seq DESC LIMIT $7",
+        )
+        .bind(chain)
+        .bind(f.actor_id.as_deref())
+        .bind(f.action.as_deref())
+        .bind(f.occurred_after.map(|t| t.as_micros()))
+        .bind(f.occurred_before.map(|t| t.as_micros()))
+        .page(page)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
+        Ok(
+            sqlx::query_as("SELECT chain, seq, hash FROM audit_heads ORDER BY chain")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    async fn audit_chain_after(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<crate::domain::audit::AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT * FROM audit_events WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(chain)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
 }

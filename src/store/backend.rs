@@ -245,6 +245,14 @@ pub trait SqlStore: Send + Sync + 'static {
 /// A write transaction of store `S`.
 pub type Tx<S> = Transaction<'static, <S as SqlStore>::Db>;
 
+impl Page {
+    /// The rows a page's statement asks for: one more than the page holds, which tells whether
+    /// a next page exists (`has_more`).
+    pub fn fetch_limit(&self) -> i64 {
+        i64::from(self.limit) + 1
+    }
+}
+
 /// The keyset paging of every `list_*` statement, whose text ends with its last two
 /// placeholders as `AND ($n IS NULL OR id > $n) ORDER BY id LIMIT $m` (oldest first; newest
 /// first: `id < $n … ORDER BY id DESC`): binds the cursor (`starting_after`, NULL for the first
@@ -257,13 +265,13 @@ pub trait Paged<'q>: Sized {
 impl<'q, B: Backend, O> Paged<'q> for sqlx::query::QueryAs<'q, B, O, B::Arguments> {
     fn page(self, page: &'q Page) -> Self {
         self.bind(page.starting_after.as_deref())
-            .bind(i64::from(page.limit) + 1)
+            .bind(page.fetch_limit())
     }
 }
 
 impl<'q, B: Backend> Paged<'q> for sqlx::query::Query<'q, B, B::Arguments> {
     fn page(self, page: &'q Page) -> Self {
         self.bind(page.starting_after.as_deref())
-            .bind(i64::from(page.limit) + 1)
+            .bind(page.fetch_limit())
     }
 }

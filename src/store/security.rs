@@ -390,7 +390,7 @@ impl<S: SqlStore<Db = B>, B: Backend> SecurityStore for S {
                 .push(")");
         }
         qb.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
+            .push_bind(page.fetch_limit());
         let rows: Vec<AuditRow> = qb.build_query_as().fetch_all(self.pool()).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
