@@ -8,16 +8,18 @@
 //! instances on one database never send an alert twice at once. Also: the small operational
 //! queries readiness and metrics need (pool size, migrations applied).
 
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
 
-use super::StoreResult;
+use super::backend::{Backend, SqlStore};
+use super::outbox::{self, Delivery};
+use super::{StoreError, StoreResult};
 use crate::clock::Timestamp;
 use crate::domain::audit::AuditRecord;
 use crate::domain::security::{SecurityEvent, Severity};
 use crate::ids::SecurityAlertId;
-use crate::store::outbox::Delivery;
 
 /// Which security events become alerts, and whether they go to the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,96 +184,79 @@ pub trait AlertStore: Send + Sync {
     async fn migrations_current(&self) -> StoreResult<bool>;
 }
 
-macro_rules! impl_alert_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::alerts::AlertStore for $store {
-            fn set_alert_routing(&self, routing: $crate::store::alerts::AlertRouting) {
-                if !self.alerts.set(routing) {
-                    tracing::debug!("alert routing already set; keeping the first");
-                }
-            }
-
-            fn alert_routing(&self) -> $crate::store::alerts::AlertRouting {
-                self.alerts.routing()
-            }
-
-            async fn claim_alerts(
-                &self,
-                now: $crate::clock::Timestamp,
-                lease_until: $crate::clock::Timestamp,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
-                self.claim_outbox(&$crate::store::outbox::ALERTS, now, lease_until, limit)
-                    .await
-            }
-
-            async fn finish_alert(
-                &self,
-                id: &str,
-                now: $crate::clock::Timestamp,
-                outcome: &$crate::store::outbox::Delivery,
-            ) -> $crate::store::StoreResult<bool> {
-                self.finish_outbox(&$crate::store::outbox::ALERTS, id, now, outcome)
-                    .await
-            }
-
-            async fn security_alert(
-                &self,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::alerts::AlertRecord>> {
-                Ok(
-                    sqlx::query_as("SELECT * FROM security_alerts WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&self.pool)
-                        .await?,
-                )
-            }
-
-            async fn security_alerts(
-                &self,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::alerts::AlertRecord>> {
-                Ok(
-                    sqlx::query_as("SELECT * FROM security_alerts ORDER BY id LIMIT $1")
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?,
-                )
-            }
-
-            fn pool_stats(&self) -> $crate::store::alerts::PoolStats {
-                $crate::store::alerts::PoolStats {
-                    connections: self.pool.size(),
-                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-                }
-            }
-
-            async fn migrations_current(&self) -> $crate::store::StoreResult<bool> {
-                let migrator = self.migrator();
-                let mut conn = self.pool.acquire().await?;
-                let applied: std::collections::BTreeSet<i64> =
-                    sqlx::migrate::Migrate::list_applied_migrations(
-                        &mut *conn,
-                        &migrator.table_name,
-                    )
-                    .await
-                    .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?
-                    .into_iter()
-                    .map(|m| m.version)
-                    .collect();
-                let embedded: std::collections::BTreeSet<i64> = migrator
-                    .iter()
-                    .filter(|m| m.migration_type.is_up_migration())
-                    .map(|m| m.version)
-                    .collect();
-                // Every migration this binary needs is applied. A schema ahead of it (a newer
-                // instance migrated first in a rolling deploy) keeps it ready: migrations are
-                // additive for one release (expand, then contract), see ARCHITECTURE.md.
-                Ok(embedded.is_subset(&applied))
-            }
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> AlertStore for S {
+    fn set_alert_routing(&self, routing: AlertRouting) {
+        if !self.alert_hook().set(routing) {
+            tracing::debug!("alert routing already set; keeping the first");
         }
-    };
-}
+    }
 
-pub(crate) use impl_alert_store;
+    fn alert_routing(&self) -> AlertRouting {
+        self.alert_hook().routing()
+    }
+
+    async fn claim_alerts(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<AlertRecord>> {
+        outbox::claim(self, &outbox::ALERTS, now, lease_until, limit).await
+    }
+
+    async fn finish_alert(
+        &self,
+        id: &str,
+        now: Timestamp,
+        outcome: &Delivery,
+    ) -> StoreResult<bool> {
+        outbox::finish(self, &outbox::ALERTS, id, now, outcome).await
+    }
+
+    async fn security_alert(&self, id: &str) -> StoreResult<Option<AlertRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM security_alerts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    async fn security_alerts(&self, limit: i64) -> StoreResult<Vec<AlertRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM security_alerts ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            connections: self.pool().size(),
+            idle: u32::try_from(self.pool().num_idle()).unwrap_or(u32::MAX),
+        }
+    }
+
+    async fn migrations_current(&self) -> StoreResult<bool> {
+        let migrator = self.migrator();
+        let mut conn = self.pool().acquire().await?;
+        let applied: BTreeSet<i64> =
+            sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))?
+                .into_iter()
+                .map(|m| m.version)
+                .collect();
+        let embedded: BTreeSet<i64> = migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .collect();
+        // Every migration this binary needs is applied. A schema ahead of it (a newer instance
+        // migrated first in a rolling deploy) keeps it ready: migrations are additive for one
+        // release (expand, then contract), see ARCHITECTURE.md.
+        Ok(embedded.is_subset(&applied))
+    }
+}

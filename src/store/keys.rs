@@ -1,13 +1,16 @@
 //! Storage of the key hierarchy: master key versions, data keys, and the registry of encrypted
-//! columns that rotation walks. Implemented for both backends by [`impl_key_store!`] from the
-//! same SQL, like the rest of the store.
+//! columns that rotation walks. Implemented once for both backends (any
+//! [`SqlStore`]), like the rest of the store.
 //!
 //! Nothing here sees a key in the clear: rows hold keys wrapped by the level above
 //! (`service::keys` does the unwrapping).
 
 use async_trait::async_trait;
 
-use super::StoreResult;
+use sqlx::Transaction;
+
+use super::backend::{Backend, RowsAffected, SqlStore, for_share};
+use super::{StoreError, StoreResult, customers};
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
 
@@ -412,559 +415,590 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
-macro_rules! impl_key_store {
-    ($store:ty, $share:literal, $table_exists:literal) => {
-        impl $store {
-            /// Inside a customer write: whether the tenant's live index versions are still
-            /// exactly `versions` (the ones the write computed its blind-index rows under),
-            /// holding a share lock on them until the write commits so that an index rotation
-            /// cannot retire one meanwhile (PostgreSQL; SQLite's writer lock serialises anyway).
-            async fn index_versions_hold_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                versions: &[i64],
-            ) -> $crate::store::StoreResult<bool> {
-                if versions.is_empty() {
-                    return Ok(true);
-                }
-                let live: Vec<(i64,)> = sqlx::query_as(concat!(
-                    "SELECT version FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
-                     AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version",
-                    $share
-                ))
-                .bind(tenant)
-                .fetch_all(&mut **tx)
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> KeyStore for S {
+    async fn master_keys(&self) -> StoreResult<Vec<MasterKeyRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM master_keys ORDER BY version")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    async fn add_master_key(
+        &self,
+        k: &MasterKeyRecord,
+        retire_active: bool,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        if retire_active {
+            sqlx::query("UPDATE master_keys SET status = 'retiring' WHERE status = 'active'")
+                .execute(&mut *tx)
                 .await?;
-                Ok(live.iter().map(|(v,)| *v).eq(versions.iter().copied()))
+        }
+        sqlx::query(
+            "INSERT INTO master_keys (version, root_id, wrapped, status, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(k.version)
+        .bind(&k.root_id)
+        .bind(&k.wrapped)
+        .bind(&k.status)
+        .bind(k.created_at)
+        .execute(&mut *tx)
+        .await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retire_master_key(
+        &self,
+        version: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        // Under the row's lock, and in the same statement as the check: nothing may be
+        // wrapped under the version (inserts under a non-active version are refused, see
+        // `insert_data_key`).
+        sqlx::query("UPDATE master_keys SET status = status WHERE version = $1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query(
+            "UPDATE master_keys SET status = 'retired', retired_at = $2 \
+             WHERE version = $1 AND status = 'retiring' \
+             AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = $1 AND wrapped IS NOT NULL)",
+        )
+        .bind(version)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.append_audit_tx(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn data_key(&self, id: &str, version: i64) -> StoreResult<Option<DataKeyRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM data_keys WHERE id = $1 AND version = $2")
+                .bind(id)
+                .bind(version)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    async fn latest_data_key(
+        &self,
+        tenant: &str,
+        owner: &str,
+    ) -> StoreResult<Option<DataKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = $2 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(owner)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    async fn insert_data_key(
+        &self,
+        k: &DataKeyRecord,
+        replace: Option<&'static str>,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        // A data key is only ever wrapped under the active master key version: one whose
+        // wrapping began before a rotation made that version `retiring` is refused (the
+        // caller retries under the new version), so a rotation's rewrap can never miss it
+        // and the old version is never retired while it still wraps a key. The share lock
+        // makes a concurrent rotation wait for this insert (PostgreSQL).
+        let kek: Option<(String,)> = sqlx::query_as(for_share!(
+            B,
+            "SELECT status FROM master_keys WHERE version = $1"
+        ))
+        .bind(k.kek_version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if kek.is_none_or(|(status,)| status != "active") {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(status) = replace {
+            let n = sqlx::query(
+                "UPDATE data_keys SET status = $3 WHERE id = $1 AND version = $2 AND status = 'active'",
+            )
+            .bind(&k.id)
+            .bind(k.version - 1)
+            .bind(status)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Ok(false);
             }
         }
+        sqlx::query(
+            "INSERT INTO data_keys (id, version, tenant_id, owner, kek_version, wrapped, status, encryptions, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8)",
+        )
+        .bind(&k.id)
+        .bind(k.version)
+        .bind(&k.tenant_id)
+        .bind(&k.owner)
+        .bind(k.kek_version)
+        .bind(&k.wrapped)
+        .bind(k.encryptions)
+        .bind(k.created_at)
+        .execute(&mut *tx)
+        .await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 
-        #[async_trait::async_trait]
-        impl $crate::store::keys::KeyStore for $store {
-            async fn master_keys(&self) -> $crate::store::StoreResult<Vec<$crate::store::keys::MasterKeyRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM master_keys ORDER BY version")
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
+    async fn reserve_encryptions(
+        &self,
+        id: &str,
+        version: i64,
+        n: i64,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        let total: Option<(i64,)> = sqlx::query_as(
+            "UPDATE data_keys SET encryptions = encryptions + $3 \
+             WHERE id = $1 AND version = $2 AND status = 'active' RETURNING encryptions",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(n)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(total.map(|t| t.0))
+    }
 
-            async fn add_master_key(
-                &self,
-                k: &$crate::store::keys::MasterKeyRecord,
-                retire_active: bool,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                if retire_active {
-                    sqlx::query("UPDATE master_keys SET status = 'retiring' WHERE status = 'active'")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query(
-                    "INSERT INTO master_keys (version, root_id, wrapped, status, created_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(k.version)
-                .bind(&k.root_id)
-                .bind(&k.wrapped)
-                .bind(&k.status)
-                .bind(k.created_at)
+    async fn data_keys_with_status(
+        &self,
+        status: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<DataKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM data_keys WHERE status = $1 ORDER BY id, version LIMIT $2",
+        )
+        .bind(status)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn data_keys_not_under(
+        &self,
+        kek_version: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<DataKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM data_keys WHERE kek_version <> $1 AND wrapped IS NOT NULL ORDER BY id, version LIMIT $2",
+        )
+        .bind(kek_version)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        id: &str,
+        version: i64,
+        old_kek: i64,
+        new_kek: i64,
+        wrapped: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE data_keys SET kek_version = $4, wrapped = $5 \
+             WHERE id = $1 AND version = $2 AND kek_version = $3 AND wrapped IS NOT NULL",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(old_kek)
+        .bind(new_kek)
+        .bind(wrapped)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn retire_data_key(
+        &self,
+        id: &str,
+        version: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE data_keys SET status = 'retired', retired_at = $3 \
+             WHERE id = $1 AND version = $2 AND status IN ('retiring', 'spent')",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.append_audit_tx(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn retired_data_keys(&self, before: Timestamp) -> StoreResult<Vec<DataKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM data_keys WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL ORDER BY id, version",
+        )
+        .bind(before.as_micros())
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn purge_data_key(&self, id: &str, version: i64) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("UPDATE data_keys SET wrapped = NULL WHERE id = $1 AND version = $2 AND status = 'retired'")
+            .bind(id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn reopen_data_key(&self, id: &str, version: i64) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE data_keys SET status = 'retiring', retired_at = NULL WHERE id = $1 AND version = $2 AND status = 'retired' AND wrapped IS NOT NULL",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn purge_retired_masters(&self, before: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let m = sqlx::query(
+            "UPDATE master_keys SET wrapped = NULL WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = master_keys.version AND wrapped IS NOT NULL)",
+        )
+        .bind(before.as_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(m)
+    }
+
+    async fn encrypted_values(
+        &self,
+        col: EncryptedColumn,
+        tenant: &str,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<EncryptedValue>> {
+        // Table and column names come from the static registry, never from input.
+        let filter = if prefix.is_some() {
+            "substr({c}, 1, length($2)) = $2"
+        } else {
+            "($2 IS NULL AND substr({c}, 1, 4) <> 'kx1.')"
+        };
+        let sql = format!(
+            "SELECT {r} AS row_key, {c} AS stored FROM {t} WHERE tenant_id = $1 AND {c} IS NOT NULL AND {filter} \
+             AND ($3 IS NULL OR {r} > $3) ORDER BY {r} LIMIT $4",
+            filter = filter.replace("{c}", col.column),
+            r = col.row,
+            c = col.column,
+            t = col.table,
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(prefix)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    async fn replace_encrypted(
+        &self,
+        col: EncryptedColumn,
+        tenant: &str,
+        row: &str,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool> {
+        let sql = format!(
+            "UPDATE {t} SET {c} = $4 WHERE tenant_id = $1 AND {r} = $2 AND {c} = $3",
+            r = col.row,
+            c = col.column,
+            t = col.table,
+        );
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(row)
+            .bind(old)
+            .bind(new)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn count_encrypted(&self, col: EncryptedColumn, prefix: &str) -> StoreResult<i64> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {t} WHERE substr({c}, 1, length($1)) = $1",
+            c = col.column,
+            t = col.table,
+        );
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(prefix)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
+    }
+
+    async fn table_exists(&self, table: &str) -> StoreResult<bool> {
+        let (n,): (i64,) = sqlx::query_as(<B as Backend>::TABLE_EXISTS)
+            .bind(table)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn root_key_check(&self) -> StoreResult<Option<RootKeyCheck>> {
+        if !self.table_exists("root_key_check").await? {
+            return Ok(None);
+        }
+        Ok(sqlx::query_as(
+            "SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1",
+        )
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    async fn record_root_key_check(&self, c: &RootKeyCheck) -> StoreResult<RootKeyCheck> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO root_key_check (id, root_id, check_value, jwt_kid, created_at) VALUES (1, $1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&c.root_id)
+        .bind(&c.check_value)
+        .bind(&c.jwt_kid)
+        .bind(c.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let stored: RootKeyCheck = sqlx::query_as(
+            "SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn adopt_jwt_kid(&self, kid: &str, audit: &[NewAuditEvent]) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n =
+            sqlx::query("UPDATE root_key_check SET jwt_kid = $1 WHERE id = 1 AND jwt_kid <> $1")
+                .bind(kid)
                 .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+                .await?
+                .rows_affected();
+        if n > 0 {
+            self.append_audit_tx(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
 
-            async fn retire_master_key(
-                &self,
-                version: i64,
-                now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                // Under the row's lock, and in the same statement as the check: nothing may be
-                // wrapped under the version (inserts under a non-active version are refused, see
-                // `insert_data_key`).
-                sqlx::query("UPDATE master_keys SET status = status WHERE version = $1")
-                    .bind(version)
-                    .execute(&mut *tx)
+    async fn holds_keys(&self) -> StoreResult<bool> {
+        if self.root_key_check().await?.is_some() {
+            return Ok(true);
+        }
+        for table in ["master_keys", "audit_events"] {
+            if self.table_exists(table).await? {
+                let sql = format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT 1) AS t");
+                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(self.pool())
                     .await?;
-                let n = sqlx::query(
-                    "UPDATE master_keys SET status = 'retired', retired_at = $2 \
-                     WHERE version = $1 AND status = 'retiring' \
-                     AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = $1 AND wrapped IS NOT NULL)",
-                )
-                .bind(version)
-                .bind(now.as_micros())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
                 if n > 0 {
-                    self.append_audit_tx(&mut tx, audit).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<Option<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM data_keys WHERE id = $1 AND version = $2")
-                    .bind(id)
-                    .bind(version)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn latest_data_key(&self, tenant: &str, owner: &str) -> $crate::store::StoreResult<Option<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = $2 ORDER BY version DESC LIMIT 1",
-                )
-                .bind(tenant)
-                .bind(owner)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn insert_data_key(
-                &self,
-                k: &$crate::store::keys::DataKeyRecord,
-                replace: Option<&'static str>,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                // A data key is only ever wrapped under the active master key version: one whose
-                // wrapping began before a rotation made that version `retiring` is refused (the
-                // caller retries under the new version), so a rotation's rewrap can never miss it
-                // and the old version is never retired while it still wraps a key. The share lock
-                // makes a concurrent rotation wait for this insert (PostgreSQL).
-                let kek: Option<(String,)> = sqlx::query_as(concat!(
-                    "SELECT status FROM master_keys WHERE version = $1",
-                    $share
-                ))
-                .bind(k.kek_version)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if kek.is_none_or(|(status,)| status != "active") {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                if let Some(status) = replace {
-                    let n = sqlx::query(
-                        "UPDATE data_keys SET status = $3 WHERE id = $1 AND version = $2 AND status = 'active'",
-                    )
-                    .bind(&k.id)
-                    .bind(k.version - 1)
-                    .bind(status)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 {
-                        return Ok(false);
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO data_keys (id, version, tenant_id, owner, kek_version, wrapped, status, encryptions, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8)",
-                )
-                .bind(&k.id)
-                .bind(k.version)
-                .bind(&k.tenant_id)
-                .bind(&k.owner)
-                .bind(k.kek_version)
-                .bind(&k.wrapped)
-                .bind(k.encryptions)
-                .bind(k.created_at)
-                .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn reserve_encryptions(&self, id: &str, version: i64, n: i64) -> $crate::store::StoreResult<Option<i64>> {
-                let mut tx = self.begin_write().await?;
-                let total: Option<(i64,)> = sqlx::query_as(
-                    "UPDATE data_keys SET encryptions = encryptions + $3 \
-                     WHERE id = $1 AND version = $2 AND status = 'active' RETURNING encryptions",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(n)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(total.map(|t| t.0))
-            }
-
-            async fn data_keys_with_status(&self, status: &str, limit: i64) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM data_keys WHERE status = $1 ORDER BY id, version LIMIT $2")
-                    .bind(status)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn data_keys_not_under(&self, kek_version: i64, limit: i64) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM data_keys WHERE kek_version <> $1 AND wrapped IS NOT NULL ORDER BY id, version LIMIT $2",
-                )
-                .bind(kek_version)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn rewrap_data_key(&self, id: &str, version: i64, old_kek: i64, new_kek: i64, wrapped: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE data_keys SET kek_version = $4, wrapped = $5 \
-                     WHERE id = $1 AND version = $2 AND kek_version = $3 AND wrapped IS NOT NULL",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(old_kek)
-                .bind(new_kek)
-                .bind(wrapped)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn retire_data_key(
-                &self,
-                id: &str,
-                version: i64,
-                now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE data_keys SET status = 'retired', retired_at = $3 \
-                     WHERE id = $1 AND version = $2 AND status IN ('retiring', 'spent')",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(now.as_micros())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n > 0 {
-                    self.append_audit_tx(&mut tx, audit).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn retired_data_keys(&self, before: $crate::clock::Timestamp) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM data_keys WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL ORDER BY id, version",
-                )
-                .bind(before.as_micros())
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn purge_data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query("UPDATE data_keys SET wrapped = NULL WHERE id = $1 AND version = $2 AND status = 'retired'")
-                    .bind(id)
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn reopen_data_key(&self, id: &str, version: i64) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE data_keys SET status = 'retiring', retired_at = NULL WHERE id = $1 AND version = $2 AND status = 'retired' AND wrapped IS NOT NULL",
-                )
-                .bind(id)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn purge_retired_masters(&self, before: $crate::clock::Timestamp) -> $crate::store::StoreResult<u64> {
-                let mut tx = self.begin_write().await?;
-                let m = sqlx::query(
-                    "UPDATE master_keys SET wrapped = NULL WHERE status = 'retired' AND retired_at <= $1 AND wrapped IS NOT NULL \
-                     AND NOT EXISTS (SELECT 1 FROM data_keys WHERE kek_version = master_keys.version AND wrapped IS NOT NULL)",
-                )
-                .bind(before.as_micros())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(m)
-            }
-
-            async fn encrypted_values(
-                &self,
-                col: $crate::store::keys::EncryptedColumn,
-                tenant: &str,
-                prefix: Option<&str>,
-                after: Option<&str>,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::keys::EncryptedValue>> {
-                // Table and column names come from the static registry, never from input.
-                let filter = if prefix.is_some() {
-                    "substr({c}, 1, length($2)) = $2"
-                } else {
-                    "($2 IS NULL AND substr({c}, 1, 4) <> 'kx1.')"
-                };
-                let sql = format!(
-                    "SELECT {r} AS row_key, {c} AS stored FROM {t} WHERE tenant_id = $1 AND {c} IS NOT NULL AND {filter} \
-                     AND ($3 IS NULL OR {r} > $3) ORDER BY {r} LIMIT $4",
-                    filter = filter.replace("{c}", col.column),
-                    r = col.row,
-                    c = col.column,
-                    t = col.table,
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant)
-                    .bind(prefix)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn replace_encrypted(
-                &self,
-                col: $crate::store::keys::EncryptedColumn,
-                tenant: &str,
-                row: &str,
-                old: &str,
-                new: &str,
-            ) -> $crate::store::StoreResult<bool> {
-                let sql = format!(
-                    "UPDATE {t} SET {c} = $4 WHERE tenant_id = $1 AND {r} = $2 AND {c} = $3",
-                    r = col.row,
-                    c = col.column,
-                    t = col.table,
-                );
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant)
-                    .bind(row)
-                    .bind(old)
-                    .bind(new)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn count_encrypted(&self, col: $crate::store::keys::EncryptedColumn, prefix: &str) -> $crate::store::StoreResult<i64> {
-                let sql = format!(
-                    "SELECT COUNT(*) FROM {t} WHERE substr({c}, 1, length($1)) = $1",
-                    c = col.column,
-                    t = col.table,
-                );
-                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(prefix).fetch_one(&self.pool).await?;
-                Ok(n)
-            }
-
-            async fn table_exists(&self, table: &str) -> $crate::store::StoreResult<bool> {
-                let (n,): (i64,) = sqlx::query_as($table_exists).bind(table).fetch_one(&self.pool).await?;
-                Ok(n > 0)
-            }
-
-            async fn root_key_check(&self) -> $crate::store::StoreResult<Option<$crate::store::keys::RootKeyCheck>> {
-                if !self.table_exists("root_key_check").await? {
-                    return Ok(None);
-                }
-                Ok(sqlx::query_as("SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1")
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn record_root_key_check(
-                &self,
-                c: &$crate::store::keys::RootKeyCheck,
-            ) -> $crate::store::StoreResult<$crate::store::keys::RootKeyCheck> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO root_key_check (id, root_id, check_value, jwt_kid, created_at) VALUES (1, $1, $2, $3, $4) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&c.root_id)
-                .bind(&c.check_value)
-                .bind(&c.jwt_kid)
-                .bind(c.created_at)
-                .execute(&mut *tx)
-                .await?;
-                let stored: $crate::store::keys::RootKeyCheck =
-                    sqlx::query_as("SELECT root_id, check_value, jwt_kid, created_at FROM root_key_check WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                tx.commit().await?;
-                Ok(stored)
-            }
-
-            async fn adopt_jwt_kid(&self, kid: &str, audit: &[$crate::domain::audit::NewAuditEvent]) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query("UPDATE root_key_check SET jwt_kid = $1 WHERE id = 1 AND jwt_kid <> $1")
-                    .bind(kid)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > 0 {
-                    self.append_audit_tx(&mut tx, audit).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            }
-
-            async fn holds_keys(&self) -> $crate::store::StoreResult<bool> {
-                if self.root_key_check().await?.is_some() {
                     return Ok(true);
                 }
-                for table in ["master_keys", "audit_events"] {
-                    if self.table_exists(table).await? {
-                        let sql = format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT 1) AS t");
-                        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await?;
-                        if n > 0 {
-                            return Ok(true);
-                        }
-                    }
-                }
-                Ok(false)
-            }
-
-            async fn index_keys(&self, tenant: &str) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
-                     AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version",
-                )
-                .bind(tenant)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn customers_to_reindex(
-                &self,
-                tenant: &str,
-                version: i64,
-                after: Option<&str>,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::keys::Unindexed>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, pii FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2 \
-                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
-                )
-                .bind(tenant)
-                .bind(version)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn retire_index_versions(
-                &self,
-                tenant: &str,
-                newest: i64,
-                now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<Option<Vec<i64>>> {
-                let mut tx = self.begin_write().await?;
-                // Customer writes hold a share lock on these rows until they commit: taking the
-                // update lock waits for them, and the check below (a new statement) sees them.
-                sqlx::query(
-                    "UPDATE data_keys SET status = status WHERE tenant_id = $1 AND owner = 'index' \
-                     AND status IN ('active', 'spent')",
-                )
-                .bind(tenant)
-                .execute(&mut *tx)
-                .await?;
-                let (behind,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2",
-                )
-                .bind(tenant)
-                .bind(newest)
-                .fetch_one(&mut *tx)
-                .await?;
-                if behind > 0 {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                let retired: Vec<(i64,)> = sqlx::query_as(
-                    "UPDATE data_keys SET status = 'retired', retired_at = $3 WHERE tenant_id = $1 AND owner = 'index' \
-                     AND status IN ('active', 'spent') AND version < $2 RETURNING version",
-                )
-                .bind(tenant)
-                .bind(newest)
-                .bind(now.as_micros())
-                .fetch_all(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "DELETE FROM customer_lookup WHERE tenant_id = $1 AND (index_version IS NULL OR index_version < $2)",
-                )
-                .bind(tenant)
-                .bind(newest)
-                .execute(&mut *tx)
-                .await?;
-                if !retired.is_empty() {
-                    self.append_audit_tx(&mut tx, audit).await?;
-                }
-                tx.commit().await?;
-                let mut versions: Vec<i64> = retired.into_iter().map(|(v,)| v).collect();
-                versions.sort_unstable();
-                Ok(Some(versions))
-            }
-
-            async fn reindex_customer(
-                &self,
-                tenant: &str,
-                id: &str,
-                pii: &str,
-                lookups: &[$crate::store::CustomerLookup],
-                versions: &[i64],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                if !Self::index_versions_hold_tx(&mut tx, tenant, versions).await? {
-                    tx.rollback().await?;
-                    return Err($crate::store::StoreError::IndexKeyChanged);
-                }
-                let n = sqlx::query(
-                    "UPDATE customers SET lookup_version = $4 WHERE tenant_id = $1 AND id = $2 AND pii = $3 AND status = 'active'",
-                )
-                .bind(tenant)
-                .bind(id)
-                .bind(pii)
-                .bind(versions.last().copied().unwrap_or(0))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM customer_lookup WHERE tenant_id = $1 AND customer_id = $2")
-                    .bind(tenant)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                Self::insert_lookups_tx(&mut tx, tenant, id, lookups).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn all_data_keys(&self) -> $crate::store::StoreResult<Vec<$crate::store::keys::DataKeyRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM data_keys ORDER BY tenant_id, owner, id, version")
-                    .fetch_all(&self.pool)
-                    .await?)
             }
         }
-    };
+        Ok(false)
+    }
+
+    async fn index_keys(&self, tenant: &str) -> StoreResult<Vec<DataKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
+             AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn customers_to_reindex(
+        &self,
+        tenant: &str,
+        version: i64,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<Unindexed>> {
+        Ok(sqlx::query_as(
+            "SELECT id, pii FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2 \
+             AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(version)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn retire_index_versions(
+        &self,
+        tenant: &str,
+        newest: i64,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<Option<Vec<i64>>> {
+        let mut tx = self.begin_write().await?;
+        // Customer writes hold a share lock on these rows until they commit: taking the
+        // update lock waits for them, and the check below (a new statement) sees them.
+        sqlx::query(
+            "UPDATE data_keys SET status = status WHERE tenant_id = $1 AND owner = 'index' \
+             AND status IN ('active', 'spent')",
+        )
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        let (behind,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM customers WHERE tenant_id = $1 AND pii IS NOT NULL AND lookup_version < $2",
+        )
+        .bind(tenant)
+        .bind(newest)
+        .fetch_one(&mut *tx)
+        .await?;
+        if behind > 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let retired: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE data_keys SET status = 'retired', retired_at = $3 WHERE tenant_id = $1 AND owner = 'index' \
+             AND status IN ('active', 'spent') AND version < $2 RETURNING version",
+        )
+        .bind(tenant)
+        .bind(newest)
+        .bind(now.as_micros())
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM customer_lookup WHERE tenant_id = $1 AND (index_version IS NULL OR index_version < $2)",
+        )
+        .bind(tenant)
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
+        if !retired.is_empty() {
+            self.append_audit_tx(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        let mut versions: Vec<i64> = retired.into_iter().map(|(v,)| v).collect();
+        versions.sort_unstable();
+        Ok(Some(versions))
+    }
+
+    async fn reindex_customer(
+        &self,
+        tenant: &str,
+        id: &str,
+        pii: &str,
+        lookups: &[crate::store::CustomerLookup],
+        versions: &[i64],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        if !index_versions_hold_tx(&mut tx, tenant, versions).await? {
+            tx.rollback().await?;
+            return Err(StoreError::IndexKeyChanged);
+        }
+        let n = sqlx::query(
+            "UPDATE customers SET lookup_version = $4 WHERE tenant_id = $1 AND id = $2 AND pii = $3 AND status = 'active'",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(pii)
+        .bind(versions.last().copied().unwrap_or(0))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM customer_lookup WHERE tenant_id = $1 AND customer_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        customers::insert_lookups_tx(&mut tx, tenant, id, lookups).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn all_data_keys(&self) -> StoreResult<Vec<DataKeyRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM data_keys ORDER BY tenant_id, owner, id, version")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
 }
 
-pub(super) use impl_key_store;
+/// Inside a customer write: whether the tenant's live index versions are still
+/// exactly `versions` (the ones the write computed its blind-index rows under),
+/// holding a share lock on them until the write commits so that an index rotation
+/// cannot retire one meanwhile (PostgreSQL; SQLite's writer lock serialises anyway).
+pub(super) async fn index_versions_hold_tx<B: Backend>(
+    tx: &mut Transaction<'static, B>,
+    tenant: &str,
+    versions: &[i64],
+) -> StoreResult<bool> {
+    if versions.is_empty() {
+        return Ok(true);
+    }
+    let live: Vec<(i64,)> = sqlx::query_as(for_share!(
+        B,
+        "SELECT version FROM data_keys WHERE tenant_id = $1 AND owner = 'index' \
+         AND status IN ('active', 'spent') AND wrapped IS NOT NULL ORDER BY version"
+    ))
+    .bind(tenant)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(live.iter().map(|(v,)| *v).eq(versions.iter().copied()))
+}

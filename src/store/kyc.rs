@@ -1,8 +1,8 @@
 //! Storage of KYC: per-tenant limits by tier and currency, verification submissions, their
 //! documents (content sealed under the customer's data key before it gets here) and their
 //! one-time decisions, plus the two reads the ledger's KYC check needs (an account's owner and
-//! tier, and its outgoing totals). Implemented for both backends by [`impl_kyc_store!`] from
-//! the same SQL, like the rest of the store.
+//! tier, and its outgoing totals). Implemented once for both backends (any
+//! [`SqlStore`]), like the rest of the store.
 //!
 //! Erasure: a submission, its documents and its decision are created only under the
 //! customer's row lock (`lock_customer_tx`, the lock the erasure takes), and every read here
@@ -10,7 +10,8 @@
 
 use async_trait::async_trait;
 
-use super::{Page, StoreResult};
+use super::backend::{Backend, Paged, RowsAffected, SqlStore};
+use super::{Page, StoreError, StoreResult, notes};
 use crate::domain::audit::NewAuditEvent;
 use crate::ids::TenantId;
 
@@ -247,329 +248,311 @@ pub(super) fn submission_select() -> &'static str {
     SUBMISSION_SELECT
 }
 
-macro_rules! impl_kyc_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::kyc::KycStore for $store {
-            async fn kyc_limits(
-                &self,
-                tenant: &$crate::ids::TenantId,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycLimitRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM kyc_limits WHERE tenant_id = $1 ORDER BY currency, tier",
-                )
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> KycStore for S {
+    async fn kyc_limits(&self, tenant: &TenantId) -> StoreResult<Vec<KycLimitRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM kyc_limits WHERE tenant_id = $1 ORDER BY currency, tier")
                 .bind(tenant.as_str())
-                .fetch_all(&self.pool)
-                .await?)
-            }
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
 
-            async fn replace_kyc_limits(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                currency: &str,
-                rows: &[$crate::store::kyc::KycLimitRecord],
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM kyc_limits WHERE tenant_id = $1 AND currency = $2")
-                    .bind(tenant.as_str())
-                    .bind(currency)
-                    .execute(&mut *tx)
-                    .await?;
-                for r in rows {
-                    sqlx::query(
-                        "INSERT INTO kyc_limits (tenant_id, tier, currency, max_single_transfer, daily_outgoing, \
-                         monthly_outgoing, max_balance, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(tenant.as_str())
-                    .bind(r.tier)
-                    .bind(currency)
-                    .bind(r.max_single_transfer)
-                    .bind(r.daily_outgoing)
-                    .bind(r.monthly_outgoing)
-                    .bind(r.max_balance)
-                    .bind(&r.updated_by)
-                    .bind(r.updated_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+    async fn replace_kyc_limits(
+        &self,
+        tenant: &TenantId,
+        currency: &str,
+        rows: &[KycLimitRecord],
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM kyc_limits WHERE tenant_id = $1 AND currency = $2")
+            .bind(tenant.as_str())
+            .bind(currency)
+            .execute(&mut *tx)
+            .await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO kyc_limits (tenant_id, tier, currency, max_single_transfer, daily_outgoing, \
+                 monthly_outgoing, max_balance, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(tenant.as_str())
+            .bind(r.tier)
+            .bind(currency)
+            .bind(r.max_single_transfer)
+            .bind(r.daily_outgoing)
+            .bind(r.monthly_outgoing)
+            .bind(r.max_balance)
+            .bind(&r.updated_by)
+            .bind(r.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 
-            async fn kyc_customer(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycCustomer>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, user_id, status, kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2",
-                )
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+    async fn kyc_customer(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycCustomer>> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, status, kyc_tier FROM customers WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
 
-            async fn kyc_account(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycAccount>> {
-                Ok(sqlx::query_as(
-                    "SELECT a.id, a.customer_id, a.currency, a.posted, c.kyc_tier FROM accounts a \
-                     LEFT JOIN customers c ON c.id = a.customer_id AND c.tenant_id = a.tenant_id \
-                     WHERE a.tenant_id = $1 AND a.id = $2",
-                )
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+    async fn kyc_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycAccount>> {
+        Ok(sqlx::query_as(
+            "SELECT a.id, a.customer_id, a.currency, a.posted, c.kyc_tier FROM accounts a \
+             LEFT JOIN customers c ON c.id = a.customer_id AND c.tenant_id = a.tenant_id \
+             WHERE a.tenant_id = $1 AND a.id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
 
-            async fn kyc_month_floor(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                account: &str,
-                month_start: i64,
-            ) -> $crate::store::StoreResult<i64> {
-                let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
-                    "SELECT MIN(CASE WHEN created_at >= $3 THEN account_seq END), MAX(account_seq) \
-                     FROM entries WHERE account_id = $2 AND tenant_id = $1",
-                )
-                .bind(tenant.as_str())
-                .bind(account)
-                .bind(month_start)
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(first.unwrap_or_else(|| last.unwrap_or(0) + 1))
-            }
+    async fn kyc_month_floor(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        month_start: i64,
+    ) -> StoreResult<i64> {
+        let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT MIN(CASE WHEN created_at >= $3 THEN account_seq END), MAX(account_seq) \
+             FROM entries WHERE account_id = $2 AND tenant_id = $1",
+        )
+        .bind(tenant.as_str())
+        .bind(account)
+        .bind(month_start)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(first.unwrap_or_else(|| last.unwrap_or(0) + 1))
+    }
 
-            async fn kyc_outgoing(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                account: &str,
-                floor: i64,
-                month_start: i64,
-                day_start: i64,
-            ) -> $crate::store::StoreResult<(i64, i64)> {
-                let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
-                    "SELECT CAST(SUM(CASE WHEN e.created_at >= $5 THEN e.amount ELSE 0 END) AS BIGINT), \
-                     CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT) \
-                     FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-                     WHERE e.account_id = $2 AND e.account_seq >= $3 AND e.tenant_id = $1 \
-                     AND e.direction = 'debit' AND t.kind <> 'reversal'",
-                )
-                .bind(tenant.as_str())
-                .bind(account)
-                .bind(floor)
-                .bind(month_start)
-                .bind(day_start)
-                .fetch_one(&self.pool)
-                .await?;
-                Ok((today.unwrap_or(0), month.unwrap_or(0)))
-            }
+    async fn kyc_outgoing(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        floor: i64,
+        month_start: i64,
+        day_start: i64,
+    ) -> StoreResult<(i64, i64)> {
+        let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT CAST(SUM(CASE WHEN e.created_at >= $5 THEN e.amount ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT) \
+             FROM entries e JOIN transfers t ON t.id = e.transfer_id \
+             WHERE e.account_id = $2 AND e.account_seq >= $3 AND e.tenant_id = $1 \
+             AND e.direction = 'debit' AND t.kind <> 'reversal'",
+        )
+        .bind(tenant.as_str())
+        .bind(account)
+        .bind(floor)
+        .bind(month_start)
+        .bind(day_start)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((today.unwrap_or(0), month.unwrap_or(0)))
+    }
 
-            async fn create_kyc_submission(
-                &self,
-                s: &$crate::store::kyc::NewKycSubmission,
-                docs: Vec<$crate::store::kyc::NewKycDocument>,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_document_write().await?;
-                // Serialised with the erasure on the customer's row (see `lock_customer_tx`).
-                match Self::lock_customer_tx(&mut tx, s.tenant_id.as_str(), &s.customer_id).await {
-                    Ok(_) => {}
-                    Err($crate::store::StoreError::CustomerErased) => {
-                        tx.rollback().await?;
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e),
-                }
-                let n = sqlx::query(
-                    "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
-                     status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
-                     WHERE EXISTS (SELECT 1 FROM customers WHERE tenant_id = $2 AND id = $3 AND status = 'active')",
-                )
-                .bind(&s.id)
-                .bind(s.tenant_id.as_str())
-                .bind(&s.customer_id)
-                .bind(s.requested_tier)
-                .bind(s.tier_at_submission)
-                .bind(&s.submitted_by)
-                .bind(s.submitted_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                for d in docs {
-                    sqlx::query(
-                        "INSERT INTO kyc_documents (id, tenant_id, submission_id, customer_id, document_type, \
-                         content_type, size_bytes, sha256, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    )
-                    .bind(&d.id)
-                    .bind(s.tenant_id.as_str())
-                    .bind(&s.id)
-                    .bind(&s.customer_id)
-                    .bind(d.document_type)
-                    .bind(d.content_type)
-                    .bind(d.size_bytes)
-                    .bind(&d.sha256)
-                    .bind(d.content)
-                    .bind(s.submitted_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+    async fn create_kyc_submission(
+        &self,
+        s: &NewKycSubmission,
+        docs: Vec<NewKycDocument>,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_document_write().await?;
+        // Serialised with the erasure on the customer's row (see `lock_customer_tx`).
+        match Self::lock_customer_tx(&mut tx, s.tenant_id.as_str(), &s.customer_id).await {
+            Ok(_) => {}
+            Err(StoreError::CustomerErased) => {
+                tx.rollback().await?;
+                return Ok(false);
             }
+            Err(e) => return Err(e),
+        }
+        let n = sqlx::query(
+            "INSERT INTO kyc_submissions (id, tenant_id, customer_id, requested_tier, tier_at_submission, \
+             status, submitted_by, submitted_at) SELECT $1, $2, $3, $4, $5, 'submitted', $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM customers WHERE tenant_id = $2 AND id = $3 AND status = 'active')",
+        )
+        .bind(&s.id)
+        .bind(s.tenant_id.as_str())
+        .bind(&s.customer_id)
+        .bind(s.requested_tier)
+        .bind(s.tier_at_submission)
+        .bind(&s.submitted_by)
+        .bind(s.submitted_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for d in docs {
+            sqlx::query(
+                "INSERT INTO kyc_documents (id, tenant_id, submission_id, customer_id, document_type, \
+                 content_type, size_bytes, sha256, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&d.id)
+            .bind(s.tenant_id.as_str())
+            .bind(&s.id)
+            .bind(&s.customer_id)
+            .bind(d.document_type)
+            .bind(d.content_type)
+            .bind(d.size_bytes)
+            .bind(&d.sha256)
+            .bind(d.content)
+            .bind(s.submitted_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 
-            async fn get_kyc_submission(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycSubmissionRecord>> {
-                let sql = format!(
-                    "{} WHERE s.tenant_id = $1 AND s.id = $2",
-                    $crate::store::kyc::submission_select()
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant.as_str())
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
+    async fn get_kyc_submission(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<KycSubmissionRecord>> {
+        let sql = format!(
+            "{} WHERE s.tenant_id = $1 AND s.id = $2",
+            submission_select()
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    async fn list_kyc_submissions(
+        &self,
+        tenant: &TenantId,
+        customer: Option<&str>,
+        status: Option<&str>,
+        page: &Page,
+    ) -> StoreResult<Vec<KycSubmissionRecord>> {
+        let sql = format!(
+            "{} WHERE s.tenant_id = $1 AND ($2 IS NULL OR s.customer_id = $2) \
+             AND ($3 IS NULL OR s.status = $3) AND ($4 IS NULL OR s.id < $4) \
+             ORDER BY s.id DESC LIMIT $5",
+            submission_select()
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(customer)
+            .bind(status)
+            .page(page)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    async fn list_kyc_documents(
+        &self,
+        tenant: &TenantId,
+        submission: Option<&str>,
+        customer: Option<&str>,
+    ) -> StoreResult<Vec<KycDocumentMeta>> {
+        Ok(sqlx::query_as(
+            "SELECT id, tenant_id, submission_id, customer_id, document_type, content_type, size_bytes, \
+             sha256, created_at FROM kyc_documents WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR submission_id = $2) AND ($3 IS NULL OR customer_id = $3) \
+             AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
+                         AND c.id = kyc_documents.customer_id AND c.status = 'active') ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .bind(submission)
+        .bind(customer)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn get_kyc_document(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<KycDocumentRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM kyc_documents WHERE tenant_id = $1 AND id = $2 \
+             AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
+                         AND c.id = kyc_documents.customer_id AND c.status = 'active')",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    async fn decide_kyc_submission(
+        &self,
+        d: &NewKycDecision,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<DecideOutcome> {
+        use DecideOutcome;
+        let mut tx = self.begin_write().await?;
+        // The one-time transition: a second decision finds no `submitted` row.
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE kyc_submissions SET status = $3 WHERE tenant_id = $1 AND id = $2 \
+             AND status = 'submitted' RETURNING customer_id",
+        )
+        .bind(d.tenant_id.as_str())
+        .bind(&d.submission_id)
+        .bind(d.decision)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((customer,)) = row else {
+            tx.rollback().await?;
+            return Ok(DecideOutcome::AlreadyDecided);
+        };
+        // Under the customer's row lock, like the erasure (see `lock_customer_tx`).
+        let before = match Self::lock_customer_tx(&mut tx, d.tenant_id.as_str(), &customer).await {
+            Ok(tier) => tier,
+            Err(StoreError::CustomerErased) => {
+                tx.rollback().await?;
+                return Ok(DecideOutcome::CustomerUnavailable);
             }
-
-            async fn list_kyc_submissions(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                customer: Option<&str>,
-                status: Option<&str>,
-                page: &$crate::store::Page,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycSubmissionRecord>> {
-                let sql = format!(
-                    "{} WHERE s.tenant_id = $1 AND ($2 IS NULL OR s.customer_id = $2) \
-                     AND ($3 IS NULL OR s.status = $3) AND ($4 IS NULL OR s.id < $4) \
-                     ORDER BY s.id DESC LIMIT $5",
-                    $crate::store::kyc::submission_select()
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant.as_str())
-                    .bind(customer)
-                    .bind(status)
-                    .bind(page.starting_after.as_deref())
-                    .bind(i64::from(page.limit) + 1)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn list_kyc_documents(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                submission: Option<&str>,
-                customer: Option<&str>,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::kyc::KycDocumentMeta>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, tenant_id, submission_id, customer_id, document_type, content_type, size_bytes, \
-                     sha256, created_at FROM kyc_documents WHERE tenant_id = $1 \
-                     AND ($2 IS NULL OR submission_id = $2) AND ($3 IS NULL OR customer_id = $3) \
-                     AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
-                                 AND c.id = kyc_documents.customer_id AND c.status = 'active') ORDER BY id",
-                )
-                .bind(tenant.as_str())
-                .bind(submission)
-                .bind(customer)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn get_kyc_document(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::kyc::KycDocumentRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM kyc_documents WHERE tenant_id = $1 AND id = $2 \
-                     AND EXISTS (SELECT 1 FROM customers c WHERE c.tenant_id = kyc_documents.tenant_id \
-                                 AND c.id = kyc_documents.customer_id AND c.status = 'active')",
-                )
-                    .bind(tenant.as_str())
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn decide_kyc_submission(
-                &self,
-                d: &$crate::store::kyc::NewKycDecision,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<$crate::store::kyc::DecideOutcome> {
-                use $crate::store::kyc::DecideOutcome;
-                let mut tx = self.begin_write().await?;
-                // The one-time transition: a second decision finds no `submitted` row.
-                let row: Option<(String,)> = sqlx::query_as(
-                    "UPDATE kyc_submissions SET status = $3 WHERE tenant_id = $1 AND id = $2 \
-                     AND status = 'submitted' RETURNING customer_id",
-                )
-                .bind(d.tenant_id.as_str())
-                .bind(&d.submission_id)
-                .bind(d.decision)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((customer,)) = row else {
-                    tx.rollback().await?;
-                    return Ok(DecideOutcome::AlreadyDecided);
-                };
-                // Under the customer's row lock, like the erasure (see `lock_customer_tx`).
-                let before = match Self::lock_customer_tx(&mut tx, d.tenant_id.as_str(), &customer).await {
-                    Ok(tier) => tier,
-                    Err($crate::store::StoreError::CustomerErased) => {
-                        tx.rollback().await?;
-                        return Ok(DecideOutcome::CustomerUnavailable);
-                    }
-                    Err(e) => return Err(e),
-                };
-                let after = d.tier.unwrap_or(before);
-                sqlx::query(
-                    "INSERT INTO kyc_decisions (submission_id, tenant_id, customer_id, decision, tier_before, \
-                     tier_after, reason_code, customer_code, note_id, decided_by, decided_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&d.submission_id)
+            Err(e) => return Err(e),
+        };
+        let after = d.tier.unwrap_or(before);
+        sqlx::query(
+            "INSERT INTO kyc_decisions (submission_id, tenant_id, customer_id, decision, tier_before, \
+             tier_after, reason_code, customer_code, note_id, decided_by, decided_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&d.submission_id)
+        .bind(d.tenant_id.as_str())
+        .bind(&customer)
+        .bind(d.decision)
+        .bind(before)
+        .bind(after)
+        .bind(d.reason_code)
+        .bind(d.customer_code)
+        .bind(d.note.as_ref().map(|n| n.id.as_str()))
+        .bind(&d.decided_by)
+        .bind(d.decided_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(n) = &d.note {
+            notes::insert_staff_note_tx(&mut tx, n).await?;
+        }
+        if after != before {
+            sqlx::query("UPDATE customers SET kyc_tier = $3 WHERE tenant_id = $1 AND id = $2")
                 .bind(d.tenant_id.as_str())
                 .bind(&customer)
-                .bind(d.decision)
-                .bind(before)
                 .bind(after)
-                .bind(d.reason_code)
-                .bind(d.customer_code)
-                .bind(d.note.as_ref().map(|n| n.id.as_str()))
-                .bind(&d.decided_by)
-                .bind(d.decided_at)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(n) = &d.note {
-                    Self::insert_staff_note_tx(&mut tx, n).await?;
-                }
-                if after != before {
-                    sqlx::query("UPDATE customers SET kyc_tier = $3 WHERE tenant_id = $1 AND id = $2")
-                        .bind(d.tenant_id.as_str())
-                        .bind(&customer)
-                        .bind(after)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(DecideOutcome::Decided)
-            }
         }
-    };
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(DecideOutcome::Decided)
+    }
 }
-
-pub(super) use impl_kyc_store;

@@ -1,14 +1,17 @@
 //! Storage of password-reset tokens (digests only) and of the mail outbox: a reset token and
 //! its email are written in one transaction, and delivery workers claim due messages with a
 //! conditional update, so several instances on one database never send a message twice at
-//! once. Implemented for both backends by [`impl_mail_store!`] from the same SQL.
+//! once. Implemented once for both backends (any [`SqlStore`]).
 
 use async_trait::async_trait;
 
 use super::StoreResult;
+use sqlx::Transaction;
+
+use super::backend::{Backend, SqlStore};
+use super::outbox::{self, Delivery};
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
-use crate::store::outbox::Delivery;
 
 /// A reset token to store: only the SHA-256 digest of the secret (which `Debug` omits too).
 #[derive(Clone)]
@@ -133,112 +136,105 @@ pub trait MailStore: Send + Sync {
     async fn mail_message(&self, id: &str) -> StoreResult<Option<OutboxRecord>>;
 }
 
-macro_rules! impl_mail_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::mail::MailStore for $store {
-            async fn queue_password_reset(
-                &self,
-                token: &$crate::store::mail::NewPasswordReset,
-                message: &$crate::store::mail::NewOutboxMessage,
-                limit: $crate::store::mail::ResetLimit,
-                audit_queued: &[$crate::domain::audit::NewAuditEvent],
-                audit_limited: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let (recent,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND created_at >= $2",
-                )
-                .bind(&token.user_id)
-                .bind(limit.since.as_micros())
-                .fetch_one(&mut *tx)
-                .await?;
-                if recent >= limit.max {
-                    self.append_audit_tx(&mut tx, audit_limited).await?;
-                    tx.commit().await?;
-                    return Ok(false);
-                }
-                let now = token.created_at.as_micros();
-                sqlx::query(
-                    "UPDATE password_reset_tokens SET invalidated_at = $2 \
-                     WHERE user_id = $1 AND used_at IS NULL AND invalidated_at IS NULL AND expires_at > $2",
-                )
-                .bind(&token.user_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO password_reset_tokens (id, tenant_id, user_id, token_hash, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&token.id)
-                .bind(&token.tenant_id)
-                .bind(&token.user_id)
-                .bind(&token.token_hash)
-                .bind(now)
-                .bind(token.expires_at.as_micros())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO mail_outbox (id, tenant_id, kind, message, status, attempts, next_attempt_at, created_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)",
-                )
-                .bind(&message.id)
-                .bind(&message.tenant_id)
-                .bind(message.kind)
-                .bind(&message.message)
-                .bind(message.created_at.as_micros())
-                .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit_queued).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn password_reset_by_hash(
-                &self,
-                token_hash: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::mail::ResetTokenRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, tenant_id, user_id, created_at, expires_at, used_at, invalidated_at \
-                     FROM password_reset_tokens WHERE token_hash = $1",
-                )
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn claim_mail(
-                &self,
-                now: $crate::clock::Timestamp,
-                lease_until: $crate::clock::Timestamp,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::mail::OutboxRecord>> {
-                self.claim_outbox(&$crate::store::outbox::MAIL, now, lease_until, limit)
-                    .await
-            }
-
-            async fn finish_mail(
-                &self,
-                id: &str,
-                now: $crate::clock::Timestamp,
-                outcome: &$crate::store::outbox::Delivery,
-            ) -> $crate::store::StoreResult<bool> {
-                self.finish_outbox(&$crate::store::outbox::MAIL, id, now, outcome)
-                    .await
-            }
-
-            async fn mail_message(
-                &self,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::mail::OutboxRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM mail_outbox WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> MailStore for S {
+    async fn queue_password_reset(
+        &self,
+        token: &NewPasswordReset,
+        message: &NewOutboxMessage,
+        limit: ResetLimit,
+        audit_queued: &[NewAuditEvent],
+        audit_limited: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let (recent,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND created_at >= $2",
+        )
+        .bind(&token.user_id)
+        .bind(limit.since.as_micros())
+        .fetch_one(&mut *tx)
+        .await?;
+        if recent >= limit.max {
+            self.append_audit_tx(&mut tx, audit_limited).await?;
+            tx.commit().await?;
+            return Ok(false);
         }
-    };
+        let now = token.created_at.as_micros();
+        sqlx::query(
+            "UPDATE password_reset_tokens SET invalidated_at = $2 \
+             WHERE user_id = $1 AND used_at IS NULL AND invalidated_at IS NULL AND expires_at > $2",
+        )
+        .bind(&token.user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO password_reset_tokens (id, tenant_id, user_id, token_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&token.id)
+        .bind(&token.tenant_id)
+        .bind(&token.user_id)
+        .bind(&token.token_hash)
+        .bind(now)
+        .bind(token.expires_at.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        insert_mail_tx(&mut tx, message).await?;
+        self.append_audit_tx(&mut tx, audit_queued).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn password_reset_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<ResetTokenRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, tenant_id, user_id, created_at, expires_at, used_at, invalidated_at \
+             FROM password_reset_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    async fn claim_mail(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        outbox::claim(self, &outbox::MAIL, now, lease_until, limit).await
+    }
+
+    async fn finish_mail(&self, id: &str, now: Timestamp, outcome: &Delivery) -> StoreResult<bool> {
+        outbox::finish(self, &outbox::MAIL, id, now, outcome).await
+    }
+
+    async fn mail_message(&self, id: &str) -> StoreResult<Option<OutboxRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM mail_outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
 }
 
-pub(crate) use impl_mail_store;
+/// Queues message `m` for delivery inside `tx` (the transaction of what it announces).
+pub(super) async fn insert_mail_tx<B: Backend>(
+    tx: &mut Transaction<'static, B>,
+    m: &NewOutboxMessage,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO mail_outbox (id, tenant_id, kind, message, status, attempts, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)",
+    )
+    .bind(&m.id)
+    .bind(&m.tenant_id)
+    .bind(m.kind)
+    .bind(&m.message)
+    .bind(m.created_at.as_micros())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

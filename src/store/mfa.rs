@@ -1,6 +1,6 @@
 //! Storage of multi-factor authentication: users' TOTP secrets (sealed) and the last time step
 //! each accepted, single-use recovery codes (hashed), and sign-in challenges (hashed tokens).
-//! Implemented for both backends by [`impl_mfa_store!`] from the same SQL.
+//! Implemented once for both backends (any [`SqlStore`]).
 //!
 //! Every spend is one conditional statement (a later step only, an unused code only, a live
 //! challenge only), so two concurrent requests presenting the same proof cannot both pass.
@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 
 use super::StoreResult;
+use super::backend::{Backend, RowsAffected, SqlStore};
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
 use crate::ids::{TenantId, UserId};
@@ -178,334 +179,315 @@ pub trait MfaStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
-macro_rules! impl_mfa_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        #[allow(clippy::too_many_arguments)]
-        impl $crate::store::mfa::MfaStore for $store {
-            async fn totp(
-                &self,
-                user: &$crate::ids::UserId,
-            ) -> $crate::store::StoreResult<Option<$crate::store::mfa::TotpRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT user_id, tenant_id, secret, pending_secret, pending_created_at, \
-                            enabled_at, last_step, updated_at \
-                     FROM mfa_totp WHERE user_id = $1",
-                )
-                .bind(user.as_str())
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+#[async_trait]
+#[allow(clippy::too_many_arguments)]
+impl<S: SqlStore<Db = B>, B: Backend> MfaStore for S {
+    async fn totp(&self, user: &UserId) -> StoreResult<Option<TotpRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT user_id, tenant_id, secret, pending_secret, pending_created_at, \
+                    enabled_at, last_step, updated_at \
+             FROM mfa_totp WHERE user_id = $1",
+        )
+        .bind(user.as_str())
+        .fetch_optional(self.pool())
+        .await?)
+    }
 
-            async fn start_totp_enrolment(
-                &self,
-                tenant: Option<&$crate::ids::TenantId>,
-                user: &$crate::ids::UserId,
-                pending_secret: &str,
-                now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO mfa_totp (user_id, tenant_id, pending_secret, pending_created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (user_id) DO UPDATE SET \
-                     pending_secret = excluded.pending_secret, \
-                     pending_created_at = excluded.pending_created_at, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(user.as_str())
-                .bind(tenant.map(|t| t.as_str()))
-                .bind(pending_secret)
-                .bind(now.as_micros())
-                .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+    async fn start_totp_enrolment(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        pending_secret: &str,
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO mfa_totp (user_id, tenant_id, pending_secret, pending_created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (user_id) DO UPDATE SET \
+             pending_secret = excluded.pending_secret, \
+             pending_created_at = excluded.pending_created_at, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(user.as_str())
+        .bind(tenant.map(|t| t.as_str()))
+        .bind(pending_secret)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 
-            async fn confirm_totp(
-                &self,
-                c: &$crate::store::mfa::TotpConfirmation<'_>,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let scope = c.tenant.map_or("", |t| t.as_str());
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE mfa_totp SET secret = $5, pending_secret = NULL, \
-                     pending_created_at = NULL, enabled_at = $3, last_step = $4, updated_at = $3 \
-                     WHERE user_id = $1 AND pending_secret = $2",
-                )
-                .bind(c.user.as_str())
-                .bind(c.pending_secret)
-                .bind(c.now.as_micros())
-                .bind(c.step)
-                .bind(c.secret)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                let n = sqlx::query(
-                    "UPDATE users SET mfa_enabled = 1, updated_at = $3 \
-                     WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
-                )
-                .bind(scope)
-                .bind(c.user.as_str())
-                .bind(c.now.as_micros())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
-                    .bind(c.user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                for h in c.recovery_hashes {
-                    sqlx::query(
-                        "INSERT INTO mfa_recovery_codes (id, user_id, tenant_id, code_hash, created_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(c.user.as_str())
-                    .bind(c.tenant.map(|t| t.as_str()))
-                    .bind(h)
-                    .bind(c.now.as_micros())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn accept_totp_step(
-                &self,
-                user: &$crate::ids::UserId,
-                step: i64,
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE mfa_totp SET last_step = $2 WHERE user_id = $1 \
-                     AND secret IS NOT NULL AND (last_step IS NULL OR last_step < $2)",
-                )
-                .bind(user.as_str())
-                .bind(step)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-
-            async fn spend_recovery_code(
-                &self,
-                user: &$crate::ids::UserId,
-                code_hash: &str,
-                now: $crate::clock::Timestamp,
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE mfa_recovery_codes SET used_at = $3 \
-                     WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
-                )
-                .bind(user.as_str())
-                .bind(code_hash)
-                .bind(now.as_micros())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-
-            async fn recovery_codes_remaining(
-                &self,
-                user: &$crate::ids::UserId,
-            ) -> $crate::store::StoreResult<i64> {
-                let (n,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL",
-                )
-                .bind(user.as_str())
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(n)
-            }
-
-            async fn replace_recovery_codes(
-                &self,
-                tenant: Option<&$crate::ids::TenantId>,
-                user: &$crate::ids::UserId,
-                hashes: &[String],
-                now: $crate::clock::Timestamp,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let active: Option<(String,)> = sqlx::query_as(
-                    "SELECT user_id FROM mfa_totp WHERE user_id = $1 AND secret IS NOT NULL",
-                )
-                .bind(user.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if active.is_none() {
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                for h in hashes {
-                    sqlx::query(
-                        "INSERT INTO mfa_recovery_codes (id, user_id, tenant_id, code_hash, created_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(user.as_str())
-                    .bind(tenant.map(|t| t.as_str()))
-                    .bind(h)
-                    .bind(now.as_micros())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn disable_mfa(
-                &self,
-                tenant: Option<&$crate::ids::TenantId>,
-                user: &$crate::ids::UserId,
-                now: $crate::clock::Timestamp,
-                actor: Option<&$crate::store::ActorCheck>,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<bool> {
-                let scope = tenant.map_or("", |t| t.as_str());
-                let mut tx = self.begin_write().await?;
-                Self::authorise_change_tx(&mut tx, tenant, actor, now.as_micros()).await?;
-                let n = sqlx::query(
-                    "DELETE FROM mfa_totp WHERE user_id = $1 AND secret IS NOT NULL \
-                     AND COALESCE(tenant_id, '') = $2",
-                )
-                .bind(user.as_str())
-                .bind(scope)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE users SET mfa_enabled = 0, updated_at = $3 \
-                     WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
-                )
-                .bind(scope)
-                .bind(user.as_str())
-                .bind(now.as_micros())
-                .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn create_mfa_challenge(
-                &self,
-                c: &$crate::store::mfa::MfaChallengeRecord,
-                audit: &[$crate::domain::audit::NewAuditEvent],
-            ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM mfa_challenges WHERE expires_at < $1")
-                    .bind(c.created_at - 86_400_000_000)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO mfa_challenges (token_hash, user_id, tenant_id, created_at, \
-                     expires_at, used_at, failures, ip, user_agent) \
-                     VALUES ($1, $2, $3, $4, $5, NULL, 0, $6, $7)",
-                )
-                .bind(&c.token_hash)
-                .bind(&c.user_id)
-                .bind(c.tenant_id.as_deref())
-                .bind(c.created_at)
-                .bind(c.expires_at)
-                .bind(c.ip.as_deref())
-                .bind(c.user_agent.as_deref())
-                .execute(&mut *tx)
-                .await?;
-                self.append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn mfa_challenge(
-                &self,
-                token_hash: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::mfa::MfaChallengeRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT token_hash, user_id, tenant_id, created_at, expires_at, used_at, \
-                            failures, ip, user_agent \
-                     FROM mfa_challenges WHERE token_hash = $1",
-                )
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn consume_mfa_challenge(
-                &self,
-                token_hash: &str,
-                now: $crate::clock::Timestamp,
-                max_failures: i64,
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE mfa_challenges SET used_at = $2 WHERE token_hash = $1 \
-                     AND used_at IS NULL AND expires_at > $2 AND failures < $3",
-                )
-                .bind(token_hash)
-                .bind(now.as_micros())
-                .bind(max_failures)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-
-            async fn count_mfa_attempt(
-                &self,
-                token_hash: &str,
-                now: $crate::clock::Timestamp,
-                max_attempts: i64,
-            ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE mfa_challenges SET failures = failures + 1 WHERE token_hash = $1 \
-                     AND used_at IS NULL AND expires_at > $2 AND failures < $3",
-                )
-                .bind(token_hash)
-                .bind(now.as_micros())
-                .bind(max_attempts)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
+    async fn confirm_totp(
+        &self,
+        c: &TotpConfirmation<'_>,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let scope = c.tenant.map_or("", |t| t.as_str());
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE mfa_totp SET secret = $5, pending_secret = NULL, \
+             pending_created_at = NULL, enabled_at = $3, last_step = $4, updated_at = $3 \
+             WHERE user_id = $1 AND pending_secret = $2",
+        )
+        .bind(c.user.as_str())
+        .bind(c.pending_secret)
+        .bind(c.now.as_micros())
+        .bind(c.step)
+        .bind(c.secret)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
         }
-    };
-}
+        let n = sqlx::query(
+            "UPDATE users SET mfa_enabled = 1, updated_at = $3 \
+             WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
+        )
+        .bind(scope)
+        .bind(c.user.as_str())
+        .bind(c.now.as_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
+            .bind(c.user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for h in c.recovery_hashes {
+            sqlx::query(
+                "INSERT INTO mfa_recovery_codes (id, user_id, tenant_id, code_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(c.user.as_str())
+            .bind(c.tenant.map(|t| t.as_str()))
+            .bind(h)
+            .bind(c.now.as_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 
-pub(crate) use impl_mfa_store;
+    async fn accept_totp_step(&self, user: &UserId, step: i64) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE mfa_totp SET last_step = $2 WHERE user_id = $1 \
+             AND secret IS NOT NULL AND (last_step IS NULL OR last_step < $2)",
+        )
+        .bind(user.as_str())
+        .bind(step)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn spend_recovery_code(
+        &self,
+        user: &UserId,
+        code_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE mfa_recovery_codes SET used_at = $3 \
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+        )
+        .bind(user.as_str())
+        .bind(code_hash)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn recovery_codes_remaining(&self, user: &UserId) -> StoreResult<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+        )
+        .bind(user.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        hashes: &[String],
+        now: Timestamp,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let active: Option<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM mfa_totp WHERE user_id = $1 AND secret IS NOT NULL",
+        )
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if active.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for h in hashes {
+            sqlx::query(
+                "INSERT INTO mfa_recovery_codes (id, user_id, tenant_id, code_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(user.as_str())
+            .bind(tenant.map(|t| t.as_str()))
+            .bind(h)
+            .bind(now.as_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn disable_mfa(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        now: Timestamp,
+        actor: Option<&crate::store::ActorCheck>,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<bool> {
+        let scope = tenant.map_or("", |t| t.as_str());
+        let mut tx = self.begin_write().await?;
+        Self::authorise_change_tx(&mut tx, tenant, actor, now.as_micros()).await?;
+        let n = sqlx::query(
+            "DELETE FROM mfa_totp WHERE user_id = $1 AND secret IS NOT NULL \
+             AND COALESCE(tenant_id, '') = $2",
+        )
+        .bind(user.as_str())
+        .bind(scope)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET mfa_enabled = 0, updated_at = $3 \
+             WHERE COALESCE(tenant_id, '') = $1 AND id = $2",
+        )
+        .bind(scope)
+        .bind(user.as_str())
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_mfa_challenge(
+        &self,
+        c: &MfaChallengeRecord,
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM mfa_challenges WHERE expires_at < $1")
+            .bind(c.created_at - 86_400_000_000)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO mfa_challenges (token_hash, user_id, tenant_id, created_at, \
+             expires_at, used_at, failures, ip, user_agent) \
+             VALUES ($1, $2, $3, $4, $5, NULL, 0, $6, $7)",
+        )
+        .bind(&c.token_hash)
+        .bind(&c.user_id)
+        .bind(c.tenant_id.as_deref())
+        .bind(c.created_at)
+        .bind(c.expires_at)
+        .bind(c.ip.as_deref())
+        .bind(c.user_agent.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mfa_challenge(&self, token_hash: &str) -> StoreResult<Option<MfaChallengeRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT token_hash, user_id, tenant_id, created_at, expires_at, used_at, \
+                    failures, ip, user_agent \
+             FROM mfa_challenges WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    async fn consume_mfa_challenge(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+        max_failures: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE mfa_challenges SET used_at = $2 WHERE token_hash = $1 \
+             AND used_at IS NULL AND expires_at > $2 AND failures < $3",
+        )
+        .bind(token_hash)
+        .bind(now.as_micros())
+        .bind(max_failures)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn count_mfa_attempt(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+        max_attempts: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE mfa_challenges SET failures = failures + 1 WHERE token_hash = $1 \
+             AND used_at IS NULL AND expires_at > $2 AND failures < $3",
+        )
+        .bind(token_hash)
+        .bind(now.as_micros())
+        .bind(max_attempts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+}

@@ -9,8 +9,12 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+mod actors;
 pub mod alerts;
 pub mod api_tokens;
+pub mod audit;
+pub mod backend;
+pub mod customers;
 pub mod identity;
 pub mod keys;
 pub mod kyc;
@@ -21,10 +25,15 @@ pub mod notes;
 pub mod outbox;
 pub mod postgres;
 pub mod posting;
+pub mod privacy;
+pub mod retention;
 pub mod security;
+pub mod sessions;
 mod sql;
 pub mod sqlite;
 mod sqlite_writer;
+pub mod tenants;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -676,6 +685,13 @@ pub trait Store:
     + alerts::AlertStore
     + identity::IdentityStore
     + notes::NotesStore
+    + tenants::TenantStore
+    + users::UserStore
+    + sessions::SessionStore
+    + customers::CustomerStore
+    + audit::AuditStore
+    + retention::RetentionStore
+    + privacy::PrivacyStore
     + Send
     + Sync
     + 'static
@@ -700,139 +716,6 @@ pub trait Store:
         system_accounts: &[NewAccount],
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
-    async fn get_tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>>;
-    async fn get_tenant_by_slug(&self, slug: &str) -> StoreResult<Option<TenantRecord>>;
-    async fn list_tenants(&self, page: &Page) -> StoreResult<Vec<TenantRecord>>;
-    /// Sets `active`/`suspended`; suspension also revokes every session of the tenant.
-    async fn set_tenant_status(
-        &self,
-        id: &TenantId,
-        status: &'static str,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<TenantRecord>>;
-
-    // Users. `tenant = None` is the platform scope (platform admins).
-    async fn create_user(&self, user: &NewUser, audit: &[NewAuditEvent]) -> StoreResult<()>;
-    async fn get_user(
-        &self,
-        tenant: Option<&TenantId>,
-        id: &UserId,
-    ) -> StoreResult<Option<UserRecord>>;
-    /// The login whose `email_hash` is `hash` (a row the start-up pass has not hashed yet is
-    /// matched on its clear `email`).
-    async fn find_user_by_email(
-        &self,
-        tenant: Option<&TenantId>,
-        hash: &str,
-        email: &Email,
-    ) -> StoreResult<Option<UserRecord>>;
-    /// Logins without an `email_hash` yet (written before it existed), by id.
-    async fn users_without_email_hash(
-        &self,
-        after: Option<&str>,
-        limit: i64,
-    ) -> StoreResult<Vec<UserRecord>>;
-    /// Sets a login's stored email and hash if its email is still `old` (compare-and-swap).
-    async fn set_user_email(
-        &self,
-        id: &str,
-        old: &str,
-        email: &str,
-        hash: &str,
-    ) -> StoreResult<bool>;
-    /// `only`: restrict to one user (ownership scope).
-    async fn list_users(
-        &self,
-        tenant: &TenantId,
-        only: Option<&UserId>,
-        page: &Page,
-    ) -> StoreResult<Vec<UserRecord>>;
-    /// Applies `change`; refused with [`StoreError::LastManager`] (nothing changed) when it would
-    /// take the MANAGER role from, or disable, the tenant's last active MANAGER: checked inside
-    /// the transaction with the tenant's row locked, so two managers demoting each other at
-    /// once cannot both succeed.
-    /// With `actor`, the acting user's credential, status and roles are re-checked first in the
-    /// same transaction, the tenant's row locked, so two users changing each other at once are
-    /// serialised and the second sees the first's change ([`StoreError::ActorRevoked`]).
-    async fn update_user(
-        &self,
-        tenant: &TenantId,
-        id: &UserId,
-        change: &UserChange,
-        now: Timestamp,
-        actor: Option<&ActorCheck>,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<UserRecord>>;
-
-    // Sessions and refresh tokens.
-    async fn create_session(
-        &self,
-        session: &NewSession,
-        token: &NewRefreshToken,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<()>;
-    async fn get_session(&self, id: &SessionId) -> StoreResult<Option<SessionView>>;
-    /// Atomically spends a refresh token (a conditional update: of two concurrent callers, one
-    /// wins and the other sees `AlreadyUsed`).
-    async fn consume_refresh_token(
-        &self,
-        token_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<ConsumeOutcome>;
-    async fn add_refresh_token(
-        &self,
-        token: &NewRefreshToken,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<()>;
-    /// Revokes a session; `false` if it was already revoked or does not exist.
-    async fn revoke_session(
-        &self,
-        id: &SessionId,
-        reason: &str,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<bool>;
-
-    // Customers and accounts.
-    async fn create_customer(
-        &self,
-        customer: &NewCustomer,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<()>;
-    async fn get_customer(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> StoreResult<Option<CustomerRecord>>;
-    async fn customer_for_user(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> StoreResult<Option<CustomerRecord>>;
-    async fn list_customers(
-        &self,
-        tenant: &TenantId,
-        only: Option<&str>,
-        page: &Page,
-    ) -> StoreResult<Vec<CustomerRecord>>;
-    /// Customers with a blind-index row `(field, digest)` for any of `digests` (one per live
-    /// index key version), newest first; `only` restricts to one customer (ownership scope).
-    async fn search_customers(
-        &self,
-        tenant: &TenantId,
-        field: &str,
-        digests: &[String],
-        only: Option<&str>,
-        page: &Page,
-    ) -> StoreResult<Vec<CustomerRecord>>;
-    /// Replaces a customer's personal data and its blind-index rows in one transaction with the
-    /// audit records, if it is still as read and the customer is not erased.
-    async fn rectify_customer(
-        &self,
-        change: &Rectification,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<RectifyOutcome>;
     async fn open_account(&self, account: &NewAccount, audit: &[NewAuditEvent]) -> StoreResult<()>;
     async fn get_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<AccountRecord>>;
     async fn system_account(
@@ -953,74 +836,6 @@ pub trait Store:
     ) -> StoreResult<Vec<(String, i64)>>;
     /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
     async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
-
-    // Audit log.
-    async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<()>;
-    /// Appends several records in one transaction (e.g. one per customer of an unmasked list).
-    async fn append_audits(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
-    /// One chain's records, newest first.
-    async fn list_audit(
-        &self,
-        chain: &str,
-        filter: &AuditFilter,
-        page: &Page,
-    ) -> StoreResult<Vec<AuditRecord>>;
-    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>>;
-    /// Up to `limit` records of `chain` with `seq > after_seq`, in order. Reads rows as stored,
-    /// ordered by `seq` only, so verification sees gaps and reorderings.
-    async fn audit_chain_after(
-        &self,
-        chain: &str,
-        after_seq: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<AuditRecord>>;
-
-    // Retention.
-    /// Every chain's pruning checkpoint.
-    async fn audit_checkpoints(&self) -> StoreResult<Vec<crate::domain::audit::AuditCheckpoint>>;
-    /// The highest seq `p >= after_seq` such that every record of `chain` with
-    /// `after_seq < seq <= p` occurred before `before`, and none of them that records a money
-    /// movement or account change ([`crate::domain::processing::FINANCIAL_AUDIT_ACTIONS`])
-    /// occurred at or after `financial_before` (`after_seq` when there is no such `p`).
-    async fn audit_prune_point(
-        &self,
-        chain: &str,
-        after_seq: i64,
-        before: Timestamp,
-        financial_before: Timestamp,
-    ) -> StoreResult<i64>;
-    /// Deletes what `plan` names in one transaction, with the records `audit` builds from the
-    /// counts. An audit prune that would delete anything else than exactly its range of records
-    /// older than `plan.audit_cutoff`, or whose checkpoint moved meanwhile, rolls everything back.
-    async fn purge_expired(
-        &self,
-        plan: &RetentionPlan,
-        audit: PurgeAudit<'_>,
-    ) -> StoreResult<PurgeCounts>;
-    // Data-subject rights (`service::privacy`).
-    async fn customer_privacy(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> StoreResult<Option<CustomerPrivacyRecord>>;
-    /// Sets or lifts the restriction of processing of an active (not erased) customer, with
-    /// the staff note, if any, in the same transaction.
-    async fn set_processing_restricted(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        restricted: bool,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-        note: Option<&notes::NewStaffNote>,
-    ) -> StoreResult<Option<CustomerPrivacyRecord>>;
-    /// The first of `accounts` whose customer's processing is restricted, if any (one indexed
-    /// look-up: accounts by id, joined to their customers).
-    async fn restricted_account(
-        &self,
-        tenant: &TenantId,
-        accounts: &[&str],
-    ) -> StoreResult<Option<String>>;
     /// Erases a customer in one transaction: refused (nothing changed) while any of its
     /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
     /// the accounts, deletes its blind-index rows, destroys every version of its data key
@@ -1037,18 +852,6 @@ pub trait Store:
         now: Timestamp,
         audit: &[NewAuditEvent],
     ) -> StoreResult<ErasureOutcome>;
-    /// Records of `chain` after `after_seq` (in order) about a customer: those whose target is
-    /// the customer, one of its accounts, holds or transfers, or its linked user, and those
-    /// whose actor is its linked user.
-    async fn audit_about_customer(
-        &self,
-        chain: &str,
-        tenant: &TenantId,
-        customer: &str,
-        user: Option<&str>,
-        after_seq: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<AuditRecord>>;
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).

@@ -2,12 +2,15 @@
 //! restriction, a KYC decision), sealed before it gets here (under the customer's data key when
 //! the note is about the customer or its KYC submission, else the tenant's). A note emptied by
 //! an erasure (`note = ''`) is never read back. A note
-//! is inserted in the transaction of its action ([`impl_notes_store!`] gives every backend an
-//! `insert_staff_note_tx` the action's store method calls), and only read back by id or by the
+//! is inserted in the transaction of its action (by [`insert_staff_note_tx`], which the action's
+//! store method calls), and only read back by id or by the
 //! thing it is about. Implemented for both backends from the same SQL.
 
 use async_trait::async_trait;
 
+use sqlx::Transaction;
+
+use super::backend::{Backend, Paged, SqlStore};
 use super::{Page, StoreResult};
 use crate::ids::TenantId;
 
@@ -73,70 +76,59 @@ pub trait NotesStore: Send + Sync {
     ) -> StoreResult<Vec<StaffNoteRecord>>;
 }
 
-macro_rules! impl_notes_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::notes::NotesStore for $store {
-            async fn staff_note(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::notes::StaffNoteRecord>> {
-                Ok(
-                    sqlx::query_as(
-                        "SELECT * FROM staff_notes WHERE tenant_id = $1 AND id = $2 AND note <> ''",
-                    )
-                        .bind(tenant.as_str())
-                        .bind(id)
-                        .fetch_optional(&self.pool)
-                        .await?,
-                )
-            }
+#[async_trait]
+impl<S: SqlStore<Db = B>, B: Backend> NotesStore for S {
+    async fn staff_note(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> StoreResult<Option<StaffNoteRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM staff_notes WHERE tenant_id = $1 AND id = $2 AND note <> ''",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
 
-            async fn list_staff_notes(
-                &self,
-                tenant: &$crate::ids::TenantId,
-                target_id: &str,
-                page: &$crate::store::Page,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::notes::StaffNoteRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM staff_notes WHERE tenant_id = $1 AND target_id = $2 AND note <> '' \
-                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
-                )
-                .bind(tenant.as_str())
-                .bind(target_id)
-                .bind(page.starting_after.as_deref())
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-        }
-
-        impl $store {
-            /// Inserts `note` inside the transaction of the action it belongs to.
-            pub(super) async fn insert_staff_note_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                note: &$crate::store::notes::NewStaffNote,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO staff_notes (id, tenant_id, target_type, target_id, action, reason_code, \
-                     note, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&note.id)
-                .bind(note.tenant_id.as_str())
-                .bind(note.target_type)
-                .bind(&note.target_id)
-                .bind(note.action)
-                .bind(note.reason_code)
-                .bind(&note.note)
-                .bind(&note.created_by)
-                .bind(note.created_at)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
-        }
-    };
+    async fn list_staff_notes(
+        &self,
+        tenant: &TenantId,
+        target_id: &str,
+        page: &Page,
+    ) -> StoreResult<Vec<StaffNoteRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM staff_notes WHERE tenant_id = $1 AND target_id = $2 AND note <> '' \
+             AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+        )
+        .bind(tenant.as_str())
+        .bind(target_id)
+        .page(page)
+        .fetch_all(self.pool())
+        .await?)
+    }
 }
 
-pub(super) use impl_notes_store;
+/// Inserts `note` inside the transaction of the action it belongs to.
+pub(super) async fn insert_staff_note_tx<B: Backend>(
+    tx: &mut Transaction<'static, B>,
+    note: &NewStaffNote,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO staff_notes (id, tenant_id, target_type, target_id, action, reason_code, \
+         note, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&note.id)
+    .bind(note.tenant_id.as_str())
+    .bind(note.target_type)
+    .bind(&note.target_id)
+    .bind(note.action)
+    .bind(note.reason_code)
+    .bind(&note.note)
+    .bind(&note.created_by)
+    .bind(note.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -3,9 +3,11 @@
 //! conditional update that marks it `sending`, leases it and counts an attempt, so concurrent
 //! workers on one database never claim the same row, and a row whose worker died is claimed
 //! again once its lease has expired. The attempt then ends the row (its done status, or
-//! `failed`) or puts it back to `pending` with a later attempt time. Each store implements the
-//! two steps once, generically over the table ([`OutboxTable`]).
+//! `failed`) or puts it back to `pending` with a later attempt time. The two steps ([`claim`],
+//! [`finish`]) are written once, generically over the store and the table ([`OutboxTable`]).
 
+use super::StoreResult;
+use super::backend::{Backend, RowsAffected, SqlStore};
 use crate::clock::Timestamp;
 
 /// How a delivery attempt of a claimed outbox row ended.
@@ -89,73 +91,56 @@ pub const MAIL: OutboxTable = outbox_table!("mail_outbox", "sent", "message = NU
 /// The security-alert outbox: a webhook-accepted alert is `delivered`.
 pub const ALERTS: OutboxTable = outbox_table!("security_alerts", "delivered", "");
 
-/// The claim and finish steps over any outbox table, for one store type (inherent methods,
-/// generated next to the store's other SQL).
-macro_rules! impl_outbox {
-    ($store:ty) => {
-        impl $store {
-            /// Claims up to `limit` rows of `table` due at `now` (pending and due, or sending
-            /// with an expired lease), counting one attempt each and leasing them until
-            /// `lease_until`.
-            async fn claim_outbox<R>(
-                &self,
-                table: &$crate::store::outbox::OutboxTable,
-                now: $crate::clock::Timestamp,
-                lease_until: $crate::clock::Timestamp,
-                limit: i64,
-            ) -> $crate::store::StoreResult<Vec<R>>
-            where
-                R: for<'r> sqlx::FromRow<
-                        'r,
-                        <$crate::store::sql::Db<$store> as sqlx::Database>::Row,
-                    > + Send
-                    + Unpin,
-            {
-                let mut tx = self.begin_write().await?;
-                let rows: Vec<R> = sqlx::query_as(table.claim)
-                    .bind(now.as_micros())
-                    .bind(lease_until.as_micros())
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(rows)
-            }
-
-            /// Records how the attempt on a claimed row ended; `false` if it was not claimed
-            /// any more.
-            async fn finish_outbox(
-                &self,
-                table: &$crate::store::outbox::OutboxTable,
-                id: &str,
-                now: $crate::clock::Timestamp,
-                outcome: &$crate::store::outbox::Delivery,
-            ) -> $crate::store::StoreResult<bool> {
-                use $crate::store::outbox::Delivery;
-                let mut tx = self.begin_write().await?;
-                let q = match outcome {
-                    Delivery::Done => sqlx::query(table.done).bind(id).bind(now.as_micros()),
-                    Delivery::Retry {
-                        next_attempt_at,
-                        error,
-                    } => sqlx::query(table.retry)
-                        .bind(id)
-                        .bind(next_attempt_at.as_micros())
-                        .bind(error.clone()),
-                    Delivery::Failed { error } => sqlx::query(table.failed)
-                        .bind(id)
-                        .bind(now.as_micros())
-                        .bind(error.clone()),
-                };
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-        }
-    };
+/// Claims up to `limit` rows of `table` due at `now` (pending and due, or sending with an
+/// expired lease), counting one attempt each and leasing them until `lease_until`.
+pub(super) async fn claim<S: SqlStore<Db = B>, B: Backend, R>(
+    store: &S,
+    table: &OutboxTable,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: i64,
+) -> StoreResult<Vec<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, B::Row> + Send + Unpin,
+{
+    let mut tx = store.begin_write().await?;
+    let rows: Vec<R> = sqlx::query_as(table.claim)
+        .bind(now.as_micros())
+        .bind(lease_until.as_micros())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
-pub(crate) use impl_outbox;
+/// Records how the attempt on a claimed row ended; `false` if it was not claimed any more.
+pub(super) async fn finish<S: SqlStore<Db = B>, B: Backend>(
+    store: &S,
+    table: &OutboxTable,
+    id: &str,
+    now: Timestamp,
+    outcome: &Delivery,
+) -> StoreResult<bool> {
+    let mut tx = store.begin_write().await?;
+    let q = match outcome {
+        Delivery::Done => sqlx::query(table.done).bind(id).bind(now.as_micros()),
+        Delivery::Retry {
+            next_attempt_at,
+            error,
+        } => sqlx::query(table.retry)
+            .bind(id)
+            .bind(next_attempt_at.as_micros())
+            .bind(error.clone()),
+        Delivery::Failed { error } => sqlx::query(table.failed)
+            .bind(id)
+            .bind(now.as_micros())
+            .bind(error.clone()),
+    };
+    let n = q.execute(&mut *tx).await?.rows_affected();
+    tx.commit().await?;
+    Ok(n == 1)
+}
 
 #[cfg(test)]
 mod tests {

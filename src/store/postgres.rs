@@ -10,16 +10,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 mod writer;
 
-use super::alerts::{AlertHook, impl_alert_store};
-use super::api_tokens::impl_api_token_store;
-use super::identity::impl_identity_store;
-use super::keys::impl_key_store;
-use super::kyc::impl_kyc_store;
-use super::mail::impl_mail_store;
-use super::mfa::impl_mfa_store;
-use super::notes::impl_notes_store;
-use super::outbox::impl_outbox;
-use super::security::impl_security_store;
+use super::alerts::AlertHook;
+use super::backend::SqlStore;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -33,6 +25,34 @@ pub struct PgStore {
 
 impl HasDb for PgStore {
     type Db = Postgres;
+}
+
+impl SqlStore for PgStore {
+    type Db = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn sealer(&self) -> &AuditSealer {
+        &self.sealer
+    }
+
+    fn alert_hook(&self) -> &AlertHook {
+        &self.alerts
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        PgStore::begin_write(self).await
+    }
+
+    async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        PgStore::begin_document_write(self).await
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -81,10 +101,6 @@ impl PgStore {
         super::sqlite::run(&MIGRATOR, &self.pool).await
     }
 
-    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
-        &MIGRATOR
-    }
-
     /// Movements are posted with the shared load–plan–write over the pool.
     fn ledger_port(&self) -> &dyn super::LedgerPort {
         self
@@ -106,17 +122,3 @@ impl_store!(
     12_000,
     true
 );
-impl_key_store!(
-    PgStore,
-    " FOR SHARE",
-    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
-);
-impl_kyc_store!(PgStore);
-impl_security_store!(PgStore);
-impl_mfa_store!(PgStore);
-impl_outbox!(PgStore);
-impl_mail_store!(PgStore);
-impl_api_token_store!(PgStore);
-impl_alert_store!(PgStore);
-impl_identity_store!(PgStore, " FOR UPDATE");
-impl_notes_store!(PgStore);

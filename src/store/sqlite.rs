@@ -9,16 +9,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::alerts::{AlertHook, impl_alert_store};
-use super::api_tokens::impl_api_token_store;
-use super::identity::impl_identity_store;
-use super::keys::impl_key_store;
-use super::kyc::impl_kyc_store;
-use super::mail::impl_mail_store;
-use super::mfa::impl_mfa_store;
-use super::notes::impl_notes_store;
-use super::outbox::impl_outbox;
-use super::security::impl_security_store;
+use super::alerts::AlertHook;
+use super::backend::SqlStore;
 use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
@@ -70,6 +62,34 @@ impl PageLimit {
 
 impl HasDb for SqliteStore {
     type Db = Sqlite;
+}
+
+impl SqlStore for SqliteStore {
+    type Db = Sqlite;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn sealer(&self) -> &AuditSealer {
+        &self.sealer
+    }
+
+    fn alert_hook(&self) -> &AlertHook {
+        &self.alerts
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        SqliteStore::begin_write(self).await
+    }
+
+    async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        SqliteStore::begin_document_write(self).await
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -183,10 +203,6 @@ impl SqliteStore {
         run(&MIGRATOR, &self.pool).await
     }
 
-    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
-        &MIGRATOR
-    }
-
     /// Movements are posted on the writer thread (one synchronous transaction per batch).
     fn ledger_port(&self) -> &dyn super::LedgerPort {
         &self.writer
@@ -269,17 +285,3 @@ where
 // SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
 // No socket in between: statements may be as large as the parameter limit allows.
 impl_store!(SqliteStore, "sqlite", "", "", usize::MAX, false);
-impl_key_store!(
-    SqliteStore,
-    "",
-    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
-);
-impl_kyc_store!(SqliteStore);
-impl_security_store!(SqliteStore);
-impl_mfa_store!(SqliteStore);
-impl_outbox!(SqliteStore);
-impl_mail_store!(SqliteStore);
-impl_api_token_store!(SqliteStore);
-impl_alert_store!(SqliteStore);
-impl_identity_store!(SqliteStore, "");
-impl_notes_store!(SqliteStore);

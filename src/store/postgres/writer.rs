@@ -8,6 +8,7 @@
 //! holds until the server's delayed ACK (40 ms). Statements stay prepared (a shape recurs often).
 
 use super::PgStore;
+use crate::store::backend::SqlStore;
 
 /// The largest parameter payload of one statement (see the module documentation).
 const MAX_MESSAGE: usize = 12_000;
