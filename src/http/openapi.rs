@@ -148,11 +148,76 @@ fn error_response(description: &str) -> serde_json::Value {
     })
 }
 
+/// Adds the shared error answer `status` to `op`, or gives this description to the handler's own
+/// entry for that status when it was written without one.
 fn add_response(op: &mut serde_json::Value, status: &str, description: &str) {
     if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
-        responses
+        let entry = responses
             .entry(status.to_owned())
             .or_insert_with(|| error_response(description));
+        describe(entry, description);
+    }
+}
+
+/// Sets `response`'s description when it has none (utoipa omits an empty one, and OpenAPI
+/// requires it).
+fn describe(response: &mut serde_json::Value, description: &str) {
+    if let Some(r) = response.as_object_mut()
+        && !r.contains_key("$ref")
+        && r.get("description")
+            .and_then(|d| d.as_str())
+            .is_none_or(|d| d.trim().is_empty())
+    {
+        r.insert("description".into(), description.into());
+    }
+}
+
+/// What a response of this status means when its handler says nothing more (OpenAPI requires a
+/// description on every response). Statuses the shared contract adds get their own wording in
+/// [`apply_contract`]; this covers the rest, so a new route cannot publish an undescribed answer.
+fn default_description(status: &str) -> String {
+    match status {
+        "200" => "Success".to_owned(),
+        "201" => "Created".to_owned(),
+        "202" => "Accepted".to_owned(),
+        "204" => "Done (no content)".to_owned(),
+        "400" => "Invalid request (the field at fault is in `param`)".to_owned(),
+        "401" => "Not authenticated (missing, invalid or expired credential)".to_owned(),
+        "403" => "Not permitted".to_owned(),
+        "404" => "No such object (or not visible to the caller)".to_owned(),
+        "409" => "Conflicts with the object's current state (the `code` says which)".to_owned(),
+        "413" => "The request body is larger than the limit".to_owned(),
+        "415" => "The request body is not `application/json`".to_owned(),
+        "422" => "Well-formed but refused on business grounds (the `code` says which)".to_owned(),
+        "429" => "Too many requests (see `Retry-After`)".to_owned(),
+        other => other
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Response")
+            .to_owned(),
+    }
+}
+
+/// Gives every response of every operation a description (see [`default_description`]).
+fn describe_responses(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                describe(response, &default_description(status));
+            }
+        }
     }
 }
 
@@ -547,6 +612,7 @@ fn apply_field_bounds(doc: &mut serde_json::Value, currencies: &[&str]) {
 pub fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     apply_contract(&mut doc);
+    describe_responses(&mut doc);
     doc
 }
 
