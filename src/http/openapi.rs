@@ -341,10 +341,17 @@ fn apply_contract(doc: &mut serde_json::Value) {
 }
 
 /// The bounds the handlers and the domain enforce on request fields, stated in the schemas
-/// (the figures come from the same constants the checks use).
+/// (the figures come from the same constants the checks use: a changed limit changes the
+/// document, and the snapshot test in tests/integration/openapi.rs shows it).
 fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
-    use crate::domain::ledger::MAX_AMOUNT;
+    use crate::domain::kyc::{MAX_DOCUMENTS, MAX_TIER};
+    use crate::domain::ledger::{
+        HOLD_MAX_SECONDS, HOLD_MIN_SECONDS, MAX_AMOUNT, MAX_COUNTERPARTY_FIELD_LEN,
+        MAX_CREDIT_LEGS, MAX_DESCRIPTION_LEN, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS,
+        MAX_METADATA_VALUE_LEN,
+    };
     use crate::domain::security::bounds as b;
+    use crate::service::ledger::MAX_BATCH_TRANSFERS;
     use serde_json::json;
     let amount = json!({"minimum": 1, "maximum": MAX_AMOUNT});
     let range = |(lo, hi): (u32, u32)| json!({"minimum": lo, "maximum": hi});
@@ -364,12 +371,12 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "CreateHoldRequest",
             "expires_in_seconds",
-            json!({"minimum": 60, "maximum": 30 * 86_400}),
+            json!({"minimum": HOLD_MIN_SECONDS, "maximum": HOLD_MAX_SECONDS}),
         ),
         (
             "BatchRequest",
             "transfers",
-            json!({"minItems": 1, "maxItems": 1000}),
+            json!({"minItems": 1, "maxItems": MAX_BATCH_TRANSFERS}),
         ),
         (
             "RotateApiTokenRequest",
@@ -389,12 +396,17 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "PutLimitsRequest",
             "tiers",
-            json!({"minItems": 1, "maxItems": 4}),
+            json!({"minItems": 1, "maxItems": MAX_TIER + 1}),
         ),
         (
             "CreateTransferRequest",
             "credits",
-            json!({"minItems": 1, "maxItems": 100}),
+            json!({"minItems": 1, "maxItems": MAX_CREDIT_LEGS}),
+        ),
+        (
+            "ReverseRequest",
+            "legs",
+            json!({"minItems": 1, "maxItems": MAX_CREDIT_LEGS}),
         ),
         (
             "SubmitRequest",
@@ -404,7 +416,7 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "SubmitRequest",
             "documents",
-            json!({"minItems": 1, "maxItems": 4}),
+            json!({"minItems": 1, "maxItems": MAX_DOCUMENTS}),
         ),
         (
             "DocumentUpload",
@@ -494,6 +506,29 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
             json!({"maxItems": b::MAX_CORS_ORIGINS}),
         ),
     ];
+    // A movement's free text (`TransferDetails::validate`): 1 to N characters, none a control
+    // character (`char::is_control`: U+0000-U+001F, U+007F-U+009F).
+    let text = |max: usize| json!({"minLength": 1, "maxLength": max, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"});
+    let string = |max: usize| {
+        let mut s = text(max);
+        s["type"] = "string".into();
+        s
+    };
+    for schema in ["CreateTransferRequest", "CashRequest"] {
+        v.push((schema, "description", text(MAX_DESCRIPTION_LEN)));
+        v.push((
+            schema,
+            "metadata",
+            json!({
+                "maxProperties": MAX_METADATA_KEYS,
+                "propertyNames": text(MAX_METADATA_KEY_LEN),
+                "additionalProperties": string(MAX_METADATA_VALUE_LEN),
+            }),
+        ));
+    }
+    for field in ["name", "account", "institution"] {
+        v.push(("CounterpartyBody", field, text(MAX_COUNTERPARTY_FIELD_LEN)));
+    }
     let scopes: Vec<&str> = crate::domain::authz::Permission::ALL
         .iter()
         .map(|p| p.as_str())

@@ -17,7 +17,8 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckDecision, MovementView, Refusal, TransferDetails, TransferKind,
+    AccountKind, Amount, CheckDecision, HOLD_MAX_SECONDS, HOLD_MIN_SECONDS, MAX_CREDIT_LEGS,
+    MovementView, Refusal, TransferDetails, TransferKind,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
@@ -759,10 +760,10 @@ async fn build_movement(
             None,
         ),
         TransferKind::Transfer => {
-            if input.credits.is_empty() || input.credits.len() > 100 {
+            if input.credits.is_empty() || input.credits.len() > MAX_CREDIT_LEGS {
                 return Err(AppError::invalid(
                     "credits",
-                    "between 1 and 100 credit legs are required",
+                    format!("between 1 and {MAX_CREDIT_LEGS} credit legs are required"),
                 )
                 .into());
             }
@@ -1478,10 +1479,6 @@ pub async fn reverse(
     };
     move_money(core, meta, actor, input, idempotency, render).await
 }
-
-/// Limits of a hold's lifetime.
-const HOLD_MIN_SECONDS: i64 = 60;
-const HOLD_MAX_SECONDS: i64 = 30 * 86_400;
 
 /// A hold request, parsed from the wire.
 pub struct HoldInput {
