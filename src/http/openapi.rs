@@ -1,6 +1,11 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and served at
-//! `/v1/openapi.json` (browsable at `/docs`). A test fails if a route of the table is missing
-//! (`GET /metrics`, an operator endpoint behind its own token, is deliberately left out).
+//! `/v1/openapi.json` (browsable at `/docs`, printed by `kasho openapi`). Each operation names
+//! itself (`operation_id`, verb + Resource: docs/API.md); [`document`] adds the shared contract
+//! (error answers, a description on every response, bounds from the checks' constants). Tests
+//! fail if a route of the table is missing (`GET /metrics`, an operator endpoint behind its own
+//! token, is deliberately left out), an id repeats, a response is undescribed, a bound drifts
+//! from its constant, or the document differs from its snapshot `docs/openapi.json`;
+//! `scripts/openapi-validate` runs openapi-spec-validator on it.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
