@@ -80,6 +80,9 @@ enum Command {
     /// the Kasho-Timestamp, Kasho-Nonce and Kasho-Signature headers (offline; for integrators
     /// checking their own signing code).
     Sign(SignArgs),
+    /// Print the OpenAPI document served at `/v1/openapi.json` (offline; `scripts/openapi-validate`
+    /// checks it with openapi-spec-validator).
+    Openapi,
     /// DEVELOPMENT ONLY: write a self-signed TLS certificate (ECDSA P-256, 90 days) for
     /// localhost, 127.0.0.1 and ::1 (plus --host names) as cert.pem and key.pem, and print the
     /// KASHO_TLS_CERT_FILE / KASHO_TLS_KEY_FILE lines to serve HTTPS with it. Nothing vouches
@@ -216,6 +219,19 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    // So is the API's contract.
+    if let Command::Openapi = &cli.command {
+        return match serde_json::to_string_pretty(&crate::http::openapi::document()) {
+            Ok(doc) => {
+                println!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kasho openapi: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // A development certificate is offline too.
     if let Command::DevCert {
         out_dir,
@@ -303,7 +319,7 @@ pub fn main() -> ExitCode {
             Command::Retention {
                 command: RetentionCommand::Run,
             } => retention_run(&config).await,
-            Command::Sign(_) | Command::DevCert { .. } => Ok(()),
+            Command::Sign(_) | Command::Openapi | Command::DevCert { .. } => Ok(()),
         }
     });
     match result {

@@ -1,6 +1,11 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and served at
-//! `/v1/openapi.json` (browsable at `/docs`). A test fails if a route of the table is missing
-//! (`GET /metrics`, an operator endpoint behind its own token, is deliberately left out).
+//! `/v1/openapi.json` (browsable at `/docs`, printed by `kasho openapi`). Each operation names
+//! itself (`operation_id`, verb + Resource: docs/API.md); [`document`] adds the shared contract
+//! (error answers, a description on every response, bounds from the checks' constants). Tests
+//! fail if a route of the table is missing (`GET /metrics`, an operator endpoint behind its own
+//! token, is deliberately left out), an id repeats, a response is undescribed, a bound drifts
+//! from its constant, or the document differs from its snapshot `docs/openapi.json`;
+//! `scripts/openapi-validate` runs openapi-spec-validator on it.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -148,11 +153,76 @@ fn error_response(description: &str) -> serde_json::Value {
     })
 }
 
+/// Adds the shared error answer `status` to `op`, or gives this description to the handler's own
+/// entry for that status when it was written without one.
 fn add_response(op: &mut serde_json::Value, status: &str, description: &str) {
     if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
-        responses
+        let entry = responses
             .entry(status.to_owned())
             .or_insert_with(|| error_response(description));
+        describe(entry, description);
+    }
+}
+
+/// Sets `response`'s description when it has none (utoipa omits an empty one, and OpenAPI
+/// requires it).
+fn describe(response: &mut serde_json::Value, description: &str) {
+    if let Some(r) = response.as_object_mut()
+        && !r.contains_key("$ref")
+        && r.get("description")
+            .and_then(|d| d.as_str())
+            .is_none_or(|d| d.trim().is_empty())
+    {
+        r.insert("description".into(), description.into());
+    }
+}
+
+/// What a response of this status means when its handler says nothing more (OpenAPI requires a
+/// description on every response). Statuses the shared contract adds get their own wording in
+/// [`apply_contract`]; this covers the rest, so a new route cannot publish an undescribed answer.
+fn default_description(status: &str) -> String {
+    match status {
+        "200" => "Success".to_owned(),
+        "201" => "Created".to_owned(),
+        "202" => "Accepted".to_owned(),
+        "204" => "Done (no content)".to_owned(),
+        "400" => "Invalid request (the field at fault is in `param`)".to_owned(),
+        "401" => "Not authenticated (missing, invalid or expired credential)".to_owned(),
+        "403" => "Not permitted".to_owned(),
+        "404" => "No such object (or not visible to the caller)".to_owned(),
+        "409" => "Conflicts with the object's current state (the `code` says which)".to_owned(),
+        "413" => "The request body is larger than the limit".to_owned(),
+        "415" => "The request body is not `application/json`".to_owned(),
+        "422" => "Well-formed but refused on business grounds (the `code` says which)".to_owned(),
+        "429" => "Too many requests (see `Retry-After`)".to_owned(),
+        other => other
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Response")
+            .to_owned(),
+    }
+}
+
+/// Gives every response of every operation a description (see [`default_description`]).
+fn describe_responses(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                describe(response, &default_description(status));
+            }
+        }
     }
 }
 
@@ -276,10 +346,17 @@ fn apply_contract(doc: &mut serde_json::Value) {
 }
 
 /// The bounds the handlers and the domain enforce on request fields, stated in the schemas
-/// (the figures come from the same constants the checks use).
+/// (the figures come from the same constants the checks use: a changed limit changes the
+/// document, and the snapshot test in tests/integration/openapi.rs shows it).
 fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
-    use crate::domain::ledger::MAX_AMOUNT;
+    use crate::domain::kyc::{MAX_DOCUMENTS, MAX_TIER};
+    use crate::domain::ledger::{
+        HOLD_MAX_SECONDS, HOLD_MIN_SECONDS, MAX_AMOUNT, MAX_COUNTERPARTY_FIELD_LEN,
+        MAX_CREDIT_LEGS, MAX_DESCRIPTION_LEN, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS,
+        MAX_METADATA_VALUE_LEN,
+    };
     use crate::domain::security::bounds as b;
+    use crate::service::ledger::MAX_BATCH_TRANSFERS;
     use serde_json::json;
     let amount = json!({"minimum": 1, "maximum": MAX_AMOUNT});
     let range = |(lo, hi): (u32, u32)| json!({"minimum": lo, "maximum": hi});
@@ -299,12 +376,12 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "CreateHoldRequest",
             "expires_in_seconds",
-            json!({"minimum": 60, "maximum": 30 * 86_400}),
+            json!({"minimum": HOLD_MIN_SECONDS, "maximum": HOLD_MAX_SECONDS}),
         ),
         (
             "BatchRequest",
             "transfers",
-            json!({"minItems": 1, "maxItems": 1000}),
+            json!({"minItems": 1, "maxItems": MAX_BATCH_TRANSFERS}),
         ),
         (
             "RotateApiTokenRequest",
@@ -324,12 +401,17 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "PutLimitsRequest",
             "tiers",
-            json!({"minItems": 1, "maxItems": 4}),
+            json!({"minItems": 1, "maxItems": MAX_TIER + 1}),
         ),
         (
             "CreateTransferRequest",
             "credits",
-            json!({"minItems": 1, "maxItems": 100}),
+            json!({"minItems": 1, "maxItems": MAX_CREDIT_LEGS}),
+        ),
+        (
+            "ReverseRequest",
+            "legs",
+            json!({"minItems": 1, "maxItems": MAX_CREDIT_LEGS}),
         ),
         (
             "SubmitRequest",
@@ -339,7 +421,7 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
         (
             "SubmitRequest",
             "documents",
-            json!({"minItems": 1, "maxItems": 4}),
+            json!({"minItems": 1, "maxItems": MAX_DOCUMENTS}),
         ),
         (
             "DocumentUpload",
@@ -429,6 +511,29 @@ fn field_bounds() -> Vec<(&'static str, &'static str, serde_json::Value)> {
             json!({"maxItems": b::MAX_CORS_ORIGINS}),
         ),
     ];
+    // A movement's free text (`TransferDetails::validate`): 1 to N characters, none a control
+    // character (`char::is_control`: U+0000-U+001F, U+007F-U+009F).
+    let text = |max: usize| json!({"minLength": 1, "maxLength": max, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"});
+    let string = |max: usize| {
+        let mut s = text(max);
+        s["type"] = "string".into();
+        s
+    };
+    for schema in ["CreateTransferRequest", "CashRequest"] {
+        v.push((schema, "description", text(MAX_DESCRIPTION_LEN)));
+        v.push((
+            schema,
+            "metadata",
+            json!({
+                "maxProperties": MAX_METADATA_KEYS,
+                "propertyNames": text(MAX_METADATA_KEY_LEN),
+                "additionalProperties": string(MAX_METADATA_VALUE_LEN),
+            }),
+        ));
+    }
+    for field in ["name", "account", "institution"] {
+        v.push(("CounterpartyBody", field, text(MAX_COUNTERPARTY_FIELD_LEN)));
+    }
     let scopes: Vec<&str> = crate::domain::authz::Permission::ALL
         .iter()
         .map(|p| p.as_str())
@@ -547,6 +652,7 @@ fn apply_field_bounds(doc: &mut serde_json::Value, currencies: &[&str]) {
 pub fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     apply_contract(&mut doc);
+    describe_responses(&mut doc);
     doc
 }
 

@@ -17,9 +17,7 @@ pub use command::{
     EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
     TransferCommand, TransferRecord,
 };
-pub use request::{
-    CheckedTransfer, InvalidTransfer, MAX_CREDIT_LEGS, MAX_REFERENCE_CHARS, TransferRequest,
-};
+pub use request::{CheckedTransfer, InvalidTransfer, MAX_REFERENCE_CHARS, TransferRequest};
 
 /// The largest single amount accepted, in minor units (10^15: ten trillion of a 2-decimal
 /// currency). Keeps every sum far from i64 overflow.
@@ -28,6 +26,13 @@ pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 /// The overdraft of system settlement accounts: money entering the platform is drawn from them,
 /// so they go as negative as the platform's total deposits.
 pub const SETTLEMENT_OVERDRAFT: i64 = 4_000_000_000_000_000_000;
+
+/// The most credit legs one transfer may have (`credits`; at least one).
+pub const MAX_CREDIT_LEGS: usize = 100;
+
+/// Limits of a hold's lifetime (`expires_in_seconds`): a minute to 30 days.
+pub const HOLD_MIN_SECONDS: i64 = 60;
+pub const HOLD_MAX_SECONDS: i64 = 30 * 86_400;
 
 /// A positive amount in minor units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -421,6 +426,10 @@ impl fmt::Debug for Counterparty {
 pub const MAX_METADATA_KEYS: usize = 50;
 pub const MAX_METADATA_KEY_LEN: usize = 40;
 pub const MAX_METADATA_VALUE_LEN: usize = 500;
+/// A movement's free-text description, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 500;
+/// Each counterparty field (name, account, institution), in characters.
+pub const MAX_COUNTERPARTY_FIELD_LEN: usize = 140;
 
 fn check_text(param: &str, v: &str, max: usize) -> Result<(), (String, String)> {
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
@@ -440,7 +449,7 @@ impl TransferDetails {
     /// Checks the limits; the error names the offending parameter.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(d) = &self.description {
-            check_text("description", d, 500)?;
+            check_text("description", d, MAX_DESCRIPTION_LEN)?;
         }
         if self.metadata.len() > MAX_METADATA_KEYS {
             return Err((
@@ -465,7 +474,7 @@ impl TransferDetails {
                 ("counterparty.institution", &c.institution),
             ] {
                 if let Some(v) = v {
-                    check_text(param, v, 140)?;
+                    check_text(param, v, MAX_COUNTERPARTY_FIELD_LEN)?;
                 }
             }
         }

@@ -3,12 +3,10 @@
 //! [`TransferRequest`] from the wire; `CheckedTransfer::try_from` is the only way to a
 //! [`CheckedTransfer`], from which the service builds the [`TransferCommand`](super::TransferCommand).
 
-use super::{Amount, TransferDetails, TransferKind};
+use super::{Amount, MAX_CREDIT_LEGS, TransferDetails, TransferKind};
 use crate::domain::currency::Currency;
 use crate::ids::AccountId;
 
-/// The most credit legs one transfer may have.
-pub const MAX_CREDIT_LEGS: usize = 100;
 /// The longest transfer reference, in characters.
 pub const MAX_REFERENCE_CHARS: usize = 128;
 

@@ -127,7 +127,7 @@ fn token_id_ok(s: &str) -> bool {
 }
 
 /// Create an API token acting for the caller within `scopes` (needs step-up).
-#[utoipa::path(post, path = "/v1/api-tokens", tag = "api-tokens", security(("bearer" = [])), request_body = CreateApiTokenRequest, responses(
+#[utoipa::path(post, path = "/v1/api-tokens", operation_id = "createApiToken", tag = "api-tokens", security(("bearer" = [])), request_body = CreateApiTokenRequest, responses(
     (status = 201, body = IssuedApiTokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Missing permission, a scope the caller does not hold (`scope_not_held`), or `step_up_required`", body = ErrorBody),
 ))]
@@ -148,7 +148,7 @@ pub async fn create(
 }
 
 /// List live API tokens, newest first: a MANAGER sees the tenant's, others their own.
-#[utoipa::path(get, path = "/v1/api-tokens", tag = "api-tokens", security(("bearer" = [])), params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/api-tokens", operation_id = "listApiTokens", tag = "api-tokens", security(("bearer" = [])), params(ListQuery), responses(
     (status = 200, body = List<ApiTokenView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(
@@ -162,7 +162,7 @@ pub async fn list(
 }
 
 /// Revoke an API token: every secret of it stops working at once.
-#[utoipa::path(delete, path = "/v1/api-tokens/{id}", tag = "api-tokens", security(("bearer" = [])), params(("id" = String, Path, description = "API token id (`atk_…`)")), responses(
+#[utoipa::path(delete, path = "/v1/api-tokens/{id}", operation_id = "revokeApiToken", tag = "api-tokens", security(("bearer" = [])), params(("id" = String, Path, description = "API token id (`atk_…`)")), responses(
     (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn revoke(
@@ -177,7 +177,7 @@ pub async fn revoke(
 
 /// Rotate one of the caller's own tokens (needs step-up): a new secret, shown once; the
 /// previous one keeps working for the overlap.
-#[utoipa::path(post, path = "/v1/api-tokens/{id}/rotate", tag = "api-tokens", security(("bearer" = [])), params(("id" = String, Path, description = "API token id (`atk_…`)")), request_body = RotateApiTokenRequest, responses(
+#[utoipa::path(post, path = "/v1/api-tokens/{id}/rotate", operation_id = "rotateApiToken", tag = "api-tokens", security(("bearer" = [])), params(("id" = String, Path, description = "API token id (`atk_…`)")), request_body = RotateApiTokenRequest, responses(
     (status = 200, body = IssuedApiTokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Missing permission, `not_token_owner` or `step_up_required`", body = ErrorBody), (status = 404, body = ErrorBody),
 ))]

@@ -14,7 +14,7 @@ use crate::service::{Principal, audit};
 use crate::store::AuditFilter;
 
 /// Audit events, newest first, filterable by actor, action and time.
-#[utoipa::path(get, path = "/v1/audit-events", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses(
+#[utoipa::path(get, path = "/v1/audit-events", operation_id = "listAuditEvents", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses(
     (status = 200, body = List<AuditEventView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(

@@ -37,7 +37,7 @@ fn tokens(pair: TokenPair) -> TokenResponse {
 /// password is checked, and repeated failures are delayed and then locked (429, the same
 /// whether or not the account exists). A user with MFA gets
 /// `{"mfa_required": true, "mfa_token": …}` instead of tokens.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/login", operation_id = "loginWithPassword", tag = "auth", request_body = LoginRequest, responses(
     (status = 200, body = LoginResponse),
     (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Account disabled, tenant suspended or address not allowed", body = ErrorBody),
     (status = 429, description = "Too many failed sign-ins (see Retry-After)", body = ErrorBody),
@@ -78,7 +78,7 @@ pub async fn login(
 /// one answers 401 `refresh_token_reused` and ends the whole session. Staff confined to the
 /// tenant's allow-list are refused (403 `ip_not_allowed`) from elsewhere, without spending the
 /// token.
-#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/refresh", operation_id = "refreshSession", tag = "auth", request_body = RefreshRequest, responses(
     (status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Address not allowed for this session", body = ErrorBody),
 ))]
@@ -94,7 +94,7 @@ pub async fn refresh(
 }
 
 /// End the current session: its access token stops working at once and its refresh token is dead.
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/v1/auth/logout", operation_id = "logoutSession", tag = "auth", security(("bearer" = [])), responses(
     (status = 204, description = "Signed out"), (status = 401, body = ErrorBody),
 ))]
 pub async fn logout(
@@ -107,7 +107,7 @@ pub async fn logout(
 }
 
 /// The signed-in principal: ids, roles and effective permissions.
-#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/me", operation_id = "getCurrentPrincipal", tag = "auth", security(("bearer" = [])), responses(
     (status = 200, body = MeView), (status = 401, body = ErrorBody),
 ))]
 pub async fn me(principal: Principal) -> Json<MeView> {

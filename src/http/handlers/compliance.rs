@@ -125,7 +125,7 @@ fn view(r: &ProcessingRecord, policy: &RetentionPolicy, ttl: i64) -> ProcessingR
 
 /// The records of processing: each class of personal data, its purpose, legal basis, retention
 /// (with the configured periods in force), encryption and recipients.
-#[utoipa::path(get, path = "/v1/compliance/processing-records", tag = "compliance", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/compliance/processing-records", operation_id = "listProcessingRecords", tag = "compliance", security(("bearer" = [])), responses(
     (status = 200, body = ProcessingRecordList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn processing_records(State(state): State<Arc<AppState>>) -> Json<ProcessingRecordList> {

@@ -309,7 +309,7 @@ pub struct CustomerGetQuery {
 // ---------------------------------------------------------------- handlers
 
 /// Create a customer, with its personal data (encrypted at rest; the answer is masked).
-#[utoipa::path(post, path = "/v1/customers", tag = "customers", security(("bearer" = [])), request_body = CreateCustomerRequest, responses(
+#[utoipa::path(post, path = "/v1/customers", operation_id = "createCustomer", tag = "customers", security(("bearer" = [])), request_body = CreateCustomerRequest, responses(
     (status = 201, body = CustomerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]
 pub async fn create(
@@ -324,7 +324,7 @@ pub async fn create(
 
 /// List customers, newest first, or find them by exact email, phone or national id (a CUSTOMER
 /// sees only its own record).
-#[utoipa::path(get, path = "/v1/customers", tag = "customers", security(("bearer" = [])), params(CustomerListQuery), responses(
+#[utoipa::path(get, path = "/v1/customers", operation_id = "listCustomers", tag = "customers", security(("bearer" = [])), params(CustomerListQuery), responses(
     (status = 200, body = List<CustomerView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(
@@ -355,7 +355,7 @@ pub async fn list(
 }
 
 /// Get one customer.
-#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)"), CustomerGetQuery), responses(
+#[utoipa::path(get, path = "/v1/customers/{id}", operation_id = "getCustomer", tag = "customers", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)"), CustomerGetQuery), responses(
     (status = 200, body = CustomerView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get(
@@ -378,7 +378,7 @@ pub async fn get(
 
 /// Rectify a customer's personal data (any subset of fields; audited with the names of the
 /// fields changed). An erased customer answers 422 `customer_erased`.
-#[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RectifyCustomerRequest, responses(
+#[utoipa::path(patch, path = "/v1/customers/{id}", operation_id = "rectifyCustomer", tag = "customers", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RectifyCustomerRequest, responses(
     (status = 200, body = CustomerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn rectify(

@@ -19,7 +19,7 @@ use crate::service::invitations::{self, Accept};
 /// password names the rule and leaves the link usable) and activate the account, which then
 /// signs in with `POST /v1/auth/login`. The link works once, for 72 hours, and a newer
 /// invitation replaces it: otherwise 400 `invitation_invalid`.
-#[utoipa::path(post, path = "/v1/invitations/accept", tag = "users", request_body = AcceptInvitationRequest, responses(
+#[utoipa::path(post, path = "/v1/invitations/accept", operation_id = "acceptInvitation", tag = "users", request_body = AcceptInvitationRequest, responses(
     (status = 200, body = InvitationAcceptedView),
     (status = 400, description = "Invalid, expired, replaced or spent link; or a refused password", body = ErrorBody),
 ))]

@@ -256,7 +256,7 @@ pub struct SubmissionListQuery {
 // ---------------------------------------------------------------- handlers
 
 /// The tenant's KYC limits, per currency and tier; says which currencies are unconfigured.
-#[utoipa::path(get, path = "/v1/kyc/limits", tag = "kyc", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/kyc/limits", operation_id = "getKycLimits", tag = "kyc", security(("bearer" = [])), responses(
     (status = 200, body = LimitsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn get_limits(
@@ -272,7 +272,7 @@ pub async fn get_limits(
 
 /// Replace one currency's KYC limits (every tier at once). Validated as a whole: figures are
 /// non-negative, daily ≤ monthly, and a higher tier is never stricter than a lower one.
-#[utoipa::path(put, path = "/v1/kyc/limits", tag = "kyc", security(("bearer" = [])), request_body = PutLimitsRequest, responses(
+#[utoipa::path(put, path = "/v1/kyc/limits", operation_id = "setKycLimits", tag = "kyc", security(("bearer" = [])), request_body = PutLimitsRequest, responses(
     (status = 200, body = CurrencyLimitsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn put_limits(
@@ -343,7 +343,7 @@ impl<'de> Deserialize<'de> for DecodedContent {
 /// `customer_erased` or `processing_restricted`, 409 `kyc_submission_open`). Then, with at most
 /// `MAX_UPLOADS_IN_PROCESS` uploads read at once per process (the others wait, unread), the
 /// body is read into one buffer and parsed in place, each document decoded as it is parsed.
-#[utoipa::path(post, path = "/v1/customers/{id}/kyc/submissions", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = SubmitRequest, responses(
+#[utoipa::path(post, path = "/v1/customers/{id}/kyc/submissions", operation_id = "createKycSubmission", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = SubmitRequest, responses(
     (status = 201, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
 ))]
 pub async fn submit(
@@ -384,7 +384,7 @@ pub async fn submit(
 }
 
 /// A customer's current tier and full verification history (documents by metadata only).
-#[utoipa::path(get, path = "/v1/customers/{id}/kyc", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), responses(
+#[utoipa::path(get, path = "/v1/customers/{id}/kyc", operation_id = "getCustomerKyc", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), responses(
     (status = 200, body = CustomerKycView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn customer_kyc(
@@ -402,7 +402,7 @@ pub async fn customer_kyc(
 }
 
 /// Verification submissions, newest first; `status=submitted` is the compliance queue.
-#[utoipa::path(get, path = "/v1/kyc/submissions", tag = "kyc", security(("bearer" = [])), params(SubmissionListQuery), responses(
+#[utoipa::path(get, path = "/v1/kyc/submissions", operation_id = "listKycSubmissions", tag = "kyc", security(("bearer" = [])), params(SubmissionListQuery), responses(
     (status = 200, body = List<SubmissionBody>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list_submissions(
@@ -418,7 +418,7 @@ pub async fn list_submissions(
 }
 
 /// Approve a submission with the tier it grants (COMPLIANCE_OFFICER; once).
-#[utoipa::path(post, path = "/v1/kyc/submissions/{id}/approve", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = ApproveRequest, responses(
+#[utoipa::path(post, path = "/v1/kyc/submissions/{id}/approve", operation_id = "approveKycSubmission", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = ApproveRequest, responses(
     (status = 200, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn approve(
@@ -444,7 +444,7 @@ pub async fn approve(
 
 /// Reject a submission with a reason code and an optional staff-only note; the customer keeps
 /// its tier and is shown a customer-facing code only (COMPLIANCE_OFFICER; once).
-#[utoipa::path(post, path = "/v1/kyc/submissions/{id}/reject", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = RejectRequest, responses(
+#[utoipa::path(post, path = "/v1/kyc/submissions/{id}/reject", operation_id = "rejectKycSubmission", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Submission id (`kyc_…`)")), request_body = RejectRequest, responses(
     (status = 200, body = SubmissionBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn reject(
@@ -469,7 +469,7 @@ pub async fn reject(
 }
 
 /// Download a document's content (COMPLIANCE_OFFICER). Audited as a read of personal data.
-#[utoipa::path(get, path = "/v1/kyc/documents/{id}/content", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Document id (`kyd_…`)")), responses(
+#[utoipa::path(get, path = "/v1/kyc/documents/{id}/content", operation_id = "downloadKycDocument", tag = "kyc", security(("bearer" = [])), params(("id" = String, Path, description = "Document id (`kyd_…`)")), responses(
     (status = 200, description = "The document's bytes, with its content type", content_type = "application/octet-stream"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn download(

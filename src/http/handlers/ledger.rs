@@ -465,7 +465,7 @@ async fn run_movement(
 // ---------------------------------------------------------------- handlers
 
 /// Open an account for a customer in one of the tenant's currencies (one per currency).
-#[utoipa::path(post, path = "/v1/accounts", tag = "ledger", security(("bearer" = [])), request_body = OpenAccountRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts", operation_id = "openAccount", tag = "ledger", security(("bearer" = [])), request_body = OpenAccountRequest, responses(
     (status = 201, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
     (status = 422, description = "The customer was erased (`customer_erased`)", body = ErrorBody),
 ))]
@@ -498,7 +498,7 @@ pub struct AccountListQuery {
 }
 
 /// List accounts, newest first, with balances.
-#[utoipa::path(get, path = "/v1/accounts", tag = "ledger", security(("bearer" = [])), params(AccountListQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts", operation_id = "listAccounts", tag = "ledger", security(("bearer" = [])), params(AccountListQuery), responses(
     (status = 200, body = List<AccountView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list_accounts(
@@ -513,7 +513,7 @@ pub async fn list_accounts(
 }
 
 /// Get one account with its posted, pending and available balances.
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id (`acc_…`)")), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}", operation_id = "getAccount", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id (`acc_…`)")), responses(
     (status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get_account(
@@ -529,7 +529,7 @@ pub async fn get_account(
 }
 
 /// An account's entries, newest first, each with the balance right after it.
-#[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id"), ListQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}/entries", operation_id = "listAccountEntries", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id"), ListQuery), responses(
     (status = 200, body = List<EntryView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn list_entries(
@@ -549,7 +549,7 @@ pub async fn list_entries(
 
 /// Freeze an account: it refuses debits until unfrozen. A reason code is required; a note is
 /// optional, sealed and staff-only (see `GET /v1/staff-notes`).
-#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", operation_id = "freezeAccount", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = FreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn freeze(
@@ -573,7 +573,7 @@ pub async fn freeze(
 }
 
 /// Unfreeze an account. A reason code is required; a note is optional and staff-only.
-#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = UnfreezeRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", operation_id = "unfreezeAccount", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = UnfreezeRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn unfreeze(
@@ -598,7 +598,7 @@ pub async fn unfreeze(
 
 /// Close an account (only at zero balance with nothing pending). Closing is final. A reason
 /// code is optional (required with a note); a note is staff-only.
-#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = CloseRequest, responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", operation_id = "closeAccount", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = CloseRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn close(
@@ -622,7 +622,7 @@ pub async fn close(
 }
 
 /// Set how far below zero an account may go (default 0).
-#[utoipa::path(put, path = "/v1/accounts/{id}/overdraft", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = OverdraftRequest, responses(
+#[utoipa::path(put, path = "/v1/accounts/{id}/overdraft", operation_id = "setAccountOverdraft", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Account id")), request_body = OverdraftRequest, responses(
     (status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn set_overdraft(
@@ -638,7 +638,7 @@ pub async fn set_overdraft(
 }
 
 /// Move money from one account to one or several others of the same currency, atomically.
-#[utoipa::path(post, path = "/v1/transfers", tag = "ledger", security(("bearer" = [])), request_body = CreateTransferRequest,
+#[utoipa::path(post, path = "/v1/transfers", operation_id = "createTransfer", tag = "ledger", security(("bearer" = [])), request_body = CreateTransferRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same response")),
     responses(
         (status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -706,7 +706,7 @@ async fn cash(
 }
 
 /// Cash in: credit a customer account from the tenant's settlement account.
-#[utoipa::path(post, path = "/v1/deposits", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
+#[utoipa::path(post, path = "/v1/deposits", operation_id = "createDeposit", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn deposit(
@@ -729,7 +729,7 @@ pub async fn deposit(
 }
 
 /// Cash out: debit a customer account into the tenant's settlement account.
-#[utoipa::path(post, path = "/v1/withdrawals", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
+#[utoipa::path(post, path = "/v1/withdrawals", operation_id = "createWithdrawal", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn withdraw(
@@ -752,7 +752,7 @@ pub async fn withdraw(
 }
 
 /// Get one transfer.
-#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Transfer id (`trf_…`)")), responses(
+#[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "getTransfer", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Transfer id (`trf_…`)")), responses(
     (status = 200, body = TransferView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get_transfer(
@@ -784,7 +784,7 @@ pub struct TransferListQuery {
 }
 
 /// List transfers, newest first, by account and time.
-#[utoipa::path(get, path = "/v1/transfers", tag = "ledger", security(("bearer" = [])), params(TransferListQuery), responses(
+#[utoipa::path(get, path = "/v1/transfers", operation_id = "listTransfers", tag = "ledger", security(("bearer" = [])), params(TransferListQuery), responses(
     (status = 200, body = List<TransferView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list_transfers(
@@ -823,7 +823,7 @@ pub struct ReverseRequest {
 }
 
 /// Reverse all or part of a transfer with a new transfer linked to it (never more than what is left).
-#[utoipa::path(post, path = "/v1/transfers/{id}/reverse", tag = "ledger", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/transfers/{id}/reverse", operation_id = "reverseTransfer", tag = "ledger", security(("bearer" = [])),
     params(("id" = String, Path, description = "Transfer id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     request_body = ReverseRequest,
     responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -920,7 +920,7 @@ fn render_hold(h: crate::store::HoldRecord) -> String {
 }
 
 /// Reserve part of an account's available balance until the hold expires, is captured or voided.
-#[utoipa::path(post, path = "/v1/holds", tag = "ledger", security(("bearer" = [])), request_body = CreateHoldRequest,
+#[utoipa::path(post, path = "/v1/holds", operation_id = "createHold", tag = "ledger", security(("bearer" = [])), request_body = CreateHoldRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses(
     (status = 201, body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -950,7 +950,7 @@ pub async fn create_hold(
 }
 
 /// Get one hold.
-#[utoipa::path(get, path = "/v1/holds/{id}", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id (`hld_…`)")), responses(
+#[utoipa::path(get, path = "/v1/holds/{id}", operation_id = "getHold", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id (`hld_…`)")), responses(
     (status = 200, body = HoldView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get_hold(
@@ -964,7 +964,7 @@ pub async fn get_hold(
 }
 
 /// Capture all or part of a hold into a transfer; the rest of the hold is released.
-#[utoipa::path(post, path = "/v1/holds/{id}/capture", tag = "ledger", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/holds/{id}/capture", operation_id = "captureHold", tag = "ledger", security(("bearer" = [])),
     params(("id" = String, Path, description = "Hold id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     request_body = CaptureRequest,
     responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -994,7 +994,7 @@ pub async fn capture_hold(
 }
 
 /// Release a hold without moving money.
-#[utoipa::path(post, path = "/v1/holds/{id}/void", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id")), responses(
+#[utoipa::path(post, path = "/v1/holds/{id}/void", operation_id = "voidHold", tag = "ledger", security(("bearer" = [])), params(("id" = String, Path, description = "Hold id")), responses(
     (status = 200, body = HoldView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn void_hold(
@@ -1050,7 +1050,7 @@ fn error_value(e: ApiError) -> (u16, Value) {
 
 /// Post up to 1,000 transfers in one request: each with its own result, or with `atomic` all or none.
 /// With an `Idempotency-Key`, transfer `i` is keyed `<key>#<i>`, so a retried batch replays.
-#[utoipa::path(post, path = "/v1/transfers/batch", tag = "ledger", security(("bearer" = [])), request_body = BatchRequest,
+#[utoipa::path(post, path = "/v1/transfers/batch", operation_id = "createBatchTransfers", tag = "ledger", security(("bearer" = [])), request_body = BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe; each transfer is keyed <key>#<index>")),
     responses(
         (status = 200, description = "Independent transfers: one result each", body = BatchView),

@@ -32,7 +32,7 @@ pub struct ChangePasswordRequest {
 /// `password_too_common`, `password_too_weak`, `password_contains_personal_info`,
 /// `password_reused`) and `param: "new_password"`. On success every other session of yours
 /// ends; this one stays signed in. API tokens are refused (403 `session_required`).
-#[utoipa::path(post, path = "/v1/me/password", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/me/password", operation_id = "changePassword", tag = "auth", security(("bearer" = [])),
     request_body = ChangePasswordRequest, responses(
     (status = 204, description = "Password changed; your other sessions are signed out"),
     (status = 400, description = "Wrong current password, or the new one breaks a rule", body = ErrorBody),

@@ -14,14 +14,14 @@ use crate::http::views::{HealthView, ReadyChecksView, ReadyView};
 use crate::service::Core;
 
 /// Liveness: the process is up and serving.
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = HealthView)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", tag = "meta", responses((status = 200, body = HealthView)))]
 pub async fn healthz() -> Json<HealthView> {
     Json(HealthView { status: "ok" })
 }
 
 /// Readiness: the database answers, its migrations are the ones this binary embeds, and Redis
 /// answers when configured. 503 names the failing check, nothing more.
-#[utoipa::path(get, path = "/readyz", tag = "meta", responses(
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "meta", responses(
     (status = 200, description = "Ready", body = ReadyView),
     (status = 503, description = "A dependency is not ready", body = ReadyView)
 ))]
@@ -45,7 +45,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// The public keys that verify access tokens (RFC 7517).
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", responses((status = 200, description = "A JWK set", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", operation_id = "getJwks", tag = "meta", responses((status = 200, description = "A JWK set", body = serde_json::Value)))]
 pub async fn jwks(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(state.core.tokens.jwks().clone())
 }

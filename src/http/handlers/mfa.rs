@@ -90,7 +90,7 @@ fn codes_view(codes: mfa::RecoveryCodes) -> Json<RecoveryCodesView> {
 /// Finish a sign-in for a user with MFA: the token from `/v1/auth/login` and a TOTP code or a
 /// recovery code. A code is accepted once; wrong codes count towards the account's lockout and
 /// a token dies after 5 of them.
-#[utoipa::path(post, path = "/v1/auth/mfa", tag = "auth", request_body = MfaLoginRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/mfa", operation_id = "loginWithMfa", tag = "auth", request_body = MfaLoginRequest, responses(
     (status = 200, body = TokenResponse),
     (status = 400, body = ErrorBody),
     (status = 401, description = "`invalid_mfa_code` (wrong, replayed or spent code) or `invalid_token` (unknown, used, expired or dead MFA token)", body = ErrorBody),
@@ -118,7 +118,7 @@ pub async fn login(
 /// Start (or restart) a TOTP enrolment: answers the secret, its `otpauth://` URI and a QR
 /// code. Nothing changes until `POST /v1/me/mfa/totp/confirm`. Replacing an active
 /// authenticator needs step-up.
-#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "mfa", security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/v1/me/mfa/totp", operation_id = "enrolTotp", tag = "mfa", security(("bearer" = [])), responses(
     (status = 201, body = TotpEnrolmentView),
     (status = 401, body = ErrorBody), (status = 403, description = "`step_up_required` (replacing an active authenticator) or `session_required` (API tokens)", body = ErrorBody),
 ))]
@@ -145,7 +145,7 @@ pub async fn enrol(
 
 /// Confirm an enrolment with the authenticator's current code: MFA is on from now, and the
 /// answer carries 10 single-use recovery codes, shown this once.
-#[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "mfa", security(("bearer" = [])), request_body = MfaConfirmRequest, responses(
+#[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", operation_id = "confirmTotpEnrolment", tag = "mfa", security(("bearer" = [])), request_body = MfaConfirmRequest, responses(
     (status = 200, body = RecoveryCodesView),
     (status = 400, description = "`invalid_mfa_code`", body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 409, description = "`mfa_enrolment_missing`, `mfa_enrolment_expired` or `mfa_enrolment_changed`", body = ErrorBody),
@@ -162,7 +162,7 @@ pub async fn confirm(
 }
 
 /// The caller's MFA state: enabled, since when, recovery codes left.
-#[utoipa::path(get, path = "/v1/me/mfa", tag = "mfa", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/me/mfa", operation_id = "getMfaStatus", tag = "mfa", security(("bearer" = [])), responses(
     (status = 200, body = MfaStatusView), (status = 401, body = ErrorBody),
 ))]
 pub async fn status(
@@ -183,7 +183,7 @@ pub async fn status(
 
 /// Turn MFA off (needs step-up). Refused with `mfa_required_by_policy` when the caller's
 /// role must use MFA.
-#[utoipa::path(delete, path = "/v1/me/mfa/totp", tag = "mfa", security(("bearer" = [])), responses(
+#[utoipa::path(delete, path = "/v1/me/mfa/totp", operation_id = "disableMfa", tag = "mfa", security(("bearer" = [])), responses(
     (status = 204, description = "MFA disabled; recovery codes deleted"),
     (status = 401, body = ErrorBody),
     (status = 403, description = "`step_up_required` or `mfa_required_by_policy`", body = ErrorBody),
@@ -200,7 +200,7 @@ pub async fn disable(
 
 /// Replace the caller's recovery codes with 10 new ones (needs step-up); the old ones stop
 /// working.
-#[utoipa::path(post, path = "/v1/me/mfa/recovery-codes", tag = "mfa", security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/v1/me/mfa/recovery-codes", operation_id = "regenerateRecoveryCodes", tag = "mfa", security(("bearer" = [])), responses(
     (status = 200, body = RecoveryCodesView),
     (status = 401, body = ErrorBody), (status = 403, description = "`step_up_required`", body = ErrorBody),
     (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),

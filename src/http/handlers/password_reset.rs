@@ -51,7 +51,7 @@ const ACCEPTED_MESSAGE: &str = "if an active account with this email exists in t
 /// not the tenant or the account exists (or the account is disabled). The link is valid for
 /// 30 minutes and works once; a newer request invalidates older links; at most 3 links per
 /// account are sent per 15 minutes.
-#[utoipa::path(post, path = "/v1/auth/password-reset", tag = "auth", request_body = PasswordResetRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/password-reset", operation_id = "requestPasswordReset", tag = "auth", request_body = PasswordResetRequest, responses(
     (status = 202, body = PasswordResetAccepted),
     (status = 400, description = "Malformed request or email", body = ErrorBody),
 ))]
@@ -78,7 +78,7 @@ pub async fn request(
 /// (the error names the rule; the token stays usable). With MFA on, `code` is required. On
 /// success every session of the user is revoked and the account's sign-in lock is lifted.
 /// An unknown, expired, superseded or spent token answers 400 `reset_token_invalid`.
-#[utoipa::path(post, path = "/v1/auth/password-reset/confirm", tag = "auth", request_body = PasswordResetConfirmRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/password-reset/confirm", operation_id = "confirmPasswordReset", tag = "auth", request_body = PasswordResetConfirmRequest, responses(
     (status = 204, description = "Password changed; all sessions revoked"),
     (status = 400, description = "Invalid token, refused password, or missing/wrong MFA code", body = ErrorBody),
     (status = 429, description = "Too many wrong MFA codes (see Retry-After)", body = ErrorBody),

@@ -189,7 +189,7 @@ impl From<CustomerPrivacyRecord> for RestrictionView {
 
 /// Export everything held about a customer (GDPR access and portability). A CUSTOMER may export
 /// only itself. Sent as an attachment, never cached.
-#[utoipa::path(get, path = "/v1/customers/{id}/export", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), responses(
+#[utoipa::path(get, path = "/v1/customers/{id}/export", operation_id = "exportCustomerData", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), responses(
     (status = 200, body = CustomerExportView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn export(
@@ -221,7 +221,7 @@ pub async fn export(
 /// role, and only a caller who may manage that user can erase (403
 /// `linked_user_not_manageable` otherwise). Ledger entries stay under the pseudonymous ids. A
 /// second request answers 409 `customer_erased`.
-#[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = ErasureRequest, responses(
+#[utoipa::path(post, path = "/v1/customers/{id}/erase", operation_id = "eraseCustomer", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = ErasureRequest, responses(
     (status = 200, body = ErasureView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
@@ -262,7 +262,7 @@ pub async fn erase(
 /// Restrict the processing of a customer's data: until lifted, no new money movement (transfer,
 /// deposit, withdrawal, hold, capture) may debit or credit its accounts (422
 /// `processing_restricted`); reversals, as corrections, stay allowed.
-#[utoipa::path(post, path = "/v1/customers/{id}/restrict", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RestrictionRequest, responses(
+#[utoipa::path(post, path = "/v1/customers/{id}/restrict", operation_id = "restrictCustomer", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RestrictionRequest, responses(
     (status = 200, body = RestrictionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]
@@ -287,7 +287,7 @@ pub async fn restrict(
 }
 
 /// Lift the restriction of processing of a customer's data.
-#[utoipa::path(post, path = "/v1/customers/{id}/unrestrict", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RestrictionRequest, responses(
+#[utoipa::path(post, path = "/v1/customers/{id}/unrestrict", operation_id = "unrestrictCustomer", tag = "privacy", security(("bearer" = [])), params(("id" = String, Path, description = "Customer id (`cus_…`)")), request_body = RestrictionRequest, responses(
     (status = 200, body = RestrictionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]

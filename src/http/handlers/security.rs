@@ -43,7 +43,7 @@ pub struct StepUpView {
 /// sensitive actions: changing password or MFA, creating API tokens, changing roles, the
 /// security policy, and transfers above the tenant's threshold. Wrong passwords count towards
 /// the account's lockout.
-#[utoipa::path(post, path = "/v1/auth/step-up", tag = "auth", security(("bearer" = [])), request_body = StepUpRequest, responses(
+#[utoipa::path(post, path = "/v1/auth/step-up", operation_id = "stepUpSession", tag = "auth", security(("bearer" = [])), request_body = StepUpRequest, responses(
     (status = 200, body = StepUpView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Not a user session (API tokens cannot step up)", body = ErrorBody),
     (status = 429, description = "Too many failures (see Retry-After)", body = ErrorBody),
@@ -106,7 +106,7 @@ fn session_view(r: SessionRecord, current: Option<&SessionId>) -> SessionView {
 }
 
 /// The caller's live sessions, newest first, with the current one marked.
-#[utoipa::path(get, path = "/v1/me/sessions", tag = "sessions", security(("bearer" = [])), params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/me/sessions", operation_id = "listSessions", tag = "sessions", security(("bearer" = [])), params(ListQuery), responses(
     (status = 200, body = List<SessionView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list_sessions(
@@ -121,7 +121,7 @@ pub async fn list_sessions(
 }
 
 /// End one of the caller's sessions (the current one included): its tokens stop at once.
-#[utoipa::path(delete, path = "/v1/me/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path)), responses(
+#[utoipa::path(delete, path = "/v1/me/sessions/{id}", operation_id = "revokeSession", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path)), responses(
     (status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn revoke_session(
@@ -143,7 +143,7 @@ pub struct RevokedView {
 }
 
 /// End every session of the caller except the current one.
-#[utoipa::path(post, path = "/v1/me/sessions/revoke-others", tag = "sessions", security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/v1/me/sessions/revoke-others", operation_id = "revokeOtherSessions", tag = "sessions", security(("bearer" = [])), responses(
     (status = 200, body = RevokedView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn revoke_other_sessions(
@@ -333,7 +333,7 @@ fn render(mut policy: SecurityPolicy, principal: &Principal) -> SecurityPolicyBo
 }
 
 /// The security policy in force for the caller's tenant (the defaults until one is set).
-#[utoipa::path(get, path = "/v1/security/policy", tag = "security", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/security/policy", operation_id = "getSecurityPolicy", tag = "security", security(("bearer" = [])), responses(
     (status = 200, body = SecurityPolicyBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn get_policy(
@@ -346,7 +346,7 @@ pub async fn get_policy(
 
 /// Replace the tenant's security policy (every field; figures outside the bounds are refused
 /// with the field named). Needs step-up.
-#[utoipa::path(put, path = "/v1/security/policy", tag = "security", security(("bearer" = [])), request_body = SecurityPolicyBody, responses(
+#[utoipa::path(put, path = "/v1/security/policy", operation_id = "setSecurityPolicy", tag = "security", security(("bearer" = [])), request_body = SecurityPolicyBody, responses(
     (status = 200, body = SecurityPolicyBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Not permitted, or step-up required", body = ErrorBody),
 ))]
@@ -371,7 +371,7 @@ pub struct UnlockView {
 }
 
 /// Lift a user's sign-in lock and forget their failed attempts.
-#[utoipa::path(post, path = "/v1/users/{id}/unlock", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), responses(
+#[utoipa::path(post, path = "/v1/users/{id}/unlock", operation_id = "unlockUser", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), responses(
     (status = 200, body = UnlockView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn unlock_user(
@@ -431,7 +431,7 @@ pub struct SecurityEventView {
 /// Security events of the caller's tenant (the platform's for platform admins), newest first:
 /// failed sign-ins, lockouts, refresh-token reuse, MFA and step-up failures, refused
 /// authorisations, bad signatures, replays and refused addresses.
-#[utoipa::path(get, path = "/v1/security-events", tag = "security", security(("bearer" = [])), params(SecurityEventQuery), responses(
+#[utoipa::path(get, path = "/v1/security-events", operation_id = "listSecurityEvents", tag = "security", security(("bearer" = [])), params(SecurityEventQuery), responses(
     (status = 200, body = List<SecurityEventView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list_events(

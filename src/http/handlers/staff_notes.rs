@@ -76,7 +76,7 @@ fn no_store(mut resp: Response) -> Response {
 
 /// The staff notes about an account, a customer or a KYC submission, oldest first
 /// (`staff_notes:read`, COMPLIANCE_OFFICER). Audited as `staff_note.list`.
-#[utoipa::path(get, path = "/v1/staff-notes", tag = "compliance", security(("bearer" = [])), params(StaffNoteQuery), responses(
+#[utoipa::path(get, path = "/v1/staff-notes", operation_id = "listStaffNotes", tag = "compliance", security(("bearer" = [])), params(StaffNoteQuery), responses(
     (status = 200, body = List<StaffNoteView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(
@@ -106,7 +106,7 @@ pub async fn list(
 }
 
 /// One staff note (`staff_notes:read`, COMPLIANCE_OFFICER). Audited as `staff_note.read`.
-#[utoipa::path(get, path = "/v1/staff-notes/{id}", tag = "compliance", security(("bearer" = [])), params(("id" = String, Path, description = "Note id (`stn_…`)")), responses(
+#[utoipa::path(get, path = "/v1/staff-notes/{id}", operation_id = "getStaffNote", tag = "compliance", security(("bearer" = [])), params(("id" = String, Path, description = "Note id (`stn_…`)")), responses(
     (status = 200, body = StaffNoteView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get(

@@ -20,7 +20,7 @@ use crate::service::{Principal, RequestMeta};
 
 /// Create a tenant with its first MANAGER, who is invited by email (status `invited`; it
 /// chooses its own password). Needs step-up.
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), request_body = CreateTenantRequest, responses(
+#[utoipa::path(post, path = "/v1/tenants", operation_id = "createTenant", tag = "tenants", security(("bearer" = [])), request_body = CreateTenantRequest, responses(
     (status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Not permitted, or step-up required", body = ErrorBody), (status = 409, description = "Slug taken", body = ErrorBody),
 ))]
@@ -42,7 +42,7 @@ pub async fn create(
 }
 
 /// List tenants, newest first.
-#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants", tag = "tenants", security(("bearer" = [])), params(ListQuery), responses(
     (status = 200, body = List<TenantView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(
@@ -55,7 +55,7 @@ pub async fn list(
 }
 
 /// Get one tenant.
-#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id (`ten_…`)")), responses(
+#[utoipa::path(get, path = "/v1/tenants/{id}", operation_id = "getTenant", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id (`ten_…`)")), responses(
     (status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get(
@@ -66,7 +66,7 @@ pub async fn get(
 }
 
 /// Suspend a tenant: its users cannot sign in and every session ends at once.
-#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), responses(
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", operation_id = "suspendTenant", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), responses(
     (status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn suspend(
@@ -80,7 +80,7 @@ pub async fn suspend(
 }
 
 /// Reactivate a suspended tenant (its users sign in again).
-#[utoipa::path(post, path = "/v1/tenants/{id}/reactivate", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), responses(
+#[utoipa::path(post, path = "/v1/tenants/{id}/reactivate", operation_id = "reactivateTenant", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), responses(
     (status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn reactivate(
@@ -96,7 +96,7 @@ pub async fn reactivate(
 /// Break-glass, step 1: ask for an invitation of a new MANAGER for the tenant (its managers
 /// lost their access). A second platform admin must approve within 24 hours; a platform with a
 /// single admin cannot use this (409 `break_glass_needs_two_admins`). Needs step-up.
-#[utoipa::path(post, path = "/v1/tenants/{id}/break-glass", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), request_body = BreakGlassRequestBody, responses(
+#[utoipa::path(post, path = "/v1/tenants/{id}/break-glass", operation_id = "requestBreakGlass", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id")), request_body = BreakGlassRequestBody, responses(
     (status = 201, body = BreakGlassView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]
@@ -116,7 +116,7 @@ pub async fn break_glass_request(
 }
 
 /// The tenant's break-glass requests, newest first.
-#[utoipa::path(get, path = "/v1/tenants/{id}/break-glass", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id"), ListQuery), responses(
+#[utoipa::path(get, path = "/v1/tenants/{id}/break-glass", operation_id = "listBreakGlassRequests", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id"), ListQuery), responses(
     (status = 200, body = List<BreakGlassView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn break_glass_list(
@@ -135,7 +135,7 @@ pub async fn break_glass_list(
 /// Break-glass, step 2: a second platform admin (never the requester: 403
 /// `break_glass_same_admin`) approves a pending request within 24 hours (409
 /// `break_glass_expired` after); the new MANAGER is invited by email. Needs step-up.
-#[utoipa::path(post, path = "/v1/tenants/{id}/break-glass/{request_id}/approve", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id"), ("request_id" = String, Path, description = "Break-glass request id (`brk_…`)")), responses(
+#[utoipa::path(post, path = "/v1/tenants/{id}/break-glass/{request_id}/approve", operation_id = "approveBreakGlassRequest", tag = "tenants", security(("bearer" = [])), params(("id" = String, Path, description = "Tenant id"), ("request_id" = String, Path, description = "Break-glass request id (`brk_…`)")), responses(
     (status = 200, body = BreakGlassView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]

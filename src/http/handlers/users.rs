@@ -20,7 +20,7 @@ use crate::service::{Principal, RequestMeta};
 /// roles may not carry a permission the caller lacks, nor hold a forbidden pair (422
 /// `forbidden_role_pair`); inviting a staff role (anything but CUSTOMER) needs step-up, so API
 /// tokens cannot do it.
-#[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateUserRequest, responses(
+#[utoipa::path(post, path = "/v1/users", operation_id = "createUser", tag = "users", security(("bearer" = [])), request_body = CreateUserRequest, responses(
     (status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, description = "Not permitted, or step-up required", body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody),
     (status = 422, description = "A forbidden pair of roles", body = ErrorBody),
@@ -40,7 +40,7 @@ pub async fn create(
 }
 
 /// List users of the caller's tenant, newest first (a CUSTOMER sees only itself).
-#[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])), params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/users", operation_id = "listUsers", tag = "users", security(("bearer" = [])), params(ListQuery), responses(
     (status = 200, body = List<UserView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
 ))]
 pub async fn list(
@@ -54,7 +54,7 @@ pub async fn list(
 }
 
 /// Get one user. Another tenant's user answers 404, as a missing one does.
-#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id (`usr_…`)")), responses(
+#[utoipa::path(get, path = "/v1/users/{id}", operation_id = "getUser", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id (`usr_…`)")), responses(
     (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn get(
@@ -66,7 +66,7 @@ pub async fn get(
 }
 
 /// Disable a user: they cannot sign in and their sessions end at once.
-#[utoipa::path(post, path = "/v1/users/{id}/disable", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+#[utoipa::path(post, path = "/v1/users/{id}/disable", operation_id = "disableUser", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
     (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn disable(
@@ -80,7 +80,7 @@ pub async fn disable(
 }
 
 /// Re-enable a disabled user.
-#[utoipa::path(post, path = "/v1/users/{id}/enable", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+#[utoipa::path(post, path = "/v1/users/{id}/enable", operation_id = "enableUser", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
     (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub async fn enable(
@@ -95,7 +95,7 @@ pub async fn enable(
 
 /// Reset another user's second factor (needs step-up): their authenticator and recovery codes
 /// are removed and their sessions end; they enrol again at the next sign-in.
-#[utoipa::path(post, path = "/v1/users/{id}/mfa/reset", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+#[utoipa::path(post, path = "/v1/users/{id}/mfa/reset", operation_id = "resetUserMfa", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
     (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn reset_mfa(
@@ -109,7 +109,7 @@ pub async fn reset_mfa(
 }
 
 /// Replace a user's roles. Takes effect on the user's next request.
-#[utoipa::path(put, path = "/v1/users/{id}/roles", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), request_body = SetRolesRequest, responses(
+#[utoipa::path(put, path = "/v1/users/{id}/roles", operation_id = "setUserRoles", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), request_body = SetRolesRequest, responses(
     (status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
 ))]
 pub async fn set_roles(
@@ -126,7 +126,7 @@ pub async fn set_roles(
 /// Send an invited user a new invitation link (72 hours); its earlier links stop working.
 /// Only for a user still `invited` (409 `user_not_invited` otherwise); needs step-up when the
 /// user holds a staff role.
-#[utoipa::path(post, path = "/v1/users/{id}/reinvite", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
+#[utoipa::path(post, path = "/v1/users/{id}/reinvite", operation_id = "reinviteUser", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "User id")), responses(
     (status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
 ))]
 pub async fn reinvite(

@@ -2,9 +2,7 @@
 
 use super::*;
 
-/// Limits of a hold's lifetime.
-pub(super) const HOLD_MIN_SECONDS: i64 = 60;
-pub(super) const HOLD_MAX_SECONDS: i64 = 30 * 86_400;
+use crate::domain::ledger::{HOLD_MAX_SECONDS, HOLD_MIN_SECONDS};
 
 /// A hold request, parsed from the wire.
 pub struct HoldInput {
