@@ -252,6 +252,19 @@ impl Engine {
         let movement = Movement::of(m.kind, m.reverses.as_ref().map(|r| r.original_kind));
         self.expire_until(now);
 
+        // Double entry, whoever built the command: at least one leg on each side, each side
+        // summing to the amount.
+        let side = |legs: &[(crate::ids::AccountId, super::Amount)]| -> Option<i64> {
+            legs.iter()
+                .try_fold(0i64, |sum, (_, n)| sum.checked_add(n.get()))
+        };
+        if m.debits.is_empty()
+            || m.credits.is_empty()
+            || side(&m.debits) != Some(m.amount.get())
+            || side(&m.credits) != Some(m.amount.get())
+        {
+            return Err(Refusal::Unbalanced);
+        }
         if let Some(r) = &m.reference
             && self
                 .snap
@@ -844,6 +857,23 @@ mod tests {
         );
         assert_eq!(p.transfers().len(), 1);
         assert_eq!(p.keys.len(), 1);
+    }
+
+    #[test]
+    fn a_command_whose_legs_do_not_balance_is_never_posted() {
+        let snap = || snapshot(&[account("acc_a", 100), account("acc_b", 0)]);
+        let mut no_credit = movement("acc_a", "acc_b", 10, 1);
+        no_credit.credits.clear();
+        let mut short = movement("acc_a", "acc_b", 10, 1);
+        short.credits = legs(&[("acc_b", 9)]);
+        for m in [no_credit, short] {
+            let p = plan(snap(), &[m]);
+            assert!(matches!(
+                p.results[0],
+                PostResult::Refused(Refusal::Unbalanced)
+            ));
+            assert!(p.accounts.is_empty() && p.entries().is_empty());
+        }
     }
 
     #[test]

@@ -239,6 +239,10 @@ pub enum Refusal {
         "account {0} is a system account: only the movement kinds declared for it may touch it (deposits and withdrawals through settlement, and their reversals)"
     )]
     SystemAccount(String),
+    /// A movement whose legs do not balance (debits and credits each summing to its amount, at
+    /// least one of each): the core never posts one, whoever built it.
+    #[error("the movement's legs do not balance")]
+    Unbalanced,
     /// The actor's credential, status or roles changed between the request's authorisation and
     /// the posting transaction (re-checked there): 401 or 403, as the middleware would answer.
     #[error("the actor is no longer authorised")]
@@ -260,6 +264,7 @@ impl Refusal {
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
             Refusal::ProcessingRestricted(_) => "processing_restricted",
             Refusal::SystemAccount(_) => "system_account",
+            Refusal::Unbalanced => "movement_unbalanced",
             Refusal::ActorRevoked(r) => r.code(),
         }
     }
@@ -333,6 +338,7 @@ impl StoredOutcome {
                     Refusal::DuplicateReference(r) => w.reference = Some(r.clone()),
                     Refusal::CheckRefused { message, .. } => w.message = Some(message.clone()),
                     Refusal::ReversalExceedsOriginal
+                    | Refusal::Unbalanced
                     | Refusal::HoldNotActive
                     | Refusal::CaptureExceedsHold
                     | Refusal::ActorRevoked(_) => {}
@@ -374,6 +380,7 @@ impl StoredOutcome {
             "reversal_exceeds_original" => Refusal::ReversalExceedsOriginal,
             "hold_not_active" => Refusal::HoldNotActive,
             "capture_exceeds_hold" => Refusal::CaptureExceedsHold,
+            "movement_unbalanced" => Refusal::Unbalanced,
             other => Refusal::CheckRefused {
                 code: CHECK_CODES.iter().find(|c| **c == other)?,
                 message: w.message?,
@@ -557,6 +564,7 @@ mod tests {
             StoredOutcome::Refused(Refusal::ReversalExceedsOriginal),
             StoredOutcome::Refused(Refusal::HoldNotActive),
             StoredOutcome::Refused(Refusal::CaptureExceedsHold),
+            StoredOutcome::Refused(Refusal::Unbalanced),
             StoredOutcome::Refused(Refusal::CheckRefused {
                 code: "kyc_limit_exceeded",
                 message: "over the limit".into(),

@@ -79,33 +79,37 @@ impl TryFrom<TransferRequest> for CheckedTransfer {
         r.details
             .validate()
             .map_err(|(param, message)| InvalidTransfer::Param { param, message })?;
+        // A transfer names 1 to MAX_CREDIT_LEGS credit legs; a capture names the one it credits;
+        // deposits and withdrawals name none (the service adds the settlement leg). Whatever
+        // legs are named must be positive, must not credit the debit account, and must sum to
+        // the amount.
+        if r.kind == TransferKind::Transfer
+            && (r.credits.is_empty() || r.credits.len() > MAX_CREDIT_LEGS)
+        {
+            return Err(InvalidTransfer::param(
+                "credits",
+                format!("between 1 and {MAX_CREDIT_LEGS} credit legs are required"),
+            ));
+        }
         let mut credits = Vec::with_capacity(r.credits.len());
-        if r.kind == TransferKind::Transfer {
-            if r.credits.is_empty() || r.credits.len() > MAX_CREDIT_LEGS {
+        let mut total: i64 = 0;
+        for (i, (acc, amt)) in r.credits.iter().enumerate() {
+            let leg = Amount::parse(*amt)
+                .map_err(|m| InvalidTransfer::param(format!("credits[{i}].amount"), m))?;
+            if *acc == r.debit_account_id {
                 return Err(InvalidTransfer::param(
-                    "credits",
-                    format!("between 1 and {MAX_CREDIT_LEGS} credit legs are required"),
+                    format!("credits[{i}].account_id"),
+                    "a transfer cannot credit its debit account",
                 ));
             }
-            let mut total: i64 = 0;
-            for (i, (acc, amt)) in r.credits.iter().enumerate() {
-                let leg = Amount::parse(*amt)
-                    .map_err(|m| InvalidTransfer::param(format!("credits[{i}].amount"), m))?;
-                if *acc == r.debit_account_id {
-                    return Err(InvalidTransfer::param(
-                        format!("credits[{i}].account_id"),
-                        "a transfer cannot credit its debit account",
-                    ));
-                }
-                total = total.saturating_add(leg.get());
-                credits.push((acc, leg));
-            }
-            if total != amount.get() {
-                return Err(InvalidTransfer::param(
-                    "credits",
-                    format!("the credit legs sum to {total}, not the amount {amount}"),
-                ));
-            }
+            total = total.saturating_add(leg.get());
+            credits.push((acc, leg));
+        }
+        if !credits.is_empty() && total != amount.get() {
+            return Err(InvalidTransfer::param(
+                "credits",
+                format!("the credit legs sum to {total}, not the amount {amount}"),
+            ));
         }
         let debit = account(&r.debit_account_id)?;
         let credits = credits
@@ -194,6 +198,21 @@ mod tests {
         let mut r = request(vec![(acc(2), 1)], 1);
         r.reference = Some("x".repeat(MAX_REFERENCE_CHARS + 1));
         assert_eq!(param_of(r).as_deref(), Some("reference"));
+    }
+
+    #[test]
+    fn every_kind_keeps_the_legs_it_names() {
+        let mut r = request(vec![(acc(2), 100)], 100);
+        r.kind = TransferKind::Capture;
+        let t = CheckedTransfer::try_from(r).ok();
+        assert_eq!(
+            t.map(|t| t.credits.len()),
+            Some(1),
+            "a capture's credit leg"
+        );
+        let mut r = request(vec![(acc(2), 60)], 100);
+        r.kind = TransferKind::Capture;
+        assert_eq!(param_of(r).as_deref(), Some("credits"));
     }
 
     #[test]
