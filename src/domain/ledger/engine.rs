@@ -1009,10 +1009,10 @@ mod tests {
         keys: &mut HashSet<String>,
         m: &TransferCommand,
     ) -> Option<&'static str> {
-        if let Some(k) = &m.idempotency {
-            if !keys.insert(k.key.clone()) {
-                return Some("duplicate");
-            }
+        if let Some(k) = &m.idempotency
+            && !keys.insert(k.key.clone())
+        {
+            return Some("duplicate");
         }
         let movement = Movement::of(m.kind, None);
         let legs: Vec<(&str, i64, bool)> = m
