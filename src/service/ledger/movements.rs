@@ -158,13 +158,9 @@ pub(super) async fn build_movement(
             .map_err(invalid_transfer)?;
             let (debits, credits, owner) = match kind {
                 TransferKind::Transfer => {
-                    let owner = match actor.scope(Permission::TransfersCreate)? {
-                        Scope::All => None,
-                        Scope::Own => Some(own_customer(core, actor).await?.map_or_else(
-                            || CustomerId::from_trusted("cus_none".to_owned()),
-                            |c| CustomerId::from_trusted(c.id),
-                        )),
-                    };
+                    let owner = owner_filter(core, actor, Permission::TransfersCreate)
+                        .await?
+                        .map(CustomerId::from_trusted);
                     (vec![(t.debit, t.amount)], t.credits, owner)
                 }
                 TransferKind::Deposit | TransferKind::Withdrawal => {
