@@ -152,14 +152,16 @@ pub async fn build_core(
     build_core_with_checks(config, clock, migrate, Vec::new()).await
 }
 
-/// [`build_core`] with pre-commit checks installed at the ledger's check point (KYC limits and
-/// monitoring rules will be registered here).
+/// [`build_core`] with pre-commit checks installed at the ledger core's check point
+/// (transaction-monitoring rules will be registered here): the writer runs them on every
+/// movement inside the posting transaction.
 pub async fn build_core_with_checks(
     config: &Config,
     clock: Arc<dyn Clock>,
     migrate: bool,
     checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
 ) -> Result<Arc<Core>, StartError> {
+    let checks = crate::domain::ledger::Checks(checks);
     if !config.argon2.meets_minimum() {
         tracing::warn!(
             memory_kib = config.argon2.memory_kib,
@@ -243,7 +245,7 @@ pub async fn build_core_with_checks(
             keys.master
                 .derive(crate::service::security::LoginEmailKey::PURPOSE),
         ),
-        ledger: crate::service::ledger::LedgerWriter::start(store.clone()),
+        ledger: crate::service::ledger::LedgerWriter::start(store.clone(), checks.clone()),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),
             clock.clone(),

@@ -126,6 +126,12 @@ prefixed_id!(
     SecurityAlertId,
     "evt"
 );
+prefixed_id!(
+    /// An event a movement committed with it (a pre-commit check's side write, in
+    /// `ledger_events`).
+    LedgerEventId,
+    "lev"
+);
 
 #[cfg(test)]
 mod tests {

@@ -560,6 +560,9 @@ pub struct ActorStanding {
     pub roles: String,
     pub credential_live: bool,
     pub tenant_active: bool,
+    /// When the session last proved its user's password or second factor (`None` for an API
+    /// token, which cannot step up): the ledger core's step-up rule reads it under lock.
+    pub authenticated_at: Option<i64>,
 }
 
 /// The rule: the action commits only if the credential is live, the user active, and the user's
@@ -599,6 +602,38 @@ pub struct ActorCheck {
     pub credential: ActorCredential,
     /// The roles the request was authorised with.
     pub roles: Vec<Role>,
+    /// The tenant's step-up rule for money leaving an account, as the request was authorised
+    /// (`None` when the tenant has no threshold): the ledger core refuses an outgoing movement
+    /// above its currency's threshold unless the credential authenticated recently enough.
+    pub step_up: Option<StepUpRule>,
+}
+
+/// Money leaving an account above a currency's threshold needs an authentication no older than
+/// `max_age_seconds` (the tenant's security policy).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepUpRule {
+    /// Currency code → the largest amount (minor units) that needs no step-up.
+    pub thresholds: std::collections::BTreeMap<String, i64>,
+    pub max_age_seconds: u32,
+}
+
+impl StepUpRule {
+    /// Whether a movement of `amount` in `currency` leaving an account may commit for a
+    /// credential last authenticated at `authenticated_at` (microseconds), at `now`.
+    pub fn allows(
+        &self,
+        currency: &str,
+        amount: i64,
+        authenticated_at: Option<i64>,
+        now: i64,
+    ) -> bool {
+        match self.thresholds.get(currency) {
+            Some(limit) if amount > *limit => authenticated_at.is_some_and(|at| {
+                at.saturating_add(i64::from(self.max_age_seconds) * 1_000_000) >= now
+            }),
+            _ => true,
+        }
+    }
 }
 
 /// The credential a request was authorised with.
@@ -771,6 +806,7 @@ mod tests {
             roles: roles.into(),
             credential_live: live,
             tenant_active: true,
+            authenticated_at: None,
         };
         let m = [Role::Manager, Role::Customer];
         assert_eq!(

@@ -1,22 +1,18 @@
 //! KYC use cases: the tenant's limits per tier and currency, the verification workflow
 //! (submission with documents, the review queue, a one-time approval or rejection, document
-//! download), and the ledger's KYC check ([`check_movement`]), which the pre-commit check
-//! point in `service::ledger::build_movement` calls for every movement.
+//! download), and the limits a movement carries to the ledger core ([`movement_limits`]).
 //!
 //! Limit policy: a currency with no limit row at all in a tenant is unconfigured and no KYC
-//! limit applies to it (and the check reads nothing from storage). Once a currency has any
-//! row it fails closed: a customer whose tier has no row for it can neither send nor receive
-//! in it. Reversals are never refused by KYC and do not count as outgoing.
+//! limit applies to it (the movement carries no limits and the writer reads nothing for them).
+//! Once a currency has any row it fails closed: a customer whose tier has no row for it can
+//! neither send nor receive in it. Reversals are never refused by KYC and do not count as
+//! outgoing.
 //!
-//! Concurrency: the totals are read before the movement reaches the writer, so two concurrent
-//! movements of one account could both fit a limit only one fits. [`KycGate`] closes that
-//! within a process: a movement that passes reserves its amount on the account until its
-//! result is settled (after the commit), and every later check counts the reservations. A
-//! reservation released while a check was reading is detected (a per-account release counter)
-//! and the read is repeated, or its amount is counted as well, so a check may over-count
-//! (refuse early) but never under-count. Several instances do not see each other's
-//! reservations: with N instances, up to N concurrent movements of one account can pass a
-//! limit only one fits (see docs/SECURITY.md).
+//! Exactness: the ledger core applies the limits inside the posting transaction, to the tiers,
+//! balances and running totals (`ledger_counters`) the writer loads under lock, and adds to the
+//! totals in the same transaction; so a daily or monthly limit holds exactly however many
+//! instances post. Replacing a currency's limits drops its running totals: the next movement
+//! seeds them from the ledger again (they are kept only while the currency has limits).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,10 +27,9 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::kyc::{
-    self, Breach, ContentType, DocumentType, Limit, MAX_DOCUMENT_BYTES, MAX_DOCUMENTS, Outgoing,
-    Tier, TierLimits,
+    self, ContentType, DocumentType, MAX_DOCUMENT_BYTES, MAX_DOCUMENTS, Tier, TierLimits,
 };
-use crate::domain::ledger::TransferKind;
+use crate::domain::ledger::{KycLimits, TransferKind};
 use crate::error::{AppError, AppResult};
 use crate::ids::{CustomerId, KycDocumentId, KycSubmissionId, TenantId};
 use crate::store::kyc::{
@@ -48,38 +43,17 @@ use crate::store::{Page, StoreError};
 const LIMITS_TTL: Duration = Duration::from_secs(10);
 
 /// The refusal code of every KYC limit.
-pub const LIMIT_CODE: &str = "kyc_limit_exceeded";
+pub const LIMIT_CODE: &str = crate::domain::ledger::KYC_LIMIT_CODE;
 
 /// A tenant's limits: currency → tier → figures. A currency absent here is unconfigured.
-type TenantLimits = HashMap<String, HashMap<i64, TierLimits>>;
+type TenantLimits = HashMap<String, Arc<KycLimits>>;
 
-/// What one account has reserved (checked and not yet settled) in this process.
-#[derive(Debug, Default)]
-struct Pending {
-    outgoing: i64,
-    incoming: i64,
-    /// Checks in progress plus live reservations: the entry lives while this is non-zero.
-    refs: usize,
-    /// How many reservations have been released, and their cumulative amounts.
-    released: u64,
-    released_out: i64,
-    released_in: i64,
-}
-
-/// The KYC state of a process: the limits cache, the in-flight reservations and the document
-/// uploads in progress.
+/// The KYC state of a process: the limits cache and the document uploads in progress.
 #[derive(Default)]
 pub struct KycGate {
     limits: RwLock<HashMap<String, (Instant, Arc<TenantLimits>)>>,
     uploads: UploadGate,
-    pending: Arc<Mutex<HashMap<String, Pending>>>,
-    /// Per account: (month start, the lowest entry sequence number of that month). Entries are
-    /// append-only and numbered in order, so the floor stays right for the whole month.
-    floors: Mutex<HashMap<String, (i64, i64)>>,
 }
-
-/// Most accounts whose month floor is cached (the cache is cleared beyond it).
-const MAX_FLOORS: usize = 100_000;
 
 impl KycGate {
     fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantLimits>> {
@@ -92,78 +66,24 @@ impl KycGate {
         if let Some(l) = self.cached(tenant) {
             return Ok(l);
         }
-        let mut map = TenantLimits::new();
+        let mut map: HashMap<String, KycLimits> = HashMap::new();
         for r in core.store.kyc_limits(tenant).await? {
             map.entry(r.currency.clone())
                 .or_default()
+                .tiers
                 .insert(r.tier, figures(&r));
         }
-        let limits = Arc::new(map);
+        let limits: Arc<TenantLimits> =
+            Arc::new(map.into_iter().map(|(c, l)| (c, Arc::new(l))).collect());
         if let Ok(mut m) = self.limits.write() {
             m.insert(tenant.to_string(), (Instant::now(), limits.clone()));
         }
         Ok(limits)
     }
 
-    /// The first entry sequence number of `account` in the month starting at `month`.
-    async fn month_floor(
-        &self,
-        core: &Core,
-        tenant: &TenantId,
-        account: &str,
-        month: i64,
-    ) -> AppResult<i64> {
-        let cached = self
-            .floors
-            .lock()
-            .ok()
-            .and_then(|m| m.get(account).copied());
-        if let Some((m, floor)) = cached
-            && m == month
-        {
-            return Ok(floor);
-        }
-        let floor = core.store.kyc_month_floor(tenant, account, month).await?;
-        if let Ok(mut m) = self.floors.lock() {
-            if m.len() >= MAX_FLOORS {
-                m.clear();
-            }
-            m.insert(account.to_owned(), (month, floor));
-        }
-        Ok(floor)
-    }
-
     fn invalidate(&self, tenant: &TenantId) {
         if let Ok(mut m) = self.limits.write() {
             m.remove(tenant.as_str());
-        }
-    }
-
-    /// Registers a check on `account`; returns the release counter to compare after the read.
-    fn begin(&self, account: &str) -> u64 {
-        match self.pending.lock() {
-            Ok(mut m) => {
-                let e = m.entry(account.to_owned()).or_default();
-                e.refs += 1;
-                e.released
-            }
-            Err(_) => 0,
-        }
-    }
-
-    /// Ends a check that reserved nothing.
-    fn abandon(&self, account: &str) {
-        if let Ok(mut m) = self.pending.lock() {
-            release_ref(&mut m, account);
-        }
-    }
-}
-
-fn release_ref(m: &mut HashMap<String, Pending>, account: &str) {
-    if let Some(e) = m.get_mut(account) {
-        e.refs = e.refs.saturating_sub(1);
-        if e.refs == 0 {
-            m.remove(account);
         }
     }
 }
@@ -263,30 +183,6 @@ pub fn begin_upload(core: &Core, actor: &Principal) -> AppResult<UploadSlot> {
     })
 }
 
-/// Amounts a movement has reserved; released when dropped (after the movement is settled).
-pub struct Reservation {
-    pending: Arc<Mutex<HashMap<String, Pending>>>,
-    /// (account, outgoing, incoming)
-    held: Vec<(String, i64, i64)>,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.pending.lock() {
-            for (account, out, inc) in self.held.drain(..) {
-                if let Some(e) = m.get_mut(&account) {
-                    e.outgoing -= out;
-                    e.incoming -= inc;
-                    e.released += 1;
-                    e.released_out = e.released_out.saturating_add(out);
-                    e.released_in = e.released_in.saturating_add(inc);
-                }
-                release_ref(&mut m, &account);
-            }
-        }
-    }
-}
-
 fn figures(r: &KycLimitRecord) -> TierLimits {
     TierLimits {
         max_single_transfer: r.max_single_transfer,
@@ -296,278 +192,19 @@ fn figures(r: &KycLimitRecord) -> TierLimits {
     }
 }
 
-/// What the KYC check decided.
-pub enum KycDecision {
-    /// Allowed; the reservation (if limits applied) must live until the movement is settled.
-    Allow(Option<Reservation>),
-    /// Refused with `kyc_limit_exceeded`, naming the limit.
-    Refuse(AppError),
-}
-
-fn refusal(param: &str, message: String) -> AppError {
-    AppError::Refused {
-        code: LIMIT_CODE,
-        param: Some(param.to_owned()),
-        message,
-    }
-}
-
-/// The ledger's KYC check: the tier limits of the debited customer account (outgoing:
-/// transfers, withdrawals, captures) and of each credited customer account (max balance:
-/// transfers, deposits, captures). `debits` and `credits` are the movement's legs.
-pub async fn check_movement(
+/// The KYC limits a movement in `currency` carries to the ledger core: `None` when the tenant
+/// has none for it (the hot path: a cache look-up and nothing else) or for a reversal.
+pub async fn movement_limits(
     core: &Core,
     tenant: &TenantId,
     kind: TransferKind,
     currency: Currency,
-    amount: i64,
-    debits: &[(String, i64)],
-    credits: &[(String, i64)],
-) -> AppResult<KycDecision> {
+) -> AppResult<Option<Arc<KycLimits>>> {
     if kind == TransferKind::Reversal {
-        return Ok(KycDecision::Allow(None));
+        return Ok(None);
     }
     let limits = core.kyc.limits_for(core, tenant).await?;
-    // The hot path: an unconfigured currency costs a cache look-up and nothing else.
-    let Some(tiers) = limits.get(currency.code()) else {
-        return Ok(KycDecision::Allow(None));
-    };
-    let gate = &core.kyc;
-    let mut reservation = Reservation {
-        pending: gate.pending.clone(),
-        held: Vec::new(),
-    };
-    let now = core.clock.now().as_micros();
-    let (day, month) = (kyc::utc_day_start(now), kyc::utc_month_start(now));
-    let outgoing = matches!(
-        kind,
-        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
-    );
-    if outgoing && let Some((account, _)) = debits.first() {
-        let seen = gate.begin(account);
-        match check_outgoing(
-            core,
-            tenant,
-            tiers,
-            currency,
-            account,
-            amount,
-            seen,
-            (day, month),
-        )
-        .await
-        {
-            Ok(Ok(Some(()))) => reservation.held.push((account.clone(), amount, 0)),
-            Ok(Ok(None)) => gate.abandon(account),
-            Ok(Err(e)) => {
-                gate.abandon(account);
-                return Ok(KycDecision::Refuse(e));
-            }
-            Err(e) => {
-                gate.abandon(account);
-                return Err(e);
-            }
-        }
-    }
-    if matches!(
-        kind,
-        TransferKind::Transfer | TransferKind::Deposit | TransferKind::Capture
-    ) {
-        for (i, (account, leg)) in credits.iter().enumerate() {
-            let param = if kind == TransferKind::Transfer {
-                format!("credits[{i}].amount")
-            } else {
-                "amount".to_owned()
-            };
-            let seen = gate.begin(account);
-            match check_incoming(core, tenant, tiers, currency, account, *leg, seen, &param).await {
-                Ok(Ok(Some(()))) => reservation.held.push((account.clone(), 0, *leg)),
-                Ok(Ok(None)) => gate.abandon(account),
-                Ok(Err(e)) => {
-                    gate.abandon(account);
-                    return Ok(KycDecision::Refuse(e));
-                }
-                Err(e) => {
-                    gate.abandon(account);
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(KycDecision::Allow(
-        (!reservation.held.is_empty()).then_some(reservation),
-    ))
-}
-
-/// The tier row of a customer account, or `None` for an account KYC does not apply to
-/// (a system account, a missing one or one of another currency: the writer refuses those).
-async fn customer_tier<'a>(
-    core: &Core,
-    tenant: &TenantId,
-    tiers: &'a HashMap<i64, TierLimits>,
-    currency: Currency,
-    account: &str,
-) -> AppResult<Option<(i64, Option<&'a TierLimits>, i64)>> {
-    let Some(a) = core.store.kyc_account(tenant, account).await? else {
-        return Ok(None);
-    };
-    if a.customer_id.is_none() || a.currency != currency.code() {
-        return Ok(None);
-    }
-    let tier = a.kyc_tier.unwrap_or(0);
-    Ok(Some((tier, tiers.get(&tier), a.posted)))
-}
-
-/// Ok(Ok(Some)) = reserve, Ok(Ok(None)) = not subject to KYC, Ok(Err) = refused.
-type Checked = AppResult<Result<Option<()>, AppError>>;
-
-#[allow(clippy::too_many_arguments)]
-async fn check_outgoing(
-    core: &Core,
-    tenant: &TenantId,
-    tiers: &HashMap<i64, TierLimits>,
-    currency: Currency,
-    account: &str,
-    amount: i64,
-    mut seen: u64,
-    (day, month): (i64, i64),
-) -> Checked {
-    let Some((tier, limits, _)) = customer_tier(core, tenant, tiers, currency, account).await?
-    else {
-        return Ok(Ok(None));
-    };
-    let Some(limits) = limits.copied() else {
-        return Ok(Err(not_permitted(account, tier, currency)));
-    };
-    if limits.daily_outgoing.is_none()
-        && limits.monthly_outgoing.is_none()
-        && limits.max_single_transfer.is_none()
-    {
-        return Ok(Ok(None));
-    }
-    let pending = core.kyc.pending.clone();
-    let floor = core.kyc.month_floor(core, tenant, account, month).await?;
-    for attempt in 0..3 {
-        let (today, this_month) = core
-            .store
-            .kyc_outgoing(tenant, account, floor, month, day)
-            .await?;
-        let Ok(mut m) = pending.lock() else {
-            return Err(AppError::internal("kyc reservations poisoned"));
-        };
-        let Some(e) = m.get_mut(account) else {
-            return Err(AppError::internal("kyc reservation entry vanished"));
-        };
-        if e.released != seen && attempt < 2 {
-            // A movement settled while we read: read again.
-            seen = e.released;
-            continue;
-        }
-        // After the last attempt, count what was released meanwhile too (it may or may not be
-        // in the totals read): over-counting only refuses early.
-        let extra = if e.released != seen {
-            e.released_out
-        } else {
-            0
-        };
-        let used = Outgoing {
-            today: today.saturating_add(e.outgoing).saturating_add(extra),
-            this_month: this_month.saturating_add(e.outgoing).saturating_add(extra),
-        };
-        return Ok(match kyc::check_outgoing(&limits, used, amount) {
-            Ok(()) => {
-                e.outgoing = e.outgoing.saturating_add(amount);
-                Ok(Some(()))
-            }
-            Err(b) => Err(outgoing_refusal(b, tier, currency)),
-        });
-    }
-    Err(AppError::internal("kyc check did not settle"))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn check_incoming(
-    core: &Core,
-    tenant: &TenantId,
-    tiers: &HashMap<i64, TierLimits>,
-    currency: Currency,
-    account: &str,
-    amount: i64,
-    mut seen: u64,
-    param: &str,
-) -> Checked {
-    let Some((tier, limits, _)) = customer_tier(core, tenant, tiers, currency, account).await?
-    else {
-        return Ok(Ok(None));
-    };
-    let Some(limits) = limits.copied() else {
-        return Ok(Err(not_permitted(account, tier, currency)));
-    };
-    if limits.max_balance.is_none() {
-        return Ok(Ok(None));
-    }
-    let pending = core.kyc.pending.clone();
-    for attempt in 0..3 {
-        let posted = match core.store.kyc_account(tenant, account).await? {
-            Some(a) => a.posted,
-            None => return Ok(Ok(None)),
-        };
-        let Ok(mut m) = pending.lock() else {
-            return Err(AppError::internal("kyc reservations poisoned"));
-        };
-        let Some(e) = m.get_mut(account) else {
-            return Err(AppError::internal("kyc reservation entry vanished"));
-        };
-        if e.released != seen && attempt < 2 {
-            seen = e.released;
-            continue;
-        }
-        let extra = if e.released != seen { e.released_in } else { 0 };
-        let balance = posted.saturating_add(e.incoming).saturating_add(extra);
-        return Ok(match kyc::check_incoming(&limits, balance, amount) {
-            Ok(()) => {
-                e.incoming = e.incoming.saturating_add(amount);
-                Ok(Some(()))
-            }
-            // The message names the account and the limit, never the balance (the sender may
-            // be someone else).
-            Err(_) => Err(refusal(
-                param,
-                format!(
-                    "KYC limit max_balance: the credit would take account {account} above the \
-                     maximum balance of its KYC tier in {currency}"
-                ),
-            )),
-        });
-    }
-    Err(AppError::internal("kyc check did not settle"))
-}
-
-fn not_permitted(account: &str, tier: i64, currency: Currency) -> AppError {
-    refusal(
-        "currency",
-        format!(
-            "KYC limit {}: account {account}'s KYC tier {tier} may not send or receive \
-             {currency} (the tenant has no limits for that tier in {currency})",
-            Limit::CurrencyNotPermitted.as_str()
-        ),
-    )
-}
-
-fn outgoing_refusal(b: Breach, tier: i64, currency: Currency) -> AppError {
-    let figure = b.figure.unwrap_or(0);
-    let what = match b.limit {
-        Limit::MaxSingleTransfer => format!("this movement of {}", b.would_reach),
-        Limit::DailyOutgoing => format!("today's outgoing total would be {}", b.would_reach),
-        _ => format!("this month's outgoing total would be {}", b.would_reach),
-    };
-    refusal(
-        "amount",
-        format!(
-            "KYC limit {}: tier {tier} allows {figure} {currency} minor units; {what}",
-            b.limit.as_str()
-        ),
-    )
+    Ok(limits.get(currency.code()).cloned())
 }
 
 // ---------------------------------------------------------------- limits

@@ -96,12 +96,13 @@ pub struct Core {
     /// Credentials whose budget (refused movements, searches) is spent (the count is in the
     /// store).
     pub budgets: budgets::BudgetGate,
-    /// The pre-commit check point: every movement passes each check before it is posted.
-    pub checks: Vec<Arc<dyn crate::domain::ledger::PreCommitCheck>>,
     /// The key hierarchy: seals and opens data at rest.
     pub keyring: Arc<keys::Keyring>,
-    /// KYC limits cache and in-flight reservations (the ledger's KYC check).
+    /// KYC limits cache (the limits a movement carries to the ledger core).
     pub kyc: kyc::KycGate,
+    /// The pre-commit checks (the writer runs them under lock; their `stage` runs before the
+    /// queue).
+    pub checks: crate::domain::ledger::Checks,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
     /// Keys the sign-in throttle's account records (`login_throttle`, the shared limiter).
@@ -201,6 +202,12 @@ impl Principal {
                 Credential::ApiToken(t) => crate::store::ActorCredential::ApiToken(t.clone()),
             },
             roles: self.roles.clone(),
+            step_up: (!self.policy.step_up_transfer_threshold.is_empty()).then(|| {
+                crate::domain::authz::StepUpRule {
+                    thresholds: self.policy.step_up_transfer_threshold.clone(),
+                    max_age_seconds: self.policy.step_up_max_age_seconds,
+                }
+            }),
         }
     }
 

@@ -37,7 +37,7 @@ pub(super) async fn actor_standing_tx<B: Backend>(
             for_share!(
                 B,
                 "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t \
-                 WHERE t.id = sessions.tenant_id), 'active') \
+                 WHERE t.id = sessions.tenant_id), 'active'), authenticated_at \
                  FROM sessions WHERE id = $1 AND user_id = $2"
             ),
             id,
@@ -46,7 +46,7 @@ pub(super) async fn actor_standing_tx<B: Backend>(
             for_share!(
                 B,
                 "SELECT revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t \
-                 WHERE t.id = api_tokens.tenant_id), 'active') \
+                 WHERE t.id = api_tokens.tenant_id), 'active'), CAST(NULL AS BIGINT) \
                  FROM api_tokens WHERE id = $1 AND user_id = $2"
             ),
             id,
@@ -55,7 +55,7 @@ pub(super) async fn actor_standing_tx<B: Backend>(
     // The tenant's status is read by this later statement, after the user's row is locked: a
     // suspension (which locks its users' rows) either committed before and is seen, or waits
     // for this transaction.
-    let live: Option<(Option<i64>, i64, String)> = sqlx::query_as(sql)
+    let live: Option<(Option<i64>, i64, String, Option<i64>)> = sqlx::query_as(sql)
         .bind(id)
         .bind(user)
         .fetch_optional(&mut **tx)
@@ -65,8 +65,9 @@ pub(super) async fn actor_standing_tx<B: Backend>(
         roles,
         credential_live: live
             .as_ref()
-            .is_some_and(|(revoked, end, _)| revoked.is_none() && *end > now),
-        tenant_active: live.is_none_or(|(_, _, tenant)| tenant == "active"),
+            .is_some_and(|(revoked, end, _, _)| revoked.is_none() && *end > now),
+        authenticated_at: live.as_ref().and_then(|(_, _, _, at)| *at),
+        tenant_active: live.is_none_or(|(_, _, tenant, _)| tenant == "active"),
     }))
 }
 

@@ -1,8 +1,8 @@
 //! Storage of KYC: per-tenant limits by tier and currency, verification submissions, their
 //! documents (content sealed under the customer's data key before it gets here) and their
-//! one-time decisions, plus the two reads the ledger's KYC check needs (an account's owner and
-//! tier, and its outgoing totals). Implemented once for both backends (any
-//! [`SqlStore`]), like the rest of the store.
+//! one-time decisions. (The ledger core applies the limits to what the ledger writer loads under
+//! lock: tiers, balances and the running totals of `ledger_counters`.) Implemented once for both
+//! backends (any [`SqlStore`]), like the rest of the store.
 //!
 //! Erasure: a submission, its documents and its decision are created only under the
 //! customer's row lock (`lock_customer_tx`, the lock the erasure takes), and every read here
@@ -145,16 +145,6 @@ pub struct KycCustomer {
     pub kyc_tier: i64,
 }
 
-/// An account as the KYC check sees it: its owner's tier (customer accounts) and balance.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct KycAccount {
-    pub id: String,
-    pub customer_id: Option<String>,
-    pub currency: String,
-    pub posted: i64,
-    pub kyc_tier: Option<i64>,
-}
-
 #[async_trait]
 pub trait KycStore: Send + Sync {
     /// Every limit row of a tenant.
@@ -168,27 +158,6 @@ pub trait KycStore: Send + Sync {
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
     async fn kyc_customer(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycCustomer>>;
-    async fn kyc_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycAccount>>;
-    /// The lowest `account_seq` an entry of `account` created at or after `month_start` can
-    /// have: the first such entry's, or one past the last entry if there is none yet (every
-    /// later entry has a higher sequence number). Scans the account's entries; the caller
-    /// caches the answer for the month.
-    async fn kyc_month_floor(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        month_start: i64,
-    ) -> StoreResult<i64>;
-    /// Debits of `account` since `day_start` and since `month_start` (reversals excluded),
-    /// reading its entries from sequence number `floor` on (see [`Self::kyc_month_floor`]).
-    async fn kyc_outgoing(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        floor: i64,
-        month_start: i64,
-        day_start: i64,
-    ) -> StoreResult<(i64, i64)>;
     /// Inserts a submission and its documents, with the audit records, if the customer is
     /// still active (`Ok(false)` otherwise, nothing written). `Conflict` if the customer
     /// already has an open submission. The documents are taken by value: each one's ciphertext
@@ -302,61 +271,6 @@ impl<S: SqlStore<Db = B>, B: Backend> KycStore for S {
         .bind(id)
         .fetch_optional(self.pool())
         .await?)
-    }
-
-    async fn kyc_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<KycAccount>> {
-        Ok(sqlx::query_as(
-            "SELECT a.id, a.customer_id, a.currency, a.posted, c.kyc_tier FROM accounts a \
-             LEFT JOIN customers c ON c.id = a.customer_id AND c.tenant_id = a.tenant_id \
-             WHERE a.tenant_id = $1 AND a.id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    async fn kyc_month_floor(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        month_start: i64,
-    ) -> StoreResult<i64> {
-        let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT MIN(CASE WHEN created_at >= $3 THEN account_seq END), MAX(account_seq) \
-             FROM entries WHERE account_id = $2 AND tenant_id = $1",
-        )
-        .bind(tenant.as_str())
-        .bind(account)
-        .bind(month_start)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(first.unwrap_or_else(|| last.unwrap_or(0) + 1))
-    }
-
-    async fn kyc_outgoing(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        floor: i64,
-        month_start: i64,
-        day_start: i64,
-    ) -> StoreResult<(i64, i64)> {
-        let (today, month): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT CAST(SUM(CASE WHEN e.created_at >= $5 THEN e.amount ELSE 0 END) AS BIGINT), \
-             CAST(SUM(CASE WHEN e.created_at >= $4 THEN e.amount ELSE 0 END) AS BIGINT) \
-             FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-             WHERE e.account_id = $2 AND e.account_seq >= $3 AND e.tenant_id = $1 \
-             AND e.direction = 'debit' AND t.kind <> 'reversal'",
-        )
-        .bind(tenant.as_str())
-        .bind(account)
-        .bind(floor)
-        .bind(month_start)
-        .bind(day_start)
-        .fetch_one(self.pool())
-        .await?;
-        Ok((today.unwrap_or(0), month.unwrap_or(0)))
     }
 
     async fn create_kyc_submission(

@@ -13,7 +13,14 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        // Selected by `SELECT *`; a query naming its columns may leave it out.
+        let subject_customer_id = match row.try_get("subject_customer_id") {
+            Ok(v) => v,
+            Err(sqlx::Error::ColumnNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
         Ok(TransferRecord {
+            subject_customer_id,
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             kind: row.try_get("kind")?,
@@ -93,6 +100,7 @@ where
             overdraft_limit: row.try_get("overdraft_limit")?,
             entry_count: row.try_get("entry_count")?,
             restricted: row.try_get("restricted")?,
+            kyc_tier: row.try_get("kyc_tier")?,
         })
     }
 }
@@ -112,6 +120,7 @@ where
             amount: row.try_get("amount")?,
             status: row.try_get("status")?,
             expires_at: row.try_get("expires_at")?,
+            purpose: row.try_get("purpose")?,
         })
     }
 }

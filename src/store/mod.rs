@@ -472,6 +472,9 @@ pub struct HoldRecord {
     pub created_by: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// `payment` (placed through the holds API) or `review` (a movement a pre-commit check
+    /// sent to review: the holds API neither captures nor voids it).
+    pub purpose: String,
 }
 
 #[derive(Debug, Clone)]
@@ -671,6 +674,7 @@ pub trait LedgerPort: Send + Sync {
         &self,
         batch: &[TransferCommand],
         atomic: bool,
+        checks: &crate::domain::ledger::Checks,
     ) -> StoreResult<(bool, Vec<PostResult>)>;
 }
 

@@ -1,4 +1,5 @@
-//! The writer's I/O helpers shared by both backends: statement sizing and phase logging. The
+//! The writer's I/O helpers shared by both backends: statement sizing, phase logging and the
+//! statements of the extension contract's side writes (running totals, review holds). The
 //! rules themselves are the ledger core's (`domain::ledger::engine`).
 
 /// Splits `rows` into runs of at most `max_rows` rows whose estimated encoded size stays under
@@ -47,6 +48,33 @@ pub fn log_phases(size: usize, marks: [std::time::Duration; 5], total: std::time
         "ledger batch phases"
     );
 }
+
+/// What a customer sent in a currency over a window `[$4, $5)`: the non-reversal debits of its
+/// account, except those counted against another subject, and the movements that name it as
+/// their subject. Binds: tenant, customer, currency, window start, window end.
+pub(crate) const SEED_OUTGOING: &str = "SELECT CAST(\
+     COALESCE((SELECT SUM(e.amount) FROM accounts a JOIN entries e ON e.account_id = a.id \
+               JOIN transfers t ON t.id = e.transfer_id \
+               WHERE a.tenant_id = $1 AND a.customer_id = $2 AND a.currency = $3 \
+               AND e.direction = 'debit' AND t.kind <> 'reversal' \
+               AND t.subject_customer_id IS NULL \
+               AND e.created_at >= $4 AND e.created_at < $5), 0) \
+   + COALESCE((SELECT SUM(t.amount) FROM transfers t \
+               WHERE t.tenant_id = $1 AND t.subject_customer_id = $2 AND t.currency = $3 \
+               AND t.kind <> 'reversal' AND t.created_at >= $4 AND t.created_at < $5), 0) AS BIGINT)";
+
+/// Adds to a running total, creating it if nobody loaded it (binds: the key's six columns,
+/// the amount, the time).
+pub(crate) const ADD_TO_COUNTER: &str = "INSERT INTO ledger_counters (tenant_id, subject, metric, \
+     currency, period, window_start, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (tenant_id, subject, metric, currency, period, window_start) \
+     DO UPDATE SET total = ledger_counters.total + excluded.total, updated_at = excluded.updated_at";
+
+/// Inserts a review hold (binds: id, tenant, account, credit account, currency, amount,
+/// expiry, reference, creator, time).
+pub(crate) const INSERT_REVIEW_HOLD: &str = "INSERT INTO holds (id, tenant_id, account_id, \
+     credit_account_id, currency, amount, status, expires_at, reference, created_by, created_at, \
+     updated_at, purpose) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $10, 'review')";
 
 #[cfg(test)]
 mod tests {

@@ -20,13 +20,15 @@ use super::{
 };
 use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
 use crate::domain::authz::ActorStanding;
-use crate::domain::ledger::engine::{self, AccountState, HoldState, Snapshot};
+use crate::domain::ledger::engine::{self, AccountState, HoldState, Snapshot, SubjectState};
+use crate::domain::ledger::{Checks, extension::OUTGOING};
 
 type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
 
 struct Job {
     batch: Vec<TransferCommand>,
     atomic: bool,
+    checks: Checks,
     reply: Reply,
 }
 
@@ -80,7 +82,7 @@ impl SqliteWriter {
                             {
                                 applied_limit = pages;
                             }
-                            post(c, &sealer, &alerts, &job.batch, job.atomic)
+                            post(c, &sealer, &alerts, &job.batch, job.atomic, &job.checks)
                         }
                         Err(e) => Err(e),
                     };
@@ -114,12 +116,14 @@ impl super::LedgerPort for SqliteWriter {
         &self,
         batch: &[TransferCommand],
         atomic: bool,
+        checks: &Checks,
     ) -> StoreResult<(bool, Vec<PostResult>)> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job {
                 batch: batch.to_vec(),
                 atomic,
+                checks: checks.clone(),
                 reply,
             })
             .map_err(|_| StoreError::Database("the ledger writer thread has stopped".into()))?;
@@ -217,6 +221,7 @@ fn post(
     alerts: &super::alerts::AlertHook,
     batch: &[TransferCommand],
     atomic: bool,
+    checks: &Checks,
 ) -> StoreResult<(bool, Vec<PostResult>)> {
     let started = std::time::Instant::now();
     let tx = c
@@ -236,6 +241,7 @@ fn post(
                 amount: r.get(4)?,
                 status: r.get(5)?,
                 expires_at: r.get(6)?,
+                purpose: r.get(7)?,
             })
         };
         // Active holds on or towards the batch's own accounts that expire by its latest time
@@ -255,9 +261,9 @@ fn post(
         let accounts_with_expiry: &[String] = if any_expired { &want.accounts } else { &[] };
         let mut expiring = tx
             .prepare_cached(
-                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at, purpose \
                  FROM holds WHERE status = 'active' AND expires_at <= ?1 AND account_id = ?2 \
-                 UNION SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                 UNION SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at, purpose \
                  FROM holds WHERE status = 'active' AND expires_at <= ?1 AND credit_account_id = ?2",
             )
             .map_err(db)?;
@@ -274,7 +280,7 @@ fn post(
         holds.dedup_by(|a, b| a.id == b.id);
         let mut by_id = tx
             .prepare_cached(
-                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at \
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at, purpose \
                  FROM holds WHERE id = ?1",
             )
             .map_err(db)?;
@@ -292,9 +298,10 @@ fn post(
 
         let mut account = tx
             .prepare_cached(
-                "SELECT id, tenant_id, customer_id, kind, currency, status, posted, pending_debits, \
-                 pending_credits, overdraft_limit, entry_count, \
-                 COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id = ?1",
+                "SELECT a.id, a.tenant_id, a.customer_id, a.kind, a.currency, a.status, a.posted, \
+                 a.pending_debits, a.pending_credits, a.overdraft_limit, a.entry_count, \
+                 COALESCE(c.processing_restricted, 0), COALESCE(c.kyc_tier, 0) \
+                 FROM accounts a LEFT JOIN customers c ON c.id = a.customer_id WHERE a.id = ?1",
             )
             .map_err(db)?;
         for id in &account_ids {
@@ -313,12 +320,95 @@ fn post(
                         overdraft_limit: r.get(9)?,
                         entry_count: r.get(10)?,
                         restricted: r.get(11)?,
+                        kyc_tier: r.get(12)?,
                     })
                 })
                 .optional()
                 .map_err(db)?;
             if let Some(a) = a {
                 snap.accounts.insert(a.id.clone(), a);
+            }
+        }
+        let mut subject = tx
+            .prepare_cached("SELECT id, tenant_id, kyc_tier, status FROM customers WHERE id = ?1")
+            .map_err(db)?;
+        for id in &want.subjects {
+            let s = subject
+                .query_row(params![id], |r| {
+                    Ok(SubjectState {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        kyc_tier: r.get(2)?,
+                        active: r.get::<_, String>(3)? == "active",
+                    })
+                })
+                .optional()
+                .map_err(db)?;
+            if let Some(s) = s {
+                snap.subjects.insert(s.id.clone(), s);
+            }
+        }
+        drop(subject);
+        // Running totals, after the accounts and subjects that say whose they are. A missing
+        // window of KYC's outgoing metric is seeded from the ledger (under this lock, so
+        // exactly) and inserted; any other metric starts at zero.
+        let keys = engine::counters_to_load(batch, &snap.accounts, &snap.subjects, checks);
+        if !keys.is_empty() {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT total FROM ledger_counters WHERE tenant_id = ?1 AND subject = ?2 \
+                     AND metric = ?3 AND currency = ?4 AND period = ?5 AND window_start = ?6",
+                )
+                .map_err(db)?;
+            let mut seed = tx.prepare_cached(posting::SEED_OUTGOING).map_err(db)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO ledger_counters (tenant_id, subject, metric, currency, period, \
+                     window_start, total, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            for k in keys {
+                let args = params![
+                    k.tenant_id,
+                    k.subject,
+                    k.metric,
+                    k.currency,
+                    k.period.as_str(),
+                    k.window_start
+                ];
+                let total = match get.query_row(args, |r| r.get(0)).optional().map_err(db)? {
+                    Some(t) => t,
+                    None => {
+                        let t: i64 = if k.metric == OUTGOING {
+                            seed.query_row(
+                                params![
+                                    k.tenant_id,
+                                    k.subject,
+                                    k.currency,
+                                    k.window_start,
+                                    k.period.end(k.window_start)
+                                ],
+                                |r| r.get(0),
+                            )
+                            .map_err(db)?
+                        } else {
+                            0
+                        };
+                        put.execute(params![
+                            k.tenant_id,
+                            k.subject,
+                            k.metric,
+                            k.currency,
+                            k.period.as_str(),
+                            k.window_start,
+                            t,
+                            want.latest
+                        ])
+                        .map_err(db)?;
+                        t
+                    }
+                };
+                snap.counters.insert(k, total);
             }
         }
         let mut legs = tx
@@ -379,14 +469,16 @@ fn post(
         let mut session = tx
             .prepare_cached(
                 "SELECT u.status, u.roles, s.revoked_at IS NULL AND s.expires_at > ?3, \
-                 COALESCE((SELECT t.status FROM tenants t WHERE t.id = s.tenant_id), 'active') = 'active' \
+                 COALESCE((SELECT t.status FROM tenants t WHERE t.id = s.tenant_id), 'active') = 'active', \
+                 s.authenticated_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1 AND u.id = ?2",
             )
             .map_err(db)?;
         let mut token = tx
             .prepare_cached(
                 "SELECT u.status, u.roles, t.revoked_at IS NULL AND t.expires_at > ?3, \
-                 COALESCE((SELECT n.status FROM tenants n WHERE n.id = t.tenant_id), 'active') = 'active' \
+                 COALESCE((SELECT n.status FROM tenants n WHERE n.id = t.tenant_id), 'active') = 'active', \
+                 NULL \
                  FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1 AND u.id = ?2",
             )
             .map_err(db)?;
@@ -402,6 +494,7 @@ fn post(
                         roles: r.get(1)?,
                         credential_live: r.get::<_, i64>(2)? != 0,
                         tenant_active: r.get::<_, i64>(3)? != 0,
+                        authenticated_at: r.get(4)?,
                     })
                 })
                 .optional()
@@ -412,7 +505,7 @@ fn post(
         }
     }
     let loaded = started.elapsed();
-    let plan = engine::plan(snap, batch);
+    let plan = engine::plan(snap, batch, checks);
     let planned = started.elapsed();
     if atomic && !plan.none_refused() {
         tx.rollback().map_err(db)?;
@@ -454,8 +547,8 @@ fn post(
         let mut ins = tx
             .prepare_cached(
                 "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, \
-                 reference, details, reverses_id, created_by, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 reference, details, reverses_id, created_by, created_at, subject_customer_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(db)?;
         for t in plan.transfers() {
@@ -470,7 +563,8 @@ fn post(
                 t.details,
                 t.reverses_id,
                 t.created_by,
-                t.created_at
+                t.created_at,
+                t.subject_customer_id
             ])
             .map_err(db)?;
         }
@@ -509,6 +603,55 @@ fn post(
                 h.updated_at
             ])
             .map_err(db)?;
+        }
+        let mut hold = tx.prepare_cached(posting::INSERT_REVIEW_HOLD).map_err(db)?;
+        for h in &plan.review_holds {
+            hold.execute(params![
+                h.id,
+                h.tenant_id,
+                h.account_id,
+                h.credit_account_id,
+                h.currency,
+                h.amount,
+                h.expires_at,
+                h.reference,
+                h.created_by,
+                h.created_at
+            ])
+            .map_err(db)?;
+        }
+        let mut count = tx.prepare_cached(posting::ADD_TO_COUNTER).map_err(db)?;
+        for (k, delta) in &plan.counters {
+            count
+                .execute(params![
+                    k.tenant_id,
+                    k.subject,
+                    k.metric,
+                    k.currency,
+                    k.period.as_str(),
+                    k.window_start,
+                    delta,
+                    want.latest
+                ])
+                .map_err(db)?;
+        }
+        let mut event = tx
+            .prepare_cached(
+                "INSERT INTO ledger_events (id, tenant_id, topic, transfer_id, payload, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        for e in &plan.events {
+            event
+                .execute(params![
+                    e.id,
+                    e.tenant_id,
+                    e.topic,
+                    e.transfer_id,
+                    e.payload,
+                    e.created_at
+                ])
+                .map_err(db)?;
         }
         let mut leg = tx
             .prepare_cached(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{Method, Request, StatusCode};
-use kasho::domain::ledger::{CheckDecision, MovementView, PreCommitCheck};
+use kasho::domain::ledger::{CheckContext, PreCommitCheck, Verdict};
 use kasho::service::RequestMeta;
 use serde_json::{Value, json};
 
@@ -262,10 +262,16 @@ impl PreCommitCheck for Gap {
         "test-gap"
     }
 
-    fn check(&self, m: &MovementView<'_>) -> CheckDecision {
+    fn check(&self, _ctx: &CheckContext<'_>) -> Verdict {
+        Verdict::allow()
+    }
+
+    /// The gap: after authorisation, before the writer's queue (and so before the posting
+    /// transaction).
+    fn stage(&self, m: &kasho::store::TransferCommand) {
         let armed = {
             let mut slot = self.0.lock().unwrap();
-            if slot.as_ref().is_some_and(|a| a.initiator == m.initiator) {
+            if slot.as_ref().is_some_and(|a| a.initiator == m.created_by) {
                 slot.take()
             } else {
                 None
@@ -277,7 +283,6 @@ impl PreCommitCheck for Gap {
                 let _ = a.go.recv_timeout(Duration::from_secs(30));
             });
         }
-        CheckDecision::Allow
     }
 }
 
@@ -566,6 +571,8 @@ fn movement(
         capture_hold: None,
         quiet_refusal: false,
         actor: Some(actor.actor_check()),
+        kyc: None,
+        subject: None,
     }
 }
 
@@ -611,7 +618,13 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         movement(&tenant, &settlement, &acc, 400, &demoted_p, now),
         movement(&tenant, &settlement, &acc, 800, &kept, now),
     ];
-    let (_, results) = app.core.store.ledger().post(&batch, false).await.unwrap();
+    let (_, results) = app
+        .core
+        .store
+        .ledger()
+        .post(&batch, false, &kasho::domain::ledger::Checks::default())
+        .await
+        .unwrap();
     use kasho::domain::authz::ActorRevoked;
     use kasho::domain::ledger::Refusal;
     use kasho::store::PostResult;

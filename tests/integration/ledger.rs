@@ -1171,28 +1171,76 @@ backend_tests!(
     concurrent_clients_on_hot_accounts_keep_every_invariant,
 );
 
-/// Refuses transfers above 5,000 and sends those above 1,000 to review.
+/// A monitoring-style check on the extension contract: refuses movements above 5,000, sends
+/// those above 1,000 to review, and counts every movement it lets through per subject customer
+/// (a running total it reads back under lock) with an event row for each; a customer whose
+/// day total would pass 1,500 is sent to review.
 struct LimitCheck;
+
+impl LimitCheck {
+    fn key(
+        ctx_command: &kasho::store::TransferCommand,
+        subject: &str,
+    ) -> kasho::domain::ledger::CounterKey {
+        kasho::domain::ledger::CounterKey::at(
+            ctx_command.tenant_id.as_str(),
+            subject,
+            "test.seen",
+            ctx_command.currency.code(),
+            kasho::domain::ledger::Period::Day,
+            ctx_command.created_at.as_micros(),
+        )
+    }
+}
 
 impl kasho::domain::ledger::PreCommitCheck for LimitCheck {
     fn name(&self) -> &'static str {
         "test-limits"
     }
 
+    fn counters(
+        &self,
+        command: &kasho::store::TransferCommand,
+        subject: Option<&str>,
+    ) -> Vec<kasho::domain::ledger::CounterKey> {
+        subject.map(|s| Self::key(command, s)).into_iter().collect()
+    }
+
     fn check(
         &self,
-        m: &kasho::domain::ledger::MovementView<'_>,
-    ) -> kasho::domain::ledger::CheckDecision {
-        use kasho::domain::ledger::CheckDecision;
-        match m.amount.get() {
-            a if a > 5_000 => CheckDecision::Refuse {
+        ctx: &kasho::domain::ledger::CheckContext<'_>,
+    ) -> kasho::domain::ledger::Verdict {
+        use kasho::domain::ledger::{CheckDecision, SideWrite, Verdict};
+        let m = ctx.command;
+        let amount = m.amount.get();
+        let seen = ctx
+            .subject
+            .map(|s| (Self::key(m, s), ctx.counter(&Self::key(m, s))));
+        let event = SideWrite::Event {
+            topic: "test.checked".into(),
+            payload: format!("{{\"amount\":{amount}}}"),
+        };
+        match amount {
+            a if a > 5_000 => Verdict::of(CheckDecision::Refuse {
                 code: "kyc_limit_exceeded",
                 message: "over the single-transfer limit".into(),
-            },
-            a if a > 1_000 => CheckDecision::Review {
+            }),
+            a if a > 1_000 => Verdict::of(CheckDecision::Review {
                 reason: "large transfer".into(),
-            },
-            _ => CheckDecision::Allow,
+            })
+            .with(event),
+            a if seen.as_ref().is_some_and(|(_, n)| n + a > 1_500) => {
+                Verdict::of(CheckDecision::Review {
+                    reason: "day total".into(),
+                })
+            }
+            _ => {
+                let v = Verdict::allow().with(event);
+                match seen {
+                    Some((key, _)) => v.with(SideWrite::Count { key, delta: amount }),
+                    None => v,
+                }
+            }
         }
     }
 }
@@ -1212,22 +1260,120 @@ async fn the_pre_commit_check_point_allows_refuses_or_holds_for_review(
         (refused.status, refused.code()),
         (StatusCode::UNPROCESSABLE_ENTITY, "kyc_limit_exceeded")
     );
-    let review = deposit(&app, m, &a, 2_000).await;
-    assert_eq!(review.code(), "held_for_review");
+
+    // Review: 202 with a review hold; nothing posts, the money is reserved, and the holds API
+    // can neither capture nor void it.
+    let review = app
+        .post_with_key(
+            "/v1/transfers",
+            m,
+            "review-1",
+            json!({ "amount": 800, "currency": "USD", "debit_account_id": a, "credit_account_id": b }),
+        )
+        .await;
+    assert_eq!(review.status, StatusCode::CREATED, "{review:?}");
+    let big = json!({ "amount": 1_200, "currency": "USD", "debit_account_id": b, "credit_account_id": a });
+    let too_poor = app.post_with_key("/v1/transfers", m, "review-0", big).await;
     assert_eq!(
-        transfer(&app, m, &a, &b, 500).await.status,
-        StatusCode::CREATED
+        too_poor.code(),
+        "insufficient_funds",
+        "the ledger's rules come first"
     );
+    for _ in 0..2 {
+        assert_eq!(
+            deposit(&app, m, &a, 1_000).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let big = json!({ "amount": 1_200, "currency": "USD", "debit_account_id": a, "credit_account_id": b });
+    let held = app
+        .post_with_key("/v1/transfers", m, "review-2", big.clone())
+        .await;
+    assert_eq!(held.status, StatusCode::ACCEPTED, "{held:?}");
+    assert_eq!(held.body["object"], "hold");
+    assert_eq!(held.body["purpose"], "review");
+    assert_eq!(held.body["status"], "active");
+    assert_eq!(held.body["amount"], 1_200);
+    let hold_id = held.body["id"].as_str().unwrap().to_owned();
+    let again = app.post_with_key("/v1/transfers", m, "review-2", big).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{again:?}");
     assert_eq!(
-        balance(&app, m, &a).await,
-        400,
-        "refused and reviewed movements posted nothing"
+        again.body["id"],
+        hold_id.as_str(),
+        "a retry answers the same hold"
     );
+    let capture = app
+        .post(
+            &format!("/v1/holds/{hold_id}/capture"),
+            Some(m),
+            json!({ "amount": 1_200 }),
+        )
+        .await;
+    assert_eq!(capture.code(), "hold_under_review", "{capture:?}");
+    let void = app
+        .post(&format!("/v1/holds/{hold_id}/void"), Some(m), json!({}))
+        .await;
+    assert_eq!(void.code(), "hold_under_review", "{void:?}");
+    let acc = app.get(&format!("/v1/accounts/{a}"), m).await;
+    assert_eq!(acc.body["posted_balance"], 2_100, "{acc:?}");
+    assert_eq!(acc.body["pending_debits"], 1_200, "{acc:?}");
+    let b_acc = app.get(&format!("/v1/accounts/{b}"), m).await;
+    assert_eq!(b_acc.body["pending_credits"], 1_200, "{b_acc:?}");
+
+    // The check's running total (read under lock): 800 seen today, so 800 more goes to review.
+    let over = app
+        .post_with_key(
+            "/v1/transfers",
+            m,
+            "review-3",
+            json!({ "amount": 50, "currency": "USD", "debit_account_id": b, "credit_account_id": a }),
+        )
+        .await;
+    assert_eq!(
+        over.status,
+        StatusCode::CREATED,
+        "b's own total is its own: {over:?}"
+    );
+    let day = app
+        .post_with_key(
+            "/v1/transfers",
+            m,
+            "review-4",
+            json!({ "amount": 800, "currency": "USD", "debit_account_id": a, "credit_account_id": b }),
+        )
+        .await;
+    assert_eq!(day.status, StatusCode::ACCEPTED, "{day:?}");
+
+    let totals = app
+        .raw_strings(&format!(
+            "SELECT subject || ':' || CAST(total AS TEXT) FROM ledger_counters \
+             WHERE tenant_id = '{}' AND metric = 'test.seen' ORDER BY subject",
+            t.id
+        ))
+        .await;
+    assert_eq!(
+        totals.len(),
+        2,
+        "one total per subject customer: {totals:?}"
+    );
+    let events = app
+        .raw_strings(&format!(
+            "SELECT topic FROM ledger_events WHERE tenant_id = '{}'",
+            t.id
+        ))
+        .await;
+    // Three deposits (no subject), the 800 and 50 transfers, and the 1,200 held for review.
+    assert_eq!(events.len(), 6, "{events:?}");
     let chain = app.audit_chain(&t.id).await;
     assert!(
         chain
             .iter()
             .any(|e| e.reason.as_deref() == Some("kyc_limit_exceeded") && e.outcome == "failure")
+    );
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("held_for_review") && e.outcome == "success")
     );
     app.cleanup().await;
 }

@@ -590,6 +590,16 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A POST with an `Idempotency-Key`.
+    pub async fn post_with_key(&self, path: &str, token: &str, key: &str, body: Value) -> Resp {
+        let mut req = Self::post_request(path, Some(token), &body);
+        req.headers_mut().insert(
+            "idempotency-key",
+            key.parse().expect("a printable idempotency key"),
+        );
+        self.send(req).await
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
         self.request(Method::POST, path, token, Some(body)).await
     }

@@ -23,6 +23,9 @@ pub struct TransferRecord {
     pub reverses_id: Option<String>,
     pub created_by: Option<String>,
     pub created_at: i64,
+    /// The customer the movement was counted against when its accounts do not say (see
+    /// `TransferCommand::subject`); `None` otherwise.
+    pub subject_customer_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,34 @@ pub struct TransferCommand {
     pub quiet_refusal: bool,
     /// Who moves the money, re-checked in the posting transaction (`None`: no principal).
     pub actor: Option<ActorCheck>,
+    /// The tenant's KYC limits for `currency`, when it has any (`None`: no KYC limit applies).
+    /// The engine applies them to the tiers, balances and running totals it reads under lock.
+    pub kyc: Option<std::sync::Arc<super::KycLimits>>,
+    /// The customer limits and running totals count this movement against when its accounts
+    /// do not say (cash paid in at a counter by a walk-in customer). It must be a customer of
+    /// the tenant; the movement then counts as that customer's outgoing money.
+    pub subject: Option<CustomerId>,
+}
+
+/// A movement a pre-commit check sent to review: nothing was posted, and this hold reserves
+/// the money it would have moved (on its debit account, and as pending credits on its credit
+/// account when it has one) until the review decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewHold {
+    pub id: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    /// The credit account, when the movement had exactly one.
+    pub credit_account_id: Option<String>,
+    pub currency: String,
+    pub amount: i64,
+    pub expires_at: i64,
+    pub reference: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    /// The check that asked for review, and why.
+    pub check: &'static str,
+    pub reason: String,
 }
 
 /// A reversal's link to its original: per account, what that leg received in the original (the
@@ -124,6 +155,8 @@ pub struct Reverses {
 pub enum PostResult {
     Posted(PostedTransfer),
     Refused(super::Refusal),
+    /// A pre-commit check sent the movement to review: the hold that reserves its money.
+    Reviewed(ReviewHold),
     /// Another request with the same idempotency key committed first: its stored answer.
     DuplicateKey(IdempotencyRecord),
 }

@@ -11,12 +11,17 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::extension::{
+    CheckContext, CheckDecision, Checks, CounterKey, EventRow, KycLimits, OUTGOING, Period,
+    SideWrite,
+};
 use super::{
     AccountKind, EntryRecord, IdempotencyRecord, Movement, PostResult, PostedTransfer, Refusal,
-    StoredOutcome, TransferCommand, TransferRecord,
+    ReviewHold, StoredOutcome, TransferCommand, TransferKind, TransferRecord,
 };
 use crate::domain::audit::{NewAuditEvent, Outcome};
 use crate::domain::authz::{ActorCredential, ActorStanding, still_authorised};
+use crate::domain::kyc::{self, Limit};
 
 /// The `response_status` of a key whose `response_body` is a stored outcome (the answer's HTTP
 /// status is the HTTP layer's to choose); older rows hold the status of a rendered body.
@@ -41,6 +46,8 @@ pub struct AccountState {
     /// 1 when the account's customer has restricted the processing of its data (GDPR Art. 18):
     /// no new movement may touch the account, except a reversal (a correction).
     pub restricted: i64,
+    /// The KYC tier of the account's customer (0 for a system account).
+    pub kyc_tier: i64,
 }
 
 impl AccountState {
@@ -62,6 +69,18 @@ pub struct HoldState {
     pub amount: i64,
     pub status: String,
     pub expires_at: i64,
+    /// `payment`, or `review` for a movement held for review (no capture may take it).
+    pub purpose: String,
+}
+
+/// A movement's explicit subject customer, as loaded for posting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectState {
+    pub id: String,
+    pub tenant_id: String,
+    pub kyc_tier: i64,
+    /// Whether the customer is active (not erased or closed).
+    pub active: bool,
 }
 
 /// Everything a batch may read, loaded under lock.
@@ -80,6 +99,10 @@ pub struct Snapshot {
     /// The standing of every actor of the batch (user, credential), read in the posting
     /// transaction (locked on PostgreSQL); a missing one is gone.
     pub actors: HashMap<(String, ActorCredential), ActorStanding>,
+    /// The explicit subject customers of the batch's movements, by id.
+    pub subjects: HashMap<String, SubjectState>,
+    /// The running totals the batch reads (KYC's and the checks'), locked with the accounts.
+    pub counters: HashMap<CounterKey, i64>,
 }
 
 /// A hold whose status the batch changed.
@@ -115,6 +138,12 @@ pub struct Plan {
     pub reversed: Vec<((String, String), i64)>,
     pub keys: Vec<KeyRow>,
     pub audit: Vec<NewAuditEvent>,
+    /// What to add to each running total (summed per key, in key order).
+    pub counters: Vec<(CounterKey, i64)>,
+    /// Event rows committed with the movements (checks' side writes).
+    pub events: Vec<EventRow>,
+    /// Review holds to insert (movements a check sent to review).
+    pub review_holds: Vec<ReviewHold>,
 }
 
 impl Plan {
@@ -196,6 +225,55 @@ struct Engine {
     changed_accounts: HashMap<String, i64>,
     changed_holds: HashMap<String, HoldChange>,
     changed_reversed: HashSet<(String, String)>,
+    counted: HashMap<CounterKey, i64>,
+    events: Vec<EventRow>,
+    review_holds: Vec<ReviewHold>,
+}
+
+/// What applying one movement produced.
+enum Applied {
+    Posted(PostedTransfer),
+    Reviewed(ReviewHold),
+}
+
+/// The movement kinds that send a customer's money out (KYC's outgoing limits and totals).
+fn is_outgoing(kind: TransferKind) -> bool {
+    matches!(
+        kind,
+        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
+    )
+}
+
+/// The movement kinds that bring money into a customer account (KYC's balance ceiling).
+fn is_incoming(kind: TransferKind) -> bool {
+    matches!(
+        kind,
+        TransferKind::Transfer | TransferKind::Deposit | TransferKind::Capture
+    )
+}
+
+/// Who a movement's outgoing money is counted against: its explicit subject, or the customer
+/// of its debit account when it sends a customer's money out. (customer, tier, what the refusal
+/// names).
+struct Sender {
+    customer: String,
+    tier: i64,
+    named: String,
+}
+
+fn kyc_refusal(param: String, message: String) -> Refusal {
+    Refusal::KycLimit { param, message }
+}
+
+fn not_permitted(who: &str, tier: i64, currency: &str) -> Refusal {
+    kyc_refusal(
+        "currency".into(),
+        format!(
+            "KYC limit {}: {who}'s KYC tier {tier} may not send or receive {currency} (the \
+             tenant has no limits for that tier in {currency})",
+            Limit::CurrencyNotPermitted.as_str()
+        ),
+    )
 }
 
 impl Engine {
@@ -246,7 +324,7 @@ impl Engine {
     }
 
     /// Applies one movement, all or nothing. On refusal nothing in the snapshot has changed.
-    fn apply(&mut self, m: &TransferCommand) -> Result<PostedTransfer, Refusal> {
+    fn apply(&mut self, m: &TransferCommand, checks: &Checks) -> Result<Applied, Refusal> {
         let now = m.created_at.as_micros();
         let tenant = m.tenant_id.as_str();
         let movement = Movement::of(m.kind, m.reverses.as_ref().map(|r| r.original_kind));
@@ -303,6 +381,9 @@ impl Engine {
                 .filter(|h| h.tenant_id == tenant && h.status == "active" && h.expires_at > now)
                 .cloned()
                 .ok_or(Refusal::HoldNotActive)?;
+            if hold.purpose == REVIEW {
+                return Err(Refusal::HoldUnderReview);
+            }
             if m.amount.get() > hold.amount {
                 return Err(Refusal::CaptureExceedsHold);
             }
@@ -362,7 +443,52 @@ impl Engine {
             work.insert(id.to_owned(), a);
         }
 
+        // KYC limits and the pre-commit checks, on the facts loaded under lock. A reversal is a
+        // correction: neither limits nor checks apply to it.
+        let mut kyc_writes = Vec::new();
+        let mut check_writes = Vec::new();
+        if m.kind != TransferKind::Reversal {
+            let sender = sender_of(m, &self.snap.accounts, &self.snap.subjects)?;
+            if let Some(limits) = &m.kyc {
+                kyc_writes = self.kyc(m, limits, sender.as_ref())?;
+            }
+            let subject = subject_of(m, &self.snap.accounts);
+            for check in checks.iter() {
+                let verdict = check.check(&CheckContext {
+                    command: m,
+                    subject,
+                    accounts: &self.snap.accounts,
+                    counters: &self.snap.counters,
+                });
+                check_writes.extend(verdict.writes);
+                match verdict.decision {
+                    CheckDecision::Allow => {}
+                    CheckDecision::Refuse { code, message } => {
+                        return Err(Refusal::CheckRefused { code, message });
+                    }
+                    CheckDecision::Review { reason } => {
+                        // A capture already has its hold, and a movement with several debit
+                        // legs cannot rest on one: those are refused for review instead.
+                        if m.capture_hold.is_some() || m.debits.len() != 1 {
+                            return Err(Refusal::CheckRefused {
+                                code: "held_for_review",
+                                message: format!("held for review by {}: {reason}", check.name()),
+                            });
+                        }
+                        // KYC's totals count money that moves; a reviewed movement moves none.
+                        return Ok(Applied::Reviewed(self.hold_for_review(
+                            m,
+                            check.name(),
+                            reason,
+                            check_writes,
+                        )));
+                    }
+                }
+            }
+        }
+
         // Every check passed: commit the movement to the snapshot.
+        self.side_writes(m, kyc_writes.into_iter().chain(check_writes));
         for (id, a) in work {
             self.snap.accounts.insert(id.clone(), a);
             self.changed_accounts.insert(id, now);
@@ -383,6 +509,7 @@ impl Engine {
             reverses_id: m.reverses.as_ref().map(|r| r.original.to_string()),
             created_by: Some(m.created_by.clone()),
             created_at: now,
+            subject_customer_id: m.subject.as_ref().map(ToString::to_string),
         };
         if let Some(hold) = capture {
             if let Some(h) = self.snap.holds.get_mut(&hold.id) {
@@ -430,19 +557,285 @@ impl Engine {
                 },
             )
             .collect();
-        Ok(PostedTransfer {
+        Ok(Applied::Posted(PostedTransfer {
             transfer,
             entries,
             details: m.details_clear.clone(),
-        })
+        }))
     }
+
+    fn counter(&self, key: &CounterKey) -> i64 {
+        self.snap.counters.get(key).copied().unwrap_or(0)
+    }
+
+    /// KYC tier limits: the sender's single-movement, daily and monthly outgoing limits (read
+    /// from the running totals), and each credited customer account's balance ceiling. Returns
+    /// the additions to the sender's totals.
+    fn kyc(
+        &self,
+        m: &TransferCommand,
+        limits: &KycLimits,
+        sender: Option<&Sender>,
+    ) -> Result<Vec<SideWrite>, Refusal> {
+        let (tenant, currency) = (m.tenant_id.as_str(), m.currency.code());
+        let (now, amount) = (m.created_at.as_micros(), m.amount.get());
+        let mut writes = Vec::new();
+        if let Some(s) = sender {
+            let Some(figures) = limits.tiers.get(&s.tier) else {
+                return Err(not_permitted(&s.named, s.tier, currency));
+            };
+            let [day, month] = [Period::Day, Period::Month]
+                .map(|p| CounterKey::at(tenant, &s.customer, OUTGOING, currency, p, now));
+            let used = kyc::Outgoing {
+                today: self.counter(&day),
+                this_month: self.counter(&month),
+            };
+            if let Err(b) = kyc::check_outgoing(figures, used, amount) {
+                let what = match b.limit {
+                    Limit::MaxSingleTransfer => format!("this movement of {}", b.would_reach),
+                    Limit::DailyOutgoing => {
+                        format!("today's outgoing total would be {}", b.would_reach)
+                    }
+                    _ => format!("this month's outgoing total would be {}", b.would_reach),
+                };
+                return Err(kyc_refusal(
+                    "amount".into(),
+                    format!(
+                        "KYC limit {}: tier {} allows {} {currency} minor units; {what}",
+                        b.limit.as_str(),
+                        s.tier,
+                        b.figure.unwrap_or(0)
+                    ),
+                ));
+            }
+            writes.extend([day, month].map(|key| SideWrite::Count { key, delta: amount }));
+        }
+        if is_incoming(m.kind) {
+            let mut added: HashMap<&str, i64> = HashMap::new();
+            for (i, (id, leg)) in m.credits.iter().enumerate() {
+                let Some(a) = self.snap.accounts.get(id.as_str()) else {
+                    continue;
+                };
+                if a.customer_id.is_none() {
+                    continue;
+                }
+                let Some(figures) = limits.tiers.get(&a.kyc_tier) else {
+                    return Err(not_permitted(
+                        &format!("account {id}"),
+                        a.kyc_tier,
+                        currency,
+                    ));
+                };
+                let before = added.entry(id.as_str()).or_insert(0);
+                if kyc::check_incoming(figures, a.posted.saturating_add(*before), leg.get())
+                    .is_err()
+                {
+                    let param = if m.kind == TransferKind::Transfer {
+                        format!("credits[{i}].amount")
+                    } else {
+                        "amount".to_owned()
+                    };
+                    // The message names the account and the limit, never the balance (the
+                    // sender may be someone else).
+                    return Err(kyc_refusal(
+                        param,
+                        format!(
+                            "KYC limit max_balance: the credit would take account {id} above \
+                             the maximum balance of its KYC tier in {currency}"
+                        ),
+                    ));
+                }
+                *before = before.saturating_add(leg.get());
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Applies the side writes of a movement that posts (or is held for review).
+    fn side_writes(&mut self, m: &TransferCommand, writes: impl IntoIterator<Item = SideWrite>) {
+        for w in writes {
+            match w {
+                SideWrite::Count { key, delta } => {
+                    let total = self.snap.counters.entry(key.clone()).or_insert(0);
+                    *total = total.saturating_add(delta);
+                    let sum = self.counted.entry(key).or_insert(0);
+                    *sum = sum.saturating_add(delta);
+                }
+                SideWrite::Event { topic, payload } => self.events.push(EventRow {
+                    id: crate::ids::LedgerEventId::generate().to_string(),
+                    tenant_id: m.tenant_id.to_string(),
+                    topic,
+                    transfer_id: m.id.to_string(),
+                    payload,
+                    created_at: m.created_at.as_micros(),
+                }),
+            }
+        }
+    }
+
+    /// Turns a movement a check sent to review into a hold on its debit account (and pending
+    /// credits on its credit account when it has one): the money is reserved, nothing posts.
+    /// The legs were checked (funds, states, ownership) before the checks ran.
+    fn hold_for_review(
+        &mut self,
+        m: &TransferCommand,
+        check: &'static str,
+        reason: String,
+        writes: Vec<SideWrite>,
+    ) -> ReviewHold {
+        let now = m.created_at.as_micros();
+        let amount = m.amount.get();
+        let debit = m
+            .debits
+            .first()
+            .map(|(a, _)| a.to_string())
+            .unwrap_or_default();
+        let credit = match m.credits.as_slice() {
+            [(only, _)] => Some(only.to_string()),
+            _ => None,
+        };
+        if let Some(a) = self.snap.accounts.get_mut(&debit) {
+            a.pending_debits = a.pending_debits.saturating_add(amount);
+            self.changed_accounts.insert(debit.clone(), now);
+        }
+        if let Some(c) = &credit
+            && let Some(a) = self.snap.accounts.get_mut(c)
+        {
+            a.pending_credits = a.pending_credits.saturating_add(amount);
+            self.changed_accounts.insert(c.clone(), now);
+        }
+        let hold = ReviewHold {
+            id: crate::ids::HoldId::generate().to_string(),
+            tenant_id: m.tenant_id.to_string(),
+            account_id: debit,
+            credit_account_id: credit,
+            currency: m.currency.code().to_owned(),
+            amount,
+            expires_at: now.saturating_add(super::HOLD_MAX_SECONDS * 1_000_000),
+            reference: m.reference.clone(),
+            created_by: m.created_by.clone(),
+            created_at: now,
+            check,
+            reason,
+        };
+        // Later movements of the batch see it (a capture of it is refused; it expires in time).
+        self.snap.holds.insert(
+            hold.id.clone(),
+            HoldState {
+                id: hold.id.clone(),
+                tenant_id: hold.tenant_id.clone(),
+                account_id: hold.account_id.clone(),
+                credit_account_id: hold.credit_account_id.clone(),
+                amount,
+                status: "active".into(),
+                expires_at: hold.expires_at,
+                purpose: REVIEW.into(),
+            },
+        );
+        self.side_writes(m, writes);
+        self.review_holds.push(hold.clone());
+        hold
+    }
+}
+
+/// A review hold's `purpose`.
+pub const REVIEW: &str = "review";
+
+/// The customer a movement is about, as checks see it: its explicit subject, else the customer
+/// of its first debit account.
+pub fn subject_of<'a>(
+    m: &'a TransferCommand,
+    accounts: &'a HashMap<String, AccountState>,
+) -> Option<&'a str> {
+    match &m.subject {
+        Some(s) => Some(s.as_str()),
+        None => m
+            .debits
+            .first()
+            .and_then(|(a, _)| accounts.get(a.as_str()))
+            .filter(|a| a.tenant_id == m.tenant_id.as_str())
+            .and_then(|a| a.customer_id.as_deref()),
+    }
+}
+
+/// Who a movement's outgoing money is counted against (KYC): its explicit subject (which must
+/// be an active customer of the tenant), or the customer of its debit account when the
+/// movement sends a customer's money out; `None` when neither applies.
+fn sender_of(
+    m: &TransferCommand,
+    accounts: &HashMap<String, AccountState>,
+    subjects: &HashMap<String, SubjectState>,
+) -> Result<Option<Sender>, Refusal> {
+    if let Some(id) = &m.subject {
+        let s = subjects
+            .get(id.as_str())
+            .filter(|s| s.tenant_id == m.tenant_id.as_str() && s.active)
+            .ok_or_else(|| Refusal::SubjectNotFound(id.to_string()))?;
+        return Ok(Some(Sender {
+            customer: s.id.clone(),
+            tier: s.kyc_tier,
+            named: format!("customer {id}"),
+        }));
+    }
+    if !is_outgoing(m.kind) {
+        return Ok(None);
+    }
+    let Some((id, _)) = m.debits.first() else {
+        return Ok(None);
+    };
+    Ok(accounts
+        .get(id.as_str())
+        .filter(|a| a.tenant_id == m.tenant_id.as_str() && a.currency == m.currency.code())
+        .and_then(|a| {
+            Some(Sender {
+                customer: a.customer_id.clone()?,
+                tier: a.kyc_tier,
+                named: format!("account {id}"),
+            })
+        }))
+}
+
+/// The running totals a batch reads, once its accounts and subjects are loaded: KYC's outgoing
+/// totals of every sender whose currency has limits, and what each check asks for. Sorted (the
+/// order PostgreSQL locks them in, after the accounts).
+pub fn counters_to_load(
+    batch: &[TransferCommand],
+    accounts: &HashMap<String, AccountState>,
+    subjects: &HashMap<String, SubjectState>,
+    checks: &Checks,
+) -> Vec<CounterKey> {
+    let mut keys = Vec::new();
+    for m in batch.iter().filter(|m| m.kind != TransferKind::Reversal) {
+        if m.kyc.is_some()
+            && let Ok(Some(s)) = sender_of(m, accounts, subjects)
+        {
+            let at = m.created_at.as_micros();
+            keys.extend([Period::Day, Period::Month].map(|p| {
+                CounterKey::at(
+                    m.tenant_id.as_str(),
+                    &s.customer,
+                    OUTGOING,
+                    m.currency.code(),
+                    p,
+                    at,
+                )
+            }));
+        }
+        let subject = subject_of(m, accounts);
+        for c in checks.iter() {
+            keys.extend(c.counters(m, subject));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// Applies `batch` in order to `snap`. A movement whose idempotency key is already live (or was
 /// used earlier in the batch) is a `DuplicateKey` and changes nothing; every other movement is
 /// posted or refused, and either way its key is recorded with the rendered answer and an audit
 /// event with its outcome is appended.
-pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
+pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan {
     let mut expiring: Vec<(i64, String)> = snap
         .holds
         .values()
@@ -457,6 +850,9 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
         changed_accounts: HashMap::new(),
         changed_holds: HashMap::new(),
         changed_reversed: HashSet::new(),
+        counted: HashMap::new(),
+        events: Vec::new(),
+        review_holds: Vec::new(),
     };
     let mut out = Plan::default();
     for m in batch {
@@ -483,6 +879,34 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
                     .push(PostResult::Refused(Refusal::ActorRevoked(r)));
                 continue;
             }
+            // Step-up, on every route that moves money out: the threshold came with the
+            // actor's check, the last authentication is read under lock. Like the actor's own
+            // check, a refusal is about the credential: no key is recorded.
+            if let Some(rule) = &a.step_up
+                && is_outgoing(m.kind)
+                && !rule.allows(
+                    m.currency.code(),
+                    m.amount.get(),
+                    standing.and_then(|s| s.authenticated_at),
+                    m.created_at.as_micros(),
+                )
+            {
+                if !m.quiet_refusal {
+                    out.audit.push(NewAuditEvent {
+                        outcome: Outcome::Denied,
+                        reason: Some("step_up_required".to_owned()),
+                        security_event: Some(
+                            crate::domain::security::SecurityEvent::StepUpRequired,
+                        ),
+                        ..m.audit.clone()
+                    });
+                }
+                out.results
+                    .push(PostResult::Refused(Refusal::StepUpRequired {
+                        session: matches!(a.credential, ActorCredential::Session(_)),
+                    }));
+                continue;
+            }
         }
         let slot = m.idempotency.as_ref().map(|k| {
             (
@@ -495,9 +919,15 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
             out.results.push(PostResult::DuplicateKey(stored.clone()));
             continue;
         }
-        let outcome = engine.apply(m);
+        let outcome = engine.apply(m, checks);
         match &outcome {
-            Ok(_) => out.audit.push(m.audit.clone()),
+            Ok(Applied::Posted(_)) => out.audit.push(m.audit.clone()),
+            Ok(Applied::Reviewed(h)) => out.audit.push(NewAuditEvent {
+                reason: Some("held_for_review".to_owned()),
+                target_type: Some("hold".to_owned()),
+                target_id: Some(h.id.clone()),
+                ..m.audit.clone()
+            }),
             Err(_) if m.quiet_refusal => {}
             Err(refusal) => out.audit.push(NewAuditEvent {
                 outcome: Outcome::Failure,
@@ -508,7 +938,8 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
         if let (Some(idem), Some(slot)) = (&m.idempotency, slot) {
             // The outcome's facts, not a rendered answer: the HTTP layer renders a replay.
             let body = match &outcome {
-                Ok(p) => StoredOutcome::Transfer(p.transfer.id.clone()),
+                Ok(Applied::Posted(p)) => StoredOutcome::Transfer(p.transfer.id.clone()),
+                Ok(Applied::Reviewed(h)) => StoredOutcome::Hold(h.id.clone()),
                 Err(r) => StoredOutcome::Refused(r.clone()),
             }
             .encode();
@@ -530,20 +961,27 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand]) -> Plan {
                 expires_at: idem.expires_at.as_micros(),
             });
         }
-        match outcome {
-            Ok(p) => {
-                out.results.push(PostResult::Posted(p));
-            }
-            Err(r) => out.results.push(PostResult::Refused(r)),
-        }
+        out.results.push(match outcome {
+            Ok(Applied::Posted(p)) => PostResult::Posted(p),
+            Ok(Applied::Reviewed(h)) => PostResult::Reviewed(h),
+            Err(r) => PostResult::Refused(r),
+        });
     }
     let Engine {
         snap,
         changed_accounts,
         changed_holds,
         changed_reversed,
+        counted,
+        events,
+        review_holds,
         ..
     } = engine;
+    let mut counters: Vec<(CounterKey, i64)> = counted.into_iter().collect();
+    counters.sort();
+    out.counters = counters;
+    out.events = events;
+    out.review_holds = review_holds;
     let mut accounts: Vec<(AccountState, i64)> = changed_accounts
         .into_iter()
         .filter_map(|(id, at)| snap.accounts.get(&id).map(|a| (a.clone(), at)))
@@ -579,6 +1017,8 @@ pub struct Wanted {
     pub latest: i64,
     /// The distinct actors (user, credential): one look-up each.
     pub actors: Vec<(String, ActorCredential)>,
+    /// The explicit subject customers.
+    pub subjects: Vec<String>,
 }
 
 /// Every account a batch must load: its legs' accounts and both accounts of every hold it may
@@ -601,8 +1041,10 @@ pub fn wanted(batch: &[TransferCommand]) -> Wanted {
     let mut references = Vec::new();
     let mut keys = Vec::new();
     let mut actors = Vec::new();
+    let mut subjects = Vec::new();
     let mut latest = i64::MIN;
     for m in batch {
+        subjects.extend(m.subject.iter().map(ToString::to_string));
         actors.extend(
             m.actor
                 .iter()
@@ -621,7 +1063,7 @@ pub fn wanted(batch: &[TransferCommand]) -> Wanted {
         );
         latest = latest.max(m.created_at.as_micros());
     }
-    for v in [&mut accounts, &mut holds, &mut reversals] {
+    for v in [&mut accounts, &mut holds, &mut reversals, &mut subjects] {
         v.sort();
         v.dedup();
     }
@@ -633,6 +1075,7 @@ pub fn wanted(batch: &[TransferCommand]) -> Wanted {
     actors.dedup();
     Wanted {
         actors,
+        subjects,
         accounts,
         holds,
         reversals,
@@ -648,6 +1091,7 @@ mod tests {
     use crate::clock::Timestamp;
     use crate::domain::audit::ActorType;
     use crate::domain::ledger::TransferKind;
+    use crate::domain::ledger::extension::{CheckContext, CheckDecision};
     use crate::domain::ledger::{NewIdempotency, Reverses};
     use crate::ids::{TenantId, TransferId};
 
@@ -665,6 +1109,7 @@ mod tests {
             overdraft_limit: 0,
             entry_count: 0,
             restricted: 0,
+            kyc_tier: 0,
         }
     }
 
@@ -703,6 +1148,8 @@ mod tests {
             capture_hold: None,
             quiet_refusal: false,
             actor: None,
+            kyc: None,
+            subject: None,
         }
     }
 
@@ -736,7 +1183,7 @@ mod tests {
             movement("acc_a", "acc_b", 60, 1),
             movement("acc_a", "acc_b", 60, 2),
         ];
-        let p = plan(snap, &batch);
+        let p = plan(snap, &batch, &Checks::default());
         assert!(matches!(p.results[0], PostResult::Posted(_)));
         assert!(matches!(
             p.results[1],
@@ -760,7 +1207,7 @@ mod tests {
         let snap = snapshot(&[account("acc_a", 100), account("acc_b", 0), frozen]);
         let mut m = movement("acc_a", "acc_b", 50, 1);
         m.credits = legs(&[("acc_b", 25), ("acc_c", 25)]);
-        let p = plan(snap, &[m]);
+        let p = plan(snap, &[m], &Checks::default());
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::AccountClosed(_))
@@ -776,6 +1223,7 @@ mod tests {
             user_id: user.into(),
             credential: ActorCredential::Session(format!("ses_{user}")),
             roles: vec![Role::Manager],
+            step_up: None,
         };
         let mut snap = snapshot(&[account("acc_a", 100), account("acc_b", 0)]);
         for (user, status, roles) in [
@@ -790,6 +1238,7 @@ mod tests {
                     roles: roles.into(),
                     credential_live: true,
                     tenant_active: true,
+                    authenticated_at: None,
                 },
             );
         }
@@ -808,7 +1257,7 @@ mod tests {
             });
             batch.push(m);
         }
-        let p = plan(snap, &batch);
+        let p = plan(snap, &batch, &Checks::default());
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::ActorRevoked(ActorRevoked::RolesChanged))
@@ -844,7 +1293,7 @@ mod tests {
         m1.idempotency = Some(key.clone());
         let mut m2 = movement("acc_a", "acc_b", 10, 2);
         m2.idempotency = Some(key);
-        let p = plan(snap, &[m1, m2]);
+        let p = plan(snap, &[m1, m2], &Checks::default());
         let PostResult::DuplicateKey(stored) = &p.results[1] else {
             unreachable!("expected a duplicate, got {:?}", p.results[1])
         };
@@ -867,7 +1316,7 @@ mod tests {
         let mut short = movement("acc_a", "acc_b", 10, 1);
         short.credits = legs(&[("acc_b", 9)]);
         for m in [no_credit, short] {
-            let p = plan(snap(), &[m]);
+            let p = plan(snap(), &[m], &Checks::default());
             assert!(matches!(
                 p.results[0],
                 PostResult::Refused(Refusal::Unbalanced)
@@ -883,6 +1332,7 @@ mod tests {
         let p = plan(
             snapshot(&[account("acc_a", 100), other]),
             &[movement("acc_a", "acc_b", 1, 1)],
+            &Checks::default(),
         );
         assert!(matches!(
             p.results[0],
@@ -905,6 +1355,7 @@ mod tests {
                 amount: 100,
                 status: "active".into(),
                 expires_at: 5,
+                purpose: "payment".into(),
             },
         );
         // Before the expiry the hold counts; at it, it no longer does.
@@ -914,6 +1365,7 @@ mod tests {
                 movement("acc_a", "acc_b", 100, 4),
                 movement("acc_a", "acc_b", 100, 5),
             ],
+            &Checks::default(),
         );
         assert!(matches!(
             p.results[0],
@@ -938,7 +1390,7 @@ mod tests {
             original_kind: TransferKind::Transfer,
             ceilings: vec![(acc("acc_b"), 50), (acc("acc_c"), 30)],
         });
-        let p = plan(snap, &[r]);
+        let p = plan(snap, &[r], &Checks::default());
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::ReversalExceedsOriginal)
@@ -952,7 +1404,11 @@ mod tests {
         settlement.overdraft_limit = i64::MAX / 2;
         let snap = || snapshot(&[settlement.clone(), account("acc_c", 0)]);
         // An ordinary transfer out of settlement creates money: refused.
-        let p = plan(snap(), &[movement("acc_s", "acc_c", 10, 1)]);
+        let p = plan(
+            snap(),
+            &[movement("acc_s", "acc_c", 10, 1)],
+            &Checks::default(),
+        );
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::SystemAccount(_))
@@ -961,14 +1417,14 @@ mod tests {
         let mut d = movement("acc_s", "acc_c", 10, 1);
         d.kind = TransferKind::Deposit;
         assert!(matches!(
-            plan(snap(), &[d]).results[0],
+            plan(snap(), &[d], &Checks::default()).results[0],
             PostResult::Posted(_)
         ));
         // A capture or a reversal of a transfer may not touch it either.
         let mut c = movement("acc_s", "acc_c", 10, 1);
         c.kind = TransferKind::Capture;
         assert!(matches!(
-            plan(snap(), &[c]).results[0],
+            plan(snap(), &[c], &Checks::default()).results[0],
             PostResult::Refused(Refusal::SystemAccount(_))
         ));
         let mut fees = account("acc_f", 100);
@@ -976,10 +1432,159 @@ mod tests {
         let p = plan(
             snapshot(&[fees, account("acc_c", 10)]),
             &[movement("acc_c", "acc_f", 1, 1)],
+            &Checks::default(),
         );
         assert!(matches!(
             p.results[0],
             PostResult::Refused(Refusal::SystemAccount(_))
+        ));
+    }
+
+    fn limits(daily: i64) -> std::sync::Arc<KycLimits> {
+        std::sync::Arc::new(KycLimits {
+            tiers: [(
+                0,
+                crate::domain::kyc::TierLimits {
+                    daily_outgoing: Some(daily),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+        })
+    }
+
+    #[test]
+    fn an_explicit_subject_is_counted_and_must_be_a_customer_of_the_tenant() {
+        let mut settlement = account("acc_s", 0);
+        settlement.kind = "settlement".into();
+        settlement.overdraft_limit = SETTLEMENT_OVERDRAFT_FOR_TESTS;
+        let mut payee = account("acc_b", 0);
+        payee.customer_id = Some("cus_b".into());
+        let mut snap = snapshot(&[settlement, payee]);
+        let walk_in = |tenant: &str, active: bool| SubjectState {
+            id: "cus_x".into(),
+            tenant_id: tenant.into(),
+            kyc_tier: 0,
+            active,
+        };
+        snap.subjects.insert("cus_x".into(), walk_in("ten_a", true));
+        // Cash paid in by a walk-in customer for someone else's account: the walk-in's limits.
+        let cash = |amount: i64, at: i64| {
+            let mut m = movement("acc_s", "acc_b", amount, at);
+            m.kind = TransferKind::Deposit;
+            m.subject = Some(crate::ids::CustomerId::from_trusted("cus_x".into()));
+            m.kyc = Some(limits(500));
+            m
+        };
+        let p = plan(snap, &[cash(400, 1), cash(200, 2)], &Checks::default());
+        assert!(matches!(p.results[0], PostResult::Posted(_)));
+        assert!(
+            matches!(&p.results[1], PostResult::Refused(Refusal::KycLimit { param, .. }) if param == "amount"),
+            "{:?}",
+            p.results[1]
+        );
+        let day = CounterKey::at("ten_a", "cus_x", OUTGOING, "USD", Period::Day, 1);
+        assert!(p.counters.contains(&(day, 400)), "{:?}", p.counters);
+        assert_eq!(
+            p.posted()
+                .next()
+                .map(|t| t.transfer.subject_customer_id.clone()),
+            Some(Some("cus_x".into()))
+        );
+        // Another tenant's customer, or an erased one, is not a subject.
+        for s in [walk_in("ten_b", true), walk_in("ten_a", false)] {
+            let mut snap = snapshot(&[account("acc_s", 0), account("acc_b", 0)]);
+            if let Some(a) = snap.accounts.get_mut("acc_s") {
+                a.kind = "settlement".into();
+                a.overdraft_limit = SETTLEMENT_OVERDRAFT_FOR_TESTS;
+            }
+            snap.subjects.insert("cus_x".into(), s);
+            let p = plan(snap, &[cash(1, 1)], &Checks::default());
+            assert!(matches!(
+                p.results[0],
+                PostResult::Refused(Refusal::SubjectNotFound(_))
+            ));
+        }
+    }
+
+    /// Refuses everything, asking for an event and a count it must not get.
+    struct Refuser;
+
+    impl crate::domain::ledger::PreCommitCheck for Refuser {
+        fn name(&self) -> &'static str {
+            "refuser"
+        }
+        fn check(&self, ctx: &CheckContext<'_>) -> crate::domain::ledger::Verdict {
+            crate::domain::ledger::Verdict::of(CheckDecision::Refuse {
+                code: "kyc_limit_exceeded",
+                message: "no".into(),
+            })
+            .with(SideWrite::Event {
+                topic: "t".into(),
+                payload: "{}".into(),
+            })
+            .with(SideWrite::Count {
+                key: CounterKey::at("ten_a", "cus_a", "m", "USD", Period::Day, 0),
+                delta: ctx.command.amount.get(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_refused_movement_commits_none_of_its_side_writes() {
+        let snap = snapshot(&[account("acc_a", 100), account("acc_b", 0)]);
+        let checks = Checks(vec![std::sync::Arc::new(Refuser)]);
+        let p = plan(snap, &[movement("acc_a", "acc_b", 10, 1)], &checks);
+        assert!(matches!(
+            p.results[0],
+            PostResult::Refused(Refusal::CheckRefused { .. })
+        ));
+        assert!(p.events.is_empty() && p.counters.is_empty() && p.accounts.is_empty());
+    }
+
+    #[test]
+    fn a_reviewed_movement_is_held_and_no_capture_takes_its_hold() {
+        let snap = snapshot(&[account("acc_a", 100), account("acc_b", 0)]);
+        let checks = Checks(vec![std::sync::Arc::new(Sevens)]);
+        let p = plan(snap, &[movement("acc_a", "acc_b", 70, 1)], &checks);
+        let PostResult::Reviewed(h) = &p.results[0] else {
+            unreachable!("{:?}", p.results[0])
+        };
+        assert_eq!((h.amount, h.check), (70, "sevens"));
+        assert_eq!(h.credit_account_id.as_deref(), Some("acc_b"));
+        assert!(p.transfers().is_empty() && p.entries().is_empty());
+        let a = p.accounts.iter().find(|(a, _)| a.id == "acc_a");
+        assert_eq!(
+            a.map(|(a, _)| (a.posted, a.pending_debits)),
+            Some((100, 70))
+        );
+        assert_eq!(p.events.len(), 1, "the reviewing check's event is kept");
+        assert_eq!(p.keys.len(), 0);
+        // Captured in a later batch: refused whoever asks.
+        let mut a = account("acc_a", 100);
+        a.pending_debits = 70;
+        let mut snap = snapshot(&[a, account("acc_b", 0)]);
+        snap.holds.insert(
+            h.id.clone(),
+            HoldState {
+                id: h.id.clone(),
+                tenant_id: "ten_a".into(),
+                account_id: "acc_a".into(),
+                credit_account_id: Some("acc_b".into()),
+                amount: 70,
+                status: "active".into(),
+                expires_at: h.expires_at,
+                purpose: REVIEW.into(),
+            },
+        );
+        let mut capture = movement("acc_a", "acc_b", 70, 2);
+        capture.kind = TransferKind::Capture;
+        capture.capture_hold = Some(crate::ids::HoldId::from_trusted(h.id.clone()));
+        let p = plan(snap, &[capture], &Checks::default());
+        assert!(matches!(
+            p.results[0],
+            PostResult::Refused(Refusal::HoldUnderReview)
         ));
     }
 
@@ -1002,92 +1607,332 @@ mod tests {
         }
     }
 
-    /// The model: the ledger's rules written as plainly as possible, one movement at a time,
-    /// over balances only. The engine must agree with it on every outcome and every balance.
-    fn model_apply(
-        accounts: &mut HashMap<String, AccountState>,
-        keys: &mut HashSet<String>,
-        m: &TransferCommand,
-    ) -> Option<&'static str> {
-        if let Some(k) = &m.idempotency
-            && !keys.insert(k.key.clone())
-        {
-            return Some("duplicate");
+    /// A check that sends every movement whose amount is a multiple of 7 to review, with an
+    /// event, and lets every other through with an event.
+    struct Sevens;
+
+    impl crate::domain::ledger::PreCommitCheck for Sevens {
+        fn name(&self) -> &'static str {
+            "sevens"
         }
-        let movement = Movement::of(m.kind, None);
-        let legs: Vec<(&str, i64, bool)> = m
-            .debits
-            .iter()
-            .map(|(a, n)| (a.as_str(), n.get(), true))
-            .chain(m.credits.iter().map(|(a, n)| (a.as_str(), n.get(), false)))
-            .collect();
-        // Leg by leg, debits first, as a client reads the refusal: the account's standing,
-        // then (for a debit) its funds.
-        let mut after = accounts.clone();
-        for (id, n, debit) in &legs {
-            let Some(a) = after.get_mut(*id).filter(|a| a.tenant_id == "ten_a") else {
-                return Some("account_not_found");
+        fn check(&self, ctx: &CheckContext<'_>) -> crate::domain::ledger::Verdict {
+            use crate::domain::ledger::Verdict;
+            let event = SideWrite::Event {
+                topic: "checked".into(),
+                payload: "{}".into(),
             };
-            let kind = AccountKind::parse(&a.kind);
-            if !kind.is_some_and(|k| movement.may_touch(k)) {
-                return Some("system_account");
-            }
-            if a.currency != m.currency.code() {
-                return Some("currency_mismatch");
-            }
-            if a.status == "closed" {
-                return Some("account_closed");
-            }
-            if a.restricted != 0 {
-                return Some("processing_restricted");
-            }
-            if *debit && a.status == "frozen" {
-                return Some("account_frozen");
-            }
-            if *debit {
-                if a.posted - a.pending_debits - n < -a.overdraft_limit {
-                    return Some("insufficient_funds");
-                }
-                a.posted -= n;
+            if ctx.command.amount.get() % 7 == 0 {
+                Verdict::of(CheckDecision::Review {
+                    reason: "sevens".into(),
+                })
+                .with(event)
             } else {
-                a.posted += n;
+                Verdict::allow().with(event)
             }
         }
-        *accounts = after;
-        None
+    }
+
+    /// The model: the ledger's rules written as plainly as possible, one movement at a time,
+    /// over balances, running totals and keys. The engine must agree with it on every outcome,
+    /// every balance and every total.
+    #[derive(Default)]
+    struct Model {
+        accounts: HashMap<String, AccountState>,
+        /// Idempotency keys per credential: (principal, key).
+        keys: HashSet<(String, String)>,
+        /// Outgoing totals per customer: (day, month).
+        totals: HashMap<String, (i64, i64)>,
+        /// Additions the batch made to each total.
+        added: HashMap<String, i64>,
+        reviews: bool,
+    }
+
+    impl Model {
+        fn apply(&mut self, m: &TransferCommand) -> Option<&'static str> {
+            // Step-up: money leaving an account above 150 needs a fresh authentication (only
+            // `usr_fresh`'s session has one; an API token never does).
+            if let Some(a) = &m.actor
+                && a.step_up.is_some()
+                && matches!(m.kind, TransferKind::Transfer | TransferKind::Withdrawal)
+                && m.amount.get() > 150
+                && a.user_id != "usr_fresh"
+            {
+                return Some("step_up_required");
+            }
+            if let Some(k) = &m.idempotency
+                && !self.keys.insert((k.principal_id.clone(), k.key.clone()))
+            {
+                return Some("duplicate");
+            }
+            let movement = Movement::of(m.kind, None);
+            let legs: Vec<(&str, i64, bool)> = m
+                .debits
+                .iter()
+                .map(|(a, n)| (a.as_str(), n.get(), true))
+                .chain(m.credits.iter().map(|(a, n)| (a.as_str(), n.get(), false)))
+                .collect();
+            // Leg by leg, debits first, as a client reads the refusal: the account's standing,
+            // then (for a debit) its funds.
+            let mut after = self.accounts.clone();
+            for (id, n, debit) in &legs {
+                let Some(a) = after.get_mut(*id).filter(|a| a.tenant_id == "ten_a") else {
+                    return Some("account_not_found");
+                };
+                let kind = AccountKind::parse(&a.kind);
+                if !kind.is_some_and(|k| movement.may_touch(k)) {
+                    return Some("system_account");
+                }
+                if a.currency != m.currency.code() {
+                    return Some("currency_mismatch");
+                }
+                if a.status == "closed" {
+                    return Some("account_closed");
+                }
+                if a.restricted != 0 {
+                    return Some("processing_restricted");
+                }
+                if *debit && a.status == "frozen" {
+                    return Some("account_frozen");
+                }
+                if *debit {
+                    if a.posted - a.pending_debits - n < -a.overdraft_limit {
+                        return Some("insufficient_funds");
+                    }
+                    a.posted -= n;
+                } else {
+                    a.posted += n;
+                }
+            }
+            // KYC: the sender's outgoing limits (from its running totals), then each credited
+            // customer account's balance ceiling (from its balance before the movement).
+            let amount = m.amount.get();
+            let mut sender = None;
+            if let Some(limits) = &m.kyc {
+                if matches!(m.kind, TransferKind::Transfer | TransferKind::Withdrawal) {
+                    let a = &self.accounts[m.debits[0].0.as_str()];
+                    if let Some(c) = &a.customer_id {
+                        let Some(f) = limits.tiers.get(&a.kyc_tier) else {
+                            return Some("kyc_limit_exceeded");
+                        };
+                        let (day, month) = self.totals.get(c).copied().unwrap_or((0, 0));
+                        if f.max_single_transfer.is_some_and(|x| amount > x)
+                            || f.daily_outgoing.is_some_and(|x| day + amount > x)
+                            || f.monthly_outgoing.is_some_and(|x| month + amount > x)
+                        {
+                            return Some("kyc_limit_exceeded");
+                        }
+                        sender = Some(c.clone());
+                    }
+                }
+                if matches!(m.kind, TransferKind::Transfer | TransferKind::Deposit) {
+                    let mut added: HashMap<&str, i64> = HashMap::new();
+                    for (id, n) in &m.credits {
+                        let a = &self.accounts[id.as_str()];
+                        if a.customer_id.is_none() {
+                            continue;
+                        }
+                        let Some(f) = limits.tiers.get(&a.kyc_tier) else {
+                            return Some("kyc_limit_exceeded");
+                        };
+                        let so_far = added.entry(id.as_str()).or_insert(0);
+                        if f.max_balance
+                            .is_some_and(|x| a.posted + *so_far + n.get() > x)
+                        {
+                            return Some("kyc_limit_exceeded");
+                        }
+                        *so_far += n.get();
+                    }
+                }
+            }
+            if self.reviews && amount % 7 == 0 {
+                // Nothing posts: the debit account reserves the amount, the credit shows it.
+                let d = m.debits[0].0.as_str();
+                if let Some(a) = self.accounts.get_mut(d) {
+                    a.pending_debits += amount;
+                }
+                if let [(c, _)] = m.credits.as_slice()
+                    && let Some(a) = self.accounts.get_mut(c.as_str())
+                {
+                    a.pending_credits += amount;
+                }
+                return Some("reviewed");
+            }
+            if let Some(c) = sender {
+                let t = self.totals.entry(c.clone()).or_insert((0, 0));
+                *t = (t.0 + amount, t.1 + amount);
+                *self.added.entry(c).or_insert(0) += amount;
+            }
+            self.accounts = after;
+            None
+        }
     }
 
     #[test]
     fn the_engine_agrees_with_the_model_on_random_batches() {
-        for seed in 1..=300u64 {
+        for seed in 1..=1_000u64 {
             let mut g = Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let mut accounts = Vec::new();
-            for i in 0..6 {
+            for i in 0..8 {
                 let mut a = account(
                     &format!("acc_{i}"),
-                    i64::try_from(g.below(500)).unwrap_or(0),
+                    i64::try_from(g.below(800)).unwrap_or(0),
                 );
-                a.kind =
-                    (*g.pick(&["customer", "customer", "customer", "settlement", "fees"])).into();
+                a.kind = (*g.pick(&[
+                    "customer",
+                    "customer",
+                    "customer",
+                    "customer",
+                    "settlement",
+                    "fees",
+                ]))
+                .into();
                 if a.kind == "settlement" {
                     a.overdraft_limit = SETTLEMENT_OVERDRAFT_FOR_TESTS;
+                } else if a.kind == "customer" {
+                    a.customer_id = Some(format!("cus_{i}"));
+                    a.kyc_tier = *g.pick(&[0, 0, 1, 2]);
                 }
-                a.status =
-                    (*g.pick(&["active", "active", "active", "active", "frozen", "closed"])).into();
-                a.currency = (*g.pick(&["USD", "USD", "USD", "EUR"])).into();
-                a.restricted = i64::from(g.below(10) == 0);
-                a.tenant_id =
-                    (*g.pick(&["ten_a", "ten_a", "ten_a", "ten_a", "ten_a", "ten_b"])).into();
+                a.status = (*g.pick(
+                    &["active"; 8]
+                        .map(|s| s)
+                        .iter()
+                        .chain(&["frozen", "closed"])
+                        .copied()
+                        .collect::<Vec<_>>(),
+                ))
+                .into();
+                a.currency = (*g.pick(&["USD", "USD", "USD", "USD", "USD", "EUR"])).into();
+                a.restricted = i64::from(g.below(16) == 0);
+                a.tenant_id = (*g.pick(
+                    &["ten_a"; 9]
+                        .iter()
+                        .chain(&["ten_b"])
+                        .copied()
+                        .collect::<Vec<_>>(),
+                ))
+                .into();
                 accounts.push(a);
             }
-            let ids: Vec<String> = (0..7).map(|i| format!("acc_{i}")).collect(); // acc_6 is missing
+            // KYC limits in half the runs: tier 0 limited, tier 1 unlimited, tier 2 not
+            // permitted at all; some customers have already sent money today.
+            let limited = g.below(2) == 0;
+            let limits = std::sync::Arc::new(KycLimits {
+                tiers: [
+                    (
+                        0,
+                        crate::domain::kyc::TierLimits {
+                            max_single_transfer: (g.below(2) == 0).then_some(250),
+                            daily_outgoing: Some(200 + i64::try_from(g.below(400)).unwrap_or(0)),
+                            monthly_outgoing: Some(700),
+                            max_balance: Some(400 + i64::try_from(g.below(500)).unwrap_or(0)),
+                        },
+                    ),
+                    (1, crate::domain::kyc::TierLimits::default()),
+                ]
+                .into_iter()
+                .collect(),
+            });
+            let reviews = g.below(2) == 0;
+            let checks = if reviews {
+                Checks(vec![std::sync::Arc::new(Sevens)])
+            } else {
+                Checks::default()
+            };
+            let mut snap = snapshot(&accounts);
+            // Step-up in half the runs: a fresh session, a stale one and an API token.
+            let stepping_up = g.below(2) == 0;
+            let actors = [
+                (
+                    "usr_fresh",
+                    ActorCredential::Session("ses_f".into()),
+                    Some(0),
+                ),
+                (
+                    "usr_stale",
+                    ActorCredential::Session("ses_s".into()),
+                    Some(-1_000_000_000),
+                ),
+                ("usr_tok", ActorCredential::ApiToken("tok_t".into()), None),
+            ]
+            .map(|(user, credential, authenticated_at)| {
+                snap.actors.insert(
+                    (user.to_owned(), credential.clone()),
+                    ActorStanding {
+                        user_status: "active".into(),
+                        roles: "MANAGER".into(),
+                        credential_live: true,
+                        tenant_active: true,
+                        authenticated_at,
+                    },
+                );
+                (user.to_owned(), credential)
+            });
+            let mut model = Model {
+                accounts: accounts.iter().map(|a| (a.id.clone(), a.clone())).collect(),
+                reviews,
+                ..Model::default()
+            };
+            for a in &accounts {
+                if let Some(c) = &a.customer_id
+                    && g.below(2) == 0
+                {
+                    let (day, month) = (
+                        i64::try_from(g.below(300)).unwrap_or(0),
+                        i64::try_from(g.below(300)).unwrap_or(0),
+                    );
+                    let month = day + month;
+                    for (p, v) in [(Period::Day, day), (Period::Month, month)] {
+                        snap.counters
+                            .insert(CounterKey::at("ten_a", c, OUTGOING, "USD", p, 0), v);
+                    }
+                    model.totals.insert(c.clone(), (day, month));
+                }
+            }
+            let ids: Vec<String> = (0..9).map(|i| format!("acc_{i}")).collect(); // acc_8 is missing
+            let of_kind = |kind: &str| -> Vec<String> {
+                accounts
+                    .iter()
+                    .filter(|a| a.kind == kind)
+                    .map(|a| a.id.clone())
+                    .collect()
+            };
+            let (customers, settlements) = (of_kind("customer"), of_kind("settlement"));
             let mut batch = Vec::new();
-            for t in 0..g.below(12) + 1 {
-                let from = g.pick(&ids).clone();
-                let n_credits = g.below(3) + 1;
+            for t in 0..g.below(16) + 1 {
+                let kind = *g.pick(&[
+                    TransferKind::Transfer,
+                    TransferKind::Transfer,
+                    TransferKind::Deposit,
+                    TransferKind::Withdrawal,
+                ]);
+                // Mostly the accounts the kind is for; one in ten anything at all.
+                let wild = g.below(10) == 0 || customers.is_empty() || settlements.is_empty();
+                let pool = |g: &mut Gen, want: &[String]| -> String {
+                    if wild {
+                        g.pick(&ids).clone()
+                    } else {
+                        g.pick(want).clone()
+                    }
+                };
+                let from = pool(
+                    &mut g,
+                    if kind == TransferKind::Deposit {
+                        &settlements
+                    } else {
+                        &customers
+                    },
+                );
+                let n_credits = if g.below(4) == 0 { g.below(3) + 1 } else { 1 };
                 let mut credits = Vec::new();
                 for _ in 0..n_credits {
-                    let to = g.pick(&ids).clone();
+                    let to = pool(
+                        &mut g,
+                        if kind == TransferKind::Withdrawal {
+                            &settlements
+                        } else {
+                            &customers
+                        },
+                    );
                     if to != from && !credits.iter().any(|(a, _): &(String, i64)| *a == to) {
                         credits.push((to, i64::try_from(g.below(300) + 1).unwrap_or(1)));
                     }
@@ -1098,15 +1943,26 @@ mod tests {
                 let total: i64 = credits.iter().map(|(_, n)| n).sum();
                 let mut m = movement(&from, &credits[0].0, total, i64::try_from(t).unwrap_or(0));
                 m.credits = credits.iter().map(|(a, n)| (acc(a), amt(*n))).collect();
-                m.kind = *g.pick(&[
-                    TransferKind::Transfer,
-                    TransferKind::Transfer,
-                    TransferKind::Deposit,
-                    TransferKind::Withdrawal,
-                ]);
+                m.kind = kind;
+                if limited {
+                    m.kyc = Some(limits.clone());
+                }
+                if stepping_up {
+                    let (user, credential) = g.pick(&actors).clone();
+                    m.actor = Some(crate::domain::authz::ActorCheck {
+                        user_id: user,
+                        credential,
+                        roles: vec![crate::domain::authz::Role::Manager],
+                        step_up: Some(crate::domain::authz::StepUpRule {
+                            thresholds: [("USD".to_owned(), 150)].into_iter().collect(),
+                            max_age_seconds: 600,
+                        }),
+                    });
+                }
                 if g.below(4) == 0 {
+                    // Two credentials: a key is theirs alone.
                     m.idempotency = Some(NewIdempotency {
-                        principal_id: "usr_x".into(),
+                        principal_id: (*g.pick(&["usr_x", "tok_y"])).into(),
                         key: format!("k{}", g.below(3)),
                         request_hash: "h".into(),
                         expires_at: Timestamp::from_micros(1_000),
@@ -1115,40 +1971,70 @@ mod tests {
                 batch.push(m);
             }
             let before_sum: i64 = accounts.iter().map(|a| a.posted).sum();
-            let mut model: HashMap<String, AccountState> =
-                accounts.iter().map(|a| (a.id.clone(), a.clone())).collect();
-            let mut model_keys = HashSet::new();
-            let p = plan(snapshot(&accounts), &batch);
+            let p = plan(snap, &batch, &checks);
             assert_eq!(p.results.len(), batch.len());
             for (m, r) in batch.iter().zip(&p.results) {
-                let expected = model_apply(&mut model, &mut model_keys, m);
+                let expected = model.apply(m);
                 let got = match r {
                     PostResult::Posted(_) => None,
                     PostResult::Refused(r) => Some(r.code()),
                     PostResult::DuplicateKey(_) => Some("duplicate"),
+                    PostResult::Reviewed(_) => Some("reviewed"),
                 };
                 assert_eq!(got, expected, "seed {seed}: {m:?}");
             }
-            // Every balance the engine would write is the model's.
-            let mut after: HashMap<String, i64> =
-                accounts.iter().map(|a| (a.id.clone(), a.posted)).collect();
+            // Every balance and reservation the engine would write is the model's, and no
+            // account ends below its floor.
+            let mut after: HashMap<String, (i64, i64, i64)> = accounts
+                .iter()
+                .map(|a| {
+                    (
+                        a.id.clone(),
+                        (a.posted, a.pending_debits, a.pending_credits),
+                    )
+                })
+                .collect();
             for (a, _) in &p.accounts {
-                after.insert(a.id.clone(), a.posted);
+                after.insert(
+                    a.id.clone(),
+                    (a.posted, a.pending_debits, a.pending_credits),
+                );
                 assert!(
                     a.posted - a.pending_debits >= -a.overdraft_limit,
                     "seed {seed}: {a:?} below its floor"
                 );
             }
-            for (id, a) in &model {
+            for (id, a) in &model.accounts {
                 assert_eq!(
                     after.get(id),
-                    Some(&a.posted),
+                    Some(&(a.posted, a.pending_debits, a.pending_credits)),
                     "seed {seed}: balance of {id}"
                 );
             }
+            // KYC's running totals: the engine adds exactly what the model counted, to the
+            // day and the month of the sender.
+            let mut counted: HashMap<(String, Period), i64> = HashMap::new();
+            for (k, d) in &p.counters {
+                assert_eq!(k.metric, OUTGOING, "seed {seed}");
+                *counted.entry((k.subject.clone(), k.period)).or_insert(0) += d;
+            }
+            for (c, n) in &model.added {
+                for period in [Period::Day, Period::Month] {
+                    assert_eq!(
+                        counted.remove(&(c.clone(), period)),
+                        Some(*n),
+                        "seed {seed}: {c}"
+                    );
+                }
+            }
+            assert!(counted.is_empty(), "seed {seed}: {counted:?}");
             // Double entry: money moves, it is never made or lost, and every posted
             // transfer's legs balance.
-            assert_eq!(after.values().sum::<i64>(), before_sum, "seed {seed}");
+            assert_eq!(
+                after.values().map(|(p, _, _)| p).sum::<i64>(),
+                before_sum,
+                "seed {seed}"
+            );
             for t in p.posted() {
                 let (mut dr, mut cr) = (0, 0);
                 for e in &t.entries {
@@ -1164,6 +2050,24 @@ mod tests {
                     "seed {seed}"
                 );
             }
+            // Side writes commit only with what posts or is held: one event per posted or
+            // reviewed movement when the check runs, none for a refusal.
+            let moved = p
+                .results
+                .iter()
+                .filter(|r| matches!(r, PostResult::Posted(_) | PostResult::Reviewed(_)))
+                .count();
+            assert_eq!(
+                p.events.len(),
+                if reviews { moved } else { 0 },
+                "seed {seed}"
+            );
+            let reviewed = p
+                .results
+                .iter()
+                .filter(|r| matches!(r, PostResult::Reviewed(_)))
+                .count();
+            assert_eq!(p.review_holds.len(), reviewed, "seed {seed}");
             // Bounded audit growth: at most one record per movement, none for a replay.
             let replays = p
                 .results
@@ -1171,8 +2075,12 @@ mod tests {
                 .filter(|r| matches!(r, PostResult::DuplicateKey(_)))
                 .count();
             assert_eq!(p.audit.len(), batch.len() - replays, "seed {seed}");
-            // Each key is recorded once, with the outcome of its first use.
-            let mut keys: Vec<&str> = p.keys.iter().map(|k| k.key.as_str()).collect();
+            // Each key is recorded once per credential, with the outcome of its first use.
+            let mut keys: Vec<(&str, &str)> = p
+                .keys
+                .iter()
+                .map(|k| (k.principal_id.as_str(), k.key.as_str()))
+                .collect();
             keys.sort_unstable();
             let n = keys.len();
             keys.dedup();

@@ -7,15 +7,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::currency::Currency;
-
 mod command;
 pub mod engine;
+pub mod extension;
 mod request;
 
 pub use command::{
     EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
-    TransferCommand, TransferRecord,
+    ReviewHold, TransferCommand, TransferRecord,
+};
+pub use extension::{
+    CheckContext, CheckDecision, Checks, CounterKey, KycLimits, Period, PreCommitCheck, SideWrite,
+    Verdict,
 };
 pub use request::{CheckedTransfer, InvalidTransfer, MAX_REFERENCE_CHARS, TransferRequest};
 
@@ -223,6 +226,16 @@ pub enum Refusal {
     DuplicateReference(String),
     #[error("{message}")]
     CheckRefused { code: &'static str, message: String },
+    /// A KYC tier limit (`param` names the amount or leg at fault, or `currency` when the
+    /// customer's tier may not use the currency at all).
+    #[error("{message}")]
+    KycLimit { param: String, message: String },
+    /// A movement's explicit subject customer is not an active customer of the tenant.
+    #[error("no such customer: {0}")]
+    SubjectNotFound(String),
+    /// The hold reserves a movement under review: only the review decides it.
+    #[error("the hold reserves a movement under review; only the review can release it")]
+    HoldUnderReview,
     #[error("the reversal exceeds what is left of the original transfer")]
     ReversalExceedsOriginal,
     #[error("the hold is not active (captured, voided or expired)")]
@@ -243,6 +256,11 @@ pub enum Refusal {
     /// least one of each): the core never posts one, whoever built it.
     #[error("the movement's legs do not balance")]
     Unbalanced,
+    /// Money leaving an account above the tenant's step-up threshold, by a credential that did
+    /// not authenticate recently enough (`session`: whether it could step up at all; an API
+    /// token cannot).
+    #[error("this movement needs a recent authentication (step up)")]
+    StepUpRequired { session: bool },
     /// The actor's credential, status or roles changed between the request's authorisation and
     /// the posting transaction (re-checked there): 401 or 403, as the middleware would answer.
     #[error("the actor is no longer authorised")]
@@ -259,6 +277,9 @@ impl Refusal {
             Refusal::AccountClosed(_) => "account_closed",
             Refusal::DuplicateReference(_) => "reference_taken",
             Refusal::CheckRefused { code, .. } => code,
+            Refusal::KycLimit { .. } => KYC_LIMIT_CODE,
+            Refusal::SubjectNotFound(_) => "customer_not_found",
+            Refusal::HoldUnderReview => "hold_under_review",
             Refusal::ReversalExceedsOriginal => "reversal_exceeds_original",
             Refusal::HoldNotActive => "hold_not_active",
             Refusal::CaptureExceedsHold => "capture_exceeds_hold",
@@ -266,9 +287,13 @@ impl Refusal {
             Refusal::SystemAccount(_) => "system_account",
             Refusal::Unbalanced => "movement_unbalanced",
             Refusal::ActorRevoked(r) => r.code(),
+            Refusal::StepUpRequired { .. } => "step_up_required",
         }
     }
 }
+
+/// The refusal code of every KYC limit.
+pub const KYC_LIMIT_CODE: &str = "kyc_limit_exceeded";
 
 /// The codes of pre-commit checks whose refusals may be stored with an idempotency key (a
 /// check's code is a `&'static str`; a stored one is matched back against this list).
@@ -308,6 +333,8 @@ struct OutcomeWire {
     reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    param: Option<String>,
 }
 
 impl StoredOutcome {
@@ -337,11 +364,18 @@ impl StoredOutcome {
                     }
                     Refusal::DuplicateReference(r) => w.reference = Some(r.clone()),
                     Refusal::CheckRefused { message, .. } => w.message = Some(message.clone()),
+                    Refusal::KycLimit { param, message } => {
+                        w.param = Some(param.clone());
+                        w.message = Some(message.clone());
+                    }
+                    Refusal::SubjectNotFound(c) => w.account = Some(c.clone()),
                     Refusal::ReversalExceedsOriginal
                     | Refusal::Unbalanced
                     | Refusal::HoldNotActive
+                    | Refusal::HoldUnderReview
                     | Refusal::CaptureExceedsHold
-                    | Refusal::ActorRevoked(_) => {}
+                    | Refusal::ActorRevoked(_)
+                    | Refusal::StepUpRequired { .. } => {}
                 }
             }
         }
@@ -381,6 +415,12 @@ impl StoredOutcome {
             "hold_not_active" => Refusal::HoldNotActive,
             "capture_exceeds_hold" => Refusal::CaptureExceedsHold,
             "movement_unbalanced" => Refusal::Unbalanced,
+            "hold_under_review" => Refusal::HoldUnderReview,
+            "customer_not_found" => Refusal::SubjectNotFound(account()?),
+            KYC_LIMIT_CODE if w.param.is_some() => Refusal::KycLimit {
+                param: w.param?,
+                message: w.message?,
+            },
             other => Refusal::CheckRefused {
                 code: CHECK_CODES.iter().find(|c| **c == other)?,
                 message: w.message?,
@@ -496,40 +536,6 @@ impl TransferDetails {
     }
 }
 
-/// A movement as checked by the pre-commit check point.
-#[derive(Debug, Clone)]
-pub struct MovementView<'a> {
-    pub tenant_id: &'a str,
-    pub kind: TransferKind,
-    pub currency: Currency,
-    pub amount: Amount,
-    pub debit_account_id: &'a str,
-    pub credit_account_ids: Vec<&'a str>,
-    pub initiator: &'a str,
-}
-
-/// What a pre-commit check decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckDecision {
-    Allow,
-    /// Refuse with an API code (e.g. `kyc_limit_exceeded`).
-    Refuse {
-        code: &'static str,
-        message: String,
-    },
-    /// Accept for manual review instead of posting (case management arrives later).
-    Review {
-        reason: String,
-    },
-}
-
-/// The pre-commit check point: KYC tier limits and transaction-monitoring rules plug in here.
-/// Every registered check sees every movement before it is posted.
-pub trait PreCommitCheck: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    fn check(&self, movement: &MovementView<'_>) -> CheckDecision;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +571,12 @@ mod tests {
             StoredOutcome::Refused(Refusal::HoldNotActive),
             StoredOutcome::Refused(Refusal::CaptureExceedsHold),
             StoredOutcome::Refused(Refusal::Unbalanced),
+            StoredOutcome::Refused(Refusal::HoldUnderReview),
+            StoredOutcome::Refused(Refusal::SubjectNotFound("cus_1".into())),
+            StoredOutcome::Refused(Refusal::KycLimit {
+                param: "credits[1].amount".into(),
+                message: "over the limit".into(),
+            }),
             StoredOutcome::Refused(Refusal::CheckRefused {
                 code: "kyc_limit_exceeded",
                 message: "over the limit".into(),

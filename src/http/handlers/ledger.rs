@@ -426,6 +426,10 @@ fn respond(outcome: MovementOutcome, render: RenderTransfer) -> Response {
             json_response(status, body, true)
         }
         MovementOutcome::ReplayedBody { status, body } => json_response(status, body, true),
+        // Accepted, not posted: the hold that reserves the money under review.
+        MovementOutcome::Reviewed { hold, replayed } => {
+            json_response(202, render_hold(*hold), replayed)
+        }
     }
 }
 
@@ -641,7 +645,7 @@ pub async fn set_overdraft(
 #[utoipa::path(post, path = "/v1/transfers", operation_id = "createTransfer", tag = "ledger", security(("bearer" = [])), request_body = CreateTransferRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same response")),
     responses(
-        (status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 201, body = TransferView), (status = 202, description = "Held for review by a pre-commit check: nothing posted; the review hold that reserves the money", body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "Same idempotency key still in flight", body = ErrorBody),
         (status = 422, description = "Refused: insufficient_funds, currency_mismatch, account_frozen, account_closed, reference_taken, idempotency_key_reused", body = ErrorBody),
 ))]
@@ -708,7 +712,7 @@ async fn cash(
 /// Cash in: credit a customer account from the tenant's settlement account.
 #[utoipa::path(post, path = "/v1/deposits", operation_id = "createDeposit", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
-    responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = TransferView), (status = 202, description = "Held for review by a pre-commit check: nothing posted; the review hold that reserves the money", body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn deposit(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
@@ -731,7 +735,7 @@ pub async fn deposit(
 /// Cash out: debit a customer account into the tenant's settlement account.
 #[utoipa::path(post, path = "/v1/withdrawals", operation_id = "createWithdrawal", tag = "ledger", security(("bearer" = [])), request_body = CashRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
-    responses((status = 201, body = TransferView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = TransferView), (status = 202, description = "Held for review by a pre-commit check: nothing posted; the review hold that reserves the money", body = HoldView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn withdraw(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
@@ -895,6 +899,10 @@ pub struct HoldView {
     pub reference: Option<String>,
     pub captured_transfer_id: Option<String>,
     pub created_at: String,
+    /// `payment` (placed through this API), or `review`: a movement a pre-commit check sent to
+    /// review (answered `202`); its money stays reserved until the review decides, and this API
+    /// neither captures nor voids it.
+    pub purpose: String,
 }
 
 impl From<crate::store::HoldRecord> for HoldView {
@@ -906,6 +914,7 @@ impl From<crate::store::HoldRecord> for HoldView {
             credit_account_id: h.credit_account_id,
             currency: h.currency,
             amount: h.amount,
+            purpose: h.purpose,
             status: h.status,
             expires_at: ts(h.expires_at),
             reference: h.reference,
@@ -1030,6 +1039,10 @@ pub struct BatchItemView {
     /// Why not, when refused.
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
+    /// The review hold, when a pre-commit check sent the transfer to review (status 202).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub hold: Option<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -1142,6 +1155,7 @@ pub async fn create_batch(
         };
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
+        let mut reviewed: Option<Option<Value>> = None;
         let (status, transfer, error) = match item {
             Ok(MovementOutcome::Posted(p) | MovementOutcome::Replayed(p)) => {
                 (201, serde_json::from_str(&render(&p)).ok(), None)
@@ -1149,6 +1163,10 @@ pub async fn create_batch(
             Ok(MovementOutcome::ReplayedRefusal(r)) => {
                 let (s, v) = error_value(ApiError::from(ledger::refusal_error(r)));
                 (s, None, Some(v))
+            }
+            Ok(MovementOutcome::Reviewed { hold, .. }) => {
+                reviewed = Some(serde_json::from_str(&render_hold(*hold)).ok());
+                (202, None, None)
             }
             Ok(MovementOutcome::ReplayedBody { status, body }) => {
                 let v: Option<Value> = serde_json::from_str(&body).ok();
@@ -1168,6 +1186,7 @@ pub async fn create_batch(
             status,
             transfer,
             error,
+            hold: reviewed.flatten(),
         });
     }
     if body.atomic && !committed {

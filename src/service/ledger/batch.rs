@@ -91,16 +91,16 @@ pub(super) async fn post_batch(
         for (i, p) in prepared.into_iter().enumerate() {
             match p {
                 Ok(Prepared::Replay(o)) => items.push(Some(Ok(o))),
-                Ok(Prepared::Ready(m, g, kyc)) => {
+                Ok(Prepared::Ready(m, g)) => {
                     movements.push(*m);
                     slots.push(i);
-                    guards.push((g, kyc));
+                    guards.push(g);
                     items.push(None);
                 }
                 Err(e) => items.push(Some(Err(e))),
             }
         }
-        let (committed, results) = core.ledger.post_atomic(movements).await?;
+        let (committed, results) = core.ledger.post_atomic(&core.checks, movements).await?;
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
                 (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
@@ -140,9 +140,9 @@ pub(super) async fn post_batch(
     for p in prepared {
         pending.push(match p {
             Ok(Prepared::Replay(o)) => Err(Some(Ok(o))),
-            Ok(Prepared::Ready(m, g, kyc)) => {
-                guards.push((g, kyc));
-                Ok(core.ledger.enqueue(*m).await?)
+            Ok(Prepared::Ready(m, g)) => {
+                guards.push(g);
+                Ok(core.ledger.enqueue(&core.checks, *m).await?)
             }
             Err(e) => Err(Some(Err(e))),
         });

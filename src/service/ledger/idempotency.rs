@@ -83,9 +83,11 @@ impl StoredAnswer {
             StoredAnswer::Body { status, body } => {
                 Ok(MovementOutcome::ReplayedBody { status, body })
             }
-            StoredAnswer::Hold(_) => Err(AppError::internal(
-                "a movement's idempotency key names a hold",
-            )),
+            // A movement a check sent to review.
+            StoredAnswer::Hold(hold) => Ok(MovementOutcome::Reviewed {
+                hold,
+                replayed: true,
+            }),
         }
     }
 }

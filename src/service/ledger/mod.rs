@@ -17,8 +17,8 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckDecision, CheckedTransfer, InvalidTransfer, MovementView,
-    OUTCOME_PREFIX, Refusal, StoredOutcome, TransferDetails, TransferKind, TransferRequest,
+    AccountKind, Amount, CheckedTransfer, InvalidTransfer, OUTCOME_PREFIX, Refusal, StoredOutcome,
+    TransferDetails, TransferKind, TransferRequest,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};
@@ -85,6 +85,12 @@ pub enum MovementOutcome {
     Replayed(Box<PostedTransfer>),
     /// A retry of a request the ledger refused: the same refusal.
     ReplayedRefusal(Refusal),
+    /// A pre-commit check sent the movement to review: nothing posted, and this hold reserves
+    /// its money until the review decides (`replayed`: a retry's answer).
+    Reviewed {
+        hold: Box<crate::store::HoldRecord>,
+        replayed: bool,
+    },
     /// A retry answered from a body rendered and stored by a version before stored outcomes.
     ReplayedBody {
         status: u16,
@@ -168,6 +174,13 @@ pub fn refusal_error(r: Refusal) -> AppError {
             message,
         },
         Refusal::ActorRevoked(r) => r.into(),
+        Refusal::StepUpRequired { session: true } => AppError::StepUpRequired,
+        Refusal::StepUpRequired { session: false } => AppError::StepUpImpossible,
+        Refusal::KycLimit { param, message } => AppError::Refused {
+            code: crate::domain::ledger::KYC_LIMIT_CODE,
+            param: Some(param),
+            message,
+        },
         other => AppError::Unprocessable {
             code: other.code(),
             message,

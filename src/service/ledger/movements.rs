@@ -32,13 +32,9 @@ pub struct ReversalLegs {
 /// A movement ready for the writer, or the stored answer of an earlier identical request.
 pub(super) enum Prepared<'a> {
     Replay(MovementOutcome),
-    /// The movement, its idempotency key's in-flight claim and its KYC reservation: both are
-    /// held until the movement is settled.
-    Ready(
-        Box<TransferCommand>,
-        Option<InFlightGuard<'a>>,
-        Option<crate::service::kyc::Reservation>,
-    ),
+    /// The movement and its idempotency key's in-flight claim, held until the movement is
+    /// settled.
+    Ready(Box<TransferCommand>, Option<InFlightGuard<'a>>),
 }
 
 pub async fn move_money(
@@ -68,8 +64,8 @@ pub(super) async fn move_one(
             crate::observability::transfer("replayed");
             Ok(o)
         }
-        Prepared::Ready(m, _guard, _kyc) => {
-            let r = core.ledger.post(*m).await?;
+        Prepared::Ready(m, _guard) => {
+            let r = core.ledger.post(&core.checks, *m).await?;
             settle(
                 core,
                 actor.tenant()?,
@@ -104,7 +100,7 @@ pub(super) async fn prepare<'a>(
         Some(k) => Some(core.inflight.claim_key(&tenant, &principal_key, k)?),
     };
     match build_movement(core, meta, actor, input, idempotency, batch).await {
-        Ok(Prepared::Ready(m, _, kyc)) => Ok(Prepared::Ready(m, guard, kyc)),
+        Ok(Prepared::Ready(m, _)) => Ok(Prepared::Ready(m, guard)),
         Ok(replayed) => Ok(replayed),
         Err(e) => {
             if let Some(k) = idempotency
@@ -219,59 +215,11 @@ pub(super) async fn build_movement(
     }
 
     // Restriction of processing (GDPR Art. 18: no new movement may touch a restricted
-    // customer's account; a reversal is a correction and stays allowed) is checked by the
-    // posting engine on the accounts it loads under lock: exact, and no extra query.
-
-    // The pre-commit check point (KYC limits and monitoring rules plug in here).
-    let view = MovementView {
-        tenant_id: tenant.as_str(),
-        kind,
-        currency,
-        amount,
-        debit_account_id: debits.first().map_or("", |(a, _)| a.as_str()),
-        credit_account_ids: credits.iter().map(|(a, _)| a.as_str()).collect(),
-        initiator: &principal_key,
-    };
-    let mut refusal = None;
-    for check in &core.checks {
-        match check.check(&view) {
-            CheckDecision::Allow => {}
-            CheckDecision::Refuse { code, message } => {
-                refusal = Some(Refusal::CheckRefused { code, message });
-                break;
-            }
-            CheckDecision::Review { reason } => {
-                refusal = Some(Refusal::CheckRefused {
-                    code: "held_for_review",
-                    message: format!("held for review by {}: {reason}", check.name()),
-                });
-                break;
-            }
-        }
-    }
-    let mut refusal = refusal.map(refusal_error);
-    // The KYC check: tier limits of the customer accounts debited and credited (async: it
-    // reads totals). What it reserves is held until the movement is settled.
-    let mut kyc_reservation = None;
-    if refusal.is_none() {
-        let legs = |legs: &[(AccountId, Amount)]| -> Vec<(String, i64)> {
-            legs.iter().map(|(a, n)| (a.to_string(), n.get())).collect()
-        };
-        match crate::service::kyc::check_movement(
-            core,
-            &tenant,
-            kind,
-            currency,
-            amount.get(),
-            &legs(&debits),
-            &legs(&credits),
-        )
-        .await?
-        {
-            crate::service::kyc::KycDecision::Allow(r) => kyc_reservation = r,
-            crate::service::kyc::KycDecision::Refuse(e) => refusal = Some(e),
-        }
-    }
+    // customer's account; a reversal is a correction and stays allowed), KYC tier limits and
+    // the pre-commit checks are applied by the ledger core inside the posting transaction, on
+    // the accounts and running totals it loads under lock: exact, whatever the instances. The
+    // movement carries its currency's limits from this process's cache.
+    let kyc = crate::service::kyc::movement_limits(core, &tenant, kind, currency).await?;
     let id = TransferId::generate();
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, Some(actor)).own(
@@ -280,30 +228,6 @@ pub(super) async fn build_movement(
         Outcome::Success,
         None,
     );
-    if let Some(error) = refusal {
-        // A retry of a request that went through answers as it did, not with today's check.
-        if let Some(k) = idempotency
-            && let Some(stored) = replay(core, &tenant, &key_scope, k).await?
-        {
-            return Ok(Prepared::Replay(stored));
-        }
-        // A batch audits its refusals together (one record with counts per code).
-        if !batch {
-            crate::service::audit::record(
-                core,
-                &crate::domain::audit::NewAuditEvent {
-                    outcome: Outcome::Failure,
-                    reason: Some(error.code().to_owned()),
-                    ..audit
-                },
-            )
-            .await;
-        }
-        return Err(MoveError {
-            error,
-            audited: true,
-        });
-    }
     // Details are sealed here, before the writer: it never sees a key it has to fetch, and
     // nothing reaches storage in the clear. (The idempotency key stores the outcome's facts,
     // which carry no personal data.)
@@ -349,8 +273,10 @@ pub(super) async fn build_movement(
         capture_hold: input.capture_hold,
         quiet_refusal: batch,
         actor: Some(actor.actor_check()),
+        kyc,
+        subject: None,
     };
-    Ok(Prepared::Ready(Box::new(movement), None, kyc_reservation))
+    Ok(Prepared::Ready(Box::new(movement), None))
 }
 
 /// Turns the writer's result into the request's outcome.
@@ -364,6 +290,7 @@ pub(super) async fn settle(
     crate::observability::transfer(match &result {
         PostResult::Posted(_) => "posted",
         PostResult::Refused(_) => "refused",
+        PostResult::Reviewed(_) => "reviewed",
         PostResult::DuplicateKey(_) => "replayed",
     });
     match result {
@@ -372,12 +299,36 @@ pub(super) async fn settle(
             error: refusal_error(r),
             audited: true,
         }),
+        PostResult::Reviewed(h) => Ok(MovementOutcome::Reviewed {
+            hold: Box::new(review_hold_record(h)),
+            replayed: false,
+        }),
         PostResult::DuplicateKey(stored) => match idempotency {
             Some(k) => Ok(stored_answer(core, tenant, principal, stored, k)
                 .await?
                 .into_movement()?),
             None => Err(AppError::internal("duplicate key without a key").into()),
         },
+    }
+}
+
+/// The hold record of a movement held for review, as the writer inserted it.
+fn review_hold_record(h: crate::domain::ledger::ReviewHold) -> crate::store::HoldRecord {
+    crate::store::HoldRecord {
+        id: h.id,
+        tenant_id: h.tenant_id,
+        account_id: h.account_id,
+        credit_account_id: h.credit_account_id,
+        currency: h.currency,
+        amount: h.amount,
+        status: "active".into(),
+        expires_at: h.expires_at,
+        reference: h.reference,
+        captured_transfer_id: None,
+        created_by: Some(h.created_by),
+        created_at: h.created_at,
+        updated_at: h.created_at,
+        purpose: crate::domain::ledger::engine::REVIEW.into(),
     }
 }
 

@@ -28,7 +28,8 @@ pub struct LedgerWriter {
 
 impl LedgerWriter {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// `checks` are the pre-commit checks the ledger core runs on every movement.
+    pub fn start(store: Arc<dyn Store>, checks: crate::domain::ledger::Checks) -> Self {
         let (queue, mut rx) = mpsc::channel::<Job>(16 * MAX_BATCH);
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
@@ -45,19 +46,23 @@ impl LedgerWriter {
                             // Whatever queued before it commits first.
                             let (before, waiting) =
                                 (std::mem::take(&mut ones), std::mem::take(&mut replies));
-                            post_ones(store.as_ref(), before, waiting).await;
-                            let _ = reply.send(store.ledger().post(&batch, true).await);
+                            post_ones(store.as_ref(), &checks, before, waiting).await;
+                            let _ = reply.send(store.ledger().post(&batch, true, &checks).await);
                         }
                     }
                 }
-                post_ones(store.as_ref(), ones, replies).await;
+                post_ones(store.as_ref(), &checks, ones, replies).await;
             }
         });
         Self { queue }
     }
 
-    pub(super) async fn post(&self, m: TransferCommand) -> AppResult<PostResult> {
-        let rx = self.enqueue(m).await?;
+    pub(super) async fn post(
+        &self,
+        checks: &crate::domain::ledger::Checks,
+        m: TransferCommand,
+    ) -> AppResult<PostResult> {
+        let rx = self.enqueue(checks, m).await?;
         rx.await
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
             .map_err(AppError::from)
@@ -66,8 +71,12 @@ impl LedgerWriter {
     /// Queues a movement; the receiver yields its result once its batch has committed.
     pub(super) async fn enqueue(
         &self,
+        checks: &crate::domain::ledger::Checks,
         m: TransferCommand,
     ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
+        for c in checks.iter() {
+            c.stage(&m);
+        }
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Job::One(Box::new(m), tx))
@@ -79,8 +88,15 @@ impl LedgerWriter {
     /// Posts `batch` all or nothing, through the queue; returns whether it committed.
     pub(super) async fn post_atomic(
         &self,
+        checks: &crate::domain::ledger::Checks,
         batch: Vec<TransferCommand>,
     ) -> AppResult<(bool, Vec<PostResult>)> {
+        for (c, m) in checks
+            .iter()
+            .flat_map(|c| batch.iter().map(move |m| (c, m)))
+        {
+            c.stage(m);
+        }
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Job::Atomic(batch, tx))
@@ -95,6 +111,7 @@ impl LedgerWriter {
 /// Posts the queued single movements in one transaction and answers each.
 pub(super) async fn post_ones(
     store: &dyn Store,
+    checks: &crate::domain::ledger::Checks,
     batch: Vec<TransferCommand>,
     replies: Vec<oneshot::Sender<Result<PostResult, StoreError>>>,
 ) {
@@ -102,7 +119,7 @@ pub(super) async fn post_ones(
         return;
     }
     let started = std::time::Instant::now();
-    let r = store.ledger().post(&batch, false).await;
+    let r = store.ledger().post(&batch, false, checks).await;
     tracing::debug!(
         size = batch.len(),
         elapsed_us = started.elapsed().as_micros(),
@@ -135,7 +152,7 @@ pub(super) async fn post_ones(
             for (m, reply) in batch.iter().zip(replies) {
                 let r = store
                     .ledger()
-                    .post(std::slice::from_ref(m), false)
+                    .post(std::slice::from_ref(m), false, checks)
                     .await
                     .and_then(|(_, mut v)| {
                         v.pop()

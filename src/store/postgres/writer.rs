@@ -22,6 +22,7 @@ impl crate::store::LedgerPort for PgStore {
         &self,
         batch: &[crate::store::TransferCommand],
         atomic: bool,
+        checks: &crate::domain::ledger::Checks,
     ) -> crate::store::StoreResult<(bool, Vec<crate::store::PostResult>)> {
         use crate::domain::ledger::engine::{self, AccountState, HoldState};
         use crate::store::posting;
@@ -46,7 +47,7 @@ impl crate::store::LedgerPort for PgStore {
             text_len(id)
         }) {
             let mut qb = Q::new(
-                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE status = 'active' AND expires_at <= ",
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at, purpose FROM holds WHERE status = 'active' AND expires_at <= ",
             );
             qb.push_bind(want.latest);
             qb.push(" AND (account_id IN (");
@@ -69,7 +70,7 @@ impl crate::store::LedgerPort for PgStore {
         }
         for chunk in posting::chunks_by_size(&want.holds, CHUNK, MAX_MESSAGE, |id| text_len(id)) {
             let mut qb = Q::new(
-                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at FROM holds WHERE id IN (",
+                "SELECT id, tenant_id, account_id, credit_account_id, amount, status, expires_at, purpose FROM holds WHERE id IN (",
             );
             let mut sep = qb.separated(", ");
             for id in chunk {
@@ -89,14 +90,15 @@ impl crate::store::LedgerPort for PgStore {
         // same order and cannot deadlock on each other.
         for chunk in posting::chunks_by_size(&account_ids, CHUNK, MAX_MESSAGE, |id| text_len(id)) {
             let mut qb = Q::new(
-                "SELECT id, tenant_id, customer_id, kind, currency, status, posted, pending_debits, pending_credits, overdraft_limit, entry_count, \
-                 COALESCE((SELECT c.processing_restricted FROM customers c WHERE c.id = accounts.customer_id), 0) AS restricted FROM accounts WHERE id IN (",
+                "SELECT a.id, a.tenant_id, a.customer_id, a.kind, a.currency, a.status, a.posted, a.pending_debits, a.pending_credits, a.overdraft_limit, a.entry_count, \
+                 COALESCE(c.processing_restricted, 0) AS restricted, COALESCE(c.kyc_tier, 0) AS kyc_tier \
+                 FROM accounts a LEFT JOIN customers c ON c.id = a.customer_id WHERE a.id IN (",
             );
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(id.clone());
             }
-            qb.push(") ORDER BY id FOR UPDATE");
+            qb.push(") ORDER BY a.id FOR UPDATE OF a");
             for a in qb
                 .build_query_as::<AccountState>()
                 .persistent(true)
@@ -105,6 +107,90 @@ impl crate::store::LedgerPort for PgStore {
             {
                 snap.accounts.insert(a.id.clone(), a);
             }
+        }
+        // Explicit subjects, then the running totals (after the accounts, in key order: the
+        // lock order every writer follows). A missing total is inserted first (KYC's outgoing
+        // metric seeded from the ledger, any other at zero) with `ON CONFLICT DO NOTHING`: a
+        // concurrent writer inserting the same one makes this insert wait for its commit, and
+        // the locking read below then sees the committed total.
+        for id in &want.subjects {
+            let row: Option<(String, String, i64, String)> = sqlx::query_as(
+                "SELECT id, tenant_id, kyc_tier, status FROM customers WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id, tenant_id, kyc_tier, status)) = row {
+                snap.subjects.insert(
+                    id.clone(),
+                    engine::SubjectState {
+                        id,
+                        tenant_id,
+                        kyc_tier,
+                        active: status == "active",
+                    },
+                );
+            }
+        }
+        let counter_keys = engine::counters_to_load(batch, &snap.accounts, &snap.subjects, checks);
+        for k in &counter_keys {
+            let have: Option<(i64,)> = sqlx::query_as(
+                "SELECT total FROM ledger_counters WHERE tenant_id = $1 AND subject = $2 \
+                 AND metric = $3 AND currency = $4 AND period = $5 AND window_start = $6",
+            )
+            .bind(&k.tenant_id)
+            .bind(&k.subject)
+            .bind(&k.metric)
+            .bind(&k.currency)
+            .bind(k.period.as_str())
+            .bind(k.window_start)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if have.is_some() {
+                continue;
+            }
+            let seed: i64 = if k.metric == crate::domain::ledger::extension::OUTGOING {
+                sqlx::query_scalar::<_, i64>(crate::store::posting::SEED_OUTGOING)
+                    .bind(&k.tenant_id)
+                    .bind(&k.subject)
+                    .bind(&k.currency)
+                    .bind(k.window_start)
+                    .bind(k.period.end(k.window_start))
+                    .fetch_one(&mut *tx)
+                    .await?
+            } else {
+                0
+            };
+            sqlx::query(
+                "INSERT INTO ledger_counters (tenant_id, subject, metric, currency, period, \
+                 window_start, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&k.tenant_id)
+            .bind(&k.subject)
+            .bind(&k.metric)
+            .bind(&k.currency)
+            .bind(k.period.as_str())
+            .bind(k.window_start)
+            .bind(seed)
+            .bind(want.latest)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for k in counter_keys {
+            let (total,): (i64,) = sqlx::query_as(
+                "SELECT total FROM ledger_counters WHERE tenant_id = $1 AND subject = $2 \
+                 AND metric = $3 AND currency = $4 AND period = $5 AND window_start = $6 FOR UPDATE",
+            )
+            .bind(&k.tenant_id)
+            .bind(&k.subject)
+            .bind(&k.metric)
+            .bind(&k.currency)
+            .bind(k.period.as_str())
+            .bind(k.window_start)
+            .fetch_one(&mut *tx)
+            .await?;
+            snap.counters.insert(k, total);
         }
         for chunk in posting::chunks_by_size(&want.reversals, CHUNK, MAX_MESSAGE, |id| text_len(id))
         {
@@ -219,8 +305,14 @@ impl crate::store::LedgerPort for PgStore {
                 // The tenant's status is read here, after the users' rows are locked (a
                 // suspension locks them too): see `actor_standing_tx`.
                 let mut qb = Q::new(
-                    "SELECT id, user_id, revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = c.tenant_id), 'active') FROM ",
+                    "SELECT id, user_id, revoked_at, expires_at, COALESCE((SELECT t.status FROM tenants t WHERE t.id = c.tenant_id), 'active'), ",
                 );
+                qb.push(if session {
+                    "authenticated_at"
+                } else {
+                    "CAST(NULL AS BIGINT)"
+                });
+                qb.push(" FROM ");
                 qb.push(table);
                 qb.push(" c WHERE id IN (");
                 let mut sep = qb.separated(", ");
@@ -228,8 +320,8 @@ impl crate::store::LedgerPort for PgStore {
                     sep.push_bind(id.to_string());
                 }
                 qb.push(") ORDER BY id FOR SHARE");
-                type Live = (String, String, Option<i64>, i64, String);
-                for (id, user, revoked, end, tenant_status) in qb
+                type Live = (String, String, Option<i64>, i64, String, Option<i64>);
+                for (id, user, revoked, end, tenant_status, authenticated_at) in qb
                     .build_query_as::<Live>()
                     .persistent(true)
                     .fetch_all(&mut *tx)
@@ -250,6 +342,7 @@ impl crate::store::LedgerPort for PgStore {
                             roles: roles.clone(),
                             credential_live: revoked.is_none() && end > want.latest,
                             tenant_active: tenant_status == "active",
+                            authenticated_at,
                         },
                     );
                 }
@@ -257,7 +350,7 @@ impl crate::store::LedgerPort for PgStore {
         }
 
         let loaded = started.elapsed();
-        let plan = engine::plan(snap, batch);
+        let plan = engine::plan(snap, batch, checks);
         let planned = started.elapsed();
         if atomic && !plan.none_refused() {
             tx.rollback().await?;
@@ -312,6 +405,7 @@ impl crate::store::LedgerPort for PgStore {
                 + opt_len(t.details.as_deref())
                 + opt_len(t.reverses_id.as_deref())
                 + opt_len(t.created_by.as_deref())
+                + opt_len(t.subject_customer_id.as_deref())
                 + 32
         };
         for chunk in crate::store::posting::chunks_by_size(
@@ -321,7 +415,7 @@ impl crate::store::LedgerPort for PgStore {
             transfer_size,
         ) {
             let mut qb = Q::new(
-                "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, details, reverses_id, created_by, created_at) ",
+                "INSERT INTO transfers (id, tenant_id, kind, currency, amount, debit_account_id, reference, details, reverses_id, created_by, created_at, subject_customer_id) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 b.push_bind(t.id.clone())
@@ -334,7 +428,8 @@ impl crate::store::LedgerPort for PgStore {
                     .push_bind(t.details.clone())
                     .push_bind(t.reverses_id.clone())
                     .push_bind(t.created_by.clone())
-                    .push_bind(t.created_at);
+                    .push_bind(t.created_at)
+                    .push_bind(t.subject_customer_id.clone());
             });
             qb.build().persistent(true).execute(&mut *tx).await?;
         }
@@ -373,6 +468,48 @@ impl crate::store::LedgerPort for PgStore {
                 .bind(h.updated_at)
                 .execute(&mut *tx)
                 .await?;
+        }
+        for h in &plan.review_holds {
+            sqlx::query(crate::store::posting::INSERT_REVIEW_HOLD)
+                .bind(&h.id)
+                .bind(&h.tenant_id)
+                .bind(&h.account_id)
+                .bind(&h.credit_account_id)
+                .bind(&h.currency)
+                .bind(h.amount)
+                .bind(h.expires_at)
+                .bind(&h.reference)
+                .bind(&h.created_by)
+                .bind(h.created_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (k, delta) in &plan.counters {
+            sqlx::query(crate::store::posting::ADD_TO_COUNTER)
+                .bind(&k.tenant_id)
+                .bind(&k.subject)
+                .bind(&k.metric)
+                .bind(&k.currency)
+                .bind(k.period.as_str())
+                .bind(k.window_start)
+                .bind(*delta)
+                .bind(want.latest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for e in &plan.events {
+            sqlx::query(
+                "INSERT INTO ledger_events (id, tenant_id, topic, transfer_id, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&e.id)
+            .bind(&e.tenant_id)
+            .bind(&e.topic)
+            .bind(&e.transfer_id)
+            .bind(&e.payload)
+            .bind(e.created_at)
+            .execute(&mut *tx)
+            .await?;
         }
         for ((t, a), n) in &plan.reversed {
             sqlx::query(
