@@ -9,12 +9,14 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod accounts;
 mod actors;
 pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod backend;
 pub mod customers;
+pub mod holds;
 pub mod identity;
 pub mod keys;
 pub mod kyc;

@@ -12,7 +12,7 @@ mod writer;
 
 use super::alerts::AlertHook;
 use super::backend::SqlStore;
-use super::sql::{HasDb, impl_store};
+use super::sql::impl_store;
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
 
@@ -21,10 +21,6 @@ pub struct PgStore {
     sealer: AuditSealer,
     /// Which security events become alerts (set once by the core).
     alerts: AlertHook,
-}
-
-impl HasDb for PgStore {
-    type Db = Postgres;
 }
 
 impl SqlStore for PgStore {

@@ -52,7 +52,7 @@ macro_rules! impl_store {
                 .await?;
                 $crate::store::users::insert_user_tx(&mut tx, manager, "invited").await?;
                 for a in system_accounts {
-                    Self::insert_account_tx(&mut tx, a).await?;
+                    $crate::store::accounts::insert_account_tx(&mut tx, a).await?;
                 }
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -68,7 +68,7 @@ macro_rules! impl_store {
                 if let Some(customer) = &a.customer_id {
                     Self::lock_customer_tx(&mut tx, a.tenant_id.as_str(), customer.as_str()).await?;
                 }
-                Self::insert_account_tx(&mut tx, a).await?;
+                $crate::store::accounts::insert_account_tx(&mut tx, a).await?;
                 self.append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -128,7 +128,7 @@ macro_rules! impl_store {
                 note: Option<&$crate::store::notes::NewStaffNote>,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
                 let mut tx = self.begin_write().await?;
-                Self::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
+                $crate::store::holds::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
                 // Closing needs a zero balance and nothing pending; a closed account stays closed.
                 let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
                     "UPDATE accounts SET status = $3, updated_at = $4 \
@@ -162,7 +162,7 @@ macro_rules! impl_store {
                 audit: &[$crate::domain::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
                 let mut tx = self.begin_write().await?;
-                Self::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
+                $crate::store::holds::expire_holds_tx(&mut tx, tenant.as_str(), id, now.as_micros()).await?;
                 let row: Option<$crate::store::AccountRecord> = sqlx::query_as(
                     "UPDATE accounts SET overdraft_limit = $3, updated_at = $4 \
                      WHERE tenant_id = $1 AND id = $2 AND kind = 'customer' AND status <> 'closed' \
@@ -330,7 +330,7 @@ macro_rules! impl_store {
                         return Ok(Err($crate::domain::ledger::Refusal::SystemAccount(account.clone())));
                     }
                 }
-                Self::expire_holds_tx(&mut tx, h.tenant_id.as_str(), &h.account_id, now).await?;
+                $crate::store::holds::expire_holds_tx(&mut tx, h.tenant_id.as_str(), &h.account_id, now).await?;
                 let reserved: Option<(String,)> = sqlx::query_as(
                     "UPDATE accounts SET pending_debits = pending_debits + $3, updated_at = $4 \
                      WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status = 'active' \
@@ -346,11 +346,11 @@ macro_rules! impl_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if reserved.is_none() {
-                    let why = Self::why_refused(&mut tx, h.tenant_id.as_str(), &h.account_id, &h.currency, h.owner.as_deref(), true).await?;
+                    let why = $crate::store::accounts::why_refused(&mut tx, h.tenant_id.as_str(), &h.account_id, &h.currency, h.owner.as_deref(), true).await?;
                     return Ok(Err(why));
                 }
                 if let Some(credit) = &h.credit_account_id {
-                    Self::expire_holds_tx(&mut tx, h.tenant_id.as_str(), credit, now).await?;
+                    $crate::store::holds::expire_holds_tx(&mut tx, h.tenant_id.as_str(), credit, now).await?;
                     let shown: Option<(String,)> = sqlx::query_as(
                         "UPDATE accounts SET pending_credits = pending_credits + $3, updated_at = $4 \
                          WHERE tenant_id = $1 AND id = $2 AND currency = $5 AND status <> 'closed' RETURNING id",
@@ -363,7 +363,7 @@ macro_rules! impl_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if shown.is_none() {
-                        let why = Self::why_refused(&mut tx, h.tenant_id.as_str(), credit, &h.currency, None, false).await?;
+                        let why = $crate::store::accounts::why_refused(&mut tx, h.tenant_id.as_str(), credit, &h.currency, None, false).await?;
                         return Ok(Err(why));
                     }
                 }
@@ -442,7 +442,7 @@ macro_rules! impl_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else { return Ok(None) };
-                Self::release_hold_tx(&mut tx, tenant.as_str(), &row.account_id, row.credit_account_id.as_deref(), row.amount).await?;
+                $crate::store::holds::release_hold_tx(&mut tx, tenant.as_str(), &row.account_id, row.credit_account_id.as_deref(), row.amount).await?;
                 // The actor after the accounts, as the posting transaction takes them.
                 if let Some(actor) = actor {
                     Self::check_actor_tx(&mut tx, actor, now.as_micros()).await?;
@@ -580,7 +580,7 @@ macro_rules! impl_store {
                 let staff = linked.filter(|l| l.is_staff());
                 // Holds past their expiry stop counting first (as every other write does).
                 for (account,) in &accounts {
-                    Self::expire_holds_tx(&mut tx, t, account, now).await?;
+                    $crate::store::holds::expire_holds_tx(&mut tx, t, account, now).await?;
                 }
                 let balances: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
                     "SELECT id, currency, posted, pending_debits, pending_credits FROM accounts \
@@ -772,122 +772,7 @@ macro_rules! impl_store {
             }
 
         }
-
-        impl $store {
-
-            /// The shared body of both posting modes: load every row the batch touches (locked),
-            /// let the posting engine apply the movements in order, then write the outcome with a
-            /// constant number of multi-row statements, all in one transaction.
-            /// Diagnoses why a conditional update on an account matched nothing.
-            async fn why_refused(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                account: &str,
-                currency: &str,
-                owner: Option<&str>,
-                debit: bool,
-            ) -> $crate::store::StoreResult<$crate::domain::ledger::Refusal> {
-                use $crate::domain::ledger::Refusal;
-                let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-                    "SELECT currency, status, customer_id FROM accounts WHERE tenant_id = $1 AND id = $2",
-                )
-                .bind(tenant)
-                .bind(account)
-                .fetch_optional(&mut **tx)
-                .await?;
-                Ok(match row {
-                    None => Refusal::AccountNotFound(account.to_owned()),
-                    Some((_, _, cust)) if owner.is_some() && cust.as_deref() != owner => Refusal::AccountNotFound(account.to_owned()),
-                    Some((cur, _, _)) if cur != currency => Refusal::CurrencyMismatch {
-                        account: account.to_owned(),
-                        account_currency: cur,
-                        currency: currency.to_owned(),
-                    },
-                    Some((_, status, _)) if status == "closed" => Refusal::AccountClosed(account.to_owned()),
-                    Some((_, status, _)) if status == "frozen" && debit => Refusal::AccountFrozen(account.to_owned()),
-                    Some(_) => Refusal::InsufficientFunds(account.to_owned()),
-                })
-            }
-
-            /// Releases the holds on (or towards) an account that have expired: they stop
-            /// counting against the available balance, and as pending credits, at their expiry,
-            /// whether or not anything else has run since.
-            async fn expire_holds_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                account: &str,
-                now: i64,
-            ) -> $crate::store::StoreResult<()> {
-                let expired: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-                    "UPDATE holds SET status = 'expired', updated_at = $3 \
-                     WHERE tenant_id = $1 AND (account_id = $2 OR credit_account_id = $2) AND status = 'active' AND expires_at <= $3 \
-                     RETURNING account_id, credit_account_id, amount",
-                )
-                .bind(tenant)
-                .bind(account)
-                .bind(now)
-                .fetch_all(&mut **tx)
-                .await?;
-                for (debit, credit, amount) in expired {
-                    Self::release_hold_tx(tx, tenant, &debit, credit.as_deref(), amount).await?;
-                }
-                Ok(())
-            }
-
-            /// Takes a released hold off its account's pending debits and its destination's
-            /// pending credits.
-            async fn release_hold_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                tenant: &str,
-                debit: &str,
-                credit: Option<&str>,
-                amount: i64,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query("UPDATE accounts SET pending_debits = pending_debits - $3 WHERE tenant_id = $1 AND id = $2")
-                    .bind(tenant)
-                    .bind(debit)
-                    .bind(amount)
-                    .execute(&mut **tx)
-                    .await?;
-                if let Some(credit) = credit {
-                    sqlx::query("UPDATE accounts SET pending_credits = pending_credits - $3 WHERE tenant_id = $1 AND id = $2")
-                        .bind(tenant)
-                        .bind(credit)
-                        .bind(amount)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Ok(())
-            }
-
-            async fn insert_account_tx(
-                tx: &mut sqlx::Transaction<'static, $crate::store::sql::Db<$store>>,
-                a: &$crate::store::NewAccount,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO accounts (id, tenant_id, customer_id, kind, currency, status, overdraft_limit, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $7)",
-                )
-                .bind(a.id.as_str())
-                .bind(a.tenant_id.as_str())
-                .bind(a.customer_id.as_ref().map(|c| c.as_str()))
-                .bind(a.kind.as_str())
-                .bind(&a.currency)
-                .bind(a.overdraft_limit)
-                .bind(a.created_at.as_micros())
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
-        }
     };
 }
 
 pub(super) use impl_store;
-
-/// Maps a store type to its sqlx database.
-pub(super) trait HasDb {
-    type Db: sqlx::Database;
-}
-
-pub(super) type Db<S> = <S as HasDb>::Db;

@@ -11,7 +11,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::alerts::AlertHook;
 use super::backend::SqlStore;
-use super::sql::{HasDb, impl_store};
+use super::sql::impl_store;
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
 
@@ -58,10 +58,6 @@ impl PageLimit {
         }
         Ok(())
     }
-}
-
-impl HasDb for SqliteStore {
-    type Db = Sqlite;
 }
 
 impl SqlStore for SqliteStore {
