@@ -694,6 +694,7 @@ pub trait Store:
     + audit::AuditStore
     + retention::RetentionStore
     + privacy::PrivacyStore
+    + holds::HoldStore
     + Send
     + Sync
     + 'static
@@ -797,39 +798,6 @@ pub trait Store:
         account: &str,
         page: &Page,
     ) -> StoreResult<Vec<EntryRecord>>;
-    /// Reserves `amount` of the account's available balance (a conditional update), and shows
-    /// it as pending credits of the destination when the hold names one. With a key, the key
-    /// is recorded in the same transaction; `Conflict` means another request took it first.
-    async fn create_hold(
-        &self,
-        hold: &NewHold,
-        idempotency: Option<&NewIdempotency>,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Result<HoldRecord, crate::domain::ledger::Refusal>>;
-    /// Releases an active, unexpired hold.
-    async fn void_hold(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        now: Timestamp,
-        actor: Option<&ActorCheck>,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<HoldRecord>>;
-    async fn get_hold(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<HoldRecord>>;
-    async fn list_holds(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        page: &Page,
-    ) -> StoreResult<Vec<HoldRecord>>;
-    /// The totals of holds past expiry but not yet released, on the account (pending debits)
-    /// and towards it (pending credits).
-    async fn expired_holds(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        now: Timestamp,
-    ) -> StoreResult<(i64, i64)>;
     /// How much each leg (account) of a transfer has given back through reversals.
     async fn reversed_legs(
         &self,
