@@ -694,6 +694,7 @@ pub trait Store:
     + audit::AuditStore
     + retention::RetentionStore
     + privacy::PrivacyStore
+    + accounts::AccountStore
     + holds::HoldStore
     + Send
     + Sync
@@ -719,43 +720,6 @@ pub trait Store:
         system_accounts: &[NewAccount],
         audit: &[NewAuditEvent],
     ) -> StoreResult<()>;
-    async fn open_account(&self, account: &NewAccount, audit: &[NewAuditEvent]) -> StoreResult<()>;
-    async fn get_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<AccountRecord>>;
-    async fn system_account(
-        &self,
-        tenant: &TenantId,
-        kind: &str,
-        currency: &str,
-    ) -> StoreResult<Option<AccountRecord>>;
-    /// `customer`: only that customer's accounts (ownership scope).
-    /// Accounts of the tenant, newest first; system accounts only when `include_system`.
-    async fn list_accounts(
-        &self,
-        tenant: &TenantId,
-        customer: Option<&str>,
-        include_system: bool,
-        page: &Page,
-    ) -> StoreResult<Vec<AccountRecord>>;
-    /// Sets the status; `closed` only applies at zero balance with nothing pending. The staff
-    /// note, if any, is written in the same transaction.
-    async fn set_account_status(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        status: &'static str,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-        note: Option<&notes::NewStaffNote>,
-    ) -> StoreResult<Option<AccountRecord>>;
-    /// Sets the overdraft limit if the current balance stays within it.
-    async fn set_overdraft(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        limit: i64,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<AccountRecord>>;
 
     // Money movements.
     /// The one port money is posted through (see [`LedgerPort`]).
@@ -804,8 +768,6 @@ pub trait Store:
         tenant: &TenantId,
         transfer: &str,
     ) -> StoreResult<Vec<(String, i64)>>;
-    /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
-    async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
     /// Erases a customer in one transaction: refused (nothing changed) while any of its
     /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
     /// the accounts, deletes its blind-index rows, destroys every version of its data key
