@@ -35,6 +35,7 @@ mod sql;
 pub mod sqlite;
 mod sqlite_writer;
 pub mod tenants;
+pub mod transfers;
 pub mod users;
 
 use std::sync::Arc;
@@ -695,6 +696,7 @@ pub trait Store:
     + retention::RetentionStore
     + privacy::PrivacyStore
     + accounts::AccountStore
+    + transfers::TransferStore
     + holds::HoldStore
     + Send
     + Sync
@@ -724,50 +726,6 @@ pub trait Store:
     // Money movements.
     /// The one port money is posted through (see [`LedgerPort`]).
     fn ledger(&self) -> &dyn LedgerPort;
-    async fn get_idempotency(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        key: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<IdempotencyRecord>>;
-    /// Deletes expired idempotency keys; returns how many.
-    async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
-    /// Adds `n` to a credential's count for the window starting at `window_start`
-    /// (microseconds), atomically, and returns the window's total; earlier windows of the
-    /// credential are dropped. Every per-credential budget counts here (`service::budgets`):
-    /// refused movements under the bare credential, searches under `search:<credential>`.
-    async fn add_refusals(
-        &self,
-        tenant: &TenantId,
-        credential: &str,
-        window_start: i64,
-        n: i64,
-    ) -> StoreResult<i64>;
-    async fn get_transfer(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> StoreResult<Option<PostedTransfer>>;
-    async fn list_transfers(
-        &self,
-        tenant: &TenantId,
-        filter: &TransferFilter,
-        page: &Page,
-    ) -> StoreResult<Vec<TransferRecord>>;
-    /// An account's entries, newest first.
-    async fn list_entries(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        page: &Page,
-    ) -> StoreResult<Vec<EntryRecord>>;
-    /// How much each leg (account) of a transfer has given back through reversals.
-    async fn reversed_legs(
-        &self,
-        tenant: &TenantId,
-        transfer: &str,
-    ) -> StoreResult<Vec<(String, i64)>>;
     /// Erases a customer in one transaction: refused (nothing changed) while any of its
     /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
     /// the accounts, deletes its blind-index rows, destroys every version of its data key
