@@ -711,37 +711,9 @@ pub trait Store:
     /// tests' [`sqlite::SqliteStore::limit_pages`]).
     fn as_any(&self) -> &dyn std::any::Any;
 
-    // Tenants (platform scope).
-    /// Creates the tenant, its first manager (status `invited`: its invitation goes out next,
-    /// sealed under the tenant's data key, which can only exist once the tenant does) and its
-    /// system accounts in one transaction.
-    async fn create_tenant(
-        &self,
-        tenant: &NewTenant,
-        manager: &NewUser,
-        system_accounts: &[NewAccount],
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<()>;
-
     // Money movements.
     /// The one port money is posted through (see [`LedgerPort`]).
     fn ledger(&self) -> &dyn LedgerPort;
-    /// Erases a customer in one transaction: refused (nothing changed) while any of its
-    /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
-    /// the accounts, deletes its blind-index rows, destroys every version of its data key
-    /// (status `destroyed`, no key material), clears its personal data and external reference,
-    /// and pseudonymises, disables and signs out its linked user, or, when that user holds a
-    /// staff role, unlinks it and removes only its CUSTOMER role (its sessions end); with
-    /// `audit`. `linked` is the linked user as the caller planned from: if it differs,
-    /// nothing changes ([`ErasureOutcome::LinkedUserChanged`]).
-    async fn erase_customer(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        linked: Option<&LinkedUser>,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<ErasureOutcome>;
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).
