@@ -1,7 +1,8 @@
 //! Storage: one [`Store`] trait, implemented for SQLite ([`sqlite::SqliteStore`]) and
-//! PostgreSQL ([`postgres::PgStore`]). Both implementations are generated from the same SQL by
-//! the macro in [`sql`], so behaviour is identical by construction; each backend only supplies
-//! how it connects, migrates and opens a write transaction.
+//! PostgreSQL ([`postgres::PgStore`]). It is split by aggregate into supertraits (accounts,
+//! transfers, holds, tenants, users…), each written once as generic code over
+//! [`backend::SqlStore`] in its module, so behaviour is identical by construction; each backend
+//! only supplies how it connects, migrates, opens a write transaction and posts money.
 //!
 //! Every method that changes state takes the audit records describing the change and writes them
 //! in the same database transaction: a change is never committed without its audit trail.
@@ -31,7 +32,6 @@ pub mod privacy;
 pub mod retention;
 pub mod security;
 pub mod sessions;
-mod sql;
 pub mod sqlite;
 mod sqlite_writer;
 pub mod tenants;
@@ -711,9 +711,34 @@ pub trait Store:
     /// tests' [`sqlite::SqliteStore::limit_pages`]).
     fn as_any(&self) -> &dyn std::any::Any;
 
-    // Money movements.
     /// The one port money is posted through (see [`LedgerPort`]).
     fn ledger(&self) -> &dyn LedgerPort;
+}
+
+/// `Store`'s own methods, once for every store on a SQL backend (each aggregate's trait is
+/// implemented in its module the same way).
+#[async_trait]
+impl<S: backend::SqlStore<Db = B>, B: backend::Backend> Store for S {
+    fn backend(&self) -> &'static str {
+        B::KIND
+    }
+
+    async fn migrate(&self) -> StoreResult<Vec<String>> {
+        backend::run_migrations(self.migrator(), self.pool()).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn ledger(&self) -> &dyn LedgerPort {
+        self.ledger_port()
+    }
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).
