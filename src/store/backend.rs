@@ -22,7 +22,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Trans
 
 use super::alerts::AlertHook;
 use super::{ActorCheck, ActorCredential, actors, audit};
-use super::{Page, StoreResult};
+use super::{LedgerPort, Page, StoreResult};
 use crate::domain::audit::{AuditSealer, NewAuditEvent};
 use crate::domain::authz::ActorStanding;
 use crate::ids::TenantId;
@@ -193,6 +193,9 @@ pub trait SqlStore: Send + Sync + 'static {
     fn begin_document_write(
         &self,
     ) -> impl Future<Output = StoreResult<Transaction<'static, Self::Db>>> + Send;
+    /// The one port money is posted through (`Store::ledger`): the SQLite writer thread, or
+    /// the PostgreSQL writer over the pool.
+    fn ledger_port(&self) -> &dyn LedgerPort;
 
     /// Appends `events` to their audit chains inside `tx` (see [`audit::append_tx`]).
     fn append_audit_tx(
@@ -240,6 +243,30 @@ pub trait SqlStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<i64>> + Send + 'a {
         actors::lock_customer_tx(tx, tenant, id)
     }
+}
+
+/// Applies `migrator`, reporting which migrations were new (`Store::migrate`).
+pub(super) async fn run_migrations<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<Vec<String>>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    let mut conn = pool.acquire().await?;
+    let applied: Vec<i64> =
+        sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
+            .await
+            .map(|v| v.into_iter().map(|m| m.version).collect())
+            .unwrap_or_default();
+    drop(conn);
+    migrator.run(pool).await?;
+    Ok(migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect())
 }
 
 /// A write transaction of store `S`.

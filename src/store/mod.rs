@@ -1,7 +1,8 @@
 //! Storage: one [`Store`] trait, implemented for SQLite ([`sqlite::SqliteStore`]) and
-//! PostgreSQL ([`postgres::PgStore`]). Both implementations are generated from the same SQL by
-//! the macro in [`sql`], so behaviour is identical by construction; each backend only supplies
-//! how it connects, migrates and opens a write transaction.
+//! PostgreSQL ([`postgres::PgStore`]). It is split by aggregate into supertraits (accounts,
+//! transfers, holds, tenants, users…), each written once as generic code over
+//! [`backend::SqlStore`] in its module, so behaviour is identical by construction; each backend
+//! only supplies how it connects, migrates, opens a write transaction and posts money.
 //!
 //! Every method that changes state takes the audit records describing the change and writes them
 //! in the same database transaction: a change is never committed without its audit trail.
@@ -9,12 +10,14 @@
 //! sessions and refresh tokens are found by their unguessable id or token hash and carry their
 //! tenant, which the caller checks against the token's claims.
 
+pub mod accounts;
 mod actors;
 pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod backend;
 pub mod customers;
+pub mod holds;
 pub mod identity;
 pub mod keys;
 pub mod kyc;
@@ -29,10 +32,10 @@ pub mod privacy;
 pub mod retention;
 pub mod security;
 pub mod sessions;
-mod sql;
 pub mod sqlite;
 mod sqlite_writer;
 pub mod tenants;
+pub mod transfers;
 pub mod users;
 
 use std::sync::Arc;
@@ -696,6 +699,9 @@ pub trait Store:
     + audit::AuditStore
     + retention::RetentionStore
     + privacy::PrivacyStore
+    + accounts::AccountStore
+    + transfers::TransferStore
+    + holds::HoldStore
     + Send
     + Sync
     + 'static
@@ -709,153 +715,34 @@ pub trait Store:
     /// tests' [`sqlite::SqliteStore::limit_pages`]).
     fn as_any(&self) -> &dyn std::any::Any;
 
-    // Tenants (platform scope).
-    /// Creates the tenant, its first manager (status `invited`: its invitation goes out next,
-    /// sealed under the tenant's data key, which can only exist once the tenant does) and its
-    /// system accounts in one transaction.
-    async fn create_tenant(
-        &self,
-        tenant: &NewTenant,
-        manager: &NewUser,
-        system_accounts: &[NewAccount],
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<()>;
-    async fn open_account(&self, account: &NewAccount, audit: &[NewAuditEvent]) -> StoreResult<()>;
-    async fn get_account(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<AccountRecord>>;
-    async fn system_account(
-        &self,
-        tenant: &TenantId,
-        kind: &str,
-        currency: &str,
-    ) -> StoreResult<Option<AccountRecord>>;
-    /// `customer`: only that customer's accounts (ownership scope).
-    /// Accounts of the tenant, newest first; system accounts only when `include_system`.
-    async fn list_accounts(
-        &self,
-        tenant: &TenantId,
-        customer: Option<&str>,
-        include_system: bool,
-        page: &Page,
-    ) -> StoreResult<Vec<AccountRecord>>;
-    /// Sets the status; `closed` only applies at zero balance with nothing pending. The staff
-    /// note, if any, is written in the same transaction.
-    async fn set_account_status(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        status: &'static str,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-        note: Option<&notes::NewStaffNote>,
-    ) -> StoreResult<Option<AccountRecord>>;
-    /// Sets the overdraft limit if the current balance stays within it.
-    async fn set_overdraft(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        limit: i64,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<AccountRecord>>;
-
-    // Money movements.
     /// The one port money is posted through (see [`LedgerPort`]).
     fn ledger(&self) -> &dyn LedgerPort;
-    async fn get_idempotency(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        key: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<IdempotencyRecord>>;
-    /// Deletes expired idempotency keys; returns how many.
-    async fn purge_idempotency(&self, now: Timestamp) -> StoreResult<u64>;
-    /// Adds `n` to a credential's count for the window starting at `window_start`
-    /// (microseconds), atomically, and returns the window's total; earlier windows of the
-    /// credential are dropped. Every per-credential budget counts here (`service::budgets`):
-    /// refused movements under the bare credential, searches under `search:<credential>`.
-    async fn add_refusals(
-        &self,
-        tenant: &TenantId,
-        credential: &str,
-        window_start: i64,
-        n: i64,
-    ) -> StoreResult<i64>;
-    async fn get_transfer(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> StoreResult<Option<PostedTransfer>>;
-    async fn list_transfers(
-        &self,
-        tenant: &TenantId,
-        filter: &TransferFilter,
-        page: &Page,
-    ) -> StoreResult<Vec<TransferRecord>>;
-    /// An account's entries, newest first.
-    async fn list_entries(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        page: &Page,
-    ) -> StoreResult<Vec<EntryRecord>>;
-    /// Reserves `amount` of the account's available balance (a conditional update), and shows
-    /// it as pending credits of the destination when the hold names one. With a key, the key
-    /// is recorded in the same transaction; `Conflict` means another request took it first.
-    async fn create_hold(
-        &self,
-        hold: &NewHold,
-        idempotency: Option<&NewIdempotency>,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Result<HoldRecord, crate::domain::ledger::Refusal>>;
-    /// Releases an active, unexpired hold.
-    async fn void_hold(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        now: Timestamp,
-        actor: Option<&ActorCheck>,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<Option<HoldRecord>>;
-    async fn get_hold(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<HoldRecord>>;
-    async fn list_holds(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        page: &Page,
-    ) -> StoreResult<Vec<HoldRecord>>;
-    /// The totals of holds past expiry but not yet released, on the account (pending debits)
-    /// and towards it (pending credits).
-    async fn expired_holds(
-        &self,
-        tenant: &TenantId,
-        account: &str,
-        now: Timestamp,
-    ) -> StoreResult<(i64, i64)>;
-    /// How much each leg (account) of a transfer has given back through reversals.
-    async fn reversed_legs(
-        &self,
-        tenant: &TenantId,
-        transfer: &str,
-    ) -> StoreResult<Vec<(String, i64)>>;
-    /// Sum of all posted balances per currency for a tenant (the double-entry invariant: zero).
-    async fn balance_sums(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
-    /// Erases a customer in one transaction: refused (nothing changed) while any of its
-    /// accounts holds a balance or has pending debits/credits or an active hold; otherwise closes
-    /// the accounts, deletes its blind-index rows, destroys every version of its data key
-    /// (status `destroyed`, no key material), clears its personal data and external reference,
-    /// and pseudonymises, disables and signs out its linked user, or, when that user holds a
-    /// staff role, unlinks it and removes only its CUSTOMER role (its sessions end); with
-    /// `audit`. `linked` is the linked user as the caller planned from: if it differs,
-    /// nothing changes ([`ErasureOutcome::LinkedUserChanged`]).
-    async fn erase_customer(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        linked: Option<&LinkedUser>,
-        now: Timestamp,
-        audit: &[NewAuditEvent],
-    ) -> StoreResult<ErasureOutcome>;
+}
+
+/// `Store`'s own methods, once for every store on a SQL backend (each aggregate's trait is
+/// implemented in its module the same way).
+#[async_trait]
+impl<S: backend::SqlStore<Db = B>, B: backend::Backend> Store for S {
+    fn backend(&self) -> &'static str {
+        B::KIND
+    }
+
+    async fn migrate(&self) -> StoreResult<Vec<String>> {
+        backend::run_migrations(self.migrator(), self.pool()).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn ledger(&self) -> &dyn LedgerPort {
+        self.ledger_port()
+    }
 }
 
 /// Opens the store named by `url` (`sqlite:` or `postgres://`).

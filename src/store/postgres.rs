@@ -12,7 +12,6 @@ mod writer;
 
 use super::alerts::AlertHook;
 use super::backend::SqlStore;
-use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
 
@@ -21,10 +20,6 @@ pub struct PgStore {
     sealer: AuditSealer,
     /// Which security events become alerts (set once by the core).
     alerts: AlertHook,
-}
-
-impl HasDb for PgStore {
-    type Db = Postgres;
 }
 
 impl SqlStore for PgStore {
@@ -52,6 +47,11 @@ impl SqlStore for PgStore {
 
     async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
         PgStore::begin_document_write(self).await
+    }
+
+    /// Movements are posted with the shared load–plan–write over the pool.
+    fn ledger_port(&self) -> &dyn super::LedgerPort {
+        self
     }
 }
 
@@ -97,28 +97,8 @@ impl PgStore {
         self.begin_write().await
     }
 
-    async fn run_migrations(&self) -> StoreResult<Vec<String>> {
-        super::sqlite::run(&MIGRATOR, &self.pool).await
-    }
-
-    /// Movements are posted with the shared load–plan–write over the pool.
-    fn ledger_port(&self) -> &dyn super::LedgerPort {
-        self
-    }
-
     /// The pool, for tests and tools that inspect the database directly.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 }
-
-// Rows read to be written by the batch writer are locked until commit.
-// Multi-row statements stay under 12 KB of parameters: see `posting::chunks_by_size`.
-impl_store!(
-    PgStore,
-    "postgres",
-    " FOR UPDATE",
-    " FOR SHARE",
-    12_000,
-    true
-);

@@ -11,7 +11,6 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::alerts::AlertHook;
 use super::backend::SqlStore;
-use super::sql::{HasDb, impl_store};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::AuditSealer;
 
@@ -60,10 +59,6 @@ impl PageLimit {
     }
 }
 
-impl HasDb for SqliteStore {
-    type Db = Sqlite;
-}
-
 impl SqlStore for SqliteStore {
     type Db = Sqlite;
 
@@ -89,6 +84,11 @@ impl SqlStore for SqliteStore {
 
     async fn begin_document_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         SqliteStore::begin_document_write(self).await
+    }
+
+    /// Movements are posted on the writer thread (one synchronous transaction per batch).
+    fn ledger_port(&self) -> &dyn super::LedgerPort {
+        &self.writer
     }
 }
 
@@ -199,15 +199,6 @@ impl SqliteStore {
         Ok(self.documents.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn run_migrations(&self) -> StoreResult<Vec<String>> {
-        run(&MIGRATOR, &self.pool).await
-    }
-
-    /// Movements are posted on the writer thread (one synchronous transaction per batch).
-    fn ledger_port(&self) -> &dyn super::LedgerPort {
-        &self.writer
-    }
-
     /// The pool, for tests and tools that inspect the database directly.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -257,31 +248,3 @@ fn make_private(file: &std::path::Path) -> StoreResult<()> {
     let _ = file;
     Ok(())
 }
-
-/// Applies `migrator`, reporting which migrations were new.
-pub(super) async fn run<DB>(
-    migrator: &sqlx::migrate::Migrator,
-    pool: &sqlx::Pool<DB>,
-) -> StoreResult<Vec<String>>
-where
-    DB: sqlx::Database,
-    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
-{
-    let mut conn = pool.acquire().await?;
-    let applied: Vec<i64> =
-        sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, &migrator.table_name)
-            .await
-            .map(|v| v.into_iter().map(|m| m.version).collect())
-            .unwrap_or_default();
-    drop(conn);
-    migrator.run(pool).await?;
-    Ok(migrator
-        .iter()
-        .filter(|m| !applied.contains(&m.version))
-        .map(|m| format!("{} {}", m.version, m.description))
-        .collect())
-}
-
-// SQLite has no row locks: `BEGIN IMMEDIATE` already holds the database's write lock.
-// No socket in between: statements may be as large as the parameter limit allows.
-impl_store!(SqliteStore, "sqlite", "", "", usize::MAX, false);

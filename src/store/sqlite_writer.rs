@@ -7,7 +7,7 @@
 //! on one thread with cached prepared statements, one row at a time (a row costs microseconds
 //! when no thread boundary is crossed). The rules are the same code as everywhere else:
 //! [`engine::plan`] over a snapshot read under the database write lock, and audit records
-//! sealed by the same [`next_record`](super::sql::next_record).
+//! sealed by the same [`next_record`](super::audit::next_record).
 
 use std::sync::mpsc;
 
@@ -703,7 +703,7 @@ fn append_audit(
     alerts: &super::alerts::AlertHook,
     events: &[NewAuditEvent],
 ) -> StoreResult<()> {
-    for (chain, run) in super::sql::chain_runs(events) {
+    for (chain, run) in super::audit::chain_runs(events) {
         tx.prepare_cached(
             "INSERT INTO audit_heads (chain, seq, hash) VALUES (?1, 0, ?2) ON CONFLICT (chain) DO NOTHING",
         )
@@ -724,7 +724,7 @@ fn append_audit(
             )
             .map_err(db)?;
         for ev in run {
-            let r = super::sql::next_record(sealer, ev, head.clone());
+            let r = super::audit::next_record(sealer, ev, head.clone());
             ins.execute(params![
                 r.id,
                 r.chain,

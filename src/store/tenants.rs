@@ -1,6 +1,7 @@
 //! Storage of tenants: their rows and their status (a suspension also revokes every session of
-//! the tenant). A tenant is created with its system accounts by `Store::create_tenant`, next to
-//! the ledger.
+//! the tenant). A tenant is created with its first manager and its system accounts in one
+//! transaction (`create_tenant`, through `users::insert_user_tx` and
+//! `accounts::insert_account_tx`).
 
 use async_trait::async_trait;
 
@@ -13,6 +14,16 @@ use crate::ids::TenantId;
 /// Tenants (platform scope).
 #[async_trait]
 pub trait TenantStore: Send + Sync {
+    /// Creates the tenant, its first manager (status `invited`: its invitation goes out next,
+    /// sealed under the tenant's data key, which can only exist once the tenant does) and its
+    /// system accounts in one transaction.
+    async fn create_tenant(
+        &self,
+        tenant: &NewTenant,
+        manager: &NewUser,
+        system_accounts: &[NewAccount],
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()>;
     async fn get_tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>>;
     async fn get_tenant_by_slug(&self, slug: &str) -> StoreResult<Option<TenantRecord>>;
     async fn list_tenants(&self, page: &Page) -> StoreResult<Vec<TenantRecord>>;
@@ -28,6 +39,35 @@ pub trait TenantStore: Send + Sync {
 
 #[async_trait]
 impl<S: SqlStore<Db = B>, B: Backend> TenantStore for S {
+    async fn create_tenant(
+        &self,
+        t: &NewTenant,
+        manager: &NewUser,
+        system_accounts: &[NewAccount],
+        audit: &[NewAuditEvent],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO tenants (id, slug, name, currencies, status, access_token_ttl_seconds, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5, $6, $6)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.slug)
+        .bind(&t.name)
+        .bind(&t.currencies)
+        .bind(t.access_token_ttl_seconds)
+        .bind(t.created_at.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        users::insert_user_tx(&mut tx, manager, "invited").await?;
+        for a in system_accounts {
+            accounts::insert_account_tx(&mut tx, a).await?;
+        }
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn get_tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
         Ok(sqlx::query_as("SELECT * FROM tenants WHERE id = $1")
             .bind(id.as_str())

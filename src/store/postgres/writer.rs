@@ -25,8 +25,8 @@ impl crate::store::LedgerPort for PgStore {
         checks: &crate::domain::ledger::Checks,
     ) -> crate::store::StoreResult<(bool, Vec<crate::store::PostResult>)> {
         use crate::domain::ledger::engine::{self, AccountState, HoldState};
+        use crate::store::audit::{opt_len, text_len};
         use crate::store::posting;
-        use crate::store::sql::{opt_len, text_len};
         const CHUNK: usize = 500;
         // Multi-row statements change shape with every batch size. Whether they are
         // kept prepared is the backend's choice (`true`): PostgreSQL keeps them (a
