@@ -12,7 +12,6 @@ use super::holds::expire_holds_tx;
 use super::*;
 use crate::clock::Timestamp;
 use crate::domain::audit::NewAuditEvent;
-use crate::domain::ledger::Refusal;
 use crate::ids::TenantId;
 
 /// Ledger accounts.
@@ -211,38 +210,4 @@ pub(super) async fn insert_account_tx<B: Backend>(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// Diagnoses why a conditional update on an account matched nothing.
-pub(super) async fn why_refused<B: Backend>(
-    tx: &mut Transaction<'static, B>,
-    tenant: &str,
-    account: &str,
-    currency: &str,
-    owner: Option<&str>,
-    debit: bool,
-) -> StoreResult<Refusal> {
-    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT currency, status, customer_id FROM accounts WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(account)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(match row {
-        None => Refusal::AccountNotFound(account.to_owned()),
-        Some((_, _, cust)) if owner.is_some() && cust.as_deref() != owner => {
-            Refusal::AccountNotFound(account.to_owned())
-        }
-        Some((cur, _, _)) if cur != currency => Refusal::CurrencyMismatch {
-            account: account.to_owned(),
-            account_currency: cur,
-            currency: currency.to_owned(),
-        },
-        Some((_, status, _)) if status == "closed" => Refusal::AccountClosed(account.to_owned()),
-        Some((_, status, _)) if status == "frozen" && debit => {
-            Refusal::AccountFrozen(account.to_owned())
-        }
-        Some(_) => Refusal::InsufficientFunds(account.to_owned()),
-    })
 }

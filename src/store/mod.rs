@@ -480,24 +480,6 @@ pub struct HoldRecord {
     pub purpose: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct NewHold {
-    pub id: crate::ids::HoldId,
-    pub tenant_id: TenantId,
-    pub account_id: String,
-    /// When set, the account must belong to this customer.
-    pub owner: Option<String>,
-    pub credit_account_id: Option<String>,
-    pub currency: String,
-    pub amount: i64,
-    pub expires_at: Timestamp,
-    pub reference: Option<String>,
-    pub created_by: String,
-    pub created_at: Timestamp,
-    /// Who places it, re-checked in the hold's transaction.
-    pub actor: Option<ActorCheck>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct TransferFilter {
     pub account_id: Option<String>,
@@ -675,7 +657,7 @@ pub trait LedgerPort: Send + Sync {
     /// outcome). Returns whether it committed, with each movement's result.
     async fn post(
         &self,
-        batch: &[TransferCommand],
+        batch: &[crate::domain::ledger::LedgerCommand],
         atomic: bool,
         checks: &crate::domain::ledger::Checks,
     ) -> StoreResult<(bool, Vec<PostResult>)>;

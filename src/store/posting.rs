@@ -70,11 +70,11 @@ pub(crate) const ADD_TO_COUNTER: &str = "INSERT INTO ledger_counters (tenant_id,
      ON CONFLICT (tenant_id, subject, metric, currency, period, window_start) \
      DO UPDATE SET total = ledger_counters.total + excluded.total, updated_at = excluded.updated_at";
 
-/// Inserts a review hold (binds: id, tenant, account, credit account, currency, amount,
-/// expiry, reference, creator, time).
-pub(crate) const INSERT_REVIEW_HOLD: &str = "INSERT INTO holds (id, tenant_id, account_id, \
+/// Inserts a hold the ledger core placed, a payment or a review hold (binds: id, tenant,
+/// account, credit account, currency, amount, expiry, reference, creator, time, purpose).
+pub(crate) const INSERT_HOLD: &str = "INSERT INTO holds (id, tenant_id, account_id, \
      credit_account_id, currency, amount, status, expires_at, reference, created_by, created_at, \
-     updated_at, purpose) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $10, 'review')";
+     updated_at, purpose) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $10, $11)";
 
 #[cfg(test)]
 mod tests {

@@ -15,18 +15,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::posting;
-use super::{
-    ActorCredential, IdempotencyRecord, PostResult, StoreError, StoreResult, TransferCommand,
-};
+use super::{ActorCredential, IdempotencyRecord, PostResult, StoreError, StoreResult};
 use crate::domain::audit::{AuditSealer, GENESIS_HASH, NewAuditEvent};
 use crate::domain::authz::ActorStanding;
+use crate::domain::ledger::LedgerCommand;
 use crate::domain::ledger::engine::{self, AccountState, HoldState, Snapshot, SubjectState};
 use crate::domain::ledger::{Checks, extension::OUTGOING};
 
 type Reply = oneshot::Sender<StoreResult<(bool, Vec<PostResult>)>>;
 
 struct Job {
-    batch: Vec<TransferCommand>,
+    batch: Vec<LedgerCommand>,
     atomic: bool,
     checks: Checks,
     reply: Reply,
@@ -114,7 +113,7 @@ impl super::LedgerPort for SqliteWriter {
     /// Posts `batch` in one transaction on the writer thread.
     async fn post(
         &self,
-        batch: &[TransferCommand],
+        batch: &[LedgerCommand],
         atomic: bool,
         checks: &Checks,
     ) -> StoreResult<(bool, Vec<PostResult>)> {
@@ -219,7 +218,7 @@ fn post(
     c: &mut Connection,
     sealer: &AuditSealer,
     alerts: &super::alerts::AlertHook,
-    batch: &[TransferCommand],
+    batch: &[LedgerCommand],
     atomic: bool,
     checks: &Checks,
 ) -> StoreResult<(bool, Vec<PostResult>)> {
@@ -604,8 +603,8 @@ fn post(
             ])
             .map_err(db)?;
         }
-        let mut hold = tx.prepare_cached(posting::INSERT_REVIEW_HOLD).map_err(db)?;
-        for h in &plan.review_holds {
+        let mut hold = tx.prepare_cached(posting::INSERT_HOLD).map_err(db)?;
+        for h in &plan.new_holds {
             hold.execute(params![
                 h.id,
                 h.tenant_id,
@@ -616,7 +615,8 @@ fn post(
                 h.expires_at,
                 h.reference,
                 h.created_by,
-                h.created_at
+                h.created_at,
+                h.purpose
             ])
             .map_err(db)?;
         }

@@ -612,11 +612,11 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 
     let now = app.clock_now();
-    let batch = vec![
-        movement(&tenant, &settlement, &acc, 100, &out_p, now),
-        movement(&tenant, &settlement, &acc, 200, &kept, now),
-        movement(&tenant, &settlement, &acc, 400, &demoted_p, now),
-        movement(&tenant, &settlement, &acc, 800, &kept, now),
+    let batch: Vec<kasho::domain::ledger::LedgerCommand> = vec![
+        movement(&tenant, &settlement, &acc, 100, &out_p, now).into(),
+        movement(&tenant, &settlement, &acc, 200, &kept, now).into(),
+        movement(&tenant, &settlement, &acc, 400, &demoted_p, now).into(),
+        movement(&tenant, &settlement, &acc, 800, &kept, now).into(),
     ];
     let (_, results) = app
         .core
@@ -659,24 +659,42 @@ async fn in_one_batch_a_revoked_actors_movements_are_refused_and_the_others_comm
         .await;
     assert_eq!(r.body["posted_balance"], 1_000, "{r:?}");
     // A hold is a movement too: one placed by a signed-out actor reserves nothing.
-    let hold = kasho::store::NewHold {
+    let usd = kasho::domain::currency::Currency::parse("USD").unwrap();
+    let fifty = kasho::domain::ledger::Amount::parse(50).unwrap();
+    let hold = kasho::domain::ledger::HoldCommand {
         id: kasho::ids::HoldId::generate(),
         tenant_id: tenant.clone(),
-        account_id: acc.clone(),
+        account_id: kasho::ids::AccountId::from_trusted(acc.clone()),
         owner: None,
         credit_account_id: None,
-        currency: "USD".into(),
-        amount: 50,
+        currency: usd,
+        amount: fifty,
         expires_at: now.plus_seconds(3600),
         reference: None,
         created_by: out_p.user_id.to_string(),
         created_at: now,
+        audit: movement(&tenant, &settlement, &acc, 50, &out_p, now).audit,
+        idempotency: None,
         actor: Some(out_p.actor_check()),
     };
-    let r = app.core.store.create_hold(&hold, None, &[]).await.unwrap();
-    assert_eq!(
-        r.err(),
-        Some(Refusal::ActorRevoked(ActorRevoked::CredentialEnded))
+    let (_, results) = app
+        .core
+        .store
+        .ledger()
+        .post(
+            &[kasho::domain::ledger::LedgerCommand::PlaceHold(hold)],
+            false,
+            &kasho::domain::ledger::Checks::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            results[0],
+            PostResult::Refused(Refusal::ActorRevoked(ActorRevoked::CredentialEnded))
+        ),
+        "{:?}",
+        results[0]
     );
     let r = app
         .get(&format!("/v1/accounts/{acc}"), &t.manager_token)

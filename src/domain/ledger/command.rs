@@ -119,15 +119,121 @@ pub struct TransferCommand {
     pub subject: Option<CustomerId>,
 }
 
-/// A movement a pre-commit check sent to review: nothing was posted, and this hold reserves
-/// the money it would have moved (on its debit account, and as pending credits on its credit
-/// account when it has one) until the review decides.
+/// What the ledger core applies: a money movement, or a hold placed or voided. Every change
+/// to balances and reservations is one of these, posted through the one writer.
+#[derive(Debug, Clone)]
+pub enum LedgerCommand {
+    Transfer(TransferCommand),
+    PlaceHold(HoldCommand),
+    VoidHold(VoidHoldCommand),
+}
+
+impl From<TransferCommand> for LedgerCommand {
+    fn from(m: TransferCommand) -> Self {
+        LedgerCommand::Transfer(m)
+    }
+}
+
+impl LedgerCommand {
+    pub fn tenant_id(&self) -> &TenantId {
+        match self {
+            LedgerCommand::Transfer(m) => &m.tenant_id,
+            LedgerCommand::PlaceHold(h) => &h.tenant_id,
+            LedgerCommand::VoidHold(v) => &v.tenant_id,
+        }
+    }
+
+    pub fn created_at(&self) -> Timestamp {
+        match self {
+            LedgerCommand::Transfer(m) => m.created_at,
+            LedgerCommand::PlaceHold(h) => h.created_at,
+            LedgerCommand::VoidHold(v) => v.created_at,
+        }
+    }
+
+    pub fn actor(&self) -> Option<&ActorCheck> {
+        match self {
+            LedgerCommand::Transfer(m) => m.actor.as_ref(),
+            LedgerCommand::PlaceHold(h) => h.actor.as_ref(),
+            LedgerCommand::VoidHold(v) => v.actor.as_ref(),
+        }
+    }
+
+    pub fn idempotency(&self) -> Option<&NewIdempotency> {
+        match self {
+            LedgerCommand::Transfer(m) => m.idempotency.as_ref(),
+            LedgerCommand::PlaceHold(h) => h.idempotency.as_ref(),
+            LedgerCommand::VoidHold(_) => None,
+        }
+    }
+
+    pub fn audit(&self) -> &NewAuditEvent {
+        match self {
+            LedgerCommand::Transfer(m) => &m.audit,
+            LedgerCommand::PlaceHold(h) => &h.audit,
+            LedgerCommand::VoidHold(v) => &v.audit,
+        }
+    }
+
+    /// The money leaving an account that the step-up rule weighs: a transfer out of an account
+    /// (a transfer, withdrawal or capture) or a hold (a movement in waiting).
+    pub fn outgoing(&self) -> Option<(Currency, Amount)> {
+        match self {
+            LedgerCommand::Transfer(m) => matches!(
+                m.kind,
+                super::TransferKind::Transfer
+                    | super::TransferKind::Withdrawal
+                    | super::TransferKind::Capture
+            )
+            .then_some((m.currency, m.amount)),
+            LedgerCommand::PlaceHold(h) => Some((h.currency, h.amount)),
+            LedgerCommand::VoidHold(_) => None,
+        }
+    }
+}
+
+/// A hold to place: reserves `amount` of `account_id`'s available balance (and shows it as
+/// pending credits on `credit_account_id`) until it expires, is captured or is voided.
+#[derive(Debug, Clone)]
+pub struct HoldCommand {
+    pub id: HoldId,
+    pub tenant_id: TenantId,
+    pub account_id: AccountId,
+    /// When set, the held account must belong to this customer.
+    pub owner: Option<CustomerId>,
+    pub credit_account_id: Option<AccountId>,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub expires_at: Timestamp,
+    pub reference: Option<String>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub audit: NewAuditEvent,
+    /// Recorded only when the hold is placed (a refused hold can be retried with its key).
+    pub idempotency: Option<NewIdempotency>,
+    pub actor: Option<ActorCheck>,
+}
+
+/// A hold to void: its reservation is released.
+#[derive(Debug, Clone)]
+pub struct VoidHoldCommand {
+    pub tenant_id: TenantId,
+    pub hold: HoldId,
+    pub created_at: Timestamp,
+    pub audit: NewAuditEvent,
+    pub actor: Option<ActorCheck>,
+}
+
+/// A hold the core placed: a payment hold (`HoldCommand`), or a review hold reserving the money
+/// of a movement a pre-commit check sent to review (nothing was posted; the money stays
+/// reserved on its debit account, and shown on its credit account when it has one, until the
+/// review decides).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReviewHold {
+pub struct PlacedHold {
     pub id: String,
     pub tenant_id: String,
     pub account_id: String,
-    /// The credit account, when the movement had exactly one.
+    /// The credit account (a review hold's, when the movement had exactly one).
     pub credit_account_id: Option<String>,
     pub currency: String,
     pub amount: i64,
@@ -135,9 +241,10 @@ pub struct ReviewHold {
     pub reference: Option<String>,
     pub created_by: String,
     pub created_at: i64,
-    /// The check that asked for review, and why.
-    pub check: &'static str,
-    pub reason: String,
+    /// `payment` or `review`.
+    pub purpose: &'static str,
+    /// For a review hold: the check that asked for review, and why.
+    pub review: Option<(&'static str, String)>,
 }
 
 /// A reversal's link to its original: per account, what that leg received in the original (the
@@ -156,7 +263,11 @@ pub enum PostResult {
     Posted(PostedTransfer),
     Refused(super::Refusal),
     /// A pre-commit check sent the movement to review: the hold that reserves its money.
-    Reviewed(ReviewHold),
+    Reviewed(PlacedHold),
+    /// A hold placed (`LedgerCommand::PlaceHold`).
+    HoldPlaced(PlacedHold),
+    /// A hold voided (`LedgerCommand::VoidHold`): its id.
+    HoldVoided(String),
     /// Another request with the same idempotency key committed first: its stored answer.
     DuplicateKey(IdempotencyRecord),
 }

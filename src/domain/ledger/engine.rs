@@ -16,8 +16,8 @@ use super::extension::{
     SideWrite,
 };
 use super::{
-    AccountKind, EntryRecord, IdempotencyRecord, Movement, PostResult, PostedTransfer, Refusal,
-    ReviewHold, StoredOutcome, TransferCommand, TransferKind, TransferRecord,
+    AccountKind, EntryRecord, IdempotencyRecord, LedgerCommand, Movement, PlacedHold, PostResult,
+    PostedTransfer, Refusal, StoredOutcome, TransferCommand, TransferKind, TransferRecord,
 };
 use crate::domain::audit::{NewAuditEvent, Outcome};
 use crate::domain::authz::{ActorCredential, ActorStanding, still_authorised};
@@ -142,8 +142,8 @@ pub struct Plan {
     pub counters: Vec<(CounterKey, i64)>,
     /// Event rows committed with the movements (checks' side writes).
     pub events: Vec<EventRow>,
-    /// Review holds to insert (movements a check sent to review).
-    pub review_holds: Vec<ReviewHold>,
+    /// Holds to insert: those placed, and review holds (movements a check sent to review).
+    pub new_holds: Vec<PlacedHold>,
 }
 
 impl Plan {
@@ -227,13 +227,13 @@ struct Engine {
     changed_reversed: HashSet<(String, String)>,
     counted: HashMap<CounterKey, i64>,
     events: Vec<EventRow>,
-    review_holds: Vec<ReviewHold>,
+    new_holds: Vec<PlacedHold>,
 }
 
 /// What applying one movement produced.
 enum Applied {
     Posted(PostedTransfer),
-    Reviewed(ReviewHold),
+    Reviewed(PlacedHold),
 }
 
 /// The movement kinds that send a customer's money out (KYC's outgoing limits and totals).
@@ -682,7 +682,7 @@ impl Engine {
         check: &'static str,
         reason: String,
         writes: Vec<SideWrite>,
-    ) -> ReviewHold {
+    ) -> PlacedHold {
         let now = m.created_at.as_micros();
         let amount = m.amount.get();
         let debit = m
@@ -704,7 +704,7 @@ impl Engine {
             a.pending_credits = a.pending_credits.saturating_add(amount);
             self.changed_accounts.insert(c.clone(), now);
         }
-        let hold = ReviewHold {
+        let hold = PlacedHold {
             id: crate::ids::HoldId::generate().to_string(),
             tenant_id: m.tenant_id.to_string(),
             account_id: debit,
@@ -715,8 +715,8 @@ impl Engine {
             reference: m.reference.clone(),
             created_by: m.created_by.clone(),
             created_at: now,
-            check,
-            reason,
+            purpose: REVIEW,
+            review: Some((check, reason)),
         };
         // Later movements of the batch see it (a capture of it is refused; it expires in time).
         self.snap.holds.insert(
@@ -733,13 +733,122 @@ impl Engine {
             },
         );
         self.side_writes(m, writes);
-        self.review_holds.push(hold.clone());
+        self.new_holds.push(hold.clone());
         hold
+    }
+
+    /// Places a hold: the held account must take holds (customer accounts), be active, hold the
+    /// currency, belong to the owner if one is named and have the amount available; the credit
+    /// account, if any, must take holds, hold the currency and be open.
+    fn place_hold(&mut self, h: &super::HoldCommand) -> Result<PlacedHold, Refusal> {
+        let now = h.created_at.as_micros();
+        self.expire_until(now);
+        let (tenant, currency, amount) = (h.tenant_id.as_str(), h.currency.code(), h.amount.get());
+        let owner = h.owner.as_ref().map(crate::ids::CustomerId::as_str);
+        let debit = h.account_id.as_str();
+        let held = self.snap.accounts.get(debit);
+        if let Some(r) = refuse_account(held, debit, tenant, currency, owner, true, Movement::Hold)
+        {
+            return Err(r);
+        }
+        if !held.is_some_and(|a| a.can_debit(amount)) {
+            return Err(Refusal::InsufficientFunds(debit.to_owned()));
+        }
+        if let Some(c) = &h.credit_account_id {
+            let c = c.as_str();
+            let to = self.snap.accounts.get(c);
+            if let Some(r) = refuse_account(to, c, tenant, currency, None, false, Movement::Hold) {
+                return Err(r);
+            }
+        }
+        if let Some(a) = self.snap.accounts.get_mut(debit) {
+            a.pending_debits = a.pending_debits.saturating_add(amount);
+            self.changed_accounts.insert(debit.to_owned(), now);
+        }
+        if let Some(c) = &h.credit_account_id
+            && let Some(a) = self.snap.accounts.get_mut(c.as_str())
+        {
+            a.pending_credits = a.pending_credits.saturating_add(amount);
+            self.changed_accounts.insert(c.to_string(), now);
+        }
+        let hold = PlacedHold {
+            id: h.id.to_string(),
+            tenant_id: tenant.to_owned(),
+            account_id: debit.to_owned(),
+            credit_account_id: h.credit_account_id.as_ref().map(ToString::to_string),
+            currency: currency.to_owned(),
+            amount,
+            expires_at: h.expires_at.as_micros(),
+            reference: h.reference.clone(),
+            created_by: h.created_by.clone(),
+            created_at: now,
+            purpose: PAYMENT,
+            review: None,
+        };
+        self.snap.holds.insert(
+            hold.id.clone(),
+            HoldState {
+                id: hold.id.clone(),
+                tenant_id: hold.tenant_id.clone(),
+                account_id: hold.account_id.clone(),
+                credit_account_id: hold.credit_account_id.clone(),
+                amount,
+                status: "active".into(),
+                expires_at: hold.expires_at,
+                purpose: PAYMENT.into(),
+            },
+        );
+        // Expiring within the batch: keep the expiry queue in order.
+        let at = (hold.expires_at, hold.id.clone());
+        let pos =
+            self.expiring[self.expired_upto..].partition_point(|e| *e < at) + self.expired_upto;
+        self.expiring.insert(pos, at);
+        self.new_holds.push(hold.clone());
+        Ok(hold)
+    }
+
+    /// Voids an active payment hold: its reservation is released on both accounts.
+    fn void_hold(&mut self, v: &super::VoidHoldCommand) -> Result<String, Refusal> {
+        let now = v.created_at.as_micros();
+        self.expire_until(now);
+        let hold = self
+            .snap
+            .holds
+            .get(v.hold.as_str())
+            .filter(|h| {
+                h.tenant_id == v.tenant_id.as_str() && h.status == "active" && h.expires_at > now
+            })
+            .cloned()
+            .ok_or(Refusal::HoldNotActive)?;
+        if hold.purpose == REVIEW {
+            return Err(Refusal::HoldUnderReview);
+        }
+        if let Some(h) = self.snap.holds.get_mut(&hold.id) {
+            h.status = "voided".into();
+        }
+        self.release(
+            &hold.account_id,
+            hold.credit_account_id.as_deref(),
+            hold.amount,
+            now,
+        );
+        self.changed_holds.insert(
+            hold.id.clone(),
+            HoldChange {
+                id: hold.id.clone(),
+                status: "voided",
+                captured_transfer_id: None,
+                updated_at: now,
+            },
+        );
+        Ok(hold.id)
     }
 }
 
 /// A review hold's `purpose`.
 pub const REVIEW: &str = "review";
+/// A hold placed through the holds API.
+pub const PAYMENT: &str = "payment";
 
 /// The customer a movement is about, as checks see it: its explicit subject, else the customer
 /// of its first debit account.
@@ -799,13 +908,17 @@ fn sender_of(
 /// totals of every sender whose currency has limits, and what each check asks for. Sorted (the
 /// order PostgreSQL locks them in, after the accounts).
 pub fn counters_to_load(
-    batch: &[TransferCommand],
+    batch: &[LedgerCommand],
     accounts: &HashMap<String, AccountState>,
     subjects: &HashMap<String, SubjectState>,
     checks: &Checks,
 ) -> Vec<CounterKey> {
     let mut keys = Vec::new();
-    for m in batch.iter().filter(|m| m.kind != TransferKind::Reversal) {
+    let transfers = batch.iter().filter_map(|c| match c {
+        LedgerCommand::Transfer(m) => Some(m),
+        _ => None,
+    });
+    for m in transfers.filter(|m| m.kind != TransferKind::Reversal) {
         if m.kyc.is_some()
             && let Ok(Some(s)) = sender_of(m, accounts, subjects)
         {
@@ -831,11 +944,41 @@ pub fn counters_to_load(
     keys
 }
 
+/// Records an idempotency key with its outcome, in the snapshot (a later use in the batch is a
+/// duplicate) and for the writer.
+fn record_key(
+    engine: &mut Engine,
+    out: &mut Plan,
+    c: &LedgerCommand,
+    idem: &super::NewIdempotency,
+    slot: (String, String, String),
+    outcome: StoredOutcome,
+) {
+    let body = outcome.encode();
+    engine.snap.keys.insert(
+        slot,
+        IdempotencyRecord {
+            request_hash: idem.request_hash.clone(),
+            response_status: OUTCOME_STATUS,
+            response_body: body.clone(),
+        },
+    );
+    out.keys.push(KeyRow {
+        tenant_id: c.tenant_id().to_string(),
+        principal_id: idem.principal_id.clone(),
+        key: idem.key.clone(),
+        request_hash: idem.request_hash.clone(),
+        body,
+        created_at: c.created_at().as_micros(),
+        expires_at: idem.expires_at.as_micros(),
+    });
+}
+
 /// Applies `batch` in order to `snap`. A movement whose idempotency key is already live (or was
 /// used earlier in the batch) is a `DuplicateKey` and changes nothing; every other movement is
 /// posted or refused, and either way its key is recorded with the rendered answer and an audit
 /// event with its outcome is appended.
-pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan {
+pub fn plan(snap: Snapshot, batch: &[LedgerCommand], checks: &Checks) -> Plan {
     let mut expiring: Vec<(i64, String)> = snap
         .holds
         .values()
@@ -852,65 +995,63 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan 
         changed_reversed: HashSet::new(),
         counted: HashMap::new(),
         events: Vec::new(),
-        review_holds: Vec::new(),
+        new_holds: Vec::new(),
     };
     let mut out = Plan::default();
-    for m in batch {
-        // The actor first: a movement whose actor lost the right to it since its request was
+    for c in batch {
+        let quiet = matches!(c, LedgerCommand::Transfer(m) if m.quiet_refusal);
+        // The actor first: a command whose actor lost the right to it since its request was
         // authorised writes nothing (no key either: the answer is about the credential, not
         // the request), and its refusal is an authorisation refusal.
-        if let Some(a) = &m.actor {
+        if let Some(a) = c.actor() {
             let standing = engine
                 .snap
                 .actors
                 .get(&(a.user_id.clone(), a.credential.clone()));
-            if let Err(r) = still_authorised(&a.roles, standing) {
-                if !m.quiet_refusal {
-                    out.audit.push(NewAuditEvent {
-                        outcome: Outcome::Denied,
-                        reason: Some(r.code().to_owned()),
-                        security_event: Some(
-                            crate::domain::security::SecurityEvent::AuthorizationRefused,
-                        ),
-                        ..m.audit.clone()
-                    });
-                }
-                out.results
-                    .push(PostResult::Refused(Refusal::ActorRevoked(r)));
-                continue;
-            }
-            // Step-up, on every route that moves money out: the threshold came with the
-            // actor's check, the last authentication is read under lock. Like the actor's own
-            // check, a refusal is about the credential: no key is recorded.
-            if let Some(rule) = &a.step_up
-                && is_outgoing(m.kind)
-                && !rule.allows(
-                    m.currency.code(),
-                    m.amount.get(),
-                    standing.and_then(|s| s.authenticated_at),
-                    m.created_at.as_micros(),
-                )
-            {
-                if !m.quiet_refusal {
-                    out.audit.push(NewAuditEvent {
-                        outcome: Outcome::Denied,
-                        reason: Some("step_up_required".to_owned()),
-                        security_event: Some(
+            let refusal = match still_authorised(&a.roles, standing) {
+                Err(r) => Some((
+                    Refusal::ActorRevoked(r),
+                    crate::domain::security::SecurityEvent::AuthorizationRefused,
+                )),
+                // Step-up, on everything that moves money out (or reserves it): the threshold
+                // came with the actor's check, the last authentication is read under lock.
+                Ok(()) => a
+                    .step_up
+                    .as_ref()
+                    .zip(c.outgoing())
+                    .filter(|(rule, (currency, amount))| {
+                        !rule.allows(
+                            currency.code(),
+                            amount.get(),
+                            standing.and_then(|s| s.authenticated_at),
+                            c.created_at().as_micros(),
+                        )
+                    })
+                    .map(|_| {
+                        (
+                            Refusal::StepUpRequired {
+                                session: matches!(a.credential, ActorCredential::Session(_)),
+                            },
                             crate::domain::security::SecurityEvent::StepUpRequired,
-                        ),
-                        ..m.audit.clone()
+                        )
+                    }),
+            };
+            if let Some((refusal, event)) = refusal {
+                if !quiet {
+                    out.audit.push(NewAuditEvent {
+                        outcome: Outcome::Denied,
+                        reason: Some(refusal.code().to_owned()),
+                        security_event: Some(event),
+                        ..c.audit().clone()
                     });
                 }
-                out.results
-                    .push(PostResult::Refused(Refusal::StepUpRequired {
-                        session: matches!(a.credential, ActorCredential::Session(_)),
-                    }));
+                out.results.push(PostResult::Refused(refusal));
                 continue;
             }
         }
-        let slot = m.idempotency.as_ref().map(|k| {
+        let slot = c.idempotency().map(|k| {
             (
-                m.tenant_id.to_string(),
+                c.tenant_id().to_string(),
                 k.principal_id.clone(),
                 k.key.clone(),
             )
@@ -919,6 +1060,43 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan 
             out.results.push(PostResult::DuplicateKey(stored.clone()));
             continue;
         }
+        let m = match c {
+            LedgerCommand::Transfer(m) => m,
+            LedgerCommand::PlaceHold(h) => {
+                // A hold's refusal is not recorded with its key (the request can be retried
+                // once the account allows it) and is audited by the service's refusal budget.
+                let result = match engine.place_hold(h) {
+                    Ok(placed) => {
+                        out.audit.push(h.audit.clone());
+                        if let (Some(idem), Some(slot)) = (&h.idempotency, slot) {
+                            record_key(
+                                &mut engine,
+                                &mut out,
+                                c,
+                                idem,
+                                slot,
+                                StoredOutcome::Hold(placed.id.clone()),
+                            );
+                        }
+                        PostResult::HoldPlaced(placed)
+                    }
+                    Err(r) => PostResult::Refused(r),
+                };
+                out.results.push(result);
+                continue;
+            }
+            LedgerCommand::VoidHold(v) => {
+                let result = match engine.void_hold(v) {
+                    Ok(id) => {
+                        out.audit.push(v.audit.clone());
+                        PostResult::HoldVoided(id)
+                    }
+                    Err(r) => PostResult::Refused(r),
+                };
+                out.results.push(result);
+                continue;
+            }
+        };
         let outcome = engine.apply(m, checks);
         match &outcome {
             Ok(Applied::Posted(_)) => out.audit.push(m.audit.clone()),
@@ -937,29 +1115,12 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan 
         }
         if let (Some(idem), Some(slot)) = (&m.idempotency, slot) {
             // The outcome's facts, not a rendered answer: the HTTP layer renders a replay.
-            let body = match &outcome {
+            let stored = match &outcome {
                 Ok(Applied::Posted(p)) => StoredOutcome::Transfer(p.transfer.id.clone()),
                 Ok(Applied::Reviewed(h)) => StoredOutcome::Hold(h.id.clone()),
                 Err(r) => StoredOutcome::Refused(r.clone()),
-            }
-            .encode();
-            engine.snap.keys.insert(
-                slot,
-                IdempotencyRecord {
-                    request_hash: idem.request_hash.clone(),
-                    response_status: OUTCOME_STATUS,
-                    response_body: body.clone(),
-                },
-            );
-            out.keys.push(KeyRow {
-                tenant_id: m.tenant_id.to_string(),
-                principal_id: idem.principal_id.clone(),
-                key: idem.key.clone(),
-                request_hash: idem.request_hash.clone(),
-                body,
-                created_at: m.created_at.as_micros(),
-                expires_at: idem.expires_at.as_micros(),
-            });
+            };
+            record_key(&mut engine, &mut out, c, idem, slot, stored);
         }
         out.results.push(match outcome {
             Ok(Applied::Posted(p)) => PostResult::Posted(p),
@@ -974,14 +1135,14 @@ pub fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan 
         changed_reversed,
         counted,
         events,
-        review_holds,
+        new_holds,
         ..
     } = engine;
     let mut counters: Vec<(CounterKey, i64)> = counted.into_iter().collect();
     counters.sort();
     out.counters = counters;
     out.events = events;
-    out.review_holds = review_holds;
+    out.new_holds = new_holds;
     let mut accounts: Vec<(AccountState, i64)> = changed_accounts
         .into_iter()
         .filter_map(|(id, at)| snap.accounts.get(&id).map(|a| (a.clone(), at)))
@@ -1034,7 +1195,7 @@ pub fn accounts_to_load(want: &Wanted, holds: &[HoldState]) -> Vec<String> {
     ids
 }
 
-pub fn wanted(batch: &[TransferCommand]) -> Wanted {
+pub fn wanted(batch: &[LedgerCommand]) -> Wanted {
     let mut accounts = Vec::new();
     let mut holds = Vec::new();
     let mut reversals = Vec::new();
@@ -1043,25 +1204,32 @@ pub fn wanted(batch: &[TransferCommand]) -> Wanted {
     let mut actors = Vec::new();
     let mut subjects = Vec::new();
     let mut latest = i64::MIN;
-    for m in batch {
-        subjects.extend(m.subject.iter().map(ToString::to_string));
-        actors.extend(
-            m.actor
-                .iter()
-                .map(|a| (a.user_id.clone(), a.credential.clone())),
+    for c in batch {
+        actors.extend(c.actor().map(|a| (a.user_id.clone(), a.credential.clone())));
+        let tenant = c.tenant_id().to_string();
+        keys.extend(
+            c.idempotency()
+                .map(|k| (tenant.clone(), k.principal_id.clone(), k.key.clone())),
         );
+        latest = latest.max(c.created_at().as_micros());
+        let m = match c {
+            LedgerCommand::Transfer(m) => m,
+            LedgerCommand::PlaceHold(h) => {
+                accounts.push(h.account_id.to_string());
+                accounts.extend(h.credit_account_id.iter().map(ToString::to_string));
+                continue;
+            }
+            LedgerCommand::VoidHold(v) => {
+                holds.push(v.hold.to_string());
+                continue;
+            }
+        };
+        subjects.extend(m.subject.iter().map(ToString::to_string));
         accounts.extend(m.debits.iter().map(|(a, _)| a.to_string()));
         accounts.extend(m.credits.iter().map(|(a, _)| a.to_string()));
         holds.extend(m.capture_hold.iter().map(ToString::to_string));
         reversals.extend(m.reverses.iter().map(|r| r.original.to_string()));
-        let tenant = m.tenant_id.to_string();
         references.extend(m.reference.iter().map(|r| (tenant.clone(), r.clone())));
-        keys.extend(
-            m.idempotency
-                .iter()
-                .map(|k| (tenant.clone(), k.principal_id.clone(), k.key.clone())),
-        );
-        latest = latest.max(m.created_at.as_micros());
     }
     for v in [&mut accounts, &mut holds, &mut reversals, &mut subjects] {
         v.sort();
@@ -1151,6 +1319,13 @@ mod tests {
             kyc: None,
             subject: None,
         }
+    }
+
+    /// The core's `plan` over money movements only.
+    fn plan(snap: Snapshot, batch: &[TransferCommand], checks: &Checks) -> Plan {
+        let batch: Vec<LedgerCommand> =
+            batch.iter().cloned().map(LedgerCommand::Transfer).collect();
+        super::plan(snap, &batch, checks)
     }
 
     fn acc(id: &str) -> crate::ids::AccountId {
@@ -1551,7 +1726,8 @@ mod tests {
         let PostResult::Reviewed(h) = &p.results[0] else {
             unreachable!("{:?}", p.results[0])
         };
-        assert_eq!((h.amount, h.check), (70, "sevens"));
+        assert_eq!(h.amount, 70);
+        assert_eq!(h.review.as_ref().map(|r| r.0), Some("sevens"));
         assert_eq!(h.credit_account_id.as_deref(), Some("acc_b"));
         assert!(p.transfers().is_empty() && p.entries().is_empty());
         let a = p.accounts.iter().find(|(a, _)| a.id == "acc_a");
@@ -1586,6 +1762,94 @@ mod tests {
             p.results[0],
             PostResult::Refused(Refusal::HoldUnderReview)
         ));
+    }
+
+    fn place(id: &str, from: &str, to: Option<&str>, amount: i64, at: i64) -> LedgerCommand {
+        let m = movement(from, to.unwrap_or(from), amount, at);
+        LedgerCommand::PlaceHold(crate::domain::ledger::HoldCommand {
+            id: crate::ids::HoldId::from_trusted(id.into()),
+            tenant_id: m.tenant_id.clone(),
+            account_id: acc(from),
+            owner: None,
+            credit_account_id: to.map(acc),
+            currency: usd(),
+            amount: amt(amount),
+            expires_at: Timestamp::from_micros(at + 1_000),
+            reference: None,
+            created_by: "usr_x".into(),
+            created_at: Timestamp::from_micros(at),
+            audit: m.audit,
+            idempotency: None,
+            actor: None,
+        })
+    }
+
+    fn void(id: &str, at: i64) -> LedgerCommand {
+        let m = movement("acc_a", "acc_b", 1, at);
+        LedgerCommand::VoidHold(crate::domain::ledger::VoidHoldCommand {
+            tenant_id: m.tenant_id,
+            hold: crate::ids::HoldId::from_trusted(id.into()),
+            created_at: Timestamp::from_micros(at),
+            audit: m.audit,
+            actor: None,
+        })
+    }
+
+    #[test]
+    fn holds_are_placed_and_voided_by_the_core_like_any_movement() {
+        let mut settlement = account("acc_s", 0);
+        settlement.kind = "settlement".into();
+        let snap = snapshot(&[account("acc_a", 100), account("acc_b", 0), settlement]);
+        let batch = [
+            place("hld_1", "acc_a", Some("acc_b"), 70, 1),
+            // The hold's 70 is no longer available to a transfer or another hold.
+            LedgerCommand::Transfer(movement("acc_a", "acc_b", 40, 2)),
+            place("hld_2", "acc_a", None, 40, 3),
+            // No hold rests on (or is destined for) a system account.
+            place("hld_3", "acc_a", Some("acc_s"), 1, 4),
+            void("hld_1", 5),
+            void("hld_1", 6),
+            // Voided: the money is available again.
+            LedgerCommand::Transfer(movement("acc_a", "acc_b", 40, 7)),
+        ];
+        let p = super::plan(snap, &batch, &Checks::default());
+        let codes: Vec<&str> = p
+            .results
+            .iter()
+            .map(|r| match r {
+                PostResult::HoldPlaced(_) => "placed",
+                PostResult::HoldVoided(_) => "voided",
+                PostResult::Posted(_) => "posted",
+                PostResult::Refused(r) => r.code(),
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "placed",
+                "insufficient_funds",
+                "insufficient_funds",
+                "system_account",
+                "voided",
+                "hold_not_active",
+                "posted"
+            ]
+        );
+        let state = |id: &str| {
+            p.accounts
+                .iter()
+                .find(|(a, _)| a.id == id)
+                .map(|(a, _)| (a.posted, a.pending_debits, a.pending_credits))
+        };
+        assert_eq!(state("acc_a"), Some((60, 0, 0)));
+        assert_eq!(state("acc_b"), Some((40, 0, 0)));
+        assert_eq!(p.new_holds.len(), 1);
+        assert_eq!(p.holds.len(), 1, "{:?}", p.holds);
+        assert_eq!(p.holds[0].status, "voided");
+        // Placed, the refused transfer, voided, posted: a refused hold is audited by the
+        // service's refusal budget, not here.
+        assert_eq!(p.audit.len(), 4);
     }
 
     /// A tiny deterministic generator (xorshift64*): property runs need no extra crate and
@@ -1980,6 +2244,7 @@ mod tests {
                     PostResult::Refused(r) => Some(r.code()),
                     PostResult::DuplicateKey(_) => Some("duplicate"),
                     PostResult::Reviewed(_) => Some("reviewed"),
+                    PostResult::HoldPlaced(_) | PostResult::HoldVoided(_) => Some("hold"),
                 };
                 assert_eq!(got, expected, "seed {seed}: {m:?}");
             }
@@ -2067,7 +2332,7 @@ mod tests {
                 .iter()
                 .filter(|r| matches!(r, PostResult::Reviewed(_)))
                 .count();
-            assert_eq!(p.review_holds.len(), reviewed, "seed {seed}");
+            assert_eq!(p.new_holds.len(), reviewed, "seed {seed}");
             // Bounded audit growth: at most one record per movement, none for a replay.
             let replays = p
                 .results

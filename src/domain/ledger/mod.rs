@@ -13,8 +13,8 @@ pub mod extension;
 mod request;
 
 pub use command::{
-    EntryRecord, IdempotencyRecord, NewIdempotency, PostResult, PostedTransfer, Reverses,
-    ReviewHold, TransferCommand, TransferRecord,
+    EntryRecord, HoldCommand, IdempotencyRecord, LedgerCommand, NewIdempotency, PlacedHold,
+    PostResult, PostedTransfer, Reverses, TransferCommand, TransferRecord, VoidHoldCommand,
 };
 pub use extension::{
     CheckContext, CheckDecision, Checks, CounterKey, KycLimits, Period, PreCommitCheck, SideWrite,

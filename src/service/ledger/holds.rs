@@ -103,49 +103,54 @@ pub async fn create_hold(
     crate::service::privacy::refuse_if_restricted(core, tenant, &touched).await?;
     let now = core.clock.now();
     let id = crate::ids::HoldId::generate();
-    let hold = crate::store::NewHold {
-        id: id.clone(),
-        tenant_id: tenant.clone(),
-        account_id: input.account_id,
-        owner: None,
-        credit_account_id: input.credit_account_id,
-        currency: currency.code().to_owned(),
-        amount: amount.get(),
-        expires_at: now.plus_seconds(input.expires_in_seconds),
-        reference: input.reference,
-        created_by: principal_key.clone(),
-        created_at: now,
-        actor: Some(actor.actor_check()),
-    };
-    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+    let audit = AuditBuilder::new(core, meta, Some(actor)).own(
         "hold.create",
         Some(("hold", id.as_str())),
         Outcome::Success,
         None,
     );
-    let key = idempotency.as_ref().map(|k| NewIdempotency {
-        principal_id: key_scope.clone(),
-        key: k.key.clone(),
-        request_hash: k.request_hash.clone(),
-        expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
-    });
-    match core.store.create_hold(&hold, key.as_ref(), &[ev]).await {
-        Ok(Ok(h)) => Ok(HoldOutcome::Created(Box::new(h))),
-        Ok(Err(refusal)) => {
+    let command = crate::domain::ledger::HoldCommand {
+        id,
+        tenant_id: tenant.clone(),
+        // Well-formed (checked above); whether it exists is the core's to say, under lock.
+        account_id: AccountId::from_trusted(input.account_id),
+        owner: None,
+        credit_account_id: input.credit_account_id.map(AccountId::from_trusted),
+        currency,
+        amount,
+        expires_at: now.plus_seconds(input.expires_in_seconds),
+        reference: input.reference,
+        created_by: principal_key.clone(),
+        created_at: now,
+        audit,
+        idempotency: idempotency.as_ref().map(|k| NewIdempotency {
+            principal_id: key_scope.clone(),
+            key: k.key.clone(),
+            request_hash: k.request_hash.clone(),
+            expires_at: now.plus_seconds(core.settings.idempotency_ttl_seconds),
+        }),
+        actor: Some(actor.actor_check()),
+    };
+    match core
+        .ledger
+        .post(&core.checks, LedgerCommand::PlaceHold(command))
+        .await?
+    {
+        PostResult::HoldPlaced(h) => Ok(HoldOutcome::Created(Box::new(
+            super::movements::placed_hold_record(h),
+        ))),
+        PostResult::Refused(refusal) => {
             count_refusals(core, meta, actor, 1).await;
             Err(refusal_error(refusal))
         }
-        // Another instance committed this key first: answer what it answered.
-        Err(StoreError::Conflict { .. }) if idempotency.is_some() => match idempotency.as_ref() {
-            Some(k) => match stored(core, tenant, &key_scope, k).await? {
-                Some(a) => a.into_hold(),
-                None => Err(AppError::internal(
-                    "idempotency key vanished after a conflict",
-                )),
-            },
-            None => Err(AppError::internal("conflict without a key")),
+        // Another request with this key committed first: answer what it answered.
+        PostResult::DuplicateKey(stored) => match idempotency.as_ref() {
+            Some(k) => stored_answer(core, tenant, &key_scope, stored, k)
+                .await?
+                .into_hold(),
+            None => Err(AppError::internal("duplicate key without a key")),
         },
-        Err(e) => Err(e.into()),
+        _ => Err(AppError::internal("a hold's result names a movement")),
     }
 }
 
@@ -189,22 +194,33 @@ pub async fn void_hold(
     if hold.purpose == crate::domain::ledger::engine::REVIEW {
         return Err(refusal_error(Refusal::HoldUnderReview));
     }
-    let ev = AuditBuilder::new(core, meta, Some(actor)).own(
+    let now = core.clock.now();
+    let audit = AuditBuilder::new(core, meta, Some(actor)).own(
         "hold.void",
         Some(("hold", &hold.id)),
         Outcome::Success,
         None,
     );
-    core.store
-        .void_hold(
-            actor.tenant()?,
-            &hold.id,
-            core.clock.now(),
-            Some(&actor.actor_check()),
-            &[ev],
-        )
+    let command = crate::domain::ledger::VoidHoldCommand {
+        tenant_id: actor.tenant()?.clone(),
+        hold: crate::ids::HoldId::from_trusted(hold.id.clone()),
+        created_at: now,
+        audit,
+        actor: Some(actor.actor_check()),
+    };
+    match core
+        .ledger
+        .post(&core.checks, LedgerCommand::VoidHold(command))
         .await?
-        .ok_or_else(|| refusal_error(Refusal::HoldNotActive))
+    {
+        PostResult::HoldVoided(_) => Ok(crate::store::HoldRecord {
+            status: "voided".into(),
+            updated_at: now.as_micros(),
+            ..hold
+        }),
+        PostResult::Refused(refusal) => Err(refusal_error(refusal)),
+        _ => Err(AppError::internal("a void's result names something else")),
+    }
 }
 
 /// Captures all or part of a hold into a transfer to `credit_account_id`; the rest is released.

@@ -17,8 +17,8 @@ use crate::domain::audit::Outcome;
 use crate::domain::authz::{Permission, Scope};
 use crate::domain::currency::Currency;
 use crate::domain::ledger::{
-    AccountKind, Amount, CheckedTransfer, InvalidTransfer, OUTCOME_PREFIX, Refusal, StoredOutcome,
-    TransferDetails, TransferKind, TransferRequest,
+    AccountKind, Amount, CheckedTransfer, InvalidTransfer, LedgerCommand, OUTCOME_PREFIX, Refusal,
+    StoredOutcome, TransferDetails, TransferKind, TransferRequest,
 };
 use crate::error::{AppError, AppResult};
 use crate::ids::{AccountId, CustomerId, TenantId, TransferId};

@@ -292,6 +292,7 @@ pub(super) async fn settle(
         PostResult::Refused(_) => "refused",
         PostResult::Reviewed(_) => "reviewed",
         PostResult::DuplicateKey(_) => "replayed",
+        PostResult::HoldPlaced(_) | PostResult::HoldVoided(_) => "hold",
     });
     match result {
         PostResult::Posted(p) => Ok(MovementOutcome::Posted(Box::new(p))),
@@ -299,8 +300,11 @@ pub(super) async fn settle(
             error: refusal_error(r),
             audited: true,
         }),
+        PostResult::HoldPlaced(_) | PostResult::HoldVoided(_) => {
+            Err(AppError::internal("a movement's result names a hold").into())
+        }
         PostResult::Reviewed(h) => Ok(MovementOutcome::Reviewed {
-            hold: Box::new(review_hold_record(h)),
+            hold: Box::new(placed_hold_record(h)),
             replayed: false,
         }),
         PostResult::DuplicateKey(stored) => match idempotency {
@@ -312,8 +316,8 @@ pub(super) async fn settle(
     }
 }
 
-/// The hold record of a movement held for review, as the writer inserted it.
-fn review_hold_record(h: crate::domain::ledger::ReviewHold) -> crate::store::HoldRecord {
+/// The record of a hold the writer inserted (a payment hold, or a movement held for review).
+pub(super) fn placed_hold_record(h: crate::domain::ledger::PlacedHold) -> crate::store::HoldRecord {
     crate::store::HoldRecord {
         id: h.id,
         tenant_id: h.tenant_id,
@@ -328,7 +332,7 @@ fn review_hold_record(h: crate::domain::ledger::ReviewHold) -> crate::store::Hol
         created_by: Some(h.created_by),
         created_at: h.created_at,
         updated_at: h.created_at,
-        purpose: crate::domain::ledger::engine::REVIEW.into(),
+        purpose: h.purpose.into(),
     }
 }
 

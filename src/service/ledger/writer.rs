@@ -8,11 +8,11 @@ pub(super) const MAX_BATCH: usize = 512;
 /// What the queue carries: one movement, or an atomic batch (posted alone, all or nothing).
 pub(super) enum Job {
     One(
-        Box<TransferCommand>,
+        Box<LedgerCommand>,
         oneshot::Sender<Result<PostResult, StoreError>>,
     ),
     Atomic(
-        Vec<TransferCommand>,
+        Vec<LedgerCommand>,
         oneshot::Sender<Result<(bool, Vec<PostResult>), StoreError>>,
     ),
 }
@@ -34,7 +34,7 @@ impl LedgerWriter {
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-                let mut ones: Vec<TransferCommand> = Vec::new();
+                let mut ones: Vec<LedgerCommand> = Vec::new();
                 let mut replies = Vec::new();
                 for job in jobs.drain(..) {
                     match job {
@@ -60,7 +60,7 @@ impl LedgerWriter {
     pub(super) async fn post(
         &self,
         checks: &crate::domain::ledger::Checks,
-        m: TransferCommand,
+        m: impl Into<LedgerCommand>,
     ) -> AppResult<PostResult> {
         let rx = self.enqueue(checks, m).await?;
         rx.await
@@ -72,10 +72,13 @@ impl LedgerWriter {
     pub(super) async fn enqueue(
         &self,
         checks: &crate::domain::ledger::Checks,
-        m: TransferCommand,
+        m: impl Into<LedgerCommand>,
     ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
-        for c in checks.iter() {
-            c.stage(&m);
+        let m = m.into();
+        if let LedgerCommand::Transfer(t) = &m {
+            for c in checks.iter() {
+                c.stage(t);
+            }
         }
         let (tx, rx) = oneshot::channel();
         self.queue
@@ -97,6 +100,7 @@ impl LedgerWriter {
         {
             c.stage(m);
         }
+        let batch = batch.into_iter().map(LedgerCommand::Transfer).collect();
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Job::Atomic(batch, tx))
@@ -112,7 +116,7 @@ impl LedgerWriter {
 pub(super) async fn post_ones(
     store: &dyn Store,
     checks: &crate::domain::ledger::Checks,
-    batch: Vec<TransferCommand>,
+    batch: Vec<LedgerCommand>,
     replies: Vec<oneshot::Sender<Result<PostResult, StoreError>>>,
 ) {
     if batch.is_empty() {

@@ -20,7 +20,7 @@ impl crate::store::LedgerPort for PgStore {
     /// `atomic`, nothing is written if any movement is refused.
     async fn post(
         &self,
-        batch: &[crate::store::TransferCommand],
+        batch: &[crate::domain::ledger::LedgerCommand],
         atomic: bool,
         checks: &crate::domain::ledger::Checks,
     ) -> crate::store::StoreResult<(bool, Vec<crate::store::PostResult>)> {
@@ -469,8 +469,8 @@ impl crate::store::LedgerPort for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for h in &plan.review_holds {
-            sqlx::query(crate::store::posting::INSERT_REVIEW_HOLD)
+        for h in &plan.new_holds {
+            sqlx::query(crate::store::posting::INSERT_HOLD)
                 .bind(&h.id)
                 .bind(&h.tenant_id)
                 .bind(&h.account_id)
@@ -481,6 +481,7 @@ impl crate::store::LedgerPort for PgStore {
                 .bind(&h.reference)
                 .bind(&h.created_by)
                 .bind(h.created_at)
+                .bind(h.purpose)
                 .execute(&mut *tx)
                 .await?;
         }
