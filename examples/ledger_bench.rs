@@ -20,6 +20,12 @@
 //!     KASHO_BENCH_ADMIN_PASSWORD=… cargo run --release --example ledger_bench -- \
 //!         --url http://127.0.0.1:8080 --admin-email admin@example.com --admin-totp-file admin.totp
 //!
+//! After the run it prints where the time went, per layer, for the embedded server: parse (the
+//! JSON body), auth (authentication, rate limits, permission), prepare (the service building
+//! the ledger commands), and the writer's load, engine, write, audit and commit phases, in
+//! microseconds of wall time per transfer (summed over concurrent work, so the layers that wait
+//! show up as well as those that compute).
+//!
 //! With `KASHO_BENCH_REDIS_URL` (e.g. redis://127.0.0.1:6379) the in-process server keeps its
 //! rate-limit buckets in that Redis, as several instances sharing them do.
 //!
@@ -1165,6 +1171,7 @@ async fn run(
     }
     let cdf = Arc::new(cdf);
     let accounts = Arc::new(accounts);
+    let phases_before = kasho::observability::phases::snapshot();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -1245,6 +1252,16 @@ async fn run(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Where the time went, per layer (embedded server only: the counters are this process's).
+    // Wall time summed over everything running at once, per transfer answered.
+    let answered = (ok + refused).max(1) as f64;
+    let phases: Vec<(&str, f64)> = kasho::observability::phases::snapshot()
+        .iter()
+        .zip(phases_before.iter())
+        .map(|((p, after), (_, before))| {
+            (p.as_str(), after.saturating_sub(*before) as f64 / answered)
+        })
+        .collect();
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
@@ -1263,6 +1280,17 @@ async fn run(
         pct(0.99),
         pct(1.0)
     );
+
+    if matches!(opts.mode, Mode::Embedded { .. }) {
+        let line: Vec<String> = phases
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        println!(
+            "per transfer, µs of wall time summed over concurrent work: {}",
+            line.join("  ")
+        );
+    }
 
     // Invariants, over the API as the MANAGER: the same check for an embedded or external server.
     // A fresh sign-in, in case a long run outlived the access token.
@@ -1293,6 +1321,8 @@ async fn run(
             "clients": clients, "accounts": n_accounts, "seconds": elapsed,
             "transfers_per_second": tps, "posted": ok, "refused": refused, "errors": errors,
             "batch": batch, "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
+            "phases_us_per_transfer": matches!(opts.mode, Mode::Embedded { .. })
+                .then(|| phases.iter().map(|(n, us)| (n.to_string(), json!(us))).collect::<serde_json::Map<_, _>>()),
             "invariants": { "balanced": balanced, "within_floor": floor_ok,
                 "listing_complete": inv.complete, "accounts_checked": inv.listed } });
         let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;

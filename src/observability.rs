@@ -202,3 +202,71 @@ impl Verifications {
         self.cell(kind).load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Where a money-moving request's time goes, accumulated per process so a benchmark can print
+/// it per layer (`examples/ledger_bench`): a relaxed atomic addition per phase, nothing else.
+pub mod phases {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// The layers a transfer crosses, in order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Phase {
+        /// The JSON body read and decoded (`ApiJson`).
+        Parse,
+        /// Authentication, rate limits and the permission check (the `authorize` middleware,
+        /// before the handler).
+        Auth,
+        /// The service: the request checked into ledger commands (`build_movement`).
+        Prepare,
+        /// The writer's transaction: loading the locked snapshot.
+        Load,
+        /// The ledger core's `plan` (the engine).
+        Engine,
+        /// The plan's rows written.
+        Write,
+        /// The audit records appended.
+        Audit,
+        /// The commit (the fsync).
+        Commit,
+    }
+
+    pub const ALL: [Phase; 8] = [
+        Phase::Parse,
+        Phase::Auth,
+        Phase::Prepare,
+        Phase::Load,
+        Phase::Engine,
+        Phase::Write,
+        Phase::Audit,
+        Phase::Commit,
+    ];
+
+    impl Phase {
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                Phase::Parse => "parse",
+                Phase::Auth => "auth",
+                Phase::Prepare => "prepare",
+                Phase::Load => "load",
+                Phase::Engine => "engine",
+                Phase::Write => "write",
+                Phase::Audit => "audit",
+                Phase::Commit => "commit",
+            }
+        }
+    }
+
+    static MICROS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+    /// Adds `spent` to `phase`'s total.
+    pub fn record(phase: Phase, spent: Duration) {
+        let us = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
+        MICROS[phase as usize].fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Every phase's total so far, in microseconds of wall time (summed over concurrent work).
+    pub fn snapshot() -> [(Phase, u64); 8] {
+        ALL.map(|p| (p, MICROS[p as usize].load(Ordering::Relaxed)))
+    }
+}

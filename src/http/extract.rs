@@ -31,9 +31,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return Err(not_an_object());
         }
+        let started = std::time::Instant::now();
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
         de.end().map_err(|_| trailing_data())?;
+        crate::observability::phases::record(
+            crate::observability::phases::Phase::Parse,
+            started.elapsed(),
+        );
         Ok(ApiJson(value))
     }
 }

@@ -210,6 +210,7 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     // The rate-limit guard in front has usually worked the request facts out already.
     let meta = match req.extensions().get::<RequestMeta>() {
         Some(m) => m.clone(),
@@ -305,6 +306,10 @@ pub async fn authorize(
     if let Some(p) = &principal {
         req.extensions_mut().insert(p.clone());
     }
+    crate::observability::phases::record(
+        crate::observability::phases::Phase::Auth,
+        started.elapsed(),
+    );
     let mut resp = next.run(req).await;
     super::limits::carry(&mut resp, quota);
 

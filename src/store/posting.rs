@@ -37,6 +37,14 @@ pub fn chunks_by_size<T>(
 /// and the audit records appended; `total` is the elapsed time after the commit.
 pub fn log_phases(size: usize, marks: [std::time::Duration; 5], total: std::time::Duration) {
     let [began, loaded, planned, written, audited] = marks;
+    {
+        use crate::observability::phases::{Phase, record};
+        record(Phase::Load, loaded);
+        record(Phase::Engine, planned.saturating_sub(loaded));
+        record(Phase::Write, written.saturating_sub(planned));
+        record(Phase::Audit, audited.saturating_sub(written));
+        record(Phase::Commit, total.saturating_sub(audited));
+    }
     tracing::debug!(
         size,
         begin_us = began.as_micros(),

@@ -122,6 +122,23 @@ pub(super) async fn build_movement(
     idempotency: Option<&IdempotencyKey>,
     batch: bool,
 ) -> Result<Prepared<'static>, MoveError> {
+    let started = std::time::Instant::now();
+    let built = build(core, meta, actor, input, idempotency, batch).await;
+    crate::observability::phases::record(
+        crate::observability::phases::Phase::Prepare,
+        started.elapsed(),
+    );
+    built
+}
+
+async fn build(
+    core: &Core,
+    meta: &RequestMeta,
+    actor: &Principal,
+    input: TransferInput,
+    idempotency: Option<&IdempotencyKey>,
+    batch: bool,
+) -> Result<Prepared<'static>, MoveError> {
     let tenant = actor.tenant()?.clone();
     let principal_key = actor.user_id.to_string();
     let key_scope = actor.idempotency_scope();
