@@ -62,6 +62,11 @@ pub const MAIL_RETENTION_SECONDS: i64 = 7 * DAY;
 /// outbox; the event itself stays in the audit trail.
 pub const ALERT_RETENTION_SECONDS: i64 = 30 * DAY;
 
+/// How long a running total (`ledger_counters`: a customer's day or month in one currency) is
+/// kept after its window started: limits read only today's and this month's, and monitoring's
+/// windows are shorter than this.
+pub const COUNTER_RETENTION_SECONDS: i64 = 100 * DAY;
+
 /// The cut-off times of a run at `now`.
 pub fn cutoffs(policy: &RetentionPolicy, now: Timestamp) -> (Timestamp, Timestamp, Timestamp) {
     let sessions = now.plus_seconds(-i64::from(policy.session_days) * DAY);
@@ -91,6 +96,9 @@ pub fn summary(counts: &PurgeCounts, refused_chains: usize) -> String {
     }
     if counts.login_throttle > 0 {
         s.push_str(&format!(",login_throttle={}", counts.login_throttle));
+    }
+    if counts.ledger_counters > 0 {
+        s.push_str(&format!(",ledger_counters={}", counts.ledger_counters));
     }
     if refused_chains > 0 {
         s.push_str(&format!(",refused_chains={refused_chains}"));
@@ -131,6 +139,7 @@ pub async fn run_once(core: &Core, now: Timestamp) -> Result<RetentionReport, St
         mail_finished_before: mail_cutoff,
         alerts_finished_before: alerts_cutoff,
         throttle_quiet_before: now.plus_seconds(-86_400),
+        counters_started_before: now.plus_seconds(-COUNTER_RETENTION_SECONDS),
         financial_audit_cutoff,
     };
     let refused = refused_chains.len();

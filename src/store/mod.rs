@@ -509,6 +509,9 @@ pub struct RetentionPlan {
     /// Sign-in failure counters whose last failure (and any lock) ended before this go: a day
     /// of quiet resets them anyway, so deleting them changes no answer.
     pub throttle_quiet_before: Timestamp,
+    /// Running totals (`ledger_counters`) whose window started before this go: no limit or
+    /// check reads a window that long closed, and a missing one is seeded again from the ledger.
+    pub counters_started_before: Timestamp,
     /// No audit record of a money movement or account change that occurred at or after this
     /// is deleted (at least [`crate::domain::processing::FINANCIAL_RETENTION_DAYS`] ago): the
     /// deletion refuses the whole run if a planned prune would.
@@ -551,6 +554,7 @@ pub struct PurgeCounts {
     pub mail_messages: u64,
     pub login_throttle: u64,
     pub security_alerts: u64,
+    pub ledger_counters: u64,
 }
 
 impl PurgeCounts {
@@ -563,6 +567,7 @@ impl PurgeCounts {
             + self.mail_messages
             + self.login_throttle
             + self.security_alerts
+            + self.ledger_counters
     }
 }
 

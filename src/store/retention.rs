@@ -161,6 +161,11 @@ impl<S: SqlStore<Db = B>, B: Backend> RetentionStore for S {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        counts.ledger_counters = sqlx::query("DELETE FROM ledger_counters WHERE window_start < $1")
+            .bind(plan.counters_started_before.as_micros())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         for prune in &plan.audit_prunes {
             let cp = &prune.checkpoint;
             let expected = u64::try_from(cp.seq - prune.from_seq).unwrap_or(0);

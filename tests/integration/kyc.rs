@@ -414,6 +414,22 @@ async fn concurrent_transfers_cannot_both_pass_a_daily_limit(app: &TestApp) {
         "exactly two of 300 fit the 600 left of 1,000"
     );
     assert_eq!(balance(app, &m, &a).await, 10_000 - 400 - 600);
+    let sql = format!(
+        "SELECT period || ':' || CAST(total AS TEXT) FROM ledger_counters WHERE tenant_id = '{}' \
+         ORDER BY period",
+        t.id
+    );
+    assert_eq!(app.raw_strings(&sql).await, ["day:1000", "month:1000"]);
+    // Long-closed windows are purged by the retention job; today's stay.
+    let r = kasho::service::retention::run_once(&app.core, app.clock_now())
+        .await
+        .unwrap();
+    assert_eq!(app.raw_strings(&sql).await.len(), 2, "{r:?}");
+    app.clock.advance_seconds(101 * 86_400);
+    kasho::service::retention::run_once(&app.core, app.clock_now())
+        .await
+        .unwrap();
+    assert!(app.raw_strings(&sql).await.is_empty());
 }
 
 /// A compliance officer's token.
