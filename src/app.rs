@@ -245,7 +245,7 @@ pub async fn build_core_with_checks(
             keys.master
                 .derive(crate::service::security::LoginEmailKey::PURPOSE),
         ),
-        ledger: crate::service::ledger::LedgerWriter::start(store.clone(), checks.clone()),
+        ledger: crate::service::ledger::LedgerWriter::start(store.clone(), checks),
         keyring: Arc::new(crate::service::keys::Keyring::new(
             store.clone(),
             clock.clone(),
@@ -255,7 +255,6 @@ pub async fn build_core_with_checks(
         inflight: crate::service::ledger::InFlight::default(),
         budgets: crate::service::budgets::BudgetGate::default(),
         kyc: crate::service::kyc::KycGate::default(),
-        checks,
         alert_webhook,
         verifications: Default::default(),
         session_cache: crate::service::session_cache::SessionCache::start(&store),

@@ -100,9 +100,6 @@ pub struct Core {
     pub keyring: Arc<keys::Keyring>,
     /// KYC limits cache (the limits a movement carries to the ledger core).
     pub kyc: kyc::KycGate,
-    /// The pre-commit checks (the writer runs them under lock; their `stage` runs before the
-    /// queue).
-    pub checks: crate::domain::ledger::Checks,
     /// The key API-token secrets are hashed under (derived from the master key).
     pub api_token_key: api_tokens::TokenHashKey,
     /// Keys the sign-in throttle's account records (`login_throttle`, the shared limiter).

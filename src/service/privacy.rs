@@ -20,8 +20,8 @@
 //!   erasure only unlinks it and takes away its CUSTOMER role; whoever erases must be able to
 //!   manage that user directly (`users:write`, and every permission of its roles), or the
 //!   erasure is refused and nothing changes.
-//! - **Restriction** sets a flag that [`refuse_if_restricted`] checks on every new money
-//!   movement and hold (called from `service::ledger`).
+//! - **Restriction** sets a flag that the ledger core checks, on the rows it locks, for every
+//!   new money movement and hold (a reversal, a correction, stays allowed).
 //!
 //! Reasons are codes from fixed lists, never free text, so no personal data reaches the
 //! tamper-evident (and therefore unerasable) audit chain through them.
@@ -733,24 +733,6 @@ pub async fn set_restriction(
         .await?
         // Erased meanwhile.
         .ok_or_else(erased)
-}
-
-/// Refuses with 422 `processing_restricted` when any of `accounts` belongs to a customer whose
-/// processing is restricted. One indexed query (accounts by id, joined to their customers).
-pub async fn refuse_if_restricted(
-    core: &Core,
-    tenant: &TenantId,
-    accounts: &[&str],
-) -> AppResult<()> {
-    match core.store.restricted_account(tenant, accounts).await? {
-        None => Ok(()),
-        Some(account) => Err(AppError::Unprocessable {
-            code: "processing_restricted",
-            message: format!(
-                "processing is restricted for the customer of account {account}: no new money movement may touch it"
-            ),
-        }),
-    }
 }
 
 /// Refuses to open an account for an erased customer (422 `customer_erased`).

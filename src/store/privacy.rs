@@ -32,13 +32,6 @@ pub trait PrivacyStore: Send + Sync {
         audit: &[NewAuditEvent],
         note: Option<&notes::NewStaffNote>,
     ) -> StoreResult<Option<CustomerPrivacyRecord>>;
-    /// The first of `accounts` whose customer's processing is restricted, if any (one indexed
-    /// look-up: accounts by id, joined to their customers).
-    async fn restricted_account(
-        &self,
-        tenant: &TenantId,
-        accounts: &[&str],
-    ) -> StoreResult<Option<String>>;
     /// Records of `chain` after `after_seq` (in order) about a customer: those whose target is
     /// the customer, one of its accounts, holds or transfers, or its linked user, and those
     /// whose actor is its linked user.
@@ -116,33 +109,6 @@ impl<S: SqlStore<Db = B>, B: Backend> PrivacyStore for S {
         self.append_audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(row)
-    }
-
-    async fn restricted_account(
-        &self,
-        tenant: &TenantId,
-        accounts: &[&str],
-    ) -> StoreResult<Option<String>> {
-        if accounts.is_empty() {
-            return Ok(None);
-        }
-        let mut qb = sqlx::QueryBuilder::<B>::new(
-            "SELECT a.id FROM accounts a JOIN customers c ON c.id = a.customer_id \
-             WHERE c.processing_restricted <> 0 AND a.tenant_id = ",
-        );
-        qb.push_bind(tenant.as_str());
-        qb.push(" AND a.id IN (");
-        let mut ids = qb.separated(", ");
-        for a in accounts {
-            ids.push_bind(*a);
-        }
-        qb.push(") ORDER BY a.id LIMIT 1");
-        let row: Option<(String,)> = qb
-            .build_query_as()
-            .persistent(B::PERSIST)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|(id,)| id))
     }
 
     async fn audit_about_customer(

@@ -179,13 +179,9 @@ impl LedgerCommand {
     /// (a transfer, withdrawal or capture) or a hold (a movement in waiting).
     pub fn outgoing(&self) -> Option<(Currency, Amount)> {
         match self {
-            LedgerCommand::Transfer(m) => matches!(
-                m.kind,
-                super::TransferKind::Transfer
-                    | super::TransferKind::Withdrawal
-                    | super::TransferKind::Capture
-            )
-            .then_some((m.currency, m.amount)),
+            LedgerCommand::Transfer(m) => {
+                m.kind.sends_money_out().then_some((m.currency, m.amount))
+            }
             LedgerCommand::PlaceHold(h) => Some((h.currency, h.amount)),
             LedgerCommand::VoidHold(_) => None,
         }

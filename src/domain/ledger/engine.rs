@@ -236,29 +236,14 @@ enum Applied {
     Reviewed(PlacedHold),
 }
 
-/// The movement kinds that send a customer's money out (KYC's outgoing limits and totals).
-fn is_outgoing(kind: TransferKind) -> bool {
-    matches!(
-        kind,
-        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
-    )
-}
-
-/// The movement kinds that bring money into a customer account (KYC's balance ceiling).
-fn is_incoming(kind: TransferKind) -> bool {
-    matches!(
-        kind,
-        TransferKind::Transfer | TransferKind::Deposit | TransferKind::Capture
-    )
-}
-
 /// Who a movement's outgoing money is counted against: its explicit subject, or the customer
 /// of its debit account when it sends a customer's money out. (customer, tier, what the refusal
 /// names).
-struct Sender {
-    customer: String,
+struct Sender<'a> {
+    customer: &'a str,
     tier: i64,
-    named: String,
+    /// How a refusal names the sender: `customer <id>` or `account <id>` (formatted only then).
+    named: (&'static str, &'a str),
 }
 
 fn kyc_refusal(param: String, message: String) -> Refusal {
@@ -582,10 +567,11 @@ impl Engine {
         let mut writes = Vec::new();
         if let Some(s) = sender {
             let Some(figures) = limits.tiers.get(&s.tier) else {
-                return Err(not_permitted(&s.named, s.tier, currency));
+                let (what, id) = s.named;
+                return Err(not_permitted(&format!("{what} {id}"), s.tier, currency));
             };
             let [day, month] = [Period::Day, Period::Month]
-                .map(|p| CounterKey::at(tenant, &s.customer, OUTGOING, currency, p, now));
+                .map(|p| CounterKey::at(tenant, s.customer, OUTGOING, currency, p, now));
             let used = kyc::Outgoing {
                 today: self.counter(&day),
                 this_month: self.counter(&month),
@@ -610,7 +596,7 @@ impl Engine {
             }
             writes.extend([day, month].map(|key| SideWrite::Count { key, delta: amount }));
         }
-        if is_incoming(m.kind) {
+        if m.kind.brings_money_in() {
             let mut added: HashMap<&str, i64> = HashMap::new();
             for (i, (id, leg)) in m.credits.iter().enumerate() {
                 let Some(a) = self.snap.accounts.get(id.as_str()) else {
@@ -694,16 +680,6 @@ impl Engine {
             [(only, _)] => Some(only.to_string()),
             _ => None,
         };
-        if let Some(a) = self.snap.accounts.get_mut(&debit) {
-            a.pending_debits = a.pending_debits.saturating_add(amount);
-            self.changed_accounts.insert(debit.clone(), now);
-        }
-        if let Some(c) = &credit
-            && let Some(a) = self.snap.accounts.get_mut(c)
-        {
-            a.pending_credits = a.pending_credits.saturating_add(amount);
-            self.changed_accounts.insert(c.clone(), now);
-        }
         let hold = PlacedHold {
             id: crate::ids::HoldId::generate().to_string(),
             tenant_id: m.tenant_id.to_string(),
@@ -718,23 +694,8 @@ impl Engine {
             purpose: REVIEW,
             review: Some((check, reason)),
         };
-        // Later movements of the batch see it (a capture of it is refused; it expires in time).
-        self.snap.holds.insert(
-            hold.id.clone(),
-            HoldState {
-                id: hold.id.clone(),
-                tenant_id: hold.tenant_id.clone(),
-                account_id: hold.account_id.clone(),
-                credit_account_id: hold.credit_account_id.clone(),
-                amount,
-                status: "active".into(),
-                expires_at: hold.expires_at,
-                purpose: REVIEW.into(),
-            },
-        );
         self.side_writes(m, writes);
-        self.new_holds.push(hold.clone());
-        hold
+        self.add_hold(hold)
     }
 
     /// Places a hold: the held account must take holds (customer accounts), be active, hold the
@@ -761,17 +722,7 @@ impl Engine {
                 return Err(r);
             }
         }
-        if let Some(a) = self.snap.accounts.get_mut(debit) {
-            a.pending_debits = a.pending_debits.saturating_add(amount);
-            self.changed_accounts.insert(debit.to_owned(), now);
-        }
-        if let Some(c) = &h.credit_account_id
-            && let Some(a) = self.snap.accounts.get_mut(c.as_str())
-        {
-            a.pending_credits = a.pending_credits.saturating_add(amount);
-            self.changed_accounts.insert(c.to_string(), now);
-        }
-        let hold = PlacedHold {
+        Ok(self.add_hold(PlacedHold {
             id: h.id.to_string(),
             tenant_id: tenant.to_owned(),
             account_id: debit.to_owned(),
@@ -784,7 +735,24 @@ impl Engine {
             created_at: now,
             purpose: PAYMENT,
             review: None,
-        };
+        }))
+    }
+
+    /// Reserves a new hold's amount (pending debits of its account, pending credits of its
+    /// destination), makes it visible to the batch's later movements (its capture, its void,
+    /// its expiry in time) and records it for the writer: the reverse of [`Self::release`].
+    fn add_hold(&mut self, hold: PlacedHold) -> PlacedHold {
+        let now = hold.created_at;
+        if let Some(a) = self.snap.accounts.get_mut(&hold.account_id) {
+            a.pending_debits = a.pending_debits.saturating_add(hold.amount);
+            self.changed_accounts.insert(hold.account_id.clone(), now);
+        }
+        if let Some(c) = &hold.credit_account_id
+            && let Some(a) = self.snap.accounts.get_mut(c)
+        {
+            a.pending_credits = a.pending_credits.saturating_add(hold.amount);
+            self.changed_accounts.insert(c.clone(), now);
+        }
         self.snap.holds.insert(
             hold.id.clone(),
             HoldState {
@@ -792,19 +760,18 @@ impl Engine {
                 tenant_id: hold.tenant_id.clone(),
                 account_id: hold.account_id.clone(),
                 credit_account_id: hold.credit_account_id.clone(),
-                amount,
+                amount: hold.amount,
                 status: "active".into(),
                 expires_at: hold.expires_at,
-                purpose: PAYMENT.into(),
+                purpose: hold.purpose.into(),
             },
         );
-        // Expiring within the batch: keep the expiry queue in order.
         let at = (hold.expires_at, hold.id.clone());
         let pos =
             self.expiring[self.expired_upto..].partition_point(|e| *e < at) + self.expired_upto;
         self.expiring.insert(pos, at);
         self.new_holds.push(hold.clone());
-        Ok(hold)
+        hold
     }
 
     /// Voids an active payment hold: its reservation is released on both accounts.
@@ -870,23 +837,23 @@ pub fn subject_of<'a>(
 /// Who a movement's outgoing money is counted against (KYC): its explicit subject (which must
 /// be an active customer of the tenant), or the customer of its debit account when the
 /// movement sends a customer's money out; `None` when neither applies.
-fn sender_of(
-    m: &TransferCommand,
-    accounts: &HashMap<String, AccountState>,
-    subjects: &HashMap<String, SubjectState>,
-) -> Result<Option<Sender>, Refusal> {
+fn sender_of<'a>(
+    m: &'a TransferCommand,
+    accounts: &'a HashMap<String, AccountState>,
+    subjects: &'a HashMap<String, SubjectState>,
+) -> Result<Option<Sender<'a>>, Refusal> {
     if let Some(id) = &m.subject {
         let s = subjects
             .get(id.as_str())
             .filter(|s| s.tenant_id == m.tenant_id.as_str() && s.active)
             .ok_or_else(|| Refusal::SubjectNotFound(id.to_string()))?;
         return Ok(Some(Sender {
-            customer: s.id.clone(),
+            customer: &s.id,
             tier: s.kyc_tier,
-            named: format!("customer {id}"),
+            named: ("customer", id.as_str()),
         }));
     }
-    if !is_outgoing(m.kind) {
+    if !m.kind.sends_money_out() {
         return Ok(None);
     }
     let Some((id, _)) = m.debits.first() else {
@@ -897,9 +864,9 @@ fn sender_of(
         .filter(|a| a.tenant_id == m.tenant_id.as_str() && a.currency == m.currency.code())
         .and_then(|a| {
             Some(Sender {
-                customer: a.customer_id.clone()?,
+                customer: a.customer_id.as_deref()?,
                 tier: a.kyc_tier,
-                named: format!("account {id}"),
+                named: ("account", id.as_str()),
             })
         }))
 }
@@ -926,7 +893,7 @@ pub fn counters_to_load(
             keys.extend([Period::Day, Period::Month].map(|p| {
                 CounterKey::at(
                     m.tenant_id.as_str(),
-                    &s.customer,
+                    s.customer,
                     OUTGOING,
                     m.currency.code(),
                     p,

@@ -192,6 +192,24 @@ impl Movement {
 }
 
 impl TransferKind {
+    /// Whether this kind sends money out of a (customer) account: what the step-up threshold
+    /// and KYC's outgoing limits and totals weigh.
+    pub const fn sends_money_out(self) -> bool {
+        matches!(
+            self,
+            TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
+        )
+    }
+
+    /// Whether this kind brings money into a (customer) account: what KYC's balance ceiling
+    /// weighs.
+    pub const fn brings_money_in(self) -> bool {
+        matches!(
+            self,
+            TransferKind::Transfer | TransferKind::Deposit | TransferKind::Capture
+        )
+    }
+
     pub fn parse(s: &str) -> Option<TransferKind> {
         [
             TransferKind::Transfer,

@@ -100,7 +100,7 @@ pub(super) async fn post_batch(
                 Err(e) => items.push(Some(Err(e))),
             }
         }
-        let (committed, results) = core.ledger.post_atomic(&core.checks, movements).await?;
+        let (committed, results) = core.ledger.post_atomic(movements).await?;
         for (slot, r) in slots.into_iter().zip(results) {
             let item = match (committed, r) {
                 (true, r) | (false, r @ PostResult::DuplicateKey(_)) => {
@@ -142,7 +142,7 @@ pub(super) async fn post_batch(
             Ok(Prepared::Replay(o)) => Err(Some(Ok(o))),
             Ok(Prepared::Ready(m, g)) => {
                 guards.push(g);
-                Ok(core.ledger.enqueue(&core.checks, *m).await?)
+                Ok(core.ledger.enqueue(*m).await?)
             }
             Err(e) => Err(Some(Err(e))),
         });

@@ -65,7 +65,7 @@ pub(super) async fn move_one(
             Ok(o)
         }
         Prepared::Ready(m, _guard) => {
-            let r = core.ledger.post(&core.checks, *m).await?;
+            let r = core.ledger.post(*m).await?;
             settle(
                 core,
                 actor.tenant()?,
@@ -221,12 +221,10 @@ async fn build(
         }
     };
     // Money leaving an account above the tenant's threshold needs a recent authentication.
-    if matches!(
-        kind,
-        TransferKind::Transfer | TransferKind::Withdrawal | TransferKind::Capture
-    ) && actor
-        .policy
-        .transfer_needs_step_up(currency.code(), amount.get())
+    if kind.sends_money_out()
+        && actor
+            .policy
+            .transfer_needs_step_up(currency.code(), amount.get())
     {
         crate::service::security::require_step_up(core, meta, actor).await?;
     }

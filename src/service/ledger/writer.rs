@@ -24,6 +24,9 @@ pub(super) enum Job {
 #[derive(Clone)]
 pub struct LedgerWriter {
     queue: mpsc::Sender<Job>,
+    /// The pre-commit checks: the writer runs them under lock, and their `stage` before a
+    /// movement joins the queue.
+    checks: crate::domain::ledger::Checks,
 }
 
 impl LedgerWriter {
@@ -31,7 +34,9 @@ impl LedgerWriter {
     /// `checks` are the pre-commit checks the ledger core runs on every movement.
     pub fn start(store: Arc<dyn Store>, checks: crate::domain::ledger::Checks) -> Self {
         let (queue, mut rx) = mpsc::channel::<Job>(16 * MAX_BATCH);
+        let task_checks = checks.clone();
         tokio::spawn(async move {
+            let checks = task_checks;
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
                 let mut ones: Vec<LedgerCommand> = Vec::new();
@@ -54,15 +59,11 @@ impl LedgerWriter {
                 post_ones(store.as_ref(), &checks, ones, replies).await;
             }
         });
-        Self { queue }
+        Self { queue, checks }
     }
 
-    pub(super) async fn post(
-        &self,
-        checks: &crate::domain::ledger::Checks,
-        m: impl Into<LedgerCommand>,
-    ) -> AppResult<PostResult> {
-        let rx = self.enqueue(checks, m).await?;
+    pub(super) async fn post(&self, m: impl Into<LedgerCommand>) -> AppResult<PostResult> {
+        let rx = self.enqueue(m).await?;
         rx.await
             .map_err(|_| AppError::internal("the ledger writer dropped a movement"))?
             .map_err(AppError::from)
@@ -71,12 +72,11 @@ impl LedgerWriter {
     /// Queues a movement; the receiver yields its result once its batch has committed.
     pub(super) async fn enqueue(
         &self,
-        checks: &crate::domain::ledger::Checks,
         m: impl Into<LedgerCommand>,
     ) -> AppResult<oneshot::Receiver<Result<PostResult, StoreError>>> {
         let m = m.into();
         if let LedgerCommand::Transfer(t) = &m {
-            for c in checks.iter() {
+            for c in self.checks.iter() {
                 c.stage(t);
             }
         }
@@ -91,10 +91,10 @@ impl LedgerWriter {
     /// Posts `batch` all or nothing, through the queue; returns whether it committed.
     pub(super) async fn post_atomic(
         &self,
-        checks: &crate::domain::ledger::Checks,
         batch: Vec<TransferCommand>,
     ) -> AppResult<(bool, Vec<PostResult>)> {
-        for (c, m) in checks
+        for (c, m) in self
+            .checks
             .iter()
             .flat_map(|c| batch.iter().map(move |m| (c, m)))
         {

@@ -133,63 +133,57 @@ impl crate::store::LedgerPort for PgStore {
             }
         }
         let counter_keys = engine::counters_to_load(batch, &snap.accounts, &snap.subjects, checks);
-        for k in &counter_keys {
-            let have: Option<(i64,)> = sqlx::query_as(
-                "SELECT total FROM ledger_counters WHERE tenant_id = $1 AND subject = $2 \
-                 AND metric = $3 AND currency = $4 AND period = $5 AND window_start = $6",
-            )
-            .bind(&k.tenant_id)
-            .bind(&k.subject)
-            .bind(&k.metric)
-            .bind(&k.currency)
-            .bind(k.period.as_str())
-            .bind(k.window_start)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if have.is_some() {
-                continue;
-            }
-            let seed: i64 = if k.metric == crate::domain::ledger::extension::OUTGOING {
-                sqlx::query_scalar::<_, i64>(crate::store::posting::SEED_OUTGOING)
-                    .bind(&k.tenant_id)
-                    .bind(&k.subject)
-                    .bind(&k.currency)
-                    .bind(k.window_start)
-                    .bind(k.period.end(k.window_start))
-                    .fetch_one(&mut *tx)
-                    .await?
-            } else {
-                0
-            };
-            sqlx::query(
-                "INSERT INTO ledger_counters (tenant_id, subject, metric, currency, period, \
-                 window_start, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&k.tenant_id)
-            .bind(&k.subject)
-            .bind(&k.metric)
-            .bind(&k.currency)
-            .bind(k.period.as_str())
-            .bind(k.window_start)
-            .bind(seed)
-            .bind(want.latest)
-            .execute(&mut *tx)
-            .await?;
-        }
         for k in counter_keys {
-            let (total,): (i64,) = sqlx::query_as(
-                "SELECT total FROM ledger_counters WHERE tenant_id = $1 AND subject = $2 \
-                 AND metric = $3 AND currency = $4 AND period = $5 AND window_start = $6 FOR UPDATE",
-            )
-            .bind(&k.tenant_id)
-            .bind(&k.subject)
-            .bind(&k.metric)
-            .bind(&k.currency)
-            .bind(k.period.as_str())
-            .bind(k.window_start)
-            .fetch_one(&mut *tx)
-            .await?;
+            // The row, locked; a missing one is inserted (seeded) first, then locked.
+            let mut total = None;
+            for seeded in [false, true] {
+                total = sqlx::query_scalar::<_, i64>(
+                    "SELECT total FROM ledger_counters WHERE tenant_id = $1 AND subject = $2 \
+                     AND metric = $3 AND currency = $4 AND period = $5 AND window_start = $6 \
+                     FOR UPDATE",
+                )
+                .bind(&k.tenant_id)
+                .bind(&k.subject)
+                .bind(&k.metric)
+                .bind(&k.currency)
+                .bind(k.period.as_str())
+                .bind(k.window_start)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if total.is_some() || seeded {
+                    break;
+                }
+                let seed: i64 = if k.metric == crate::domain::ledger::extension::OUTGOING {
+                    sqlx::query_scalar::<_, i64>(crate::store::posting::SEED_OUTGOING)
+                        .bind(&k.tenant_id)
+                        .bind(&k.subject)
+                        .bind(&k.currency)
+                        .bind(k.window_start)
+                        .bind(k.period.end(k.window_start))
+                        .fetch_one(&mut *tx)
+                        .await?
+                } else {
+                    0
+                };
+                sqlx::query(
+                    "INSERT INTO ledger_counters (tenant_id, subject, metric, currency, period, \
+                     window_start, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&k.tenant_id)
+                .bind(&k.subject)
+                .bind(&k.metric)
+                .bind(&k.currency)
+                .bind(k.period.as_str())
+                .bind(k.window_start)
+                .bind(seed)
+                .bind(want.latest)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let total = total.ok_or_else(|| {
+                crate::store::StoreError::Database("a running total vanished while locked".into())
+            })?;
             snap.counters.insert(k, total);
         }
         for chunk in posting::chunks_by_size(&want.reversals, CHUNK, MAX_MESSAGE, |id| text_len(id))
