@@ -184,11 +184,6 @@ pub async fn void_hold(
     id: &str,
 ) -> AppResult<crate::store::HoldRecord> {
     let hold = get_hold(core, actor, id).await?;
-    // A review hold is decided by its review, not through the holds API (a hold's purpose is
-    // set when it is created and never changes).
-    if hold.purpose == crate::domain::ledger::engine::REVIEW {
-        return Err(refusal_error(Refusal::HoldUnderReview));
-    }
     let now = core.clock.now();
     let audit = AuditBuilder::new(core, meta, Some(actor)).own(
         "hold.void",
